@@ -1,0 +1,9 @@
+//! tomoe: run dense and ToMoE (Mixture-of-Experts converted) LLMs on CPUs.
+//!
+//! The pipeline, in the order data flows:
+//! - [`gguf`]: the file format (memory-mapped, validated reader; aligned, atomic writer).
+//! - [`model`]: model configuration from metadata and one file per architecture.
+//! - [`engine`]: KV cache, forward pass, batch and single-token paths over `tomoe_quant` kernels.
+//! - [`tokenizer`], [`chat`]: text in and out: BPE/SentencePiece, chat templates, sampling.
+//! - `convert` (feature `convert`): dense model → trained routers and masks → MoE GGUF.
+//! - [`capi`]: the C ABI.
