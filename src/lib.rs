@@ -7,3 +7,12 @@
 //! - [`tokenizer`], [`chat`]: text in and out: BPE/SentencePiece, chat templates, sampling.
 //! - `convert` (feature `convert`): dense model → trained routers and masks → MoE GGUF.
 //! - [`capi`]: the C ABI.
+
+pub mod capi;
+pub mod chat;
+#[cfg(feature = "convert")]
+pub mod convert;
+pub mod engine;
+pub mod gguf;
+pub mod model;
+pub mod tokenizer;

@@ -1,0 +1,1 @@
+//! Tokenizers built from GGUF metadata alone: byte-level BPE and SentencePiece.

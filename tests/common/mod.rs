@@ -1,0 +1,43 @@
+//! Helpers shared by the integration tests: where the real models and the test texts are.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// The real models of the test suite, fetched by `scripts/fetch-models.sh` (checksum-verified).
+pub enum RealModel {
+    /// SmolLM2-135M-Instruct, Q4_1 (llama architecture, byte-level BPE, ChatML template).
+    SmolLm2,
+    /// Gemma 3 270M, Q4_K_M (gemma3 architecture, SentencePiece).
+    Gemma3,
+}
+
+/// Directory of the cached models: `$TOMOE_MODELS`, else `~/.cache/tomoe/models`.
+pub fn models_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TOMOE_MODELS") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").expect("HOME is not set; set TOMOE_MODELS instead");
+    PathBuf::from(home).join(".cache/tomoe/models")
+}
+
+/// Path of a real model. A missing model fails the test (it is never skipped): run
+/// `scripts/fetch-models.sh` first, as `.ci/run` does.
+pub fn model_path(model: RealModel) -> PathBuf {
+    let file = match model {
+        RealModel::SmolLm2 => "smollm2-135m-instruct-q4_1.gguf",
+        RealModel::Gemma3 => "gemma-3-270m-q4_k_m.gguf",
+    };
+    let path = models_dir().join(file);
+    assert!(
+        path.is_file(),
+        "test model {} is missing: run `scripts/fetch-models.sh` (or set TOMOE_MODELS)",
+        path.display()
+    );
+    path
+}
+
+/// One of the Austen novels copied into `tests/data/austen/` (persuasion.txt is the evaluation text).
+pub fn austen(file: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/austen").join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
