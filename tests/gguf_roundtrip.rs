@@ -43,7 +43,11 @@ fn scalars() -> Vec<Value> {
 
 /// Metadata of every type and arrays of every type; tensors of every type and 1 to 4 dims
 /// with random bytes.
-fn sample_writer(seed: u64) -> (GgufWriter, Vec<(String, Value)>, Vec<(String, Vec<u64>, QuantType, Vec<u8>)>) {
+type Metadata = Vec<(String, Value)>;
+/// (name, dims, type, data) of each tensor.
+type Tensors = Vec<(String, Vec<u64>, QuantType, Vec<u8>)>;
+
+fn sample_writer(seed: u64) -> (GgufWriter, Metadata, Tensors) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut metadata = vec![("general.architecture".to_string(), Value::String("llama".into()))];
     for (i, v) in scalars().into_iter().enumerate() {
