@@ -108,6 +108,11 @@ fn round_trip_keeps_metadata_and_tensors() {
         let t = f.tensor(name).unwrap();
         assert_eq!(t.data, &data[..], "data of {name}");
         assert_eq!(t.info, info);
+        let m = t.as_mat().unwrap();
+        let rows = dims[1..].iter().product::<u64>() as usize;
+        assert_eq!((m.ty(), m.rows(), m.cols()), (*ty, rows, dims[0] as usize));
+        let row_bytes = data.len() / rows;
+        assert_eq!(m.row(rows - 1), &data[(rows - 1) * row_bytes..], "last row of {name}");
     }
     assert!(f.tensor("no.such.tensor").is_none());
     assert!(f.get("no.such.key").is_none());
