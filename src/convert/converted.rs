@@ -349,3 +349,35 @@ pub fn all_on(model: &DenseModel, n_experts: usize) -> Result<ConvertedModel> {
         .collect::<Result<_>>()?;
     Ok(ConvertedModel { method: Method::ToMoe, layers, target_p: 1.0, measured_p: 1.0, output_mask: false, scale_pruned: false })
 }
+
+/// Mean pairwise Jaccard overlap |S_a ∩ S_b| / |S_a ∪ S_b| of the expert sets of one layer
+/// (1.0 = all experts identical; pairs of two empty experts count as identical).
+pub fn mean_pairwise_jaccard(layer: &ConvertedLayer) -> f64 {
+    let u = layer.union.len();
+    let sets: Vec<Vec<bool>> = layer
+        .experts
+        .iter()
+        .map(|rows| {
+            let mut s = vec![false; u];
+            for &r in rows {
+                s[r] = true;
+            }
+            s
+        })
+        .collect();
+    let mut sum = 0.0;
+    let mut pairs = 0usize;
+    for a in 0..sets.len() {
+        for b in a + 1..sets.len() {
+            let inter = (0..u).filter(|&i| sets[a][i] && sets[b][i]).count();
+            let uni = (0..u).filter(|&i| sets[a][i] || sets[b][i]).count();
+            sum += if uni == 0 { 1.0 } else { inter as f64 / uni as f64 };
+            pairs += 1;
+        }
+    }
+    if pairs == 0 {
+        1.0
+    } else {
+        sum / pairs as f64
+    }
+}
