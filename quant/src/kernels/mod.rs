@@ -4,7 +4,8 @@ pub mod scalar;
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
-//AVX512
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
 //NEON
 
 /// `dot(n, w_row, x_row)`: `n` elements; `w_row` in the weight format, `x_row` in its
