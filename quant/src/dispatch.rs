@@ -56,6 +56,15 @@ pub fn available_sets() -> Vec<KernelSet> {
             sets.push(s);
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if let Some(s) = crate::kernels::neon::kernel_set(false) {
+            sets.push(s);
+        }
+        if let Some(s) = crate::kernels::neon::kernel_set(true) {
+            sets.push(s);
+        }
+    }
     sets
 }
 
