@@ -6,6 +6,7 @@
 //! vocabulary's algorithm.
 
 mod bpe;
+mod gguf_meta;
 mod hash;
 mod pretokenize;
 mod spec;
@@ -15,6 +16,7 @@ mod unicode;
 mod unicode_tables;
 mod vocab;
 
+pub use gguf_meta::spec_from_gguf;
 pub use spec::{SpecialIds, TokenizerError, TokenizerSpec};
 pub use stream::StreamDecoder;
 pub use vocab::attr;
@@ -295,13 +297,15 @@ impl Tokenizer {
                         Fragment::Text(a, b) => {
                             let frag = &text[a..b];
                             decode_lenient(frag, &mut cps);
+                            // Invalid UTF-8 was decoded leniently (U+FFFD, overlong forms); such
+                            // words are re-encoded from their code points, as llama.cpp does.
+                            let valid = std::str::from_utf8(frag).is_ok();
                             pretokenize::split(*pre, &cps, &mut words, &mut chunks);
                             let mut at = 0usize;
                             for &len in &words {
                                 let w = &cps[at..at + len as usize];
                                 at += len as usize;
-                                // Invalid bytes became U+FFFD; words are re-encoded from code points.
-                                if w.iter().any(|c| c.cp == 0xFFFD) {
+                                if !valid {
                                     word.clear();
                                     for c in w {
                                         push_utf8(c.cp, &mut word);
