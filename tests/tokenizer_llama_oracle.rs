@@ -10,6 +10,7 @@ mod common;
 mod oracle;
 
 use common::RealModel;
+use oracle::cases::{HARD_STRINGS, INVALID_BYTES, RANDOM_PIECES};
 use oracle::VocabOracle;
 use rand::{Rng, SeedableRng};
 use tomoe::gguf::GgufFile;
@@ -21,81 +22,6 @@ fn load(model: RealModel) -> (Tokenizer, VocabOracle) {
     let tok = Tokenizer::from_gguf(&file).expect("tokenizer builds");
     (tok, VocabOracle::load(&path))
 }
-
-const HARD_STRINGS: &[&str] = &[
-    "",
-    " ",
-    "  ",
-    "\t",
-    "\n",
-    "\n\n\n",
-    " \n ",
-    "\t\t x",
-    "Hello world",
-    " Hello world",
-    "Hello  world",
-    "hello\tworld\n",
-    "   leading spaces",
-    "trailing spaces   ",
-    "1234567",
-    "3.14159",
-    "1,000,000 and 42nd",
-    "x=1234567890y",
-    "it's don't we'll they're I've she'd I'm",
-    "IT'S DON'T WE'LL THEY'RE I'VE SHE'D I'M",
-    "'s 'll 're 've 'm 'd 't",
-    "''quoted'' 'single'",
-    "Ünïcödé naïve café",
-    "e\u{301} a\u{300}\u{301}\u{302} o\u{308}",
-    "日本語のテキスト",
-    "中文测试，标点！",
-    "한국어 텍스트",
-    "🦀🚀👍🏽",
-    "👨\u{200d}👩\u{200d}👧\u{200d}👦 family",
-    "Привет, мир!",
-    "مرحبا بالعالم",
-    "ελληνικά γράμματα",
-    "\u{FFFD} replacement",
-    "<0xFF> <0x0A>",
-    "\\xff\\xfe\\x00",
-    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
-    "<|endoftext|>",
-    "<start_of_turn>user\nhello<end_of_turn>\n<start_of_turn>model\n",
-    "<bos><eos><unk><pad><mask>",
-    "<|im_start|><|im_start|>",
-    "a<|im_end|>b",
-    "<<|im_end|>>",
-    "[multimodal] <unused0>",
-    "\u{00A0}nbsp\u{3000}ideographic\u{2028}line",
-    "\r\n windows \r\n",
-    "   \n\n   \n",
-    "$$$ ^^^ ~~~ ||| <=>",
-    "C++ && || -> => ::",
-    "fn main() { println!(\"hi\"); }",
-    "<html><body>text</body></html>",
-    "\u{200B}zero\u{200C}width\u{FEFF}",
-    "1\u{0661}\u{0662}\u{0663} ²³¼ Ⅻ",
-    "mixed123abc456def7890",
-    "tab\tsep\tvalues\t\t\t",
-    "\u{0}\u{1}\u{7f} controls",
-    "🫠 \u{10FFFF} \u{E000} \u{E0041}",
-    "                                                  fifty spaces",
-    "a\n\n\n\n\n\n\n\n\n\nb",
-    "Mr. Darcy's  \"pride\" — and Elizabeth's…  prejudice?!",
-];
-
-// Not here: a 4-byte sequence above U+10FFFF (F4 90 80 80), on which llama.cpp aborts
-// ("invalid codepoint"); `code_points_above_unicode_do_not_panic` covers ours.
-const INVALID_BYTES: &[&[u8]] = &[
-    b"\xff\xfe",
-    b"abc\xe2\x82",
-    b"\xe2\x82z",
-    b"\xc0\x80 overlong",
-    b"\xed\xa0\x80 surrogate",
-    b"\x80\x80 x",
-    b"ok \xf0\x9f\x98",
-    b"<|im_end|>\xff<|im_start|>",
-];
 
 fn check_strings(tok: &Tokenizer, oracle: &VocabOracle) {
     for s in HARD_STRINGS {
@@ -172,15 +98,10 @@ fn check_austen(tok: &Tokenizer, oracle: &VocabOracle) {
 
 /// Random strings drawn from pieces that stress the pre-tokenizers and special-token splitting.
 fn check_random(tok: &Tokenizer, oracle: &VocabOracle, seed: u64) {
-    const PIECES: &[&str] = &[
-        " ", "  ", "\n", "\t", "\r\n", "a", "Z", "word", " the", "'s", "'LL", "'", "\"", "1", "42", "2024", ".", ",", "!?",
-        "—", "…", "é", "e\u{301}", "ß", "日本", "中", "한", "🦀", "👍🏽", "\u{200d}", "\u{00A0}", "\u{3000}", "<", ">", "|",
-        "<|im_start|>", "<|im_end|>", "<start_of_turn>", "<eos>", "<0x41>", "▁", "Ġ", "\u{FFFD}", "$", "_", "\\", "٣", "²",
-    ];
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     for _ in 0..3000 {
         let n = rng.gen_range(1..12);
-        let s: String = (0..n).map(|_| PIECES[rng.gen_range(0..PIECES.len())]).collect();
+        let s: String = (0..n).map(|_| RANDOM_PIECES[rng.gen_range(0..RANDOM_PIECES.len())]).collect();
         let special = rng.gen_bool(0.5);
         let add = rng.gen_bool(0.5);
         let ours = tok.encode(&s, add, special);

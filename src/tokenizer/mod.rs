@@ -105,7 +105,8 @@ impl Tokenizer {
                 false,
             ),
             "gpt2" => {
-                let name = spec.pre.as_deref().unwrap_or("default");
+                // A missing pre-tokenizer means llama.cpp's default one.
+                let name = spec.pre.as_deref().filter(|p| !p.is_empty()).unwrap_or("default");
                 let cfg = PreConfig::from_name(name)
                     .ok_or_else(|| TokenizerError::UnsupportedPreTokenizer(name.to_string()))?;
                 (

@@ -17,6 +17,9 @@ pub(crate) enum PreKind {
     Llama3,
     /// Qwen 2: as Llama 3 but every digit alone.
     Qwen2,
+    /// llama.cpp's default for BPE vocabularies without a known pre-tokenizer: punctuation
+    /// runs, then GPT-2, then number runs, then ASCII digit triples.
+    Default,
 }
 
 /// A named pre-tokenizer and the vocabulary flags that come with the name.
@@ -39,6 +42,7 @@ impl PreConfig {
             Some(PreConfig { kind, ignore_merges, add_bos_default, clean_spaces })
         };
         match name {
+            "default" => cfg(Default, false, false, true),
             "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0"
             | "mellum" | "modern-bert" | "mpt" | "olmo" | "jais" | "exaone4" => cfg(Gpt2, false, false, true),
             "trillion" | "granite-docling" => cfg(Gpt2, false, false, false),
@@ -73,6 +77,75 @@ pub(crate) fn split(kind: PreKind, cps: &[Cp], words: &mut Vec<u32>, scratch: &m
                 start += len as usize;
             }
         }
+        PreKind::Default => {
+            // `[\p{P}\$\+<=>\^~\|]+`, GPT-2, `\p{N}+`, `[0-9][0-9][0-9]`, each refining the last.
+            let is_punct = |cp: u32| class(cp) == CpClass::Punctuation || matches!(char::from_u32(cp), Some('$' | '+' | '<' | '=' | '>' | '^' | '~' | '|'));
+            scratch.clear();
+            scratch.push(cps.len() as u32);
+            refine(cps, scratch, words, |c, a, b, out| split_runs(c, a, b, out, is_punct));
+            std::mem::swap(scratch, words);
+            refine(cps, scratch, words, gpt2);
+            std::mem::swap(scratch, words);
+            refine(cps, scratch, words, |c, a, b, out| split_runs(c, a, b, out, |cp| class(cp) == CpClass::Number));
+            std::mem::swap(scratch, words);
+            refine(cps, scratch, words, ascii_digit_triples);
+        }
+    }
+}
+
+/// Applies a chunk splitter to each chunk of `chunks`, writing the refined lengths to `out`.
+fn refine(cps: &[Cp], chunks: &[u32], out: &mut Vec<u32>, mut f: impl FnMut(&[Cp], usize, usize, &mut Vec<u32>)) {
+    out.clear();
+    let mut start = 0usize;
+    for &len in chunks {
+        f(cps, start, start + len as usize, out);
+        start += len as usize;
+    }
+}
+
+/// A regex `X+` as a splitter: maximal runs of `pred` are words, and so is the text between.
+fn split_runs(cps: &[Cp], ini: usize, end: usize, out: &mut Vec<u32>, pred: impl Fn(u32) -> bool) {
+    let mut pos = ini;
+    let mut gap_start = ini;
+    while pos < end {
+        if pred(cps[pos].cp) {
+            if pos > gap_start {
+                out.push((pos - gap_start) as u32);
+            }
+            let run = pos;
+            while pos < end && pred(cps[pos].cp) {
+                pos += 1;
+            }
+            out.push((pos - run) as u32);
+            gap_start = pos;
+        } else {
+            pos += 1;
+        }
+    }
+    if end > gap_start {
+        out.push((end - gap_start) as u32);
+    }
+}
+
+/// `[0-9][0-9][0-9]`: leftmost non-overlapping triples of ASCII digits are words.
+fn ascii_digit_triples(cps: &[Cp], ini: usize, end: usize, out: &mut Vec<u32>) {
+    let digit = |i: usize| (b'0' as u32..=b'9' as u32).contains(&cps[i].cp);
+    let mut pos = ini;
+    let mut gap_start = ini;
+    while pos + 3 <= end {
+        if digit(pos) && digit(pos + 1) && digit(pos + 2) {
+            if pos > gap_start {
+                out.push((pos - gap_start) as u32);
+            }
+            out.push(3);
+            pos += 3;
+            gap_start = pos;
+        } else {
+            pos += 1;
+        }
+    }
+    if end > gap_start {
+        out.push((end - gap_start) as u32);
     }
 }
 

@@ -53,7 +53,7 @@ pub enum TokenizerError {
     WrongType { key: &'static str, expected: &'static str },
     #[error("tokenizer model `{0}` is not supported (supported: gpt2, llama)")]
     UnsupportedModel(String),
-    #[error("BPE pre-tokenizer `{0}` is not supported (supported: default, gpt-2, smollm, starcoder, llama3, llama-bpe, qwen2, ...)")]
+    #[error("BPE pre-tokenizer `{0}` is not supported (supported: default, gpt-2 family, smollm/starcoder family, llama3 family, qwen2 family)")]
     UnsupportedPreTokenizer(String),
     #[error("the vocabulary is empty")]
     EmptyVocab,
