@@ -23,22 +23,40 @@ fn main() {
     use tomoe::tokenizer::Tokenizer;
 
     let text = common::austen("persuasion.txt");
-    let mut c = Criterion::default().sample_size(10).measurement_time(Duration::from_secs(8)).configure_from_args();
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8))
+        .configure_from_args();
     let mut ratios = Vec::new();
-    for (name, model) in [("smollm2", RealModel::SmolLm2), ("gemma3", RealModel::Gemma3)] {
+    for (name, model) in [
+        ("smollm2", RealModel::SmolLm2),
+        ("gemma3", RealModel::Gemma3),
+    ] {
         let path = common::model_path(model);
         let file = GgufFile::open(&path).unwrap();
         let tok = Tokenizer::from_gguf(&file).unwrap();
         let vocab = oracle::VocabOracle::load(&path);
         let ids = tok.encode(&text, true, false);
-        assert_eq!(ids, vocab.tokenize(text.as_bytes(), true, false), "the two tokenizers must agree");
+        assert_eq!(
+            ids,
+            vocab.tokenize(text.as_bytes(), true, false),
+            "the two tokenizers must agree"
+        );
 
         let mut g = c.benchmark_group(format!("{name}/persuasion"));
         g.throughput(criterion::Throughput::Bytes(text.len() as u64));
-        g.bench_function("encode/tomoe", |b| b.iter(|| tok.encode(std::hint::black_box(&text), true, false)));
-        g.bench_function("encode/llama.cpp", |b| b.iter(|| vocab.tokenize(std::hint::black_box(text.as_bytes()), true, false)));
-        g.bench_function("decode/tomoe", |b| b.iter(|| tok.detokenize(std::hint::black_box(&ids), false, false)));
-        g.bench_function("decode/llama.cpp", |b| b.iter(|| vocab.detokenize(std::hint::black_box(&ids), false, false)));
+        g.bench_function("encode/tomoe", |b| {
+            b.iter(|| tok.encode(std::hint::black_box(&text), true, false))
+        });
+        g.bench_function("encode/llama.cpp", |b| {
+            b.iter(|| vocab.tokenize(std::hint::black_box(text.as_bytes()), true, false))
+        });
+        g.bench_function("decode/tomoe", |b| {
+            b.iter(|| tok.detokenize(std::hint::black_box(&ids), false, false))
+        });
+        g.bench_function("decode/llama.cpp", |b| {
+            b.iter(|| vocab.detokenize(std::hint::black_box(&ids), false, false))
+        });
         g.finish();
 
         // Ratio table from medians of interleaved runs (same process, same load).
@@ -54,9 +72,17 @@ fn main() {
             t[3]
         };
         let enc_ours = median(&mut || drop(std::hint::black_box(tok.encode(&text, true, false))));
-        let enc_llama = median(&mut || drop(std::hint::black_box(vocab.tokenize(text.as_bytes(), true, false))));
-        let dec_ours = median(&mut || drop(std::hint::black_box(tok.detokenize(&ids, false, false))));
-        let dec_llama = median(&mut || drop(std::hint::black_box(vocab.detokenize(&ids, false, false))));
+        let enc_llama = median(&mut || {
+            drop(std::hint::black_box(vocab.tokenize(
+                text.as_bytes(),
+                true,
+                false,
+            )))
+        });
+        let dec_ours =
+            median(&mut || drop(std::hint::black_box(tok.detokenize(&ids, false, false))));
+        let dec_llama =
+            median(&mut || drop(std::hint::black_box(vocab.detokenize(&ids, false, false))));
         ratios.push((name, ids.len(), enc_ours, enc_llama, dec_ours, dec_llama));
     }
     c.final_summary();

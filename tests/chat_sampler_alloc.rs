@@ -35,15 +35,34 @@ static GLOBAL: Counting = Counting;
 fn sampling_does_not_allocate() {
     const VOCAB: usize = 49_152;
     let configs = [
-        SamplerParams { repeat_penalty: 1.1, ..Default::default() },
-        SamplerParams { top_k: 0, top_p: 0.9, min_p: 0.0, repeat_penalty: 1.3, seed: 3, ..Default::default() },
-        SamplerParams { temperature: 0.0, repeat_penalty: 1.2, ..Default::default() },
+        SamplerParams {
+            repeat_penalty: 1.1,
+            ..Default::default()
+        },
+        SamplerParams {
+            top_k: 0,
+            top_p: 0.9,
+            min_p: 0.0,
+            repeat_penalty: 1.3,
+            seed: 3,
+            ..Default::default()
+        },
+        SamplerParams {
+            temperature: 0.0,
+            repeat_penalty: 1.2,
+            ..Default::default()
+        },
     ];
     for p in configs {
         let at_new = ALLOCS.load(Ordering::Relaxed);
         let mut sampler = Sampler::new(p, VOCAB);
-        assert!(ALLOCS.load(Ordering::Relaxed) > at_new, "the counter sees the buffers made by new()");
-        let mut logits: Vec<f32> = (0..VOCAB).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect();
+        assert!(
+            ALLOCS.load(Ordering::Relaxed) > at_new,
+            "the counter sees the buffers made by new()"
+        );
+        let mut logits: Vec<f32> = (0..VOCAB)
+            .map(|i| ((i * 7919) % 1000) as f32 / 100.0)
+            .collect();
         let mut history: Vec<u32> = Vec::with_capacity(256);
         let base = logits.clone();
         let before = ALLOCS.load(Ordering::Relaxed);

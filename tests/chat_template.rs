@@ -34,8 +34,14 @@ fn messages(c: &[(&str, &str)]) -> Vec<ChatMessage> {
 fn smollm2_template_renders_like_llama_cpp() {
     let path = common::model_path(RealModel::SmolLm2);
     let file = GgufFile::open(&path).unwrap();
-    let tmpl = ChatTemplate::from_gguf(&file).unwrap().expect("SmolLM2 has a chat template");
-    let source = file.get("tokenizer.chat_template").unwrap().as_str().unwrap();
+    let tmpl = ChatTemplate::from_gguf(&file)
+        .unwrap()
+        .expect("SmolLM2 has a chat template");
+    let source = file
+        .get("tokenizer.chat_template")
+        .unwrap()
+        .as_str()
+        .unwrap();
     let tok = Tokenizer::from_gguf(&file).unwrap();
     let vocab = oracle::VocabOracle::load(&path);
 
@@ -43,9 +49,16 @@ fn smollm2_template_renders_like_llama_cpp() {
         for n in 1..=4 {
             let conv = &conversation(true)[..n];
             let ours = tmpl.render(&messages(conv), add_gen).unwrap();
-            let theirs = oracle::chat_apply_builtin(source, conv, add_gen).expect("llama.cpp knows ChatML");
-            assert_eq!(ours, theirs, "{n} messages, add_generation_prompt {add_gen}");
-            assert_eq!(tok.encode(&ours, true, true), vocab.tokenize(ours.as_bytes(), true, true));
+            let theirs =
+                oracle::chat_apply_builtin(source, conv, add_gen).expect("llama.cpp knows ChatML");
+            assert_eq!(
+                ours, theirs,
+                "{n} messages, add_generation_prompt {add_gen}"
+            );
+            assert_eq!(
+                tok.encode(&ours, true, true),
+                vocab.tokenize(ours.as_bytes(), true, true)
+            );
         }
     }
 
@@ -53,10 +66,22 @@ fn smollm2_template_renders_like_llama_cpp() {
     let conv = conversation(false);
     let ours = tmpl.render(&messages(&conv), true).unwrap();
     let default_system = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n";
-    assert_eq!(ours, format!("{default_system}{}", oracle::chat_apply_builtin("chatml", &conv, true).unwrap()));
+    assert_eq!(
+        ours,
+        format!(
+            "{default_system}{}",
+            oracle::chat_apply_builtin("chatml", &conv, true).unwrap()
+        )
+    );
     let ids = tok.encode(&ours, false, true);
-    assert_eq!(ids[0], 1, "<|im_start|> is one token when special tokens are parsed");
-    assert!(tok.encode(&ours, false, false)[0] != 1, "and text otherwise");
+    assert_eq!(
+        ids[0], 1,
+        "<|im_start|> is one token when special tokens are parsed"
+    );
+    assert!(
+        tok.encode(&ours, false, false)[0] != 1,
+        "and text otherwise"
+    );
 }
 
 #[test]
@@ -97,7 +122,10 @@ fn gemma_style_template_renders_like_llama_cpp_gemma() {
             let conv = conversation(with_system);
             let ours = tmpl.render(&messages(&conv), add_gen).unwrap();
             let theirs = oracle::chat_apply_builtin("gemma", &conv, add_gen).unwrap();
-            assert_eq!(ours, theirs, "system {with_system}, add_generation_prompt {add_gen}");
+            assert_eq!(
+                ours, theirs,
+                "system {with_system}, add_generation_prompt {add_gen}"
+            );
         }
     }
     let bad = [ChatMessage::new("user", "a"), ChatMessage::new("user", "b")];

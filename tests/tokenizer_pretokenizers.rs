@@ -30,7 +30,11 @@ fn relabelled(pre: Option<&str>) -> PathBuf {
             w.add_metadata(k.clone(), v.clone());
         }
     }
-    let path = std::env::temp_dir().join(format!("tomoe-pre-{}-{}.gguf", pre.unwrap_or("none"), std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "tomoe-pre-{}-{}.gguf",
+        pre.unwrap_or("none"),
+        std::process::id()
+    ));
     w.write_atomic(&path).unwrap();
     path
 }
@@ -44,16 +48,30 @@ fn check(pre: Option<&str>) {
     for s in HARD_STRINGS {
         for special in [false, true] {
             let ours = tok.encode(s, true, special);
-            assert_eq!(ours, oracle.tokenize(s.as_bytes(), true, special), "{pre:?}: tokens of {s:?} (parse_special {special})");
+            assert_eq!(
+                ours,
+                oracle.tokenize(s.as_bytes(), true, special),
+                "{pre:?}: tokens of {s:?} (parse_special {special})"
+            );
             // The detokenizer's space clean-up depends on the pre-tokenizer too.
-            assert_eq!(tok.detokenize(&ours, false, false), oracle.detokenize(&ours, false, false), "{pre:?}: text of {s:?}");
+            assert_eq!(
+                tok.detokenize(&ours, false, false),
+                oracle.detokenize(&ours, false, false),
+                "{pre:?}: text of {s:?}"
+            );
         }
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
     for _ in 0..1000 {
         let n = rng.gen_range(1..12);
-        let s: String = (0..n).map(|_| RANDOM_PIECES[rng.gen_range(0..RANDOM_PIECES.len())]).collect();
-        assert_eq!(tok.encode(&s, false, false), oracle.tokenize(s.as_bytes(), false, false), "{pre:?}: tokens of {s:?}");
+        let s: String = (0..n)
+            .map(|_| RANDOM_PIECES[rng.gen_range(0..RANDOM_PIECES.len())])
+            .collect();
+        assert_eq!(
+            tok.encode(&s, false, false),
+            oracle.tokenize(s.as_bytes(), false, false),
+            "{pre:?}: tokens of {s:?}"
+        );
     }
     let text = common::austen("persuasion.txt");
     let ours = tok.encode(&text, true, false);
@@ -61,8 +79,16 @@ fn check(pre: Option<&str>) {
     if let Some(i) = ours.iter().zip(&theirs).position(|(a, b)| a != b) {
         panic!("{pre:?}: persuasion.txt differs at token {i}");
     }
-    assert_eq!(ours.len(), theirs.len(), "{pre:?}: persuasion.txt token count");
-    assert_eq!(tok.detokenize(&ours, false, false), oracle.detokenize(&theirs, false, false), "{pre:?}: persuasion.txt text");
+    assert_eq!(
+        ours.len(),
+        theirs.len(),
+        "{pre:?}: persuasion.txt token count"
+    );
+    assert_eq!(
+        tok.detokenize(&ours, false, false),
+        oracle.detokenize(&theirs, false, false),
+        "{pre:?}: persuasion.txt text"
+    );
 }
 
 #[test]
@@ -99,6 +125,8 @@ fn unknown_pre_tokenizer_is_an_error() {
     let path = relabelled(Some("no-such-pre"));
     let result = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap());
     std::fs::remove_file(&path).unwrap();
-    let err = result.err().expect("an unknown pre-tokenizer must not load");
+    let err = result
+        .err()
+        .expect("an unknown pre-tokenizer must not load");
     assert!(err.to_string().contains("no-such-pre"), "{err}");
 }

@@ -72,7 +72,13 @@ fn desc(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
 impl Sampler {
     pub fn new(p: SamplerParams, vocab: usize) -> Self {
         let rng = SplitMix64(p.seed);
-        Sampler { params: p, cands: Vec::with_capacity(vocab), seen: vec![0; vocab], stamp: 0, rng }
+        Sampler {
+            params: p,
+            cands: Vec::with_capacity(vocab),
+            seen: vec![0; vocab],
+            stamp: 0,
+            rng,
+        }
     }
 
     pub fn params(&self) -> &SamplerParams {
@@ -100,7 +106,11 @@ impl Sampler {
                 if t < logits.len() && self.seen[t] != self.stamp {
                     self.seen[t] = self.stamp;
                     let l = &mut logits[t];
-                    *l = if *l <= 0.0 { *l * p.repeat_penalty } else { *l / p.repeat_penalty };
+                    *l = if *l <= 0.0 {
+                        *l * p.repeat_penalty
+                    } else {
+                        *l / p.repeat_penalty
+                    };
                 }
             }
         }
@@ -109,7 +119,8 @@ impl Sampler {
         }
 
         self.cands.clear();
-        self.cands.extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
+        self.cands
+            .extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
         let cands = &mut self.cands;
         if p.top_k > 0 && p.top_k < cands.len() {
             cands.select_nth_unstable_by(p.top_k - 1, desc);
@@ -143,7 +154,10 @@ impl Sampler {
         // Temperature, then a draw from the softmax of what is left.
         let inv_t = 1.0 / p.temperature;
         let max = cands.iter().map(|c| c.0).fold(f32::NEG_INFINITY, f32::max);
-        let total: f64 = cands.iter().map(|c| (((c.0 - max) * inv_t) as f64).exp()).sum();
+        let total: f64 = cands
+            .iter()
+            .map(|c| (((c.0 - max) * inv_t) as f64).exp())
+            .sum();
         if !(total.is_finite() && total > 0.0) {
             return argmax(logits);
         }
@@ -176,7 +190,15 @@ mod tests {
     use super::*;
 
     fn params(temperature: f32, top_k: usize, top_p: f32, min_p: f32) -> SamplerParams {
-        SamplerParams { temperature, top_k, top_p, min_p, repeat_penalty: 1.0, repeat_last_n: 64, seed: 7 }
+        SamplerParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 7,
+        }
     }
 
     /// Logits whose softmax is exactly `probs`.
@@ -197,8 +219,8 @@ mod tests {
     #[test]
     fn greedy_takes_the_argmax() {
         let mut s = Sampler::new(params(0.0, 40, 0.95, 0.05), 4);
-        assert_eq!(s.sample(&mut vec![0.1, 3.0, 2.9, -1.0], &[]), 1);
-        assert_eq!(s.sample(&mut vec![f32::NAN, 1.0, 2.0, 2.0], &[]), 2);
+        assert_eq!(s.sample(&mut [0.1, 3.0, 2.9, -1.0], &[]), 1);
+        assert_eq!(s.sample(&mut [f32::NAN, 1.0, 2.0, 2.0], &[]), 2);
     }
 
     #[test]
@@ -249,8 +271,20 @@ mod tests {
     fn same_seed_same_tokens() {
         let l = logits_of(&[0.3, 0.3, 0.2, 0.2]);
         let run = |seed| {
-            let mut s = Sampler::new(SamplerParams { seed, top_k: 0, top_p: 1.0, min_p: 0.0, temperature: 1.0, ..Default::default() }, 4);
-            (0..64).map(|_| s.sample(&mut l.clone(), &[])).collect::<Vec<u32>>()
+            let mut s = Sampler::new(
+                SamplerParams {
+                    seed,
+                    top_k: 0,
+                    top_p: 1.0,
+                    min_p: 0.0,
+                    temperature: 1.0,
+                    ..Default::default()
+                },
+                4,
+            );
+            (0..64)
+                .map(|_| s.sample(&mut l.clone(), &[]))
+                .collect::<Vec<u32>>()
         };
         assert_eq!(run(42), run(42));
         assert_ne!(run(42), run(43));

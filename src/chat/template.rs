@@ -18,7 +18,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -26,7 +29,10 @@ impl ChatMessage {
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
     #[error("metadata key `{key}` has the wrong type: expected {expected}")]
-    WrongType { key: &'static str, expected: &'static str },
+    WrongType {
+        key: &'static str,
+        expected: &'static str,
+    },
     #[error("the chat template does not parse: {0}")]
     Syntax(String),
     #[error("rendering the chat template failed: {0}")]
@@ -42,7 +48,10 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("bos_token", &self.bos_token).field("eos_token", &self.eos_token).finish()
+        f.debug_struct("ChatTemplate")
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .finish()
     }
 }
 
@@ -65,14 +74,19 @@ impl ChatTemplate {
         let Some(v) = f.get(TEMPLATE_KEY) else {
             return Ok(None);
         };
-        let source = v.as_str().ok_or(ChatError::WrongType { key: TEMPLATE_KEY, expected: "string" })?;
+        let source = v.as_str().ok_or(ChatError::WrongType {
+            key: TEMPLATE_KEY,
+            expected: "string",
+        })?;
         let token_text = |key: &str| -> String {
             let id = f.get(key).and_then(|v| v.as_u64());
             let tokens = f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array());
             match (id, tokens) {
-                (Some(id), Some(tokens)) => {
-                    tokens.get(id as usize).and_then(|t| t.as_str()).unwrap_or_default().to_string()
-                }
+                (Some(id), Some(tokens)) => tokens
+                    .get(id as usize)
+                    .and_then(|t| t.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
                 _ => String::new(),
             }
         };
@@ -82,7 +96,11 @@ impl ChatTemplate {
     }
 
     /// Compiles a template; `bos_token` / `eos_token` are the texts the template may insert.
-    pub fn new(source: &str, bos_token: impl Into<String>, eos_token: impl Into<String>) -> Result<ChatTemplate, ChatError> {
+    pub fn new(
+        source: &str,
+        bos_token: impl Into<String>,
+        eos_token: impl Into<String>,
+    ) -> Result<ChatTemplate, ChatError> {
         let mut env = Environment::new();
         env.set_syntax(
             minijinja::syntax::SyntaxConfig::builder()
@@ -103,15 +121,29 @@ impl ChatTemplate {
                 .unwrap_or(0);
             strftime(&fmt, secs).map(Value::from)
         });
-        env.add_template_owned(TEMPLATE_NAME, source.to_string()).map_err(|e| ChatError::Syntax(describe(&e)))?;
-        Ok(ChatTemplate { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
+        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+            .map_err(|e| ChatError::Syntax(describe(&e)))?;
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        })
     }
 
     /// Renders the conversation; `add_generation_prompt` opens the assistant's turn.
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ChatError> {
-        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| ChatError::Render(describe(&e)))?;
-        let msgs: Vec<Value> =
-            messages.iter().map(|m| context! { role => m.role.as_str(), content => m.content.as_str() }).collect();
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
+        let tmpl = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| ChatError::Render(describe(&e)))?;
+        let msgs: Vec<Value> = messages
+            .iter()
+            .map(|m| context! { role => m.role.as_str(), content => m.content.as_str() })
+            .collect();
         tmpl.render(context! {
             messages => msgs,
             add_generation_prompt => add_generation_prompt,
@@ -122,9 +154,29 @@ impl ChatTemplate {
     }
 }
 
-const MONTHS: [&str; 12] =
-    ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
-const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+const DAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
 
 /// Civil date (year, month 1-12, day 1-31) of a day count since 1970-01-01.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -173,7 +225,10 @@ pub(crate) fn strftime(fmt: &str, unix_secs: i64) -> Result<String, Error> {
             other => {
                 return Err(Error::new(
                     ErrorKind::InvalidOperation,
-                    format!("strftime_now: unsupported directive %{}", other.map(String::from).unwrap_or_default()),
+                    format!(
+                        "strftime_now: unsupported directive %{}",
+                        other.map(String::from).unwrap_or_default()
+                    ),
                 ))
             }
         }
@@ -201,7 +256,10 @@ mod tests {
         // 2024-02-29 13:05:09 UTC, a Thursday, day 60 of the year.
         let t = 1_709_211_909;
         assert_eq!(strftime("%d %b %Y", t).unwrap(), "29 Feb 2024");
-        assert_eq!(strftime("%A %B %e, %y %H:%M:%S %j %%", t).unwrap(), "Thursday February 29, 24 13:05:09 060 %");
+        assert_eq!(
+            strftime("%A %B %e, %y %H:%M:%S %j %%", t).unwrap(),
+            "Thursday February 29, 24 13:05:09 060 %"
+        );
         assert_eq!(strftime("%Y-%m-%d %a", 0).unwrap(), "1970-01-01 Thu");
         assert!(strftime("%Q", 0).is_err());
     }
@@ -216,20 +274,43 @@ mod tests {
             "</s>",
         )
         .unwrap();
-        let msgs = [ChatMessage::new("user", "  hi  "), ChatMessage::new("assistant", "yo\n")];
+        let msgs = [
+            ChatMessage::new("user", "  hi  "),
+            ChatMessage::new("assistant", "yo\n"),
+        ];
         assert_eq!(t.render(&msgs, true).unwrap(), "[USER]hi|[ASSISTANT]yo<s>");
-        let err = t.render(&[ChatMessage::new("tool", "x")], false).unwrap_err();
-        assert!(matches!(&err, ChatError::Render(m) if m.contains("bad role tool")), "{err}");
+        let err = t
+            .render(&[ChatMessage::new("tool", "x")], false)
+            .unwrap_err();
+        assert!(
+            matches!(&err, ChatError::Render(m) if m.contains("bad role tool")),
+            "{err}"
+        );
     }
 
     #[test]
     fn blocks_are_trimmed_like_transformers() {
-        let t = ChatTemplate::new("{% for m in messages %}\n    {{ m.content }}\n{% endfor %}\n", "", "").unwrap();
-        assert_eq!(t.render(&[ChatMessage::new("user", "a"), ChatMessage::new("user", "b")], false).unwrap(), "    a\n    b\n");
+        let t = ChatTemplate::new(
+            "{% for m in messages %}\n    {{ m.content }}\n{% endfor %}\n",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(
+                &[ChatMessage::new("user", "a"), ChatMessage::new("user", "b")],
+                false
+            )
+            .unwrap(),
+            "    a\n    b\n"
+        );
     }
 
     #[test]
     fn syntax_errors_are_reported() {
-        assert!(matches!(ChatTemplate::new("{% for %}", "", ""), Err(ChatError::Syntax(_))));
+        assert!(matches!(
+            ChatTemplate::new("{% for %}", "", ""),
+            Err(ChatError::Syntax(_))
+        ));
     }
 }

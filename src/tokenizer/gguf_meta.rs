@@ -17,14 +17,23 @@ fn meta<'a>(f: &'a GgufFile, key: &str) -> Option<&'a Value> {
 fn meta_str(f: &GgufFile, key: &'static str) -> Result<Option<String>, TokenizerError> {
     match meta(f, key) {
         None => Ok(None),
-        Some(v) => v.as_str().map(|s| Some(s.to_string())).ok_or(TokenizerError::WrongType { key, expected: "string" }),
+        Some(v) => v
+            .as_str()
+            .map(|s| Some(s.to_string()))
+            .ok_or(TokenizerError::WrongType {
+                key,
+                expected: "string",
+            }),
     }
 }
 
 fn meta_bool(f: &GgufFile, key: &'static str) -> Result<Option<bool>, TokenizerError> {
     match meta(f, key) {
         None => Ok(None),
-        Some(v) => v.as_bool().map(Some).ok_or(TokenizerError::WrongType { key, expected: "bool" }),
+        Some(v) => v.as_bool().map(Some).ok_or(TokenizerError::WrongType {
+            key,
+            expected: "bool",
+        }),
     }
 }
 
@@ -34,29 +43,50 @@ fn meta_id(f: &GgufFile, key: &'static str) -> Result<Option<u32>, TokenizerErro
         // Negative or huge ids (some converters write -1 for "none") mean "absent".
         Some(v) => match v.as_i64() {
             Some(i) => Ok(u32::try_from(i).ok()),
-            None => Err(TokenizerError::WrongType { key, expected: "integer" }),
+            None => Err(TokenizerError::WrongType {
+                key,
+                expected: "integer",
+            }),
         },
     }
 }
 
-fn meta_array<'a>(f: &'a GgufFile, key: &'static str) -> Result<Option<&'a [Value]>, TokenizerError> {
+fn meta_array<'a>(
+    f: &'a GgufFile,
+    key: &'static str,
+) -> Result<Option<&'a [Value]>, TokenizerError> {
     match meta(f, key) {
         None => Ok(None),
-        Some(v) => v.as_array().map(Some).ok_or(TokenizerError::WrongType { key, expected: "array" }),
+        Some(v) => v.as_array().map(Some).ok_or(TokenizerError::WrongType {
+            key,
+            expected: "array",
+        }),
     }
 }
 
 fn strings(arr: &[Value], key: &'static str) -> Result<Vec<String>, TokenizerError> {
     arr.iter()
-        .map(|v| v.as_str().map(str::to_string).ok_or(TokenizerError::WrongType { key, expected: "array of strings" }))
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or(TokenizerError::WrongType {
+                    key,
+                    expected: "array of strings",
+                })
+        })
         .collect()
 }
 
 /// Reads the `tokenizer.ggml.*` keys into a [`TokenizerSpec`].
 pub fn spec_from_gguf(f: &GgufFile) -> Result<TokenizerSpec, TokenizerError> {
-    let model = meta_str(f, "tokenizer.ggml.model")?.ok_or(TokenizerError::MissingKey { key: "tokenizer.ggml.model" })?;
+    let model = meta_str(f, "tokenizer.ggml.model")?.ok_or(TokenizerError::MissingKey {
+        key: "tokenizer.ggml.model",
+    })?;
     let tokens_key = "tokenizer.ggml.tokens";
-    let tokens = strings(meta_array(f, tokens_key)?.ok_or(TokenizerError::MissingKey { key: tokens_key })?, tokens_key)?;
+    let tokens = strings(
+        meta_array(f, tokens_key)?.ok_or(TokenizerError::MissingKey { key: tokens_key })?,
+        tokens_key,
+    )?;
     let scores = match meta_array(f, "tokenizer.ggml.scores")? {
         None => None,
         Some(arr) => Some(
@@ -64,7 +94,10 @@ pub fn spec_from_gguf(f: &GgufFile) -> Result<TokenizerSpec, TokenizerError> {
                 .map(|v| match v {
                     Value::F32(x) => Ok(*x),
                     Value::I32(x) => Ok(*x as f32),
-                    _ => Err(TokenizerError::WrongType { key: "tokenizer.ggml.scores", expected: "array of f32 or i32" }),
+                    _ => Err(TokenizerError::WrongType {
+                        key: "tokenizer.ggml.scores",
+                        expected: "array of f32 or i32",
+                    }),
                 })
                 .collect::<Result<Vec<f32>, _>>()?,
         ),
@@ -75,7 +108,10 @@ pub fn spec_from_gguf(f: &GgufFile) -> Result<TokenizerSpec, TokenizerError> {
             arr.iter()
                 .map(|v| match v {
                     Value::I32(x) => Ok(*x),
-                    _ => Err(TokenizerError::WrongType { key: "tokenizer.ggml.token_type", expected: "array of i32" }),
+                    _ => Err(TokenizerError::WrongType {
+                        key: "tokenizer.ggml.token_type",
+                        expected: "array of i32",
+                    }),
                 })
                 .collect::<Result<Vec<i32>, _>>()?,
         ),
@@ -95,9 +131,12 @@ pub fn spec_from_gguf(f: &GgufFile) -> Result<TokenizerSpec, TokenizerError> {
         sep: meta_id(f, "tokenizer.ggml.seperator_token_id")?,
         pad: meta_id(f, "tokenizer.ggml.padding_token_id")?,
         mask: meta_id(f, "tokenizer.ggml.mask_token_id")?,
-        fim_pre: meta_id(f, "tokenizer.ggml.fim_pre_token_id")?.or(meta_id(f, "tokenizer.ggml.prefix_token_id")?),
-        fim_suf: meta_id(f, "tokenizer.ggml.fim_suf_token_id")?.or(meta_id(f, "tokenizer.ggml.suffix_token_id")?),
-        fim_mid: meta_id(f, "tokenizer.ggml.fim_mid_token_id")?.or(meta_id(f, "tokenizer.ggml.middle_token_id")?),
+        fim_pre: meta_id(f, "tokenizer.ggml.fim_pre_token_id")?
+            .or(meta_id(f, "tokenizer.ggml.prefix_token_id")?),
+        fim_suf: meta_id(f, "tokenizer.ggml.fim_suf_token_id")?
+            .or(meta_id(f, "tokenizer.ggml.suffix_token_id")?),
+        fim_mid: meta_id(f, "tokenizer.ggml.fim_mid_token_id")?
+            .or(meta_id(f, "tokenizer.ggml.middle_token_id")?),
         fim_pad: meta_id(f, "tokenizer.ggml.fim_pad_token_id")?,
         fim_rep: meta_id(f, "tokenizer.ggml.fim_rep_token_id")?,
         fim_sep: meta_id(f, "tokenizer.ggml.fim_sep_token_id")?,
@@ -115,4 +154,3 @@ pub fn spec_from_gguf(f: &GgufFile) -> Result<TokenizerSpec, TokenizerError> {
         add_space_prefix: meta_bool(f, "tokenizer.ggml.add_space_prefix")?,
     })
 }
-

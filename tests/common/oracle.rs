@@ -11,7 +11,12 @@ use llama_cpp_sys_2 as sys;
 
 static INIT: Once = Once::new();
 
-unsafe extern "C" fn quiet_log(_level: sys::ggml_log_level, _text: *const c_char, _user: *mut c_void) {}
+unsafe extern "C" fn quiet_log(
+    _level: sys::ggml_log_level,
+    _text: *const c_char,
+    _user: *mut c_void,
+) {
+}
 
 /// A llama.cpp model loaded with `vocab_only`, freed on drop.
 pub struct VocabOracle {
@@ -35,7 +40,11 @@ impl VocabOracle {
             params.vocab_only = true;
             sys::llama_model_load_from_file(c_path.as_ptr(), params)
         };
-        assert!(!model.is_null(), "llama.cpp failed to load {}", path.display());
+        assert!(
+            !model.is_null(),
+            "llama.cpp failed to load {}",
+            path.display()
+        );
         // SAFETY: model is a live model; the vocab lives as long as it does.
         let vocab = unsafe { sys::llama_model_get_vocab(model) };
         VocabOracle { model, vocab }
@@ -52,13 +61,29 @@ impl VocabOracle {
         // SAFETY: text is valid for len bytes; out has room for out.len() tokens, and llama.cpp
         // writes at most that many (it returns the negated count when it needs more).
         let mut n = unsafe {
-            sys::llama_tokenize(self.vocab, text.as_ptr().cast(), len, out.as_mut_ptr(), out.len() as i32, add_special, parse_special)
+            sys::llama_tokenize(
+                self.vocab,
+                text.as_ptr().cast(),
+                len,
+                out.as_mut_ptr(),
+                out.len() as i32,
+                add_special,
+                parse_special,
+            )
         };
         if n < 0 {
             out.resize((-n) as usize, 0);
             // SAFETY: as above, with the buffer grown to the size llama.cpp asked for.
             n = unsafe {
-                sys::llama_tokenize(self.vocab, text.as_ptr().cast(), len, out.as_mut_ptr(), out.len() as i32, add_special, parse_special)
+                sys::llama_tokenize(
+                    self.vocab,
+                    text.as_ptr().cast(),
+                    len,
+                    out.as_mut_ptr(),
+                    out.len() as i32,
+                    add_special,
+                    parse_special,
+                )
             };
         }
         assert!(n >= 0, "llama_tokenize failed: {n}");
@@ -71,7 +96,14 @@ impl VocabOracle {
         loop {
             // SAFETY: buf is writable for buf.len() bytes; a negative result asks for more room.
             let n = unsafe {
-                sys::llama_token_to_piece(self.vocab, id as i32, buf.as_mut_ptr().cast(), buf.len() as i32, 0, special)
+                sys::llama_token_to_piece(
+                    self.vocab,
+                    id as i32,
+                    buf.as_mut_ptr().cast(),
+                    buf.len() as i32,
+                    0,
+                    special,
+                )
             };
             if n >= 0 {
                 buf.truncate(n as usize);
@@ -143,17 +175,35 @@ impl Drop for VocabOracle {
 
 /// llama.cpp's built-in rendering of a chat (`llama_chat_apply_template`) for a named
 /// template ("chatml", "gemma", ...), or None if llama.cpp does not know it.
-pub fn chat_apply_builtin(template: &str, messages: &[(&str, &str)], add_assistant: bool) -> Option<String> {
+pub fn chat_apply_builtin(
+    template: &str,
+    messages: &[(&str, &str)],
+    add_assistant: bool,
+) -> Option<String> {
     let tmpl = CString::new(template).unwrap();
-    let owned: Vec<(CString, CString)> =
-        messages.iter().map(|(r, c)| (CString::new(*r).unwrap(), CString::new(*c).unwrap())).collect();
-    let msgs: Vec<sys::llama_chat_message> =
-        owned.iter().map(|(r, c)| sys::llama_chat_message { role: r.as_ptr(), content: c.as_ptr() }).collect();
+    let owned: Vec<(CString, CString)> = messages
+        .iter()
+        .map(|(r, c)| (CString::new(*r).unwrap(), CString::new(*c).unwrap()))
+        .collect();
+    let msgs: Vec<sys::llama_chat_message> = owned
+        .iter()
+        .map(|(r, c)| sys::llama_chat_message {
+            role: r.as_ptr(),
+            content: c.as_ptr(),
+        })
+        .collect();
     let mut buf = vec![0u8; 4096];
     loop {
         // SAFETY: the messages point into `owned`, alive for this call; buf is writable.
         let n = unsafe {
-            sys::llama_chat_apply_template(tmpl.as_ptr(), msgs.as_ptr(), msgs.len(), add_assistant, buf.as_mut_ptr().cast(), buf.len() as i32)
+            sys::llama_chat_apply_template(
+                tmpl.as_ptr(),
+                msgs.as_ptr(),
+                msgs.len(),
+                add_assistant,
+                buf.as_mut_ptr().cast(),
+                buf.len() as i32,
+            )
         };
         if n < 0 {
             return None;
@@ -246,8 +296,53 @@ pub mod cases {
 
     /// Pieces random test strings are assembled from.
     pub const RANDOM_PIECES: &[&str] = &[
-            " ", "  ", "\n", "\t", "\r\n", "a", "Z", "word", " the", "'s", "'LL", "'", "\"", "1", "42", "2024", ".", ",", "!?",
-            "—", "…", "é", "e\u{301}", "ß", "日本", "中", "한", "🦀", "👍🏽", "\u{200d}", "\u{00A0}", "\u{3000}", "<", ">", "|",
-            "<|im_start|>", "<|im_end|>", "<start_of_turn>", "<eos>", "<0x41>", "▁", "Ġ", "\u{FFFD}", "$", "_", "\\", "٣", "²",
-        ];
+        " ",
+        "  ",
+        "\n",
+        "\t",
+        "\r\n",
+        "a",
+        "Z",
+        "word",
+        " the",
+        "'s",
+        "'LL",
+        "'",
+        "\"",
+        "1",
+        "42",
+        "2024",
+        ".",
+        ",",
+        "!?",
+        "—",
+        "…",
+        "é",
+        "e\u{301}",
+        "ß",
+        "日本",
+        "中",
+        "한",
+        "🦀",
+        "👍🏽",
+        "\u{200d}",
+        "\u{00A0}",
+        "\u{3000}",
+        "<",
+        ">",
+        "|",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<start_of_turn>",
+        "<eos>",
+        "<0x41>",
+        "▁",
+        "Ġ",
+        "\u{FFFD}",
+        "$",
+        "_",
+        "\\",
+        "٣",
+        "²",
+    ];
 }
