@@ -22,6 +22,7 @@ pub mod forward;
 pub mod gguf_in;
 pub mod hf;
 pub mod hyper;
+pub mod tokenize;
 pub mod train;
 
 use std::path::PathBuf;
