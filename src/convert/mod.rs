@@ -17,6 +17,7 @@ pub mod baselines;
 pub mod converted;
 pub mod data;
 pub mod dense;
+pub mod eval;
 pub mod export;
 pub mod forward;
 pub mod gguf_in;
