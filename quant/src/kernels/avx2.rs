@@ -6,7 +6,7 @@
 use std::arch::x86_64::*;
 
 use super::scalar::q8k_d;
-use crate::blocks::kquants::{layout::*, q3_k_scales, scale_min_k4};
+use crate::blocks::kquants::layout::*;
 use crate::dispatch::KernelSet;
 use crate::formats::{QuantType, QK, QK_K};
 
@@ -100,15 +100,15 @@ macro_rules! legacy_kernels {
         pub unsafe fn dot_q4_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
             check_rows(QuantType::Q4_0, n, w, x);
             let (wp, xp) = (w.as_ptr(), x.as_ptr());
-            let mut acc = [_mm256_setzero_ps(); 2];
+            let mut acc = _mm256_setzero_ps();
             for i in 0..n / QK {
                 let (bw, bx) = (wp.add(18 * i), xp.add(34 * i));
                 let d = _mm256_set1_ps(f16_at(bw) * f16_at(bx));
                 let q = _mm256_sub_epi8(nibbles_32(bw.add(2)), _mm256_set1_epi8(8));
                 let p = dot_ss8(q, load(bx.add(2)));
-                acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[i & 1]);
+                acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
             }
-            hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+            hsum_ps(acc)
         }
 
         #[target_feature(enable = $tf)]
@@ -134,7 +134,7 @@ macro_rules! legacy_kernels {
         pub unsafe fn dot_q5_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
             check_rows(QuantType::Q5_0, n, w, x);
             let (wp, xp) = (w.as_ptr(), x.as_ptr());
-            let mut acc = [_mm256_setzero_ps(); 2];
+            let mut acc = _mm256_setzero_ps();
             for i in 0..n / QK {
                 let (bw, bx) = (wp.add(22 * i), xp.add(34 * i));
                 let d = _mm256_set1_ps(f16_at(bw) * f16_at(bx));
@@ -143,9 +143,9 @@ macro_rules! legacy_kernels {
                 let hi = _mm256_andnot_si256(bits_32(qh), _mm256_set1_epi8(0xF0u8 as i8));
                 let q = _mm256_or_si256(nibbles_32(bw.add(6)), hi);
                 let p = dot_ss8(q, load(bx.add(2)));
-                acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[i & 1]);
+                acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
             }
-            hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+            hsum_ps(acc)
         }
 
         #[target_feature(enable = $tf)]
@@ -174,14 +174,14 @@ macro_rules! legacy_kernels {
         pub unsafe fn dot_q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
             check_rows(QuantType::Q8_0, n, w, x);
             let (wp, xp) = (w.as_ptr(), x.as_ptr());
-            let mut acc = [_mm256_setzero_ps(); 2];
+            let mut acc = _mm256_setzero_ps();
             for i in 0..n / QK {
                 let (bw, bx) = (wp.add(34 * i), xp.add(34 * i));
                 let d = _mm256_set1_ps(f16_at(bw) * f16_at(bx));
                 let p = dot_ss8(load(bw.add(2)), load(bx.add(2)));
-                acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[i & 1]);
+                acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
             }
-            hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+            hsum_ps(acc)
         }
 
         #[target_feature(enable = $tf)]
@@ -284,63 +284,101 @@ pub unsafe fn dot_bf16(n: usize, w: &[u8], x: &[u8]) -> f32 {
     dot_half::<true>(n, w, x)
 }
 
-/// 16 i16 lanes: `lo` in the low 128 bits, `hi` in the high (one scale per 16-element group).
+// The k-quant kernels keep every per-block scale in registers: building a scale array with
+// scalar stores and reading it back as a vector stalls on store forwarding.
+
+/// Shuffle masks selecting group scale `2c` (low 128 bits) and `2c + 1` (high 128 bits) of a
+/// 16-byte scale vector into the high byte of every i16 lane (sign-extended by `srai 8`).
+static GROUP_SCALE_SHUFFLE: [[u8; 32]; 8] = {
+    let mut t = [[0x80u8; 32]; 8];
+    let mut c = 0;
+    while c < 8 {
+        let mut k = 0;
+        while k < 16 {
+            if k % 2 == 1 {
+                t[c][k] = 2 * c as u8;
+                t[c][16 + k] = 2 * c as u8 + 1;
+            }
+            k += 1;
+        }
+        c += 1;
+    }
+    t
+};
+
+/// 16 i16 lanes: the scale of group 2c in the low half, of group 2c+1 in the high half, from
+/// `scales` = the 16 i8 group scales in both 128-bit halves.
 #[inline(always)]
-unsafe fn scale_pair(lo: i32, hi: i32) -> __m256i {
-    _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
+unsafe fn group_scales(scales: __m256i, c: usize) -> __m256i {
+    _mm256_srai_epi16(_mm256_shuffle_epi8(scales, load(GROUP_SCALE_SHUFFLE[c].as_ptr())), 8)
 }
 
-/// Σ_g scale[g]·bsum[g] over the 16 groups of a Q8_K block.
+/// 8 i32 lanes whose sum is Σ_g scale[g]·bsum[g] over the 16 groups of a Q8_K block.
 #[inline(always)]
-unsafe fn scaled_bsums(bx: &[u8], scales: &[i16; 16]) -> i32 {
-    let b = load(bx.as_ptr().add(Q8_BSUMS));
-    let s = _mm256_loadu_si256(scales.as_ptr() as *const __m256i);
-    hsum_i32(_mm256_madd_epi16(b, s))
+unsafe fn scaled_bsums(bx: &[u8], scales16: __m256i) -> __m256i {
+    _mm256_madd_epi16(load(bx.as_ptr().add(Q8_BSUMS)), scales16)
+}
+
+#[inline(always)]
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q2_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     check_rows(QuantType::Q2_K, n, w, x);
     let mut acc = _mm256_setzero_ps();
-    let mut summ_f = 0.0f32;
     let m3 = _mm256_set1_epi8(3);
+    let m4 = _mm_set1_epi8(0x0F);
     for i in 0..n / QK_K {
         let (bw, bx) = (&w[Q2_BYTES * i..Q2_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
-        let sc = &bw[Q2_SCALES..Q2_SCALES + 16];
-        let mins: [i16; 16] = std::array::from_fn(|g| (sc[g] >> 4) as i16);
+        let sc = _mm_loadu_si128(bw.as_ptr().add(Q2_SCALES) as *const __m128i);
+        let scales = _mm256_broadcastsi128_si256(_mm_and_si128(sc, m4));
+        let mins16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc, 4), m4));
         let dy = q8k_d(bx);
-        summ_f += dy * f16_at(bw.as_ptr().add(Q2_DMIN)) * scaled_bsums(bx, &mins) as f32;
+        let summ = scaled_bsums(bx, mins16);
+        acc = _mm256_fnmadd_ps(_mm256_set1_ps(dy * f16_at(bw.as_ptr().add(Q2_DMIN))), _mm256_cvtepi32_ps(summ), acc);
         let mut sumi = _mm256_setzero_si256();
         for half in 0..2 {
             let q = load(bw.as_ptr().add(Q2_QS + 32 * half));
             for s in 0..4 {
                 let c = 4 * half + s;
                 let u = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * s as i32)), m3);
-                let y = load(bx.as_ptr().add(Q8_QS + 32 * c));
-                let p = _mm256_maddubs_epi16(u, y);
-                let scl = scale_pair((sc[2 * c] & 0xF) as i32, (sc[2 * c + 1] & 0xF) as i32);
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scl));
+                let p = _mm256_maddubs_epi16(u, load(bx.as_ptr().add(Q8_QS + 32 * c)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, group_scales(scales, c)));
             }
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16_at(bw.as_ptr().add(Q2_D))), _mm256_cvtepi32_ps(sumi), acc);
     }
-    hsum_ps(acc) - summ_f
+    hsum_ps(acc)
+}
+
+/// The sixteen Q3_K group scales (6 bits, minus 32) as i8 lanes, decoded with 32-bit word ops.
+#[inline(always)]
+unsafe fn q3_k_scale_vector(packed: &[u8]) -> __m128i {
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let (a0, a1, hi) = (u32_at(packed, 0), u32_at(packed, 4), u32_at(packed, 8));
+    let s0 = (a0 & LOW4) | ((hi & LOW2) << 4);
+    let s1 = (a1 & LOW4) | (((hi >> 2) & LOW2) << 4);
+    let s2 = ((a0 >> 4) & LOW4) | (((hi >> 4) & LOW2) << 4);
+    let s3 = ((a1 >> 4) & LOW4) | (((hi >> 6) & LOW2) << 4);
+    _mm_sub_epi8(_mm_set_epi32(s3 as i32, s2 as i32, s1 as i32, s0 as i32), _mm_set1_epi8(32))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q3_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     check_rows(QuantType::Q3_K, n, w, x);
-    let mut sum = 0.0f32;
+    let mut acc = _mm256_setzero_ps();
     let m3 = _mm256_set1_epi8(3);
     let m1 = _mm256_set1_epi8(1);
     for i in 0..n / QK_K {
         let (bw, bx) = (&w[Q3_BYTES * i..Q3_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
-        let sc8 = q3_k_scales(&bw[Q3_SCALES..Q3_SCALES + 12]);
-        let sc: [i16; 16] = std::array::from_fn(|g| sc8[g] as i16);
+        let sc = q3_k_scale_vector(&bw[Q3_SCALES..Q3_SCALES + 12]);
+        let scales = _mm256_broadcastsi128_si256(sc);
         // Levels are stored as u = value + 4 in 0..8: Σ value·y = Σ u·y - 4·Σ y.
-        let offset = 4 * scaled_bsums(bx, &sc);
+        let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(scaled_bsums(bx, _mm256_cvtepi8_epi16(sc)), 2));
         let hm = load(bw.as_ptr().add(Q3_HMASK));
-        let mut sumi = _mm256_setzero_si256();
         for half in 0..2 {
             let q = load(bw.as_ptr().add(Q3_QS + 32 * half));
             for s in 0..4 {
@@ -348,43 +386,62 @@ pub unsafe fn dot_q3_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
                 let low = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * s as i32)), m3);
                 let hb = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(c as i32)), m1);
                 let u = _mm256_or_si256(low, _mm256_slli_epi16(hb, 2));
-                let y = load(bx.as_ptr().add(Q8_QS + 32 * c));
-                let p = _mm256_maddubs_epi16(u, y);
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(sc[2 * c] as i32, sc[2 * c + 1] as i32)));
+                let p = _mm256_maddubs_epi16(u, load(bx.as_ptr().add(Q8_QS + 32 * c)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, group_scales(scales, c)));
             }
         }
-        let total = hsum_i32(sumi) - offset;
-        sum += q8k_d(bx) * f16_at(bw.as_ptr().add(Q3_D)) * total as f32;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(q8k_d(bx) * f16_at(bw.as_ptr().add(Q3_D))), _mm256_cvtepi32_ps(sumi), acc);
     }
-    sum
+    hsum_ps(acc)
 }
 
-/// The 8 (scale, min) pairs of a Q4_K/Q5_K block and Σ min_j·(bsum_2j + bsum_2j+1).
+/// Q4_K/Q5_K: the 8 six-bit scales (as a u64 of bytes) and the 8 mins (as i16 lanes),
+/// unpacked from the 12 packed bytes with 32-bit word ops.
 #[inline(always)]
-unsafe fn scales_mins_k(bw: &[u8], bx: &[u8]) -> ([u8; 8], i32) {
-    let packed = &bw[4..16];
-    let mut sc = [0u8; 8];
-    let mut mins = [0i16; 16];
-    for j in 0..8 {
-        let (s, m) = scale_min_k4(j, packed);
-        sc[j] = s;
-        mins[2 * j] = m as i16;
-        mins[2 * j + 1] = m as i16;
-    }
-    (sc, scaled_bsums(bx, &mins))
+unsafe fn scales_mins_k(packed: &[u8]) -> (u64, __m128i) {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let (a0, a1, a2) = (u32_at(packed, 0), u32_at(packed, 4), u32_at(packed, 8));
+    let sc_lo = a0 & LOW6;
+    let sc_hi = (a2 & LOW4) | (((a0 >> 6) & LOW2) << 4);
+    let m_lo = a1 & LOW6;
+    let m_hi = ((a2 >> 4) & LOW4) | (((a1 >> 6) & LOW2) << 4);
+    let mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, m_hi as i32, m_lo as i32));
+    (sc_lo as u64 | (sc_hi as u64) << 32, mins)
+}
+
+/// Σ_j min_j·(bsum_2j + bsum_2j+1) as 4 i32 lanes.
+#[inline(always)]
+unsafe fn min_bsums(bx: &[u8], mins: __m128i) -> __m128i {
+    let b = load(bx.as_ptr().add(Q8_BSUMS));
+    let pairs = _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+    _mm_madd_epi16(pairs, mins)
+}
+
+#[inline(always)]
+fn scale_byte(sc: u64, j: usize) -> i16 {
+    ((sc >> (8 * j)) & 0xFF) as i16
+}
+
+#[inline(always)]
+unsafe fn hsum_ps128(v: __m128) -> f32 {
+    let s = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     check_rows(QuantType::Q4_K, n, w, x);
     let mut acc = _mm256_setzero_ps();
-    let mut summ_f = 0.0f32;
+    let mut accm = _mm_setzero_ps();
     let m4 = _mm256_set1_epi8(0x0F);
     for i in 0..n / QK_K {
         let (bw, bx) = (&w[Q4_BYTES * i..Q4_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
-        let (sc, summ) = scales_mins_k(bw, bx);
+        let (sc, mins) = scales_mins_k(&bw[Q4_SCALES..Q4_SCALES + 12]);
         let dy = q8k_d(bx);
-        summ_f += dy * f16_at(bw.as_ptr().add(Q4_DMIN)) * summ as f32;
+        let summ = min_bsums(bx, mins);
+        accm = _mm_fmadd_ps(_mm_set1_ps(dy * f16_at(bw.as_ptr().add(Q4_DMIN))), _mm_cvtepi32_ps(summ), accm);
         let mut sumi = _mm256_setzero_si256();
         for k in 0..4 {
             let q = load(bw.as_ptr().add(Q4_QS + 32 * k));
@@ -392,27 +449,28 @@ pub unsafe fn dot_q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
             let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
             let plo = _mm256_maddubs_epi16(lo, load(bx.as_ptr().add(Q8_QS + 64 * k)));
             let phi = _mm256_maddubs_epi16(hi, load(bx.as_ptr().add(Q8_QS + 64 * k + 32)));
-            let plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * k] as i16));
-            let phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * k + 1] as i16));
+            let plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(scale_byte(sc, 2 * k)));
+            let phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(scale_byte(sc, 2 * k + 1)));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16_at(bw.as_ptr().add(Q4_D))), _mm256_cvtepi32_ps(sumi), acc);
     }
-    hsum_ps(acc) - summ_f
+    hsum_ps(acc) - hsum_ps128(accm)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     check_rows(QuantType::Q5_K, n, w, x);
     let mut acc = _mm256_setzero_ps();
-    let mut summ_f = 0.0f32;
+    let mut accm = _mm_setzero_ps();
     let m4 = _mm256_set1_epi8(0x0F);
     let m1 = _mm256_set1_epi8(1);
     for i in 0..n / QK_K {
         let (bw, bx) = (&w[Q5_BYTES * i..Q5_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
-        let (sc, summ) = scales_mins_k(bw, bx);
+        let (sc, mins) = scales_mins_k(&bw[Q5_SCALES..Q5_SCALES + 12]);
         let dy = q8k_d(bx);
-        summ_f += dy * f16_at(bw.as_ptr().add(Q5_DMIN)) * summ as f32;
+        let summ = min_bsums(bx, mins);
+        accm = _mm_fmadd_ps(_mm_set1_ps(dy * f16_at(bw.as_ptr().add(Q5_DMIN))), _mm_cvtepi32_ps(summ), accm);
         let qh = load(bw.as_ptr().add(Q5_QH));
         let mut sumi = _mm256_setzero_si256();
         for k in 0..4 {
@@ -423,13 +481,13 @@ pub unsafe fn dot_q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
             let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), _mm256_slli_epi16(hhi, 4));
             let plo = _mm256_maddubs_epi16(lo, load(bx.as_ptr().add(Q8_QS + 64 * k)));
             let phi = _mm256_maddubs_epi16(hi, load(bx.as_ptr().add(Q8_QS + 64 * k + 32)));
-            let plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * k] as i16));
-            let phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * k + 1] as i16));
+            let plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(scale_byte(sc, 2 * k)));
+            let phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(scale_byte(sc, 2 * k + 1)));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16_at(bw.as_ptr().add(Q5_D))), _mm256_cvtepi32_ps(sumi), acc);
     }
-    hsum_ps(acc) - summ_f
+    hsum_ps(acc) - hsum_ps128(accm)
 }
 
 /// Bits `shift..shift+2` of each byte of `h`, moved to bits 4..6.
@@ -441,15 +499,15 @@ unsafe fn q6_high(h: __m256i, m3: __m256i, shift: i32) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     check_rows(QuantType::Q6_K, n, w, x);
-    let mut sum = 0.0f32;
+    let mut acc = _mm256_setzero_ps();
     let m4 = _mm256_set1_epi8(0x0F);
     let m3 = _mm256_set1_epi8(3);
     for i in 0..n / QK_K {
         let (bw, bx) = (&w[Q6_BYTES * i..Q6_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
-        let sc: [i16; 16] = std::array::from_fn(|g| bw[Q6_SCALES + g] as i8 as i16);
+        let sc = _mm_loadu_si128(bw.as_ptr().add(Q6_SCALES) as *const __m128i);
+        let scales = _mm256_broadcastsi128_si256(sc);
         // Levels are stored as u = value + 32 in 0..64: Σ value·y = Σ u·y - 32·Σ y.
-        let offset = 32 * scaled_bsums(bx, &sc);
-        let mut sumi = _mm256_setzero_si256();
+        let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(scaled_bsums(bx, _mm256_cvtepi8_epi16(sc)), 5));
         for k in 0..2 {
             let l0 = load(bw.as_ptr().add(Q6_QL + 64 * k));
             let l1 = load(bw.as_ptr().add(Q6_QL + 64 * k + 32));
@@ -463,11 +521,10 @@ pub unsafe fn dot_q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
             for (m, u) in u.iter().enumerate() {
                 let c = 4 * k + m;
                 let p = _mm256_maddubs_epi16(*u, load(bx.as_ptr().add(Q8_QS + 32 * c)));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(sc[2 * c] as i32, sc[2 * c + 1] as i32)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, group_scales(scales, c)));
             }
         }
-        let total = hsum_i32(sumi) - offset;
-        sum += q8k_d(bx) * f16_at(bw.as_ptr().add(Q6_D)) * total as f32;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(q8k_d(bx) * f16_at(bw.as_ptr().add(Q6_D))), _mm256_cvtepi32_ps(sumi), acc);
     }
-    sum
+    hsum_ps(acc)
 }

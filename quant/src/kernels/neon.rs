@@ -136,7 +136,7 @@ macro_rules! neon_kernels {
                 let (wp, xp) = (w.as_ptr(), x.as_ptr());
                 let m4 = vdupq_n_u8(0x0F);
                 let s8 = vdupq_n_s8(8);
-                let mut acc = [vdupq_n_f32(0.0); 2];
+                let mut acc = vdupq_n_f32(0.0);
                 for i in 0..n / QK {
                     let (bw, bx) = (wp.add(18 * i), xp.add(34 * i));
                     let q = vld1q_u8(bw.add(2));
@@ -144,9 +144,9 @@ macro_rules! neon_kernels {
                     let hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(q)), s8);
                     let p = $dot($dot(vdupq_n_s32(0), lo, ld(bx.add(2))), hi, ld(bx.add(18)));
                     let d = read_f16(w, 18 * i) * read_f16(x, 34 * i);
-                    acc[i & 1] = vfmaq_n_f32(acc[i & 1], vcvtq_f32_s32(p), d);
+                    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), d);
                 }
-                vaddvq_f32(vaddq_f32(acc[0], acc[1]))
+                vaddvq_f32(acc)
             }
 
             #[target_feature(enable = $tf)]
@@ -214,14 +214,14 @@ macro_rules! neon_kernels {
             pub unsafe fn dot_q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
                 check_rows(QuantType::Q8_0, n, w, x);
                 let (wp, xp) = (w.as_ptr(), x.as_ptr());
-                let mut acc = [vdupq_n_f32(0.0); 2];
+                let mut acc = vdupq_n_f32(0.0);
                 for i in 0..n / QK {
                     let (bw, bx) = (wp.add(34 * i), xp.add(34 * i));
                     let p = $dot($dot(vdupq_n_s32(0), ld(bw.add(2)), ld(bx.add(2))), ld(bw.add(18)), ld(bx.add(18)));
                     let d = read_f16(w, 34 * i) * read_f16(x, 34 * i);
-                    acc[i & 1] = vfmaq_n_f32(acc[i & 1], vcvtq_f32_s32(p), d);
+                    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), d);
                 }
-                vaddvq_f32(vaddq_f32(acc[0], acc[1]))
+                vaddvq_f32(acc)
             }
 
             #[target_feature(enable = $tf)]
