@@ -30,7 +30,9 @@ mod bench {
         let distinct = 256;
         let mut base = vec![0u8; rb * distinct];
         for r in 0..distinct {
-            let x: Vec<f32> = (0..COLS).map(|_| rng.gen_range(-1.0f32..1.0) * 0.05).collect();
+            let x: Vec<f32> = (0..COLS)
+                .map(|_| rng.gen_range(-1.0f32..1.0) * 0.05)
+                .collect();
             tomoe_quant::quantize_row(ty, &x, &mut base[r * rb..(r + 1) * rb]);
         }
         let mut data = Vec::with_capacity(rb * ROWS);
@@ -42,7 +44,16 @@ mod bench {
 
     struct Ggml {
         from_float: unsafe extern "C" fn(*const f32, *mut std::ffi::c_void, i64),
-        vec_dot: unsafe extern "C" fn(i32, *mut f32, usize, *const std::ffi::c_void, usize, *const std::ffi::c_void, usize, i32),
+        vec_dot: unsafe extern "C" fn(
+            i32,
+            *mut f32,
+            usize,
+            *const std::ffi::c_void,
+            usize,
+            *const std::ffi::c_void,
+            usize,
+            i32,
+        ),
         x_bytes: usize,
     }
 
@@ -53,7 +64,11 @@ mod bench {
             let vt = t.vec_dot_type;
             let bt = &*sys::ggml_get_type_traits(vt);
             let x_bytes = COLS / bt.blck_size as usize * bt.type_size;
-            Ggml { from_float: (*sys::ggml_get_type_traits_cpu(vt)).from_float.unwrap(), vec_dot: t.vec_dot.unwrap(), x_bytes }
+            Ggml {
+                from_float: (*sys::ggml_get_type_traits_cpu(vt)).from_float.unwrap(),
+                vec_dot: t.vec_dot.unwrap(),
+                x_bytes,
+            }
         }
     }
 
@@ -62,7 +77,18 @@ mod bench {
             for (i, out) in y.iter_mut().enumerate() {
                 let r = first + i;
                 // SAFETY: row r is rb bytes inside w; x is the quantized activation row.
-                unsafe { (self.vec_dot)(COLS as i32, out, 0, w[r * rb..].as_ptr().cast(), 0, x.as_ptr().cast(), 0, 1) };
+                unsafe {
+                    (self.vec_dot)(
+                        COLS as i32,
+                        out,
+                        0,
+                        w[r * rb..].as_ptr().cast(),
+                        0,
+                        x.as_ptr().cast(),
+                        0,
+                        1,
+                    )
+                };
             }
         }
     }
@@ -71,7 +97,9 @@ mod bench {
         // 512 MiB: far beyond the last-level cache.
         let buf: Vec<f32> = vec![1.0; 128 << 20];
         let mut g = c.benchmark_group("bandwidth");
-        g.throughput(Throughput::Bytes((buf.len() * 4) as u64)).sample_size(10).warm_up_time(Duration::from_secs(1));
+        g.throughput(Throughput::Bytes((buf.len() * 4) as u64))
+            .sample_size(10)
+            .warm_up_time(Duration::from_secs(1));
         g.bench_function("sum/1t", |b| b.iter(|| black_box(sum(&buf))));
         g.bench_function("sum/all", |b| {
             b.iter(|| black_box(buf.par_chunks(1 << 20).map(sum).sum::<f32>()))
@@ -95,7 +123,11 @@ mod bench {
         unsafe { sys::ggml_cpu_init() };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let xf: Vec<f32> = (0..COLS).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-        eprintln!("tomoe-quant kernel set: {}; threads: {}", tomoe_quant::kernel_name(), rayon::current_num_threads());
+        eprintln!(
+            "tomoe-quant kernel set: {}; threads: {}",
+            tomoe_quant::kernel_name(),
+            rayon::current_num_threads()
+        );
         for ty in QuantType::ALL {
             if ty == QuantType::Q8_K {
                 continue; // an activation format, not a weight format
@@ -139,7 +171,9 @@ mod bench {
                 b.iter(|| {
                     // SAFETY: as above.
                     unsafe { (gg.from_float)(xf.as_ptr(), xg.as_mut_ptr().cast(), COLS as i64) };
-                    y.par_chunks_mut(chunk).enumerate().for_each(|(i, ys)| gg.dot_rows(&data, rb, &xg, ys, i * chunk));
+                    y.par_chunks_mut(chunk)
+                        .enumerate()
+                        .for_each(|(i, ys)| gg.dot_rows(&data, rb, &xg, ys, i * chunk));
                     black_box(&y);
                 })
             });
@@ -147,11 +181,89 @@ mod bench {
         }
     }
 
+    /// Minimum time of `f` over `rounds` calls interleaved with `g`: on a shared machine the
+    /// minimum of alternating runs is the least disturbed comparison of the two.
+    fn interleaved_min(rounds: usize, mut f: impl FnMut(), mut g: impl FnMut()) -> (f64, f64) {
+        let (mut tf, mut tg) = (f64::MAX, f64::MAX);
+        for _ in 0..rounds {
+            let t = std::time::Instant::now();
+            f();
+            tf = tf.min(t.elapsed().as_secs_f64());
+            let t = std::time::Instant::now();
+            g();
+            tg = tg.min(t.elapsed().as_secs_f64());
+        }
+        (tf, tg)
+    }
+
+    /// The same comparison as the criterion groups, but interleaved (see `interleaved_min`);
+    /// prints a markdown table.
+    fn interleaved_table() {
+        // SAFETY: fills ggml's global tables once.
+        unsafe { sys::ggml_cpu_init() };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let xf: Vec<f32> = (0..COLS).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        println!("\nInterleaved minimum times, kernel set {}, {} threads:", tomoe_quant::kernel_name(), rayon::current_num_threads());
+        println!("| format | tomoe 1t GB/s | ggml 1t GB/s | ratio 1t | tomoe all GB/s | ggml all GB/s | ratio all |");
+        println!("|---|---|---|---|---|---|---|");
+        for ty in QuantType::ALL {
+            if ty == QuantType::Q8_K {
+                continue;
+            }
+            let data = matrix(ty);
+            let rb = ty.row_bytes(COLS).unwrap();
+            let w = MatRef::new(ty, ROWS, COLS, &data).unwrap();
+            let gg = ggml(ty);
+            let mut xq = QuantizedInput::new();
+            let mut xg = vec![0u8; gg.x_bytes];
+            let mut y = vec![0f32; ROWS];
+            let mut y2 = vec![0f32; ROWS];
+            let chunk = chunk_rows();
+            let gb = |t: f64| data.len() as f64 / t / 1e9;
+            let (t1, g1) = interleaved_min(
+                40,
+                || {
+                    xq.quantize(ty, &xf, COLS);
+                    matvec_rows(&w, 0..ROWS, &xq, &mut y);
+                    black_box(&y);
+                },
+                || {
+                    // SAFETY: xg holds the quantized row of COLS values.
+                    unsafe { (gg.from_float)(xf.as_ptr(), xg.as_mut_ptr().cast(), COLS as i64) };
+                    gg.dot_rows(&data, rb, &xg, &mut y2, 0);
+                    black_box(&y2);
+                },
+            );
+            let mut xq = QuantizedInput::new();
+            let (ta, ga) = interleaved_min(
+                40,
+                || {
+                    xq.quantize(ty, &xf, COLS);
+                    matvec(&w, &xq, &mut y);
+                    black_box(&y);
+                },
+                || {
+                    // SAFETY: as above.
+                    unsafe { (gg.from_float)(xf.as_ptr(), xg.as_mut_ptr().cast(), COLS as i64) };
+                    y2.par_chunks_mut(chunk).enumerate().for_each(|(i, ys)| gg.dot_rows(&data, rb, &xg, ys, i * chunk));
+                    black_box(&y2);
+                },
+            );
+            println!(
+                "| {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.2} |",
+                ty.name(), gb(t1), gb(g1), g1 / t1, gb(ta), gb(ga), ga / ta
+            );
+        }
+    }
+
     pub fn main() {
-        let mut c = Criterion::default().configure_from_args();
-        bandwidth_probe(&mut c);
-        matvec_bench(&mut c);
-        c.final_summary();
+        if std::env::var_os("TOMOE_BENCH_INTERLEAVED_ONLY").is_none() {
+            let mut c = Criterion::default().configure_from_args();
+            bandwidth_probe(&mut c);
+            matvec_bench(&mut c);
+            c.final_summary();
+        }
+        interleaved_table();
     }
 }
 

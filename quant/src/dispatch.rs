@@ -72,5 +72,9 @@ static BEST: OnceLock<KernelSet> = OnceLock::new();
 
 /// The best kernel set for this CPU (detected once).
 pub fn kernels() -> &'static KernelSet {
-    BEST.get_or_init(|| available_sets().pop().expect("the scalar set is always present"))
+    BEST.get_or_init(|| {
+        available_sets()
+            .pop()
+            .expect("the scalar set is always present")
+    })
 }

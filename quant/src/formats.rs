@@ -67,7 +67,14 @@ pub(crate) const FORMATS: [Format; 14] = [
     // d, dmin, scales[12], qh[32], qs[128]
     fmt!(Q5_K, "q5_k", 13, QK_K, 4 + 12 + QK_K / 8 + QK_K / 2, Q8_K),
     // ql[128], qh[64], scales[16], d
-    fmt!(Q6_K, "q6_k", 14, QK_K, QK_K / 2 + QK_K / 4 + QK_K / 16 + 2, Q8_K),
+    fmt!(
+        Q6_K,
+        "q6_k",
+        14,
+        QK_K,
+        QK_K / 2 + QK_K / 4 + QK_K / 16 + 2,
+        Q8_K
+    ),
     // d (f32), qs[256], bsums[16] (i16)
     fmt!(Q8_K, "q8_k", 15, QK_K, 4 + QK_K + QK_K / 16 * 2, Q8_K),
 ];
@@ -112,7 +119,10 @@ impl QuantType {
 
     /// Case-insensitive inverse of [`QuantType::name`].
     pub fn from_name(s: &str) -> Option<QuantType> {
-        FORMATS.iter().find(|f| f.name.eq_ignore_ascii_case(s)).map(|f| f.ty)
+        FORMATS
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(s))
+            .map(|f| f.ty)
     }
 
     /// Elements per block.

@@ -26,7 +26,12 @@ pub use ops::{axpy_rows, matmul, matvec, matvec_rows, MatRef, QuantizedInput};
 /// If the lengths do not fit (a caller bug; use [`QuantType::row_bytes`] to size `dst`).
 pub fn quantize_row(ty: QuantType, src: &[f32], dst: &mut [u8]) {
     let need = ty.row_bytes(src.len());
-    assert!(need == Some(dst.len()), "quantize_row {ty}: {} values need {need:?} bytes, got {}", src.len(), dst.len());
+    assert!(
+        need == Some(dst.len()),
+        "quantize_row {ty}: {} values need {need:?} bytes, got {}",
+        src.len(),
+        dst.len()
+    );
     (blocks::codec(ty).0)(src, dst);
 }
 
@@ -36,7 +41,12 @@ pub fn quantize_row(ty: QuantType, src: &[f32], dst: &mut [u8]) {
 /// If the lengths do not fit.
 pub fn dequantize_row(ty: QuantType, src: &[u8], dst: &mut [f32]) {
     let need = ty.row_bytes(dst.len());
-    assert!(need == Some(src.len()), "dequantize_row {ty}: {} values need {need:?} bytes, got {}", dst.len(), src.len());
+    assert!(
+        need == Some(src.len()),
+        "dequantize_row {ty}: {} values need {need:?} bytes, got {}",
+        dst.len(),
+        src.len()
+    );
     (blocks::codec(ty).1)(src, dst);
 }
 
@@ -46,7 +56,11 @@ pub fn dequantize_row(ty: QuantType, src: &[u8], dst: &mut [f32]) {
 /// # Panics
 /// If the slices are not exactly the rows of `n` elements.
 pub fn vec_dot(ty: QuantType, n: usize, w_row: &[u8], x: &[u8]) -> f32 {
-    assert!(ty.row_bytes(n) == Some(w_row.len()), "vec_dot {ty}: weight row of {} bytes for {n} values", w_row.len());
+    assert!(
+        ty.row_bytes(n) == Some(w_row.len()),
+        "vec_dot {ty}: weight row of {} bytes for {n} values",
+        w_row.len()
+    );
     assert!(
         ty.vec_dot_type().row_bytes(n) == Some(x.len()),
         "vec_dot {ty}: activation row of {} bytes for {n} values",

@@ -21,17 +21,40 @@ pub struct MatRef<'a> {
 
 impl<'a> MatRef<'a> {
     /// Checks that `cols` is a whole number of blocks and `data` holds exactly the matrix.
-    pub fn new(ty: QuantType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, QuantError> {
+    pub fn new(
+        ty: QuantType,
+        rows: usize,
+        cols: usize,
+        data: &'a [u8],
+    ) -> Result<Self, QuantError> {
         let row_bytes = ty.row_bytes(cols).ok_or(if cols % ty.block_size() != 0 {
-            QuantError::RowNotBlockMultiple { ty, cols, block: ty.block_size() }
+            QuantError::RowNotBlockMultiple {
+                ty,
+                cols,
+                block: ty.block_size(),
+            }
         } else {
             QuantError::SizeOverflow { ty, rows, cols }
         })?;
-        let expected = row_bytes.checked_mul(rows).ok_or(QuantError::SizeOverflow { ty, rows, cols })?;
+        let expected = row_bytes
+            .checked_mul(rows)
+            .ok_or(QuantError::SizeOverflow { ty, rows, cols })?;
         if data.len() != expected {
-            return Err(QuantError::DataLength { ty, rows, cols, expected, actual: data.len() });
+            return Err(QuantError::DataLength {
+                ty,
+                rows,
+                cols,
+                expected,
+                actual: data.len(),
+            });
         }
-        Ok(MatRef { ty, rows, cols, row_bytes, data })
+        Ok(MatRef {
+            ty,
+            rows,
+            cols,
+            row_bytes,
+            data,
+        })
     }
     pub fn ty(&self) -> QuantType {
         self.ty
@@ -48,7 +71,11 @@ impl<'a> MatRef<'a> {
     }
     /// The bytes of row `r`. Panics if `r >= rows`.
     pub fn row(&self, r: usize) -> &'a [u8] {
-        assert!(r < self.rows, "row {r} out of range for a matrix of {} rows", self.rows);
+        assert!(
+            r < self.rows,
+            "row {r} out of range for a matrix of {} rows",
+            self.rows
+        );
         &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
     /// All the bytes.
@@ -86,19 +113,35 @@ impl QuantizedInput {
         }
     }
 
-    pub fn try_quantize(&mut self, weight_ty: QuantType, x: &[f32], cols: usize) -> Result<(), QuantError> {
+    pub fn try_quantize(
+        &mut self,
+        weight_ty: QuantType,
+        x: &[f32],
+        cols: usize,
+    ) -> Result<(), QuantError> {
         let ty = weight_ty.vec_dot_type();
         if cols == 0 || x.len() % cols != 0 {
             return Err(QuantError::InputLength { len: x.len(), cols });
         }
-        let row_bytes = ty
-            .row_bytes(cols)
-            .ok_or(QuantError::RowNotBlockMultiple { ty, cols, block: ty.block_size() })?;
+        let row_bytes = ty.row_bytes(cols).ok_or(QuantError::RowNotBlockMultiple {
+            ty,
+            cols,
+            block: ty.block_size(),
+        })?;
         let n_vecs = x.len() / cols;
-        let total = row_bytes.checked_mul(n_vecs).ok_or(QuantError::SizeOverflow { ty, rows: n_vecs, cols })?;
+        let total = row_bytes
+            .checked_mul(n_vecs)
+            .ok_or(QuantError::SizeOverflow {
+                ty,
+                rows: n_vecs,
+                cols,
+            })?;
         self.data.resize(total, 0);
         let quantize = codec(ty).0;
-        for (src, dst) in x.chunks_exact(cols).zip(self.data.chunks_exact_mut(row_bytes)) {
+        for (src, dst) in x
+            .chunks_exact(cols)
+            .zip(self.data.chunks_exact_mut(row_bytes))
+        {
             quantize(src, dst);
         }
         self.ty = Some(ty);
@@ -120,7 +163,11 @@ impl QuantizedInput {
     }
     /// The bytes of vector `v`.
     pub fn vector(&self, v: usize) -> &[u8] {
-        assert!(v < self.n_vecs, "vector {v} out of range ({} vectors)", self.n_vecs);
+        assert!(
+            v < self.n_vecs,
+            "vector {v} out of range ({} vectors)",
+            self.n_vecs
+        );
         &self.data[v * self.row_bytes..(v + 1) * self.row_bytes]
     }
 }
@@ -134,7 +181,11 @@ fn check_compatible(w: &MatRef, x: &QuantizedInput) {
         w.ty,
         w.ty.vec_dot_type()
     );
-    assert_eq!(x.cols, w.cols, "activation length {} != weight columns {}", x.cols, w.cols);
+    assert_eq!(
+        x.cols, w.cols,
+        "activation length {} != weight columns {}",
+        x.cols, w.cols
+    );
 }
 
 /// Rows per rayon task: enough tasks for load balance, enough rows to amortise scheduling.
@@ -151,7 +202,11 @@ fn rows_per_task(rows: usize) -> usize {
 pub fn matvec_rows(w: &MatRef, rows: std::ops::Range<usize>, x: &QuantizedInput, y: &mut [f32]) {
     check_compatible(w, x);
     assert!(x.n_vecs >= 1, "no activation vector");
-    assert!(rows.start <= rows.end && rows.end <= w.rows, "rows {rows:?} out of range ({} rows)", w.rows);
+    assert!(
+        rows.start <= rows.end && rows.end <= w.rows,
+        "rows {rows:?} out of range ({} rows)",
+        w.rows
+    );
     assert_eq!(y.len(), rows.len(), "output length");
     let dot = kernels().dot(w.ty);
     let xv = x.vector(0);
@@ -206,7 +261,8 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
         let start = c * chunk;
         let n = part.len() / x.n_vecs;
         for v in 0..x.n_vecs {
-            y[v * w.rows + start..v * w.rows + start + n].copy_from_slice(&part[v * n..(v + 1) * n]);
+            y[v * w.rows + start..v * w.rows + start + n]
+                .copy_from_slice(&part[v * n..(v + 1) * n]);
         }
     }
 }

@@ -27,7 +27,15 @@ fn ggml_quantize(ty: QuantType, x: &[f32], n_per_row: usize) -> Vec<u8> {
     let mut out = vec![0u8; ty.row_bytes(n_per_row).unwrap() * rows];
     // SAFETY: src holds rows*n_per_row floats, dst exactly rows*row_size bytes; null imatrix.
     let written = unsafe {
-        sys::ggml_quantize_chunk(gtype(ty), x.as_ptr(), out.as_mut_ptr().cast(), 0, rows as i64, n_per_row as i64, std::ptr::null())
+        sys::ggml_quantize_chunk(
+            gtype(ty),
+            x.as_ptr(),
+            out.as_mut_ptr().cast(),
+            0,
+            rows as i64,
+            n_per_row as i64,
+            std::ptr::null(),
+        )
     };
     assert_eq!(written, out.len());
     out
@@ -37,7 +45,9 @@ fn ggml_from_float(ty: QuantType, x: &[f32]) -> Vec<u8> {
     let mut out = vec![0u8; ty.row_bytes(x.len()).unwrap()];
     // SAFETY: traits of a valid type; from_float writes row_bytes(n) bytes.
     unsafe {
-        let f = (*sys::ggml_get_type_traits_cpu(gtype(ty))).from_float.expect("from_float");
+        let f = (*sys::ggml_get_type_traits_cpu(gtype(ty)))
+            .from_float
+            .expect("from_float");
         f(x.as_ptr(), out.as_mut_ptr().cast(), x.len() as i64);
     }
     out
@@ -60,7 +70,9 @@ fn ggml_dequantize(ty: QuantType, q: &[u8], n: usize) -> Vec<f32> {
     }
     // SAFETY: q holds row_bytes(n) bytes of type ty; out n floats.
     unsafe {
-        let f = (*sys::ggml_get_type_traits(gtype(ty))).to_float.expect("to_float");
+        let f = (*sys::ggml_get_type_traits(gtype(ty)))
+            .to_float
+            .expect("to_float");
         f(q.as_ptr().cast(), out.as_mut_ptr(), n as i64);
     }
     out
@@ -70,15 +82,29 @@ fn ggml_vec_dot(ty: QuantType, n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut s = 0f32;
     // SAFETY: w and x are rows of n values in ty and its ggml vec_dot_type; nrc = 1.
     unsafe {
-        let f = (*sys::ggml_get_type_traits_cpu(gtype(ty))).vec_dot.expect("vec_dot");
-        f(n as i32, &mut s, 0, w.as_ptr().cast(), 0, x.as_ptr().cast(), 0, 1);
+        let f = (*sys::ggml_get_type_traits_cpu(gtype(ty)))
+            .vec_dot
+            .expect("vec_dot");
+        f(
+            n as i32,
+            &mut s,
+            0,
+            w.as_ptr().cast(),
+            0,
+            x.as_ptr().cast(),
+            0,
+            1,
+        );
     }
     s
 }
 
 /// Row lengths: odd numbers of blocks, including one block.
 fn lengths(ty: QuantType) -> Vec<usize> {
-    [1, 3, 7, 16].iter().map(|b| b * ty.block_size().max(32)).collect()
+    [1, 3, 7, 16]
+        .iter()
+        .map(|b| b * ty.block_size().max(32))
+        .collect()
 }
 
 #[test]
@@ -111,7 +137,12 @@ fn quantization_is_byte_identical_to_ggml() {
 fn activation_quantizers_match_ggml_from_float() {
     init();
     let mut rng = support::rng(2);
-    for ty in [QuantType::Q8_0, QuantType::Q8_K, QuantType::F16, QuantType::BF16] {
+    for ty in [
+        QuantType::Q8_0,
+        QuantType::Q8_K,
+        QuantType::F16,
+        QuantType::BF16,
+    ] {
         for kind in 1..40 {
             let x = support::row(&mut rng, 7 * 256, kind);
             let mut mine = vec![0u8; ty.row_bytes(x.len()).unwrap()];
@@ -130,7 +161,11 @@ fn dequantization_is_identical_to_ggml() {
         for n in lengths(ty) {
             for kind in 0..16 {
                 let x = support::row(&mut rng, n, kind);
-                let q = if ty == QuantType::Q8_K { ggml_from_float(ty, &x) } else { ggml_quantize(ty, &x, n) };
+                let q = if ty == QuantType::Q8_K {
+                    ggml_from_float(ty, &x)
+                } else {
+                    ggml_quantize(ty, &x, n)
+                };
                 if ty == QuantType::Q8_K && kind % 8 == 0 {
                     continue; // ggml leaves bsums of an all-zero Q8_K block uninitialised
                 }
@@ -138,7 +173,10 @@ fn dequantization_is_identical_to_ggml() {
                 dequantize_row(ty, &q, &mut mine);
                 let theirs = ggml_dequantize(ty, &q, n);
                 for (i, (a, b)) in mine.iter().zip(&theirs).enumerate() {
-                    assert!(a.to_bits() == b.to_bits(), "{ty} n={n} kind={kind} [{i}]: ours {a} ggml {b}");
+                    assert!(
+                        a.to_bits() == b.to_bits(),
+                        "{ty} n={n} kind={kind} [{i}]: ours {a} ggml {b}"
+                    );
                 }
             }
         }
@@ -166,18 +204,31 @@ fn dot_products_match_ggml_within_1e5() {
                 let legacy_min = matches!(ty, QuantType::Q4_1 | QuantType::Q5_1);
                 let x = ggml_from_float(vt, &xf);
                 let xd = ggml_dequantize(vt, &x, n);
-                let abs_terms: f64 = wd.iter().zip(&xd).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                let abs_terms: f64 = wd
+                    .iter()
+                    .zip(&xd)
+                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                    .sum();
                 let reference = if legacy_min {
-                    wd.iter().zip(&xd).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32
+                    wd.iter()
+                        .zip(&xd)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>() as f32
                 } else {
                     ggml_vec_dot(ty, n, &w, &x)
                 };
                 let ours = vec_dot(ty, n, &w, &x);
                 let err = support::rel_err(ours, reference, abs_terms);
                 worst = worst.max(err);
-                assert!(err <= 1e-5, "{ty} n={n}: ours {ours} reference {reference} rel err {err:e}");
+                assert!(
+                    err <= 1e-5,
+                    "{ty} n={n}: ours {ours} reference {reference} rel err {err:e}"
+                );
             }
         }
-        eprintln!("{ty}: worst relative error {worst:e} (kernel {})", tomoe_quant::kernel_name());
+        eprintln!(
+            "{ty}: worst relative error {worst:e} (kernel {})",
+            tomoe_quant::kernel_name()
+        );
     }
 }

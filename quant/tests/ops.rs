@@ -3,7 +3,9 @@
 
 mod support;
 
-use tomoe_quant::{matmul, matvec, matvec_rows, vec_dot, MatRef, QuantError, QuantType, QuantizedInput};
+use tomoe_quant::{
+    matmul, matvec, matvec_rows, vec_dot, MatRef, QuantError, QuantType, QuantizedInput,
+};
 
 fn random_matrix(ty: QuantType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
     let mut rng = support::rng(seed);
@@ -23,7 +25,9 @@ fn matvec_and_matmul_equal_rowwise_dots() {
         let data = random_matrix(ty, rows, cols, ty as u64);
         let w = MatRef::new(ty, rows, cols, &data).unwrap();
         let mut rng = support::rng(99);
-        let xs: Vec<f32> = (0..n_vecs).flat_map(|_| support::dense_row(&mut rng, cols)).collect();
+        let xs: Vec<f32> = (0..n_vecs)
+            .flat_map(|_| support::dense_row(&mut rng, cols))
+            .collect();
 
         let mut xq = QuantizedInput::new();
         xq.quantize(ty, &xs, cols);
@@ -41,7 +45,11 @@ fn matvec_and_matmul_equal_rowwise_dots() {
             for r in 0..rows {
                 let expect = vec_dot(ty, cols, w.row(r), x1.vector(0));
                 assert_eq!(yv[r].to_bits(), expect.to_bits(), "{ty} matvec row {r}");
-                assert_eq!(y[v * rows + r].to_bits(), expect.to_bits(), "{ty} matmul vec {v} row {r}");
+                assert_eq!(
+                    y[v * rows + r].to_bits(),
+                    expect.to_bits(),
+                    "{ty} matmul vec {v} row {r}"
+                );
             }
             assert_eq!(&part[..], &yv[30..40]);
         }
@@ -54,13 +62,33 @@ fn matref_rejects_bad_shapes() {
     assert!(MatRef::new(QuantType::Q4_0, 2, 64, &data).is_ok());
     assert_eq!(
         MatRef::new(QuantType::Q4_0, 2, 48, &data).unwrap_err(),
-        QuantError::RowNotBlockMultiple { ty: QuantType::Q4_0, cols: 48, block: 32 }
+        QuantError::RowNotBlockMultiple {
+            ty: QuantType::Q4_0,
+            cols: 48,
+            block: 32
+        }
     );
-    assert!(matches!(MatRef::new(QuantType::Q4_0, 3, 64, &data), Err(QuantError::DataLength { expected: 108, actual: 72, .. })));
-    assert!(matches!(MatRef::new(QuantType::Q4_0, usize::MAX, 64, &data), Err(QuantError::SizeOverflow { .. })));
+    assert!(matches!(
+        MatRef::new(QuantType::Q4_0, 3, 64, &data),
+        Err(QuantError::DataLength {
+            expected: 108,
+            actual: 72,
+            ..
+        })
+    ));
+    assert!(matches!(
+        MatRef::new(QuantType::Q4_0, usize::MAX, 64, &data),
+        Err(QuantError::SizeOverflow { .. })
+    ));
     let mut x = QuantizedInput::new();
-    assert!(matches!(x.try_quantize(QuantType::Q4_K, &[0.0; 250], 100), Err(QuantError::InputLength { .. })));
-    assert!(matches!(x.try_quantize(QuantType::Q4_K, &[0.0; 200], 100), Err(QuantError::RowNotBlockMultiple { .. })));
+    assert!(matches!(
+        x.try_quantize(QuantType::Q4_K, &[0.0; 250], 100),
+        Err(QuantError::InputLength { .. })
+    ));
+    assert!(matches!(
+        x.try_quantize(QuantType::Q4_K, &[0.0; 200], 100),
+        Err(QuantError::RowNotBlockMultiple { .. })
+    ));
 }
 
 #[test]

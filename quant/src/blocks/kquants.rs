@@ -255,7 +255,10 @@ pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -275,7 +278,16 @@ pub fn quantize_q2_k(src: &[f32], dst: &mut [u8]) {
             for (w, v) in weights.iter_mut().zip(xs) {
                 *w = v.abs();
             }
-            let (s, m) = make_qkx2_quants(3, xs, &weights, &mut l[16 * j..16 * j + 16], -0.5, 0.1, 15, true);
+            let (s, m) = make_qkx2_quants(
+                3,
+                xs,
+                &weights,
+                &mut l[16 * j..16 * j + 16],
+                -0.5,
+                0.1,
+                15,
+                true,
+            );
             scales[j] = s;
             mins[j] = m;
             if s > max_scale {
@@ -300,7 +312,15 @@ pub fn quantize_q2_k(src: &[f32], dst: &mut [u8]) {
                 sc[j] |= (nearest_int(iscale * mins[j]) << 4) as u8;
             }
         }
-        put_f16(y, Q2_D, if max_scale > 0.0 { max_scale / 15.0 } else { 0.0 });
+        put_f16(
+            y,
+            Q2_D,
+            if max_scale > 0.0 {
+                max_scale / 15.0
+            } else {
+                0.0
+            },
+        );
         put_f16(y, Q2_DMIN, if max_min > 0.0 { max_min / 15.0 } else { 0.0 });
         let d_all = read_f16(y, Q2_D);
         let dmin_all = read_f16(y, Q2_DMIN);
@@ -353,7 +373,11 @@ pub fn dequantize_q2_k(src: &[u8], dst: &mut [f32]) {
 pub fn q3_k_scales(packed: &[u8]) -> [i8; 16] {
     let mut out = [0i8; 16];
     for (j, o) in out.iter_mut().enumerate() {
-        let low = if j < 8 { packed[j] & 0xF } else { packed[j - 8] >> 4 };
+        let low = if j < 8 {
+            packed[j] & 0xF
+        } else {
+            packed[j - 8] >> 4
+        };
         let high = (packed[8 + j % 4] >> (2 * (j / 4))) & 3;
         *o = (low | (high << 4)) as i8 - 32;
     }
@@ -411,7 +435,9 @@ pub fn quantize_q3_k(src: &[f32], dst: &mut [u8]) {
         }
         for j in (0..QK_K).step_by(128) {
             for i in 0..32 {
-                y[Q3_QS + j / 4 + i] = (l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6)) as u8;
+                y[Q3_QS + j / 4 + i] =
+                    (l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6))
+                        as u8;
             }
         }
     }
@@ -446,7 +472,14 @@ pub fn dequantize_q3_k(src: &[u8], dst: &mut [f32]) {
 
 /// Shared by Q4_K and Q5_K: per 32-element sub-block scales and mins, packed to 6 bits, and the
 /// final levels in `l` (0..=nmax).
-fn quantize_scale_min_k(x: &[f32], y: &mut [u8], nmax: i32, rmin: f32, nstep: i32, l: &mut [u8; QK_K]) {
+fn quantize_scale_min_k(
+    x: &[f32],
+    y: &mut [u8],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    l: &mut [u8; QK_K],
+) {
     let mut scales = [0.0f32; 8];
     let mut mins = [0.0f32; 8];
     let mut weights = [0.0f32; 32];
@@ -461,7 +494,16 @@ fn quantize_scale_min_k(x: &[f32], y: &mut [u8], nmax: i32, rmin: f32, nstep: i3
         for (w, v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        let (s, m) = make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..32 * j + 32], rmin, 0.1, nstep, false);
+        let (s, m) = make_qkx2_quants(
+            nmax,
+            xs,
+            &weights,
+            &mut l[32 * j..32 * j + 32],
+            rmin,
+            0.1,
+            nstep,
+            false,
+        );
         scales[j] = s;
         mins[j] = m;
         if s > max_scale {
@@ -471,7 +513,11 @@ fn quantize_scale_min_k(x: &[f32], y: &mut [u8], nmax: i32, rmin: f32, nstep: i3
             max_min = m;
         }
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let sc = &mut y[4..16];
     for j in 0..8 {
@@ -625,7 +671,8 @@ pub fn quantize_q6_k(src: &[f32], dst: &mut [u8]) {
                 let q = |o: usize| l[j + i + o] as u8;
                 y[Q6_QL + 64 * k + i] = (q(0) & 0xF) | ((q(64) & 0xF) << 4);
                 y[Q6_QL + 64 * k + 32 + i] = (q(32) & 0xF) | ((q(96) & 0xF) << 4);
-                y[Q6_QH + 32 * k + i] = (q(0) >> 4) | ((q(32) >> 4) << 2) | ((q(64) >> 4) << 4) | ((q(96) >> 4) << 6);
+                y[Q6_QH + 32 * k + i] =
+                    (q(0) >> 4) | ((q(32) >> 4) << 2) | ((q(64) >> 4) << 4) | ((q(96) >> 4) << 6);
             }
         }
     }
@@ -675,7 +722,10 @@ pub fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
             y[Q8_QS + j] = nearest_int(iscale * x[j]).min(127) as i8 as u8;
         }
         for j in 0..16 {
-            let sum: i32 = y[Q8_QS + 16 * j..Q8_QS + 16 * j + 16].iter().map(|&q| q as i8 as i32).sum();
+            let sum: i32 = y[Q8_QS + 16 * j..Q8_QS + 16 * j + 16]
+                .iter()
+                .map(|&q| q as i8 as i32)
+                .sum();
             y[Q8_BSUMS + 2 * j..Q8_BSUMS + 2 * j + 2].copy_from_slice(&(sum as i16).to_le_bytes());
         }
         y[Q8_D..Q8_D + 4].copy_from_slice(&(1.0 / iscale).to_le_bytes());

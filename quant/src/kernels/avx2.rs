@@ -2,6 +2,7 @@
 //!
 //! The legacy-format kernels are written once as macros over the u8×i8 → i32 primitive, so
 //! that `avx512.rs` instantiates them again with VNNI's `vpdpbusd`.
+#![allow(clippy::missing_safety_doc)] // every kernel has the contract of `DotFn` (kernels/mod.rs)
 
 use std::arch::x86_64::*;
 
@@ -11,14 +12,17 @@ use crate::dispatch::KernelSet;
 use crate::formats::{QuantType, QK, QK_K};
 
 pub fn kernel_set() -> Option<KernelSet> {
-    if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")) {
+    if !(is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c"))
+    {
         return None;
     }
     Some(KernelSet {
         name: "avx2",
         dots: [
-            dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q2_k, dot_q3_k, dot_q4_k,
-            dot_q5_k, dot_q6_k, dot_q8_k,
+            dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q2_k,
+            dot_q3_k, dot_q4_k, dot_q5_k, dot_q6_k, dot_q8_k,
         ],
     })
 }
@@ -75,7 +79,12 @@ pub(crate) unsafe fn nibbles_32(p: *const u8) -> __m256i {
 #[inline(always)]
 pub(crate) unsafe fn bits_32(bits: u32) -> __m256i {
     let v = _mm256_set1_epi32(bits as i32);
-    let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000);
+    let shuf = _mm256_set_epi64x(
+        0x0303030303030303,
+        0x0202020202020202,
+        0x0101010101010101,
+        0x0000000000000000,
+    );
     let v = _mm256_shuffle_epi8(v, shuf);
     let mask = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
     _mm256_cmpeq_epi8(_mm256_and_si256(v, mask), mask)
@@ -125,7 +134,11 @@ macro_rules! legacy_kernels {
                 let p = $dot_us8(nibbles_32(bw.add(4)), y);
                 let sy = $dot_us8(ones, y);
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(bw) * dx), _mm256_cvtepi32_ps(p), acc);
-                accm = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(bw.add(2)) * dx), _mm256_cvtepi32_ps(sy), accm);
+                accm = _mm256_fmadd_ps(
+                    _mm256_set1_ps(f16_at(bw.add(2)) * dx),
+                    _mm256_cvtepi32_ps(sy),
+                    accm,
+                );
             }
             hsum_ps(_mm256_add_ps(acc, accm))
         }
@@ -165,7 +178,11 @@ macro_rules! legacy_kernels {
                 let p = $dot_us8(q, y);
                 let sy = $dot_us8(ones, y);
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(bw) * dx), _mm256_cvtepi32_ps(p), acc);
-                accm = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(bw.add(2)) * dx), _mm256_cvtepi32_ps(sy), accm);
+                accm = _mm256_fmadd_ps(
+                    _mm256_set1_ps(f16_at(bw.add(2)) * dx),
+                    _mm256_cvtepi32_ps(sy),
+                    accm,
+                );
             }
             hsum_ps(_mm256_add_ps(acc, accm))
         }
@@ -193,7 +210,10 @@ macro_rules! legacy_kernels {
                 let mut s = _mm256_setzero_si256();
                 for k in 0..8 {
                     let o = Q8_QS + 32 * k;
-                    s = _mm256_add_epi32(s, dot_ss8(load(bw.as_ptr().add(o)), load(bx.as_ptr().add(o))));
+                    s = _mm256_add_epi32(
+                        s,
+                        dot_ss8(load(bw.as_ptr().add(o)), load(bx.as_ptr().add(o))),
+                    );
                 }
                 sum += q8k_d(bw) * q8k_d(bx) * hsum_i32(s) as f32;
             }
@@ -220,7 +240,10 @@ pub unsafe fn dot_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
         }
         i += 32;
     }
-    let mut sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    let mut sum = hsum_ps(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
     while i < n {
         sum += *wp.add(i) * *xp.add(i);
         i += 1;
@@ -231,18 +254,29 @@ pub unsafe fn dot_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
 /// Shared by f16 and bf16: convert 8 elements at a time, FMA in f32.
 #[inline(always)]
 unsafe fn dot_half<const BF16: bool>(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let scalar = if BF16 { crate::blocks::float::bf16_to_f32 } else { crate::blocks::float::f16_to_f32 };
+    let scalar = if BF16 {
+        crate::blocks::float::bf16_to_f32
+    } else {
+        crate::blocks::float::f16_to_f32
+    };
     let (wp, xp) = (w.as_ptr(), x.as_ptr());
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
     while i + 32 <= n {
         for k in 0..4 {
             let o = 2 * (i + 8 * k);
-            acc[k] = _mm256_fmadd_ps(cvt_half::<BF16>(wp.add(o)), cvt_half::<BF16>(xp.add(o)), acc[k]);
+            acc[k] = _mm256_fmadd_ps(
+                cvt_half::<BF16>(wp.add(o)),
+                cvt_half::<BF16>(xp.add(o)),
+                acc[k],
+            );
         }
         i += 32;
     }
-    let mut sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    let mut sum = hsum_ps(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
     while i < n {
         let a = scalar(u16::from_le_bytes([w[2 * i], w[2 * i + 1]]));
         let b = scalar(u16::from_le_bytes([x[2 * i], x[2 * i + 1]]));
@@ -310,7 +344,10 @@ static GROUP_SCALE_SHUFFLE: [[u8; 32]; 8] = {
 /// `scales` = the 16 i8 group scales in both 128-bit halves.
 #[inline(always)]
 unsafe fn group_scales(scales: __m256i, c: usize) -> __m256i {
-    _mm256_srai_epi16(_mm256_shuffle_epi8(scales, load(GROUP_SCALE_SHUFFLE[c].as_ptr())), 8)
+    _mm256_srai_epi16(
+        _mm256_shuffle_epi8(scales, load(GROUP_SCALE_SHUFFLE[c].as_ptr())),
+        8,
+    )
 }
 
 /// 8 i32 lanes whose sum is Σ_g scale[g]·bsum[g] over the 16 groups of a Q8_K block.
@@ -331,13 +368,20 @@ pub unsafe fn dot_q2_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let m3 = _mm256_set1_epi8(3);
     let m4 = _mm_set1_epi8(0x0F);
     for i in 0..n / QK_K {
-        let (bw, bx) = (&w[Q2_BYTES * i..Q2_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+        let (bw, bx) = (
+            &w[Q2_BYTES * i..Q2_BYTES * (i + 1)],
+            &x[Q8_BYTES * i..Q8_BYTES * (i + 1)],
+        );
         let sc = _mm_loadu_si128(bw.as_ptr().add(Q2_SCALES) as *const __m128i);
         let scales = _mm256_broadcastsi128_si256(_mm_and_si128(sc, m4));
         let mins16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc, 4), m4));
         let dy = q8k_d(bx);
         let summ = scaled_bsums(bx, mins16);
-        acc = _mm256_fnmadd_ps(_mm256_set1_ps(dy * f16_at(bw.as_ptr().add(Q2_DMIN))), _mm256_cvtepi32_ps(summ), acc);
+        acc = _mm256_fnmadd_ps(
+            _mm256_set1_ps(dy * f16_at(bw.as_ptr().add(Q2_DMIN))),
+            _mm256_cvtepi32_ps(summ),
+            acc,
+        );
         let mut sumi = _mm256_setzero_si256();
         for half in 0..2 {
             let q = load(bw.as_ptr().add(Q2_QS + 32 * half));
@@ -348,7 +392,11 @@ pub unsafe fn dot_q2_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, group_scales(scales, c)));
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16_at(bw.as_ptr().add(Q2_D))), _mm256_cvtepi32_ps(sumi), acc);
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(dy * f16_at(bw.as_ptr().add(Q2_D))),
+            _mm256_cvtepi32_ps(sumi),
+            acc,
+        );
     }
     hsum_ps(acc)
 }
@@ -363,7 +411,10 @@ unsafe fn q3_k_scale_vector(packed: &[u8]) -> __m128i {
     let s1 = (a1 & LOW4) | (((hi >> 2) & LOW2) << 4);
     let s2 = ((a0 >> 4) & LOW4) | (((hi >> 4) & LOW2) << 4);
     let s3 = ((a1 >> 4) & LOW4) | (((hi >> 6) & LOW2) << 4);
-    _mm_sub_epi8(_mm_set_epi32(s3 as i32, s2 as i32, s1 as i32, s0 as i32), _mm_set1_epi8(32))
+    _mm_sub_epi8(
+        _mm_set_epi32(s3 as i32, s2 as i32, s1 as i32, s0 as i32),
+        _mm_set1_epi8(32),
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -373,24 +424,35 @@ pub unsafe fn dot_q3_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let m3 = _mm256_set1_epi8(3);
     let m1 = _mm256_set1_epi8(1);
     for i in 0..n / QK_K {
-        let (bw, bx) = (&w[Q3_BYTES * i..Q3_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+        let (bw, bx) = (
+            &w[Q3_BYTES * i..Q3_BYTES * (i + 1)],
+            &x[Q8_BYTES * i..Q8_BYTES * (i + 1)],
+        );
         let sc = q3_k_scale_vector(&bw[Q3_SCALES..Q3_SCALES + 12]);
         let scales = _mm256_broadcastsi128_si256(sc);
         // Levels are stored as u = value + 4 in 0..8: Σ value·y = Σ u·y - 4·Σ y.
-        let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(scaled_bsums(bx, _mm256_cvtepi8_epi16(sc)), 2));
+        let mut sumi = _mm256_sub_epi32(
+            _mm256_setzero_si256(),
+            _mm256_slli_epi32(scaled_bsums(bx, _mm256_cvtepi8_epi16(sc)), 2),
+        );
         let hm = load(bw.as_ptr().add(Q3_HMASK));
         for half in 0..2 {
             let q = load(bw.as_ptr().add(Q3_QS + 32 * half));
             for s in 0..4 {
                 let c = 4 * half + s;
-                let low = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * s as i32)), m3);
+                let low =
+                    _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * s as i32)), m3);
                 let hb = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(c as i32)), m1);
                 let u = _mm256_or_si256(low, _mm256_slli_epi16(hb, 2));
                 let p = _mm256_maddubs_epi16(u, load(bx.as_ptr().add(Q8_QS + 32 * c)));
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, group_scales(scales, c)));
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(q8k_d(bx) * f16_at(bw.as_ptr().add(Q3_D))), _mm256_cvtepi32_ps(sumi), acc);
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(q8k_d(bx) * f16_at(bw.as_ptr().add(Q3_D))),
+            _mm256_cvtepi32_ps(sumi),
+            acc,
+        );
     }
     hsum_ps(acc)
 }
@@ -437,11 +499,18 @@ pub unsafe fn dot_q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut accm = _mm_setzero_ps();
     let m4 = _mm256_set1_epi8(0x0F);
     for i in 0..n / QK_K {
-        let (bw, bx) = (&w[Q4_BYTES * i..Q4_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+        let (bw, bx) = (
+            &w[Q4_BYTES * i..Q4_BYTES * (i + 1)],
+            &x[Q8_BYTES * i..Q8_BYTES * (i + 1)],
+        );
         let (sc, mins) = scales_mins_k(&bw[Q4_SCALES..Q4_SCALES + 12]);
         let dy = q8k_d(bx);
         let summ = min_bsums(bx, mins);
-        accm = _mm_fmadd_ps(_mm_set1_ps(dy * f16_at(bw.as_ptr().add(Q4_DMIN))), _mm_cvtepi32_ps(summ), accm);
+        accm = _mm_fmadd_ps(
+            _mm_set1_ps(dy * f16_at(bw.as_ptr().add(Q4_DMIN))),
+            _mm_cvtepi32_ps(summ),
+            accm,
+        );
         let mut sumi = _mm256_setzero_si256();
         for k in 0..4 {
             let q = load(bw.as_ptr().add(Q4_QS + 32 * k));
@@ -453,7 +522,11 @@ pub unsafe fn dot_q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
             let phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(scale_byte(sc, 2 * k + 1)));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16_at(bw.as_ptr().add(Q4_D))), _mm256_cvtepi32_ps(sumi), acc);
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(dy * f16_at(bw.as_ptr().add(Q4_D))),
+            _mm256_cvtepi32_ps(sumi),
+            acc,
+        );
     }
     hsum_ps(acc) - hsum_ps128(accm)
 }
@@ -466,26 +539,43 @@ pub unsafe fn dot_q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
     let m1 = _mm256_set1_epi8(1);
     for i in 0..n / QK_K {
-        let (bw, bx) = (&w[Q5_BYTES * i..Q5_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+        let (bw, bx) = (
+            &w[Q5_BYTES * i..Q5_BYTES * (i + 1)],
+            &x[Q8_BYTES * i..Q8_BYTES * (i + 1)],
+        );
         let (sc, mins) = scales_mins_k(&bw[Q5_SCALES..Q5_SCALES + 12]);
         let dy = q8k_d(bx);
         let summ = min_bsums(bx, mins);
-        accm = _mm_fmadd_ps(_mm_set1_ps(dy * f16_at(bw.as_ptr().add(Q5_DMIN))), _mm_cvtepi32_ps(summ), accm);
+        accm = _mm_fmadd_ps(
+            _mm_set1_ps(dy * f16_at(bw.as_ptr().add(Q5_DMIN))),
+            _mm_cvtepi32_ps(summ),
+            accm,
+        );
         let qh = load(bw.as_ptr().add(Q5_QH));
         let mut sumi = _mm256_setzero_si256();
         for k in 0..4 {
             let q = load(bw.as_ptr().add(Q5_QS + 32 * k));
             let hlo = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), m1);
-            let hhi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32 + 1)), m1);
+            let hhi = _mm256_and_si256(
+                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32 + 1)),
+                m1,
+            );
             let lo = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_slli_epi16(hlo, 4));
-            let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), _mm256_slli_epi16(hhi, 4));
+            let hi = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+                _mm256_slli_epi16(hhi, 4),
+            );
             let plo = _mm256_maddubs_epi16(lo, load(bx.as_ptr().add(Q8_QS + 64 * k)));
             let phi = _mm256_maddubs_epi16(hi, load(bx.as_ptr().add(Q8_QS + 64 * k + 32)));
             let plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(scale_byte(sc, 2 * k)));
             let phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(scale_byte(sc, 2 * k + 1)));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16_at(bw.as_ptr().add(Q5_D))), _mm256_cvtepi32_ps(sumi), acc);
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(dy * f16_at(bw.as_ptr().add(Q5_D))),
+            _mm256_cvtepi32_ps(sumi),
+            acc,
+        );
     }
     hsum_ps(acc) - hsum_ps128(accm)
 }
@@ -493,7 +583,10 @@ pub unsafe fn dot_q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 /// Bits `shift..shift+2` of each byte of `h`, moved to bits 4..6.
 #[inline(always)]
 unsafe fn q6_high(h: __m256i, m3: __m256i, shift: i32) -> __m256i {
-    _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(shift)), m3), 4)
+    _mm256_slli_epi16(
+        _mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(shift)), m3),
+        4,
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -503,11 +596,17 @@ pub unsafe fn dot_q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
     let m3 = _mm256_set1_epi8(3);
     for i in 0..n / QK_K {
-        let (bw, bx) = (&w[Q6_BYTES * i..Q6_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+        let (bw, bx) = (
+            &w[Q6_BYTES * i..Q6_BYTES * (i + 1)],
+            &x[Q8_BYTES * i..Q8_BYTES * (i + 1)],
+        );
         let sc = _mm_loadu_si128(bw.as_ptr().add(Q6_SCALES) as *const __m128i);
         let scales = _mm256_broadcastsi128_si256(sc);
         // Levels are stored as u = value + 32 in 0..64: Σ value·y = Σ u·y - 32·Σ y.
-        let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(scaled_bsums(bx, _mm256_cvtepi8_epi16(sc)), 5));
+        let mut sumi = _mm256_sub_epi32(
+            _mm256_setzero_si256(),
+            _mm256_slli_epi32(scaled_bsums(bx, _mm256_cvtepi8_epi16(sc)), 5),
+        );
         for k in 0..2 {
             let l0 = load(bw.as_ptr().add(Q6_QL + 64 * k));
             let l1 = load(bw.as_ptr().add(Q6_QL + 64 * k + 32));
@@ -515,8 +614,14 @@ pub unsafe fn dot_q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
             let u = [
                 _mm256_or_si256(_mm256_and_si256(l0, m4), q6_high(h, m3, 0)),
                 _mm256_or_si256(_mm256_and_si256(l1, m4), q6_high(h, m3, 2)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), q6_high(h, m3, 4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), q6_high(h, m3, 6)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                    q6_high(h, m3, 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                    q6_high(h, m3, 6),
+                ),
             ];
             for (m, u) in u.iter().enumerate() {
                 let c = 4 * k + m;
@@ -524,7 +629,11 @@ pub unsafe fn dot_q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, group_scales(scales, c)));
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(q8k_d(bx) * f16_at(bw.as_ptr().add(Q6_D))), _mm256_cvtepi32_ps(sumi), acc);
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(q8k_d(bx) * f16_at(bw.as_ptr().add(Q6_D))),
+            _mm256_cvtepi32_ps(sumi),
+            acc,
+        );
     }
     hsum_ps(acc)
 }

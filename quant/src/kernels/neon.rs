@@ -3,6 +3,7 @@
 //! from one macro over the i8×i8 → i32x4 primitive. `sdot` is emitted with inline assembly
 //! because its intrinsic (`vdotq_s32`) is not yet stable Rust. f16 rows use the scalar
 //! kernel (the f16 conversion intrinsics are not stable either).
+#![allow(clippy::missing_safety_doc)] // every kernel has the contract of `DotFn` (kernels/mod.rs)
 
 use std::arch::aarch64::*;
 use std::arch::asm;
@@ -21,9 +22,15 @@ pub fn kernel_set(dotprod: bool) -> Option<KernelSet> {
         if !std::arch::is_aarch64_feature_detected!("dotprod") {
             return None;
         }
-        return Some(KernelSet { name: "neon-dotprod", dots: with_dotprod::DOTS });
+        return Some(KernelSet {
+            name: "neon-dotprod",
+            dots: with_dotprod::DOTS,
+        });
     }
-    Some(KernelSet { name: "neon", dots: plain::DOTS })
+    Some(KernelSet {
+        name: "neon",
+        dots: plain::DOTS,
+    })
 }
 
 /// Panics unless both rows hold `n` elements (once per row; keeps the loads in bounds).
@@ -76,8 +83,20 @@ macro_rules! neon_kernels {
             use super::*;
 
             pub const DOTS: [crate::kernels::DotFn; 14] = [
-                dot_f32, scalar::dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q2_k,
-                dot_q3_k, dot_q4_k, dot_q5_k, dot_q6_k, dot_q8_k,
+                dot_f32,
+                scalar::dot_f16,
+                dot_bf16,
+                dot_q4_0,
+                dot_q4_1,
+                dot_q5_0,
+                dot_q5_1,
+                dot_q8_0,
+                dot_q2_k,
+                dot_q3_k,
+                dot_q4_k,
+                dot_q5_k,
+                dot_q6_k,
+                dot_q8_k,
             ];
 
             #[target_feature(enable = $tf)]
@@ -88,11 +107,18 @@ macro_rules! neon_kernels {
                 let mut i = 0;
                 while i + 16 <= n {
                     for k in 0..4 {
-                        acc[k] = vfmaq_f32(acc[k], vld1q_f32(wp.add(i + 4 * k)), vld1q_f32(xp.add(i + 4 * k)));
+                        acc[k] = vfmaq_f32(
+                            acc[k],
+                            vld1q_f32(wp.add(i + 4 * k)),
+                            vld1q_f32(xp.add(i + 4 * k)),
+                        );
                     }
                     i += 16;
                 }
-                let mut sum = vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])));
+                let mut sum = vaddvq_f32(vaddq_f32(
+                    vaddq_f32(acc[0], acc[1]),
+                    vaddq_f32(acc[2], acc[3]),
+                ));
                 while i < n {
                     sum += *wp.add(i) * *xp.add(i);
                     i += 1;
@@ -109,15 +135,22 @@ macro_rules! neon_kernels {
                 while i + 8 <= n {
                     let a = vld1q_u16(wp.add(i));
                     let b = vld1q_u16(xp.add(i));
-                    let (alo, ahi) = (vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(a))), vreinterpretq_f32_u32(vshll_high_n_u16::<16>(a)));
-                    let (blo, bhi) = (vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(b))), vreinterpretq_f32_u32(vshll_high_n_u16::<16>(b)));
+                    let (alo, ahi) = (
+                        vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(a))),
+                        vreinterpretq_f32_u32(vshll_high_n_u16::<16>(a)),
+                    );
+                    let (blo, bhi) = (
+                        vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(b))),
+                        vreinterpretq_f32_u32(vshll_high_n_u16::<16>(b)),
+                    );
                     acc[0] = vfmaq_f32(acc[0], alo, blo);
                     acc[1] = vfmaq_f32(acc[1], ahi, bhi);
                     i += 8;
                 }
                 let mut sum = vaddvq_f32(vaddq_f32(acc[0], acc[1]));
                 while i < n {
-                    sum += crate::blocks::float::bf16_to_f32(*wp.add(i)) * crate::blocks::float::bf16_to_f32(*xp.add(i));
+                    sum += crate::blocks::float::bf16_to_f32(*wp.add(i))
+                        * crate::blocks::float::bf16_to_f32(*xp.add(i));
                     i += 1;
                 }
                 sum
@@ -163,7 +196,8 @@ macro_rules! neon_kernels {
                     let sumi = legacy_sum(lo, hi, bx.add(2));
                     let sumy = vaddlvq_s8(ld(bx.add(2))) as i32 + vaddlvq_s8(ld(bx.add(18))) as i32;
                     let dx = read_f16(x, 34 * i);
-                    sum += sumi as f32 * (read_f16(w, 20 * i) * dx) + read_f16(w, 20 * i + 2) * (sumy as f32 * dx);
+                    sum += sumi as f32 * (read_f16(w, 20 * i) * dx)
+                        + read_f16(w, 20 * i + 2) * (sumy as f32 * dx);
                 }
                 sum
             }
@@ -184,7 +218,8 @@ macro_rules! neon_kernels {
                     let hi = vorrq_u8(vshrq_n_u8::<4>(q), vandq_u8(bits_16(qh, 1), m16));
                     let lo = vsubq_s8(vreinterpretq_s8_u8(lo), s16);
                     let hi = vsubq_s8(vreinterpretq_s8_u8(hi), s16);
-                    sum += legacy_sum(lo, hi, bx.add(2)) as f32 * (read_f16(w, 22 * i) * read_f16(x, 34 * i));
+                    sum += legacy_sum(lo, hi, bx.add(2)) as f32
+                        * (read_f16(w, 22 * i) * read_f16(x, 34 * i));
                 }
                 sum
             }
@@ -200,12 +235,19 @@ macro_rules! neon_kernels {
                     let (bw, bx) = (wp.add(24 * i), xp.add(34 * i));
                     let qh = u32::from_le_bytes([*bw.add(4), *bw.add(5), *bw.add(6), *bw.add(7)]);
                     let q = vld1q_u8(bw.add(8));
-                    let lo = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(q, m4), vandq_u8(bits_16(qh, 0), m16)));
-                    let hi = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8::<4>(q), vandq_u8(bits_16(qh, 1), m16)));
+                    let lo = vreinterpretq_s8_u8(vorrq_u8(
+                        vandq_u8(q, m4),
+                        vandq_u8(bits_16(qh, 0), m16),
+                    ));
+                    let hi = vreinterpretq_s8_u8(vorrq_u8(
+                        vshrq_n_u8::<4>(q),
+                        vandq_u8(bits_16(qh, 1), m16),
+                    ));
                     let sumi = legacy_sum(lo, hi, bx.add(2));
                     let sumy = vaddlvq_s8(ld(bx.add(2))) as i32 + vaddlvq_s8(ld(bx.add(18))) as i32;
                     let dx = read_f16(x, 34 * i);
-                    sum += sumi as f32 * (read_f16(w, 24 * i) * dx) + read_f16(w, 24 * i + 2) * (sumy as f32 * dx);
+                    sum += sumi as f32 * (read_f16(w, 24 * i) * dx)
+                        + read_f16(w, 24 * i + 2) * (sumy as f32 * dx);
                 }
                 sum
             }
@@ -217,7 +259,11 @@ macro_rules! neon_kernels {
                 let mut acc = vdupq_n_f32(0.0);
                 for i in 0..n / QK {
                     let (bw, bx) = (wp.add(34 * i), xp.add(34 * i));
-                    let p = $dot($dot(vdupq_n_s32(0), ld(bw.add(2)), ld(bx.add(2))), ld(bw.add(18)), ld(bx.add(18)));
+                    let p = $dot(
+                        $dot(vdupq_n_s32(0), ld(bw.add(2)), ld(bx.add(2))),
+                        ld(bw.add(18)),
+                        ld(bx.add(18)),
+                    );
                     let d = read_f16(w, 34 * i) * read_f16(x, 34 * i);
                     acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), d);
                 }
@@ -229,10 +275,17 @@ macro_rules! neon_kernels {
                 check_rows(QuantType::Q8_K, n, w, x);
                 let mut sum = 0.0f32;
                 for i in 0..n / QK_K {
-                    let (bw, bx) = (&w[Q8_BYTES * i..Q8_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+                    let (bw, bx) = (
+                        &w[Q8_BYTES * i..Q8_BYTES * (i + 1)],
+                        &x[Q8_BYTES * i..Q8_BYTES * (i + 1)],
+                    );
                     let mut acc = vdupq_n_s32(0);
                     for k in 0..16 {
-                        acc = $dot(acc, ld(bw.as_ptr().add(Q8_QS + 16 * k)), ld(bx.as_ptr().add(Q8_QS + 16 * k)));
+                        acc = $dot(
+                            acc,
+                            ld(bw.as_ptr().add(Q8_QS + 16 * k)),
+                            ld(bx.as_ptr().add(Q8_QS + 16 * k)),
+                        );
                     }
                     sum += q8k_d(bw) * q8k_d(bx) * vaddvq_s32(acc) as f32;
                 }
@@ -251,7 +304,10 @@ macro_rules! neon_kernels {
                 let m3 = vdupq_n_u8(3);
                 let mut sum = 0.0f32;
                 for i in 0..n / QK_K {
-                    let (bw, bx) = (&w[Q2_BYTES * i..Q2_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+                    let (bw, bx) = (
+                        &w[Q2_BYTES * i..Q2_BYTES * (i + 1)],
+                        &x[Q8_BYTES * i..Q8_BYTES * (i + 1)],
+                    );
                     let sc = &bw[Q2_SCALES..Q2_SCALES + 16];
                     let mut summs = 0i32;
                     for g in 0..16 {
@@ -259,7 +315,10 @@ macro_rules! neon_kernels {
                     }
                     let mut isum = 0i32;
                     for half in 0..2 {
-                        let q = [vld1q_u8(bw.as_ptr().add(Q2_QS + 32 * half)), vld1q_u8(bw.as_ptr().add(Q2_QS + 32 * half + 16))];
+                        let q = [
+                            vld1q_u8(bw.as_ptr().add(Q2_QS + 32 * half)),
+                            vld1q_u8(bw.as_ptr().add(Q2_QS + 32 * half + 16)),
+                        ];
                         for s in 0..4 {
                             let shift = vdupq_n_s8(-(2 * s as i8));
                             for part in 0..2 {
@@ -270,7 +329,8 @@ macro_rules! neon_kernels {
                         }
                     }
                     let dy = q8k_d(bx);
-                    sum += dy * read_f16(bw, Q2_D) * isum as f32 - dy * read_f16(bw, Q2_DMIN) * summs as f32;
+                    sum += dy * read_f16(bw, Q2_D) * isum as f32
+                        - dy * read_f16(bw, Q2_DMIN) * summs as f32;
                 }
                 sum
             }
@@ -283,12 +343,21 @@ macro_rules! neon_kernels {
                 let s4 = vdupq_n_s8(4);
                 let mut sum = 0.0f32;
                 for i in 0..n / QK_K {
-                    let (bw, bx) = (&w[Q3_BYTES * i..Q3_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+                    let (bw, bx) = (
+                        &w[Q3_BYTES * i..Q3_BYTES * (i + 1)],
+                        &x[Q8_BYTES * i..Q8_BYTES * (i + 1)],
+                    );
                     let sc = q3_k_scales(&bw[Q3_SCALES..Q3_SCALES + 12]);
-                    let hm = [vld1q_u8(bw.as_ptr().add(Q3_HMASK)), vld1q_u8(bw.as_ptr().add(Q3_HMASK + 16))];
+                    let hm = [
+                        vld1q_u8(bw.as_ptr().add(Q3_HMASK)),
+                        vld1q_u8(bw.as_ptr().add(Q3_HMASK + 16)),
+                    ];
                     let mut isum = 0i32;
                     for half in 0..2 {
-                        let q = [vld1q_u8(bw.as_ptr().add(Q3_QS + 32 * half)), vld1q_u8(bw.as_ptr().add(Q3_QS + 32 * half + 16))];
+                        let q = [
+                            vld1q_u8(bw.as_ptr().add(Q3_QS + 32 * half)),
+                            vld1q_u8(bw.as_ptr().add(Q3_QS + 32 * half + 16)),
+                        ];
                         for s in 0..4 {
                             let shift = vdupq_n_s8(-(2 * s as i8));
                             let hshift = vdupq_n_s8(-((4 * half + s) as i8));
@@ -296,7 +365,10 @@ macro_rules! neon_kernels {
                                 let g = 8 * half + 2 * s + part;
                                 let low = vandq_u8(vshlq_u8(q[part], shift), m3);
                                 let hb = vandq_u8(vshlq_u8(hm[part], hshift), m1);
-                                let v = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low, vshlq_n_u8::<2>(hb))), s4);
+                                let v = vsubq_s8(
+                                    vreinterpretq_s8_u8(vorrq_u8(low, vshlq_n_u8::<2>(hb))),
+                                    s4,
+                                );
                                 isum += sc[g] as i32 * group(v, bx, g);
                             }
                         }
@@ -308,13 +380,21 @@ macro_rules! neon_kernels {
 
             /// Q4_K/Q5_K: Σ_j scale_j·Σ q·y and Σ_j min_j·bsums, given the 8 sub-blocks' levels.
             #[inline(always)]
-            unsafe fn scale_min_sums(bw: &[u8], bx: &[u8], levels: impl Fn(usize) -> (int8x16_t, int8x16_t)) -> (i32, i32) {
+            unsafe fn scale_min_sums(
+                bw: &[u8],
+                bx: &[u8],
+                levels: impl Fn(usize) -> (int8x16_t, int8x16_t),
+            ) -> (i32, i32) {
                 let packed = &bw[4..16];
                 let (mut isum, mut summ) = (0i32, 0i32);
                 for j in 0..8 {
                     let (s, m) = scale_min_k4(j, packed);
                     let (a, b) = levels(j);
-                    let p = $dot($dot(vdupq_n_s32(0), a, ld(bx.as_ptr().add(Q8_QS + 32 * j))), b, ld(bx.as_ptr().add(Q8_QS + 32 * j + 16)));
+                    let p = $dot(
+                        $dot(vdupq_n_s32(0), a, ld(bx.as_ptr().add(Q8_QS + 32 * j))),
+                        b,
+                        ld(bx.as_ptr().add(Q8_QS + 32 * j + 16)),
+                    );
                     isum += s as i32 * vaddvq_s32(p);
                     summ += m as i32 * (q8k_bsum(bx, 2 * j) + q8k_bsum(bx, 2 * j + 1));
                 }
@@ -327,18 +407,31 @@ macro_rules! neon_kernels {
                 let m4 = vdupq_n_u8(0x0F);
                 let mut sum = 0.0f32;
                 for i in 0..n / QK_K {
-                    let (bw, bx) = (&w[Q4_BYTES * i..Q4_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+                    let (bw, bx) = (
+                        &w[Q4_BYTES * i..Q4_BYTES * (i + 1)],
+                        &x[Q8_BYTES * i..Q8_BYTES * (i + 1)],
+                    );
                     let qs = bw.as_ptr().add(Q4_QS);
                     let (isum, summ) = scale_min_sums(bw, bx, |j| {
-                        let (a, b) = (vld1q_u8(qs.add(32 * (j / 2))), vld1q_u8(qs.add(32 * (j / 2) + 16)));
+                        let (a, b) = (
+                            vld1q_u8(qs.add(32 * (j / 2))),
+                            vld1q_u8(qs.add(32 * (j / 2) + 16)),
+                        );
                         if j % 2 == 0 {
-                            (vreinterpretq_s8_u8(vandq_u8(a, m4)), vreinterpretq_s8_u8(vandq_u8(b, m4)))
+                            (
+                                vreinterpretq_s8_u8(vandq_u8(a, m4)),
+                                vreinterpretq_s8_u8(vandq_u8(b, m4)),
+                            )
                         } else {
-                            (vreinterpretq_s8_u8(vshrq_n_u8::<4>(a)), vreinterpretq_s8_u8(vshrq_n_u8::<4>(b)))
+                            (
+                                vreinterpretq_s8_u8(vshrq_n_u8::<4>(a)),
+                                vreinterpretq_s8_u8(vshrq_n_u8::<4>(b)),
+                            )
                         }
                     });
                     let dy = q8k_d(bx);
-                    sum += dy * read_f16(bw, Q4_D) * isum as f32 - dy * read_f16(bw, Q4_DMIN) * summ as f32;
+                    sum += dy * read_f16(bw, Q4_D) * isum as f32
+                        - dy * read_f16(bw, Q4_DMIN) * summ as f32;
                 }
                 sum
             }
@@ -350,11 +443,20 @@ macro_rules! neon_kernels {
                 let m1 = vdupq_n_u8(1);
                 let mut sum = 0.0f32;
                 for i in 0..n / QK_K {
-                    let (bw, bx) = (&w[Q5_BYTES * i..Q5_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+                    let (bw, bx) = (
+                        &w[Q5_BYTES * i..Q5_BYTES * (i + 1)],
+                        &x[Q8_BYTES * i..Q8_BYTES * (i + 1)],
+                    );
                     let qs = bw.as_ptr().add(Q5_QS);
-                    let qh = [vld1q_u8(bw.as_ptr().add(Q5_QH)), vld1q_u8(bw.as_ptr().add(Q5_QH + 16))];
+                    let qh = [
+                        vld1q_u8(bw.as_ptr().add(Q5_QH)),
+                        vld1q_u8(bw.as_ptr().add(Q5_QH + 16)),
+                    ];
                     let (isum, summ) = scale_min_sums(bw, bx, |j| {
-                        let (a, b) = (vld1q_u8(qs.add(32 * (j / 2))), vld1q_u8(qs.add(32 * (j / 2) + 16)));
+                        let (a, b) = (
+                            vld1q_u8(qs.add(32 * (j / 2))),
+                            vld1q_u8(qs.add(32 * (j / 2) + 16)),
+                        );
                         let shift = vdupq_n_s8(-(j as i8));
                         let ha = vshlq_n_u8::<4>(vandq_u8(vshlq_u8(qh[0], shift), m1));
                         let hb = vshlq_n_u8::<4>(vandq_u8(vshlq_u8(qh[1], shift), m1));
@@ -363,10 +465,14 @@ macro_rules! neon_kernels {
                         } else {
                             (vshrq_n_u8::<4>(a), vshrq_n_u8::<4>(b))
                         };
-                        (vreinterpretq_s8_u8(vorrq_u8(la, ha)), vreinterpretq_s8_u8(vorrq_u8(lb, hb)))
+                        (
+                            vreinterpretq_s8_u8(vorrq_u8(la, ha)),
+                            vreinterpretq_s8_u8(vorrq_u8(lb, hb)),
+                        )
                     });
                     let dy = q8k_d(bx);
-                    sum += dy * read_f16(bw, Q5_D) * isum as f32 - dy * read_f16(bw, Q5_DMIN) * summ as f32;
+                    sum += dy * read_f16(bw, Q5_D) * isum as f32
+                        - dy * read_f16(bw, Q5_DMIN) * summ as f32;
                 }
                 sum
             }
@@ -379,7 +485,10 @@ macro_rules! neon_kernels {
                 let s32 = vdupq_n_s8(32);
                 let mut sum = 0.0f32;
                 for i in 0..n / QK_K {
-                    let (bw, bx) = (&w[Q6_BYTES * i..Q6_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+                    let (bw, bx) = (
+                        &w[Q6_BYTES * i..Q6_BYTES * (i + 1)],
+                        &x[Q8_BYTES * i..Q8_BYTES * (i + 1)],
+                    );
                     let mut isum = 0i32;
                     for k in 0..2 {
                         for part in 0..2 {
@@ -387,7 +496,8 @@ macro_rules! neon_kernels {
                             let l0 = vld1q_u8(bw.as_ptr().add(Q6_QL + 64 * k + o));
                             let l1 = vld1q_u8(bw.as_ptr().add(Q6_QL + 64 * k + 32 + o));
                             let h = vld1q_u8(bw.as_ptr().add(Q6_QH + 32 * k + o));
-                            let hi = |s: i8| vshlq_n_u8::<4>(vandq_u8(vshlq_u8(h, vdupq_n_s8(-s)), m3));
+                            let hi =
+                                |s: i8| vshlq_n_u8::<4>(vandq_u8(vshlq_u8(h, vdupq_n_s8(-s)), m3));
                             let u = [
                                 vorrq_u8(vandq_u8(l0, m4), hi(0)),
                                 vorrq_u8(vandq_u8(l1, m4), hi(2)),

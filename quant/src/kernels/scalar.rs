@@ -18,7 +18,10 @@ pub(crate) fn q8k_bsum(b: &[u8], j: usize) -> i32 {
 
 #[inline(always)]
 fn dot_i8(a: &[i8], b: &[u8]) -> i32 {
-    a.iter().zip(b).map(|(&a, &b)| a as i32 * b as i8 as i32).sum()
+    a.iter()
+        .zip(b)
+        .map(|(&a, &b)| a as i32 * b as i8 as i32)
+        .sum()
 }
 
 pub fn dot_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
@@ -54,7 +57,13 @@ pub fn dot_bf16(n: usize, w: &[u8], x: &[u8]) -> f32 {
 /// Legacy formats: unpack one block to levels (already centred for the symmetric ones) and the
 /// offset `m` (0 for symmetric formats), then Σ d_w·d_x·Σq·y + m·d_x·Σy.
 #[inline(always)]
-fn dot_legacy(n: usize, w: &[u8], x: &[u8], bytes: usize, unpack: impl Fn(&[u8], &mut [i8; QK]) -> (f32, f32)) -> f32 {
+fn dot_legacy(
+    n: usize,
+    w: &[u8],
+    x: &[u8],
+    bytes: usize,
+    unpack: impl Fn(&[u8], &mut [i8; QK]) -> (f32, f32),
+) -> f32 {
     let mut sum = 0.0f32;
     let mut q = [0i8; QK];
     for (bw, bx) in w.chunks_exact(bytes).zip(x.chunks_exact(34)).take(n / QK) {
@@ -129,13 +138,25 @@ pub fn dot_q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
 /// Σ over the 16-element groups of scale[g] · Σ q·y, for levels `q` of a whole super-block.
 #[inline(always)]
 fn grouped16(q: &[i8; QK_K], scales: &[i32; 16], bx: &[u8]) -> i32 {
-    (0..16).map(|g| scales[g] * dot_i8(&q[16 * g..16 * g + 16], &bx[Q8_QS + 16 * g..Q8_QS + 16 * g + 16])).sum()
+    (0..16)
+        .map(|g| {
+            scales[g]
+                * dot_i8(
+                    &q[16 * g..16 * g + 16],
+                    &bx[Q8_QS + 16 * g..Q8_QS + 16 * g + 16],
+                )
+        })
+        .sum()
 }
 
 pub fn dot_q2_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     let mut q = [0i8; QK_K];
-    for (bw, bx) in w.chunks_exact(Q2_BYTES).zip(x.chunks_exact(Q8_BYTES)).take(n / QK_K) {
+    for (bw, bx) in w
+        .chunks_exact(Q2_BYTES)
+        .zip(x.chunks_exact(Q8_BYTES))
+        .take(n / QK_K)
+    {
         for half in 0..2 {
             for s in 0..4 {
                 for i in 0..32 {
@@ -157,7 +178,11 @@ pub fn dot_q2_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 pub fn dot_q3_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     let mut q = [0i8; QK_K];
-    for (bw, bx) in w.chunks_exact(Q3_BYTES).zip(x.chunks_exact(Q8_BYTES)).take(n / QK_K) {
+    for (bw, bx) in w
+        .chunks_exact(Q3_BYTES)
+        .zip(x.chunks_exact(Q8_BYTES))
+        .take(n / QK_K)
+    {
         let hm = &bw[Q3_HMASK..Q3_HMASK + 32];
         for half in 0..2 {
             for s in 0..4 {
@@ -184,7 +209,11 @@ fn dot_scale_min_k(q: &[i8; QK_K], bw: &[u8], bx: &[u8]) -> f32 {
     let mut summ = 0i32;
     for j in 0..8 {
         let (s, m) = scale_min_k4(j, sc);
-        sumi += s as i32 * dot_i8(&q[32 * j..32 * j + 32], &bx[Q8_QS + 32 * j..Q8_QS + 32 * j + 32]);
+        sumi += s as i32
+            * dot_i8(
+                &q[32 * j..32 * j + 32],
+                &bx[Q8_QS + 32 * j..Q8_QS + 32 * j + 32],
+            );
         summ += m as i32 * (q8k_bsum(bx, 2 * j) + q8k_bsum(bx, 2 * j + 1));
     }
     let dy = q8k_d(bx);
@@ -194,7 +223,11 @@ fn dot_scale_min_k(q: &[i8; QK_K], bw: &[u8], bx: &[u8]) -> f32 {
 pub fn dot_q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     let mut q = [0i8; QK_K];
-    for (bw, bx) in w.chunks_exact(Q4_BYTES).zip(x.chunks_exact(Q8_BYTES)).take(n / QK_K) {
+    for (bw, bx) in w
+        .chunks_exact(Q4_BYTES)
+        .zip(x.chunks_exact(Q8_BYTES))
+        .take(n / QK_K)
+    {
         for k in 0..4 {
             for i in 0..32 {
                 let b = bw[Q4_QS + 32 * k + i];
@@ -210,7 +243,11 @@ pub fn dot_q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 pub fn dot_q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     let mut q = [0i8; QK_K];
-    for (bw, bx) in w.chunks_exact(Q5_BYTES).zip(x.chunks_exact(Q8_BYTES)).take(n / QK_K) {
+    for (bw, bx) in w
+        .chunks_exact(Q5_BYTES)
+        .zip(x.chunks_exact(Q8_BYTES))
+        .take(n / QK_K)
+    {
         for k in 0..4 {
             for i in 0..32 {
                 let b = bw[Q5_QS + 32 * k + i];
@@ -227,7 +264,11 @@ pub fn dot_q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 pub fn dot_q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     let mut q = [0i8; QK_K];
-    for (bw, bx) in w.chunks_exact(Q6_BYTES).zip(x.chunks_exact(Q8_BYTES)).take(n / QK_K) {
+    for (bw, bx) in w
+        .chunks_exact(Q6_BYTES)
+        .zip(x.chunks_exact(Q8_BYTES))
+        .take(n / QK_K)
+    {
         for k in 0..2 {
             for i in 0..32 {
                 let l0 = bw[Q6_QL + 64 * k + i];
@@ -249,7 +290,11 @@ pub fn dot_q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
 
 pub fn dot_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sum = 0.0f32;
-    for (bw, bx) in w.chunks_exact(Q8_BYTES).zip(x.chunks_exact(Q8_BYTES)).take(n / QK_K) {
+    for (bw, bx) in w
+        .chunks_exact(Q8_BYTES)
+        .zip(x.chunks_exact(Q8_BYTES))
+        .take(n / QK_K)
+    {
         let qw: &[i8; QK_K] = &std::array::from_fn(|i| bw[Q8_QS + i] as i8);
         let sumi = dot_i8(qw, &bx[Q8_QS..Q8_QS + QK_K]);
         sum += q8k_d(bw) * q8k_d(bx) * sumi as f32;

@@ -43,5 +43,7 @@ pub fn dense_row(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 /// reported against |b|.
 pub fn rel_err(a: f32, b: f32, abs_terms: f64) -> f64 {
     let d = (a as f64 - b as f64).abs();
-    d / (b.abs() as f64).max(abs_terms * 1e-2).max(f64::MIN_POSITIVE)
+    d / (b.abs() as f64)
+        .max(abs_terms * 1e-2)
+        .max(f64::MIN_POSITIVE)
 }
