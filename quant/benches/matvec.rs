@@ -203,7 +203,11 @@ mod bench {
         unsafe { sys::ggml_cpu_init() };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let xf: Vec<f32> = (0..COLS).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-        println!("\nInterleaved minimum times, kernel set {}, {} threads:", tomoe_quant::kernel_name(), rayon::current_num_threads());
+        println!(
+            "\nInterleaved minimum times, kernel set {}, {} threads:",
+            tomoe_quant::kernel_name(),
+            rayon::current_num_threads()
+        );
         println!("| format | tomoe 1t GB/s | ggml 1t GB/s | ratio 1t | tomoe all GB/s | ggml all GB/s | ratio all |");
         println!("|---|---|---|---|---|---|---|");
         for ty in QuantType::ALL {
@@ -245,13 +249,21 @@ mod bench {
                 || {
                     // SAFETY: as above.
                     unsafe { (gg.from_float)(xf.as_ptr(), xg.as_mut_ptr().cast(), COLS as i64) };
-                    y2.par_chunks_mut(chunk).enumerate().for_each(|(i, ys)| gg.dot_rows(&data, rb, &xg, ys, i * chunk));
+                    y2.par_chunks_mut(chunk)
+                        .enumerate()
+                        .for_each(|(i, ys)| gg.dot_rows(&data, rb, &xg, ys, i * chunk));
                     black_box(&y2);
                 },
             );
             println!(
                 "| {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.2} |",
-                ty.name(), gb(t1), gb(g1), g1 / t1, gb(ta), gb(ga), ga / ta
+                ty.name(),
+                gb(t1),
+                gb(g1),
+                g1 / t1,
+                gb(ta),
+                gb(ga),
+                ga / ta
             );
         }
     }

@@ -4,18 +4,25 @@
 use std::sync::OnceLock;
 
 use crate::formats::QuantType;
-use crate::kernels::{scalar, DotFn};
+use crate::kernels::{scalar, DotFn, DotSumsFn};
 
 /// A named set of dot-product kernels, indexed by `QuantType as usize`.
 pub struct KernelSet {
     pub name: &'static str,
     pub dots: [DotFn; 14],
+    /// Faster variants taking precomputed activation block sums (see [`DotSumsFn`]).
+    pub dots_with_sums: [Option<DotSumsFn>; 14],
 }
 
 impl KernelSet {
     #[inline(always)]
     pub fn dot(&self, ty: QuantType) -> DotFn {
         self.dots[ty as usize]
+    }
+
+    #[inline(always)]
+    pub fn dot_with_sums(&self, ty: QuantType) -> Option<DotSumsFn> {
+        self.dots_with_sums[ty as usize]
     }
 }
 
@@ -39,7 +46,16 @@ pub fn scalar_set() -> KernelSet {
             scalar::dot_q6_k,
             scalar::dot_q8_k,
         ],
+        dots_with_sums: with_sums(scalar::dot_q4_1_sums, scalar::dot_q5_1_sums),
     }
+}
+
+/// The `dots_with_sums` table of a set that has Q4_1 and Q5_1 variants.
+pub fn with_sums(q4_1: DotSumsFn, q5_1: DotSumsFn) -> [Option<DotSumsFn>; 14] {
+    let mut t = [None; 14];
+    t[QuantType::Q4_1 as usize] = Some(q4_1);
+    t[QuantType::Q5_1 as usize] = Some(q5_1);
+    t
 }
 
 /// Every kernel set this CPU can run, best last (scalar first). For tests and benchmarks that

@@ -93,6 +93,8 @@ pub struct QuantizedInput {
     n_vecs: usize,
     row_bytes: usize,
     data: Vec<u8>,
+    /// For Q8_0 activations: d·Σq per block, vector-major (see `kernels::DotSumsFn`).
+    sums: Vec<f32>,
 }
 
 impl QuantizedInput {
@@ -144,6 +146,14 @@ impl QuantizedInput {
         {
             quantize(src, dst);
         }
+        self.sums.clear();
+        if ty == QuantType::Q8_0 {
+            let mut block = Vec::new();
+            for v in self.data.chunks_exact(row_bytes) {
+                crate::kernels::scalar::q8_0_block_sums(v, &mut block);
+                self.sums.extend_from_slice(&block);
+            }
+        }
         self.ty = Some(ty);
         self.cols = cols;
         self.n_vecs = n_vecs;
@@ -161,6 +171,15 @@ impl QuantizedInput {
     pub fn vec_type(&self) -> Option<QuantType> {
         self.ty
     }
+    /// d·Σq per block of vector `v` for Q8_0 activations (empty for other formats).
+    pub fn block_sums(&self, v: usize) -> &[f32] {
+        if self.sums.is_empty() {
+            return &[];
+        }
+        let per = self.sums.len() / self.n_vecs;
+        &self.sums[v * per..(v + 1) * per]
+    }
+
     /// The bytes of vector `v`.
     pub fn vector(&self, v: usize) -> &[u8] {
         assert!(
@@ -194,6 +213,45 @@ fn rows_per_task(rows: usize) -> usize {
     (rows / (threads * 8)).clamp(16, 256).min(rows.max(1))
 }
 
+/// The dot product of one weight row with activation vector `v`, using the block-sums variant
+/// of the kernel where there is one.
+struct RowDot<'x> {
+    x: &'x QuantizedInput,
+    cols: usize,
+    dot: crate::kernels::DotFn,
+    with_sums: Option<crate::kernels::DotSumsFn>,
+}
+
+impl<'x> RowDot<'x> {
+    fn new(w: &MatRef, x: &'x QuantizedInput) -> Self {
+        let set = kernels();
+        let with_sums = if x.sums.is_empty() {
+            None
+        } else {
+            set.dot_with_sums(w.ty)
+        };
+        RowDot {
+            x,
+            cols: w.cols,
+            dot: set.dot(w.ty),
+            with_sums,
+        }
+    }
+
+    #[inline(always)]
+    fn dot(&self, w_row: &[u8], v: usize) -> f32 {
+        // SAFETY: the kernel set only contains functions this CPU supports; rows and vectors
+        // are row_bytes(cols) long and the block sums one per block, as the kernels require
+        // (and check).
+        unsafe {
+            match self.with_sums {
+                Some(f) => f(self.cols, w_row, self.x.vector(v), self.x.block_sums(v)),
+                None => (self.dot)(self.cols, w_row, self.x.vector(v)),
+            }
+        }
+    }
+}
+
 /// y[i] = W[rows.start + i] · x for the given rows (x holds one vector); single-threaded, for
 /// callers that partition the work themselves.
 ///
@@ -208,12 +266,9 @@ pub fn matvec_rows(w: &MatRef, rows: std::ops::Range<usize>, x: &QuantizedInput,
         w.rows
     );
     assert_eq!(y.len(), rows.len(), "output length");
-    let dot = kernels().dot(w.ty);
-    let xv = x.vector(0);
+    let row_dot = RowDot::new(w, x);
     for (r, out) in rows.zip(y.iter_mut()) {
-        // SAFETY: the kernel set only contains functions this CPU supports; the row and
-        // vector lengths are row_bytes(cols) as the kernels require.
-        *out = unsafe { dot(w.cols, w.row(r), xv) };
+        *out = row_dot.dot(w.row(r), 0);
     }
 }
 
@@ -237,7 +292,7 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
     if x.n_vecs == 0 || w.rows == 0 {
         return;
     }
-    let dot = kernels().dot(w.ty);
+    let row_dot = RowDot::new(w, x);
     let chunk = rows_per_task(w.rows);
     let n_chunks = w.rows.div_ceil(chunk);
     // Each task produces its rows for every vector; results are scattered afterwards so the
@@ -250,8 +305,7 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
             for (i, r) in rows.clone().enumerate() {
                 let wr = w.row(r);
                 for v in 0..x.n_vecs {
-                    // SAFETY: as in matvec_rows.
-                    out[v * rows.len() + i] = unsafe { dot(w.cols, wr, x.vector(v)) };
+                    out[v * rows.len() + i] = row_dot.dot(wr, v);
                 }
             }
             out

@@ -58,6 +58,14 @@ fn every_simd_set_equals_scalar() {
                     // SAFETY: `available_sets` only lists sets the CPU supports; rows sized for n.
                     let (want, got) =
                         unsafe { (scalar.dot(ty)(n, &w, &x), set.dot(ty)(n, &w, &x)) };
+                    // The block-sums variants (Q4_1, Q5_1) against the same scalar reference.
+                    let with_sums = set.dot_with_sums(ty).map(|f| {
+                        let mut xq = tomoe_quant::QuantizedInput::new();
+                        xq.quantize(ty, &xf, n);
+                        assert_eq!(xq.vector(0), &x[..]);
+                        // SAFETY: as above; one block sum per block.
+                        unsafe { f(n, &w, &x, xq.block_sums(0)) }
+                    });
                     let mut wd = vec![0f32; n];
                     let mut xd = vec![0f32; n];
                     tomoe_quant::dequantize_row(ty, &w, &mut wd);
@@ -74,6 +82,15 @@ fn every_simd_set_equals_scalar() {
                         "{} {ty} n={n} trial {trial}: simd {got} scalar {want} (rel {err:e})",
                         set.name
                     );
+                    if let Some(gs) = with_sums {
+                        let err = support::rel_err(gs, want, abs_terms);
+                        worst = worst.max(err);
+                        assert!(
+                            err <= 1e-5,
+                            "{} {ty} with block sums n={n}: {gs} scalar {want} (rel {err:e})",
+                            set.name
+                        );
+                    }
                 }
             }
             eprintln!(

@@ -24,6 +24,7 @@ pub fn kernel_set() -> Option<KernelSet> {
             dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q2_k,
             dot_q3_k, dot_q4_k, dot_q5_k, dot_q6_k, dot_q8_k,
         ],
+        dots_with_sums: crate::dispatch::with_sums(dot_q4_1_sums, dot_q5_1_sums),
     })
 }
 
@@ -185,6 +186,61 @@ macro_rules! legacy_kernels {
                 );
             }
             hsum_ps(_mm256_add_ps(acc, accm))
+        }
+
+        /// Q4_1 with precomputed activation block sums: the offset term is one scalar FMA.
+        #[target_feature(enable = $tf)]
+        pub unsafe fn dot_q4_1_sums(n: usize, w: &[u8], x: &[u8], sums: &[f32]) -> f32 {
+            check_rows(QuantType::Q4_1, n, w, x);
+            assert!(
+                sums.len() >= n / QK,
+                "q4_1 dot: {} block sums for {n} values",
+                sums.len()
+            );
+            let (wp, xp) = (w.as_ptr(), x.as_ptr());
+            let mut acc = _mm256_setzero_ps();
+            let mut summ = 0.0f32;
+            for i in 0..n / QK {
+                let (bw, bx) = (wp.add(20 * i), xp.add(34 * i));
+                let p = $dot_us8(nibbles_32(bw.add(4)), load(bx.add(2)));
+                acc = _mm256_fmadd_ps(
+                    _mm256_set1_ps(f16_at(bw) * f16_at(bx)),
+                    _mm256_cvtepi32_ps(p),
+                    acc,
+                );
+                summ += f16_at(bw.add(2)) * *sums.get_unchecked(i);
+            }
+            hsum_ps(acc) + summ
+        }
+
+        /// Q5_1 with precomputed activation block sums.
+        #[target_feature(enable = $tf)]
+        pub unsafe fn dot_q5_1_sums(n: usize, w: &[u8], x: &[u8], sums: &[f32]) -> f32 {
+            check_rows(QuantType::Q5_1, n, w, x);
+            assert!(
+                sums.len() >= n / QK,
+                "q5_1 dot: {} block sums for {n} values",
+                sums.len()
+            );
+            let (wp, xp) = (w.as_ptr(), x.as_ptr());
+            let mut acc = _mm256_setzero_ps();
+            let mut summ = 0.0f32;
+            for i in 0..n / QK {
+                let (bw, bx) = (wp.add(24 * i), xp.add(34 * i));
+                let qh = u32::from_le_bytes([*bw.add(4), *bw.add(5), *bw.add(6), *bw.add(7)]);
+                let q = _mm256_or_si256(
+                    nibbles_32(bw.add(8)),
+                    _mm256_and_si256(bits_32(qh), _mm256_set1_epi8(0x10)),
+                );
+                let p = $dot_us8(q, load(bx.add(2)));
+                acc = _mm256_fmadd_ps(
+                    _mm256_set1_ps(f16_at(bw) * f16_at(bx)),
+                    _mm256_cvtepi32_ps(p),
+                    acc,
+                );
+                summ += f16_at(bw.add(2)) * *sums.get_unchecked(i);
+            }
+            hsum_ps(acc) + summ
         }
 
         #[target_feature(enable = $tf)]

@@ -34,9 +34,11 @@ pub fn kernel_set() -> Option<KernelSet> {
     ] {
         dots[ty as usize] = f;
     }
+    let dots_with_sums = crate::dispatch::with_sums(dot_q4_1_sums, dot_q5_1_sums);
     Some(KernelSet {
         name: "avx512-vnni",
         dots,
+        dots_with_sums,
     })
 }
 
@@ -63,7 +65,10 @@ pub unsafe fn dot_q4_0_unsigned(n: usize, w: &[u8], x: &[u8]) -> f32 {
         let (bw, bx) = (wp.add(18 * i), xp.add(34 * i));
         let d = _mm256_set1_ps(f16_at(bw) * f16_at(bx));
         let y = load(bx.add(2));
-        let p = _mm256_sub_epi32(dot_us8_vnni(nibbles_32(bw.add(2)), y), dot_us8_vnni(eights, y));
+        let p = _mm256_sub_epi32(
+            dot_us8_vnni(nibbles_32(bw.add(2)), y),
+            dot_us8_vnni(eights, y),
+        );
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
     hsum_ps(acc)
@@ -80,7 +85,10 @@ pub unsafe fn dot_q5_0_unsigned(n: usize, w: &[u8], x: &[u8]) -> f32 {
         let (bw, bx) = (wp.add(22 * i), xp.add(34 * i));
         let d = _mm256_set1_ps(f16_at(bw) * f16_at(bx));
         let qh = u32::from_le_bytes([*bw.add(2), *bw.add(3), *bw.add(4), *bw.add(5)]);
-        let q = _mm256_or_si256(nibbles_32(bw.add(6)), _mm256_and_si256(bits_32(qh), sixteens));
+        let q = _mm256_or_si256(
+            nibbles_32(bw.add(6)),
+            _mm256_and_si256(bits_32(qh), sixteens),
+        );
         let y = load(bx.add(2));
         let p = _mm256_sub_epi32(dot_us8_vnni(q, y), dot_us8_vnni(sixteens, y));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);

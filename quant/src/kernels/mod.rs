@@ -14,3 +14,9 @@ pub mod neon;
 /// from [`crate::dispatch`], which only hands out functions the CPU supports. Each kernel
 /// checks (once per row) that the slices hold `n` elements.
 pub type DotFn = unsafe fn(usize, &[u8], &[u8]) -> f32;
+
+/// A [`DotFn`] for the formats with a per-block offset (Q4_1, Q5_1) that also takes the
+/// activation row's block sums, `sums[i] = d_x(i) · Σ_j y_ij`, computed once per activation
+/// vector by `QuantizedInput` (ggml keeps them inside its Q8_1 blocks for the same reason:
+/// otherwise every row's dot product recomputes them).
+pub type DotSumsFn = unsafe fn(usize, &[u8], &[u8], &[f32]) -> f32;

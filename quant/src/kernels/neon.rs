@@ -25,11 +25,13 @@ pub fn kernel_set(dotprod: bool) -> Option<KernelSet> {
         return Some(KernelSet {
             name: "neon-dotprod",
             dots: with_dotprod::DOTS,
+            dots_with_sums: [None; 14],
         });
     }
     Some(KernelSet {
         name: "neon",
         dots: plain::DOTS,
+        dots_with_sums: [None; 14],
     })
 }
 

@@ -301,3 +301,56 @@ pub fn dot_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     }
     sum
 }
+
+/// Legacy offset formats with precomputed activation block sums (`sums[i] = d_x·Σy`).
+#[inline(always)]
+fn dot_legacy_sums(
+    n: usize,
+    w: &[u8],
+    x: &[u8],
+    sums: &[f32],
+    bytes: usize,
+    unpack: impl Fn(&[u8], &mut [i8; QK]) -> (f32, f32),
+) -> f32 {
+    let mut sum = 0.0f32;
+    let mut q = [0i8; QK];
+    for ((bw, bx), s) in w
+        .chunks_exact(bytes)
+        .zip(x.chunks_exact(34))
+        .zip(sums)
+        .take(n / QK)
+    {
+        let (d, m) = unpack(bw, &mut q);
+        sum += dot_i8(&q, &bx[2..34]) as f32 * (d * read_f16(bx, 0)) + m * s;
+    }
+    sum
+}
+
+pub fn dot_q4_1_sums(n: usize, w: &[u8], x: &[u8], sums: &[f32]) -> f32 {
+    assert!(sums.len() >= n / QK, "q4_1 dot: too few block sums");
+    dot_legacy_sums(n, w, x, sums, 20, |b, q| {
+        for j in 0..16 {
+            q[j] = (b[4 + j] & 0xF) as i8;
+            q[j + 16] = (b[4 + j] >> 4) as i8;
+        }
+        (read_f16(b, 0), read_f16(b, 2))
+    })
+}
+
+pub fn dot_q5_1_sums(n: usize, w: &[u8], x: &[u8], sums: &[f32]) -> f32 {
+    assert!(sums.len() >= n / QK, "q5_1 dot: too few block sums");
+    dot_legacy_sums(n, w, x, sums, 24, |b, q| {
+        let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        unpack_q5(&b[8..24], qh, 0, q);
+        (read_f16(b, 0), read_f16(b, 2))
+    })
+}
+
+/// `d·Σq` of each Q8_0 block of an activation row (the `sums` of [`crate::kernels::DotSumsFn`]).
+pub fn q8_0_block_sums(x: &[u8], out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(
+        x.chunks_exact(34)
+            .map(|b| read_f16(b, 0) * b[2..34].iter().map(|&v| v as i8 as i32).sum::<i32>() as f32),
+    );
+}
