@@ -203,13 +203,28 @@ mod bench {
         unsafe { sys::ggml_cpu_init() };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let xf: Vec<f32> = (0..COLS).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        // Bandwidth probe, minimum of 10 runs (512 MiB, beyond the last-level cache).
+        let buf: Vec<f32> = vec![1.0; 128 << 20];
+        let bytes = (buf.len() * 4) as f64;
+        let (b1, ball) = interleaved_min(
+            10,
+            || {
+                black_box(sum(&buf));
+            },
+            || {
+                black_box(buf.par_chunks(1 << 20).map(sum).sum::<f32>());
+            },
+        );
+        let (bw1, bwall) = (bytes / b1 / 1e9, bytes / ball / 1e9);
+        drop(buf);
+        println!("\nBandwidth probe (sum over 512 MiB, min of 10): 1 thread {bw1:.1} GB/s, all threads {bwall:.1} GB/s");
         println!(
             "\nInterleaved minimum times, kernel set {}, {} threads:",
             tomoe_quant::kernel_name(),
             rayon::current_num_threads()
         );
-        println!("| format | tomoe 1t GB/s | ggml 1t GB/s | ratio 1t | tomoe all GB/s | ggml all GB/s | ratio all |");
-        println!("|---|---|---|---|---|---|---|");
+        println!("| format | tomoe 1t GB/s | ggml 1t GB/s | ratio 1t | tomoe all GB/s | ggml all GB/s | ratio all | tomoe 1t / probe 1t | tomoe all / probe all |");
+        println!("|---|---|---|---|---|---|---|---|---|");
         for ty in QuantType::ALL {
             if ty == QuantType::Q8_K {
                 continue;
@@ -256,14 +271,16 @@ mod bench {
                 },
             );
             println!(
-                "| {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.2} |",
+                "| {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
                 ty.name(),
                 gb(t1),
                 gb(g1),
                 g1 / t1,
                 gb(ta),
                 gb(ga),
-                ga / ta
+                ga / ta,
+                gb(t1) / bw1,
+                gb(ta) / bwall
             );
         }
     }
