@@ -224,6 +224,25 @@ fn dot_products_match_ggml_within_1e5() {
                     err <= 1e-5,
                     "{ty} n={n}: ours {ours} reference {reference} rel err {err:e}"
                 );
+                // The matvec path (which for Q4_1/Q5_1 uses the activation block sums kept by
+                // QuantizedInput) against the same reference.
+                let mut xq = tomoe_quant::QuantizedInput::new();
+                xq.quantize(ty, &xf, n);
+                assert_eq!(
+                    xq.vector(0),
+                    &x[..],
+                    "{ty}: activation bytes differ from ggml's"
+                );
+                let one_row = tomoe_quant::MatRef::new(ty, 1, n, &w).unwrap();
+                let mut y = [0f32];
+                tomoe_quant::matvec_rows(&one_row, 0..1, &xq, &mut y);
+                let err = support::rel_err(y[0], reference, support::abs_terms(ty, &w, &wd, &xd));
+                worst = worst.max(err);
+                assert!(
+                    err <= 1e-5,
+                    "{ty} n={n}: matvec {} reference {reference} rel err {err:e}",
+                    y[0]
+                );
             }
         }
         eprintln!(

@@ -52,19 +52,7 @@ fn matvec_and_matmul_equal_rowwise_dots() {
                     let (mut wd, mut xd) = (vec![0f32; cols], vec![0f32; cols]);
                     tomoe_quant::dequantize_row(ty, w.row(r), &mut wd);
                     tomoe_quant::dequantize_row(QuantType::Q8_0, x1.vector(0), &mut xd);
-                    // The offset formats sum d·Σq·y and m·Σy separately, so the rounding
-                    // scales with |d·q·y| + |m·y|, not with |(d·q + m)·y|.
-                    let bytes = ty.type_size();
-                    let abs_terms: f64 = wd
-                        .iter()
-                        .zip(&xd)
-                        .enumerate()
-                        .map(|(i, (a, b))| {
-                            let blk = &w.row(r)[i / 32 * bytes..];
-                            let m = half::f16::from_le_bytes([blk[2], blk[3]]).to_f64();
-                            ((*a as f64 - m).abs() + m.abs()) * (*b as f64).abs()
-                        })
-                        .sum();
+                    let abs_terms = support::abs_terms(ty, w.row(r), &wd, &xd);
                     let err = support::rel_err(yv[r], expect, abs_terms);
                     assert!(
                         err <= 1e-5,

@@ -70,11 +70,7 @@ fn every_simd_set_equals_scalar() {
                     let mut xd = vec![0f32; n];
                     tomoe_quant::dequantize_row(ty, &w, &mut wd);
                     tomoe_quant::dequantize_row(vt, &x, &mut xd);
-                    let abs_terms: f64 = wd
-                        .iter()
-                        .zip(&xd)
-                        .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                        .sum();
+                    let abs_terms = support::abs_terms(ty, &w, &wd, &xd);
                     let err = support::rel_err(got, want, abs_terms);
                     worst = worst.max(err);
                     assert!(

@@ -47,3 +47,24 @@ pub fn rel_err(a: f32, b: f32, abs_terms: f64) -> f64 {
         .max(abs_terms * 1e-2)
         .max(f64::MIN_POSITIVE)
 }
+
+/// Σ|w_i·x_i| as the scale of a dot product's rounding error; for Q4_1/Q5_1, whose kernels sum
+/// d·Σq·y and m·Σy separately (as ggml's do), Σ(|w_i - m| + |m|)·|x_i| instead, since those two
+/// parts can each be much larger than their sum.
+pub fn abs_terms(ty: tomoe_quant::QuantType, w: &[u8], wd: &[f32], xd: &[f32]) -> f64 {
+    use tomoe_quant::QuantType::{Q4_1, Q5_1};
+    let offset_format = matches!(ty, Q4_1 | Q5_1);
+    wd.iter()
+        .zip(xd)
+        .enumerate()
+        .map(|(i, (a, b))| {
+            let m = if offset_format {
+                let blk = &w[i / 32 * ty.type_size()..];
+                half::f16::from_le_bytes([blk[2], blk[3]]).to_f64()
+            } else {
+                0.0
+            };
+            ((*a as f64 - m).abs() + m.abs()) * (*b as f64).abs()
+        })
+        .sum()
+}
