@@ -8,6 +8,9 @@
 //! - `dispatch`: picks the kernel set once at start-up by run-time feature detection.
 //! - `ops`: matrix-vector and matrix-matrix products over row ranges, parallel with rayon.
 
+// `n % k == 0` rather than `is_multiple_of`: the workspace's rust-version is 1.80.
+#![allow(clippy::manual_is_multiple_of)]
+
 pub mod blocks;
 pub mod dispatch;
 mod error;

@@ -289,10 +289,10 @@ pub unsafe fn dot_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
     while i + 32 <= n {
-        for k in 0..4 {
+        for (k, acc) in acc.iter_mut().enumerate() {
             let a = _mm256_loadu_ps(wp.add(i + 8 * k));
             let b = _mm256_loadu_ps(xp.add(i + 8 * k));
-            acc[k] = _mm256_fmadd_ps(a, b, acc[k]);
+            *acc = _mm256_fmadd_ps(a, b, *acc);
         }
         i += 32;
     }
@@ -319,12 +319,12 @@ unsafe fn dot_half<const BF16: bool>(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
     while i + 32 <= n {
-        for k in 0..4 {
+        for (k, acc) in acc.iter_mut().enumerate() {
             let o = 2 * (i + 8 * k);
-            acc[k] = _mm256_fmadd_ps(
+            *acc = _mm256_fmadd_ps(
                 cvt_half::<BF16>(wp.add(o)),
                 cvt_half::<BF16>(xp.add(o)),
-                acc[k],
+                *acc,
             );
         }
         i += 32;
