@@ -25,13 +25,16 @@ pub fn kernel_set(dotprod: bool) -> Option<KernelSet> {
         return Some(KernelSet {
             name: "neon-dotprod",
             dots: with_dotprod::DOTS,
-            dots_with_sums: [None; 14],
+            dots_with_sums: crate::dispatch::with_sums(
+                with_dotprod::dot_q4_1_sums,
+                with_dotprod::dot_q5_1_sums,
+            ),
         });
     }
     Some(KernelSet {
         name: "neon",
         dots: plain::DOTS,
-        dots_with_sums: [None; 14],
+        dots_with_sums: crate::dispatch::with_sums(plain::dot_q4_1_sums, plain::dot_q5_1_sums),
     })
 }
 
@@ -252,6 +255,70 @@ macro_rules! neon_kernels {
                         + read_f16(w, 24 * i + 2) * (sumy as f32 * dx);
                 }
                 sum
+            }
+
+            /// Q4_1 with precomputed activation block sums (see `DotSumsFn`).
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot_q4_1_sums(n: usize, w: &[u8], x: &[u8], sums: &[f32]) -> f32 {
+                check_rows(QuantType::Q4_1, n, w, x);
+                assert!(
+                    sums.len() >= n / QK,
+                    "q4_1 dot: {} block sums for {n} values",
+                    sums.len()
+                );
+                let (wp, xp) = (w.as_ptr(), x.as_ptr());
+                let m4 = vdupq_n_u8(0x0F);
+                let (mut acc, mut summ) = (vdupq_n_f32(0.0), 0.0f32);
+                for i in 0..n / QK {
+                    let (bw, bx) = (wp.add(20 * i), xp.add(34 * i));
+                    let q = vld1q_u8(bw.add(4));
+                    let lo = vreinterpretq_s8_u8(vandq_u8(q, m4));
+                    let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
+                    let p = $dot($dot(vdupq_n_s32(0), lo, ld(bx.add(2))), hi, ld(bx.add(18)));
+                    acc = vfmaq_n_f32(
+                        acc,
+                        vcvtq_f32_s32(p),
+                        read_f16(w, 20 * i) * read_f16(x, 34 * i),
+                    );
+                    summ += read_f16(w, 20 * i + 2) * *sums.get_unchecked(i);
+                }
+                vaddvq_f32(acc) + summ
+            }
+
+            /// Q5_1 with precomputed activation block sums.
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot_q5_1_sums(n: usize, w: &[u8], x: &[u8], sums: &[f32]) -> f32 {
+                check_rows(QuantType::Q5_1, n, w, x);
+                assert!(
+                    sums.len() >= n / QK,
+                    "q5_1 dot: {} block sums for {n} values",
+                    sums.len()
+                );
+                let (wp, xp) = (w.as_ptr(), x.as_ptr());
+                let m4 = vdupq_n_u8(0x0F);
+                let m16 = vdupq_n_u8(0x10);
+                let (mut acc, mut summ) = (vdupq_n_f32(0.0), 0.0f32);
+                for i in 0..n / QK {
+                    let (bw, bx) = (wp.add(24 * i), xp.add(34 * i));
+                    let qh = u32::from_le_bytes([*bw.add(4), *bw.add(5), *bw.add(6), *bw.add(7)]);
+                    let q = vld1q_u8(bw.add(8));
+                    let lo = vreinterpretq_s8_u8(vorrq_u8(
+                        vandq_u8(q, m4),
+                        vandq_u8(bits_16(qh, 0), m16),
+                    ));
+                    let hi = vreinterpretq_s8_u8(vorrq_u8(
+                        vshrq_n_u8::<4>(q),
+                        vandq_u8(bits_16(qh, 1), m16),
+                    ));
+                    let p = $dot($dot(vdupq_n_s32(0), lo, ld(bx.add(2))), hi, ld(bx.add(18)));
+                    acc = vfmaq_n_f32(
+                        acc,
+                        vcvtq_f32_s32(p),
+                        read_f16(w, 24 * i) * read_f16(x, 34 * i),
+                    );
+                    summ += read_f16(w, 24 * i + 2) * *sums.get_unchecked(i);
+                }
+                vaddvq_f32(acc) + summ
             }
 
             #[target_feature(enable = $tf)]
