@@ -315,6 +315,8 @@ fn open_reports_io_errors_and_empty_files() {
         GgufFile::open(&dir.join("missing.gguf")),
         Err(GgufError::Io { .. })
     ));
+    // A directory opens as a file on Linux but can be neither mapped nor read.
+    assert!(matches!(GgufFile::open(&dir), Err(GgufError::Io { .. })));
     let empty = dir.join("empty.gguf");
     std::fs::write(&empty, b"").unwrap();
     assert!(matches!(GgufFile::open(&empty), Err(GgufError::Truncated { .. })));

@@ -104,7 +104,11 @@ impl GgufFile {
             source,
         };
         let file = File::open(path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
+        let meta = file.metadata().map_err(io_err)?;
+        if meta.is_dir() {
+            return Err(io_err(std::io::Error::from(std::io::ErrorKind::IsADirectory)));
+        }
+        let len = meta.len();
         if len == 0 {
             // Mapping an empty file fails on some systems; an empty buffer gives the same
             // "truncated magic" error as any other too-short file.
