@@ -16,12 +16,19 @@ fn model(file: &str) -> PathBuf {
         PathBuf::from(std::env::var_os("HOME").expect("HOME or TOMOE_MODELS")).join(".cache/tomoe/models")
     });
     let path = dir.join(file);
-    assert!(path.is_file(), "{} is missing: run scripts/fetch-models.sh", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-models.sh",
+        path.display()
+    );
     path
 }
 
 fn bench_open(c: &mut Criterion) {
-    for (label, file) in [("smollm2", "smollm2-135m-instruct-q4_1.gguf"), ("gemma3", "gemma-3-270m-q4_k_m.gguf")] {
+    for (label, file) in [
+        ("smollm2", "smollm2-135m-instruct-q4_1.gguf"),
+        ("gemma3", "gemma-3-270m-q4_k_m.gguf"),
+    ] {
         let path = model(file);
         let mut group = c.benchmark_group(format!("gguf_open/{label}"));
         group.bench_function("tomoe", |b| b.iter(|| GgufFile::open(&path).unwrap()));
@@ -31,7 +38,10 @@ fn bench_open(c: &mut Criterion) {
             let c_path = CString::new(path.to_str().unwrap()).unwrap();
             group.bench_function("llama.cpp", |b| {
                 b.iter(|| {
-                    let params = sys::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() };
+                    let params = sys::gguf_init_params {
+                        no_alloc: true,
+                        ctx: std::ptr::null_mut(),
+                    };
                     // SAFETY: c_path is NUL-terminated; the context is checked and freed once.
                     unsafe {
                         let ctx = sys::gguf_init_from_file(c_path.as_ptr(), params);

@@ -18,7 +18,10 @@ struct Oracle(*mut sys::gguf_context);
 impl Oracle {
     fn from_file(path: &Path) -> Oracle {
         let c_path = CString::new(path.to_str().unwrap()).unwrap();
-        let params = sys::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() };
+        let params = sys::gguf_init_params {
+            no_alloc: true,
+            ctx: std::ptr::null_mut(),
+        };
         // SAFETY: c_path is a valid NUL-terminated string; with ctx null no ggml context is made.
         let ctx = unsafe { sys::gguf_init_from_file(c_path.as_ptr(), params) };
         assert!(!ctx.is_null(), "llama.cpp failed to open {}", path.display());
@@ -28,7 +31,10 @@ impl Oracle {
     /// Loads from memory, tensor data included (so llama.cpp checks that it is all there).
     fn from_buffer(bytes: &[u8]) -> Option<Oracle> {
         let mut data_ctx: *mut sys::ggml_context = std::ptr::null_mut();
-        let params = sys::gguf_init_params { no_alloc: false, ctx: &mut data_ctx };
+        let params = sys::gguf_init_params {
+            no_alloc: false,
+            ctx: &mut data_ctx,
+        };
         // SAFETY: bytes is a live slice of the given length; llama.cpp copies what it needs.
         let ctx = unsafe { sys::gguf_init_from_buffer(bytes.as_ptr().cast(), bytes.len(), params) };
         if !data_ctx.is_null() {
@@ -41,7 +47,10 @@ impl Oracle {
     fn cstr(&self, p: *const std::os::raw::c_char) -> String {
         assert!(!p.is_null());
         // SAFETY: llama.cpp returns NUL-terminated strings owned by the context, alive as long as self.
-        unsafe { CStr::from_ptr(p) }.to_str().expect("llama.cpp string is UTF-8").to_string()
+        unsafe { CStr::from_ptr(p) }
+            .to_str()
+            .expect("llama.cpp string is UTF-8")
+            .to_string()
     }
 
     /// Every metadata entry, decoded into our Value type through llama.cpp's getters.
@@ -200,7 +209,10 @@ fn check_real_model(path: &Path, expect_tensors: usize) {
     let file_bytes = std::fs::read(path).unwrap();
     let meta = oracle.meta_bytes();
     assert_eq!(meta.len() as u64, ours.data_offset());
-    assert!(meta == file_bytes[..meta.len()], "header bytes differ from llama.cpp's writer");
+    assert!(
+        meta == file_bytes[..meta.len()],
+        "header bytes differ from llama.cpp's writer"
+    );
 
     // Rewriting the file through GgufWriter reproduces it exactly.
     let mut w = GgufWriter::new();
@@ -208,7 +220,8 @@ fn check_real_model(path: &Path, expect_tensors: usize) {
         w.add_metadata(k.clone(), v.clone());
     }
     for t in ours.tensor_views() {
-        w.add_tensor(t.info.name.clone(), t.info.dims.clone(), t.info.ty, t.data.to_vec()).unwrap();
+        w.add_tensor(t.info.name.clone(), t.info.dims.clone(), t.info.ty, t.data.to_vec())
+            .unwrap();
     }
     let mut rewritten = Vec::with_capacity(file_bytes.len());
     w.write_to(&mut rewritten).unwrap();
@@ -250,7 +263,10 @@ fn llama_cpp_reads_what_we_write() {
     ];
     for (i, v) in scalars.iter().enumerate() {
         w.add_metadata(format!("test.scalar.{i}"), v.clone());
-        w.add_metadata(format!("test.array.{i}"), Value::Array(vec![v.clone(), v.clone(), v.clone()]));
+        w.add_metadata(
+            format!("test.array.{i}"),
+            Value::Array(vec![v.clone(), v.clone(), v.clone()]),
+        );
     }
     w.add_metadata("test.empty_string", Value::String(String::new()));
     let types = [
@@ -283,5 +299,8 @@ fn llama_cpp_reads_what_we_write() {
     let oracle = Oracle::from_buffer(&bytes).expect("llama.cpp rejects a file GgufWriter wrote");
     assert_eq!(oracle.alignment(), 64);
     assert_same_as_llama(&ours, &oracle);
-    assert!(oracle.meta_bytes() == bytes[..ours.data_offset() as usize], "header bytes differ from llama.cpp's writer");
+    assert!(
+        oracle.meta_bytes() == bytes[..ours.data_offset() as usize],
+        "header bytes differ from llama.cpp's writer"
+    );
 }

@@ -65,7 +65,8 @@ impl Raw {
 fn valid_file() -> Vec<u8> {
     let mut r = Raw::header(3, 2, 2);
     r.kv_u32("a.count", 7).str(b"a.name").u32(T_STRING).str(b"tiny");
-    r.tensor("t.f32", &[8], GGML_F32, 0).tensor("t.q4", &[32, 2], GGML_Q4_0, 32);
+    r.tensor("t.f32", &[8], GGML_F32, 0)
+        .tensor("t.q4", &[32, 2], GGML_Q4_0, 32);
     r.pad(32).zeros(32).zeros(2 * 18).pad(32);
     r.done()
 }
@@ -99,10 +100,17 @@ macro_rules! case {
         case!($name, $bytes, $pat, Llama::Rejects)
     };
     ($name:expr, $bytes:expr, $pat:pat, $llama:expr) => {
-        Case { name: $name, bytes: $bytes, expect: |e| matches!(e, $pat), llama: $llama }
+        Case {
+            name: $name,
+            bytes: $bytes,
+            expect: |e| matches!(e, $pat),
+            llama: $llama,
+        }
     };
 }
 
+// One line per case: the corpus reads as a table.
+#[rustfmt::skip]
 fn corpus() -> Vec<Case> {
     use GgufError as E;
     let valid = valid_file();
@@ -194,7 +202,11 @@ fn valid_base_file_opens() {
 #[test]
 fn every_malformed_file_gets_its_error() {
     let cases = corpus();
-    assert!(cases.len() >= 30, "the corpus must hold at least 30 files, has {}", cases.len());
+    assert!(
+        cases.len() >= 30,
+        "the corpus must hold at least 30 files, has {}",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for case in &cases {
         match GgufFile::from_bytes(case.bytes.clone()) {
@@ -206,7 +218,13 @@ fn every_malformed_file_gets_its_error() {
             Err(e) => failures.push(format!("{}: unexpected error {e:?}", case.name)),
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 /// Every prefix of a valid file that cuts into its header or tensor data is an error, never a
@@ -215,7 +233,12 @@ fn every_malformed_file_gets_its_error() {
 fn every_truncation_is_an_error() {
     let valid = valid_file();
     let f = GgufFile::from_bytes(valid.clone()).unwrap();
-    let data_end = f.tensors().iter().map(|t| f.data_offset() + t.offset + t.n_bytes).max().unwrap() as usize;
+    let data_end = f
+        .tensors()
+        .iter()
+        .map(|t| f.data_offset() + t.offset + t.n_bytes)
+        .max()
+        .unwrap() as usize;
     for len in data_end..=valid.len() {
         GgufFile::from_bytes(valid[..len].to_vec()).unwrap();
     }
@@ -237,14 +260,39 @@ fn every_truncation_is_an_error() {
 #[test]
 fn writer_rejects_invalid_input() {
     let mut w = GgufWriter::new();
-    assert!(matches!(w.add_tensor("t", vec![8], QuantType::F32, vec![0; 31]), Err(GgufError::TensorDataSize { expected: 32, got: 31, .. })));
-    assert!(matches!(w.add_tensor("t", vec![33], QuantType::Q4_0, vec![]), Err(GgufError::RowNotBlockMultiple { .. })));
-    assert!(matches!(w.add_tensor("t", vec![], QuantType::F32, vec![]), Err(GgufError::BadDimCount { n_dims: 0, .. })));
-    assert!(matches!(w.add_tensor("t", vec![1; 5], QuantType::F32, vec![0; 4]), Err(GgufError::BadDimCount { n_dims: 5, .. })));
-    assert!(matches!(w.add_tensor("x".repeat(64), vec![1], QuantType::F32, vec![0; 4]), Err(GgufError::TensorNameTooLong { len: 64, .. })));
-    assert!(matches!(w.add_tensor("t", vec![1 << 40, 1 << 40], QuantType::F32, vec![]), Err(GgufError::ShapeOverflow { .. })));
+    assert!(matches!(
+        w.add_tensor("t", vec![8], QuantType::F32, vec![0; 31]),
+        Err(GgufError::TensorDataSize {
+            expected: 32,
+            got: 31,
+            ..
+        })
+    ));
+    assert!(matches!(
+        w.add_tensor("t", vec![33], QuantType::Q4_0, vec![]),
+        Err(GgufError::RowNotBlockMultiple { .. })
+    ));
+    assert!(matches!(
+        w.add_tensor("t", vec![], QuantType::F32, vec![]),
+        Err(GgufError::BadDimCount { n_dims: 0, .. })
+    ));
+    assert!(matches!(
+        w.add_tensor("t", vec![1; 5], QuantType::F32, vec![0; 4]),
+        Err(GgufError::BadDimCount { n_dims: 5, .. })
+    ));
+    assert!(matches!(
+        w.add_tensor("x".repeat(64), vec![1], QuantType::F32, vec![0; 4]),
+        Err(GgufError::TensorNameTooLong { len: 64, .. })
+    ));
+    assert!(matches!(
+        w.add_tensor("t", vec![1 << 40, 1 << 40], QuantType::F32, vec![]),
+        Err(GgufError::ShapeOverflow { .. })
+    ));
     w.add_tensor("t", vec![1], QuantType::F32, vec![0; 4]).unwrap();
-    assert!(matches!(w.add_tensor("t", vec![1], QuantType::F32, vec![0; 4]), Err(GgufError::DuplicateTensor(_))));
+    assert!(matches!(
+        w.add_tensor("t", vec![1], QuantType::F32, vec![0; 4]),
+        Err(GgufError::DuplicateTensor(_))
+    ));
 
     let rejects = |w: &GgufWriter, check: fn(&GgufError) -> bool| {
         let mut out = Vec::new();
@@ -257,7 +305,16 @@ fn writer_rejects_invalid_input() {
     rejects(&w, |e| matches!(e, GgufError::NestedArray { .. }));
     let mut w = GgufWriter::new();
     w.add_metadata("k", Value::Array(vec![Value::U32(1), Value::I32(1)]));
-    rejects(&w, |e| matches!(e, GgufError::MixedArray { first: "u32", other: "i32", .. }));
+    rejects(&w, |e| {
+        matches!(
+            e,
+            GgufError::MixedArray {
+                first: "u32",
+                other: "i32",
+                ..
+            }
+        )
+    });
     let mut w = GgufWriter::new();
     w.add_metadata("", Value::U8(1));
     rejects(&w, |e| matches!(e, GgufError::EmptyKey { .. }));
@@ -286,7 +343,10 @@ mod llama_agrees {
             return false; // gguf_init_from_buffer refuses a null/empty buffer outright
         }
         let mut data_ctx: *mut sys::ggml_context = std::ptr::null_mut();
-        let params = sys::gguf_init_params { no_alloc: false, ctx: &mut data_ctx };
+        let params = sys::gguf_init_params {
+            no_alloc: false,
+            ctx: &mut data_ctx,
+        };
         // SAFETY: bytes is a live slice of the given length; llama.cpp copies what it needs.
         let ctx = unsafe { sys::gguf_init_from_buffer(bytes.as_ptr().cast(), bytes.len(), params) };
         // SAFETY: both were created by gguf_init_from_buffer (or are null) and are freed once.
@@ -303,12 +363,18 @@ mod llama_agrees {
 
     #[test]
     fn llama_cpp_agrees_on_the_corpus() {
-        assert!(llama_accepts(&valid_file()), "llama.cpp must accept the valid base file");
+        assert!(
+            llama_accepts(&valid_file()),
+            "llama.cpp must accept the valid base file"
+        );
         let mut disagreements = Vec::new();
         for case in corpus() {
             let accepts = llama_accepts(&case.bytes);
             if accepts != (case.llama == Llama::Accepts) {
-                disagreements.push(format!("{}: llama.cpp accepts = {accepts}, expected {:?}", case.name, case.llama));
+                disagreements.push(format!(
+                    "{}: llama.cpp accepts = {accepts}, expected {:?}",
+                    case.name, case.llama
+                ));
             }
         }
         assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));

@@ -185,7 +185,13 @@ fn add_metadata_replaces_in_place() {
     w.add_metadata("b", Value::U32(2));
     w.add_metadata("a", Value::String("x".into()));
     let f = GgufFile::from_bytes(write(&w)).unwrap();
-    assert_eq!(f.metadata(), &[("a".to_string(), Value::String("x".into())), ("b".to_string(), Value::U32(2))]);
+    assert_eq!(
+        f.metadata(),
+        &[
+            ("a".to_string(), Value::String("x".into())),
+            ("b".to_string(), Value::U32(2))
+        ]
+    );
 }
 
 #[test]
@@ -224,10 +230,18 @@ fn streaming_write_equals_whole_write() {
     // Misuse is an error, not a corrupt file.
     let (name0, _, _, data0) = &tensors[0];
     let mut stream = w.write_streaming(Vec::new()).unwrap();
-    assert!(matches!(stream.write_tensor(&tensors[2].0, &tensors[2].3), Err(GgufError::StreamOrder { .. })));
-    assert!(matches!(stream.write_tensor(name0, &data0[1..]), Err(GgufError::TensorDataSize { .. })));
+    assert!(matches!(
+        stream.write_tensor(&tensors[2].0, &tensors[2].3),
+        Err(GgufError::StreamOrder { .. })
+    ));
+    assert!(matches!(
+        stream.write_tensor(name0, &data0[1..]),
+        Err(GgufError::TensorDataSize { .. })
+    ));
     stream.write_tensor(name0, data0).unwrap();
-    assert!(matches!(stream.finish(), Err(GgufError::StreamIncomplete { missing }) if missing == tensors.len() - 1 - 1));
+    assert!(
+        matches!(stream.finish(), Err(GgufError::StreamIncomplete { missing }) if missing == tensors.len() - 1 - 1)
+    );
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -238,8 +252,10 @@ fn temp_dir(tag: &str) -> PathBuf {
 }
 
 fn dir_entries(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     names
 }
@@ -263,7 +279,10 @@ fn atomic_write_replaces_the_file_and_leaves_nothing_on_error() {
     // A failing write leaves the old file and no temporary file.
     let mut bad = GgufWriter::new();
     bad.add_tensor_info("never.given", vec![4], QuantType::F32).unwrap();
-    assert!(matches!(bad.write_atomic(&path), Err(GgufError::MissingTensorData { .. })));
+    assert!(matches!(
+        bad.write_atomic(&path),
+        Err(GgufError::MissingTensorData { .. })
+    ));
     assert_eq!(std::fs::read(&path).unwrap(), write(&w2));
     assert_eq!(dir_entries(&dir), vec!["model.gguf".to_string()]);
 
@@ -276,8 +295,12 @@ fn atomic_write_replaces_the_file_and_leaves_nothing_on_error() {
 
     // And a successful streamed atomic write.
     let streamed = dir.join("streamed.gguf");
-    bad.write_atomic_streaming(&streamed, |s| s.write_tensor("never.given", &[7; 16])).unwrap();
-    assert_eq!(GgufFile::open(&streamed).unwrap().tensor("never.given").unwrap().data, &[7; 16]);
+    bad.write_atomic_streaming(&streamed, |s| s.write_tensor("never.given", &[7; 16]))
+        .unwrap();
+    assert_eq!(
+        GgufFile::open(&streamed).unwrap().tensor("never.given").unwrap().data,
+        &[7; 16]
+    );
 
     // A directory that does not exist is an I/O error naming the path.
     let missing = dir.join("no/such/dir/x.gguf");
@@ -288,7 +311,12 @@ fn atomic_write_replaces_the_file_and_leaves_nothing_on_error() {
 #[test]
 fn open_reports_io_errors_and_empty_files() {
     let dir = temp_dir("open");
-    assert!(matches!(GgufFile::open(&dir.join("missing.gguf")), Err(GgufError::Io { .. })));
+    assert!(matches!(
+        GgufFile::open(&dir.join("missing.gguf")),
+        Err(GgufError::Io { .. })
+    ));
+    // A directory opens as a file on Linux but can be neither mapped nor read.
+    assert!(matches!(GgufFile::open(&dir), Err(GgufError::Io { .. })));
     let empty = dir.join("empty.gguf");
     std::fs::write(&empty, b"").unwrap();
     assert!(matches!(GgufFile::open(&empty), Err(GgufError::Truncated { .. })));
@@ -305,7 +333,10 @@ fn typed_getters_name_the_key() {
     w.add_metadata("f64", Value::F64(0.5));
     w.add_metadata("flag", Value::Bool(true));
     w.add_metadata("name", Value::String("smol".into()));
-    w.add_metadata("tokens", Value::Array(vec![Value::String("a".into()), Value::String("b".into())]));
+    w.add_metadata(
+        "tokens",
+        Value::Array(vec![Value::String("a".into()), Value::String("b".into())]),
+    );
     w.add_metadata("scores", Value::Array(vec![Value::F32(0.25), Value::F32(-1.0)]));
     w.add_metadata("types", Value::Array(vec![Value::I32(1), Value::I32(6)]));
     let f = GgufFile::from_bytes(write(&w)).unwrap();
@@ -332,10 +363,22 @@ fn typed_getters_name_the_key() {
     assert!(matches!(f.get_u32("big"), Err(GgufError::OutOfRange { .. })));
     assert!(matches!(f.get_u32("name"), Err(GgufError::WrongType { key, found: "str", .. }) if key == "name"));
     assert!(matches!(f.opt_u32("name"), Err(GgufError::WrongType { .. })));
-    assert!(matches!(f.get_f32("u32"), Err(GgufError::WrongType { found: "u32", .. })));
-    assert!(matches!(f.get_str("flag"), Err(GgufError::WrongType { found: "bool", .. })));
-    assert!(matches!(f.get_str_array("scores"), Err(GgufError::WrongType { found: "f32", .. })));
-    assert!(matches!(f.get_str_array("name"), Err(GgufError::WrongType { found: "str", .. })));
+    assert!(matches!(
+        f.get_f32("u32"),
+        Err(GgufError::WrongType { found: "u32", .. })
+    ));
+    assert!(matches!(
+        f.get_str("flag"),
+        Err(GgufError::WrongType { found: "bool", .. })
+    ));
+    assert!(matches!(
+        f.get_str_array("scores"),
+        Err(GgufError::WrongType { found: "f32", .. })
+    ));
+    assert!(matches!(
+        f.get_str_array("name"),
+        Err(GgufError::WrongType { found: "str", .. })
+    ));
 }
 
 #[test]

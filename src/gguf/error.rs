@@ -25,10 +25,20 @@ pub enum GgufError {
     UnsupportedVersion(u32),
 
     #[error("file truncated while reading {what} at offset {offset}: need {needed} bytes, {available} left")]
-    Truncated { what: String, offset: u64, needed: u64, available: u64 },
+    Truncated {
+        what: String,
+        offset: u64,
+        needed: u64,
+        available: u64,
+    },
 
     #[error("{what} is {count}, more than {max} (what the {remaining} bytes left in the file can hold, or the reader's limit)")]
-    CountTooLarge { what: String, count: u64, max: u64, remaining: u64 },
+    CountTooLarge {
+        what: String,
+        count: u64,
+        max: u64,
+        remaining: u64,
+    },
 
     #[error("{what}: string length {len} exceeds the {remaining} bytes left in the file (or the 1 GiB limit)")]
     StringTooLong { what: String, len: u64, remaining: u64 },
@@ -49,7 +59,11 @@ pub enum GgufError {
     NestedArray { key: String },
 
     #[error("metadata key '{key}' is an array mixing {first} and {other} elements")]
-    MixedArray { key: String, first: &'static str, other: &'static str },
+    MixedArray {
+        key: String,
+        first: &'static str,
+        other: &'static str,
+    },
 
     #[error("general.alignment must be a u32, found {found}")]
     AlignmentType { found: &'static str },
@@ -70,16 +84,30 @@ pub enum GgufError {
     UnsupportedTensorType { tensor: String, type_id: u32 },
 
     #[error("tensor '{tensor}': row length {row_len} is not a multiple of the {ty} block size {block_size}")]
-    RowNotBlockMultiple { tensor: String, ty: &'static str, row_len: u64, block_size: usize },
+    RowNotBlockMultiple {
+        tensor: String,
+        ty: &'static str,
+        row_len: u64,
+        block_size: usize,
+    },
 
     #[error("tensor '{tensor}': shape {dims:?} overflows (element count or byte size)")]
     ShapeOverflow { tensor: String, dims: Vec<u64> },
 
     #[error("tensor '{tensor}': data offset {offset} is not a multiple of the alignment {alignment}")]
-    MisalignedOffset { tensor: String, offset: u64, alignment: u64 },
+    MisalignedOffset {
+        tensor: String,
+        offset: u64,
+        alignment: u64,
+    },
 
     #[error("tensor '{tensor}': data [{offset}, {offset}+{n_bytes}) lies outside the {data_len}-byte data section")]
-    TensorOutOfBounds { tensor: String, offset: u64, n_bytes: u64, data_len: u64 },
+    TensorOutOfBounds {
+        tensor: String,
+        offset: u64,
+        n_bytes: u64,
+        data_len: u64,
+    },
 
     #[error("tensors '{first}' and '{second}' overlap in the data section")]
     OverlappingTensors { first: String, second: String },
@@ -100,14 +128,25 @@ pub enum GgufError {
     StreamIncomplete { missing: usize },
 
     #[error("tensor '{tensor}' cannot be viewed as a matrix: {source}")]
-    TensorView { tensor: String, source: tomoe_quant::QuantError },
+    TensorView {
+        tensor: String,
+        source: tomoe_quant::QuantError,
+    },
 
     #[error("metadata key '{0}' is missing")]
     MissingKey(String),
 
     #[error("metadata key '{key}' is {found}, expected {expected}")]
-    WrongType { key: String, expected: &'static str, found: &'static str },
+    WrongType {
+        key: String,
+        expected: &'static str,
+        found: &'static str,
+    },
 
     #[error("metadata key '{key}': value {value} does not fit in {target}")]
-    OutOfRange { key: String, value: String, target: &'static str },
+    OutOfRange {
+        key: String,
+        value: String,
+        target: &'static str,
+    },
 }

@@ -6,7 +6,11 @@
 use super::{GgufError, GgufFile, Value};
 
 fn wrong(key: &str, expected: &'static str, found: &Value) -> GgufError {
-    GgufError::WrongType { key: key.to_string(), expected, found: found.type_name() }
+    GgufError::WrongType {
+        key: key.to_string(),
+        expected,
+        found: found.type_name(),
+    }
 }
 
 fn int<T: TryFrom<i128>>(key: &str, v: &Value, target: &'static str) -> Result<T, GgufError> {
@@ -15,7 +19,11 @@ fn int<T: TryFrom<i128>>(key: &str, v: &Value, target: &'static str) -> Result<T
         (None, Some(u)) => u.into(),
         (None, None) => return Err(wrong(key, "an integer", v)),
     };
-    T::try_from(wide).map_err(|_| GgufError::OutOfRange { key: key.to_string(), value: wide.to_string(), target })
+    T::try_from(wide).map_err(|_| GgufError::OutOfRange {
+        key: key.to_string(),
+        value: wide.to_string(),
+        target,
+    })
 }
 
 fn float(key: &str, v: &Value) -> Result<f32, GgufError> {

@@ -12,7 +12,7 @@ mod value;
 mod writer;
 
 pub use error::GgufError;
-pub use tomoe_quant::QuantType;
 pub use reader::{GgufFile, Tensor, TensorInfo};
+pub use tomoe_quant::QuantType;
 pub use value::Value;
 pub use writer::{GgufWriter, TensorStream};

@@ -97,7 +97,11 @@ impl<'a> Cursor<'a> {
     fn string_bytes(&mut self, what: What) -> Result<&'a [u8], GgufError> {
         let len = self.u64(what)?;
         if len > self.remaining() || len > MAX_STRING_LEN {
-            return Err(GgufError::StringTooLong { what: what(), len, remaining: self.remaining() });
+            return Err(GgufError::StringTooLong {
+                what: what(),
+                len,
+                remaining: self.remaining(),
+            });
         }
         self.take(len, what)
     }
@@ -111,7 +115,12 @@ impl<'a> Cursor<'a> {
     fn bound_count(&self, count: u64, min_size: u64, limit: u64, what: What) -> Result<usize, GgufError> {
         let max = (self.remaining() / min_size).min(limit);
         if count > max {
-            return Err(GgufError::CountTooLarge { what: what(), count, max, remaining: self.remaining() });
+            return Err(GgufError::CountTooLarge {
+                what: what(),
+                count,
+                max,
+                remaining: self.remaining(),
+            });
         }
         // count <= remaining bytes, so it fits in usize.
         Ok(count as usize)
@@ -144,7 +153,11 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
     let alignment = match key_index.get(ALIGNMENT_KEY).map(|&i| &metadata[i].1) {
         None => DEFAULT_ALIGNMENT,
         Some(Value::U32(a)) => u64::from(*a),
-        Some(other) => return Err(GgufError::AlignmentType { found: other.type_name() }),
+        Some(other) => {
+            return Err(GgufError::AlignmentType {
+                found: other.type_name(),
+            })
+        }
     };
     if !alignment.is_power_of_two() {
         return Err(GgufError::InvalidAlignment(alignment));
@@ -160,7 +173,12 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
     } else {
         match header_end.checked_next_multiple_of(alignment) {
             Some(s) if s <= file_len => s,
-            _ => return Err(GgufError::DataSectionOutOfBounds { start: header_end, file_len }),
+            _ => {
+                return Err(GgufError::DataSectionOutOfBounds {
+                    start: header_end,
+                    file_len,
+                })
+            }
         }
     };
     check_tensor_ranges(&tensors, file_len - data_start)?;
@@ -198,9 +216,13 @@ fn parse_metadata(cur: &mut Cursor, n_kv: usize) -> Result<Metadata, GgufError> 
             if elem_ty == type_id::ARRAY {
                 return Err(GgufError::NestedArray { key });
             }
-            let min_size = type_id::min_encoded_size(elem_ty)
-                .ok_or_else(|| GgufError::UnknownValueType { key: key.clone(), type_id: elem_ty })?;
-            let len = cur.bound_count(len, min_size, array_elements_left, &|| format!("length of array '{key}'"))?;
+            let min_size = type_id::min_encoded_size(elem_ty).ok_or_else(|| GgufError::UnknownValueType {
+                key: key.clone(),
+                type_id: elem_ty,
+            })?;
+            let len = cur.bound_count(len, min_size, array_elements_left, &|| {
+                format!("length of array '{key}'")
+            })?;
             array_elements_left -= len as u64;
             Value::Array(parse_array(cur, elem_ty, len, &key)?)
         } else {
@@ -220,7 +242,10 @@ fn parse_array(cur: &mut Cursor, elem_ty: u32, len: usize, key: &str) -> Result<
         ($t:ty, $variant:ident) => {{
             const SIZE: usize = std::mem::size_of::<$t>();
             let bytes = cur.take((len * SIZE) as u64, &|| format!("elements of array '{key}'"))?;
-            bytes.chunks_exact(SIZE).map(|c| Value::$variant(<$t>::from_le_bytes(le_bytes(c)))).collect()
+            bytes
+                .chunks_exact(SIZE)
+                .map(|c| Value::$variant(<$t>::from_le_bytes(le_bytes(c))))
+                .collect()
         }};
     }
     Ok(match elem_ty {
@@ -245,7 +270,12 @@ fn parse_array(cur: &mut Cursor, elem_ty: u32, len: usize, key: &str) -> Result<
             }
             items
         }
-        type_id => return Err(GgufError::UnknownValueType { key: key.to_string(), type_id }),
+        type_id => {
+            return Err(GgufError::UnknownValueType {
+                key: key.to_string(),
+                type_id,
+            })
+        }
     })
 }
 
@@ -272,7 +302,12 @@ fn parse_scalar(cur: &mut Cursor, ty: u32, key: &str, what: What) -> Result<Valu
         // As llama.cpp: any nonzero byte is true.
         type_id::BOOL => Value::Bool(cur.array::<1>(what)?[0] != 0),
         type_id::STRING => Value::String(cur.string(what)?),
-        type_id => return Err(GgufError::UnknownValueType { key: key.to_string(), type_id }),
+        type_id => {
+            return Err(GgufError::UnknownValueType {
+                key: key.to_string(),
+                type_id,
+            })
+        }
     })
 }
 
@@ -284,16 +319,23 @@ fn parse_tensor_infos(cur: &mut Cursor, n_tensors: usize, alignment: u64) -> Res
     for i in 0..n_tensors {
         let name_bytes = cur.string_bytes(&|| format!("name of tensor {i}"))?;
         if name_bytes.len() > MAX_TENSOR_NAME_LEN {
-            return Err(GgufError::TensorNameTooLong { index: i as u64, len: name_bytes.len() });
+            return Err(GgufError::TensorNameTooLong {
+                index: i as u64,
+                len: name_bytes.len(),
+            });
         }
-        let name = String::from_utf8(name_bytes.to_vec())
-            .map_err(|_| GgufError::InvalidUtf8 { what: format!("name of tensor {i}") })?;
+        let name = String::from_utf8(name_bytes.to_vec()).map_err(|_| GgufError::InvalidUtf8 {
+            what: format!("name of tensor {i}"),
+        })?;
         if tensor_index.contains_key(&name) {
             return Err(GgufError::DuplicateTensor(name));
         }
         let n_dims = cur.u32(&|| format!("dimension count of tensor '{name}'"))?;
         if n_dims == 0 || u64::from(n_dims) > MAX_DIMS {
-            return Err(GgufError::BadDimCount { tensor: name, n_dims: n_dims.into() });
+            return Err(GgufError::BadDimCount {
+                tensor: name,
+                n_dims: n_dims.into(),
+            });
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for d in 0..n_dims {
@@ -302,14 +344,26 @@ fn parse_tensor_infos(cur: &mut Cursor, n_tensors: usize, alignment: u64) -> Res
         let type_id = cur.u32(&|| format!("type of tensor '{name}'"))?;
         let offset = cur.u64(&|| format!("data offset of tensor '{name}'"))?;
 
-        let ty = QuantType::from_ggml_id(type_id)
-            .ok_or_else(|| GgufError::UnsupportedTensorType { tensor: name.clone(), type_id })?;
+        let ty = QuantType::from_ggml_id(type_id).ok_or_else(|| GgufError::UnsupportedTensorType {
+            tensor: name.clone(),
+            type_id,
+        })?;
         let n_bytes = tensor_n_bytes(&name, &dims, ty)?;
         if offset % alignment != 0 {
-            return Err(GgufError::MisalignedOffset { tensor: name, offset, alignment });
+            return Err(GgufError::MisalignedOffset {
+                tensor: name,
+                offset,
+                alignment,
+            });
         }
         tensor_index.insert(name.clone(), tensors.len());
-        tensors.push(TensorInfo { name, dims, ty, offset, n_bytes });
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            ty,
+            offset,
+            n_bytes,
+        });
     }
     Ok((tensors, tensor_index))
 }
@@ -317,8 +371,14 @@ fn parse_tensor_infos(cur: &mut Cursor, n_tensors: usize, alignment: u64) -> Res
 /// Bytes of a tensor of this shape and type: whole blocks per row, rows × the other dimensions.
 /// Element counts are kept within i64 as ggml requires.
 pub(crate) fn tensor_n_bytes(name: &str, dims: &[u64], ty: QuantType) -> Result<u64, GgufError> {
-    let overflow = || GgufError::ShapeOverflow { tensor: name.to_string(), dims: dims.to_vec() };
-    let n_elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(overflow)?;
+    let overflow = || GgufError::ShapeOverflow {
+        tensor: name.to_string(),
+        dims: dims.to_vec(),
+    };
+    let n_elements = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(overflow)?;
     if n_elements > i64::MAX as u64 || dims.iter().any(|&d| d > i64::MAX as u64) {
         return Err(overflow());
     }
@@ -335,7 +395,10 @@ pub(crate) fn tensor_n_bytes(name: &str, dims: &[u64], ty: QuantType) -> Result<
     let row_len = usize::try_from(row_len).map_err(|_| overflow())?;
     let row_bytes = ty.row_bytes(row_len).ok_or_else(overflow)? as u64;
     // Checked separately: with a zero-length row, n_elements does not bound the row count.
-    let n_rows = dims[1..].iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(overflow)?;
+    let n_rows = dims[1..]
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(overflow)?;
     row_bytes.checked_mul(n_rows).ok_or_else(overflow)
 }
 

@@ -43,11 +43,17 @@ impl<'a> Tensor<'a> {
     pub fn as_mat(&self) -> Result<MatRef<'a>, GgufError> {
         // parse() bounded n_elements (hence every partial product) by i64::MAX and n_bytes by
         // the file size, so these conversions only fail on 32-bit targets with huge tensors.
-        let view_err = |source| GgufError::TensorView { tensor: self.info.name.clone(), source };
+        let view_err = |source| GgufError::TensorView {
+            tensor: self.info.name.clone(),
+            source,
+        };
         let cols = usize::try_from(self.info.dims[0]);
         let rows = usize::try_from(self.info.dims[1..].iter().product::<u64>());
         let (Ok(cols), Ok(rows)) = (cols, rows) else {
-            return Err(GgufError::ShapeOverflow { tensor: self.info.name.clone(), dims: self.info.dims.clone() });
+            return Err(GgufError::ShapeOverflow {
+                tensor: self.info.name.clone(),
+                dims: self.info.dims.clone(),
+            });
         };
         MatRef::new(self.info.ty, rows, cols, self.data).map_err(view_err)
     }
@@ -93,9 +99,16 @@ impl std::fmt::Debug for GgufFile {
 impl GgufFile {
     /// Memory-maps and validates the file at `path`.
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
-        let io_err = |source| GgufError::Io { path: path.to_path_buf(), source };
+        let io_err = |source| GgufError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
+        let meta = file.metadata().map_err(io_err)?;
+        if meta.is_dir() {
+            return Err(io_err(std::io::Error::from(std::io::ErrorKind::IsADirectory)));
+        }
+        let len = meta.len();
         if len == 0 {
             // Mapping an empty file fails on some systems; an empty buffer gives the same
             // "truncated magic" error as any other too-short file.
@@ -115,9 +128,25 @@ impl GgufFile {
     }
 
     fn from_storage(storage: Storage) -> Result<GgufFile, GgufError> {
-        let Parsed { version, alignment, data_start, metadata, key_index, tensors, tensor_index } =
-            parse(storage.bytes())?;
-        Ok(GgufFile { storage, version, alignment, data_start, metadata, key_index, tensors, tensor_index })
+        let Parsed {
+            version,
+            alignment,
+            data_start,
+            metadata,
+            key_index,
+            tensors,
+            tensor_index,
+        } = parse(storage.bytes())?;
+        Ok(GgufFile {
+            storage,
+            version,
+            alignment,
+            data_start,
+            metadata,
+            key_index,
+            tensors,
+            tensor_index,
+        })
     }
 
     pub fn version(&self) -> u32 {
@@ -162,6 +191,9 @@ impl GgufFile {
         // parse() checked offset + n_bytes <= data section length, so both fit in usize and
         // the range is in bounds.
         let start = self.data_start + info.offset as usize;
-        Tensor { info, data: &self.storage.bytes()[start..start + info.n_bytes as usize] }
+        Tensor {
+            info,
+            data: &self.storage.bytes()[start..start + info.n_bytes as usize],
+        }
     }
 }

@@ -83,24 +83,46 @@ impl GgufWriter {
         self.push_tensor(name.into(), dims, ty, None)
     }
 
-    fn push_tensor(&mut self, name: String, dims: Vec<u64>, ty: QuantType, data: Option<Vec<u8>>) -> Result<(), GgufError> {
+    fn push_tensor(
+        &mut self,
+        name: String,
+        dims: Vec<u64>,
+        ty: QuantType,
+        data: Option<Vec<u8>>,
+    ) -> Result<(), GgufError> {
         if name.len() > MAX_TENSOR_NAME_LEN {
-            return Err(GgufError::TensorNameTooLong { index: self.tensors.len() as u64, len: name.len() });
+            return Err(GgufError::TensorNameTooLong {
+                index: self.tensors.len() as u64,
+                len: name.len(),
+            });
         }
         if self.tensor_index.contains_key(&name) {
             return Err(GgufError::DuplicateTensor(name));
         }
         if dims.is_empty() || dims.len() as u64 > MAX_DIMS {
-            return Err(GgufError::BadDimCount { tensor: name, n_dims: dims.len() as u64 });
+            return Err(GgufError::BadDimCount {
+                tensor: name,
+                n_dims: dims.len() as u64,
+            });
         }
         let n_bytes = tensor_n_bytes(&name, &dims, ty)?;
         if let Some(d) = &data {
             if d.len() as u64 != n_bytes {
-                return Err(GgufError::TensorDataSize { tensor: name, expected: n_bytes, got: d.len() as u64 });
+                return Err(GgufError::TensorDataSize {
+                    tensor: name,
+                    expected: n_bytes,
+                    got: d.len() as u64,
+                });
             }
         }
         self.tensor_index.insert(name.clone(), self.tensors.len());
-        self.tensors.push(PendingTensor { name, dims, ty, n_bytes, data });
+        self.tensors.push(PendingTensor {
+            name,
+            dims,
+            ty,
+            n_bytes,
+            data,
+        });
         Ok(())
     }
 
@@ -124,7 +146,13 @@ impl GgufWriter {
     pub fn write_streaming<W: Write>(&self, w: W) -> Result<TensorStream<'_, W>, GgufError> {
         let alignment = self.alignment()?;
         let header = self.encode_header(alignment)?;
-        let mut stream = TensorStream { writer: self, out: w, written: 0, next: 0, alignment };
+        let mut stream = TensorStream {
+            writer: self,
+            out: w,
+            written: 0,
+            next: 0,
+            alignment,
+        };
         stream.put(&header)?;
         // Without tensors there is no data section to align (readers do not expect one); this
         // also keeps a metadata-only file with a huge alignment from growing by that much.
@@ -149,11 +177,18 @@ impl GgufWriter {
         F: FnOnce(&mut TensorStream<'_, BufWriter<File>>) -> Result<(), E>,
     {
         let tmp = temp_path(path);
-        let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err(&tmp))?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
         let result = (|| -> Result<(), E> {
             let mut stream = self.write_streaming(BufWriter::new(file))?;
             fill(&mut stream)?;
-            let file = stream.finish()?.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
+            let file = stream
+                .finish()?
+                .into_inner()
+                .map_err(|e| io_err(&tmp)(e.into_error()))?;
             file.sync_all().map_err(io_err(&tmp))?;
             drop(file);
             fs::rename(&tmp, path).map_err(io_err(path))?;
@@ -179,7 +214,9 @@ impl GgufWriter {
             Some(Value::U32(a)) if a.is_power_of_two() => Ok(u64::from(*a)),
             Some(Value::U32(a)) => Err(GgufError::InvalidAlignment(u64::from(*a))),
             Some(Value::U64(a)) => Err(GgufError::InvalidAlignment(*a)),
-            Some(other) => Err(GgufError::AlignmentType { found: other.type_name() }),
+            Some(other) => Err(GgufError::AlignmentType {
+                found: other.type_name(),
+            }),
         }
     }
 
@@ -191,7 +228,9 @@ impl GgufWriter {
         out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
         for (key, value) in &self.metadata {
             if key.is_empty() {
-                return Err(GgufError::EmptyKey { index: self.key_index[key] as u64 });
+                return Err(GgufError::EmptyKey {
+                    index: self.key_index[key] as u64,
+                });
             }
             put_str(&mut out, key);
             encode_value(&mut out, key, value)?;
@@ -208,7 +247,10 @@ impl GgufWriter {
             offset = offset
                 .checked_add(t.n_bytes)
                 .and_then(|end| end.checked_next_multiple_of(alignment))
-                .ok_or_else(|| GgufError::ShapeOverflow { tensor: t.name.clone(), dims: t.dims.clone() })?;
+                .ok_or_else(|| GgufError::ShapeOverflow {
+                    tensor: t.name.clone(),
+                    dims: t.dims.clone(),
+                })?;
         }
         Ok(out)
     }
@@ -282,13 +324,23 @@ impl<W: Write> TensorStream<'_, W> {
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<(), GgufError> {
         self.write_buffered_tensors()?;
         let Some(t) = self.writer.tensors.get(self.next) else {
-            return Err(GgufError::StreamOrder { expected: "<none: all tensors written>".into(), got: name.into() });
+            return Err(GgufError::StreamOrder {
+                expected: "<none: all tensors written>".into(),
+                got: name.into(),
+            });
         };
         if t.name != name {
-            return Err(GgufError::StreamOrder { expected: t.name.clone(), got: name.into() });
+            return Err(GgufError::StreamOrder {
+                expected: t.name.clone(),
+                got: name.into(),
+            });
         }
         if data.len() as u64 != t.n_bytes {
-            return Err(GgufError::TensorDataSize { tensor: t.name.clone(), expected: t.n_bytes, got: data.len() as u64 });
+            return Err(GgufError::TensorDataSize {
+                tensor: t.name.clone(),
+                expected: t.n_bytes,
+                got: data.len() as u64,
+            });
         }
         self.put(data)?;
         self.pad()?;
@@ -337,7 +389,10 @@ impl<W: Write> TensorStream<'_, W> {
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> GgufError + '_ {
-    move |source| GgufError::Io { path: path.to_path_buf(), source }
+    move |source| GgufError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// `<dir>/.<name>.tmp<pid>-<n>`: same directory (so the rename is atomic), hidden, unique per
@@ -345,7 +400,10 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> GgufError + '_ {
 fn temp_path(path: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "gguf".into());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "gguf".into());
     path.with_file_name(format!(".{name}.tmp{}-{n}", std::process::id()))
 }
 

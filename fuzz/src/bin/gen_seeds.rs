@@ -49,7 +49,8 @@ fn main() {
         w.add_metadata("general.architecture", Value::String("llama".into()));
         for (i, (ty, dims)) in tensors.iter().enumerate() {
             let n = ty.row_bytes(dims[0] as usize).unwrap() * dims[1..].iter().product::<u64>() as usize;
-            w.add_tensor(format!("t{i}"), dims.clone(), *ty, vec![i as u8; n]).unwrap();
+            w.add_tensor(format!("t{i}"), dims.clone(), *ty, vec![i as u8; n])
+                .unwrap();
         }
         seeds.push(w);
     }
