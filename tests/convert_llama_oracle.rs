@@ -53,12 +53,20 @@ fn write_dense_gguf(t: &Tiny, seed: u64, path: &Path, tok_dir: &Path) {
                         rows[head * hd + a] = (head * hd + r) as u32;
                     }
                 }
-                x.index_select(&Tensor::from_vec(rows, h * hd, &Device::Cpu).unwrap(), 0).unwrap()
+                x.index_select(&Tensor::from_vec(rows, h * hd, &Device::Cpu).unwrap(), 0)
+                    .unwrap()
             }
             None => x.clone(),
         };
         let dims: Vec<u64> = x.dims().iter().rev().map(|&d| d as u64).collect();
-        let bytes = x.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes = x
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         w.add_tensor(name, dims, QuantType::F32, bytes).unwrap();
     };
     put("token_embd.weight", "model.embed_tokens.weight", None);
@@ -68,15 +76,51 @@ fn write_dense_gguf(t: &Tiny, seed: u64, path: &Path, tok_dir: &Path) {
     }
     for l in 0..t.layers {
         let p = format!("model.layers.{l}");
-        put(&format!("blk.{l}.attn_norm.weight"), &format!("{p}.input_layernorm.weight"), None);
-        put(&format!("blk.{l}.attn_q.weight"), &format!("{p}.self_attn.q_proj.weight"), Some(t.heads));
-        put(&format!("blk.{l}.attn_k.weight"), &format!("{p}.self_attn.k_proj.weight"), Some(t.kv_heads));
-        put(&format!("blk.{l}.attn_v.weight"), &format!("{p}.self_attn.v_proj.weight"), None);
-        put(&format!("blk.{l}.attn_output.weight"), &format!("{p}.self_attn.o_proj.weight"), None);
-        put(&format!("blk.{l}.ffn_norm.weight"), &format!("{p}.post_attention_layernorm.weight"), None);
-        put(&format!("blk.{l}.ffn_gate.weight"), &format!("{p}.mlp.gate_proj.weight"), None);
-        put(&format!("blk.{l}.ffn_up.weight"), &format!("{p}.mlp.up_proj.weight"), None);
-        put(&format!("blk.{l}.ffn_down.weight"), &format!("{p}.mlp.down_proj.weight"), None);
+        put(
+            &format!("blk.{l}.attn_norm.weight"),
+            &format!("{p}.input_layernorm.weight"),
+            None,
+        );
+        put(
+            &format!("blk.{l}.attn_q.weight"),
+            &format!("{p}.self_attn.q_proj.weight"),
+            Some(t.heads),
+        );
+        put(
+            &format!("blk.{l}.attn_k.weight"),
+            &format!("{p}.self_attn.k_proj.weight"),
+            Some(t.kv_heads),
+        );
+        put(
+            &format!("blk.{l}.attn_v.weight"),
+            &format!("{p}.self_attn.v_proj.weight"),
+            None,
+        );
+        put(
+            &format!("blk.{l}.attn_output.weight"),
+            &format!("{p}.self_attn.o_proj.weight"),
+            None,
+        );
+        put(
+            &format!("blk.{l}.ffn_norm.weight"),
+            &format!("{p}.post_attention_layernorm.weight"),
+            None,
+        );
+        put(
+            &format!("blk.{l}.ffn_gate.weight"),
+            &format!("{p}.mlp.gate_proj.weight"),
+            None,
+        );
+        put(
+            &format!("blk.{l}.ffn_up.weight"),
+            &format!("{p}.mlp.up_proj.weight"),
+            None,
+        );
+        put(
+            &format!("blk.{l}.ffn_down.weight"),
+            &format!("{p}.mlp.down_proj.weight"),
+            None,
+        );
     }
     w.write_atomic(path).unwrap();
 }
@@ -89,8 +133,13 @@ fn llama_cpp_last_logits(path: &Path, tokens: &[u32], vocab: usize) -> Vec<f32> 
     // outlives the decode; the logits pointer has `vocab` floats for the last output.
     unsafe {
         sys::llama_backend_init();
-        let model = sys::llama_model_load_from_file(c_path.as_ptr(), sys::llama_model_default_params());
-        assert!(!model.is_null(), "llama.cpp could not load {}", path.display());
+        let model =
+            sys::llama_model_load_from_file(c_path.as_ptr(), sys::llama_model_default_params());
+        assert!(
+            !model.is_null(),
+            "llama.cpp could not load {}",
+            path.display()
+        );
         let mut cp = sys::llama_context_default_params();
         cp.n_ctx = 128;
         cp.n_batch = 128;
@@ -117,9 +166,16 @@ fn last_row(logits: &Tensor) -> Vec<f32> {
 
 fn assert_close(a: &[f32], b: &[f32], what: &str) {
     let max = a.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-    let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
     assert!(max > 0.1, "{what}: degenerate logits");
-    assert!(diff < 2e-3 * max.max(1.0), "{what}: max diff {diff} (logit scale {max})");
+    assert!(
+        diff < 2e-3 * max.max(1.0),
+        "{what}: max diff {diff} (logit scale {max})"
+    );
 }
 
 #[test]
@@ -130,7 +186,8 @@ fn converter_matches_llama_cpp_dense_and_compat_moe() {
     let dense_path = dir.join("dense.gguf");
     write_dense_gguf(t, 9, &dense_path, &dir);
     let model: DenseModel = load_gguf(&dense_path, &Device::Cpu).unwrap();
-    let tokens = byte_tokens("She was the youngest of the two daughters of a most affectionate father");
+    let tokens =
+        byte_tokens("She was the youngest of the two daughters of a most affectionate father");
     let ours = last_row(&forward(&model, &tokens, &mut NoMasks).unwrap());
     let theirs = llama_cpp_last_logits(&dense_path, &tokens, t.vocab);
     assert_close(&ours, &theirs, "dense GGUF: converter forward vs llama.cpp");
@@ -138,17 +195,45 @@ fn converter_matches_llama_cpp_dense_and_compat_moe() {
     // MLP-only conversion → llama.cpp MoE file → same logits as our reference forward.
     let text: String = common::austen("emma.txt").chars().take(20_000).collect();
     let calib = Calibration::new(&[text], &byte_tokens, 64, 0.1).unwrap();
-    let tp = TrainParams { p: 0.8, steps: 15, seq_len: 64, lr: 5e-3, experts: 4, mlp_only: true, ..TrainParams::default() };
-    let hn = train(&model, &calib, &tp, &CheckpointPlan::default(), &mut |_, _| {}).unwrap();
+    let tp = TrainParams {
+        p: 0.8,
+        steps: 15,
+        seq_len: 64,
+        lr: 5e-3,
+        experts: 4,
+        mlp_only: true,
+        ..TrainParams::default()
+    };
+    let hn = train(
+        &model,
+        &calib,
+        &tp,
+        &CheckpointPlan::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
     let (cm, _) = calibrate(&model, &hn, tp.p, true, &calib.held_out_windows(64, 2), 20).unwrap();
-    assert!(cm.layers.iter().all(|l| l.experts.iter().any(|e| e.len() < l.union.len())), "experts must be proper subsets");
+    assert!(
+        cm.layers
+            .iter()
+            .all(|l| l.experts.iter().any(|e| e.len() < l.union.len())),
+        "experts must be proper subsets"
+    );
     let compat = dir.join("compat.gguf");
     tomoe::convert::export::export(&model, &cm, QuantType::F32, true, &compat).unwrap();
     let (ref_logits, _) = reference_forward(&model, &cm, &tokens, Routing::Learned).unwrap();
     let theirs = llama_cpp_last_logits(&compat, &tokens, t.vocab);
-    assert_close(&last_row(&ref_logits), &theirs, "compat MoE: reference forward vs llama.cpp");
+    assert_close(
+        &last_row(&ref_logits),
+        &theirs,
+        "compat MoE: reference forward vs llama.cpp",
+    );
     // And the conversion really changed the model (otherwise the comparison proves nothing new).
-    let diff = ours.iter().zip(&last_row(&ref_logits)).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let diff = ours
+        .iter()
+        .zip(&last_row(&ref_logits))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(diff > 1e-3, "the MoE conversion did not change the logits");
     std::fs::remove_dir_all(&dir).ok();
 }

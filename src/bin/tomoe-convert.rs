@@ -7,7 +7,9 @@ use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tomoe::convert::converted::{calibrate, decode, mean_pairwise_jaccard, measure_active, ConvertedModel, Routing};
+use tomoe::convert::converted::{
+    calibrate, decode, mean_pairwise_jaccard, measure_active, ConvertedModel, Routing,
+};
 use tomoe::convert::data::{read_documents, Calibration};
 use tomoe::convert::dense::DenseModel;
 use tomoe::convert::train::{train, CheckpointPlan, TrainParams};
@@ -59,7 +61,11 @@ fn parse_args() -> Result<Option<Args>> {
         tp: TrainParams::default(),
         outtype: "f16".into(),
         compat: false,
-        plan: CheckpointPlan { path: None, every: 50, resume: false },
+        plan: CheckpointPlan {
+            path: None,
+            every: 50,
+            resume: false,
+        },
         eval: None,
         eval_ctx: 512,
         eval_chunks: usize::MAX,
@@ -67,10 +73,14 @@ fn parse_args() -> Result<Option<Args>> {
     let bad = |m: String| ConvertError::InvalidArg(m);
     fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T> {
         let v = v.ok_or_else(|| ConvertError::InvalidArg(format!("{flag} needs a value")))?;
-        v.parse().map_err(|_| ConvertError::InvalidArg(format!("{flag} {v}: not a number")))
+        v.parse()
+            .map_err(|_| ConvertError::InvalidArg(format!("{flag} {v}: not a number")))
     }
     while let Some(flag) = it.next() {
-        let mut val = || it.next().ok_or_else(|| bad(format!("{flag} needs a value")));
+        let mut val = || {
+            it.next()
+                .ok_or_else(|| bad(format!("{flag} needs a value")))
+        };
         match flag.as_str() {
             "-h" | "--help" => return Ok(None),
             "--input" => a.input = val()?.into(),
@@ -95,10 +105,15 @@ fn parse_args() -> Result<Option<Args>> {
         }
     }
     if a.input.as_os_str().is_empty() || a.output.as_os_str().is_empty() || a.calib.is_empty() {
-        return Err(bad("--input, --calib and --output are required (see --help)".into()));
+        return Err(bad(
+            "--input, --calib and --output are required (see --help)".into(),
+        ));
     }
     if !["tomoe", "static-prune", "moefication"].contains(&a.method.as_str()) {
-        return Err(bad(format!("--method {}: expected tomoe, static-prune or moefication", a.method)));
+        return Err(bad(format!(
+            "--method {}: expected tomoe, static-prune or moefication",
+            a.method
+        )));
     }
     if a.plan.resume && a.plan.path.is_none() {
         return Err(bad("--resume needs --checkpoint".into()));
@@ -144,8 +159,10 @@ fn run(a: Args) -> Result<()> {
         "tomoe" => {
             let pb = ProgressBar::new(a.tp.steps);
             pb.set_style(
-                ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             // Without a terminal the bar is hidden: log a line every 10 steps instead.
             let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -156,7 +173,12 @@ fn run(a: Args) -> Result<()> {
                 );
                 pb.set_position(step + 1);
                 if !tty && (step % 10 == 0 || step + 1 == a.tp.steps) {
-                    eprintln!("step {}/{} [{:.0} s] {msg}", step + 1, a.tp.steps, t0.elapsed().as_secs_f64());
+                    eprintln!(
+                        "step {}/{} [{:.0} s] {msg}",
+                        step + 1,
+                        a.tp.steps,
+                        t0.elapsed().as_secs_f64()
+                    );
                 }
                 pb.set_message(msg);
             })?;
@@ -170,20 +192,58 @@ fn run(a: Args) -> Result<()> {
             );
             cm
         }
-        "static-prune" => baselines::static_prune(&model, a.tp.p, &calib_windows(&calib, a.tp.seq_len), &held)?,
-        _ => baselines::moefication(&model, a.tp.p, a.tp.experts, &calib_windows(&calib, a.tp.seq_len), &held, a.tp.seed)?,
+        "static-prune" => {
+            baselines::static_prune(&model, a.tp.p, &calib_windows(&calib, a.tp.seq_len), &held)?
+        }
+        _ => baselines::moefication(
+            &model,
+            a.tp.p,
+            a.tp.experts,
+            &calib_windows(&calib, a.tp.seq_len),
+            &held,
+            a.tp.seed,
+        )?,
     };
-    let jac: Vec<String> = cm.layers.iter().map(|l| format!("{:.3}", mean_pairwise_jaccard(l))).collect();
-    eprintln!("active fraction (held-out): {:.4}; mean pairwise Jaccard of expert sets per layer: [{}]", cm.measured_p, jac.join(", "));
+    let jac: Vec<String> = cm
+        .layers
+        .iter()
+        .map(|l| format!("{:.3}", mean_pairwise_jaccard(l)))
+        .collect();
+    eprintln!(
+        "active fraction (held-out): {:.4}; mean pairwise Jaccard of expert sets per layer: [{}]",
+        cm.measured_p,
+        jac.join(", ")
+    );
     export::export(&model, &cm, outtype, a.compat, &a.output)?;
-    eprintln!("wrote {} in {:.1} s", a.output.display(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "wrote {} in {:.1} s",
+        a.output.display(),
+        t0.elapsed().as_secs_f64()
+    );
     if let Some(e) = &a.eval {
-        let text = std::fs::read_to_string(e).map_err(|s| ConvertError::Io { path: e.clone(), source: s })?;
+        let text = std::fs::read_to_string(e).map_err(|s| ConvertError::Io {
+            path: e.clone(),
+            source: s,
+        })?;
         let toks = tok.encode(&text, true, false);
         let bos = tok.bos();
         let (ppl_d, _) = eval::perplexity(&model, None, &toks, a.eval_ctx, bos, a.eval_chunks)?;
-        let (ppl_c, act) = eval::perplexity(&model, Some((&cm, Routing::Learned)), &toks, a.eval_ctx, bos, a.eval_chunks)?;
-        let (ppl_r, _) = eval::perplexity(&model, Some((&cm, Routing::Random(a.tp.seed))), &toks, a.eval_ctx, bos, a.eval_chunks)?;
+        let (ppl_c, act) = eval::perplexity(
+            &model,
+            Some((&cm, Routing::Learned)),
+            &toks,
+            a.eval_ctx,
+            bos,
+            a.eval_chunks,
+        )?;
+        let (ppl_r, _) = eval::perplexity(
+            &model,
+            Some((&cm, Routing::Random(a.tp.seed))),
+            &toks,
+            a.eval_ctx,
+            bos,
+            a.eval_chunks,
+        )?;
         println!(
             "eval {}: ppl dense {ppl_d:.2} | {} {ppl_c:.2} (active {act:.4}) | random routing {ppl_r:.2}",
             e.display(),

@@ -4,7 +4,9 @@
 //! will, and measures the active block parameters per token.
 
 use super::dense::DenseModel;
-use super::forward::{apply_rope, attention, causal_mask, linear, repeat_kv, rms_norm, rope_tables, split_heads};
+use super::forward::{
+    apply_rope, attention, causal_mask, linear, repeat_kv, rms_norm, rope_tables, split_heads,
+};
 use super::hyper::{v_head, HyperNet, MASK_OFFSET};
 use super::{ConvertError, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -93,12 +95,16 @@ pub fn storage_order(members: &[Vec<bool>]) -> Vec<usize> {
         return order;
     }
     let count = |s: &[bool]| s.iter().filter(|&&b| b).count();
-    let first = (0..sigs.len()).max_by_key(|&i| (count(&sigs[i].0), std::cmp::Reverse(i))).unwrap_or(0);
+    let first = (0..sigs.len())
+        .max_by_key(|&i| (count(&sigs[i].0), std::cmp::Reverse(i)))
+        .unwrap_or(0);
     let (mut cur, idx) = sigs.swap_remove(first);
     order.extend(idx);
     while !sigs.is_empty() {
         let dist = |s: &[bool]| s.iter().zip(&cur).filter(|(a, b)| a != b).count();
-        let next = (0..sigs.len()).min_by_key(|&i| (dist(&sigs[i].0), std::cmp::Reverse(count(&sigs[i].0)), i)).unwrap_or(0);
+        let next = (0..sigs.len())
+            .min_by_key(|&i| (dist(&sigs[i].0), std::cmp::Reverse(count(&sigs[i].0)), i))
+            .unwrap_or(0);
         let (s, idx) = sigs.remove(next);
         order.extend(idx);
         cur = s;
@@ -120,34 +126,70 @@ pub fn runs(rows: &[usize]) -> Vec<(usize, usize)> {
 
 impl ConvertedLayer {
     /// Builds a layer from per-expert dense-neuron masks [E][m]: union, storage order, expert rows.
-    pub fn from_expert_masks(masks: &[Vec<bool>], m: usize, qk_keep: Vec<usize>, router: Tensor, vmask: Option<VMaskHead>) -> ConvertedLayer {
-        let members: Vec<Vec<bool>> = (0..m).map(|i| masks.iter().map(|e| e[i]).collect()).collect();
+    pub fn from_expert_masks(
+        masks: &[Vec<bool>],
+        m: usize,
+        qk_keep: Vec<usize>,
+        router: Tensor,
+        vmask: Option<VMaskHead>,
+    ) -> ConvertedLayer {
+        let members: Vec<Vec<bool>> = (0..m)
+            .map(|i| masks.iter().map(|e| e[i]).collect())
+            .collect();
         let union = storage_order(&members);
         let experts = (0..masks.len())
-            .map(|e| union.iter().enumerate().filter(|(_, &n)| masks[e][n]).map(|(row, _)| row).collect())
+            .map(|e| {
+                union
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &n)| masks[e][n])
+                    .map(|(row, _)| row)
+                    .collect()
+            })
             .collect();
-        ConvertedLayer { qk_keep, union, experts, router, vmask }
+        ConvertedLayer {
+            qk_keep,
+            union,
+            experts,
+            router,
+            vmask,
+        }
     }
 }
 
 /// Decodes the trained hypernetwork deterministically with the cut-off `z + 3 + shift > 0`.
-pub fn decode(model: &DenseModel, hn: &HyperNet, shift: f64, target_p: f64, mlp_only: bool) -> Result<ConvertedModel> {
+pub fn decode(
+    model: &DenseModel,
+    hn: &HyperNet,
+    shift: f64,
+    target_p: f64,
+    mlp_only: bool,
+) -> Result<ConvertedModel> {
     let c = &model.config;
     let emb = hn.embeddings()?;
     let mut layers = Vec::with_capacity(c.n_layers);
     let thr = MASK_OFFSET + shift;
     for l in 0..c.n_layers {
         let z: Vec<Vec<f32>> = hn.mlp_logits(&emb, l)?.to_vec2()?;
-        let masks: Vec<Vec<bool>> = z.iter().map(|row| row.iter().map(|&v| v as f64 + thr > 0.0).collect()).collect();
+        let masks: Vec<Vec<bool>> = z
+            .iter()
+            .map(|row| row.iter().map(|&v| v as f64 + thr > 0.0).collect())
+            .collect();
         let zq: Vec<f32> = hn.qk_half_logits(&emb, l)?.to_vec1()?;
         let half = c.head_dim / 2;
         let mut keep_half: Vec<usize> = (0..half).filter(|&j| zq[j] as f64 + thr > 0.0).collect();
         if keep_half.is_empty() {
             // At least one RoPE pair stays, so attention scores stay defined.
-            let best = (0..half).max_by(|&a, &b| zq[a].total_cmp(&zq[b])).unwrap_or(0);
+            let best = (0..half)
+                .max_by(|&a, &b| zq[a].total_cmp(&zq[b]))
+                .unwrap_or(0);
             keep_half.push(best);
         }
-        let qk_keep: Vec<usize> = keep_half.iter().copied().chain(keep_half.iter().map(|j| j + half)).collect();
+        let qk_keep: Vec<usize> = keep_half
+            .iter()
+            .copied()
+            .chain(keep_half.iter().map(|j| j + half))
+            .collect();
         let g = |n: String| hn.get(&n).detach();
         let vmask = VMaskHead {
             w_a: g(format!("attn.{l}.va.w")),
@@ -158,10 +200,27 @@ pub fn decode(model: &DenseModel, hn: &HyperNet, shift: f64, target_p: f64, mlp_
             offset: thr as f32,
             top_k: 0,
         };
-        let (qk_keep, vmask) = if mlp_only { ((0..c.head_dim).collect(), None) } else { (qk_keep, Some(vmask)) };
-        layers.push(ConvertedLayer::from_expert_masks(&masks, c.m, qk_keep, g(format!("mlp.{l}.router")), vmask));
+        let (qk_keep, vmask) = if mlp_only {
+            ((0..c.head_dim).collect(), None)
+        } else {
+            (qk_keep, Some(vmask))
+        };
+        layers.push(ConvertedLayer::from_expert_masks(
+            &masks,
+            c.m,
+            qk_keep,
+            g(format!("mlp.{l}.router")),
+            vmask,
+        ));
     }
-    Ok(ConvertedModel { method: Method::ToMoe, layers, target_p, measured_p: f64::NAN, output_mask: false, scale_pruned: false })
+    Ok(ConvertedModel {
+        method: Method::ToMoe,
+        layers,
+        target_p,
+        measured_p: f64::NAN,
+        output_mask: false,
+        scale_pruned: false,
+    })
 }
 
 /// Per-token V mask from logits z [T, hd]: `z + offset > 0`, capped at top_k, at least one dim.
@@ -174,7 +233,11 @@ fn v_mask_rows(z: &[Vec<f32>], offset: f32, top_k: usize) -> Vec<Vec<f32>> {
                 on.truncate(top_k);
             }
             if on.is_empty() {
-                on.push((0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a))).unwrap_or(0));
+                on.push(
+                    (0..row.len())
+                        .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+                        .unwrap_or(0),
+                );
             }
             let mut m = vec![0f32; row.len()];
             for j in on {
@@ -195,14 +258,27 @@ pub struct ForwardStats {
 }
 
 fn idx_tensor(idx: &[usize], dev: &Device) -> Result<Tensor> {
-    Ok(Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<u32>>(), idx.len(), dev)?)
+    Ok(Tensor::from_vec(
+        idx.iter().map(|&i| i as u32).collect::<Vec<u32>>(),
+        idx.len(),
+        dev,
+    )?)
 }
 
 /// The converted model's deterministic forward: logits [T, vocab] and the measured statistics.
-pub fn reference_forward(model: &DenseModel, cm: &ConvertedModel, tokens: &[u32], routing: Routing) -> Result<(Tensor, ForwardStats)> {
+pub fn reference_forward(
+    model: &DenseModel,
+    cm: &ConvertedModel,
+    tokens: &[u32],
+    routing: Routing,
+) -> Result<(Tensor, ForwardStats)> {
     let c = &model.config;
     if cm.layers.len() != c.n_layers {
-        return Err(ConvertError::InvalidArg(format!("converted model has {} layers, dense {}", cm.layers.len(), c.n_layers)));
+        return Err(ConvertError::InvalidArg(format!(
+            "converted model has {} layers, dense {}",
+            cm.layers.len(),
+            c.n_layers
+        )));
     }
     let dev = model.embed.device();
     let t = tokens.len();
@@ -223,20 +299,41 @@ pub fn reference_forward(model: &DenseModel, cm: &ConvertedModel, tokens: &[u32]
         let h1 = rms_norm(&x, &lw.attn_norm, c.rms_eps)?;
         // Q/K: gather the kept rows of every head; RoPE at full hd, gathered at the kept dims.
         let dq = cl.qk_keep.len();
-        let rows = |heads: usize| -> Vec<usize> { (0..heads).flat_map(|h| cl.qk_keep.iter().map(move |&j| h * hd + j)).collect() };
-        let (qr, kr) = (idx_tensor(&rows(c.n_heads), dev)?, idx_tensor(&rows(c.n_kv_heads), dev)?);
+        let rows = |heads: usize| -> Vec<usize> {
+            (0..heads)
+                .flat_map(|h| cl.qk_keep.iter().map(move |&j| h * hd + j))
+                .collect()
+        };
+        let (qr, kr) = (
+            idx_tensor(&rows(c.n_heads), dev)?,
+            idx_tensor(&rows(c.n_kv_heads), dev)?,
+        );
         let keep = idx_tensor(&cl.qk_keep, dev)?;
         let (cos_k, sin_k) = (cos.index_select(&keep, 1)?, sin.index_select(&keep, 1)?);
-        let bias = |b: &Option<Tensor>, r: &Tensor| -> Result<Option<Tensor>> { Ok(match b { Some(b) => Some(b.index_select(r, 0)?), None => None }) };
-        let q = linear(&h1, &lw.wq.index_select(&qr, 0)?, bias(&lw.bq, &qr)?.as_ref())?;
-        let k = linear(&h1, &lw.wk.index_select(&kr, 0)?, bias(&lw.bk, &kr)?.as_ref())?;
+        let bias = |b: &Option<Tensor>, r: &Tensor| -> Result<Option<Tensor>> {
+            Ok(match b {
+                Some(b) => Some(b.index_select(r, 0)?),
+                None => None,
+            })
+        };
+        let q = linear(
+            &h1,
+            &lw.wq.index_select(&qr, 0)?,
+            bias(&lw.bq, &qr)?.as_ref(),
+        )?;
+        let k = linear(
+            &h1,
+            &lw.wk.index_select(&kr, 0)?,
+            bias(&lw.bk, &kr)?.as_ref(),
+        )?;
         let q = apply_rope(&split_heads(&q, c.n_heads)?, &cos_k, &sin_k)?;
         let k = apply_rope(&split_heads(&k, c.n_kv_heads)?, &cos_k, &sin_k)?;
         let mut v = split_heads(&linear(&h1, &lw.wv, lw.bv.as_ref())?, c.n_kv_heads)?;
         let mut vmask_t = None;
         match &cl.vmask {
             Some(vm) => {
-                let z: Vec<Vec<f32>> = v_head(&h1, &vm.w_a, &vm.b_state, &vm.ln_w, &vm.ln_b, &vm.w_dec)?.to_vec2()?;
+                let z: Vec<Vec<f32>> =
+                    v_head(&h1, &vm.w_a, &vm.b_state, &vm.ln_w, &vm.ln_b, &vm.w_dec)?.to_vec2()?;
                 let rows = v_mask_rows(&z, vm.offset, vm.top_k);
                 for r in &rows {
                     active += dh * r.iter().sum::<f32>() as f64;
@@ -249,10 +346,19 @@ pub fn reference_forward(model: &DenseModel, cm: &ConvertedModel, tokens: &[u32]
         }
         active += dh * (dq * t) as f64;
         let scale = 1.0 / (if cm.scale_pruned { dq } else { hd } as f64).sqrt();
-        let mut att = attention(&q, &repeat_kv(&k, groups)?, &repeat_kv(&v, groups)?, scale, &causal)?;
+        let mut att = attention(
+            &q,
+            &repeat_kv(&k, groups)?,
+            &repeat_kv(&v, groups)?,
+            scale,
+            &causal,
+        )?;
         if let (true, Some(mt)) = (cm.output_mask, &vmask_t) {
             let (_, w) = att.dims2()?;
-            att = att.reshape((t, c.n_heads, hd))?.broadcast_mul(&mt.unsqueeze(1)?)?.reshape((t, w))?;
+            att = att
+                .reshape((t, c.n_heads, hd))?
+                .broadcast_mul(&mt.unsqueeze(1)?)?
+                .reshape((t, w))?;
         }
         x = (x + linear(&att, &lw.wo, None)?)?;
 
@@ -262,7 +368,12 @@ pub fn reference_forward(model: &DenseModel, cm: &ConvertedModel, tokens: &[u32]
         let choice: Vec<usize> = match rng.as_mut() {
             Some(r) => (0..t).map(|_| r.gen_range(0..n_exp)).collect(),
             None if n_exp == 1 => vec![0; t],
-            None => linear(&h2, &cl.router, None)?.argmax(D::Minus1)?.to_vec1::<u32>()?.into_iter().map(|e| e as usize).collect(),
+            None => linear(&h2, &cl.router, None)?
+                .argmax(D::Minus1)?
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(|e| e as usize)
+                .collect(),
         };
         let mut counts = vec![0usize; n_exp];
         let u = cl.union.len();
@@ -279,7 +390,8 @@ pub fn reference_forward(model: &DenseModel, cm: &ConvertedModel, tokens: &[u32]
             let ui = idx_tensor(&cl.union, dev)?;
             let gate = linear(&h2, &lw.w_gate.index_select(&ui, 0)?, None)?;
             let up = linear(&h2, &lw.w_up.index_select(&ui, 0)?, None)?;
-            let act = ((candle_nn::ops::silu(&gate)? * up)? * Tensor::from_vec(row_mask, (t, u), dev)?)?;
+            let act =
+                ((candle_nn::ops::silu(&gate)? * up)? * Tensor::from_vec(row_mask, (t, u), dev)?)?;
             let down_t = lw.w_down.index_select(&ui, 1)?.t()?; // [u, d]: one row per neuron
             x = (x + act.matmul(&down_t)?)?;
         }
@@ -300,7 +412,9 @@ pub fn measure_active(model: &DenseModel, cm: &ConvertedModel, windows: &[&[u32]
         n += w.len();
     }
     if n == 0 {
-        return Err(ConvertError::Data("no held-out windows to measure the active fraction on".into()));
+        return Err(ConvertError::Data(
+            "no held-out windows to measure the active fraction on".into(),
+        ));
     }
     Ok(sum / n as f64)
 }
@@ -308,7 +422,14 @@ pub fn measure_active(model: &DenseModel, cm: &ConvertedModel, windows: &[&[u32]
 /// Finds the global cut-off shift whose deterministic model is closest to `target_p` on the held-out
 /// windows (bisection: the active fraction grows with the shift). Returns the model, with
 /// `measured_p` set, and the shift.
-pub fn calibrate(model: &DenseModel, hn: &HyperNet, target_p: f64, mlp_only: bool, windows: &[&[u32]], iters: usize) -> Result<(ConvertedModel, f64)> {
+pub fn calibrate(
+    model: &DenseModel,
+    hn: &HyperNet,
+    target_p: f64,
+    mlp_only: bool,
+    windows: &[&[u32]],
+    iters: usize,
+) -> Result<(ConvertedModel, f64)> {
     let eval = |shift: f64| -> Result<(ConvertedModel, f64)> {
         let mut cm = decode(model, hn, shift, target_p, mlp_only)?;
         cm.measured_p = measure_active(model, &cm, windows)?;
@@ -345,10 +466,23 @@ pub fn all_on(model: &DenseModel, n_experts: usize) -> Result<ConvertedModel> {
     let layers = (0..c.n_layers)
         .map(|_| {
             let masks = vec![vec![true; c.m]; n_experts];
-            Ok(ConvertedLayer::from_expert_masks(&masks, c.m, (0..c.head_dim).collect(), Tensor::zeros((n_experts, c.d), DType::F32, dev)?, None))
+            Ok(ConvertedLayer::from_expert_masks(
+                &masks,
+                c.m,
+                (0..c.head_dim).collect(),
+                Tensor::zeros((n_experts, c.d), DType::F32, dev)?,
+                None,
+            ))
         })
         .collect::<Result<_>>()?;
-    Ok(ConvertedModel { method: Method::ToMoe, layers, target_p: 1.0, measured_p: 1.0, output_mask: false, scale_pruned: false })
+    Ok(ConvertedModel {
+        method: Method::ToMoe,
+        layers,
+        target_p: 1.0,
+        measured_p: 1.0,
+        output_mask: false,
+        scale_pruned: false,
+    })
 }
 
 /// Mean pairwise Jaccard overlap |S_a ∩ S_b| / |S_a ∪ S_b| of the expert sets of one layer
@@ -372,7 +506,11 @@ pub fn mean_pairwise_jaccard(layer: &ConvertedLayer) -> f64 {
         for b in a + 1..sets.len() {
             let inter = (0..u).filter(|&i| sets[a][i] && sets[b][i]).count();
             let uni = (0..u).filter(|&i| sets[a][i] || sets[b][i]).count();
-            sum += if uni == 0 { 1.0 } else { inter as f64 / uni as f64 };
+            sum += if uni == 0 {
+                1.0
+            } else {
+                inter as f64 / uni as f64
+            };
             pairs += 1;
         }
     }

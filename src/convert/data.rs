@@ -23,9 +23,17 @@ pub fn read_documents(path: &Path) -> Result<Vec<String>> {
             .map_err(|e| ConvertError::Data(format!("{}:{}: {e}", path.display(), i + 1)))?;
         let doc = match &v {
             serde_json::Value::String(s) => s.clone(),
-            o => o.get("text").and_then(|t| t.as_str()).map(str::to_string).ok_or_else(|| {
-                ConvertError::Data(format!("{}:{}: expected a string or an object with `text`", path.display(), i + 1))
-            })?,
+            o => o
+                .get("text")
+                .and_then(|t| t.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    ConvertError::Data(format!(
+                        "{}:{}: expected a string or an object with `text`",
+                        path.display(),
+                        i + 1
+                    ))
+                })?,
         };
         docs.push(doc);
     }
@@ -42,9 +50,16 @@ pub struct Calibration {
 impl Calibration {
     /// Tokenizes every document (with BOS where the model adds one) and holds out the last
     /// `held_out_frac` of the stream (at least one window of `seq_len`).
-    pub fn new(docs: &[String], tokenize: &dyn Fn(&str) -> Vec<u32>, seq_len: usize, held_out_frac: f64) -> Result<Calibration> {
+    pub fn new(
+        docs: &[String],
+        tokenize: &dyn Fn(&str) -> Vec<u32>,
+        seq_len: usize,
+        held_out_frac: f64,
+    ) -> Result<Calibration> {
         if seq_len < 2 {
-            return Err(ConvertError::InvalidArg(format!("--seq-len {seq_len} must be at least 2")));
+            return Err(ConvertError::InvalidArg(format!(
+                "--seq-len {seq_len} must be at least 2"
+            )));
         }
         let mut stream = Vec::new();
         for d in docs {
@@ -64,7 +79,10 @@ impl Calibration {
             )));
         }
         let held_out = stream.split_off(stream.len() - held);
-        Ok(Calibration { train: stream, held_out })
+        Ok(Calibration {
+            train: stream,
+            held_out,
+        })
     }
 
     /// The training window of a step: a position drawn from (seed, step) alone, so a resumed run sees
@@ -83,7 +101,12 @@ impl Calibration {
 
 /// llama-perplexity chunks: `tokens` split into `n_ctx` windows whose first token is replaced by BOS
 /// (when the model has one); scored positions are the second half of each window.
-pub fn perplexity_chunks(tokens: &[u32], n_ctx: usize, bos: Option<u32>, max_chunks: usize) -> Vec<Vec<u32>> {
+pub fn perplexity_chunks(
+    tokens: &[u32],
+    n_ctx: usize,
+    bos: Option<u32>,
+    max_chunks: usize,
+) -> Vec<Vec<u32>> {
     tokens
         .chunks_exact(n_ctx)
         .take(max_chunks)
@@ -105,7 +128,12 @@ pub fn chunk_nll(logits: &[f32], vocab: usize, window: &[u32]) -> (f64, usize) {
     for j in n / 2..n - 1 {
         let row = &logits[j * vocab..(j + 1) * vocab];
         let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let lse = row.iter().map(|&v| ((v - max) as f64).exp()).sum::<f64>().ln() + max as f64;
+        let lse = row
+            .iter()
+            .map(|&v| ((v - max) as f64).exp())
+            .sum::<f64>()
+            .ln()
+            + max as f64;
         nll += lse - row[window[j + 1] as usize] as f64;
         count += 1;
     }

@@ -55,7 +55,10 @@ impl DenseConfig {
             return bad(format!("empty model dimensions: {self:?}"));
         }
         if self.n_heads == 0 || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
-            return bad(format!("head counts {} / {} (KV) are not a valid GQA split", self.n_heads, self.n_kv_heads));
+            return bad(format!(
+                "head counts {} / {} (KV) are not a valid GQA split",
+                self.n_heads, self.n_kv_heads
+            ));
         }
         if self.head_dim == 0 || self.head_dim % 2 != 0 {
             return bad(format!("head dim {} must be even for RoPE", self.head_dim));
@@ -117,7 +120,11 @@ pub(crate) fn take(
 ) -> Result<Tensor> {
     let t = get(name)?.ok_or_else(|| ConvertError::MissingTensor(name.to_string()))?;
     if t.dims() != shape {
-        return Err(ConvertError::BadShape { name: name.to_string(), got: t.dims().to_vec(), want: shape.to_vec() });
+        return Err(ConvertError::BadShape {
+            name: name.to_string(),
+            got: t.dims().to_vec(),
+            want: shape.to_vec(),
+        });
     }
     Ok(t.to_dtype(DType::F32)?.to_device(dev)?)
 }
@@ -137,12 +144,28 @@ pub(crate) fn assemble(
     let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
     let embed = take(get, "model.embed_tokens.weight", &[c.vocab, d], dev)?;
     let output_norm = take(get, "model.norm.weight", &[d], dev)?;
-    let output = if c.tied_embeddings { None } else { Some(take(get, "lm_head.weight", &[c.vocab, d], dev)?) };
+    let output = if c.tied_embeddings {
+        None
+    } else {
+        Some(take(get, "lm_head.weight", &[c.vocab, d], dev)?)
+    };
     let mut layers = Vec::with_capacity(c.n_layers);
     for l in 0..c.n_layers {
         let p = format!("model.layers.{l}");
-        let bias = |get: &mut dyn FnMut(&str) -> Result<Option<Tensor>>, n: &str, len: usize| -> Result<Option<Tensor>> {
-            if c.arch.has_qkv_bias() { Ok(Some(take(get, &format!("{p}.self_attn.{n}.bias"), &[len], dev)?)) } else { Ok(None) }
+        let bias = |get: &mut dyn FnMut(&str) -> Result<Option<Tensor>>,
+                    n: &str,
+                    len: usize|
+         -> Result<Option<Tensor>> {
+            if c.arch.has_qkv_bias() {
+                Ok(Some(take(
+                    get,
+                    &format!("{p}.self_attn.{n}.bias"),
+                    &[len],
+                    dev,
+                )?))
+            } else {
+                Ok(None)
+            }
         };
         layers.push(LayerWeights {
             attn_norm: take(get, &format!("{p}.input_layernorm.weight"), &[d], dev)?,
@@ -153,11 +176,24 @@ pub(crate) fn assemble(
             bq: bias(get, "q_proj", qd)?,
             bk: bias(get, "k_proj", kvd)?,
             bv: bias(get, "v_proj", kvd)?,
-            ffn_norm: take(get, &format!("{p}.post_attention_layernorm.weight"), &[d], dev)?,
+            ffn_norm: take(
+                get,
+                &format!("{p}.post_attention_layernorm.weight"),
+                &[d],
+                dev,
+            )?,
             w_gate: take(get, &format!("{p}.mlp.gate_proj.weight"), &[m, d], dev)?,
             w_up: take(get, &format!("{p}.mlp.up_proj.weight"), &[m, d], dev)?,
             w_down: take(get, &format!("{p}.mlp.down_proj.weight"), &[d, m], dev)?,
         });
     }
-    Ok(DenseModel { config, embed, output, output_norm, layers, tokenizer_meta, name })
+    Ok(DenseModel {
+        config,
+        embed,
+        output,
+        output_norm,
+        layers,
+        tokenizer_meta,
+        name,
+    })
 }

@@ -18,7 +18,10 @@ pub fn perplexity(
 ) -> Result<(f64, f64)> {
     let chunks = perplexity_chunks(tokens, n_ctx, bos, max_chunks);
     if chunks.is_empty() {
-        return Err(ConvertError::Data(format!("evaluation text has {} tokens, fewer than one window of {n_ctx}", tokens.len())));
+        return Err(ConvertError::Data(format!(
+            "evaluation text has {} tokens, fewer than one window of {n_ctx}",
+            tokens.len()
+        )));
     }
     let (mut nll, mut count, mut active) = (0.0, 0usize, 0.0);
     for (i, w) in chunks.iter().enumerate() {

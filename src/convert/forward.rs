@@ -9,7 +9,8 @@ use candle_core::{DType, Device, Tensor, D};
 /// Supplies the masks of each layer from that layer's normalised hidden states.
 pub trait MaskSource {
     /// From the attention input `h1` [T, d]: the Q/K dim mask [hd] and the V mask [T, hd].
-    fn attn_masks(&mut self, layer: usize, h1: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)>;
+    fn attn_masks(&mut self, layer: usize, h1: &Tensor)
+        -> Result<(Option<Tensor>, Option<Tensor>)>;
     /// From the MLP input `h2` [T, d]: the neuron mask [T, m].
     fn mlp_mask(&mut self, layer: usize, h2: &Tensor) -> Result<Option<Tensor>>;
 }
@@ -28,7 +29,8 @@ impl MaskSource for NoMasks {
 
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(x.broadcast_div(&(ms + eps as f64)?.sqrt()?)?.broadcast_mul(w)?)
+    Ok(x.broadcast_div(&(ms + eps as f64)?.sqrt()?)?
+        .broadcast_mul(w)?)
 }
 
 /// `x · wᵀ (+ b)` for x [T, in], w [out, in].
@@ -55,7 +57,10 @@ pub fn rope_tables(c: &DenseConfig, n_tokens: usize, dev: &Device) -> Result<(Te
             sin.push(a.sin() as f32);
         }
     }
-    Ok((Tensor::from_vec(cos, (n_tokens, hd), dev)?, Tensor::from_vec(sin, (n_tokens, hd), dev)?))
+    Ok((
+        Tensor::from_vec(cos, (n_tokens, hd), dev)?,
+        Tensor::from_vec(sin, (n_tokens, hd), dev)?,
+    ))
 }
 
 /// Rotate-half RoPE on x [heads, T, hd'] with tables [T, hd'].
@@ -70,14 +75,24 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 /// Additive causal mask [T, T]: 0 on and below the diagonal, -inf above.
 pub fn causal_mask(n: usize, dev: &Device) -> Result<Tensor> {
-    let v: Vec<f32> = (0..n * n).map(|k| if k % n > k / n { f32::NEG_INFINITY } else { 0.0 }).collect();
+    let v: Vec<f32> = (0..n * n)
+        .map(|k| {
+            if k % n > k / n {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
     Ok(Tensor::from_vec(v, (n, n), dev)?)
 }
 
 /// [T, heads·hd] → [heads, T, hd].
 pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (t, w) = x.dims2()?;
-    Ok(x.reshape((t, heads, w / heads))?.transpose(0, 1)?.contiguous()?)
+    Ok(x.reshape((t, heads, w / heads))?
+        .transpose(0, 1)?
+        .contiguous()?)
 }
 
 /// Repeats KV heads [Hkv, T, hd] to [H, T, hd] (GQA: query head h reads KV head h / (H/Hkv)).
@@ -86,11 +101,19 @@ pub fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let (hkv, t, hd) = x.dims3()?;
-    Ok(x.unsqueeze(1)?.expand((hkv, groups, t, hd))?.reshape((hkv * groups, t, hd))?)
+    Ok(x.unsqueeze(1)?
+        .expand((hkv, groups, t, hd))?
+        .reshape((hkv * groups, t, hd))?)
 }
 
 /// Causal attention over [H, T, hd'] q/k and [H, T, hd] v with the given score scale → [T, H·hd].
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: &Tensor) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    causal: &Tensor,
+) -> Result<Tensor> {
     let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(causal)?;
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
     let out = probs.matmul(v)?; // [H, T, hd]
@@ -112,8 +135,16 @@ pub fn forward(model: &DenseModel, tokens: &[u32], masks: &mut dyn MaskSource) -
     for (l, lw) in model.layers.iter().enumerate() {
         let h1 = rms_norm(&x, &lw.attn_norm, c.rms_eps)?;
         let (qk_mask, v_mask) = masks.attn_masks(l, &h1)?;
-        let mut q = apply_rope(&split_heads(&linear(&h1, &lw.wq, lw.bq.as_ref())?, c.n_heads)?, &cos, &sin)?;
-        let mut k = apply_rope(&split_heads(&linear(&h1, &lw.wk, lw.bk.as_ref())?, c.n_kv_heads)?, &cos, &sin)?;
+        let mut q = apply_rope(
+            &split_heads(&linear(&h1, &lw.wq, lw.bq.as_ref())?, c.n_heads)?,
+            &cos,
+            &sin,
+        )?;
+        let mut k = apply_rope(
+            &split_heads(&linear(&h1, &lw.wk, lw.bk.as_ref())?, c.n_kv_heads)?,
+            &cos,
+            &sin,
+        )?;
         if let Some(m) = &qk_mask {
             q = q.broadcast_mul(m)?;
             k = k.broadcast_mul(m)?;
@@ -122,10 +153,17 @@ pub fn forward(model: &DenseModel, tokens: &[u32], masks: &mut dyn MaskSource) -
         if let Some(m) = &v_mask {
             v = v.broadcast_mul(m)?; // [T, hd] broadcast over KV heads
         }
-        let att = attention(&q, &repeat_kv(&k, groups)?, &repeat_kv(&v, groups)?, scale, &causal)?;
+        let att = attention(
+            &q,
+            &repeat_kv(&k, groups)?,
+            &repeat_kv(&v, groups)?,
+            scale,
+            &causal,
+        )?;
         x = (x + linear(&att, &lw.wo, None)?)?;
         let h2 = rms_norm(&x, &lw.ffn_norm, c.rms_eps)?;
-        let mut act = (candle_nn::ops::silu(&linear(&h2, &lw.w_gate, None)?)? * linear(&h2, &lw.w_up, None)?)?;
+        let mut act = (candle_nn::ops::silu(&linear(&h2, &lw.w_gate, None)?)?
+            * linear(&h2, &lw.w_up, None)?)?;
         if let Some(m) = masks.mlp_mask(l, &h2)? {
             act = (act * m)?;
         }

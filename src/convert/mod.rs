@@ -32,7 +32,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
     #[error("I/O error on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config {path}: {msg}")]
     Config { path: PathBuf, msg: String },
     #[error("unsupported architecture `{0}` (supported: llama, qwen2)")]
@@ -42,7 +45,11 @@ pub enum ConvertError {
     #[error("missing tensor `{0}`")]
     MissingTensor(String),
     #[error("tensor `{name}` has shape {got:?}, expected {want:?}")]
-    BadShape { name: String, got: Vec<usize>, want: Vec<usize> },
+    BadShape {
+        name: String,
+        got: Vec<usize>,
+        want: Vec<usize>,
+    },
     #[error("invalid argument: {0}")]
     InvalidArg(String),
     #[error("calibration data: {0}")]

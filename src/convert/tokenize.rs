@@ -6,10 +6,18 @@ use crate::gguf::Value;
 use crate::tokenizer::{SpecialIds, Tokenizer, TokenizerSpec};
 
 fn strings(meta: &[(String, Value)], key: &str) -> Result<Option<Vec<String>>> {
-    let Some((_, v)) = meta.iter().find(|(k, _)| k == key) else { return Ok(None) };
-    let arr = v.as_array().ok_or_else(|| ConvertError::Tokenizer(format!("`{key}` is not an array")))?;
+    let Some((_, v)) = meta.iter().find(|(k, _)| k == key) else {
+        return Ok(None);
+    };
+    let arr = v
+        .as_array()
+        .ok_or_else(|| ConvertError::Tokenizer(format!("`{key}` is not an array")))?;
     arr.iter()
-        .map(|x| x.as_str().map(str::to_string).ok_or_else(|| ConvertError::Tokenizer(format!("`{key}` has a non-string entry"))))
+        .map(|x| {
+            x.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| ConvertError::Tokenizer(format!("`{key}` has a non-string entry")))
+        })
         .collect::<Result<Vec<_>>>()
         .map(Some)
 }
@@ -17,16 +25,23 @@ fn strings(meta: &[(String, Value)], key: &str) -> Result<Option<Vec<String>>> {
 pub fn tokenizer_from_meta(meta: &[(String, Value)]) -> Result<Tokenizer> {
     let get = |k: &str| meta.iter().find(|(n, _)| n == k).map(|(_, v)| v);
     let id = |k: &str| get(k).and_then(Value::as_u64).map(|v| v as u32);
-    let model = get("tokenizer.ggml.model").and_then(Value::as_str).ok_or_else(|| ConvertError::Tokenizer("no tokenizer.ggml.model".into()))?;
+    let model = get("tokenizer.ggml.model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ConvertError::Tokenizer("no tokenizer.ggml.model".into()))?;
     let token_types = match get("tokenizer.ggml.token_type").and_then(Value::as_array) {
         Some(a) => Some(a.iter().map(|v| v.as_i64().unwrap_or(1) as i32).collect()),
         None => None,
     };
-    let scores = get("tokenizer.ggml.scores").and_then(Value::as_array).map(|a| a.iter().map(|v| v.as_f32().unwrap_or(0.0)).collect());
+    let scores = get("tokenizer.ggml.scores")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().map(|v| v.as_f32().unwrap_or(0.0)).collect());
     let spec = TokenizerSpec {
         model: model.to_string(),
-        pre: get("tokenizer.ggml.pre").and_then(Value::as_str).map(str::to_string),
-        tokens: strings(meta, "tokenizer.ggml.tokens")?.ok_or_else(|| ConvertError::Tokenizer("no tokenizer.ggml.tokens".into()))?,
+        pre: get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        tokens: strings(meta, "tokenizer.ggml.tokens")?
+            .ok_or_else(|| ConvertError::Tokenizer("no tokenizer.ggml.tokens".into()))?,
         scores,
         token_types,
         merges: strings(meta, "tokenizer.ggml.merges")?.unwrap_or_default(),

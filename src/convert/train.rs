@@ -8,7 +8,9 @@
 use super::data::Calibration;
 use super::dense::DenseModel;
 use super::forward::{forward, MaskSource, NoMasks};
-use super::hyper::{expand_half, gumbel_noise, logistic_noise, st_gumbel_sigmoid, st_gumbel_softmax, HyperNet};
+use super::hyper::{
+    expand_half, gumbel_noise, logistic_noise, st_gumbel_sigmoid, st_gumbel_softmax, HyperNet,
+};
 use super::{io_err, ConvertError, Result};
 use candle_core::{Tensor, Var, D};
 use rand::SeedableRng;
@@ -63,16 +65,28 @@ impl Default for TrainParams {
 impl TrainParams {
     pub fn validate(&self) -> Result<()> {
         if !(self.p > 0.0 && self.p <= 1.0) {
-            return Err(ConvertError::InvalidArg(format!("--p {} must be in (0, 1]", self.p)));
+            return Err(ConvertError::InvalidArg(format!(
+                "--p {} must be in (0, 1]",
+                self.p
+            )));
         }
         if self.experts == 0 || self.experts > 256 {
-            return Err(ConvertError::InvalidArg(format!("--experts {} must be in 1..=256", self.experts)));
+            return Err(ConvertError::InvalidArg(format!(
+                "--experts {} must be in 1..=256",
+                self.experts
+            )));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(ConvertError::InvalidArg(format!("--lr {} must be positive", self.lr)));
+            return Err(ConvertError::InvalidArg(format!(
+                "--lr {} must be positive",
+                self.lr
+            )));
         }
         if self.seq_len < 2 {
-            return Err(ConvertError::InvalidArg(format!("--seq-len {} must be at least 2", self.seq_len)));
+            return Err(ConvertError::InvalidArg(format!(
+                "--seq-len {} must be at least 2",
+                self.seq_len
+            )));
         }
         Ok(())
     }
@@ -112,7 +126,11 @@ impl MaskSource for StudentMasks<'_> {
             return Ok((None, None));
         }
         let z = self.hn.v_logits(&self.emb, l, h1)?;
-        let noise = if self.noisy { Some(logistic_noise(&mut self.rng, z.dims(), z.device())?) } else { None };
+        let noise = if self.noisy {
+            Some(logistic_noise(&mut self.rng, z.dims(), z.device())?)
+        } else {
+            None
+        };
         let v = st_gumbel_sigmoid(&z, noise.as_ref(), self.params.tau)?;
         self.v_masks.push(v.clone());
         Ok((Some(self.qk_masks[l].clone()), Some(v)))
@@ -120,8 +138,13 @@ impl MaskSource for StudentMasks<'_> {
 
     fn mlp_mask(&mut self, l: usize, h2: &Tensor) -> Result<Option<Tensor>> {
         let logits = self.hn.router_logits(l, h2)?;
-        let noise = if self.noisy { Some(gumbel_noise(&mut self.rng, logits.dims(), logits.device())?) } else { None };
-        let (route, _, choice) = st_gumbel_softmax(&logits, noise.as_ref(), self.params.router_temp)?;
+        let noise = if self.noisy {
+            Some(gumbel_noise(&mut self.rng, logits.dims(), logits.device())?)
+        } else {
+            None
+        };
+        let (route, _, choice) =
+            st_gumbel_softmax(&logits, noise.as_ref(), self.params.router_temp)?;
         // Balance: f_e (share of tokens routed to e, no gradient) · P_e (mean noiseless router prob).
         let e = self.hn.n_experts;
         let mut counts = vec![0f32; e];
@@ -129,7 +152,11 @@ impl MaskSource for StudentMasks<'_> {
             counts[c as usize] += 1.0;
         }
         let t = choice.len() as f32;
-        let f = Tensor::from_vec(counts.into_iter().map(|c| c / t).collect::<Vec<_>>(), e, h2.device())?;
+        let f = Tensor::from_vec(
+            counts.into_iter().map(|c| c / t).collect::<Vec<_>>(),
+            e,
+            h2.device(),
+        )?;
         let p_mean = candle_nn::ops::softmax_last_dim(&logits)?.mean(0)?;
         self.balance_terms.push((f * p_mean)?.sum_all()?);
         Ok(Some(route.matmul(&self.expert_masks[l])?))
@@ -151,24 +178,41 @@ pub struct StepOutcome {
 }
 
 /// One forward pass of teacher and student and the loss (no parameter update).
-pub fn compute_loss(model: &DenseModel, hn: &HyperNet, tokens: &[u32], tp: &TrainParams, step: u64, noisy: bool) -> Result<StepOutcome> {
+pub fn compute_loss(
+    model: &DenseModel,
+    hn: &HyperNet,
+    tokens: &[u32],
+    tp: &TrainParams,
+    step: u64,
+    noisy: bool,
+) -> Result<StepOutcome> {
     let c = &model.config;
     let dev = model.embed.device();
     let teacher = forward(model, tokens, &mut NoMasks)?.detach();
-    let mut rng = ChaCha8Rng::seed_from_u64(tp.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ step.rotate_left(32) ^ 0x5eed);
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        tp.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ step.rotate_left(32) ^ 0x5eed,
+    );
     let emb = hn.embeddings()?;
     let mut expert_masks = Vec::with_capacity(c.n_layers);
     let mut qk_masks = Vec::with_capacity(c.n_layers);
     for l in 0..c.n_layers {
         let z = hn.mlp_logits(&emb, l)?;
-        let n = if noisy { Some(logistic_noise(&mut rng, z.dims(), dev)?) } else { None };
+        let n = if noisy {
+            Some(logistic_noise(&mut rng, z.dims(), dev)?)
+        } else {
+            None
+        };
         expert_masks.push(st_gumbel_sigmoid(&z, n.as_ref(), tp.tau)?);
         if tp.mlp_only {
             qk_masks.push(Tensor::ones(c.head_dim, candle_core::DType::F32, dev)?);
             continue;
         }
         let zq = hn.qk_half_logits(&emb, l)?;
-        let n = if noisy { Some(logistic_noise(&mut rng, zq.dims(), dev)?) } else { None };
+        let n = if noisy {
+            Some(logistic_noise(&mut rng, zq.dims(), dev)?)
+        } else {
+            None
+        };
         qk_masks.push(expand_half(&st_gumbel_sigmoid(&zq, n.as_ref(), tp.tau)?)?);
     }
     let mut sm = StudentMasks {
@@ -210,10 +254,16 @@ pub fn compute_loss(model: &DenseModel, hn: &HyperNet, tokens: &[u32], tp: &Trai
     let r = (active.expect("at least one layer") / c.dense_block_params())?;
     let r_val = r.to_scalar::<f32>()? as f64;
     const C: f64 = 0.001;
-    let r_param = if r_val >= tp.p { ((r.clone() + C)? / (tp.p + C))?.log()? } else { ((r.clone() + C)?.recip()? * (tp.p + C))?.log()? };
+    let r_param = if r_val >= tp.p {
+        ((r.clone() + C)? / (tp.p + C))?.log()?
+    } else {
+        ((r.clone() + C)?.recip()? * (tp.p + C))?.log()?
+    };
     let r_union = (Tensor::stack(&union_terms, 0)?.mean_all())?;
     let balance = Tensor::stack(&sm.balance_terms, 0)?.mean_all()?;
-    let loss = ((((kd.clone() * tp.kd_weight)? + (r_param.clone() * tp.lambda)?)? + (r_union.clone() * tp.alpha)?)? + (balance.clone() * tp.beta)?)?;
+    let loss = ((((kd.clone() * tp.kd_weight)? + (r_param.clone() * tp.lambda)?)?
+        + (r_union.clone() * tp.alpha)?)?
+        + (balance.clone() * tp.beta)?)?;
     let stats = StepStats {
         loss: loss.to_scalar()?,
         kd: kd.to_scalar()?,
@@ -242,8 +292,14 @@ impl AdamW {
     pub fn new(vars: &[(String, Var)], lr: f64, wd: f64) -> Result<AdamW> {
         let z = |v: &Var| v.as_tensor().zeros_like();
         Ok(AdamW {
-            m: vars.iter().map(|(_, v)| z(v)).collect::<candle_core::Result<_>>()?,
-            v: vars.iter().map(|(_, v)| z(v)).collect::<candle_core::Result<_>>()?,
+            m: vars
+                .iter()
+                .map(|(_, v)| z(v))
+                .collect::<candle_core::Result<_>>()?,
+            v: vars
+                .iter()
+                .map(|(_, v)| z(v))
+                .collect::<candle_core::Result<_>>()?,
             t: 0,
             lr,
             wd,
@@ -256,7 +312,9 @@ impl AdamW {
         let bc1 = 1.0 - BETA1.powi(self.t as i32);
         let bc2 = 1.0 - BETA2.powi(self.t as i32);
         for (i, (_, var)) in vars.iter().enumerate() {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
             self.m[i] = ((&self.m[i] * BETA1)? + (g * (1.0 - BETA1))?)?;
             self.v[i] = ((&self.v[i] * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
             let update = ((&self.m[i] / bc1)? / ((&self.v[i] / bc2)?.sqrt()? + ADAM_EPS)?)?;
@@ -279,7 +337,10 @@ struct CheckpointMeta {
 
 fn fingerprint(model: &DenseModel) -> String {
     let c = &model.config;
-    format!("{:?} L{} d{} m{} H{} Hkv{} hd{} V{}", c.arch, c.n_layers, c.d, c.m, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab)
+    format!(
+        "{:?} L{} d{} m{} H{} Hkv{} hd{} V{}",
+        c.arch, c.n_layers, c.d, c.m, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab
+    )
 }
 
 fn meta_path(path: &Path) -> PathBuf {
@@ -287,7 +348,14 @@ fn meta_path(path: &Path) -> PathBuf {
 }
 
 /// Writes `<path>` (safetensors: p.*, m.*, v.*) and `<path>.json` atomically (temp file, rename).
-pub fn save_checkpoint(path: &Path, model: &DenseModel, hn: &HyperNet, opt: &AdamW, tp: &TrainParams, step: u64) -> Result<()> {
+pub fn save_checkpoint(
+    path: &Path,
+    model: &DenseModel,
+    hn: &HyperNet,
+    opt: &AdamW,
+    tp: &TrainParams,
+    step: u64,
+) -> Result<()> {
     let mut map: HashMap<String, Tensor> = HashMap::new();
     for (i, (name, t)) in hn.snapshot().into_iter().enumerate() {
         map.insert(format!("m.{name}"), opt.m[i].clone());
@@ -295,34 +363,76 @@ pub fn save_checkpoint(path: &Path, model: &DenseModel, hn: &HyperNet, opt: &Ada
         map.insert(format!("p.{name}"), t);
     }
     let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(&map, &tmp).map_err(|e| ConvertError::Checkpoint { path: tmp.clone(), msg: e.to_string() })?;
+    candle_core::safetensors::save(&map, &tmp).map_err(|e| ConvertError::Checkpoint {
+        path: tmp.clone(),
+        msg: e.to_string(),
+    })?;
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    let meta = CheckpointMeta { step, adam_t: opt.t, params: tp.clone(), model_fingerprint: fingerprint(model) };
+    let meta = CheckpointMeta {
+        step,
+        adam_t: opt.t,
+        params: tp.clone(),
+        model_fingerprint: fingerprint(model),
+    };
     let mp = meta_path(path);
     let tmp = mp.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&meta).map_err(|e| ConvertError::Checkpoint { path: mp.clone(), msg: e.to_string() })?)
-        .map_err(io_err(&tmp))?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_string_pretty(&meta).map_err(|e| ConvertError::Checkpoint {
+            path: mp.clone(),
+            msg: e.to_string(),
+        })?,
+    )
+    .map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, &mp).map_err(io_err(&mp))?;
     Ok(())
 }
 
 /// Loads a checkpoint into `hn`/`opt`; returns the number of steps already done. The settings and the
 /// model must match the ones of the run being resumed (except `steps`, which may be extended).
-pub fn load_checkpoint(path: &Path, model: &DenseModel, hn: &HyperNet, opt: &mut AdamW, tp: &TrainParams) -> Result<u64> {
-    let ck = |msg: String| ConvertError::Checkpoint { path: path.into(), msg };
+pub fn load_checkpoint(
+    path: &Path,
+    model: &DenseModel,
+    hn: &HyperNet,
+    opt: &mut AdamW,
+    tp: &TrainParams,
+) -> Result<u64> {
+    let ck = |msg: String| ConvertError::Checkpoint {
+        path: path.into(),
+        msg,
+    };
     let mp = meta_path(path);
-    let meta: CheckpointMeta = serde_json::from_str(&std::fs::read_to_string(&mp).map_err(io_err(&mp))?).map_err(|e| ck(e.to_string()))?;
+    let meta: CheckpointMeta =
+        serde_json::from_str(&std::fs::read_to_string(&mp).map_err(io_err(&mp))?)
+            .map_err(|e| ck(e.to_string()))?;
     if meta.model_fingerprint != fingerprint(model) {
-        return Err(ck(format!("made for model `{}`, not `{}`", meta.model_fingerprint, fingerprint(model))));
+        return Err(ck(format!(
+            "made for model `{}`, not `{}`",
+            meta.model_fingerprint,
+            fingerprint(model)
+        )));
     }
-    let same = TrainParams { steps: tp.steps, ..meta.params.clone() };
+    let same = TrainParams {
+        steps: tp.steps,
+        ..meta.params.clone()
+    };
     if &same != tp {
-        return Err(ck(format!("settings differ from this run: checkpoint {:?}", meta.params)));
+        return Err(ck(format!(
+            "settings differ from this run: checkpoint {:?}",
+            meta.params
+        )));
     }
-    let map = candle_core::safetensors::load(path, model.embed.device()).map_err(|e| ck(e.to_string()))?;
-    hn.restore(&|n| map.get(&format!("p.{n}")).cloned()).map_err(&ck)?;
+    let map = candle_core::safetensors::load(path, model.embed.device())
+        .map_err(|e| ck(e.to_string()))?;
+    hn.restore(&|n| map.get(&format!("p.{n}")).cloned())
+        .map_err(&ck)?;
     for (i, (name, var)) in hn.vars().iter().enumerate() {
-        let get = |k: String| map.get(&k).filter(|t| t.dims() == var.dims()).cloned().ok_or_else(|| ck(format!("missing or mis-shaped `{k}`")));
+        let get = |k: String| {
+            map.get(&k)
+                .filter(|t| t.dims() == var.dims())
+                .cloned()
+                .ok_or_else(|| ck(format!("missing or mis-shaped `{k}`")))
+        };
         opt.m[i] = get(format!("m.{name}"))?;
         opt.v[i] = get(format!("v.{name}"))?;
     }
@@ -349,14 +459,21 @@ pub fn train(
 ) -> Result<HyperNet> {
     tp.validate()?;
     if calib.train.len() < tp.seq_len {
-        return Err(ConvertError::Data(format!("{} training tokens < --seq-len {}", calib.train.len(), tp.seq_len)));
+        return Err(ConvertError::Data(format!(
+            "{} training tokens < --seq-len {}",
+            calib.train.len(),
+            tp.seq_len
+        )));
     }
     let dev = model.embed.device();
     let hn = HyperNet::new(&model.config, tp.experts, tp.seed, dev)?;
     let mut opt = AdamW::new(hn.vars(), tp.lr, tp.weight_decay)?;
     let mut start = 0;
     if plan.resume {
-        let path = plan.path.as_ref().ok_or_else(|| ConvertError::InvalidArg("--resume needs a checkpoint path".into()))?;
+        let path = plan
+            .path
+            .as_ref()
+            .ok_or_else(|| ConvertError::InvalidArg("--resume needs a checkpoint path".into()))?;
         if path.is_file() {
             start = load_checkpoint(path, model, &hn, &mut opt, tp)?;
         }
@@ -365,7 +482,10 @@ pub fn train(
         let tokens = calib.window(tp.seed, step, tp.seq_len);
         let out = compute_loss(model, &hn, tokens, tp, step, true)?;
         if !out.stats.loss.is_finite() {
-            return Err(ConvertError::InvalidArg(format!("loss became {} at step {step}; try a lower --lr", out.stats.loss)));
+            return Err(ConvertError::InvalidArg(format!(
+                "loss became {} at step {step}; try a lower --lr",
+                out.stats.loss
+            )));
         }
         opt.step(hn.vars(), &out.loss)?;
         on_step(step, &out.stats);

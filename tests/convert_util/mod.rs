@@ -19,14 +19,42 @@ pub struct Tiny {
 }
 
 /// A llama with 4 heads (MHA) unless changed.
-pub const LLAMA: Tiny = Tiny { model_type: "llama", layers: 2, d: 64, m: 128, heads: 4, kv_heads: 4, vocab: 260, tied: false };
+pub const LLAMA: Tiny = Tiny {
+    model_type: "llama",
+    layers: 2,
+    d: 64,
+    m: 128,
+    heads: 4,
+    kv_heads: 4,
+    vocab: 260,
+    tied: false,
+};
 /// GQA: 4 query heads share 2 KV heads.
-pub const LLAMA_GQA: Tiny = Tiny { model_type: "llama", layers: 2, d: 64, m: 128, heads: 4, kv_heads: 2, vocab: 260, tied: true };
-pub const QWEN2: Tiny = Tiny { model_type: "qwen2", layers: 2, d: 64, m: 96, heads: 4, kv_heads: 2, vocab: 260, tied: true };
+pub const LLAMA_GQA: Tiny = Tiny {
+    model_type: "llama",
+    layers: 2,
+    d: 64,
+    m: 128,
+    heads: 4,
+    kv_heads: 2,
+    vocab: 260,
+    tied: true,
+};
+pub const QWEN2: Tiny = Tiny {
+    model_type: "qwen2",
+    layers: 2,
+    d: 64,
+    m: 96,
+    heads: 4,
+    kv_heads: 2,
+    vocab: 260,
+    tied: true,
+};
 
 /// A fresh empty directory under the target dir (tests run in parallel: one per name).
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tomoe-convert-test-{}-{name}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("tomoe-convert-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -56,7 +84,12 @@ pub fn tensors(t: &Tiny, seed: u64) -> HashMap<String, Tensor> {
         }
         map.insert(name, x);
     };
-    put("model.embed_tokens.weight".into(), &[t.vocab, t.d], 1.0, &mut rng);
+    put(
+        "model.embed_tokens.weight".into(),
+        &[t.vocab, t.d],
+        1.0,
+        &mut rng,
+    );
     put("model.norm.weight".into(), &[t.d], 0.1, &mut rng);
     if !t.tied {
         put("lm_head.weight".into(), &[t.vocab, t.d], 0.3, &mut rng);
@@ -65,19 +98,69 @@ pub fn tensors(t: &Tiny, seed: u64) -> HashMap<String, Tensor> {
     for l in 0..t.layers {
         let p = format!("model.layers.{l}");
         put(format!("{p}.input_layernorm.weight"), &[t.d], 0.1, &mut rng);
-        put(format!("{p}.post_attention_layernorm.weight"), &[t.d], 0.1, &mut rng);
-        put(format!("{p}.self_attn.q_proj.weight"), &[t.heads * hd, t.d], s, &mut rng);
-        put(format!("{p}.self_attn.k_proj.weight"), &[t.kv_heads * hd, t.d], s, &mut rng);
-        put(format!("{p}.self_attn.v_proj.weight"), &[t.kv_heads * hd, t.d], s, &mut rng);
-        put(format!("{p}.self_attn.o_proj.weight"), &[t.d, t.heads * hd], s, &mut rng);
+        put(
+            format!("{p}.post_attention_layernorm.weight"),
+            &[t.d],
+            0.1,
+            &mut rng,
+        );
+        put(
+            format!("{p}.self_attn.q_proj.weight"),
+            &[t.heads * hd, t.d],
+            s,
+            &mut rng,
+        );
+        put(
+            format!("{p}.self_attn.k_proj.weight"),
+            &[t.kv_heads * hd, t.d],
+            s,
+            &mut rng,
+        );
+        put(
+            format!("{p}.self_attn.v_proj.weight"),
+            &[t.kv_heads * hd, t.d],
+            s,
+            &mut rng,
+        );
+        put(
+            format!("{p}.self_attn.o_proj.weight"),
+            &[t.d, t.heads * hd],
+            s,
+            &mut rng,
+        );
         if t.model_type == "qwen2" {
-            put(format!("{p}.self_attn.q_proj.bias"), &[t.heads * hd], 0.1, &mut rng);
-            put(format!("{p}.self_attn.k_proj.bias"), &[t.kv_heads * hd], 0.1, &mut rng);
-            put(format!("{p}.self_attn.v_proj.bias"), &[t.kv_heads * hd], 0.1, &mut rng);
+            put(
+                format!("{p}.self_attn.q_proj.bias"),
+                &[t.heads * hd],
+                0.1,
+                &mut rng,
+            );
+            put(
+                format!("{p}.self_attn.k_proj.bias"),
+                &[t.kv_heads * hd],
+                0.1,
+                &mut rng,
+            );
+            put(
+                format!("{p}.self_attn.v_proj.bias"),
+                &[t.kv_heads * hd],
+                0.1,
+                &mut rng,
+            );
         }
-        put(format!("{p}.mlp.gate_proj.weight"), &[t.m, t.d], s, &mut rng);
+        put(
+            format!("{p}.mlp.gate_proj.weight"),
+            &[t.m, t.d],
+            s,
+            &mut rng,
+        );
         put(format!("{p}.mlp.up_proj.weight"), &[t.m, t.d], s, &mut rng);
-        put(format!("{p}.mlp.down_proj.weight"), &[t.d, t.m], 1.0 / (t.m as f32).sqrt(), &mut rng);
+        put(
+            format!("{p}.mlp.down_proj.weight"),
+            &[t.d, t.m],
+            1.0 / (t.m as f32).sqrt(),
+            &mut rng,
+        );
     }
     map
 }
@@ -93,7 +176,9 @@ pub fn config_json(t: &Tiny) -> String {
 
 /// GPT-2 byte-to-unicode mapping: the token string of each byte in byte-level BPE vocabularies.
 fn byte_char(b: u8) -> char {
-    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let printable = |b: u8| {
+        (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
     if printable(b) {
         return b as char;
     }
@@ -103,10 +188,16 @@ fn byte_char(b: u8) -> char {
 
 /// A byte-level BPE tokenizer.json: 256 byte tokens, two merges, BOS/EOS as special added tokens.
 pub fn tokenizer_json(vocab: usize) -> String {
-    let mut v: Vec<String> = (0..=255u8).map(|b| serde_json::to_string(&byte_char(b).to_string()).unwrap()).collect();
+    let mut v: Vec<String> = (0..=255u8)
+        .map(|b| serde_json::to_string(&byte_char(b).to_string()).unwrap())
+        .collect();
     v.push("\"th\"".into());
     v.push("\"he\"".into());
-    let vocab_obj: Vec<String> = v.iter().enumerate().map(|(i, s)| format!("{s}:{i}")).collect();
+    let vocab_obj: Vec<String> = v
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{s}:{i}"))
+        .collect();
     assert!(vocab >= 260);
     format!(
         r#"{{"model":{{"type":"BPE","byte_fallback":false,"vocab":{{{}}},"merges":["t h",["h","e"]]}},
@@ -134,14 +225,25 @@ pub fn write_hf(dir: &Path, t: &Tiny, seed: u64, shards: usize) {
     let mut weight_map = Vec::new();
     for s in 0..shards {
         let file = format!("model-{:05}-of-{:05}.safetensors", s + 1, shards);
-        let part: HashMap<String, Tensor> =
-            names.iter().enumerate().filter(|(i, _)| i % shards == s).map(|(_, n)| ((*n).clone(), all[*n].clone())).collect();
+        let part: HashMap<String, Tensor> = names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % shards == s)
+            .map(|(_, n)| ((*n).clone(), all[*n].clone()))
+            .collect();
         for n in part.keys() {
             weight_map.push(format!("\"{n}\":\"{file}\""));
         }
         candle_core::safetensors::save(&part, dir.join(&file)).unwrap();
     }
-    std::fs::write(dir.join("model.safetensors.index.json"), format!(r#"{{"metadata":{{}},"weight_map":{{{}}}}}"#, weight_map.join(","))).unwrap();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        format!(
+            r#"{{"metadata":{{}},"weight_map":{{{}}}}}"#,
+            weight_map.join(",")
+        ),
+    )
+    .unwrap();
 }
 
 /// Byte-level token ids of a text (ids 0..256), for tests that bypass the real tokenizer.
@@ -150,5 +252,14 @@ pub fn byte_tokens(text: &str) -> Vec<u32> {
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
