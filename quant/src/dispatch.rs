@@ -47,7 +47,12 @@ pub fn scalar_set() -> KernelSet {
 pub fn available_sets() -> Vec<KernelSet> {
     #[allow(unused_mut)]
     let mut sets = vec![scalar_set()];
-    // SIMD_SETS
+    #[cfg(target_arch = "x86_64")]
+    {
+        if let Some(s) = crate::kernels::avx2::kernel_set() {
+            sets.push(s);
+        }
+    }
     sets
 }
 

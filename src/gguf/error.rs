@@ -99,6 +99,9 @@ pub enum GgufError {
     #[error("streaming write: data for {missing} tensor(s) was never written")]
     StreamIncomplete { missing: usize },
 
+    #[error("tensor '{tensor}' cannot be viewed as a matrix: {source}")]
+    TensorView { tensor: String, source: tomoe_quant::QuantError },
+
     #[error("metadata key '{0}' is missing")]
     MissingKey(String),
 

@@ -273,7 +273,7 @@ pub(crate) fn tensor_n_bytes(name: &str, dims: &[u64], ty: QuantType) -> Result<
     }
     let row_len = dims[0];
     let block_size = ty.block_size();
-    if row_len % block_size as u64 != 0 {
+    if !row_len.is_multiple_of(block_size as u64) {
         return Err(GgufError::RowNotBlockMultiple {
             tensor: name.to_string(),
             ty: ty.name(),

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::path::Path;
 
 use memmap2::Mmap;
+use tomoe_quant::MatRef;
 
 use super::parse::{parse, Parsed};
 use super::{GgufError, QuantType, Value};
@@ -34,6 +35,22 @@ pub struct Tensor<'a> {
     pub info: &'a TensorInfo,
     /// Exactly `info.n_bytes` bytes, zero-copy from the map (or owned buffer).
     pub data: &'a [u8],
+}
+
+impl<'a> Tensor<'a> {
+    /// The tensor as a row-major matrix for tomoe-quant's kernels: `dims[0]` columns, the
+    /// product of the other dimensions as rows. Zero-copy.
+    pub fn as_mat(&self) -> Result<MatRef<'a>, GgufError> {
+        // parse() bounded n_elements (hence every partial product) by i64::MAX and n_bytes by
+        // the file size, so these conversions only fail on 32-bit targets with huge tensors.
+        let view_err = |source| GgufError::TensorView { tensor: self.info.name.clone(), source };
+        let cols = usize::try_from(self.info.dims[0]);
+        let rows = usize::try_from(self.info.dims[1..].iter().product::<u64>());
+        let (Ok(cols), Ok(rows)) = (cols, rows) else {
+            return Err(GgufError::ShapeOverflow { tensor: self.info.name.clone(), dims: self.info.dims.clone() });
+        };
+        MatRef::new(self.info.ty, rows, cols, self.data).map_err(view_err)
+    }
 }
 
 enum Storage {

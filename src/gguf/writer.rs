@@ -105,11 +105,16 @@ impl GgufWriter {
 
     /// Writes the whole file. Every tensor must have been given its data (`add_tensor`).
     pub fn write_to<W: Write>(&self, w: W) -> Result<(), GgufError> {
-        if let Some(t) = self.tensors.iter().find(|t| t.data.is_none()) {
-            return Err(GgufError::MissingTensorData { tensor: t.name.clone() });
-        }
+        self.check_all_data_given()?;
         self.write_streaming(w)?.finish()?;
         Ok(())
+    }
+
+    fn check_all_data_given(&self) -> Result<(), GgufError> {
+        match self.tensors.iter().find(|t| t.data.is_none()) {
+            Some(t) => Err(GgufError::MissingTensorData { tensor: t.name.clone() }),
+            None => Ok(()),
+        }
     }
 
     /// Writes the header, metadata and tensor infos, then returns a stream that writes the
@@ -128,6 +133,7 @@ impl GgufWriter {
     /// `path`, so readers see the old file or the complete new one. On error the temporary
     /// file is removed.
     pub fn write_atomic(&self, path: &Path) -> Result<(), GgufError> {
+        self.check_all_data_given()?;
         self.write_atomic_streaming(path, |_| Ok::<(), GgufError>(()))
     }
 
