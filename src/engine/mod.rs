@@ -1,1 +1,145 @@
-//! The forward pass: KV cache, single-token (matrix-vector) and batch (matrix-matrix) paths.
+//! The forward pass: KV cache, single-token (matrix-vector) and batch (matrix-matrix) paths,
+//! one thread pool per context.
+
+mod forward;
+mod kv_cache;
+pub mod ops;
+mod parallel;
+pub mod perplexity;
+
+use crate::model::Model;
+use forward::{forward, Logits, Scratch};
+use kv_cache::KvCache;
+use std::sync::Arc;
+
+/// Why an evaluation could not run. The context is unchanged when one is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the input is empty")]
+    EmptyInput,
+    #[error("{needed} tokens do not fit in the context of {n_ctx} (use a larger -c, or a shorter prompt)")]
+    ContextFull { needed: usize, n_ctx: usize },
+    #[error("token id {token} is outside the vocabulary of {n_vocab}")]
+    TokenOutOfRange { token: u32, n_vocab: usize },
+    #[error("invalid context parameters: {0}")]
+    BadParams(String),
+    #[error("could not start the thread pool: {0}")]
+    ThreadPool(String),
+}
+
+/// Parameters of one context.
+#[derive(Clone, Debug)]
+pub struct ContextParams {
+    /// Tokens the KV cache holds.
+    pub n_ctx: usize,
+    /// Threads used for compute (the whole process's compute threads).
+    pub n_threads: usize,
+    /// Tokens per forward batch in prompt processing.
+    pub n_batch: usize,
+}
+
+impl Default for ContextParams {
+    fn default() -> Self {
+        let n_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        ContextParams { n_ctx: 4096, n_threads, n_batch: 512 }
+    }
+}
+
+/// One sequence being evaluated: the KV cache, the scratch buffers and the thread pool. Nothing
+/// is allocated per token.
+pub struct Context {
+    model: Arc<Model>,
+    params: ContextParams,
+    pool: rayon::ThreadPool,
+    kv: KvCache,
+    scratch: Scratch,
+    pos: usize,
+}
+
+impl Context {
+    pub fn new(model: Arc<Model>, p: ContextParams) -> Result<Context, EngineError> {
+        if p.n_ctx == 0 || p.n_threads == 0 || p.n_batch == 0 {
+            return Err(EngineError::BadParams(format!(
+                "n_ctx ({}), n_threads ({}) and n_batch ({}) must be positive",
+                p.n_ctx, p.n_threads, p.n_batch
+            )));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(p.n_threads)
+            .thread_name(|i| format!("tomoe-{i}"))
+            .build()
+            .map_err(|e| EngineError::ThreadPool(e.to_string()))?;
+        let c = model.config();
+        let nb = p.n_batch.min(p.n_ctx);
+        let kv = KvCache::new(c.n_layer, p.n_ctx, c.kv_dim());
+        let scratch = Scratch::new(c, nb, p.n_ctx);
+        Ok(Context { model, params: ContextParams { n_batch: nb, ..p }, pool, kv, scratch, pos: 0 })
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+    pub fn params(&self) -> &ContextParams {
+        &self.params
+    }
+    /// Number of tokens in the sequence so far (the position of the next one).
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+    /// Forgets the sequence.
+    pub fn clear(&mut self) {
+        self.pos = 0;
+    }
+    /// Bytes held by the KV cache.
+    pub fn kv_bytes(&self) -> usize {
+        self.kv.bytes()
+    }
+
+    /// Appends `tokens` to the sequence; returns the logits after the last one.
+    pub fn eval(&mut self, tokens: &[u32]) -> Result<&[f32], EngineError> {
+        self.check(tokens)?;
+        let nb = self.params.n_batch;
+        let n_chunks = tokens.len().div_ceil(nb);
+        let Context { model, pool, kv, scratch, pos, .. } = self;
+        pool.install(|| {
+            for (i, chunk) in tokens.chunks(nb).enumerate() {
+                let logits = if i + 1 == n_chunks { Logits::Last } else { Logits::None };
+                forward(model, kv, scratch, chunk, *pos, logits);
+                *pos += chunk.len();
+            }
+        });
+        Ok(&self.scratch.logits)
+    }
+
+    /// Appends `tokens`; `out` receives the logits after every one of them (`n_vocab` each).
+    pub fn eval_all_logits(&mut self, tokens: &[u32], out: &mut Vec<f32>) -> Result<(), EngineError> {
+        self.check(tokens)?;
+        let nv = self.model.config().n_vocab;
+        out.clear();
+        out.resize(tokens.len() * nv, 0.0);
+        let nb = self.params.n_batch;
+        let Context { model, pool, kv, scratch, pos, .. } = self;
+        pool.install(|| {
+            for (chunk, o) in tokens.chunks(nb).zip(out.chunks_mut(nb * nv)) {
+                forward(model, kv, scratch, chunk, *pos, Logits::All(o));
+                *pos += chunk.len();
+            }
+        });
+        Ok(())
+    }
+
+    fn check(&self, tokens: &[u32]) -> Result<(), EngineError> {
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyInput);
+        }
+        let needed = self.pos + tokens.len();
+        if needed > self.params.n_ctx {
+            return Err(EngineError::ContextFull { needed, n_ctx: self.params.n_ctx });
+        }
+        let n_vocab = self.model.config().n_vocab;
+        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(EngineError::TokenOutOfRange { token, n_vocab });
+        }
+        Ok(())
+    }
+}

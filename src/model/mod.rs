@@ -1,1 +1,116 @@
-//! Model configuration from GGUF metadata, one file per architecture, and the ToMoE layer.
+//! Model configuration from GGUF metadata, one file per architecture, and the weights as views
+//! into the memory-mapped file.
+
+mod config;
+mod gemma3;
+mod llama;
+mod qwen2;
+mod weights;
+
+pub use config::{Activation, Arch, ModelConfig, RopeStyle};
+pub use weights::{LayerWeights, Weights};
+
+use crate::chat::{ChatError, ChatTemplate};
+use crate::gguf::{GgufError, GgufFile};
+use crate::tokenizer::{Tokenizer, TokenizerError};
+use config::Meta;
+use std::path::Path;
+
+/// Why a model could not be loaded. Each variant names the key or tensor at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("the file has no `general.architecture` key")]
+    MissingArch,
+    #[error("unknown architecture {0:?} (supported: llama, qwen2, gemma3)")]
+    UnknownArch(String),
+    #[error("metadata key `{0}` is missing")]
+    MissingMetadata(String),
+    #[error("metadata key `{key}` must be {expected}")]
+    BadMetadata { key: String, expected: &'static str },
+    #[error("tensor `{0}` is missing")]
+    MissingTensor(String),
+    #[error("tensor `{name}` has dims {found:?}, expected {expected:?}")]
+    BadTensorShape { name: String, expected: Vec<u64>, found: Vec<u64> },
+    #[error("tensor `{name}`: {reason}")]
+    BadTensor { name: String, reason: String },
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[from] TokenizerError),
+    #[error("chat template: {0}")]
+    Chat(#[from] ChatError),
+}
+
+/// A loaded model: configuration, weights (views into the mapped file), tokenizer and chat
+/// template. Immutable, shared between contexts with `Arc`.
+pub struct Model {
+    // Declared before `file`: views into it, dropped first.
+    weights: Weights<'static>,
+    config: ModelConfig,
+    tokenizer: Tokenizer,
+    chat_template: Option<ChatTemplate>,
+    file: Box<GgufFile>,
+}
+
+impl Model {
+    /// Opens (memory-maps) and validates `path`.
+    pub fn load(path: &Path) -> Result<Model, ModelError> {
+        Model::from_gguf(GgufFile::open(path)?)
+    }
+
+    pub fn from_gguf(f: GgufFile) -> Result<Model, ModelError> {
+        let file = Box::new(f);
+        let arch_name = file.get("general.architecture").and_then(|v| v.as_str()).ok_or(ModelError::MissingArch)?;
+        let (arch, tensors): (&'static str, _) = match arch_name {
+            "llama" => ("llama", llama::TENSORS),
+            "qwen2" => ("qwen2", qwen2::TENSORS),
+            "gemma3" => ("gemma3", gemma3::TENSORS),
+            other => return Err(ModelError::UnknownArch(other.to_string())),
+        };
+        let n_vocab = match file.tensor("token_embd.weight") {
+            Some(t) if t.info.dims.len() == 2 => usize::try_from(t.info.dims[1])
+                .map_err(|_| ModelError::BadTensor { name: "token_embd.weight".into(), reason: "too many rows".into() })?,
+            Some(t) => {
+                return Err(ModelError::BadTensor {
+                    name: "token_embd.weight".into(),
+                    reason: format!("{} dims, expected 2", t.info.dims.len()),
+                })
+            }
+            None => return Err(ModelError::MissingTensor("token_embd.weight".into())),
+        };
+        let meta = Meta { file: &file, arch };
+        let config = match arch {
+            "llama" => llama::config(&meta, n_vocab)?,
+            "qwen2" => qwen2::config(&meta, n_vocab)?,
+            _ => gemma3::config(&meta, n_vocab)?,
+        };
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        let chat_template = ChatTemplate::from_gguf(&file)?;
+        // SAFETY: the views borrow the GgufFile inside `file`, a Box that this Model owns, never
+        // mutates, never moves out of, and drops after `weights` (field order); its heap
+        // address is stable when the Model moves. The 'static lifetime never escapes: `weights()`
+        // hands them out bounded by `&self`.
+        let file_ref: &'static GgufFile = unsafe { &*(&*file as *const GgufFile) };
+        let weights = Weights::load(file_ref, &config, tensors)?;
+        Ok(Model { weights, config, tokenizer, chat_template, file })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+    pub fn weights(&self) -> &Weights<'_> {
+        &self.weights
+    }
+    /// The underlying file (metadata and tensor table).
+    pub fn gguf(&self) -> &GgufFile {
+        &self.file
+    }
+}

@@ -1,0 +1,308 @@
+//! The forward pass of one batch of consecutive tokens: embeddings, the transformer blocks of
+//! every supported architecture (their differences are options in the config and weights), and
+//! the logits. One token takes the matrix-vector path with fused parallel regions; several
+//! tokens take the matrix-matrix path (weights read once per batch).
+
+use super::kv_cache::KvCache;
+use super::ops::{axpy, dot, gelu_tanh, rms_norm, rms_norm_inplace, rope, rope_table, silu, softmax};
+use super::parallel::{matvec_fused, MatJob};
+use crate::model::{Activation, Model, ModelConfig};
+use rayon::prelude::*;
+use tomoe_quant::{dequantize_row, matmul, MatRef, QuantType, QuantizedInput};
+
+/// Quantized copies of one activation, one per activation format its consumers need
+/// (e.g. Q8_K for Q4_K weights and Q8_0 for Q8_0 weights), each made once per input.
+pub struct Inputs {
+    slots: Vec<(Option<QuantType>, QuantizedInput)>,
+}
+
+impl Inputs {
+    fn new() -> Inputs {
+        Inputs { slots: (0..3).map(|_| (None, QuantizedInput::new())).collect() }
+    }
+
+    /// Quantizes `x` (`x.len() / cols` vectors) once per distinct activation format of `tys`.
+    fn prepare(&mut self, tys: &[QuantType], x: &[f32], cols: usize) {
+        for s in self.slots.iter_mut() {
+            s.0 = None;
+        }
+        for &ty in tys {
+            let vdt = ty.vec_dot_type();
+            if self.slots.iter().any(|s| s.0 == Some(vdt)) {
+                continue;
+            }
+            let slot = self.slots.iter_mut().find(|s| s.0.is_none()).expect("at most 3 formats per input");
+            slot.1.quantize(ty, x, cols);
+            slot.0 = Some(vdt);
+        }
+    }
+
+    fn get(&self, ty: QuantType) -> &QuantizedInput {
+        let vdt = ty.vec_dot_type();
+        &self.slots.iter().find(|s| s.0 == Some(vdt)).expect("input prepared for this format").1
+    }
+}
+
+/// Buffers of the forward pass for up to `nb` tokens, allocated once per context.
+pub struct Scratch {
+    nb: usize,
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Attention output, head-major: [head][token][head_dim].
+    att_heads: Vec<f32>,
+    /// Attention output, token-major (the input of the output projection).
+    att: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    /// One row of attention scores per head.
+    scores: Vec<f32>,
+    /// cos/sin tables per token, for the global and the sliding-window RoPE bases.
+    rope_cos: [Vec<f32>; 2],
+    rope_sin: [Vec<f32>; 2],
+    inputs: Inputs,
+    pub logits: Vec<f32>,
+}
+
+impl Scratch {
+    pub fn new(c: &ModelConfig, nb: usize, n_ctx: usize) -> Scratch {
+        let pairs = c.n_rot / 2;
+        Scratch {
+            nb,
+            x: vec![0.0; nb * c.d_model],
+            xn: vec![0.0; nb * c.d_model],
+            q: vec![0.0; nb * c.q_dim()],
+            k: vec![0.0; nb * c.kv_dim()],
+            v: vec![0.0; nb * c.kv_dim()],
+            att_heads: vec![0.0; nb * c.q_dim()],
+            att: vec![0.0; nb * c.q_dim()],
+            proj: vec![0.0; nb * c.d_model],
+            gate: vec![0.0; nb * c.n_ff],
+            up: vec![0.0; nb * c.n_ff],
+            scores: vec![0.0; c.n_head * n_ctx],
+            rope_cos: [vec![0.0; nb * pairs], vec![0.0; nb * pairs]],
+            rope_sin: [vec![0.0; nb * pairs], vec![0.0; nb * pairs]],
+            inputs: Inputs::new(),
+            logits: vec![0.0; c.n_vocab],
+        }
+    }
+}
+
+/// Which logits a batch produces.
+pub enum Logits<'o> {
+    None,
+    /// The last token's, into `Scratch::logits`.
+    Last,
+    /// Every token's, row-major into the given slice (`n * n_vocab`).
+    All(&'o mut [f32]),
+}
+
+/// Runs `tokens` (at most `nb`, already checked against the vocabulary and the context) at
+/// positions `pos0..`, storing their keys and values in `kv`.
+pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32], pos0: usize, logits: Logits) {
+    let c = model.config();
+    let w = model.weights();
+    let n = tokens.len();
+    debug_assert!(n > 0 && n <= s.nb && pos0 + n <= kv.n_ctx());
+    let (d, qd, kvd, ff, hd) = (c.d_model, c.q_dim(), c.kv_dim(), c.n_ff, c.head_dim);
+
+    // Embeddings.
+    for (t, &tok) in tokens.iter().enumerate() {
+        let xt = &mut s.x[t * d..(t + 1) * d];
+        dequantize_row(w.token_embd.ty(), w.token_embd.row(tok as usize), xt);
+        if let Some(scale) = c.embed_scale {
+            xt.iter_mut().for_each(|v| *v *= scale);
+        }
+    }
+
+    // RoPE tables for this batch's positions, per base in use.
+    let pairs = c.n_rot / 2;
+    let bases = [c.rope_base, c.rope_base_swa];
+    let n_bases = if c.swa_layers.iter().any(|&b| b) && c.rope_base_swa != c.rope_base { 2 } else { 1 };
+    for b in 0..n_bases {
+        for t in 0..n {
+            let r = t * pairs..(t + 1) * pairs;
+            rope_table(
+                &mut s.rope_cos[b][r.clone()],
+                &mut s.rope_sin[b][r],
+                pos0 + t,
+                bases[b],
+                c.rope_freq_scale,
+                w.rope_freqs.as_deref(),
+            );
+        }
+    }
+
+    for (il, l) in w.layers.iter().enumerate() {
+        // Attention block.
+        for t in 0..n {
+            rms_norm(&mut s.xn[t * d..(t + 1) * d], &s.x[t * d..(t + 1) * d], &l.attn_norm, c.rms_eps);
+        }
+        s.inputs.prepare(&[l.wq.ty(), l.wk.ty(), l.wv.ty()], &s.xn[..n * d], d);
+        if n == 1 {
+            matvec_fused(&mut [
+                MatJob { w: &l.wq, x: s.inputs.get(l.wq.ty()), y: &mut s.q[..qd] },
+                MatJob { w: &l.wk, x: s.inputs.get(l.wk.ty()), y: &mut s.k[..kvd] },
+                MatJob { w: &l.wv, x: s.inputs.get(l.wv.ty()), y: &mut s.v[..kvd] },
+            ]);
+        } else {
+            matmul(&l.wq, s.inputs.get(l.wq.ty()), &mut s.q[..n * qd]);
+            matmul(&l.wk, s.inputs.get(l.wk.ty()), &mut s.k[..n * kvd]);
+            matmul(&l.wv, s.inputs.get(l.wv.ty()), &mut s.v[..n * kvd]);
+        }
+        let b = if c.swa_layers[il] && n_bases == 2 { 1 } else { 0 };
+        for t in 0..n {
+            let qt = &mut s.q[t * qd..(t + 1) * qd];
+            let kt = &mut s.k[t * kvd..(t + 1) * kvd];
+            let vt = &mut s.v[t * kvd..(t + 1) * kvd];
+            add_bias(qt, l.bq.as_deref());
+            add_bias(kt, l.bk.as_deref());
+            add_bias(vt, l.bv.as_deref());
+            let (cos, sin) = (&s.rope_cos[b][t * pairs..(t + 1) * pairs], &s.rope_sin[b][t * pairs..(t + 1) * pairs]);
+            for h in qt.chunks_exact_mut(hd) {
+                if let Some(nw) = &l.q_norm {
+                    rms_norm_inplace(h, nw, c.rms_eps);
+                }
+                rope(h, cos, sin, c.rope_style);
+                h.iter_mut().for_each(|v| *v *= c.attn_scale);
+            }
+            for h in kt.chunks_exact_mut(hd) {
+                if let Some(nw) = &l.k_norm {
+                    rms_norm_inplace(h, nw, c.rms_eps);
+                }
+                rope(h, cos, sin, c.rope_style);
+            }
+        }
+        kv.store(il, pos0, &s.k[..n * kvd], &s.v[..n * kvd]);
+        let window = if c.swa_layers[il] { c.sliding_window } else { None };
+        attention(c, kv, il, &s.q[..n * qd], &mut s.att_heads[..n * qd], &mut s.scores, n, pos0, window);
+        let att_in: &[f32] = if n == 1 {
+            &s.att_heads[..qd]
+        } else {
+            for h in 0..c.n_head {
+                for t in 0..n {
+                    let src = &s.att_heads[(h * n + t) * hd..(h * n + t + 1) * hd];
+                    s.att[t * qd + h * hd..t * qd + (h + 1) * hd].copy_from_slice(src);
+                }
+            }
+            &s.att[..n * qd]
+        };
+        s.inputs.prepare(&[l.wo.ty()], att_in, qd);
+        project(&l.wo, s.inputs.get(l.wo.ty()), &mut s.proj[..n * d], n);
+        residual(&mut s.x[..n * d], &mut s.proj[..n * d], l.post_attn_norm.as_deref(), d, c.rms_eps);
+
+        // Feed-forward block.
+        for t in 0..n {
+            rms_norm(&mut s.xn[t * d..(t + 1) * d], &s.x[t * d..(t + 1) * d], &l.ffn_norm, c.rms_eps);
+        }
+        s.inputs.prepare(&[l.gate.ty(), l.up.ty()], &s.xn[..n * d], d);
+        if n == 1 {
+            matvec_fused(&mut [
+                MatJob { w: &l.gate, x: s.inputs.get(l.gate.ty()), y: &mut s.gate[..ff] },
+                MatJob { w: &l.up, x: s.inputs.get(l.up.ty()), y: &mut s.up[..ff] },
+            ]);
+        } else {
+            matmul(&l.gate, s.inputs.get(l.gate.ty()), &mut s.gate[..n * ff]);
+            matmul(&l.up, s.inputs.get(l.up.ty()), &mut s.up[..n * ff]);
+        }
+        let act: fn(f32) -> f32 = match c.activation {
+            Activation::Silu => silu,
+            Activation::GeluTanh => gelu_tanh,
+        };
+        for (g, &u) in s.gate[..n * ff].iter_mut().zip(&s.up[..n * ff]) {
+            *g = act(*g) * u;
+        }
+        s.inputs.prepare(&[l.down.ty()], &s.gate[..n * ff], ff);
+        project(&l.down, s.inputs.get(l.down.ty()), &mut s.proj[..n * d], n);
+        residual(&mut s.x[..n * d], &mut s.proj[..n * d], l.post_ffn_norm.as_deref(), d, c.rms_eps);
+    }
+
+    // Logits.
+    let (first, out): (usize, &mut [f32]) = match logits {
+        Logits::None => return,
+        Logits::Last => (n - 1, &mut s.logits[..]),
+        Logits::All(out) => (0, out),
+    };
+    let m = n - first;
+    for t in first..n {
+        let r = (t - first) * d..(t - first + 1) * d;
+        rms_norm(&mut s.xn[r], &s.x[t * d..(t + 1) * d], &w.output_norm, c.rms_eps);
+    }
+    s.inputs.prepare(&[w.output.ty()], &s.xn[..m * d], d);
+    project(&w.output, s.inputs.get(w.output.ty()), &mut out[..m * c.n_vocab], m);
+    if let Some(cap) = c.final_logit_softcap {
+        out[..m * c.n_vocab].iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+    }
+}
+
+fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
+    if let Some(b) = b {
+        x.iter_mut().zip(b).for_each(|(v, bi)| *v += bi);
+    }
+}
+
+/// y = W·x for `n` input vectors: matrix-vector (parallel over rows) or matrix-matrix.
+fn project(w: &MatRef, x: &QuantizedInput, y: &mut [f32], n: usize) {
+    if n == 1 {
+        matvec_fused(&mut [MatJob { w, x, y }]);
+    } else {
+        matmul(w, x, y);
+    }
+}
+
+/// x += norm(proj) (Gemma's post-norms) or x += proj.
+fn residual(x: &mut [f32], proj: &mut [f32], post_norm: Option<&[f32]>, d: usize, eps: f32) {
+    if let Some(nw) = post_norm {
+        for p in proj.chunks_exact_mut(d) {
+            rms_norm_inplace(p, nw, eps);
+        }
+    }
+    x.iter_mut().zip(proj.iter()).for_each(|(a, b)| *a += b);
+}
+
+/// Causal (optionally sliding-window) attention of `n` queries at positions `pos0..` over the
+/// cache, in parallel over heads. `q` is token-major (already RoPE'd and scaled); `out` is
+/// head-major: [head][token][head_dim].
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    c: &ModelConfig,
+    kv: &KvCache,
+    il: usize,
+    q: &[f32],
+    out: &mut [f32],
+    scores: &mut [f32],
+    n: usize,
+    pos0: usize,
+    window: Option<usize>,
+) {
+    let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
+    let group = c.n_head / c.n_head_kv;
+    let n_ctx = kv.n_ctx();
+    let (keys, values) = kv.layer(il);
+    out.par_chunks_mut(n * hd).zip(scores.par_chunks_mut(n_ctx)).enumerate().for_each(|(h, (out_h, sc))| {
+        let kh = (h / group) * hd;
+        for t in 0..n {
+            let p = pos0 + t;
+            let lo = match window {
+                Some(w) => (p + 1).saturating_sub(w),
+                None => 0,
+            };
+            let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
+            let sc = &mut sc[lo..=p];
+            for (j, s) in sc.iter_mut().enumerate() {
+                let kr = (lo + j) * kvd + kh;
+                *s = dot(qh, &keys[kr..kr + hd]);
+            }
+            softmax(sc);
+            let o = &mut out_h[t * hd..(t + 1) * hd];
+            o.iter_mut().for_each(|v| *v = 0.0);
+            for (j, &pj) in sc.iter().enumerate() {
+                let vr = (lo + j) * kvd + kh;
+                axpy(o, pj, &values[vr..vr + hd]);
+            }
+        }
+    });
+}

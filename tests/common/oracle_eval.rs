@@ -1,0 +1,236 @@
+//! llama.cpp as the oracle for the engine: logits, greedy generation and perplexity through
+//! `llama_decode`, behind a small safe wrapper. Include with
+//! `#[path = "common/oracle_eval.rs"] mod oracle_eval;` in x86-64-only test files.
+#![allow(dead_code)]
+
+use llama_cpp_sys_2 as sys;
+use std::ffi::CString;
+use std::path::Path;
+use std::sync::Once;
+
+static BACKEND: Once = Once::new();
+
+unsafe extern "C" fn silent_log(
+    _level: sys::ggml_log_level,
+    _text: *const std::os::raw::c_char,
+    _user: *mut std::os::raw::c_void,
+) {
+}
+
+/// One backend per process; llama.cpp's logging is silenced (it writes to stderr otherwise).
+fn init_backend() {
+    BACKEND.call_once(|| {
+        // SAFETY: called once per process before any other llama.cpp call; the callback is a
+        // `extern "C"` function with the signature llama.cpp expects and ignores its arguments.
+        unsafe {
+            sys::llama_log_set(Some(silent_log), std::ptr::null_mut());
+            sys::llama_backend_init();
+        }
+    });
+}
+
+/// A llama.cpp model with one context (one sequence).
+pub struct LlamaOracle {
+    model: *mut sys::llama_model,
+    ctx: *mut sys::llama_context,
+    vocab: *const sys::llama_vocab,
+    n_vocab: usize,
+    n_ctx: usize,
+    batch: sys::llama_batch,
+}
+
+impl LlamaOracle {
+    /// Loads `path` on the CPU with a context of `n_ctx` tokens, `n_ctx` tokens per decode.
+    pub fn load(path: &Path, n_ctx: usize, n_threads: usize) -> LlamaOracle {
+        init_backend();
+        let cpath = CString::new(path.to_str().expect("model path is UTF-8")).unwrap();
+        // SAFETY: plain C calls with valid arguments; every returned pointer is checked for null
+        // before use and freed in Drop.
+        unsafe {
+            let mut mp = sys::llama_model_default_params();
+            mp.n_gpu_layers = 0;
+            let model = sys::llama_model_load_from_file(cpath.as_ptr(), mp);
+            assert!(!model.is_null(), "llama.cpp failed to load {}", path.display());
+            let mut cp = sys::llama_context_default_params();
+            cp.n_ctx = n_ctx as u32;
+            cp.n_batch = n_ctx as u32;
+            cp.n_ubatch = n_ctx as u32;
+            cp.n_seq_max = 1;
+            cp.n_threads = n_threads as i32;
+            cp.n_threads_batch = n_threads as i32;
+            cp.no_perf = true;
+            let ctx = sys::llama_init_from_model(model, cp);
+            assert!(!ctx.is_null(), "llama.cpp failed to create a context for {}", path.display());
+            let vocab = sys::llama_model_get_vocab(model);
+            let n_vocab = sys::llama_vocab_n_tokens(vocab) as usize;
+            let batch = sys::llama_batch_init(n_ctx as i32, 0, 1);
+            LlamaOracle { model, ctx, vocab, n_vocab, n_ctx, batch }
+        }
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.n_vocab
+    }
+
+    /// Whether the model's vocabulary asks for a BOS token at the start of a sequence.
+    pub fn add_bos(&self) -> bool {
+        // SAFETY: `vocab` is valid for the life of `model`.
+        unsafe { sys::llama_vocab_get_add_bos(self.vocab) }
+    }
+
+    pub fn bos(&self) -> u32 {
+        // SAFETY: as above.
+        unsafe { sys::llama_vocab_bos(self.vocab) as u32 }
+    }
+
+    /// `llama_tokenize` with `add_special` (BOS if the model adds one) and `parse_special`.
+    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        let mut out = vec![0i32; text.len() + 8];
+        // SAFETY: `text` is valid for `text.len()` bytes; `out` has room for `out.len()` tokens;
+        // a negative return is the needed size, and we retry with exactly that.
+        unsafe {
+            let mut n = sys::llama_tokenize(
+                self.vocab,
+                text.as_ptr().cast(),
+                text.len() as i32,
+                out.as_mut_ptr(),
+                out.len() as i32,
+                add_special,
+                parse_special,
+            );
+            if n < 0 {
+                out.resize((-n) as usize, 0);
+                n = sys::llama_tokenize(
+                    self.vocab,
+                    text.as_ptr().cast(),
+                    text.len() as i32,
+                    out.as_mut_ptr(),
+                    out.len() as i32,
+                    add_special,
+                    parse_special,
+                );
+            }
+            assert!(n >= 0, "llama_tokenize failed");
+            out.truncate(n as usize);
+        }
+        out.into_iter().map(|t| t as u32).collect()
+    }
+
+    /// Forgets the sequence (KV cache cleared).
+    pub fn clear(&mut self) {
+        // SAFETY: `ctx` is valid; clearing the memory of a live context is always allowed.
+        unsafe { sys::llama_memory_clear(sys::llama_get_memory(self.ctx), true) }
+    }
+
+    /// Decodes `tokens` at positions `pos0..`; returns the logits of every token if `all`,
+    /// else of the last one only (row-major, `n_vocab` per token).
+    pub fn eval(&mut self, tokens: &[u32], pos0: usize, all: bool) -> Vec<f32> {
+        assert!(!tokens.is_empty() && tokens.len() <= self.n_ctx, "batch of {} tokens", tokens.len());
+        let n = tokens.len();
+        // SAFETY: the batch was allocated for n_ctx >= n tokens with one sequence id each, so
+        // every write below is in bounds; logits are read only for tokens marked as outputs,
+        // each `n_vocab` floats long as llama.cpp documents.
+        unsafe {
+            let b = &mut self.batch;
+            b.n_tokens = n as i32;
+            for (i, &t) in tokens.iter().enumerate() {
+                *b.token.add(i) = t as i32;
+                *b.pos.add(i) = (pos0 + i) as i32;
+                *b.n_seq_id.add(i) = 1;
+                *(*b.seq_id.add(i)).add(0) = 0;
+                *b.logits.add(i) = (all || i + 1 == n) as i8;
+            }
+            let rc = sys::llama_decode(self.ctx, *b);
+            assert_eq!(rc, 0, "llama_decode failed with {rc}");
+            let first = if all { 0 } else { n - 1 };
+            let mut out = Vec::with_capacity((n - first) * self.n_vocab);
+            for i in first..n {
+                let p = sys::llama_get_logits_ith(self.ctx, i as i32);
+                assert!(!p.is_null(), "no logits for token {i}");
+                out.extend_from_slice(std::slice::from_raw_parts(p, self.n_vocab));
+            }
+            out
+        }
+    }
+
+    /// Greedy generation from a cleared context: `n` tokens after `prompt` (argmax, first index
+    /// wins ties), plus the logits of the prompt's last token.
+    pub fn greedy(&mut self, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f32>) {
+        self.clear();
+        let first_logits = self.eval(prompt, 0, false);
+        let mut logits = first_logits.clone();
+        let mut out = Vec::with_capacity(n);
+        let mut pos = prompt.len();
+        for _ in 0..n {
+            let t = argmax(&logits);
+            out.push(t);
+            logits = self.eval(&[t], pos, false);
+            pos += 1;
+        }
+        (out, first_logits)
+    }
+
+    /// llama-perplexity's method over the first `max_chunks` chunks of `n_ctx` tokens (`tokens` is
+    /// the whole text tokenized with BOS if the model adds one): each chunk starts with BOS if
+    /// the model adds one, only the second half of each chunk is scored. Returns (ppl, chunks).
+    pub fn perplexity(&mut self, tokens: &[u32], n_ctx: usize, max_chunks: usize) -> (f64, usize) {
+        assert!(n_ctx <= self.n_ctx);
+        let n_chunks = (tokens.len() / n_ctx).min(max_chunks);
+        assert!(n_chunks > 0, "text too short for one chunk of {n_ctx} tokens");
+        let first = n_ctx / 2;
+        let (mut nll, mut count) = (0f64, 0usize);
+        let mut chunk = vec![0u32; n_ctx];
+        for c in 0..n_chunks {
+            chunk.copy_from_slice(&tokens[c * n_ctx..(c + 1) * n_ctx]);
+            if self.add_bos() {
+                chunk[0] = self.bos();
+            }
+            self.clear();
+            let logits = self.eval(&chunk, 0, true);
+            for j in first..n_ctx - 1 {
+                let row = &logits[j * self.n_vocab..(j + 1) * self.n_vocab];
+                nll -= log_softmax_at(row, chunk[j + 1] as usize);
+                count += 1;
+            }
+        }
+        ((nll / count as f64).exp(), n_chunks)
+    }
+}
+
+impl Drop for LlamaOracle {
+    fn drop(&mut self) {
+        // SAFETY: each pointer was created in `load`, is non-null and freed exactly once here,
+        // the context before the model it borrows.
+        unsafe {
+            sys::llama_batch_free(self.batch);
+            sys::llama_free(self.ctx);
+            sys::llama_model_free(self.model);
+        }
+    }
+}
+
+/// Index of the largest value; the first one on ties (as the engine's greedy sampler).
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// log(softmax(row)[target]) in f64.
+pub fn log_softmax_at(row: &[f32], target: usize) -> f64 {
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+    row[target] as f64 - max - sum.ln()
+}
+
+/// max|a-b| / max|b| over the vocabulary: the logits' relative difference used in the tests.
+pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+    diff / scale
+}
