@@ -9,7 +9,7 @@ use crate::chat::ChatMessage;
 use crate::tokenizer::Tokenizer;
 
 /// The value of a token out-parameter when the model has no such token.
-pub const TOMOE_TOKEN_NONE: u32 = u32::MAX;
+pub const TOMOE_TOKEN_NONE: u32 = 0xFFFF_FFFF;
 
 /// One chat message for `tomoe_chat_apply`.
 #[repr(C)]
