@@ -40,8 +40,11 @@ for target in "${targets[@]}"; do
   lib="$CARGO_TARGET_DIR/$target/release/libtomoe.a"
   [ -s "$lib" ] || { echo "build-mobile: $lib was not produced" >&2; exit 1; }
 
-  # Mach-O prefixes C symbols with '_'; ELF does not.
-  defined=$("$nm_tool" --defined-only --extern-only "$lib" 2>/dev/null | awk '{print $NF}' | sed 's/^_//' | sort -u)
+  # Mach-O prefixes C symbols with '_'; ELF does not. An older llvm-nm cannot read the LLVM
+  # bitcode some std objects carry for iOS and exits non-zero, but still lists every symbol of
+  # the machine-code objects, which is what is checked here.
+  defined=$({ "$nm_tool" --defined-only --extern-only "$lib" 2>/dev/null || true; } \
+    | awk '{print $NF}' | sed 's/^_//' | sort -u)
   missing=()
   for fn in "${api[@]}"; do
     grep -qx "$fn" <<<"$defined" || missing+=("$fn")
