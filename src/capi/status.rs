@@ -162,3 +162,30 @@ pub extern "C" fn tomoe_status_name(status: i32) -> *const c_char {
     };
     name.as_ptr().cast()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    fn last_error() -> String {
+        // SAFETY: never NULL; valid until the next call on this thread.
+        unsafe { CStr::from_ptr(tomoe_last_error()) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_panic_stops_at_the_guard() {
+        let st = guard(|| panic!("boom {}", 42));
+        assert_eq!(st, tomoe_status::TOMOE_ERR_INTERNAL);
+        assert_eq!(last_error(), "internal error (panic): boom 42");
+        assert_eq!(guard(|| Ok(())), tomoe_status::TOMOE_OK);
+        assert_eq!(last_error(), "");
+    }
+
+    #[test]
+    fn errors_keep_their_code_and_message() {
+        let st = guard(|| Err(CapiError::new(tomoe_status::TOMOE_ERR_BUSY, "in\0use")));
+        assert_eq!(st, tomoe_status::TOMOE_ERR_BUSY);
+        assert_eq!(last_error(), "in?use", "an interior NUL does not cut the message");
+    }
+}
