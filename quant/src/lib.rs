@@ -7,3 +7,57 @@
 //!   instruction set (scalar, avx2, avx512, neon), all implementing the same functions.
 //! - `dispatch`: picks the kernel set once at start-up by run-time feature detection.
 //! - `ops`: matrix-vector and matrix-matrix products over row ranges, parallel with rayon.
+
+pub mod blocks;
+pub mod dispatch;
+mod error;
+mod formats;
+pub mod kernels;
+mod ops;
+
+pub use error::QuantError;
+pub use formats::{QuantType, QK, QK_K};
+pub use ops::{matmul, matvec, matvec_rows, MatRef, QuantizedInput};
+
+/// Quantizes one row (`src.len()` a multiple of the block size) into `dst`
+/// (`dst.len() == ty.row_bytes(src.len())`), bit-identical to ggml's reference quantizers.
+///
+/// # Panics
+/// If the lengths do not fit (a caller bug; use [`QuantType::row_bytes`] to size `dst`).
+pub fn quantize_row(ty: QuantType, src: &[f32], dst: &mut [u8]) {
+    let need = ty.row_bytes(src.len());
+    assert!(need == Some(dst.len()), "quantize_row {ty}: {} values need {need:?} bytes, got {}", src.len(), dst.len());
+    (blocks::codec(ty).0)(src, dst);
+}
+
+/// Dequantizes one row: `dst.len()` elements from `src` (`src.len() == ty.row_bytes(dst.len())`).
+///
+/// # Panics
+/// If the lengths do not fit.
+pub fn dequantize_row(ty: QuantType, src: &[u8], dst: &mut [f32]) {
+    let need = ty.row_bytes(dst.len());
+    assert!(need == Some(src.len()), "dequantize_row {ty}: {} values need {need:?} bytes, got {}", dst.len(), src.len());
+    (blocks::codec(ty).1)(src, dst);
+}
+
+/// Dot product of a weight row of `n` elements (format `ty`) with an activation row quantized
+/// to `ty.vec_dot_type()`, with the best kernels of this CPU.
+///
+/// # Panics
+/// If the slices are not exactly the rows of `n` elements.
+pub fn vec_dot(ty: QuantType, n: usize, w_row: &[u8], x: &[u8]) -> f32 {
+    assert!(ty.row_bytes(n) == Some(w_row.len()), "vec_dot {ty}: weight row of {} bytes for {n} values", w_row.len());
+    assert!(
+        ty.vec_dot_type().row_bytes(n) == Some(x.len()),
+        "vec_dot {ty}: activation row of {} bytes for {n} values",
+        x.len()
+    );
+    let dot = dispatch::kernels().dot(ty);
+    // SAFETY: the dispatched kernels are supported by this CPU; lengths checked above.
+    unsafe { dot(n, w_row, x) }
+}
+
+/// The kernel set chosen at run time: "avx512-vnni", "avx2", "neon-dotprod", "neon", "scalar".
+pub fn kernel_name() -> &'static str {
+    dispatch::kernels().name
+}

@@ -1,0 +1,473 @@
+//! AVX2 + FMA + F16C dot products for every format (the "avx2" kernel set).
+//!
+//! The legacy-format kernels are written once as macros over the u8×i8 → i32 primitive, so
+//! that `avx512.rs` instantiates them again with VNNI's `vpdpbusd`.
+
+use std::arch::x86_64::*;
+
+use super::scalar::q8k_d;
+use crate::blocks::kquants::{layout::*, q3_k_scales, scale_min_k4};
+use crate::dispatch::KernelSet;
+use crate::formats::{QuantType, QK, QK_K};
+
+pub fn kernel_set() -> Option<KernelSet> {
+    if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")) {
+        return None;
+    }
+    Some(KernelSet {
+        name: "avx2",
+        dots: [
+            dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q2_k, dot_q3_k, dot_q4_k,
+            dot_q5_k, dot_q6_k, dot_q8_k,
+        ],
+    })
+}
+
+/// Panics unless both rows hold `n` elements of `ty` / its vec_dot_type: every kernel checks
+/// once per row, so the unchecked SIMD loads below stay in bounds.
+#[inline(always)]
+pub(crate) fn check_rows(ty: QuantType, n: usize, w: &[u8], x: &[u8]) {
+    assert!(
+        n % ty.block_size() == 0
+            && w.len() >= n / ty.block_size() * ty.type_size()
+            && x.len() >= n / ty.block_size() * ty.vec_dot_type().type_size(),
+        "{ty} dot: rows too short for {n} values"
+    );
+}
+
+#[inline(always)]
+pub(crate) unsafe fn load(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+#[inline(always)]
+pub(crate) unsafe fn f16_at(p: *const u8) -> f32 {
+    let bits = u16::from_le_bytes([*p, *p.add(1)]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline(always)]
+pub(crate) unsafe fn hsum_ps(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+#[inline(always)]
+pub(crate) unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+/// 32 nibbles → 32 bytes: the 16 low nibbles in bytes 0..16, the high ones in 16..32 (the
+/// element order of Q4_0/Q4_1/Q5_x blocks).
+#[inline(always)]
+pub(crate) unsafe fn nibbles_32(p: *const u8) -> __m256i {
+    let t = _mm_loadu_si128(p as *const __m128i);
+    let v = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+    _mm256_and_si256(v, _mm256_set1_epi8(0x0F))
+}
+
+/// 32 bits → 32 bytes of 0xFF (bit set) or 0x00.
+#[inline(always)]
+pub(crate) unsafe fn bits_32(bits: u32) -> __m256i {
+    let v = _mm256_set1_epi32(bits as i32);
+    let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000);
+    let v = _mm256_shuffle_epi8(v, shuf);
+    let mask = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(v, mask), mask)
+}
+
+/// Σ of pairs of u8·i8 products into 8 i32 lanes (AVX2: maddubs + madd).
+#[inline(always)]
+pub(crate) unsafe fn dot_us8_avx2(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+/// Generates the legacy-format kernels over a `$dot_us8(u8 vector, i8 vector) -> i32x8`.
+macro_rules! legacy_kernels {
+    ($tf:literal, $dot_us8:path) => {
+        /// i8·i8 via |a| · sign(b, a).
+        #[inline(always)]
+        unsafe fn dot_ss8(a: __m256i, b: __m256i) -> __m256i {
+            $dot_us8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
+        }
+
+        #[target_feature(enable = $tf)]
+        pub unsafe fn dot_q4_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+            check_rows(QuantType::Q4_0, n, w, x);
+            let (wp, xp) = (w.as_ptr(), x.as_ptr());
+            let mut acc = [_mm256_setzero_ps(); 2];
+            for i in 0..n / QK {
+                let (bw, bx) = (wp.add(18 * i), xp.add(34 * i));
+                let d = _mm256_set1_ps(f16_at(bw) * f16_at(bx));
+                let q = _mm256_sub_epi8(nibbles_32(bw.add(2)), _mm256_set1_epi8(8));
+                let p = dot_ss8(q, load(bx.add(2)));
+                acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[i & 1]);
+            }
+            hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+        }
+
+        #[target_feature(enable = $tf)]
+        pub unsafe fn dot_q4_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
+            check_rows(QuantType::Q4_1, n, w, x);
+            let (wp, xp) = (w.as_ptr(), x.as_ptr());
+            let mut acc = _mm256_setzero_ps();
+            let mut accm = _mm256_setzero_ps();
+            let ones = _mm256_set1_epi8(1);
+            for i in 0..n / QK {
+                let (bw, bx) = (wp.add(20 * i), xp.add(34 * i));
+                let dx = f16_at(bx);
+                let y = load(bx.add(2));
+                let p = $dot_us8(nibbles_32(bw.add(4)), y);
+                let sy = $dot_us8(ones, y);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(bw) * dx), _mm256_cvtepi32_ps(p), acc);
+                accm = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(bw.add(2)) * dx), _mm256_cvtepi32_ps(sy), accm);
+            }
+            hsum_ps(_mm256_add_ps(acc, accm))
+        }
+
+        #[target_feature(enable = $tf)]
+        pub unsafe fn dot_q5_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+            check_rows(QuantType::Q5_0, n, w, x);
+            let (wp, xp) = (w.as_ptr(), x.as_ptr());
+            let mut acc = [_mm256_setzero_ps(); 2];
+            for i in 0..n / QK {
+                let (bw, bx) = (wp.add(22 * i), xp.add(34 * i));
+                let d = _mm256_set1_ps(f16_at(bw) * f16_at(bx));
+                let qh = u32::from_le_bytes([*bw.add(2), *bw.add(3), *bw.add(4), *bw.add(5)]);
+                // Missing 5th bit means value - 16: set the high nibble to make it negative.
+                let hi = _mm256_andnot_si256(bits_32(qh), _mm256_set1_epi8(0xF0u8 as i8));
+                let q = _mm256_or_si256(nibbles_32(bw.add(6)), hi);
+                let p = dot_ss8(q, load(bx.add(2)));
+                acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[i & 1]);
+            }
+            hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+        }
+
+        #[target_feature(enable = $tf)]
+        pub unsafe fn dot_q5_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
+            check_rows(QuantType::Q5_1, n, w, x);
+            let (wp, xp) = (w.as_ptr(), x.as_ptr());
+            let mut acc = _mm256_setzero_ps();
+            let mut accm = _mm256_setzero_ps();
+            let ones = _mm256_set1_epi8(1);
+            for i in 0..n / QK {
+                let (bw, bx) = (wp.add(24 * i), xp.add(34 * i));
+                let dx = f16_at(bx);
+                let y = load(bx.add(2));
+                let qh = u32::from_le_bytes([*bw.add(4), *bw.add(5), *bw.add(6), *bw.add(7)]);
+                let hi = _mm256_and_si256(bits_32(qh), _mm256_set1_epi8(0x10));
+                let q = _mm256_or_si256(nibbles_32(bw.add(8)), hi);
+                let p = $dot_us8(q, y);
+                let sy = $dot_us8(ones, y);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(bw) * dx), _mm256_cvtepi32_ps(p), acc);
+                accm = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(bw.add(2)) * dx), _mm256_cvtepi32_ps(sy), accm);
+            }
+            hsum_ps(_mm256_add_ps(acc, accm))
+        }
+
+        #[target_feature(enable = $tf)]
+        pub unsafe fn dot_q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+            check_rows(QuantType::Q8_0, n, w, x);
+            let (wp, xp) = (w.as_ptr(), x.as_ptr());
+            let mut acc = [_mm256_setzero_ps(); 2];
+            for i in 0..n / QK {
+                let (bw, bx) = (wp.add(34 * i), xp.add(34 * i));
+                let d = _mm256_set1_ps(f16_at(bw) * f16_at(bx));
+                let p = dot_ss8(load(bw.add(2)), load(bx.add(2)));
+                acc[i & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[i & 1]);
+            }
+            hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+        }
+
+        #[target_feature(enable = $tf)]
+        pub unsafe fn dot_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+            check_rows(QuantType::Q8_K, n, w, x);
+            let mut sum = 0.0f32;
+            for i in 0..n / QK_K {
+                let (bw, bx) = (&w[Q8_BYTES * i..], &x[Q8_BYTES * i..]);
+                let mut s = _mm256_setzero_si256();
+                for k in 0..8 {
+                    let o = Q8_QS + 32 * k;
+                    s = _mm256_add_epi32(s, dot_ss8(load(bw.as_ptr().add(o)), load(bx.as_ptr().add(o))));
+                }
+                sum += q8k_d(bw) * q8k_d(bx) * hsum_i32(s) as f32;
+            }
+            sum
+        }
+    };
+}
+#[allow(unused_imports)] // used by avx512.rs
+pub(crate) use legacy_kernels;
+
+legacy_kernels!("avx2,fma,f16c", dot_us8_avx2);
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    check_rows(QuantType::F32, n, w, x);
+    let (wp, xp) = (w.as_ptr() as *const f32, x.as_ptr() as *const f32);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for k in 0..4 {
+            let a = _mm256_loadu_ps(wp.add(i + 8 * k));
+            let b = _mm256_loadu_ps(xp.add(i + 8 * k));
+            acc[k] = _mm256_fmadd_ps(a, b, acc[k]);
+        }
+        i += 32;
+    }
+    let mut sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    while i < n {
+        sum += *wp.add(i) * *xp.add(i);
+        i += 1;
+    }
+    sum
+}
+
+/// Shared by f16 and bf16: convert 8 elements at a time, FMA in f32.
+#[inline(always)]
+unsafe fn dot_half<const BF16: bool>(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let scalar = if BF16 { crate::blocks::float::bf16_to_f32 } else { crate::blocks::float::f16_to_f32 };
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for k in 0..4 {
+            let o = 2 * (i + 8 * k);
+            acc[k] = _mm256_fmadd_ps(cvt_half::<BF16>(wp.add(o)), cvt_half::<BF16>(xp.add(o)), acc[k]);
+        }
+        i += 32;
+    }
+    let mut sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    while i < n {
+        let a = scalar(u16::from_le_bytes([w[2 * i], w[2 * i + 1]]));
+        let b = scalar(u16::from_le_bytes([x[2 * i], x[2 * i + 1]]));
+        sum += a * b;
+        i += 1;
+    }
+    sum
+}
+
+#[inline(always)]
+unsafe fn cvt_half<const BF16: bool>(p: *const u8) -> __m256 {
+    if BF16 {
+        cvt_bf16x8(p)
+    } else {
+        cvt_f16x8(p)
+    }
+}
+
+#[inline(always)]
+unsafe fn cvt_f16x8(p: *const u8) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
+#[inline(always)]
+unsafe fn cvt_bf16x8(p: *const u8) -> __m256 {
+    let v = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+    _mm256_castsi256_ps(_mm256_slli_epi32(v, 16))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    check_rows(QuantType::F16, n, w, x);
+    dot_half::<false>(n, w, x)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_bf16(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    check_rows(QuantType::BF16, n, w, x);
+    dot_half::<true>(n, w, x)
+}
+
+/// 16 i16 lanes: `lo` in the low 128 bits, `hi` in the high (one scale per 16-element group).
+#[inline(always)]
+unsafe fn scale_pair(lo: i32, hi: i32) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
+}
+
+/// Σ_g scale[g]·bsum[g] over the 16 groups of a Q8_K block.
+#[inline(always)]
+unsafe fn scaled_bsums(bx: &[u8], scales: &[i16; 16]) -> i32 {
+    let b = load(bx.as_ptr().add(Q8_BSUMS));
+    let s = _mm256_loadu_si256(scales.as_ptr() as *const __m256i);
+    hsum_i32(_mm256_madd_epi16(b, s))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q2_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    check_rows(QuantType::Q2_K, n, w, x);
+    let mut acc = _mm256_setzero_ps();
+    let mut summ_f = 0.0f32;
+    let m3 = _mm256_set1_epi8(3);
+    for i in 0..n / QK_K {
+        let (bw, bx) = (&w[Q2_BYTES * i..Q2_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+        let sc = &bw[Q2_SCALES..Q2_SCALES + 16];
+        let mins: [i16; 16] = std::array::from_fn(|g| (sc[g] >> 4) as i16);
+        let dy = q8k_d(bx);
+        summ_f += dy * f16_at(bw.as_ptr().add(Q2_DMIN)) * scaled_bsums(bx, &mins) as f32;
+        let mut sumi = _mm256_setzero_si256();
+        for half in 0..2 {
+            let q = load(bw.as_ptr().add(Q2_QS + 32 * half));
+            for s in 0..4 {
+                let c = 4 * half + s;
+                let u = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * s as i32)), m3);
+                let y = load(bx.as_ptr().add(Q8_QS + 32 * c));
+                let p = _mm256_maddubs_epi16(u, y);
+                let scl = scale_pair((sc[2 * c] & 0xF) as i32, (sc[2 * c + 1] & 0xF) as i32);
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scl));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16_at(bw.as_ptr().add(Q2_D))), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc) - summ_f
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q3_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    check_rows(QuantType::Q3_K, n, w, x);
+    let mut sum = 0.0f32;
+    let m3 = _mm256_set1_epi8(3);
+    let m1 = _mm256_set1_epi8(1);
+    for i in 0..n / QK_K {
+        let (bw, bx) = (&w[Q3_BYTES * i..Q3_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+        let sc8 = q3_k_scales(&bw[Q3_SCALES..Q3_SCALES + 12]);
+        let sc: [i16; 16] = std::array::from_fn(|g| sc8[g] as i16);
+        // Levels are stored as u = value + 4 in 0..8: Σ value·y = Σ u·y - 4·Σ y.
+        let offset = 4 * scaled_bsums(bx, &sc);
+        let hm = load(bw.as_ptr().add(Q3_HMASK));
+        let mut sumi = _mm256_setzero_si256();
+        for half in 0..2 {
+            let q = load(bw.as_ptr().add(Q3_QS + 32 * half));
+            for s in 0..4 {
+                let c = 4 * half + s;
+                let low = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * s as i32)), m3);
+                let hb = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(c as i32)), m1);
+                let u = _mm256_or_si256(low, _mm256_slli_epi16(hb, 2));
+                let y = load(bx.as_ptr().add(Q8_QS + 32 * c));
+                let p = _mm256_maddubs_epi16(u, y);
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(sc[2 * c] as i32, sc[2 * c + 1] as i32)));
+            }
+        }
+        let total = hsum_i32(sumi) - offset;
+        sum += q8k_d(bx) * f16_at(bw.as_ptr().add(Q3_D)) * total as f32;
+    }
+    sum
+}
+
+/// The 8 (scale, min) pairs of a Q4_K/Q5_K block and Σ min_j·(bsum_2j + bsum_2j+1).
+#[inline(always)]
+unsafe fn scales_mins_k(bw: &[u8], bx: &[u8]) -> ([u8; 8], i32) {
+    let packed = &bw[4..16];
+    let mut sc = [0u8; 8];
+    let mut mins = [0i16; 16];
+    for j in 0..8 {
+        let (s, m) = scale_min_k4(j, packed);
+        sc[j] = s;
+        mins[2 * j] = m as i16;
+        mins[2 * j + 1] = m as i16;
+    }
+    (sc, scaled_bsums(bx, &mins))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    check_rows(QuantType::Q4_K, n, w, x);
+    let mut acc = _mm256_setzero_ps();
+    let mut summ_f = 0.0f32;
+    let m4 = _mm256_set1_epi8(0x0F);
+    for i in 0..n / QK_K {
+        let (bw, bx) = (&w[Q4_BYTES * i..Q4_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+        let (sc, summ) = scales_mins_k(bw, bx);
+        let dy = q8k_d(bx);
+        summ_f += dy * f16_at(bw.as_ptr().add(Q4_DMIN)) * summ as f32;
+        let mut sumi = _mm256_setzero_si256();
+        for k in 0..4 {
+            let q = load(bw.as_ptr().add(Q4_QS + 32 * k));
+            let lo = _mm256_and_si256(q, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            let plo = _mm256_maddubs_epi16(lo, load(bx.as_ptr().add(Q8_QS + 64 * k)));
+            let phi = _mm256_maddubs_epi16(hi, load(bx.as_ptr().add(Q8_QS + 64 * k + 32)));
+            let plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * k] as i16));
+            let phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * k + 1] as i16));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16_at(bw.as_ptr().add(Q4_D))), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc) - summ_f
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    check_rows(QuantType::Q5_K, n, w, x);
+    let mut acc = _mm256_setzero_ps();
+    let mut summ_f = 0.0f32;
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m1 = _mm256_set1_epi8(1);
+    for i in 0..n / QK_K {
+        let (bw, bx) = (&w[Q5_BYTES * i..Q5_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+        let (sc, summ) = scales_mins_k(bw, bx);
+        let dy = q8k_d(bx);
+        summ_f += dy * f16_at(bw.as_ptr().add(Q5_DMIN)) * summ as f32;
+        let qh = load(bw.as_ptr().add(Q5_QH));
+        let mut sumi = _mm256_setzero_si256();
+        for k in 0..4 {
+            let q = load(bw.as_ptr().add(Q5_QS + 32 * k));
+            let hlo = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), m1);
+            let hhi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32 + 1)), m1);
+            let lo = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_slli_epi16(hlo, 4));
+            let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), _mm256_slli_epi16(hhi, 4));
+            let plo = _mm256_maddubs_epi16(lo, load(bx.as_ptr().add(Q8_QS + 64 * k)));
+            let phi = _mm256_maddubs_epi16(hi, load(bx.as_ptr().add(Q8_QS + 64 * k + 32)));
+            let plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * k] as i16));
+            let phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * k + 1] as i16));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16_at(bw.as_ptr().add(Q5_D))), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc) - summ_f
+}
+
+/// Bits `shift..shift+2` of each byte of `h`, moved to bits 4..6.
+#[inline(always)]
+unsafe fn q6_high(h: __m256i, m3: __m256i, shift: i32) -> __m256i {
+    _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(shift)), m3), 4)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    check_rows(QuantType::Q6_K, n, w, x);
+    let mut sum = 0.0f32;
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m3 = _mm256_set1_epi8(3);
+    for i in 0..n / QK_K {
+        let (bw, bx) = (&w[Q6_BYTES * i..Q6_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+        let sc: [i16; 16] = std::array::from_fn(|g| bw[Q6_SCALES + g] as i8 as i16);
+        // Levels are stored as u = value + 32 in 0..64: Σ value·y = Σ u·y - 32·Σ y.
+        let offset = 32 * scaled_bsums(bx, &sc);
+        let mut sumi = _mm256_setzero_si256();
+        for k in 0..2 {
+            let l0 = load(bw.as_ptr().add(Q6_QL + 64 * k));
+            let l1 = load(bw.as_ptr().add(Q6_QL + 64 * k + 32));
+            let h = load(bw.as_ptr().add(Q6_QH + 32 * k));
+            let u = [
+                _mm256_or_si256(_mm256_and_si256(l0, m4), q6_high(h, m3, 0)),
+                _mm256_or_si256(_mm256_and_si256(l1, m4), q6_high(h, m3, 2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), q6_high(h, m3, 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), q6_high(h, m3, 6)),
+            ];
+            for (m, u) in u.iter().enumerate() {
+                let c = 4 * k + m;
+                let p = _mm256_maddubs_epi16(*u, load(bx.as_ptr().add(Q8_QS + 32 * c)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(sc[2 * c] as i32, sc[2 * c + 1] as i32)));
+            }
+        }
+        let total = hsum_i32(sumi) - offset;
+        sum += q8k_d(bx) * f16_at(bw.as_ptr().add(Q6_D)) * total as f32;
+    }
+    sum
+}

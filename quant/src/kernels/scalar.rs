@@ -1,0 +1,258 @@
+//! Scalar reference dot products: one weight row against one activation row quantized to the
+//! weight format's `vec_dot_type`. Integer sums per block, float accumulation across blocks,
+//! as ggml. Every SIMD kernel is tested against these.
+
+use crate::blocks::float::{bf16_to_f32, f16_to_f32, read_f16};
+use crate::blocks::kquants::{layout::*, q3_k_scales, scale_min_k4};
+use crate::formats::{QK, QK_K};
+
+#[inline(always)]
+pub(crate) fn q8k_d(b: &[u8]) -> f32 {
+    f32::from_le_bytes([b[Q8_D], b[Q8_D + 1], b[Q8_D + 2], b[Q8_D + 3]])
+}
+
+#[inline(always)]
+pub(crate) fn q8k_bsum(b: &[u8], j: usize) -> i32 {
+    i16::from_le_bytes([b[Q8_BSUMS + 2 * j], b[Q8_BSUMS + 2 * j + 1]]) as i32
+}
+
+#[inline(always)]
+fn dot_i8(a: &[i8], b: &[u8]) -> i32 {
+    a.iter().zip(b).map(|(&a, &b)| a as i32 * b as i8 as i32).sum()
+}
+
+pub fn dot_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut sum = 0.0f64;
+    for i in 0..n {
+        let a = f32::from_le_bytes(w[4 * i..4 * i + 4].try_into().unwrap());
+        let b = f32::from_le_bytes(x[4 * i..4 * i + 4].try_into().unwrap());
+        sum += (a * b) as f64;
+    }
+    sum as f32
+}
+
+pub fn dot_f16(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut sum = 0.0f64;
+    for i in 0..n {
+        let a = f16_to_f32(u16::from_le_bytes([w[2 * i], w[2 * i + 1]]));
+        let b = f16_to_f32(u16::from_le_bytes([x[2 * i], x[2 * i + 1]]));
+        sum += (a * b) as f64;
+    }
+    sum as f32
+}
+
+pub fn dot_bf16(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut sum = 0.0f64;
+    for i in 0..n {
+        let a = bf16_to_f32(u16::from_le_bytes([w[2 * i], w[2 * i + 1]]));
+        let b = bf16_to_f32(u16::from_le_bytes([x[2 * i], x[2 * i + 1]]));
+        sum += (a * b) as f64;
+    }
+    sum as f32
+}
+
+/// Legacy formats: unpack one block to levels (already centred for the symmetric ones) and the
+/// offset `m` (0 for symmetric formats), then Σ d_w·d_x·Σq·y + m·d_x·Σy.
+#[inline(always)]
+fn dot_legacy(n: usize, w: &[u8], x: &[u8], bytes: usize, unpack: impl Fn(&[u8], &mut [i8; QK]) -> (f32, f32)) -> f32 {
+    let mut sum = 0.0f32;
+    let mut q = [0i8; QK];
+    for (bw, bx) in w.chunks_exact(bytes).zip(x.chunks_exact(34)).take(n / QK) {
+        let (d, m) = unpack(bw, &mut q);
+        let dx = read_f16(bx, 0);
+        let ys = &bx[2..34];
+        let sumi = dot_i8(&q, ys);
+        sum += sumi as f32 * (d * dx);
+        if m != 0.0 {
+            let sumy: i32 = ys.iter().map(|&b| b as i8 as i32).sum();
+            sum += m * (sumy as f32 * dx);
+        }
+    }
+    sum
+}
+
+pub fn dot_q4_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    dot_legacy(n, w, x, 18, |b, q| {
+        for j in 0..16 {
+            q[j] = (b[2 + j] & 0xF) as i8 - 8;
+            q[j + 16] = (b[2 + j] >> 4) as i8 - 8;
+        }
+        (read_f16(b, 0), 0.0)
+    })
+}
+
+pub fn dot_q4_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    dot_legacy(n, w, x, 20, |b, q| {
+        for j in 0..16 {
+            q[j] = (b[4 + j] & 0xF) as i8;
+            q[j + 16] = (b[4 + j] >> 4) as i8;
+        }
+        (read_f16(b, 0), read_f16(b, 2))
+    })
+}
+
+#[inline(always)]
+fn unpack_q5(qs: &[u8], qh: u32, offset: i8, q: &mut [i8; QK]) {
+    for j in 0..16 {
+        let h0 = (((qh >> j) & 1) << 4) as u8;
+        let h1 = (((qh >> (j + 16)) & 1) << 4) as u8;
+        q[j] = ((qs[j] & 0xF) | h0) as i8 - offset;
+        q[j + 16] = ((qs[j] >> 4) | h1) as i8 - offset;
+    }
+}
+
+pub fn dot_q5_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    dot_legacy(n, w, x, 22, |b, q| {
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        unpack_q5(&b[6..22], qh, 16, q);
+        (read_f16(b, 0), 0.0)
+    })
+}
+
+pub fn dot_q5_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    dot_legacy(n, w, x, 24, |b, q| {
+        let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        unpack_q5(&b[8..24], qh, 0, q);
+        (read_f16(b, 0), read_f16(b, 2))
+    })
+}
+
+pub fn dot_q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    dot_legacy(n, w, x, 34, |b, q| {
+        for j in 0..32 {
+            q[j] = b[2 + j] as i8;
+        }
+        (read_f16(b, 0), 0.0)
+    })
+}
+
+/// Σ over the 16-element groups of scale[g] · Σ q·y, for levels `q` of a whole super-block.
+#[inline(always)]
+fn grouped16(q: &[i8; QK_K], scales: &[i32; 16], bx: &[u8]) -> i32 {
+    (0..16).map(|g| scales[g] * dot_i8(&q[16 * g..16 * g + 16], &bx[Q8_QS + 16 * g..Q8_QS + 16 * g + 16])).sum()
+}
+
+pub fn dot_q2_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut sum = 0.0f32;
+    let mut q = [0i8; QK_K];
+    for (bw, bx) in w.chunks_exact(Q2_BYTES).zip(x.chunks_exact(Q8_BYTES)).take(n / QK_K) {
+        for half in 0..2 {
+            for s in 0..4 {
+                for i in 0..32 {
+                    q[128 * half + 32 * s + i] = ((bw[Q2_QS + 32 * half + i] >> (2 * s)) & 3) as i8;
+                }
+            }
+        }
+        let sc = &bw[Q2_SCALES..Q2_SCALES + 16];
+        let scales: [i32; 16] = std::array::from_fn(|g| (sc[g] & 0xF) as i32);
+        let summs: i32 = (0..16).map(|g| (sc[g] >> 4) as i32 * q8k_bsum(bx, g)).sum();
+        let dy = q8k_d(bx);
+        let dall = dy * read_f16(bw, Q2_D);
+        let dmin = dy * read_f16(bw, Q2_DMIN);
+        sum += dall * grouped16(&q, &scales, bx) as f32 - dmin * summs as f32;
+    }
+    sum
+}
+
+pub fn dot_q3_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut sum = 0.0f32;
+    let mut q = [0i8; QK_K];
+    for (bw, bx) in w.chunks_exact(Q3_BYTES).zip(x.chunks_exact(Q8_BYTES)).take(n / QK_K) {
+        let hm = &bw[Q3_HMASK..Q3_HMASK + 32];
+        for half in 0..2 {
+            for s in 0..4 {
+                let bit = 1u8 << (4 * half + s);
+                for i in 0..32 {
+                    let low = ((bw[Q3_QS + 32 * half + i] >> (2 * s)) & 3) as i8;
+                    q[128 * half + 32 * s + i] = low - if hm[i] & bit != 0 { 0 } else { 4 };
+                }
+            }
+        }
+        let sc = q3_k_scales(&bw[Q3_SCALES..Q3_SCALES + 12]);
+        let scales: [i32; 16] = std::array::from_fn(|g| sc[g] as i32);
+        let d = read_f16(bw, Q3_D) * q8k_d(bx);
+        sum += d * grouped16(&q, &scales, bx) as f32;
+    }
+    sum
+}
+
+/// Q4_K and Q5_K share the 8 × 32 scale/min structure.
+#[inline(always)]
+fn dot_scale_min_k(q: &[i8; QK_K], bw: &[u8], bx: &[u8]) -> f32 {
+    let sc = &bw[4..16];
+    let mut sumi = 0i32;
+    let mut summ = 0i32;
+    for j in 0..8 {
+        let (s, m) = scale_min_k4(j, sc);
+        sumi += s as i32 * dot_i8(&q[32 * j..32 * j + 32], &bx[Q8_QS + 32 * j..Q8_QS + 32 * j + 32]);
+        summ += m as i32 * (q8k_bsum(bx, 2 * j) + q8k_bsum(bx, 2 * j + 1));
+    }
+    let dy = q8k_d(bx);
+    dy * read_f16(bw, 0) * sumi as f32 - dy * read_f16(bw, 2) * summ as f32
+}
+
+pub fn dot_q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut sum = 0.0f32;
+    let mut q = [0i8; QK_K];
+    for (bw, bx) in w.chunks_exact(Q4_BYTES).zip(x.chunks_exact(Q8_BYTES)).take(n / QK_K) {
+        for k in 0..4 {
+            for i in 0..32 {
+                let b = bw[Q4_QS + 32 * k + i];
+                q[64 * k + i] = (b & 0xF) as i8;
+                q[64 * k + 32 + i] = (b >> 4) as i8;
+            }
+        }
+        sum += dot_scale_min_k(&q, bw, bx);
+    }
+    sum
+}
+
+pub fn dot_q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut sum = 0.0f32;
+    let mut q = [0i8; QK_K];
+    for (bw, bx) in w.chunks_exact(Q5_BYTES).zip(x.chunks_exact(Q8_BYTES)).take(n / QK_K) {
+        for k in 0..4 {
+            for i in 0..32 {
+                let b = bw[Q5_QS + 32 * k + i];
+                let h = bw[Q5_QH + i] >> (2 * k);
+                q[64 * k + i] = ((b & 0xF) | ((h & 1) << 4)) as i8;
+                q[64 * k + 32 + i] = ((b >> 4) | ((h & 2) << 3)) as i8;
+            }
+        }
+        sum += dot_scale_min_k(&q, bw, bx);
+    }
+    sum
+}
+
+pub fn dot_q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut sum = 0.0f32;
+    let mut q = [0i8; QK_K];
+    for (bw, bx) in w.chunks_exact(Q6_BYTES).zip(x.chunks_exact(Q8_BYTES)).take(n / QK_K) {
+        for k in 0..2 {
+            for i in 0..32 {
+                let l0 = bw[Q6_QL + 64 * k + i];
+                let l1 = bw[Q6_QL + 64 * k + 32 + i];
+                let h = bw[Q6_QH + 32 * k + i];
+                let e = 128 * k + i;
+                q[e] = ((l0 & 0xF) | ((h & 3) << 4)) as i8 - 32;
+                q[e + 32] = ((l1 & 0xF) | (((h >> 2) & 3) << 4)) as i8 - 32;
+                q[e + 64] = ((l0 >> 4) | (((h >> 4) & 3) << 4)) as i8 - 32;
+                q[e + 96] = ((l1 >> 4) | (((h >> 6) & 3) << 4)) as i8 - 32;
+            }
+        }
+        let scales: [i32; 16] = std::array::from_fn(|g| bw[Q6_SCALES + g] as i8 as i32);
+        let d = read_f16(bw, Q6_D) * q8k_d(bx);
+        sum += d * grouped16(&q, &scales, bx) as f32;
+    }
+    sum
+}
+
+pub fn dot_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut sum = 0.0f32;
+    for (bw, bx) in w.chunks_exact(Q8_BYTES).zip(x.chunks_exact(Q8_BYTES)).take(n / QK_K) {
+        let qw: &[i8; QK_K] = &std::array::from_fn(|i| bw[Q8_QS + i] as i8);
+        let sumi = dot_i8(qw, &bx[Q8_QS..Q8_QS + QK_K]);
+        sum += q8k_d(bw) * q8k_d(bx) * sumi as f32;
+    }
+    sum
+}

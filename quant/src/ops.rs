@@ -1,0 +1,212 @@
+//! Matrix-vector and matrix-matrix products of a quantized weight matrix with quantized
+//! activations, over row ranges, parallel with rayon.
+
+use rayon::prelude::*;
+
+use crate::blocks::codec;
+use crate::dispatch::kernels;
+use crate::error::QuantError;
+use crate::formats::QuantType;
+
+/// A borrowed row-major quantized matrix: `rows` rows of `cols` elements, each row
+/// `ty.row_bytes(cols)` bytes.
+#[derive(Copy, Clone, Debug)]
+pub struct MatRef<'a> {
+    ty: QuantType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    data: &'a [u8],
+}
+
+impl<'a> MatRef<'a> {
+    /// Checks that `cols` is a whole number of blocks and `data` holds exactly the matrix.
+    pub fn new(ty: QuantType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, QuantError> {
+        let row_bytes = ty.row_bytes(cols).ok_or(if cols % ty.block_size() != 0 {
+            QuantError::RowNotBlockMultiple { ty, cols, block: ty.block_size() }
+        } else {
+            QuantError::SizeOverflow { ty, rows, cols }
+        })?;
+        let expected = row_bytes.checked_mul(rows).ok_or(QuantError::SizeOverflow { ty, rows, cols })?;
+        if data.len() != expected {
+            return Err(QuantError::DataLength { ty, rows, cols, expected, actual: data.len() });
+        }
+        Ok(MatRef { ty, rows, cols, row_bytes, data })
+    }
+    pub fn ty(&self) -> QuantType {
+        self.ty
+    }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.row_bytes
+    }
+    /// The bytes of row `r`. Panics if `r >= rows`.
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        assert!(r < self.rows, "row {r} out of range for a matrix of {} rows", self.rows);
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+    /// All the bytes.
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+}
+
+/// Activation vectors quantized for one weight format (to its `vec_dot_type`); a reusable
+/// buffer, so per-token quantization does not allocate once it has grown.
+#[derive(Clone, Debug, Default)]
+pub struct QuantizedInput {
+    ty: Option<QuantType>,
+    cols: usize,
+    n_vecs: usize,
+    row_bytes: usize,
+    data: Vec<u8>,
+}
+
+impl QuantizedInput {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Quantizes `x` (`n_vecs` vectors of `cols` values, back to back) for dot products with
+    /// `weight_ty` rows.
+    ///
+    /// # Panics
+    /// If `cols` is zero or not a multiple of the block size of `weight_ty.vec_dot_type()`, or
+    /// `x.len()` is not a multiple of `cols`; [`QuantizedInput::try_quantize`] returns these
+    /// as errors instead.
+    pub fn quantize(&mut self, weight_ty: QuantType, x: &[f32], cols: usize) {
+        if let Err(e) = self.try_quantize(weight_ty, x, cols) {
+            panic!("QuantizedInput::quantize: {e}");
+        }
+    }
+
+    pub fn try_quantize(&mut self, weight_ty: QuantType, x: &[f32], cols: usize) -> Result<(), QuantError> {
+        let ty = weight_ty.vec_dot_type();
+        if cols == 0 || x.len() % cols != 0 {
+            return Err(QuantError::InputLength { len: x.len(), cols });
+        }
+        let row_bytes = ty
+            .row_bytes(cols)
+            .ok_or(QuantError::RowNotBlockMultiple { ty, cols, block: ty.block_size() })?;
+        let n_vecs = x.len() / cols;
+        let total = row_bytes.checked_mul(n_vecs).ok_or(QuantError::SizeOverflow { ty, rows: n_vecs, cols })?;
+        self.data.resize(total, 0);
+        let quantize = codec(ty).0;
+        for (src, dst) in x.chunks_exact(cols).zip(self.data.chunks_exact_mut(row_bytes)) {
+            quantize(src, dst);
+        }
+        self.ty = Some(ty);
+        self.cols = cols;
+        self.n_vecs = n_vecs;
+        self.row_bytes = row_bytes;
+        Ok(())
+    }
+
+    pub fn n_vecs(&self) -> usize {
+        self.n_vecs
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// The activation format (`None` before the first `quantize`).
+    pub fn vec_type(&self) -> Option<QuantType> {
+        self.ty
+    }
+    /// The bytes of vector `v`.
+    pub fn vector(&self, v: usize) -> &[u8] {
+        assert!(v < self.n_vecs, "vector {v} out of range ({} vectors)", self.n_vecs);
+        &self.data[v * self.row_bytes..(v + 1) * self.row_bytes]
+    }
+}
+
+fn check_compatible(w: &MatRef, x: &QuantizedInput) {
+    assert_eq!(
+        x.ty,
+        Some(w.ty.vec_dot_type()),
+        "activations quantized as {:?}, weights {} need {}",
+        x.ty,
+        w.ty,
+        w.ty.vec_dot_type()
+    );
+    assert_eq!(x.cols, w.cols, "activation length {} != weight columns {}", x.cols, w.cols);
+}
+
+/// Rows per rayon task: enough tasks for load balance, enough rows to amortise scheduling.
+fn rows_per_task(rows: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    (rows / (threads * 8)).clamp(16, 256).min(rows.max(1))
+}
+
+/// y[i] = W[rows.start + i] · x for the given rows (x holds one vector); single-threaded, for
+/// callers that partition the work themselves.
+///
+/// # Panics
+/// On mismatched shapes: x not quantized for `w`, `rows` out of range, `y.len() != rows.len()`.
+pub fn matvec_rows(w: &MatRef, rows: std::ops::Range<usize>, x: &QuantizedInput, y: &mut [f32]) {
+    check_compatible(w, x);
+    assert!(x.n_vecs >= 1, "no activation vector");
+    assert!(rows.start <= rows.end && rows.end <= w.rows, "rows {rows:?} out of range ({} rows)", w.rows);
+    assert_eq!(y.len(), rows.len(), "output length");
+    let dot = kernels().dot(w.ty);
+    let xv = x.vector(0);
+    for (r, out) in rows.zip(y.iter_mut()) {
+        // SAFETY: the kernel set only contains functions this CPU supports; the row and
+        // vector lengths are row_bytes(cols) as the kernels require.
+        *out = unsafe { dot(w.cols, w.row(r), xv) };
+    }
+}
+
+/// y = W · x for one activation vector, parallel over rows.
+pub fn matvec(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
+    check_compatible(w, x);
+    assert_eq!(x.n_vecs, 1, "matvec takes one vector, got {}", x.n_vecs);
+    assert_eq!(y.len(), w.rows, "output length");
+    let chunk = rows_per_task(w.rows);
+    y.par_chunks_mut(chunk).enumerate().for_each(|(i, ys)| {
+        let start = i * chunk;
+        matvec_rows(w, start..start + ys.len(), x, ys);
+    });
+}
+
+/// y[v * rows + r] = W[r] · x[v] for every vector of `x`, parallel over row blocks (each task
+/// reads its rows once for all vectors).
+pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
+    check_compatible(w, x);
+    assert_eq!(y.len(), w.rows * x.n_vecs, "output length");
+    if x.n_vecs == 0 || w.rows == 0 {
+        return;
+    }
+    let dot = kernels().dot(w.ty);
+    let chunk = rows_per_task(w.rows);
+    let n_chunks = w.rows.div_ceil(chunk);
+    // Each task produces its rows for every vector; results are scattered afterwards so the
+    // tasks never alias `y`.
+    let parts: Vec<Vec<f32>> = (0..n_chunks)
+        .into_par_iter()
+        .map(|c| {
+            let rows = c * chunk..((c + 1) * chunk).min(w.rows);
+            let mut out = vec![0.0f32; rows.len() * x.n_vecs];
+            for (i, r) in rows.clone().enumerate() {
+                let wr = w.row(r);
+                for v in 0..x.n_vecs {
+                    // SAFETY: as in matvec_rows.
+                    out[v * rows.len() + i] = unsafe { dot(w.cols, wr, x.vector(v)) };
+                }
+            }
+            out
+        })
+        .collect();
+    for (c, part) in parts.iter().enumerate() {
+        let start = c * chunk;
+        let n = part.len() / x.n_vecs;
+        for v in 0..x.n_vecs {
+            y[v * w.rows + start..v * w.rows + start + n].copy_from_slice(&part[v * n..(v + 1) * n]);
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Matrix products and shape checks: matvec / matvec_rows / matmul equal per-row vec_dot, and
+//! malformed shapes give typed errors.
+
+mod support;
+
+use tomoe_quant::{matmul, matvec, matvec_rows, vec_dot, MatRef, QuantError, QuantType, QuantizedInput};
+
+fn random_matrix(ty: QuantType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    let mut rng = support::rng(seed);
+    let rb = ty.row_bytes(cols).unwrap();
+    let mut data = vec![0u8; rb * rows];
+    for r in 0..rows {
+        let x = support::dense_row(&mut rng, cols);
+        tomoe_quant::quantize_row(ty, &x, &mut data[r * rb..(r + 1) * rb]);
+    }
+    data
+}
+
+#[test]
+fn matvec_and_matmul_equal_rowwise_dots() {
+    let (rows, cols, n_vecs) = (77, 512, 3);
+    for ty in QuantType::ALL {
+        let data = random_matrix(ty, rows, cols, ty as u64);
+        let w = MatRef::new(ty, rows, cols, &data).unwrap();
+        let mut rng = support::rng(99);
+        let xs: Vec<f32> = (0..n_vecs).flat_map(|_| support::dense_row(&mut rng, cols)).collect();
+
+        let mut xq = QuantizedInput::new();
+        xq.quantize(ty, &xs, cols);
+        assert_eq!(xq.n_vecs(), n_vecs);
+        let mut y = vec![0f32; rows * n_vecs];
+        matmul(&w, &xq, &mut y);
+
+        let mut x1 = QuantizedInput::new();
+        for v in 0..n_vecs {
+            x1.quantize(ty, &xs[v * cols..(v + 1) * cols], cols);
+            let mut yv = vec![0f32; rows];
+            matvec(&w, &x1, &mut yv);
+            let mut part = vec![0f32; 10];
+            matvec_rows(&w, 30..40, &x1, &mut part);
+            for r in 0..rows {
+                let expect = vec_dot(ty, cols, w.row(r), x1.vector(0));
+                assert_eq!(yv[r].to_bits(), expect.to_bits(), "{ty} matvec row {r}");
+                assert_eq!(y[v * rows + r].to_bits(), expect.to_bits(), "{ty} matmul vec {v} row {r}");
+            }
+            assert_eq!(&part[..], &yv[30..40]);
+        }
+    }
+}
+
+#[test]
+fn matref_rejects_bad_shapes() {
+    let data = vec![0u8; 18 * 4];
+    assert!(MatRef::new(QuantType::Q4_0, 2, 64, &data).is_ok());
+    assert_eq!(
+        MatRef::new(QuantType::Q4_0, 2, 48, &data).unwrap_err(),
+        QuantError::RowNotBlockMultiple { ty: QuantType::Q4_0, cols: 48, block: 32 }
+    );
+    assert!(matches!(MatRef::new(QuantType::Q4_0, 3, 64, &data), Err(QuantError::DataLength { expected: 108, actual: 72, .. })));
+    assert!(matches!(MatRef::new(QuantType::Q4_0, usize::MAX, 64, &data), Err(QuantError::SizeOverflow { .. })));
+    let mut x = QuantizedInput::new();
+    assert!(matches!(x.try_quantize(QuantType::Q4_K, &[0.0; 250], 100), Err(QuantError::InputLength { .. })));
+    assert!(matches!(x.try_quantize(QuantType::Q4_K, &[0.0; 200], 100), Err(QuantError::RowNotBlockMultiple { .. })));
+}
