@@ -150,6 +150,9 @@ fn corpus() -> Vec<Case> {
         case!("general.alignment is u64", { let mut r = Raw::header(3, 0, 1); r.str(b"general.alignment").u32(T_U64).u64(32); r.done() }, E::AlignmentType { found: "u64" }),
         case!("general.alignment is 0", { let mut r = Raw::header(3, 0, 1); r.kv_u32("general.alignment", 0); r.done() }, E::InvalidAlignment(0)),
         case!("general.alignment is 48", { let mut r = Raw::header(3, 0, 1); r.kv_u32("general.alignment", 48); r.done() }, E::InvalidAlignment(48)),
+        // Within llama.cpp's limits, but a 32 Mi-element u8 array would decode to 1 GiB of Values.
+        case!("u8 array beyond the total element limit", { let mut r = Raw::header(3, 0, 1); r.str(b"k").u32(T_ARRAY).u32(T_U8).u64((1 << 25) + 1).zeros((1 << 25) + 1); r.done() }, E::CountTooLarge { max: 33_554_432, .. }, Llama::Accepts),
+        case!("two arrays over the total element limit together", { let mut r = Raw::header(3, 0, 2); r.str(b"a").u32(T_ARRAY).u32(T_U8).u64(1 << 24).zeros(1 << 24); r.str(b"b").u32(T_ARRAY).u32(T_U8).u64((1 << 24) + 1).zeros((1 << 24) + 1); r.done() }, E::CountTooLarge { max: 16_777_216, .. }, Llama::Accepts),
         // --- tensor infos ---
         case!("truncated in tensor infos", valid[..data_start - 20].to_vec(), E::Truncated { .. }),
         case!("tensor name of 64 bytes", { let mut r = Raw::header(3, 1, 0); r.tensor(&"x".repeat(64), &[8], GGML_F32, 0).pad(32).zeros(32); r.done() }, E::TensorNameTooLong { len: 64, .. }),

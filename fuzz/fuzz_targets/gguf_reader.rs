@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
     for t in file.tensor_views() {
         assert_eq!(t.data.len() as u64, t.info.n_bytes);
         assert!(file.tensor(&t.info.name).is_some());
+        t.as_mat().expect("every validated tensor is a valid matrix view");
         w.add_tensor(t.info.name.clone(), t.info.dims.clone(), t.info.ty, t.data.to_vec())
             .expect("a tensor the reader accepted is accepted by the writer");
     }

@@ -27,10 +27,10 @@ pub enum GgufError {
     #[error("file truncated while reading {what} at offset {offset}: need {needed} bytes, {available} left")]
     Truncated { what: String, offset: u64, needed: u64, available: u64 },
 
-    #[error("{what} is {count}, but the {remaining} bytes left in the file can hold at most {max}")]
+    #[error("{what} is {count}, more than {max} (what the {remaining} bytes left in the file can hold, or the reader's limit)")]
     CountTooLarge { what: String, count: u64, max: u64, remaining: u64 },
 
-    #[error("{what}: string length {len} exceeds the {remaining} bytes left in the file")]
+    #[error("{what}: string length {len} exceeds the {remaining} bytes left in the file (or the 1 GiB limit)")]
     StringTooLong { what: String, len: u64, remaining: u64 },
 
     #[error("{what} is not valid UTF-8")]

@@ -18,9 +18,18 @@ pub(crate) const ALIGNMENT_KEY: &str = "general.alignment";
 /// ggml's GGML_MAX_NAME (64) counts the terminating NUL.
 pub(crate) const MAX_TENSOR_NAME_LEN: usize = 63;
 pub(crate) const MAX_DIMS: u64 = 4;
-/// llama.cpp's GGUF_MAX_ARRAY_ELEMENTS and GGUF_MAX_STRING_LENGTH.
-const MAX_ARRAY_LEN: u64 = 1 << 30;
+/// llama.cpp's GGUF_MAX_STRING_LENGTH.
 const MAX_STRING_LEN: u64 = 1 << 30;
+/// Limits that keep memory proportional to real needs whatever a file claims. Bounding counts
+/// by the bytes left is not enough: a decoded entry is larger than its encoding (a one-byte u8
+/// array element becomes a 32-byte `Value`), and a sparse file can be huge on disk for free.
+/// Real models have tens of keys, thousands of tensors and a few million array elements.
+const MAX_KV: u64 = 1 << 20;
+const MAX_TENSORS: u64 = 1 << 20;
+/// Over all metadata arrays together (32 Mi elements, 1 GiB of `Value`s).
+const MAX_ARRAY_ELEMENTS: u64 = 1 << 25;
+/// Vectors grow past this by pushing parsed entries, so a claimed count costs nothing upfront.
+const MAX_PREALLOC: usize = 1 << 16;
 /// Smallest encoding of one tensor info: name length, n_dims, type, offset.
 const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 4 + 8;
 /// Smallest encoding of one key/value pair: key length, value type, a one-byte value.
@@ -128,8 +137,8 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
 
     let n_tensors = cur.u64(&|| "tensor count".into())?;
     let n_kv = cur.u64(&|| "metadata entry count".into())?;
-    let n_tensors = cur.bound_count(n_tensors, MIN_TENSOR_INFO_BYTES, u64::MAX, &|| "tensor count".into())?;
-    let n_kv = cur.bound_count(n_kv, MIN_KV_BYTES, u64::MAX, &|| "metadata entry count".into())?;
+    let n_tensors = cur.bound_count(n_tensors, MIN_TENSOR_INFO_BYTES, MAX_TENSORS, &|| "tensor count".into())?;
+    let n_kv = cur.bound_count(n_kv, MIN_KV_BYTES, MAX_KV, &|| "metadata entry count".into())?;
 
     let (metadata, key_index) = parse_metadata(&mut cur, n_kv)?;
     let alignment = match key_index.get(ALIGNMENT_KEY).map(|&i| &metadata[i].1) {
@@ -171,8 +180,9 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
 type Metadata = (Vec<(String, Value)>, HashMap<String, usize>);
 
 fn parse_metadata(cur: &mut Cursor, n_kv: usize) -> Result<Metadata, GgufError> {
-    let mut metadata = Vec::with_capacity(n_kv);
-    let mut key_index = HashMap::with_capacity(n_kv);
+    let mut metadata = Vec::with_capacity(n_kv.min(MAX_PREALLOC));
+    let mut key_index = HashMap::with_capacity(n_kv.min(MAX_PREALLOC));
+    let mut array_elements_left = MAX_ARRAY_ELEMENTS;
     for i in 0..n_kv {
         let key = cur.string(&|| format!("key of metadata entry {i}"))?;
         if key.is_empty() {
@@ -190,8 +200,9 @@ fn parse_metadata(cur: &mut Cursor, n_kv: usize) -> Result<Metadata, GgufError> 
             }
             let min_size = type_id::min_encoded_size(elem_ty)
                 .ok_or_else(|| GgufError::UnknownValueType { key: key.clone(), type_id: elem_ty })?;
-            let len = cur.bound_count(len, min_size, MAX_ARRAY_LEN, &|| format!("length of array '{key}'"))?;
-            let mut items = Vec::with_capacity(len);
+            let len = cur.bound_count(len, min_size, array_elements_left, &|| format!("length of array '{key}'"))?;
+            array_elements_left -= len as u64;
+            let mut items = Vec::with_capacity(len.min(MAX_PREALLOC));
             for j in 0..len {
                 items.push(parse_scalar(cur, elem_ty, &key, &|| format!("element {j} of array '{key}'"))?);
             }
@@ -228,8 +239,8 @@ fn parse_scalar(cur: &mut Cursor, ty: u32, key: &str, what: What) -> Result<Valu
 type Tensors = (Vec<TensorInfo>, HashMap<String, usize>);
 
 fn parse_tensor_infos(cur: &mut Cursor, n_tensors: usize, alignment: u64) -> Result<Tensors, GgufError> {
-    let mut tensors = Vec::with_capacity(n_tensors);
-    let mut tensor_index = HashMap::with_capacity(n_tensors);
+    let mut tensors = Vec::with_capacity(n_tensors.min(MAX_PREALLOC));
+    let mut tensor_index = HashMap::with_capacity(n_tensors.min(MAX_PREALLOC));
     for i in 0..n_tensors {
         let name_bytes = cur.string_bytes(&|| format!("name of tensor {i}"))?;
         if name_bytes.len() > MAX_TENSOR_NAME_LEN {

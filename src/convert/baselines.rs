@@ -1,0 +1,1 @@
+//! Not written yet on this commit (see the branch's later commits).

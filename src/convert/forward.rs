@@ -1,0 +1,136 @@
+//! The frozen dense model's forward pass (one sequence, all positions at once) with optional
+//! multiplicative masks, as training sees it: a Q/K head-dim mask, a per-token V mask, a per-token MLP
+//! neuron mask. The teacher is the same pass with no masks.
+
+use super::dense::{DenseConfig, DenseModel};
+use super::Result;
+use candle_core::{DType, Device, Tensor, D};
+
+/// Supplies the masks of each layer from that layer's normalised hidden states.
+pub trait MaskSource {
+    /// From the attention input `h1` [T, d]: the Q/K dim mask [hd] and the V mask [T, hd].
+    fn attn_masks(&mut self, layer: usize, h1: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)>;
+    /// From the MLP input `h2` [T, d]: the neuron mask [T, m].
+    fn mlp_mask(&mut self, layer: usize, h2: &Tensor) -> Result<Option<Tensor>>;
+}
+
+/// The teacher: every mask off.
+pub struct NoMasks;
+
+impl MaskSource for NoMasks {
+    fn attn_masks(&mut self, _: usize, _: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((None, None))
+    }
+    fn mlp_mask(&mut self, _: usize, _: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+}
+
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(x.broadcast_div(&(ms + eps as f64)?.sqrt()?)?.broadcast_mul(w)?)
+}
+
+/// `x · wᵀ (+ b)` for x [T, in], w [out, in].
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let y = x.matmul(&w.t()?)?;
+    Ok(match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+/// RoPE angles of the rotate-half layout at full head dim: (cos, sin), each [T, hd].
+pub fn rope_tables(c: &DenseConfig, n_tokens: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
+    let hd = c.head_dim;
+    let half = hd / 2;
+    let mut cos = Vec::with_capacity(n_tokens * hd);
+    let mut sin = Vec::with_capacity(n_tokens * hd);
+    for pos in 0..n_tokens {
+        for j in 0..hd {
+            let i = j % half;
+            let freq = (c.rope_theta as f64).powf(-2.0 * i as f64 / hd as f64);
+            let a = pos as f64 * freq;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    Ok((Tensor::from_vec(cos, (n_tokens, hd), dev)?, Tensor::from_vec(sin, (n_tokens, hd), dev)?))
+}
+
+/// Rotate-half RoPE on x [heads, T, hd'] with tables [T, hd'].
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let half = hd / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
+}
+
+/// Additive causal mask [T, T]: 0 on and below the diagonal, -inf above.
+pub fn causal_mask(n: usize, dev: &Device) -> Result<Tensor> {
+    let v: Vec<f32> = (0..n * n).map(|k| if k % n > k / n { f32::NEG_INFINITY } else { 0.0 }).collect();
+    Ok(Tensor::from_vec(v, (n, n), dev)?)
+}
+
+/// [T, heads·hd] → [heads, T, hd].
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (t, w) = x.dims2()?;
+    Ok(x.reshape((t, heads, w / heads))?.transpose(0, 1)?.contiguous()?)
+}
+
+/// Repeats KV heads [Hkv, T, hd] to [H, T, hd] (GQA: query head h reads KV head h / (H/Hkv)).
+pub fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
+    if groups == 1 {
+        return Ok(x.clone());
+    }
+    let (hkv, t, hd) = x.dims3()?;
+    Ok(x.unsqueeze(1)?.expand((hkv, groups, t, hd))?.reshape((hkv * groups, t, hd))?)
+}
+
+/// Causal attention over [H, T, hd'] q/k and [H, T, hd] v with the given score scale → [T, H·hd].
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: &Tensor) -> Result<Tensor> {
+    let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(causal)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let out = probs.matmul(v)?; // [H, T, hd]
+    let (h, t, hd) = out.dims3()?;
+    Ok(out.transpose(0, 1)?.contiguous()?.reshape((t, h * hd))?)
+}
+
+/// Logits [T, vocab] of the whole sequence, with the masks of `masks`.
+pub fn forward(model: &DenseModel, tokens: &[u32], masks: &mut dyn MaskSource) -> Result<Tensor> {
+    let c = &model.config;
+    let dev = model.embed.device();
+    let t = tokens.len();
+    let ids = Tensor::from_vec(tokens.to_vec(), t, dev)?;
+    let mut x = model.embed.index_select(&ids, 0)?;
+    let (cos, sin) = rope_tables(c, t, dev)?;
+    let causal = causal_mask(t, dev)?;
+    let groups = c.n_heads / c.n_kv_heads;
+    let scale = 1.0 / (c.head_dim as f64).sqrt();
+    for (l, lw) in model.layers.iter().enumerate() {
+        let h1 = rms_norm(&x, &lw.attn_norm, c.rms_eps)?;
+        let (qk_mask, v_mask) = masks.attn_masks(l, &h1)?;
+        let mut q = apply_rope(&split_heads(&linear(&h1, &lw.wq, lw.bq.as_ref())?, c.n_heads)?, &cos, &sin)?;
+        let mut k = apply_rope(&split_heads(&linear(&h1, &lw.wk, lw.bk.as_ref())?, c.n_kv_heads)?, &cos, &sin)?;
+        if let Some(m) = &qk_mask {
+            q = q.broadcast_mul(m)?;
+            k = k.broadcast_mul(m)?;
+        }
+        let mut v = split_heads(&linear(&h1, &lw.wv, lw.bv.as_ref())?, c.n_kv_heads)?;
+        if let Some(m) = &v_mask {
+            v = v.broadcast_mul(m)?; // [T, hd] broadcast over KV heads
+        }
+        let att = attention(&q, &repeat_kv(&k, groups)?, &repeat_kv(&v, groups)?, scale, &causal)?;
+        x = (x + linear(&att, &lw.wo, None)?)?;
+        let h2 = rms_norm(&x, &lw.ffn_norm, c.rms_eps)?;
+        let mut act = (candle_nn::ops::silu(&linear(&h2, &lw.w_gate, None)?)? * linear(&h2, &lw.w_up, None)?)?;
+        if let Some(m) = masks.mlp_mask(l, &h2)? {
+            act = (act * m)?;
+        }
+        x = (x + linear(&act, &lw.w_down, None)?)?;
+    }
+    let h = rms_norm(&x, &model.output_norm, c.rms_eps)?;
+    Ok(linear(&h, model.output_weight(), None)?.to_dtype(DType::F32)?)
+}
