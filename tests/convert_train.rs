@@ -71,7 +71,7 @@ fn training_reaches_p_and_calibrated_export_hits_it() {
     assert!((last - tp.p).abs() < 0.1, "sampled ratio {last} did not approach p = {}", tp.p);
 
     let windows = calib.held_out_windows(64, 4);
-    let (cm, _shift) = calibrate(&model, &hn, tp.p, &windows, 30).unwrap();
+    let (cm, _shift) = calibrate(&model, &hn, tp.p, false, &windows, 30).unwrap();
     assert!((cm.measured_p - tp.p).abs() <= 0.02, "calibrated active fraction {} vs p {}", cm.measured_p, tp.p);
     let again = measure_active(&model, &cm, &windows).unwrap();
     assert_eq!(again, cm.measured_p);

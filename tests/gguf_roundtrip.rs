@@ -166,6 +166,19 @@ fn alignment_is_written_only_when_not_default() {
 }
 
 #[test]
+fn metadata_only_files_are_not_padded() {
+    let mut w = GgufWriter::new();
+    w.set_alignment(1 << 30);
+    w.add_metadata("k", Value::U8(1));
+    let bytes = write(&w);
+    // magic, version, counts, then two entries; no padding to 1 GiB.
+    assert_eq!(bytes.len(), 24 + (8 + 17 + 4 + 4) + (8 + 1 + 4 + 1));
+    let f = GgufFile::from_bytes(bytes).unwrap();
+    assert_eq!(f.alignment(), 1 << 30);
+    assert_eq!(f.data_offset(), 24 + 33 + 14);
+}
+
+#[test]
 fn add_metadata_replaces_in_place() {
     let mut w = GgufWriter::new();
     w.add_metadata("a", Value::U32(1));

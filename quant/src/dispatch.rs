@@ -52,6 +52,18 @@ pub fn available_sets() -> Vec<KernelSet> {
         if let Some(s) = crate::kernels::avx2::kernel_set() {
             sets.push(s);
         }
+        if let Some(s) = crate::kernels::avx512::kernel_set() {
+            sets.push(s);
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if let Some(s) = crate::kernels::neon::kernel_set(false) {
+            sets.push(s);
+        }
+        if let Some(s) = crate::kernels::neon::kernel_set(true) {
+            sets.push(s);
+        }
     }
     sets
 }

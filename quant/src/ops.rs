@@ -210,3 +210,32 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
         }
     }
 }
+
+/// y += Σ_i coeffs[i] · dequant(W[rows[i]]): a weighted sum of weight rows (for a transposed
+/// down-projection, e.g. of MoE experts, where only some rows are active). Rows are
+/// dequantized one block at a time into a stack buffer, so nothing is allocated; the
+/// multiply-add loop is left to the compiler's auto-vectorisation (no hand-written SIMD).
+///
+/// # Panics
+/// If `rows` and `coeffs` differ in length, a row is out of range, or `y.len() != w.cols()`.
+pub fn axpy_rows(w: &MatRef, rows: &[usize], coeffs: &[f32], y: &mut [f32]) {
+    assert_eq!(rows.len(), coeffs.len(), "one coefficient per row");
+    assert_eq!(y.len(), w.cols, "output length");
+    let dequantize = codec(w.ty).1;
+    let bs = w.ty.block_size();
+    let ts = w.ty.type_size();
+    // Float formats have 1-element blocks: dequantize 256 of them at a time.
+    let step = if bs == 1 { 256 } else { bs };
+    let mut buf = [0f32; 256];
+    for (&r, &a) in rows.iter().zip(coeffs) {
+        let row = w.row(r);
+        for (c, out) in y.chunks_mut(step).enumerate() {
+            let n = out.len();
+            let bytes = &row[c * step / bs * ts..(c * step + n) / bs * ts];
+            dequantize(bytes, &mut buf[..n]);
+            for (o, v) in out.iter_mut().zip(&buf[..n]) {
+                *o += a * v;
+            }
+        }
+    }
+}

@@ -62,3 +62,25 @@ fn matref_rejects_bad_shapes() {
     assert!(matches!(x.try_quantize(QuantType::Q4_K, &[0.0; 250], 100), Err(QuantError::InputLength { .. })));
     assert!(matches!(x.try_quantize(QuantType::Q4_K, &[0.0; 200], 100), Err(QuantError::RowNotBlockMultiple { .. })));
 }
+
+#[test]
+fn axpy_rows_equals_dequantized_weighted_sum() {
+    let (rows, cols) = (9, 768);
+    for ty in QuantType::ALL {
+        let data = random_matrix(ty, rows, cols, 40 + ty as u64);
+        let w = MatRef::new(ty, rows, cols, &data).unwrap();
+        let picked = [7usize, 0, 3, 3];
+        let coeffs = [0.5f32, -1.25, 2.0, 0.125];
+        let mut y = vec![1.0f32; cols];
+        tomoe_quant::axpy_rows(&w, &picked, &coeffs, &mut y);
+        let mut expect = vec![1.0f32; cols];
+        let mut row = vec![0f32; cols];
+        for (&r, &a) in picked.iter().zip(&coeffs) {
+            tomoe_quant::dequantize_row(ty, w.row(r), &mut row);
+            for (e, v) in expect.iter_mut().zip(&row) {
+                *e += a * v;
+            }
+        }
+        assert_eq!(y, expect, "{ty}");
+    }
+}

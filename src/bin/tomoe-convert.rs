@@ -1,5 +1,219 @@
-//! tomoe-convert: the command-line front end of `tomoe::convert` (work in progress on this branch).
-fn main() {
-    eprintln!("tomoe-convert: the command line is not wired up yet on this commit");
-    std::process::exit(2);
+//! tomoe-convert: dense model (HF folder or GGUF) + calibration text → ToMoE (or baseline) MoE GGUF.
+//!
+//! tomoe-convert --input MODEL --calib FILE [--calib FILE ...] --output OUT.gguf [options]
+//! See `--help` and docs/CONVERSION.md.
+
+use candle_core::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tomoe::convert::converted::{calibrate, decode, mean_pairwise_jaccard, measure_active, ConvertedModel, Routing};
+use tomoe::convert::data::{read_documents, Calibration};
+use tomoe::convert::dense::DenseModel;
+use tomoe::convert::train::{train, CheckpointPlan, TrainParams};
+use tomoe::convert::{baselines, eval, export, gguf_in, hf, tokenize, ConvertError, Result};
+
+const HELP: &str = "tomoe-convert: convert a dense llama/qwen2 model into a ToMoE Mixture-of-Experts GGUF
+
+  --input PATH            Hugging Face folder (config.json, *.safetensors, tokenizer.json) or dense .gguf
+  --calib FILE            calibration text (.txt) or JSONL (strings or {\"text\": ...}); repeatable
+  --output FILE           output GGUF (written atomically)
+  --method M              tomoe (default) | static-prune | moefication
+  --p F                   active fraction of block parameters, in (0, 1] (default 0.5)
+  --experts N             experts per MLP layer (default 8)
+  --steps N               training steps (default 400)
+  --seq-len N             tokens per training sequence (default 512)
+  --lr F                  AdamW learning rate (default 1e-3)
+  --seed N                seed of everything random (default 0)
+  --outtype T             f32 | f16 | q8_0 | q4_0 | q4_1 | q4_k | q6_k (default f16)
+  --llama-cpp-compat      MLP-only conversion written as a plain llama MoE GGUF for llama.cpp
+  --checkpoint FILE       checkpoint file (safetensors + .json sidecar)
+  --checkpoint-every N    checkpoint period in steps (default 50)
+  --resume                continue from --checkpoint if it exists
+  --eval FILE             after converting, report perplexity on FILE (dense, converted, random routing)
+  --eval-ctx N            perplexity window (default 512)
+  --eval-chunks N         at most N windows (default all)
+";
+
+struct Args {
+    input: PathBuf,
+    calib: Vec<PathBuf>,
+    output: PathBuf,
+    method: String,
+    tp: TrainParams,
+    outtype: String,
+    compat: bool,
+    plan: CheckpointPlan,
+    eval: Option<PathBuf>,
+    eval_ctx: usize,
+    eval_chunks: usize,
+}
+
+fn parse_args() -> Result<Option<Args>> {
+    let mut it = std::env::args().skip(1);
+    let mut a = Args {
+        input: PathBuf::new(),
+        calib: Vec::new(),
+        output: PathBuf::new(),
+        method: "tomoe".into(),
+        tp: TrainParams::default(),
+        outtype: "f16".into(),
+        compat: false,
+        plan: CheckpointPlan { path: None, every: 50, resume: false },
+        eval: None,
+        eval_ctx: 512,
+        eval_chunks: usize::MAX,
+    };
+    let bad = |m: String| ConvertError::InvalidArg(m);
+    fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T> {
+        let v = v.ok_or_else(|| ConvertError::InvalidArg(format!("{flag} needs a value")))?;
+        v.parse().map_err(|_| ConvertError::InvalidArg(format!("{flag} {v}: not a number")))
+    }
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or_else(|| bad(format!("{flag} needs a value")));
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--input" => a.input = val()?.into(),
+            "--calib" => a.calib.push(val()?.into()),
+            "--output" => a.output = val()?.into(),
+            "--method" => a.method = val()?,
+            "--outtype" => a.outtype = val()?,
+            "--llama-cpp-compat" => a.compat = true,
+            "--resume" => a.plan.resume = true,
+            "--checkpoint" => a.plan.path = Some(val()?.into()),
+            "--eval" => a.eval = Some(val()?.into()),
+            "--p" => a.tp.p = num(&flag, it.next())?,
+            "--experts" => a.tp.experts = num(&flag, it.next())?,
+            "--steps" => a.tp.steps = num(&flag, it.next())?,
+            "--seq-len" => a.tp.seq_len = num(&flag, it.next())?,
+            "--lr" => a.tp.lr = num(&flag, it.next())?,
+            "--seed" => a.tp.seed = num(&flag, it.next())?,
+            "--checkpoint-every" => a.plan.every = num(&flag, it.next())?,
+            "--eval-ctx" => a.eval_ctx = num(&flag, it.next())?,
+            "--eval-chunks" => a.eval_chunks = num(&flag, it.next())?,
+            other => return Err(bad(format!("unknown option {other} (see --help)"))),
+        }
+    }
+    if a.input.as_os_str().is_empty() || a.output.as_os_str().is_empty() || a.calib.is_empty() {
+        return Err(bad("--input, --calib and --output are required (see --help)".into()));
+    }
+    if !["tomoe", "static-prune", "moefication"].contains(&a.method.as_str()) {
+        return Err(bad(format!("--method {}: expected tomoe, static-prune or moefication", a.method)));
+    }
+    if a.plan.resume && a.plan.path.is_none() {
+        return Err(bad("--resume needs --checkpoint".into()));
+    }
+    a.tp.mlp_only = a.compat;
+    a.tp.validate()?;
+    Ok(Some(a))
+}
+
+fn load(input: &PathBuf) -> Result<DenseModel> {
+    if input.is_dir() {
+        hf::load_hf(input, &Device::Cpu)
+    } else {
+        gguf_in::load_gguf(input, &Device::Cpu)
+    }
+}
+
+fn run(a: Args) -> Result<()> {
+    let outtype = export::parse_outtype(&a.outtype)?;
+    // Fail in seconds on an unwritable output folder, not after training.
+    export::check_output_path(&a.output)?;
+    let t0 = std::time::Instant::now();
+    let model = load(&a.input)?;
+    let tok = tokenize::tokenizer_from_meta(&model.tokenizer_meta)?;
+    let mut docs = Vec::new();
+    for f in &a.calib {
+        docs.extend(read_documents(f)?);
+    }
+    let encode = |t: &str| tok.encode(t, true, false);
+    let calib = Calibration::new(&docs, &encode, a.tp.seq_len, 0.05)?;
+    eprintln!(
+        "model {} ({:?}, {} layers, d {}, ffn {}), {} training / {} held-out tokens",
+        model.name,
+        model.config.arch,
+        model.config.n_layers,
+        model.config.d,
+        model.config.m,
+        calib.train.len(),
+        calib.held_out.len()
+    );
+    let held = calib.held_out_windows(a.tp.seq_len, 4);
+    let cm: ConvertedModel = match a.method.as_str() {
+        "tomoe" => {
+            let pb = ProgressBar::new(a.tp.steps);
+            pb.set_style(
+                ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            // Without a terminal the bar is hidden: log a line every 10 steps instead.
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let hn = train(&model, &calib, &a.tp, &a.plan, &mut |step, s| {
+                let msg = format!(
+                    "loss {:.3} kd {:.3} R_param {:.3} R_union {:.3} bal {:.3} active {:.3}",
+                    s.loss, s.kd, s.r_param, s.r_union, s.balance, s.ratio
+                );
+                pb.set_position(step + 1);
+                if !tty && (step % 10 == 0 || step + 1 == a.tp.steps) {
+                    eprintln!("step {}/{} [{:.0} s] {msg}", step + 1, a.tp.steps, t0.elapsed().as_secs_f64());
+                }
+                pb.set_message(msg);
+            })?;
+            pb.finish();
+            let plain = decode(&model, &hn, 0.0, a.tp.p, a.tp.mlp_only)?;
+            let plain_p = measure_active(&model, &plain, &held)?;
+            let (cm, shift) = calibrate(&model, &hn, a.tp.p, a.tp.mlp_only, &held, 30)?;
+            eprintln!(
+                "deterministic active fraction: {plain_p:.4} at z+3>0, {:.4} after calibrating the cut-off (shift {shift:+.3}); target {}",
+                cm.measured_p, a.tp.p
+            );
+            cm
+        }
+        "static-prune" => baselines::static_prune(&model, a.tp.p, &calib_windows(&calib, a.tp.seq_len), &held)?,
+        _ => baselines::moefication(&model, a.tp.p, a.tp.experts, &calib_windows(&calib, a.tp.seq_len), &held, a.tp.seed)?,
+    };
+    let jac: Vec<String> = cm.layers.iter().map(|l| format!("{:.3}", mean_pairwise_jaccard(l))).collect();
+    eprintln!("active fraction (held-out): {:.4}; mean pairwise Jaccard of expert sets per layer: [{}]", cm.measured_p, jac.join(", "));
+    export::export(&model, &cm, outtype, a.compat, &a.output)?;
+    eprintln!("wrote {} in {:.1} s", a.output.display(), t0.elapsed().as_secs_f64());
+    if let Some(e) = &a.eval {
+        let text = std::fs::read_to_string(e).map_err(|s| ConvertError::Io { path: e.clone(), source: s })?;
+        let toks = tok.encode(&text, true, false);
+        let bos = tok.bos();
+        let (ppl_d, _) = eval::perplexity(&model, None, &toks, a.eval_ctx, bos, a.eval_chunks)?;
+        let (ppl_c, act) = eval::perplexity(&model, Some((&cm, Routing::Learned)), &toks, a.eval_ctx, bos, a.eval_chunks)?;
+        let (ppl_r, _) = eval::perplexity(&model, Some((&cm, Routing::Random(a.tp.seed))), &toks, a.eval_ctx, bos, a.eval_chunks)?;
+        println!(
+            "eval {}: ppl dense {ppl_d:.2} | {} {ppl_c:.2} (active {act:.4}) | random routing {ppl_r:.2}",
+            e.display(),
+            cm.method.name()
+        );
+    }
+    Ok(())
+}
+
+/// Calibration windows for the baselines' activation statistics (consecutive, from the training part).
+fn calib_windows(c: &Calibration, seq_len: usize) -> Vec<&[u32]> {
+    c.train.chunks_exact(seq_len).take(16).collect()
+}
+
+fn main() -> ExitCode {
+    match parse_args() {
+        Ok(None) => {
+            print!("{HELP}");
+            ExitCode::SUCCESS
+        }
+        Ok(Some(a)) => match run(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tomoe-convert: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("tomoe-convert: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

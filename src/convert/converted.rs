@@ -131,7 +131,7 @@ impl ConvertedLayer {
 }
 
 /// Decodes the trained hypernetwork deterministically with the cut-off `z + 3 + shift > 0`.
-pub fn decode(model: &DenseModel, hn: &HyperNet, shift: f64, target_p: f64) -> Result<ConvertedModel> {
+pub fn decode(model: &DenseModel, hn: &HyperNet, shift: f64, target_p: f64, mlp_only: bool) -> Result<ConvertedModel> {
     let c = &model.config;
     let emb = hn.embeddings()?;
     let mut layers = Vec::with_capacity(c.n_layers);
@@ -158,7 +158,8 @@ pub fn decode(model: &DenseModel, hn: &HyperNet, shift: f64, target_p: f64) -> R
             offset: thr as f32,
             top_k: 0,
         };
-        layers.push(ConvertedLayer::from_expert_masks(&masks, c.m, qk_keep, g(format!("mlp.{l}.router")), Some(vmask)));
+        let (qk_keep, vmask) = if mlp_only { ((0..c.head_dim).collect(), None) } else { (qk_keep, Some(vmask)) };
+        layers.push(ConvertedLayer::from_expert_masks(&masks, c.m, qk_keep, g(format!("mlp.{l}.router")), vmask));
     }
     Ok(ConvertedModel { method: Method::ToMoe, layers, target_p, measured_p: f64::NAN, output_mask: false, scale_pruned: false })
 }
@@ -307,9 +308,9 @@ pub fn measure_active(model: &DenseModel, cm: &ConvertedModel, windows: &[&[u32]
 /// Finds the global cut-off shift whose deterministic model is closest to `target_p` on the held-out
 /// windows (bisection: the active fraction grows with the shift). Returns the model, with
 /// `measured_p` set, and the shift.
-pub fn calibrate(model: &DenseModel, hn: &HyperNet, target_p: f64, windows: &[&[u32]], iters: usize) -> Result<(ConvertedModel, f64)> {
+pub fn calibrate(model: &DenseModel, hn: &HyperNet, target_p: f64, mlp_only: bool, windows: &[&[u32]], iters: usize) -> Result<(ConvertedModel, f64)> {
     let eval = |shift: f64| -> Result<(ConvertedModel, f64)> {
-        let mut cm = decode(model, hn, shift, target_p)?;
+        let mut cm = decode(model, hn, shift, target_p, mlp_only)?;
         cm.measured_p = measure_active(model, &cm, windows)?;
         let r = cm.measured_p;
         Ok((cm, r))

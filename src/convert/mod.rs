@@ -17,11 +17,13 @@ pub mod baselines;
 pub mod converted;
 pub mod data;
 pub mod dense;
+pub mod eval;
 pub mod export;
 pub mod forward;
 pub mod gguf_in;
 pub mod hf;
 pub mod hyper;
+pub mod tokenize;
 pub mod train;
 
 use std::path::PathBuf;

@@ -34,6 +34,9 @@ pub struct TrainParams {
     /// Temperature of the Gumbel-softmax router.
     pub router_temp: f64,
     pub weight_decay: f64,
+    /// Convert only the MLP (attention untouched), as `--llama-cpp-compat` needs.
+    #[serde(default)]
+    pub mlp_only: bool,
 }
 
 impl Default for TrainParams {
@@ -52,6 +55,7 @@ impl Default for TrainParams {
             tau: 0.4,
             router_temp: 0.4,
             weight_decay: 0.05,
+            mlp_only: false,
         }
     }
 }
@@ -101,6 +105,12 @@ struct StudentMasks<'a> {
 
 impl MaskSource for StudentMasks<'_> {
     fn attn_masks(&mut self, l: usize, h1: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if self.params.mlp_only {
+            let (t, hd) = (h1.dim(0)?, self.hn.head_dim);
+            let ones = Tensor::ones((t, hd), candle_core::DType::F32, h1.device())?;
+            self.v_masks.push(ones);
+            return Ok((None, None));
+        }
         let z = self.hn.v_logits(&self.emb, l, h1)?;
         let noise = if self.noisy { Some(logistic_noise(&mut self.rng, z.dims(), z.device())?) } else { None };
         let v = st_gumbel_sigmoid(&z, noise.as_ref(), self.params.tau)?;
@@ -153,6 +163,10 @@ pub fn compute_loss(model: &DenseModel, hn: &HyperNet, tokens: &[u32], tp: &Trai
         let z = hn.mlp_logits(&emb, l)?;
         let n = if noisy { Some(logistic_noise(&mut rng, z.dims(), dev)?) } else { None };
         expert_masks.push(st_gumbel_sigmoid(&z, n.as_ref(), tp.tau)?);
+        if tp.mlp_only {
+            qk_masks.push(Tensor::ones(c.head_dim, candle_core::DType::F32, dev)?);
+            continue;
+        }
         let zq = hn.qk_half_logits(&emb, l)?;
         let n = if noisy { Some(logistic_noise(&mut rng, zq.dims(), dev)?) } else { None };
         qk_masks.push(expand_half(&st_gumbel_sigmoid(&zq, n.as_ref(), tp.tau)?)?);

@@ -202,11 +202,7 @@ fn parse_metadata(cur: &mut Cursor, n_kv: usize) -> Result<Metadata, GgufError> 
                 .ok_or_else(|| GgufError::UnknownValueType { key: key.clone(), type_id: elem_ty })?;
             let len = cur.bound_count(len, min_size, array_elements_left, &|| format!("length of array '{key}'"))?;
             array_elements_left -= len as u64;
-            let mut items = Vec::with_capacity(len.min(MAX_PREALLOC));
-            for j in 0..len {
-                items.push(parse_scalar(cur, elem_ty, &key, &|| format!("element {j} of array '{key}'"))?);
-            }
-            Value::Array(items)
+            Value::Array(parse_array(cur, elem_ty, len, &key)?)
         } else {
             parse_scalar(cur, ty, &key, &|| format!("value of '{key}'"))?
         };
@@ -214,6 +210,50 @@ fn parse_metadata(cur: &mut Cursor, n_kv: usize) -> Result<Metadata, GgufError> 
         metadata.push((key, value));
     }
     Ok((metadata, key_index))
+}
+
+/// The `len` elements of an array of type `elem_ty` (known, not an array). `len` has been
+/// bounded by the bytes left, so fixed-size elements are taken in one checked slice and decoded
+/// in a loop per type (this is most of the time spent opening a model: its vocabulary).
+fn parse_array(cur: &mut Cursor, elem_ty: u32, len: usize, key: &str) -> Result<Vec<Value>, GgufError> {
+    macro_rules! fixed {
+        ($t:ty, $variant:ident) => {{
+            const SIZE: usize = std::mem::size_of::<$t>();
+            let bytes = cur.take((len * SIZE) as u64, &|| format!("elements of array '{key}'"))?;
+            bytes.chunks_exact(SIZE).map(|c| Value::$variant(<$t>::from_le_bytes(le_bytes(c)))).collect()
+        }};
+    }
+    Ok(match elem_ty {
+        type_id::U8 => fixed!(u8, U8),
+        type_id::I8 => fixed!(i8, I8),
+        type_id::U16 => fixed!(u16, U16),
+        type_id::I16 => fixed!(i16, I16),
+        type_id::U32 => fixed!(u32, U32),
+        type_id::I32 => fixed!(i32, I32),
+        type_id::F32 => fixed!(f32, F32),
+        type_id::U64 => fixed!(u64, U64),
+        type_id::I64 => fixed!(i64, I64),
+        type_id::F64 => fixed!(f64, F64),
+        type_id::BOOL => {
+            let bytes = cur.take(len as u64, &|| format!("elements of array '{key}'"))?;
+            bytes.iter().map(|&b| Value::Bool(b != 0)).collect()
+        }
+        type_id::STRING => {
+            let mut items = Vec::with_capacity(len.min(MAX_PREALLOC));
+            for j in 0..len {
+                items.push(Value::String(cur.string(&|| format!("element {j} of array '{key}'"))?));
+            }
+            items
+        }
+        type_id => return Err(GgufError::UnknownValueType { key: key.to_string(), type_id }),
+    })
+}
+
+/// A chunk from `chunks_exact(N)` as an array.
+fn le_bytes<const N: usize>(chunk: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(chunk);
+    out
 }
 
 /// One non-array value of type `ty`.

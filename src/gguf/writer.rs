@@ -2,7 +2,8 @@
 //! padding, every tensor's data aligned), written whole, streamed tensor by tensor, or atomically.
 //!
 //! Layout, as llama.cpp writes it: header, metadata, tensor infos, zero padding to the
-//! alignment, then each tensor's data followed by zero padding to the alignment.
+//! alignment, then each tensor's data followed by zero padding to the alignment. (One
+//! difference: a file without tensors ends right after its metadata, unpadded.)
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -125,7 +126,11 @@ impl GgufWriter {
         let header = self.encode_header(alignment)?;
         let mut stream = TensorStream { writer: self, out: w, written: 0, next: 0, alignment };
         stream.put(&header)?;
-        stream.pad()?;
+        // Without tensors there is no data section to align (readers do not expect one); this
+        // also keeps a metadata-only file with a huge alignment from growing by that much.
+        if !self.tensors.is_empty() {
+            stream.pad()?;
+        }
         Ok(stream)
     }
 

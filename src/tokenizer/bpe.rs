@@ -29,11 +29,14 @@ pub(crate) struct Bpe {
     ignore_merges: bool,
 }
 
+/// A queued merge: (rank, left index, right index, left symbol, right symbol), lowest first.
+type QueuedMerge = Reverse<(u32, u32, u32, u32, u32)>;
+
 /// Per-call working memory of the BPE encoder (and its word cache).
 #[derive(Default)]
 pub(crate) struct BpeScratch {
     syms: Vec<Sym>,
-    heap: BinaryHeap<Reverse<(u32, u32, u32, u32, u32)>>,
+    heap: BinaryHeap<QueuedMerge>,
     cache: FxMap<Box<[u8]>, (u32, u32)>,
     cached_ids: Vec<u32>,
 }
@@ -48,15 +51,25 @@ struct Sym {
 
 /// Inverse of GPT-2's byte table; None for code points that stand for no byte.
 fn cp_to_byte_map() -> FxMap<u32, u8> {
-    byte_to_cp_table().iter().enumerate().map(|(b, &cp)| (cp, b as u8)).collect()
+    byte_to_cp_table()
+        .iter()
+        .enumerate()
+        .map(|(b, &cp)| (cp, b as u8))
+        .collect()
 }
 
 fn decode_text(text: &str, map: &FxMap<u32, u8>) -> Option<Vec<u8>> {
-    text.chars().map(|c| map.get(&(c as u32)).copied()).collect()
+    text.chars()
+        .map(|c| map.get(&(c as u32)).copied())
+        .collect()
 }
 
 impl Bpe {
-    pub fn new(tokens: &[String], merges: &[String], ignore_merges: bool) -> Result<Bpe, TokenizerError> {
+    pub fn new(
+        tokens: &[String],
+        merges: &[String],
+        ignore_merges: bool,
+    ) -> Result<Bpe, TokenizerError> {
         let cp_map = cp_to_byte_map();
         let mut token_by_bytes: FxMap<Box<[u8]>, u32> = FxMap::default();
         let mut token_by_text_byte = [NONE; 256];
@@ -86,12 +99,22 @@ impl Bpe {
         let mut rules: FxMap<(u32, u32), (u32, u32)> = FxMap::default();
         for (rank, rule) in merges.iter().enumerate() {
             // The separator is the first space after the first character (a part is never empty).
-            let Some(sep) = rule.as_bytes().iter().skip(1).position(|&b| b == b' ').map(|p| p + 1) else {
-                return Err(TokenizerError::BadMerge { index: rank, rule: rule.clone() });
+            let Some(sep) = rule
+                .as_bytes()
+                .iter()
+                .skip(1)
+                .position(|&b| b == b' ')
+                .map(|p| p + 1)
+            else {
+                return Err(TokenizerError::BadMerge {
+                    index: rank,
+                    rule: rule.clone(),
+                });
             };
             let (left, right) = (&rule[..sep], &rule[sep + 1..]);
             // A part outside the byte alphabet can never match a word's symbols.
-            let (Some(l), Some(r)) = (decode_text(left, &cp_map), decode_text(right, &cp_map)) else {
+            let (Some(l), Some(r)) = (decode_text(left, &cp_map), decode_text(right, &cp_map))
+            else {
                 continue;
             };
             if l.is_empty() || r.is_empty() {
@@ -105,7 +128,10 @@ impl Bpe {
             // The first rule for a pair wins, later duplicates are ignored.
             rules.entry((ls, rs)).or_insert((rank as u32, ms));
         }
-        let sym_token = sym_bytes.iter().map(|b| token_by_bytes.get(b).copied().unwrap_or(NONE)).collect();
+        let sym_token = sym_bytes
+            .iter()
+            .map(|b| token_by_bytes.get(b).copied().unwrap_or(NONE))
+            .collect();
         Ok(Bpe {
             merges: rules,
             sym_token,
@@ -135,7 +161,8 @@ impl Bpe {
         self.merge_word(word, s, out);
         let start = s.cached_ids.len() as u32;
         s.cached_ids.extend_from_slice(&out[before..]);
-        s.cache.insert(word.into(), (start, (out.len() - before) as u32));
+        s.cache
+            .insert(word.into(), (start, (out.len() - before) as u32));
     }
 
     fn merge_word(&self, word: &[u8], s: &mut BpeScratch, out: &mut Vec<u32>) {
@@ -150,7 +177,12 @@ impl Bpe {
         s.heap.clear();
         for (i, &b) in word.iter().enumerate() {
             let next = if i + 1 == n { -1 } else { i as i32 + 1 };
-            s.syms.push(Sym { sym: b as u32, prev: i as i32 - 1, next, live: true });
+            s.syms.push(Sym {
+                sym: b as u32,
+                prev: i as i32 - 1,
+                next,
+                live: true,
+            });
         }
         for i in 1..n {
             self.push_pair(s, i as i32 - 1, i as i32);
@@ -189,7 +221,8 @@ impl Bpe {
         }
         let (ls, rs) = (s.syms[left as usize].sym, s.syms[right as usize].sym);
         if let Some(&(rank, _)) = self.merges.get(&(ls, rs)) {
-            s.heap.push(Reverse((rank, left as u32, right as u32, ls, rs)));
+            s.heap
+                .push(Reverse((rank, left as u32, right as u32, ls, rs)));
         }
     }
 
@@ -200,7 +233,11 @@ impl Bpe {
         for &b in raw {
             push_utf8(self.byte_to_cp[b as usize], &mut enc);
         }
-        out.extend(enc.iter().map(|&e| self.token_by_text_byte[e as usize]).filter(|&id| id != NONE));
+        out.extend(
+            enc.iter()
+                .map(|&e| self.token_by_text_byte[e as usize])
+                .filter(|&id| id != NONE),
+        );
     }
 }
 
@@ -209,8 +246,14 @@ mod tests {
     use super::*;
 
     fn vocab() -> (Vec<String>, Vec<String>) {
-        let toks = ["a", "b", "c", "Ġ", "ab", "abc", "Ġa", "bc"].iter().map(|s| s.to_string()).collect();
-        let merges = ["a b", "ab c", "Ġ a", "b c"].iter().map(|s| s.to_string()).collect();
+        let toks = ["a", "b", "c", "Ġ", "ab", "abc", "Ġa", "bc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let merges = ["a b", "ab c", "Ġ a", "b c"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         (toks, merges)
     }
 
@@ -245,6 +288,9 @@ mod tests {
     #[test]
     fn bad_merge_is_an_error() {
         let (t, _) = vocab();
-        assert!(matches!(Bpe::new(&t, &["ab".to_string()], false), Err(TokenizerError::BadMerge { index: 0, .. })));
+        assert!(matches!(
+            Bpe::new(&t, &["ab".to_string()], false),
+            Err(TokenizerError::BadMerge { index: 0, .. })
+        ));
     }
 }

@@ -17,6 +17,9 @@ pub(crate) enum PreKind {
     Llama3,
     /// Qwen 2: as Llama 3 but every digit alone.
     Qwen2,
+    /// llama.cpp's default for BPE vocabularies without a known pre-tokenizer: punctuation
+    /// runs, then GPT-2, then number runs, then ASCII digit triples.
+    Default,
 }
 
 /// A named pre-tokenizer and the vocabulary flags that come with the name.
@@ -36,18 +39,29 @@ impl PreConfig {
     pub fn from_name(name: &str) -> Option<PreConfig> {
         use PreKind::*;
         let cfg = |kind, ignore_merges, add_bos_default, clean_spaces| {
-            Some(PreConfig { kind, ignore_merges, add_bos_default, clean_spaces })
+            Some(PreConfig {
+                kind,
+                ignore_merges,
+                add_bos_default,
+                clean_spaces,
+            })
         };
         match name {
-            "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0"
-            | "mellum" | "modern-bert" | "mpt" | "olmo" | "jais" | "exaone4" => cfg(Gpt2, false, false, true),
+            "default" => cfg(Default, false, false, true),
+            "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es"
+            | "jina-v2-de" | "a.x-4.0" | "mellum" | "modern-bert" | "mpt" | "olmo" | "jais"
+            | "exaone4" => cfg(Gpt2, false, false, true),
             "trillion" | "granite-docling" => cfg(Gpt2, false, false, false),
-            "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" => cfg(DigitsThenGpt2, false, false, true),
+            "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" => {
+                cfg(DigitsThenGpt2, false, false, true)
+            }
             "smollm" | "command-r" => cfg(DigitsThenGpt2, false, false, false),
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2"
-            | "jina-v5-nano" => cfg(Llama3, true, true, true),
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
+            | "midm-2.0" | "lfm2" | "jina-v5-nano" => cfg(Llama3, true, true, true),
             "dbrx" | "smaug-bpe" => cfg(Llama3, false, false, true),
-            "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "hunyuan" => cfg(Qwen2, false, false, false),
+            "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "hunyuan" => {
+                cfg(Qwen2, false, false, false)
+            }
             "stablelm2" | "megrez" => cfg(Qwen2, false, false, true),
             _ => None,
         }
@@ -73,6 +87,90 @@ pub(crate) fn split(kind: PreKind, cps: &[Cp], words: &mut Vec<u32>, scratch: &m
                 start += len as usize;
             }
         }
+        PreKind::Default => {
+            // `[\p{P}\$\+<=>\^~\|]+`, GPT-2, `\p{N}+`, `[0-9][0-9][0-9]`, each refining the last.
+            let is_punct = |cp: u32| {
+                class(cp) == CpClass::Punctuation
+                    || matches!(
+                        char::from_u32(cp),
+                        Some('$' | '+' | '<' | '=' | '>' | '^' | '~' | '|')
+                    )
+            };
+            scratch.clear();
+            scratch.push(cps.len() as u32);
+            refine(cps, scratch, words, |c, a, b, out| {
+                split_runs(c, a, b, out, is_punct)
+            });
+            std::mem::swap(scratch, words);
+            refine(cps, scratch, words, gpt2);
+            std::mem::swap(scratch, words);
+            refine(cps, scratch, words, |c, a, b, out| {
+                split_runs(c, a, b, out, |cp| class(cp) == CpClass::Number)
+            });
+            std::mem::swap(scratch, words);
+            refine(cps, scratch, words, ascii_digit_triples);
+        }
+    }
+}
+
+/// Applies a chunk splitter to each chunk of `chunks`, writing the refined lengths to `out`.
+fn refine(
+    cps: &[Cp],
+    chunks: &[u32],
+    out: &mut Vec<u32>,
+    mut f: impl FnMut(&[Cp], usize, usize, &mut Vec<u32>),
+) {
+    out.clear();
+    let mut start = 0usize;
+    for &len in chunks {
+        f(cps, start, start + len as usize, out);
+        start += len as usize;
+    }
+}
+
+/// A regex `X+` as a splitter: maximal runs of `pred` are words, and so is the text between.
+fn split_runs(cps: &[Cp], ini: usize, end: usize, out: &mut Vec<u32>, pred: impl Fn(u32) -> bool) {
+    let mut pos = ini;
+    let mut gap_start = ini;
+    while pos < end {
+        if pred(cps[pos].cp) {
+            if pos > gap_start {
+                out.push((pos - gap_start) as u32);
+            }
+            let run = pos;
+            while pos < end && pred(cps[pos].cp) {
+                pos += 1;
+            }
+            out.push((pos - run) as u32);
+            gap_start = pos;
+        } else {
+            pos += 1;
+        }
+    }
+    if end > gap_start {
+        out.push((end - gap_start) as u32);
+    }
+}
+
+/// `[0-9][0-9][0-9]`: leftmost non-overlapping triples of ASCII digits are words.
+fn ascii_digit_triples(cps: &[Cp], ini: usize, end: usize, out: &mut Vec<u32>) {
+    let digit = |i: usize| (b'0' as u32..=b'9' as u32).contains(&cps[i].cp);
+    let mut pos = ini;
+    let mut gap_start = ini;
+    while pos + 3 <= end {
+        if digit(pos) && digit(pos + 1) && digit(pos + 2) {
+            if pos > gap_start {
+                out.push((pos - gap_start) as u32);
+            }
+            out.push(3);
+            pos += 3;
+            gap_start = pos;
+        } else {
+            pos += 1;
+        }
+    }
+    if end > gap_start {
+        out.push((end - gap_start) as u32);
     }
 }
 
@@ -91,7 +189,11 @@ fn props_at(cps: &[Cp], end: usize, pos: usize) -> Option<Props> {
     }
     let cp = cps[pos].cp;
     let c = class(cp);
-    Some(Props { letter: c == CpClass::Letter, number: c == CpClass::Number, space: is_whitespace(cp) })
+    Some(Props {
+        letter: c == CpClass::Letter,
+        number: c == CpClass::Number,
+        space: is_whitespace(cp),
+    })
 }
 
 #[inline]
@@ -139,7 +241,13 @@ fn contraction_len(cps: &[Cp], end: usize, pos: usize, fold_case: bool) -> Optio
     }
     // Only ASCII letters can complete a contraction, and no non-ASCII letter lowercases to one
     // of s t m d r e v l, so ASCII folding is the full case-insensitive match.
-    let fold = |cp: u32| if fold_case && (0x41..=0x5A).contains(&cp) { cp + 32 } else { cp };
+    let fold = |cp: u32| {
+        if fold_case && (0x41..=0x5A).contains(&cp) {
+            cp + 32
+        } else {
+            cp
+        }
+    };
     let c1 = fold(cps[pos + 1].cp);
     if matches!(char::from_u32(c1), Some('s' | 't' | 'm' | 'd')) {
         return Some(2);
@@ -147,7 +255,10 @@ fn contraction_len(cps: &[Cp], end: usize, pos: usize, fold_case: bool) -> Optio
     if pos + 2 < end {
         let c2 = fold(cps[pos + 2].cp);
         let pair = (char::from_u32(c1), char::from_u32(c2));
-        if matches!(pair, (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l'))) {
+        if matches!(
+            pair,
+            (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l'))
+        ) {
             return Some(3);
         }
     }
@@ -219,7 +330,8 @@ fn llama3(cps: &[Cp], ini: usize, end: usize, words: &mut Vec<u32>, max_digits: 
         }
         prev = to;
     };
-    let is_crlf = |pos: usize| pos < end && (cps[pos].cp == '\r' as u32 || cps[pos].cp == '\n' as u32);
+    let is_crlf =
+        |pos: usize| pos < end && (cps[pos].cp == '\r' as u32 || cps[pos].cp == '\n' as u32);
     let mut pos = ini;
     while pos < end {
         if let Some(n) = contraction_len(cps, end, pos, true) {
@@ -230,7 +342,9 @@ fn llama3(cps: &[Cp], ini: usize, end: usize, words: &mut Vec<u32>, max_digits: 
         let cp = cps[pos].cp;
         let p = props_at(cps, end, pos);
         // `[^\r\n\p{L}\p{N}]?\p{L}+`
-        if !(is_crlf(pos) || is_number(p)) && (is_letter(p) || is_letter(props_at(cps, end, pos + 1))) {
+        if !(is_crlf(pos) || is_number(p))
+            && (is_letter(p) || is_letter(props_at(cps, end, pos + 1)))
+        {
             pos += 1;
             while is_letter(props_at(cps, end, pos)) {
                 pos += 1;
@@ -254,7 +368,11 @@ fn llama3(cps: &[Cp], ini: usize, end: usize, words: &mut Vec<u32>, max_digits: 
         // ` ?[^\s\p{L}\p{N}]+[\r\n]*`; the guard tests the code point after a space, the run
         // may then be empty when the space ends the chunk.
         let is_sp = cp == ' ' as u32;
-        let p2 = if is_sp { props_at(cps, end, pos + 1) } else { p };
+        let p2 = if is_sp {
+            props_at(cps, end, pos + 1)
+        } else {
+            p
+        };
         if p2.is_none() || is_other(p2) {
             pos += is_sp as usize;
             while is_other(props_at(cps, end, pos)) {
@@ -308,7 +426,10 @@ mod tests {
         let mut out = Vec::new();
         let mut at = 0usize;
         for len in w {
-            let (a, b) = (cps[at].start as usize, cps[at + len as usize - 1].end as usize);
+            let (a, b) = (
+                cps[at].start as usize,
+                cps[at + len as usize - 1].end as usize,
+            );
             out.push(text[a..b].to_string());
             at += len as usize;
         }
@@ -318,7 +439,10 @@ mod tests {
 
     #[test]
     fn gpt2_splits_like_its_regex() {
-        assert_eq!(words(PreKind::Gpt2, "Hello world's  end"), ["Hello", " world", "'s", " ", " end"]);
+        assert_eq!(
+            words(PreKind::Gpt2, "Hello world's  end"),
+            ["Hello", " world", "'s", " ", " end"]
+        );
         assert_eq!(words(PreKind::Gpt2, "a  \n"), ["a", "  \n"]);
         assert_eq!(words(PreKind::Gpt2, "x 123!?"), ["x", " 123", "!?"]);
         assert_eq!(words(PreKind::Gpt2, "I'M"), ["I", "'", "M"]);
@@ -326,13 +450,19 @@ mod tests {
 
     #[test]
     fn digits_are_isolated_before_gpt2() {
-        assert_eq!(words(PreKind::DigitsThenGpt2, "ab 1234c"), ["ab", " ", "1", "2", "3", "4", "c"]);
+        assert_eq!(
+            words(PreKind::DigitsThenGpt2, "ab 1234c"),
+            ["ab", " ", "1", "2", "3", "4", "c"]
+        );
     }
 
     #[test]
     fn llama3_groups_digits_by_three_and_newlines() {
         assert_eq!(words(PreKind::Llama3, "1234567"), ["123", "456", "7"]);
-        assert_eq!(words(PreKind::Llama3, "I'M ok.\n\nNo"), ["I", "'M", " ok", ".\n\n", "No"]);
+        assert_eq!(
+            words(PreKind::Llama3, "I'M ok.\n\nNo"),
+            ["I", "'M", " ok", ".\n\n", "No"]
+        );
         assert_eq!(words(PreKind::Llama3, "a \n b"), ["a", " \n", " b"]);
         assert_eq!(words(PreKind::Qwen2, "12"), ["1", "2"]);
     }

@@ -50,17 +50,24 @@ pub enum TokenizerError {
     #[error("metadata key `{key}` is missing")]
     MissingKey { key: &'static str },
     #[error("metadata key `{key}` has the wrong type: expected {expected}")]
-    WrongType { key: &'static str, expected: &'static str },
+    WrongType {
+        key: &'static str,
+        expected: &'static str,
+    },
     #[error("tokenizer model `{0}` is not supported (supported: gpt2, llama)")]
     UnsupportedModel(String),
-    #[error("BPE pre-tokenizer `{0}` is not supported (supported: default, gpt-2, smollm, starcoder, llama3, llama-bpe, qwen2, ...)")]
+    #[error("BPE pre-tokenizer `{0}` is not supported (supported: default, gpt-2 family, smollm/starcoder family, llama3 family, qwen2 family)")]
     UnsupportedPreTokenizer(String),
     #[error("the vocabulary is empty")]
     EmptyVocab,
     #[error("token {id} is listed twice in the vocabulary")]
     DuplicateToken { id: u32 },
     #[error("`{key}` has {got} entries but the vocabulary has {expected}")]
-    LengthMismatch { key: &'static str, got: usize, expected: usize },
+    LengthMismatch {
+        key: &'static str,
+        got: usize,
+        expected: usize,
+    },
     #[error("merge rule {index} (`{rule}`) is not of the form `left right`")]
     BadMerge { index: usize, rule: String },
     #[error("the vocabulary has more than 2^31 tokens")]

@@ -41,7 +41,9 @@ struct Bigram {
 // Max-heap order: higher score first, then the leftmost pair.
 impl Ord for Bigram {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.score.total_cmp(&other.score).then_with(|| other.left.cmp(&self.left))
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.left.cmp(&self.left))
     }
 }
 impl PartialOrd for Bigram {
@@ -83,7 +85,12 @@ impl Spm {
             Some(s) => s.to_vec(),
             None => vec![0.0; tokens.len()],
         };
-        Spm { token_by_text, scores, byte_token, unk: unk.unwrap_or(NONE) }
+        Spm {
+            token_by_text,
+            scores,
+            byte_token,
+            unk: unk.unwrap_or(NONE),
+        }
     }
 
     /// Tokenizes one fragment whose spaces are already escaped as U+2581.
@@ -94,8 +101,17 @@ impl Spm {
         while offs < text.len() {
             let len = utf8_len(text[offs]).min(text.len() - offs);
             let idx = s.syms.len() as i32;
-            let next = if offs + len == text.len() { -1 } else { idx + 1 };
-            s.syms.push(Sym { start: offs as u32, len: len as u32, prev: idx - 1, next });
+            let next = if offs + len == text.len() {
+                -1
+            } else {
+                idx + 1
+            };
+            s.syms.push(Sym {
+                start: offs as u32,
+                len: len as u32,
+                prev: idx - 1,
+                next,
+            });
             offs += len;
         }
         for i in 1..s.syms.len() {
@@ -146,7 +162,12 @@ impl Spm {
         let piece = &text[l.start as usize..(l.start + l.len + r.len) as usize];
         if let Some(&id) = self.token_by_text.get(piece) {
             let score = self.scores.get(id as usize).copied().unwrap_or(0.0);
-            s.heap.push(Bigram { score, left: left as u32, right: right as u32, size: l.len + r.len });
+            s.heap.push(Bigram {
+                score,
+                left: left as u32,
+                right: right as u32,
+                size: l.len + r.len,
+            });
         }
     }
 }
@@ -156,7 +177,10 @@ mod tests {
     use super::*;
 
     fn spm() -> Spm {
-        let mut toks: Vec<String> = ["<unk>", "▁", "a", "b", "▁a", "ab", "▁ab"].iter().map(|s| s.to_string()).collect();
+        let mut toks: Vec<String> = ["<unk>", "▁", "a", "b", "▁a", "ab", "▁ab"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let mut scores = vec![0.0, -1.0, -1.0, -1.0, -2.0, -3.0, -1.5];
         for b in 0..256 {
             toks.push(format!("<0x{b:02X}>"));

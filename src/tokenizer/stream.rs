@@ -16,7 +16,10 @@ pub struct StreamDecoder {
 
 impl StreamDecoder {
     pub fn new() -> Self {
-        StreamDecoder { pending: Vec::new(), started: false }
+        StreamDecoder {
+            pending: Vec::new(),
+            started: false,
+        }
     }
 
     /// Adds one token; returns the text completed by it (possibly empty).
@@ -80,14 +83,24 @@ mod tests {
     use crate::tokenizer::TokenizerSpec;
 
     fn byte_vocab() -> Tokenizer {
-        let mut tokens = vec!["<unk>".to_string(), "<s>".into(), "</s>".into(), "▁a".into()];
+        let mut tokens = vec![
+            "<unk>".to_string(),
+            "<s>".into(),
+            "</s>".into(),
+            "▁a".into(),
+        ];
         let mut types = vec![2, 3, 3, 1];
         for b in 0..256 {
             tokens.push(format!("<0x{b:02X}>"));
             types.push(6);
         }
-        Tokenizer::from_spec(TokenizerSpec { model: "llama".into(), tokens, token_types: Some(types), ..Default::default() })
-            .unwrap()
+        Tokenizer::from_spec(TokenizerSpec {
+            model: "llama".into(),
+            tokens,
+            token_types: Some(types),
+            ..Default::default()
+        })
+        .unwrap()
     }
 
     #[test]

@@ -66,13 +66,18 @@ pub(crate) fn decode_lenient(bytes: &[u8], out: &mut Vec<Cp>) {
             (0xFFFD, 1)
         } else if b0 & 0x20 == 0 {
             if cont(1) {
-                ((((b0 & 0x1F) as u32) << 6) | (bytes[i + 1] & 0x3F) as u32, 2)
+                (
+                    (((b0 & 0x1F) as u32) << 6) | (bytes[i + 1] & 0x3F) as u32,
+                    2,
+                )
             } else {
                 (0xFFFD, 1)
             }
         } else if b0 & 0x10 == 0 {
             if cont(1) && cont(2) {
-                let cp = (((b0 & 0x0F) as u32) << 12) | (((bytes[i + 1] & 0x3F) as u32) << 6) | (bytes[i + 2] & 0x3F) as u32;
+                let cp = (((b0 & 0x0F) as u32) << 12)
+                    | (((bytes[i + 1] & 0x3F) as u32) << 6)
+                    | (bytes[i + 2] & 0x3F) as u32;
                 (cp, 3)
             } else {
                 (0xFFFD, 1)
@@ -90,7 +95,11 @@ pub(crate) fn decode_lenient(bytes: &[u8], out: &mut Vec<Cp>) {
         } else {
             (0xFFFD, 1)
         };
-        out.push(Cp { cp, start: i as u32, end: (i + len) as u32 });
+        out.push(Cp {
+            cp,
+            start: i as u32,
+            end: (i + len) as u32,
+        });
         i += len;
     }
 }
@@ -102,7 +111,11 @@ pub(crate) fn push_utf8(cp: u32, out: &mut Vec<u8>) {
     } else if cp < 0x800 {
         out.extend_from_slice(&[0xC0 | (cp >> 6) as u8, 0x80 | (cp & 0x3F) as u8]);
     } else if cp < 0x10000 {
-        out.extend_from_slice(&[0xE0 | (cp >> 12) as u8, 0x80 | ((cp >> 6) & 0x3F) as u8, 0x80 | (cp & 0x3F) as u8]);
+        out.extend_from_slice(&[
+            0xE0 | (cp >> 12) as u8,
+            0x80 | ((cp >> 6) & 0x3F) as u8,
+            0x80 | (cp & 0x3F) as u8,
+        ]);
     } else {
         out.extend_from_slice(&[
             0xF0 | ((cp >> 18) & 0x07) as u8,
@@ -119,7 +132,8 @@ pub(crate) fn byte_to_cp_table() -> [u32; 256] {
     let mut table = [0u32; 256];
     let mut next = 256u32;
     for b in 0..256u32 {
-        let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable =
+            (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
         table[b as usize] = if printable {
             b
         } else {
@@ -156,7 +170,10 @@ mod tests {
         let mut cps = Vec::new();
         decode_lenient(b"a\xE2\x82z\xF0\x9F\x98\x80\xFF", &mut cps);
         let got: Vec<u32> = cps.iter().map(|c| c.cp).collect();
-        assert_eq!(got, vec!['a' as u32, 0xFFFD, 0xFFFD, 'z' as u32, 0x1F600, 0xFFFD]);
+        assert_eq!(
+            got,
+            vec!['a' as u32, 0xFFFD, 0xFFFD, 'z' as u32, 0x1F600, 0xFFFD]
+        );
         assert_eq!((cps[4].start, cps[4].end), (4, 8));
     }
 

@@ -16,24 +16,82 @@ pub mod attr {
 
 /// Tokens that end a turn, recognised by text when the metadata has no explicit id.
 const EOT_TEXTS: &[&str] = &[
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>", "_<EOT>",
-    "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "<｜end▁of▁sentence｜>",
+    "<end_of_utterance>",
 ];
 const EOM_TEXTS: &[&str] = &["<|eom_id|>"];
-const FIM_PRE_TEXTS: &[&str] =
-    &["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>"];
-const FIM_SUF_TEXTS: &[&str] =
-    &["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>"];
-const FIM_MID_TEXTS: &[&str] =
-    &["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>"];
+const FIM_PRE_TEXTS: &[&str] = &[
+    "<|fim_prefix|>",
+    "<fim-prefix>",
+    "<fim_prefix>",
+    "<｜fim▁begin｜>",
+    "<PRE>",
+    "▁<PRE>",
+    "<|code_prefix|>",
+    "<|prefix|>",
+];
+const FIM_SUF_TEXTS: &[&str] = &[
+    "<|fim_suffix|>",
+    "<fim-suffix>",
+    "<fim_suffix>",
+    "<｜fim▁hole｜>",
+    "<SUF>",
+    "▁<SUF>",
+    "<|code_suffix|>",
+    "<|suffix|>",
+];
+const FIM_MID_TEXTS: &[&str] = &[
+    "<|fim_middle|>",
+    "<fim-middle>",
+    "<fim_middle>",
+    "<｜fim▁end｜>",
+    "<MID>",
+    "▁<MID>",
+    "<|code_middle|>",
+    "<|middle|>",
+];
 const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
-const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
+const FIM_REP_TEXTS: &[&str] = &[
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+];
 const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
 /// Tokens that end generation wherever they appear.
 const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
-    "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
-    "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", "<｜end▁of▁sentence｜>", "[e~[",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "[e~[",
 ];
 /// gpt-oss markup that must always be rendered.
 const ALWAYS_RENDERED: &[&str] = &["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"];
@@ -73,7 +131,11 @@ fn attr_of_type(ty: i32) -> u32 {
 }
 
 /// Applies defaults, metadata ids, text-based detection and the EOG rules.
-pub(crate) fn derive(spec: &TokenizerSpec, texts: &[String], defaults: FamilyDefaults) -> SpecialInfo {
+pub(crate) fn derive(
+    spec: &TokenizerSpec,
+    texts: &[String],
+    defaults: FamilyDefaults,
+) -> SpecialInfo {
     let n = texts.len();
     let mut attrs: Vec<u32> = match &spec.token_types {
         Some(types) => types.iter().map(|&t| attr_of_type(t)).collect(),
@@ -82,15 +144,29 @@ pub(crate) fn derive(spec: &TokenizerSpec, texts: &[String], defaults: FamilyDef
     let in_range = |id: Option<u32>| id.filter(|&i| (i as usize) < n);
     // A metadata id out of range keeps the default (as llama.cpp, which warns).
     let pick = |default: Option<u32>, key: Option<u32>| in_range(key).or(in_range(default));
-    let SpecialIds { bos, eos, eot, eom, unk, fim_pre, fim_suf, fim_mid, fim_pad, fim_rep, fim_sep, .. } =
-        spec.special.clone();
+    let SpecialIds {
+        bos,
+        eos,
+        eot,
+        eom,
+        unk,
+        fim_pre,
+        fim_suf,
+        fim_mid,
+        fim_pad,
+        fim_rep,
+        fim_sep,
+        ..
+    } = spec.special.clone();
     let bos = pick(defaults.bos, bos);
     let eos = pick(defaults.eos, eos);
     let unk = pick(defaults.unk, unk);
     let mut eot = in_range(eot);
     let mut eom = in_range(eom);
-    let (mut fim_pre, mut fim_suf, mut fim_mid) = (in_range(fim_pre), in_range(fim_suf), in_range(fim_mid));
-    let (mut fim_pad, mut fim_rep, mut fim_sep) = (in_range(fim_pad), in_range(fim_rep), in_range(fim_sep));
+    let (mut fim_pre, mut fim_suf, mut fim_mid) =
+        (in_range(fim_pre), in_range(fim_suf), in_range(fim_mid));
+    let (mut fim_pad, mut fim_rep, mut fim_sep) =
+        (in_range(fim_pad), in_range(fim_rep), in_range(fim_sep));
 
     // Detection by text; the first (lowest) id wins when a vocabulary has several candidates,
     // and the detected token is made a control token.

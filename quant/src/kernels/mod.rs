@@ -4,8 +4,10 @@ pub mod scalar;
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
-//AVX512
-//NEON
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 
 /// `dot(n, w_row, x_row)`: `n` elements; `w_row` in the weight format, `x_row` in its
 /// `vec_dot_type`. Unsafe because SIMD versions require their CPU features; callers get them

@@ -1,0 +1,413 @@
+//! NEON dot products, in two sets: "neon" (i8 products by `smull` + pairwise add) and
+//! "neon-dotprod" (`sdot`, where the CPU has the dot-product extension). Both are generated
+//! from one macro over the i8×i8 → i32x4 primitive. `sdot` is emitted with inline assembly
+//! because its intrinsic (`vdotq_s32`) is not yet stable Rust. f16 rows use the scalar
+//! kernel (the f16 conversion intrinsics are not stable either).
+
+use std::arch::aarch64::*;
+use std::arch::asm;
+
+use super::scalar::{self, q8k_bsum, q8k_d};
+use crate::blocks::float::read_f16;
+use crate::blocks::kquants::{layout::*, q3_k_scales, scale_min_k4};
+use crate::dispatch::KernelSet;
+use crate::formats::{QuantType, QK, QK_K};
+
+pub fn kernel_set(dotprod: bool) -> Option<KernelSet> {
+    if !std::arch::is_aarch64_feature_detected!("neon") {
+        return None;
+    }
+    if dotprod {
+        if !std::arch::is_aarch64_feature_detected!("dotprod") {
+            return None;
+        }
+        return Some(KernelSet { name: "neon-dotprod", dots: with_dotprod::DOTS });
+    }
+    Some(KernelSet { name: "neon", dots: plain::DOTS })
+}
+
+/// Panics unless both rows hold `n` elements (once per row; keeps the loads in bounds).
+#[inline(always)]
+fn check_rows(ty: QuantType, n: usize, w: &[u8], x: &[u8]) {
+    assert!(
+        n % ty.block_size() == 0
+            && w.len() >= n / ty.block_size() * ty.type_size()
+            && x.len() >= n / ty.block_size() * ty.vec_dot_type().type_size(),
+        "{ty} dot: rows too short for {n} values"
+    );
+}
+
+/// acc + Σ of groups of four i8·i8 products (plain NEON).
+#[inline(always)]
+unsafe fn dot_s8_plain(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+    let hi = vmull_high_s8(a, b);
+    vpadalq_s16(vpadalq_s16(acc, lo), hi)
+}
+
+/// acc + Σ of groups of four i8·i8 products (one `sdot`; only inside dotprod functions).
+#[inline(always)]
+unsafe fn dot_s8_sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    // SAFETY: register-only instruction; callers are compiled with the dotprod feature and
+    // only dispatched when the CPU has it.
+    asm!("sdot {0:v}.4s, {1:v}.16b, {2:v}.16b", inout(vreg) acc, in(vreg) a, in(vreg) b,
+         options(pure, nomem, nostack));
+    acc
+}
+
+#[inline(always)]
+unsafe fn ld(p: *const u8) -> int8x16_t {
+    vld1q_s8(p as *const i8)
+}
+
+/// The 16 bytes 0xFF/0x00 of bits `16*half .. 16*half+16` of `qh`.
+#[inline(always)]
+unsafe fn bits_16(qh: u32, half: u32) -> uint8x16_t {
+    let b0 = vdup_n_u8((qh >> (16 * half)) as u8);
+    let b1 = vdup_n_u8((qh >> (16 * half + 8)) as u8);
+    let mask = vld1q_u8([1u8, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128].as_ptr());
+    vtstq_u8(vcombine_u8(b0, b1), mask)
+}
+
+macro_rules! neon_kernels {
+    ($modname:ident, $tf:literal, $dot:path) => {
+        pub mod $modname {
+            use super::*;
+
+            pub const DOTS: [crate::kernels::DotFn; 14] = [
+                dot_f32, scalar::dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q2_k,
+                dot_q3_k, dot_q4_k, dot_q5_k, dot_q6_k, dot_q8_k,
+            ];
+
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
+                check_rows(QuantType::F32, n, w, x);
+                let (wp, xp) = (w.as_ptr() as *const f32, x.as_ptr() as *const f32);
+                let mut acc = [vdupq_n_f32(0.0); 4];
+                let mut i = 0;
+                while i + 16 <= n {
+                    for k in 0..4 {
+                        acc[k] = vfmaq_f32(acc[k], vld1q_f32(wp.add(i + 4 * k)), vld1q_f32(xp.add(i + 4 * k)));
+                    }
+                    i += 16;
+                }
+                let mut sum = vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])));
+                while i < n {
+                    sum += *wp.add(i) * *xp.add(i);
+                    i += 1;
+                }
+                sum
+            }
+
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot_bf16(n: usize, w: &[u8], x: &[u8]) -> f32 {
+                check_rows(QuantType::BF16, n, w, x);
+                let (wp, xp) = (w.as_ptr() as *const u16, x.as_ptr() as *const u16);
+                let mut acc = [vdupq_n_f32(0.0); 2];
+                let mut i = 0;
+                while i + 8 <= n {
+                    let a = vld1q_u16(wp.add(i));
+                    let b = vld1q_u16(xp.add(i));
+                    let (alo, ahi) = (vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(a))), vreinterpretq_f32_u32(vshll_high_n_u16::<16>(a)));
+                    let (blo, bhi) = (vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(b))), vreinterpretq_f32_u32(vshll_high_n_u16::<16>(b)));
+                    acc[0] = vfmaq_f32(acc[0], alo, blo);
+                    acc[1] = vfmaq_f32(acc[1], ahi, bhi);
+                    i += 8;
+                }
+                let mut sum = vaddvq_f32(vaddq_f32(acc[0], acc[1]));
+                while i < n {
+                    sum += crate::blocks::float::bf16_to_f32(*wp.add(i)) * crate::blocks::float::bf16_to_f32(*xp.add(i));
+                    i += 1;
+                }
+                sum
+            }
+
+            /// Symmetric legacy block: levels (i8, centred) for both 16-lane halves.
+            #[inline(always)]
+            unsafe fn legacy_sum(lo: int8x16_t, hi: int8x16_t, y: *const u8) -> i32 {
+                let acc = $dot(vdupq_n_s32(0), lo, ld(y));
+                vaddvq_s32($dot(acc, hi, ld(y.add(16))))
+            }
+
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot_q4_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+                check_rows(QuantType::Q4_0, n, w, x);
+                let (wp, xp) = (w.as_ptr(), x.as_ptr());
+                let m4 = vdupq_n_u8(0x0F);
+                let s8 = vdupq_n_s8(8);
+                let mut acc = [vdupq_n_f32(0.0); 2];
+                for i in 0..n / QK {
+                    let (bw, bx) = (wp.add(18 * i), xp.add(34 * i));
+                    let q = vld1q_u8(bw.add(2));
+                    let lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(q, m4)), s8);
+                    let hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(q)), s8);
+                    let p = $dot($dot(vdupq_n_s32(0), lo, ld(bx.add(2))), hi, ld(bx.add(18)));
+                    let d = read_f16(w, 18 * i) * read_f16(x, 34 * i);
+                    acc[i & 1] = vfmaq_n_f32(acc[i & 1], vcvtq_f32_s32(p), d);
+                }
+                vaddvq_f32(vaddq_f32(acc[0], acc[1]))
+            }
+
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot_q4_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
+                check_rows(QuantType::Q4_1, n, w, x);
+                let (wp, xp) = (w.as_ptr(), x.as_ptr());
+                let m4 = vdupq_n_u8(0x0F);
+                let mut sum = 0.0f32;
+                for i in 0..n / QK {
+                    let (bw, bx) = (wp.add(20 * i), xp.add(34 * i));
+                    let q = vld1q_u8(bw.add(4));
+                    let lo = vreinterpretq_s8_u8(vandq_u8(q, m4));
+                    let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
+                    let sumi = legacy_sum(lo, hi, bx.add(2));
+                    let sumy = vaddlvq_s8(ld(bx.add(2))) as i32 + vaddlvq_s8(ld(bx.add(18))) as i32;
+                    let dx = read_f16(x, 34 * i);
+                    sum += sumi as f32 * (read_f16(w, 20 * i) * dx) + read_f16(w, 20 * i + 2) * (sumy as f32 * dx);
+                }
+                sum
+            }
+
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot_q5_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+                check_rows(QuantType::Q5_0, n, w, x);
+                let (wp, xp) = (w.as_ptr(), x.as_ptr());
+                let m4 = vdupq_n_u8(0x0F);
+                let m16 = vdupq_n_u8(0x10);
+                let s16 = vdupq_n_s8(16);
+                let mut sum = 0.0f32;
+                for i in 0..n / QK {
+                    let (bw, bx) = (wp.add(22 * i), xp.add(34 * i));
+                    let qh = u32::from_le_bytes([*bw.add(2), *bw.add(3), *bw.add(4), *bw.add(5)]);
+                    let q = vld1q_u8(bw.add(6));
+                    let lo = vorrq_u8(vandq_u8(q, m4), vandq_u8(bits_16(qh, 0), m16));
+                    let hi = vorrq_u8(vshrq_n_u8::<4>(q), vandq_u8(bits_16(qh, 1), m16));
+                    let lo = vsubq_s8(vreinterpretq_s8_u8(lo), s16);
+                    let hi = vsubq_s8(vreinterpretq_s8_u8(hi), s16);
+                    sum += legacy_sum(lo, hi, bx.add(2)) as f32 * (read_f16(w, 22 * i) * read_f16(x, 34 * i));
+                }
+                sum
+            }
+
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot_q5_1(n: usize, w: &[u8], x: &[u8]) -> f32 {
+                check_rows(QuantType::Q5_1, n, w, x);
+                let (wp, xp) = (w.as_ptr(), x.as_ptr());
+                let m4 = vdupq_n_u8(0x0F);
+                let m16 = vdupq_n_u8(0x10);
+                let mut sum = 0.0f32;
+                for i in 0..n / QK {
+                    let (bw, bx) = (wp.add(24 * i), xp.add(34 * i));
+                    let qh = u32::from_le_bytes([*bw.add(4), *bw.add(5), *bw.add(6), *bw.add(7)]);
+                    let q = vld1q_u8(bw.add(8));
+                    let lo = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(q, m4), vandq_u8(bits_16(qh, 0), m16)));
+                    let hi = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8::<4>(q), vandq_u8(bits_16(qh, 1), m16)));
+                    let sumi = legacy_sum(lo, hi, bx.add(2));
+                    let sumy = vaddlvq_s8(ld(bx.add(2))) as i32 + vaddlvq_s8(ld(bx.add(18))) as i32;
+                    let dx = read_f16(x, 34 * i);
+                    sum += sumi as f32 * (read_f16(w, 24 * i) * dx) + read_f16(w, 24 * i + 2) * (sumy as f32 * dx);
+                }
+                sum
+            }
+
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot_q8_0(n: usize, w: &[u8], x: &[u8]) -> f32 {
+                check_rows(QuantType::Q8_0, n, w, x);
+                let (wp, xp) = (w.as_ptr(), x.as_ptr());
+                let mut acc = [vdupq_n_f32(0.0); 2];
+                for i in 0..n / QK {
+                    let (bw, bx) = (wp.add(34 * i), xp.add(34 * i));
+                    let p = $dot($dot(vdupq_n_s32(0), ld(bw.add(2)), ld(bx.add(2))), ld(bw.add(18)), ld(bx.add(18)));
+                    let d = read_f16(w, 34 * i) * read_f16(x, 34 * i);
+                    acc[i & 1] = vfmaq_n_f32(acc[i & 1], vcvtq_f32_s32(p), d);
+                }
+                vaddvq_f32(vaddq_f32(acc[0], acc[1]))
+            }
+
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot_q8_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+                check_rows(QuantType::Q8_K, n, w, x);
+                let mut sum = 0.0f32;
+                for i in 0..n / QK_K {
+                    let (bw, bx) = (&w[Q8_BYTES * i..Q8_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+                    let mut acc = vdupq_n_s32(0);
+                    for k in 0..16 {
+                        acc = $dot(acc, ld(bw.as_ptr().add(Q8_QS + 16 * k)), ld(bx.as_ptr().add(Q8_QS + 16 * k)));
+                    }
+                    sum += q8k_d(bw) * q8k_d(bx) * vaddvq_s32(acc) as f32;
+                }
+                sum
+            }
+
+            /// Σ q·y over the 16 elements of group `g` of a Q8_K block.
+            #[inline(always)]
+            unsafe fn group(q: int8x16_t, bx: &[u8], g: usize) -> i32 {
+                vaddvq_s32($dot(vdupq_n_s32(0), q, ld(bx.as_ptr().add(Q8_QS + 16 * g))))
+            }
+
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot_q2_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+                check_rows(QuantType::Q2_K, n, w, x);
+                let m3 = vdupq_n_u8(3);
+                let mut sum = 0.0f32;
+                for i in 0..n / QK_K {
+                    let (bw, bx) = (&w[Q2_BYTES * i..Q2_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+                    let sc = &bw[Q2_SCALES..Q2_SCALES + 16];
+                    let mut summs = 0i32;
+                    for g in 0..16 {
+                        summs += (sc[g] >> 4) as i32 * q8k_bsum(bx, g);
+                    }
+                    let mut isum = 0i32;
+                    for half in 0..2 {
+                        let q = [vld1q_u8(bw.as_ptr().add(Q2_QS + 32 * half)), vld1q_u8(bw.as_ptr().add(Q2_QS + 32 * half + 16))];
+                        for s in 0..4 {
+                            let shift = vdupq_n_s8(-(2 * s as i8));
+                            for part in 0..2 {
+                                let g = 8 * half + 2 * s + part;
+                                let u = vreinterpretq_s8_u8(vandq_u8(vshlq_u8(q[part], shift), m3));
+                                isum += (sc[g] & 0xF) as i32 * group(u, bx, g);
+                            }
+                        }
+                    }
+                    let dy = q8k_d(bx);
+                    sum += dy * read_f16(bw, Q2_D) * isum as f32 - dy * read_f16(bw, Q2_DMIN) * summs as f32;
+                }
+                sum
+            }
+
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot_q3_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+                check_rows(QuantType::Q3_K, n, w, x);
+                let m3 = vdupq_n_u8(3);
+                let m1 = vdupq_n_u8(1);
+                let s4 = vdupq_n_s8(4);
+                let mut sum = 0.0f32;
+                for i in 0..n / QK_K {
+                    let (bw, bx) = (&w[Q3_BYTES * i..Q3_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+                    let sc = q3_k_scales(&bw[Q3_SCALES..Q3_SCALES + 12]);
+                    let hm = [vld1q_u8(bw.as_ptr().add(Q3_HMASK)), vld1q_u8(bw.as_ptr().add(Q3_HMASK + 16))];
+                    let mut isum = 0i32;
+                    for half in 0..2 {
+                        let q = [vld1q_u8(bw.as_ptr().add(Q3_QS + 32 * half)), vld1q_u8(bw.as_ptr().add(Q3_QS + 32 * half + 16))];
+                        for s in 0..4 {
+                            let shift = vdupq_n_s8(-(2 * s as i8));
+                            let hshift = vdupq_n_s8(-((4 * half + s) as i8));
+                            for part in 0..2 {
+                                let g = 8 * half + 2 * s + part;
+                                let low = vandq_u8(vshlq_u8(q[part], shift), m3);
+                                let hb = vandq_u8(vshlq_u8(hm[part], hshift), m1);
+                                let v = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low, vshlq_n_u8::<2>(hb))), s4);
+                                isum += sc[g] as i32 * group(v, bx, g);
+                            }
+                        }
+                    }
+                    sum += q8k_d(bx) * read_f16(bw, Q3_D) * isum as f32;
+                }
+                sum
+            }
+
+            /// Q4_K/Q5_K: Σ_j scale_j·Σ q·y and Σ_j min_j·bsums, given the 8 sub-blocks' levels.
+            #[inline(always)]
+            unsafe fn scale_min_sums(bw: &[u8], bx: &[u8], levels: impl Fn(usize) -> (int8x16_t, int8x16_t)) -> (i32, i32) {
+                let packed = &bw[4..16];
+                let (mut isum, mut summ) = (0i32, 0i32);
+                for j in 0..8 {
+                    let (s, m) = scale_min_k4(j, packed);
+                    let (a, b) = levels(j);
+                    let p = $dot($dot(vdupq_n_s32(0), a, ld(bx.as_ptr().add(Q8_QS + 32 * j))), b, ld(bx.as_ptr().add(Q8_QS + 32 * j + 16)));
+                    isum += s as i32 * vaddvq_s32(p);
+                    summ += m as i32 * (q8k_bsum(bx, 2 * j) + q8k_bsum(bx, 2 * j + 1));
+                }
+                (isum, summ)
+            }
+
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot_q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+                check_rows(QuantType::Q4_K, n, w, x);
+                let m4 = vdupq_n_u8(0x0F);
+                let mut sum = 0.0f32;
+                for i in 0..n / QK_K {
+                    let (bw, bx) = (&w[Q4_BYTES * i..Q4_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+                    let qs = bw.as_ptr().add(Q4_QS);
+                    let (isum, summ) = scale_min_sums(bw, bx, |j| {
+                        let (a, b) = (vld1q_u8(qs.add(32 * (j / 2))), vld1q_u8(qs.add(32 * (j / 2) + 16)));
+                        if j % 2 == 0 {
+                            (vreinterpretq_s8_u8(vandq_u8(a, m4)), vreinterpretq_s8_u8(vandq_u8(b, m4)))
+                        } else {
+                            (vreinterpretq_s8_u8(vshrq_n_u8::<4>(a)), vreinterpretq_s8_u8(vshrq_n_u8::<4>(b)))
+                        }
+                    });
+                    let dy = q8k_d(bx);
+                    sum += dy * read_f16(bw, Q4_D) * isum as f32 - dy * read_f16(bw, Q4_DMIN) * summ as f32;
+                }
+                sum
+            }
+
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot_q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+                check_rows(QuantType::Q5_K, n, w, x);
+                let m4 = vdupq_n_u8(0x0F);
+                let m1 = vdupq_n_u8(1);
+                let mut sum = 0.0f32;
+                for i in 0..n / QK_K {
+                    let (bw, bx) = (&w[Q5_BYTES * i..Q5_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+                    let qs = bw.as_ptr().add(Q5_QS);
+                    let qh = [vld1q_u8(bw.as_ptr().add(Q5_QH)), vld1q_u8(bw.as_ptr().add(Q5_QH + 16))];
+                    let (isum, summ) = scale_min_sums(bw, bx, |j| {
+                        let (a, b) = (vld1q_u8(qs.add(32 * (j / 2))), vld1q_u8(qs.add(32 * (j / 2) + 16)));
+                        let shift = vdupq_n_s8(-(j as i8));
+                        let ha = vshlq_n_u8::<4>(vandq_u8(vshlq_u8(qh[0], shift), m1));
+                        let hb = vshlq_n_u8::<4>(vandq_u8(vshlq_u8(qh[1], shift), m1));
+                        let (la, lb) = if j % 2 == 0 {
+                            (vandq_u8(a, m4), vandq_u8(b, m4))
+                        } else {
+                            (vshrq_n_u8::<4>(a), vshrq_n_u8::<4>(b))
+                        };
+                        (vreinterpretq_s8_u8(vorrq_u8(la, ha)), vreinterpretq_s8_u8(vorrq_u8(lb, hb)))
+                    });
+                    let dy = q8k_d(bx);
+                    sum += dy * read_f16(bw, Q5_D) * isum as f32 - dy * read_f16(bw, Q5_DMIN) * summ as f32;
+                }
+                sum
+            }
+
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot_q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
+                check_rows(QuantType::Q6_K, n, w, x);
+                let m4 = vdupq_n_u8(0x0F);
+                let m3 = vdupq_n_u8(3);
+                let s32 = vdupq_n_s8(32);
+                let mut sum = 0.0f32;
+                for i in 0..n / QK_K {
+                    let (bw, bx) = (&w[Q6_BYTES * i..Q6_BYTES * (i + 1)], &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+                    let mut isum = 0i32;
+                    for k in 0..2 {
+                        for part in 0..2 {
+                            let o = 16 * part;
+                            let l0 = vld1q_u8(bw.as_ptr().add(Q6_QL + 64 * k + o));
+                            let l1 = vld1q_u8(bw.as_ptr().add(Q6_QL + 64 * k + 32 + o));
+                            let h = vld1q_u8(bw.as_ptr().add(Q6_QH + 32 * k + o));
+                            let hi = |s: i8| vshlq_n_u8::<4>(vandq_u8(vshlq_u8(h, vdupq_n_s8(-s)), m3));
+                            let u = [
+                                vorrq_u8(vandq_u8(l0, m4), hi(0)),
+                                vorrq_u8(vandq_u8(l1, m4), hi(2)),
+                                vorrq_u8(vshrq_n_u8::<4>(l0), hi(4)),
+                                vorrq_u8(vshrq_n_u8::<4>(l1), hi(6)),
+                            ];
+                            for (m, u) in u.iter().enumerate() {
+                                let g = 8 * k + 2 * m + part;
+                                let v = vsubq_s8(vreinterpretq_s8_u8(*u), s32);
+                                isum += (bw[Q6_SCALES + g] as i8) as i32 * group(v, bx, g);
+                            }
+                        }
+                    }
+                    sum += q8k_d(bx) * read_f16(bw, Q6_D) * isum as f32;
+                }
+                sum
+            }
+        }
+    };
+}
+
+neon_kernels!(plain, "neon", dot_s8_plain);
+neon_kernels!(with_dotprod, "neon,dotprod", dot_s8_sdot);
