@@ -176,8 +176,10 @@ typedef struct tomoe_model_info {
     uint32_t n_expert_used;
     // All weights stored in the file (every tensor's element count).
     uint64_t n_params;
-    // Weights one token reads: `n_params` for a dense model; for a Mixture-of-Experts model the
-    // expert weights count by the share of experts a token uses.
+    // Weights one token reads: `n_params` for a dense model; for a ggml Mixture-of-Experts model
+    // the expert weights count by the share of experts a token uses; for a ToMoE model the
+    // decoder-block projections count by the file's measured `tomoe.active_fraction` (an average
+    // over tokens) of the dense model's.
     uint64_t n_active_params;
 } tomoe_model_info;
 
@@ -200,7 +202,9 @@ const char *tomoe_version(void);
 // "neon", "scalar"), static, NUL-terminated.
 const char *tomoe_kernel_name(void);
 
-// Default context parameters: n_ctx 2048, threads = available CPUs, n_batch 512, seed 0.
+// Default context parameters: n_ctx 2048, threads = available CPUs, n_batch 512, and the
+// sampler's default seed (llama.cpp's default value 0xFFFFFFFF, used here as an ordinary fixed
+// seed: runs are reproducible unless the caller sets its own).
 struct tomoe_context_params tomoe_context_default_params(void);
 
 // Default sampling parameters (llama.cpp's defaults).

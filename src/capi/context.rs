@@ -286,10 +286,17 @@ fn with_context<T>(
     body(&mut state)
 }
 
-/// Default context parameters: n_ctx 2048, threads = available CPUs, n_batch 512, seed 0.
+/// Default context parameters: n_ctx 2048, threads = available CPUs, n_batch 512, and the
+/// sampler's default seed (llama.cpp's default value 0xFFFFFFFF, used here as an ordinary fixed
+/// seed: runs are reproducible unless the caller sets its own).
 #[no_mangle]
 pub extern "C" fn tomoe_context_default_params() -> tomoe_context_params {
-    tomoe_context_params { n_ctx: DEFAULT_N_CTX, n_threads: 0, n_batch: DEFAULT_N_BATCH, seed: 0 }
+    tomoe_context_params {
+        n_ctx: DEFAULT_N_CTX,
+        n_threads: 0,
+        n_batch: DEFAULT_N_BATCH,
+        seed: SamplerParams::default().seed,
+    }
 }
 
 /// Default sampling parameters (llama.cpp's defaults).

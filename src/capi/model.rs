@@ -39,8 +39,10 @@ pub struct tomoe_model_info {
     pub n_expert_used: u32,
     /// All weights stored in the file (every tensor's element count).
     pub n_params: u64,
-    /// Weights one token reads: `n_params` for a dense model; for a Mixture-of-Experts model the
-    /// expert weights count by the share of experts a token uses.
+    /// Weights one token reads: `n_params` for a dense model; for a ggml Mixture-of-Experts model
+    /// the expert weights count by the share of experts a token uses; for a ToMoE model the
+    /// decoder-block projections count by the file's measured `tomoe.active_fraction` (an average
+    /// over tokens) of the dense model's.
     pub n_active_params: u64,
 }
 
@@ -73,23 +75,8 @@ fn describe(file: &GgufFile, n_vocab: usize) -> tomoe_model_info {
     let n_expert_used = meta_u32(file, &key("expert_used_count"));
 
     let elements = |dims: &[u64]| dims.iter().fold(1u64, |acc, &d| acc.saturating_mul(d));
-    let mut n_params = 0u64;
-    let mut expert_params = 0u64;
-    for t in file.tensors() {
-        let n = elements(&t.dims);
-        n_params = n_params.saturating_add(n);
-        // Stacked expert tensors (`blk.N.ffn_{gate,up,down}_exps.weight`, the ggml convention)
-        // are read only for the experts a token is routed to.
-        if t.name.contains("_exps") {
-            expert_params = expert_params.saturating_add(n);
-        }
-    }
-    let n_active_params = if n_expert > 0 && expert_params > 0 {
-        let used = u64::from(n_expert_used.min(n_expert));
-        n_params - expert_params + expert_params / u64::from(n_expert) * used
-    } else {
-        n_params
-    };
+    let n_params = file.tensors().iter().fold(0u64, |acc, t| acc.saturating_add(elements(&t.dims)));
+    let n_active_params = active_params(file, arch, n_params, n_expert, n_expert_used);
 
     tomoe_model_info {
         architecture,
@@ -103,6 +90,40 @@ fn describe(file: &GgufFile, n_vocab: usize) -> tomoe_model_info {
         n_expert_used,
         n_params,
         n_active_params,
+    }
+}
+
+/// Weights one token reads (see `tomoe_model_info::n_active_params`).
+fn active_params(file: &GgufFile, arch: &str, n_params: u64, n_expert: u32, n_expert_used: u32) -> u64 {
+    let elements = |dims: &[u64]| dims.iter().fold(1u64, |acc, &d| acc.saturating_mul(d));
+    let sum_where = |keep: &dyn Fn(&str) -> bool| {
+        file.tensors().iter().filter(|t| keep(&t.name)).fold(0u64, |acc, t| acc.saturating_add(elements(&t.dims)))
+    };
+    // A ToMoE file (docs/FORMAT.md) records the active share of the decoder-block projections,
+    // measured by the converter against the dense model's block projections; everything else
+    // (embeddings, norms, routers, V-mask heads) is read for every token.
+    let fraction = file.get("tomoe.active_fraction").and_then(|v| v.as_f32());
+    if let (true, Some(fraction)) = (arch.starts_with("tomoe-"), fraction) {
+        const PROJECTIONS: [&str; 7] =
+            [".attn_q.weight", ".attn_k.weight", ".attn_v.weight", ".attn_output.weight", ".ffn_gate.weight", ".ffn_up.weight", ".ffn_down_t.weight"];
+        let stored = sum_where(&|name| PROJECTIONS.iter().any(|p| name.ends_with(p)));
+        let key = |suffix: &str| format!("{arch}.{suffix}");
+        let get = |suffix: &str| u64::from(meta_u32(file, &key(suffix)));
+        let (d, m, layers) = (get("embedding_length"), get("feed_forward_length"), get("block_count"));
+        let (heads, kv_heads, hd) = (get("attention.head_count"), get("attention.head_count_kv"), get("attention.key_length"));
+        // Dense block: q,k and v,o over full head dims, plus gate, up and down.
+        let dense_block = layers * (2 * d * (heads + kv_heads) * hd + 3 * d * m);
+        let active_block = (f64::from(fraction.clamp(0.0, 1.0)) * dense_block as f64).round() as u64;
+        return n_params.saturating_sub(stored).saturating_add(active_block);
+    }
+    // Stacked expert tensors (`blk.N.ffn_{gate,up,down}_exps.weight`, the ggml convention) are
+    // read only for the experts a token is routed to.
+    let expert_params = sum_where(&|name| name.contains("_exps"));
+    if n_expert > 0 && expert_params > 0 {
+        let used = u64::from(n_expert_used.min(n_expert));
+        n_params - expert_params + expert_params / u64::from(n_expert) * used
+    } else {
+        n_params
     }
 }
 
