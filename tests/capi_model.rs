@@ -14,6 +14,8 @@ use tomoe::engine::{Context, ContextParams};
 use tomoe::model::Model;
 
 const PROMPT: &str = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+/// A prompt whose greedy reply is long (no end-of-generation within 12 tokens).
+const STORY: &str = "<|im_start|>user\nTell me a long story about a cat.<|im_end|>\n<|im_start|>assistant\n";
 
 fn smollm2() -> std::path::PathBuf {
     common::model_path(common::RealModel::SmolLm2)
@@ -191,13 +193,13 @@ fn stopping_in_the_callback_and_continuing_gives_the_uninterrupted_tokens() {
     let whole = {
         let c = CContext::new(&m, 512, 2, 0);
         c.greedy();
-        c.generate(PROMPT, 12).0.tokens
+        c.generate(STORY, 12).0.tokens
     };
     assert_eq!(whole.len(), 12, "the prompt must not hit end-of-generation this early");
 
     let c = CContext::new(&m, 512, 2, 0);
     c.greedy();
-    let (st, first, res) = c.try_generate(PROMPT, 12, Collected { stop_after: Some(5), ..Default::default() });
+    let (st, first, res) = c.try_generate(STORY, 12, Collected { stop_after: Some(5), ..Default::default() });
     check(st);
     assert_eq!(res.stop_reason, tomoe_stop_reason::TOMOE_STOP_CALLBACK);
     assert_eq!(first.tokens, whole[..5]);
@@ -211,7 +213,7 @@ fn stopping_in_the_callback_and_continuing_gives_the_uninterrupted_tokens() {
     // The token-by-token path (eval + sample) agrees too.
     c.clear();
     assert_eq!(c.pos(), 0);
-    let mut ids = m.tokenize(PROMPT, true, true);
+    let mut ids = m.tokenize(STORY, true, true);
     check(c.eval(&ids));
     let n_vocab = m.info().n_vocab as usize;
     let mut manual = Vec::new();
