@@ -27,7 +27,8 @@ examples/c/chat "$model" -p "$prompt" -n 16 --temp 0 -t 2 >"$work/native.txt"
 echo "reply: $(tr '\n' ' ' <"$work/native.txt")"
 
 echo "== C example under valgrind"
-valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+valgrind -q --error-exitcode=1 --leak-check=full --show-leak-kinds=definite,indirect \
+  --errors-for-leak-kinds=definite,indirect \
   examples/c/chat "$model" -p "$prompt" -n 8 --temp 0 -t 2 >"$work/valgrind.txt"
 grep -q '[[:alnum:]]' "$work/valgrind.txt" || { echo "test-capi: no text under valgrind" >&2; exit 1; }
 
