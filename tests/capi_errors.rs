@@ -8,7 +8,9 @@ use tomoe::capi::*;
 
 fn last_error() -> String {
     // SAFETY: tomoe_last_error never returns NULL and the string lives until the next call.
-    unsafe { CStr::from_ptr(tomoe_last_error()) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(tomoe_last_error()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// A pointer that was never a handle; the library must not dereference it.
@@ -22,8 +24,15 @@ fn null_arguments_are_reported() {
     // SAFETY: every pointer is NULL or valid; testing NULL handling.
     let st = unsafe { tomoe_model_load(ptr::null(), &mut model) };
     assert_eq!(st, tomoe_status::TOMOE_ERR_NULL_ARGUMENT);
-    assert!(model.is_null(), "the output handle is set to NULL on failure");
-    assert!(last_error().contains("path"), "message names the argument: {}", last_error());
+    assert!(
+        model.is_null(),
+        "the output handle is set to NULL on failure"
+    );
+    assert!(
+        last_error().contains("path"),
+        "message names the argument: {}",
+        last_error()
+    );
 
     let path = CString::new("/nonexistent.gguf").unwrap();
     // SAFETY: as above.
@@ -48,7 +57,16 @@ fn null_arguments_are_reported() {
     assert!(ctx.is_null());
 
     // SAFETY: as above.
-    let st = unsafe { tomoe_generate(ptr::null_mut(), c"hi".as_ptr(), 4, None, ptr::null_mut(), ptr::null_mut()) };
+    let st = unsafe {
+        tomoe_generate(
+            ptr::null_mut(),
+            c"hi".as_ptr(),
+            4,
+            None,
+            ptr::null_mut(),
+            ptr::null_mut(),
+        )
+    };
     assert_eq!(st, tomoe_status::TOMOE_ERR_NULL_ARGUMENT);
 
     // Freeing NULL is a no-op, as free(NULL).
@@ -64,18 +82,48 @@ fn made_up_handles_are_rejected_without_dereferencing() {
     // SAFETY: the handles are never dereferenced (that is what this test checks); the other
     // pointers are valid.
     unsafe {
-        assert_eq!(tomoe_model_get_info(made_up(), info.as_mut_ptr()), tomoe_status::TOMOE_ERR_INVALID_HANDLE);
-        assert!(last_error().contains("not a live model handle"), "{}", last_error());
         assert_eq!(
-            tomoe_tokenize(made_up(), c"hello".as_ptr(), true, false, ptr::null_mut(), 0, &mut n),
+            tomoe_model_get_info(made_up(), info.as_mut_ptr()),
             tomoe_status::TOMOE_ERR_INVALID_HANDLE
         );
-        assert_eq!(tomoe_context_pos(made_up(), &mut n), tomoe_status::TOMOE_ERR_INVALID_HANDLE);
-        assert_eq!(tomoe_context_clear(made_up()), tomoe_status::TOMOE_ERR_INVALID_HANDLE);
-        assert_eq!(tomoe_context_eval(made_up(), ptr::null(), 0), tomoe_status::TOMOE_ERR_INVALID_HANDLE);
+        assert!(
+            last_error().contains("not a live model handle"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            tomoe_tokenize(
+                made_up(),
+                c"hello".as_ptr(),
+                true,
+                false,
+                ptr::null_mut(),
+                0,
+                &mut n
+            ),
+            tomoe_status::TOMOE_ERR_INVALID_HANDLE
+        );
+        assert_eq!(
+            tomoe_context_pos(made_up(), &mut n),
+            tomoe_status::TOMOE_ERR_INVALID_HANDLE
+        );
+        assert_eq!(
+            tomoe_context_clear(made_up()),
+            tomoe_status::TOMOE_ERR_INVALID_HANDLE
+        );
+        assert_eq!(
+            tomoe_context_eval(made_up(), ptr::null(), 0),
+            tomoe_status::TOMOE_ERR_INVALID_HANDLE
+        );
         // A misaligned or odd value is just as unknown.
-        assert_eq!(tomoe_model_free(3usize as *mut tomoe_model), tomoe_status::TOMOE_ERR_INVALID_HANDLE);
-        assert_eq!(tomoe_context_free(made_up()), tomoe_status::TOMOE_ERR_INVALID_HANDLE);
+        assert_eq!(
+            tomoe_model_free(3usize as *mut tomoe_model),
+            tomoe_status::TOMOE_ERR_INVALID_HANDLE
+        );
+        assert_eq!(
+            tomoe_context_free(made_up()),
+            tomoe_status::TOMOE_ERR_INVALID_HANDLE
+        );
     }
 }
 
@@ -87,7 +135,11 @@ fn bad_files_and_bytes_give_load_errors() {
     let st = unsafe { tomoe_model_load(path.as_ptr(), &mut model) };
     assert_eq!(st, tomoe_status::TOMOE_ERR_MODEL_LOAD);
     assert!(model.is_null());
-    assert!(last_error().contains("/nonexistent/dir/model.gguf"), "{}", last_error());
+    assert!(
+        last_error().contains("/nonexistent/dir/model.gguf"),
+        "{}",
+        last_error()
+    );
 
     let garbage = b"GGUF\x03\x00\x00\x00 this is not a model at all".to_vec();
     // SAFETY: valid pointers; `garbage.len()` readable bytes.
@@ -110,7 +162,10 @@ fn bad_files_and_bytes_give_load_errors() {
 fn status_names_cover_every_code() {
     let name = |s: i32| {
         // SAFETY: tomoe_status_name returns a static NUL-terminated string.
-        unsafe { CStr::from_ptr(tomoe_status_name(s)) }.to_str().unwrap().to_owned()
+        unsafe { CStr::from_ptr(tomoe_status_name(s)) }
+            .to_str()
+            .unwrap()
+            .to_owned()
     };
     use tomoe_status::*;
     let all = [
@@ -153,7 +208,9 @@ fn version_and_kernel_names_are_static_strings() {
     let version = unsafe { CStr::from_ptr(tomoe_version()) }.to_str().unwrap();
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
     // SAFETY: as above.
-    let kernels = unsafe { CStr::from_ptr(tomoe_kernel_name()) }.to_str().unwrap();
+    let kernels = unsafe { CStr::from_ptr(tomoe_kernel_name()) }
+        .to_str()
+        .unwrap();
     assert_eq!(kernels, tomoe_quant::kernel_name());
 }
 

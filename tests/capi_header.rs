@@ -6,7 +6,8 @@ use std::path::PathBuf;
 #[test]
 fn header_is_up_to_date() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("reading cbindgen.toml");
+    let config =
+        cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("reading cbindgen.toml");
     let mut generated = Vec::new();
     cbindgen::Builder::new()
         .with_config(config)
@@ -15,7 +16,10 @@ fn header_is_up_to_date() {
         .expect("cbindgen failed on src/capi")
         .write(&mut generated);
     let generated = String::from_utf8(generated).expect("cbindgen wrote invalid UTF-8");
-    assert!(generated.contains("tomoe_generate("), "the generated header misses the API:\n{generated}");
+    assert!(
+        generated.contains("tomoe_generate("),
+        "the generated header misses the API:\n{generated}"
+    );
 
     let path = root.join("include/tomoe.h");
     if std::env::var_os("TOMOE_BLESS").is_some() {

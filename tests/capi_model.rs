@@ -13,18 +13,34 @@ use tomoe::chat::{ChatMessage, Sampler, SamplerParams};
 use tomoe::engine::{Context, ContextParams};
 use tomoe::model::Model;
 
-const PROMPT: &str = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+const PROMPT: &str =
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
 /// A prompt whose greedy reply is long (no end-of-generation within 12 tokens).
-const STORY: &str = "<|im_start|>user\nTell me a long story about a cat.<|im_end|>\n<|im_start|>assistant\n";
+const STORY: &str =
+    "<|im_start|>user\nTell me a long story about a cat.<|im_end|>\n<|im_start|>assistant\n";
 
 fn smollm2() -> std::path::PathBuf {
     common::model_path(common::RealModel::SmolLm2)
 }
 
 /// Greedy (or seeded) generation with the Rust API only: the reference for the C ABI.
-fn rust_generate(model: &Arc<Model>, prompt: &str, n: usize, params: SamplerParams, n_threads: usize) -> Vec<u32> {
+fn rust_generate(
+    model: &Arc<Model>,
+    prompt: &str,
+    n: usize,
+    params: SamplerParams,
+    n_threads: usize,
+) -> Vec<u32> {
     let tok = model.tokenizer();
-    let mut ctx = Context::new(Arc::clone(model), ContextParams { n_ctx: 512, n_threads, n_batch: 512 }).unwrap();
+    let mut ctx = Context::new(
+        Arc::clone(model),
+        ContextParams {
+            n_ctx: 512,
+            n_threads,
+            n_batch: 512,
+        },
+    )
+    .unwrap();
     let mut history = tok.encode(prompt, true, true);
     let mut logits = ctx.eval(&history).unwrap().to_vec();
     let mut sampler = Sampler::new(params, tok.vocab_size());
@@ -42,23 +58,43 @@ fn rust_generate(model: &Arc<Model>, prompt: &str, n: usize, params: SamplerPara
 }
 
 fn greedy() -> SamplerParams {
-    SamplerParams { temperature: 0.0, ..SamplerParams::default() }
+    SamplerParams {
+        temperature: 0.0,
+        ..SamplerParams::default()
+    }
 }
 
 #[test]
 fn model_info_describes_the_file() {
     let m = CModel::load(&smollm2());
     let info = m.info();
-    let arch: Vec<u8> = info.architecture.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    let arch: Vec<u8> = info
+        .architecture
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
     assert_eq!(arch, b"llama");
     assert_eq!(
-        (info.n_vocab, info.n_layer, info.n_embd, info.n_head, info.n_head_kv, info.n_expert, info.n_expert_used),
+        (
+            info.n_vocab,
+            info.n_layer,
+            info.n_embd,
+            info.n_head,
+            info.n_head_kv,
+            info.n_expert,
+            info.n_expert_used
+        ),
         (49152, 30, 576, 9, 3, 0, 0)
     );
     assert_eq!(info.n_ctx_train, 8192);
     // Dense: every weight is active. SmolLM2-135M: ~134.5 M parameters (tied embeddings).
     assert_eq!(info.n_active_params, info.n_params);
-    assert!((130_000_000..140_000_000).contains(&info.n_params), "{}", info.n_params);
+    assert!(
+        (130_000_000..140_000_000).contains(&info.n_params),
+        "{}",
+        info.n_params
+    );
 }
 
 /// llama.cpp is the oracle for the parameter count (sum of all tensor elements).
@@ -74,7 +110,11 @@ fn parameter_count_matches_llama_cpp() {
         let mut params = ll::llama_model_default_params();
         params.n_gpu_layers = 0;
         let model = ll::llama_model_load_from_file(c_path.as_ptr(), params);
-        assert!(!model.is_null(), "llama.cpp failed to load {}", path.display());
+        assert!(
+            !model.is_null(),
+            "llama.cpp failed to load {}",
+            path.display()
+        );
         let n = ll::llama_model_n_params(model);
         ll::llama_model_free(model);
         n
@@ -89,7 +129,11 @@ fn tokenize_detokenize_and_chat_match_the_rust_api() {
     let tok = rust.tokenizer();
     for text in ["Hello, world!", "  Ünïcödé ✓ and 日本語", PROMPT, ""] {
         for (bos, special) in [(true, true), (false, false), (true, false)] {
-            assert_eq!(m.tokenize(text, bos, special), tok.encode(text, bos, special), "{text:?} {bos} {special}");
+            assert_eq!(
+                m.tokenize(text, bos, special),
+                tok.encode(text, bos, special),
+                "{text:?} {bos} {special}"
+            );
         }
         let ids = tok.encode(text, false, true);
         assert_eq!(m.detokenize(&ids), tok.decode(&ids));
@@ -100,7 +144,17 @@ fn tokenize_detokenize_and_chat_match_the_rust_api() {
     let mut ids = [u32::MAX; 2];
     let mut n = 0;
     // SAFETY: `ids.len()` writable ids.
-    let st = unsafe { tomoe_tokenize(m.0, text.as_ptr(), false, false, ids.as_mut_ptr(), ids.len(), &mut n) };
+    let st = unsafe {
+        tomoe_tokenize(
+            m.0,
+            text.as_ptr(),
+            false,
+            false,
+            ids.as_mut_ptr(),
+            ids.len(),
+            &mut n,
+        )
+    };
     assert_eq!(st, tomoe_status::TOMOE_ERR_BUFFER_TOO_SMALL);
     assert_eq!(n, 3);
     assert_eq!(ids, [u32::MAX; 2]);
@@ -109,11 +163,23 @@ fn tokenize_detokenize_and_chat_match_the_rust_api() {
     let mut len = 0;
     let bad = [1u32, 49152];
     // SAFETY: valid pointers.
-    let st = unsafe { tomoe_detokenize(m.0, bad.as_ptr(), bad.len(), std::ptr::null_mut(), 0, &mut len) };
+    let st = unsafe {
+        tomoe_detokenize(
+            m.0,
+            bad.as_ptr(),
+            bad.len(),
+            std::ptr::null_mut(),
+            0,
+            &mut len,
+        )
+    };
     assert_eq!(st, tomoe_status::TOMOE_ERR_INVALID_ARGUMENT);
     let mut eog = false;
     // SAFETY: valid pointers.
-    assert_eq!(unsafe { tomoe_token_is_eog(m.0, u32::MAX, &mut eog) }, tomoe_status::TOMOE_ERR_INVALID_ARGUMENT);
+    assert_eq!(
+        unsafe { tomoe_token_is_eog(m.0, u32::MAX, &mut eog) },
+        tomoe_status::TOMOE_ERR_INVALID_ARGUMENT
+    );
 
     // Special tokens and raw token bytes.
     let (mut bos, mut eos) = (0, 0);
@@ -132,14 +198,29 @@ fn tokenize_detokenize_and_chat_match_the_rust_api() {
     assert_eq!(&bytes[..nb], tok.token_bytes(hello));
 
     // The chat template.
-    let messages = [("system", "Be brief."), ("user", "Hi!"), ("assistant", "Hello."), ("user", "Bye?")];
-    let rust_messages: Vec<ChatMessage> =
-        messages.iter().map(|(r, c)| ChatMessage { role: r.to_string(), content: c.to_string() }).collect();
+    let messages = [
+        ("system", "Be brief."),
+        ("user", "Hi!"),
+        ("assistant", "Hello."),
+        ("user", "Bye?"),
+    ];
+    let rust_messages: Vec<ChatMessage> = messages
+        .iter()
+        .map(|(r, c)| ChatMessage {
+            role: r.to_string(),
+            content: c.to_string(),
+        })
+        .collect();
     let template = rust.chat_template().expect("SmolLM2 has a chat template");
     for add in [true, false] {
-        assert_eq!(m.chat(&messages, add), template.render(&rust_messages, add).unwrap());
+        assert_eq!(
+            m.chat(&messages, add),
+            template.render(&rust_messages, add).unwrap()
+        );
     }
-    assert!(m.chat(&messages[1..2], true).contains("<|im_start|>assistant"));
+    assert!(m
+        .chat(&messages[1..2], true)
+        .contains("<|im_start|>assistant"));
 }
 
 #[test]
@@ -154,16 +235,30 @@ fn generation_matches_the_rust_api_and_streams_all_text() {
     let (got, res) = ctx.generate(PROMPT, 16);
     assert_eq!(got.tokens, expected);
     assert_eq!(res.n_generated as usize, expected.len());
-    assert_eq!(res.n_prompt_tokens as usize, rust.tokenizer().encode(PROMPT, true, true).len());
-    let want_stop = if expected.len() == 16 { tomoe_stop_reason::TOMOE_STOP_MAX_TOKENS } else { tomoe_stop_reason::TOMOE_STOP_EOG };
+    assert_eq!(
+        res.n_prompt_tokens as usize,
+        rust.tokenizer().encode(PROMPT, true, true).len()
+    );
+    let want_stop = if expected.len() == 16 {
+        tomoe_stop_reason::TOMOE_STOP_MAX_TOKENS
+    } else {
+        tomoe_stop_reason::TOMOE_STOP_EOG
+    };
     assert_eq!(res.stop_reason, want_stop);
     // The streamed pieces add up to the decoded text.
-    assert_eq!(String::from_utf8(got.text).unwrap(), rust.tokenizer().decode(&expected));
+    assert_eq!(
+        String::from_utf8(got.text).unwrap(),
+        rust.tokenizer().decode(&expected)
+    );
     assert_eq!(ctx.pos(), res.n_prompt_tokens as usize + expected.len());
     println!("greedy reply: {:?}", rust.tokenizer().decode(&expected));
 
     // Seeded sampling is reproducible, and the same through the C ABI as through Rust.
-    let params = SamplerParams { temperature: 0.8, seed: 7, ..SamplerParams::default() };
+    let params = SamplerParams {
+        temperature: 0.8,
+        seed: 7,
+        ..SamplerParams::default()
+    };
     let expected = rust_generate(&rust, PROMPT, 12, params.clone(), 2);
     let ctx = CContext::new(&m, 512, 2, 7);
     let mut p = tomoe_sampling_default_params();
@@ -195,11 +290,22 @@ fn stopping_in_the_callback_and_continuing_gives_the_uninterrupted_tokens() {
         c.greedy();
         c.generate(STORY, 12).0.tokens
     };
-    assert_eq!(whole.len(), 12, "the prompt must not hit end-of-generation this early");
+    assert_eq!(
+        whole.len(),
+        12,
+        "the prompt must not hit end-of-generation this early"
+    );
 
     let c = CContext::new(&m, 512, 2, 0);
     c.greedy();
-    let (st, first, res) = c.try_generate(STORY, 12, Collected { stop_after: Some(5), ..Default::default() });
+    let (st, first, res) = c.try_generate(
+        STORY,
+        12,
+        Collected {
+            stop_after: Some(5),
+            ..Default::default()
+        },
+    );
     check(st);
     assert_eq!(res.stop_reason, tomoe_stop_reason::TOMOE_STOP_CALLBACK);
     assert_eq!(first.tokens, whole[..5]);
@@ -220,8 +326,14 @@ fn stopping_in_the_callback_and_continuing_gives_the_uninterrupted_tokens() {
     for _ in 0..12 {
         let logits = c.logits(n_vocab);
         let t = c.sample();
-        let argmax = logits.iter().enumerate().fold(0, |best, (i, &v)| if v > logits[best] { i } else { best });
-        assert_eq!(t as usize, argmax, "greedy sampling picks the largest logit");
+        let argmax = logits
+            .iter()
+            .enumerate()
+            .fold(0, |best, (i, &v)| if v > logits[best] { i } else { best });
+        assert_eq!(
+            t as usize, argmax,
+            "greedy sampling picks the largest logit"
+        );
         manual.push(t);
         check(c.eval(&[t]));
     }
@@ -234,7 +346,15 @@ fn stopping_in_the_callback_and_continuing_gives_the_uninterrupted_tokens() {
 fn logits_through_the_c_abi_equal_the_engine_logits() {
     let rust = Arc::new(Model::load(&smollm2()).unwrap());
     let ids = rust.tokenizer().encode("The quick brown fox", true, false);
-    let mut ctx = Context::new(Arc::clone(&rust), ContextParams { n_ctx: 64, n_threads: 2, n_batch: 512 }).unwrap();
+    let mut ctx = Context::new(
+        Arc::clone(&rust),
+        ContextParams {
+            n_ctx: 64,
+            n_threads: 2,
+            n_batch: 512,
+        },
+    )
+    .unwrap();
     let expected = ctx.eval(&ids).unwrap().to_vec();
 
     let m = CModel::load(&smollm2());
@@ -247,7 +367,10 @@ fn logits_through_the_c_abi_equal_the_engine_logits() {
     let st = unsafe { tomoe_context_logits(c.0, small.as_mut_ptr(), small.len()) };
     assert_eq!(st, tomoe_status::TOMOE_ERR_BUFFER_TOO_SMALL);
     // Out-of-vocabulary tokens are refused before anything is evaluated.
-    assert_eq!(c.eval(&[1, u32::MAX]), tomoe_status::TOMOE_ERR_INVALID_ARGUMENT);
+    assert_eq!(
+        c.eval(&[1, u32::MAX]),
+        tomoe_status::TOMOE_ERR_INVALID_ARGUMENT
+    );
     assert_eq!(c.pos(), ids.len());
 }
 
@@ -276,7 +399,14 @@ fn calls_into_a_generating_context_are_refused_not_deadlocked() {
     let m = CModel::load(&smollm2());
     let c = CContext::new(&m, 256, 2, 0);
     c.greedy();
-    let (st, got, _) = c.try_generate(PROMPT, 2, Collected { reenter: Some(c.0), ..Default::default() });
+    let (st, got, _) = c.try_generate(
+        PROMPT,
+        2,
+        Collected {
+            reenter: Some(c.0),
+            ..Default::default()
+        },
+    );
     check(st);
     assert_eq!(got.reenter_status, Some(tomoe_status::TOMOE_ERR_BUSY));
 }
@@ -292,7 +422,11 @@ fn a_context_outlives_its_freed_model_handle() {
     // SAFETY: valid output pointer; the handle is stale on purpose.
     let st = unsafe { tomoe_model_get_info(handle, info.as_mut_ptr()) };
     assert_eq!(st, tomoe_status::TOMOE_ERR_INVALID_HANDLE);
-    assert_eq!(tomoe_model_free(handle), tomoe_status::TOMOE_ERR_INVALID_HANDLE, "double free is an error code");
+    assert_eq!(
+        tomoe_model_free(handle),
+        tomoe_status::TOMOE_ERR_INVALID_HANDLE,
+        "double free is an error code"
+    );
     let (got, _) = c.generate(PROMPT, 4);
     assert_eq!(got.tokens.len(), 4);
 }
@@ -302,9 +436,18 @@ fn bad_sampling_parameters_are_refused() {
     let m = CModel::load(&smollm2());
     let c = CContext::new(&m, 64, 1, 0);
     for bad in [
-        tomoe_sampling_params { temperature: f32::NAN, ..tomoe_sampling_default_params() },
-        tomoe_sampling_params { top_p: 1.5, ..tomoe_sampling_default_params() },
-        tomoe_sampling_params { repeat_penalty: 0.0, ..tomoe_sampling_default_params() },
+        tomoe_sampling_params {
+            temperature: f32::NAN,
+            ..tomoe_sampling_default_params()
+        },
+        tomoe_sampling_params {
+            top_p: 1.5,
+            ..tomoe_sampling_default_params()
+        },
+        tomoe_sampling_params {
+            repeat_penalty: 0.0,
+            ..tomoe_sampling_default_params()
+        },
     ] {
         // SAFETY: valid pointer.
         let st = unsafe { tomoe_context_set_sampling(c.0, &bad) };
@@ -313,8 +456,20 @@ fn bad_sampling_parameters_are_refused() {
     // Sampling from an empty context is an error, not garbage.
     let mut t = 0;
     // SAFETY: valid output pointer.
-    assert_eq!(unsafe { tomoe_context_sample(c.0, &mut t) }, tomoe_status::TOMOE_ERR_INVALID_ARGUMENT);
+    assert_eq!(
+        unsafe { tomoe_context_sample(c.0, &mut t) },
+        tomoe_status::TOMOE_ERR_INVALID_ARGUMENT
+    );
     // SAFETY: as above.
-    let st = unsafe { tomoe_generate(c.0, c"".as_ptr(), 4, None, std::ptr::null_mut(), std::ptr::null_mut()) };
+    let st = unsafe {
+        tomoe_generate(
+            c.0,
+            c"".as_ptr(),
+            4,
+            None,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
     assert_eq!(st, tomoe_status::TOMOE_ERR_INVALID_ARGUMENT);
 }

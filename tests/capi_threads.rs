@@ -32,13 +32,20 @@ fn four_contexts_on_four_threads_match_sequential_runs() {
     let model = CModel::load(&common::model_path(common::RealModel::SmolLm2));
     let sequential: Vec<Vec<u32>> = (0..4).map(|i| run(&model, i)).collect();
     assert!(sequential.iter().all(|t| t.len() > 4), "{sequential:?}");
-    assert!(sequential[0] != sequential[1], "different prompts and seeds give different tokens");
+    assert!(
+        sequential[0] != sequential[1],
+        "different prompts and seeds give different tokens"
+    );
 
     let parallel: Vec<Vec<u32>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4).map(|i| s.spawn({
-            let model = &model;
-            move || run(model, i)
-        })).collect();
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                s.spawn({
+                    let model = &model;
+                    move || run(model, i)
+                })
+            })
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(parallel, sequential);

@@ -44,7 +44,9 @@ fn check_array<T>(ptr: *const T, len: usize, what: &str) -> Result<(), CapiError
     }
     let bytes = len.checked_mul(std::mem::size_of::<T>());
     if !matches!(bytes, Some(b) if b <= isize::MAX as usize) {
-        return Err(CapiError::invalid(format!("{what}: length {len} is too large")));
+        return Err(CapiError::invalid(format!(
+            "{what}: length {len} is too large"
+        )));
     }
     Ok(())
 }
@@ -53,7 +55,11 @@ fn check_array<T>(ptr: *const T, len: usize, what: &str) -> Result<(), CapiError
 ///
 /// # Safety
 /// Unless `len` is 0, `ptr` points to `len` initialised elements valid during the call.
-pub(crate) unsafe fn slice_arg<'a, T>(ptr: *const T, len: usize, what: &str) -> Result<&'a [T], CapiError> {
+pub(crate) unsafe fn slice_arg<'a, T>(
+    ptr: *const T,
+    len: usize,
+    what: &str,
+) -> Result<&'a [T], CapiError> {
     check_array(ptr, len, what)?;
     if len == 0 {
         return Ok(&[]);
@@ -115,7 +121,10 @@ pub(crate) unsafe fn write_string(
     if capacity < text.len() + 1 {
         return Err(CapiError::new(
             tomoe_status::TOMOE_ERR_BUFFER_TOO_SMALL,
-            format!("the buffer holds {capacity} bytes; {} are needed (text plus NUL)", text.len() + 1),
+            format!(
+                "the buffer holds {capacity} bytes; {} are needed (text plus NUL)",
+                text.len() + 1
+            ),
         ));
     }
     // SAFETY: `capacity` writable bytes by contract.

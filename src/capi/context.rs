@@ -82,7 +82,12 @@ pub struct tomoe_generate_result {
 /// `TOMOE_TOKEN_NONE`, and the return value of that call is ignored.
 #[allow(non_camel_case_types)]
 pub type tomoe_token_callback = Option<
-    unsafe extern "C" fn(user_data: *mut c_void, token: u32, piece: *const c_char, piece_len: usize) -> bool,
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        token: u32,
+        piece: *const c_char,
+        piece_len: usize,
+    ) -> bool,
 >;
 
 const DEFAULT_N_CTX: u32 = 2048;
@@ -127,7 +132,10 @@ fn check_sampling(p: &tomoe_sampling_params) -> Result<(), CapiError> {
         (p.temperature.is_finite(), "temperature must be finite"),
         ((0.0..=1.0).contains(&p.top_p), "top_p must be in [0, 1]"),
         ((0.0..=1.0).contains(&p.min_p), "min_p must be in [0, 1]"),
-        (p.repeat_penalty.is_finite() && p.repeat_penalty > 0.0, "repeat_penalty must be finite and > 0"),
+        (
+            p.repeat_penalty.is_finite() && p.repeat_penalty > 0.0,
+            "repeat_penalty must be finite and > 0",
+        ),
     ];
     match checks.iter().find(|(ok, _)| !ok) {
         Some((_, message)) => Err(CapiError::invalid(*message)),
@@ -158,7 +166,12 @@ impl ContextState {
                 ),
             ));
         }
-        let input: Vec<u32> = self.pending.iter().copied().chain(tokens.iter().copied()).collect();
+        let input: Vec<u32> = self
+            .pending
+            .iter()
+            .copied()
+            .chain(tokens.iter().copied())
+            .collect();
         let logits = self.ctx.eval(&input).map_err(|e| {
             CapiError::from_error(tomoe_status::TOMOE_ERR_ENGINE, "evaluating tokens", &e)
         })?;
@@ -174,7 +187,9 @@ impl ContextState {
     fn sample(&mut self) -> Result<u32, CapiError> {
         self.eval(&[])?;
         if !self.logits_valid {
-            return Err(CapiError::invalid("the context is empty: evaluate a prompt first"));
+            return Err(CapiError::invalid(
+                "the context is empty: evaluate a prompt first",
+            ));
         }
         self.scratch.clear();
         self.scratch.extend_from_slice(&self.logits);
@@ -196,7 +211,9 @@ impl ContextState {
         token: u32,
         piece: &str,
     ) -> bool {
-        let Some(callback) = callback else { return true };
+        let Some(callback) = callback else {
+            return true;
+        };
         self.piece.clear();
         self.piece.extend_from_slice(piece.as_bytes());
         self.piece.push(0);
@@ -256,7 +273,10 @@ impl ContextState {
 /// than waiting (waiting would deadlock a call made from inside the generation callback). A
 /// context whose lock a panic poisoned gives `TOMOE_ERR_POISONED`, unless `recover` is set: then
 /// it is cleared and handed out as new.
-fn lock(ctx: &Mutex<ContextState>, recover: bool) -> Result<MutexGuard<'_, ContextState>, CapiError> {
+fn lock(
+    ctx: &Mutex<ContextState>,
+    recover: bool,
+) -> Result<MutexGuard<'_, ContextState>, CapiError> {
     match ctx.try_lock() {
         Ok(guard) => Ok(guard),
         Err(TryLockError::WouldBlock) => Err(CapiError::new(
@@ -350,10 +370,17 @@ pub unsafe extern "C" fn tomoe_context_new(
             0 => DEFAULT_N_BATCH,
             n => n,
         } as usize;
-        let ctx = Context::new(Arc::clone(&model.model), ContextParams { n_ctx, n_threads, n_batch })
-            .map_err(|e| {
-                CapiError::from_error(tomoe_status::TOMOE_ERR_ENGINE, "creating the context", &e)
-            })?;
+        let ctx = Context::new(
+            Arc::clone(&model.model),
+            ContextParams {
+                n_ctx,
+                n_threads,
+                n_batch,
+            },
+        )
+        .map_err(|e| {
+            CapiError::from_error(tomoe_status::TOMOE_ERR_ENGINE, "creating the context", &e)
+        })?;
         let sampling = tomoe_sampling_default_params();
         let vocab = model.model.tokenizer().vocab_size();
         let state = ContextState {
@@ -437,7 +464,10 @@ pub extern "C" fn tomoe_context_clear(ctx: *mut tomoe_context) -> tomoe_status {
 /// # Safety
 /// `pos` is writable.
 #[no_mangle]
-pub unsafe extern "C" fn tomoe_context_pos(ctx: *const tomoe_context, pos: *mut usize) -> tomoe_status {
+pub unsafe extern "C" fn tomoe_context_pos(
+    ctx: *const tomoe_context,
+    pos: *mut usize,
+) -> tomoe_status {
     guard(|| {
         let pos = out_arg(pos, "pos")?;
         let value = with_context(ctx, |state| Ok(state.pos()))?;
@@ -483,12 +513,17 @@ pub unsafe extern "C" fn tomoe_context_logits(
         with_context(ctx, |state| {
             state.eval(&[])?;
             if !state.logits_valid {
-                return Err(CapiError::invalid("the context is empty: evaluate a prompt first"));
+                return Err(CapiError::invalid(
+                    "the context is empty: evaluate a prompt first",
+                ));
             }
             if capacity < state.logits.len() {
                 return Err(CapiError::new(
                     tomoe_status::TOMOE_ERR_BUFFER_TOO_SMALL,
-                    format!("logits need {} floats; the buffer holds {capacity}", state.logits.len()),
+                    format!(
+                        "logits need {} floats; the buffer holds {capacity}",
+                        state.logits.len()
+                    ),
                 ));
             }
             // SAFETY: `capacity` writable floats by contract.
@@ -505,7 +540,10 @@ pub unsafe extern "C" fn tomoe_context_logits(
 /// # Safety
 /// `token` is writable.
 #[no_mangle]
-pub unsafe extern "C" fn tomoe_context_sample(ctx: *mut tomoe_context, token: *mut u32) -> tomoe_status {
+pub unsafe extern "C" fn tomoe_context_sample(
+    ctx: *mut tomoe_context,
+    token: *mut u32,
+) -> tomoe_status {
     guard(|| {
         let token = out_arg(token, "token")?;
         let value = with_context(ctx, |state| state.sample())?;
@@ -537,8 +575,14 @@ pub unsafe extern "C" fn tomoe_generate(
     guard(|| {
         // SAFETY: NUL-terminated by contract.
         let prompt = unsafe { str_arg(prompt, "prompt") }?;
-        let out_result = if out_result.is_null() { None } else { Some(out_arg(out_result, "out_result")?) };
-        let result = with_context(ctx, |state| state.generate(prompt, max_tokens, callback, user_data))?;
+        let out_result = if out_result.is_null() {
+            None
+        } else {
+            Some(out_arg(out_result, "out_result")?)
+        };
+        let result = with_context(ctx, |state| {
+            state.generate(prompt, max_tokens, callback, user_data)
+        })?;
         if let Some(out) = out_result {
             // SAFETY: checked output pointer.
             unsafe { write_out(out, result) };

@@ -32,7 +32,11 @@ struct Registry {
 }
 
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| {
-    Mutex::new(Registry { next: 1, models: HashMap::new(), contexts: HashMap::new() })
+    Mutex::new(Registry {
+        next: 1,
+        models: HashMap::new(),
+        contexts: HashMap::new(),
+    })
 });
 
 /// Handle values are multiples of this, so they look like (and are as aligned as) heap pointers.
@@ -41,7 +45,9 @@ const HANDLE_STRIDE: usize = 16;
 fn registry() -> MutexGuard<'static, Registry> {
     // The lock is never held across code that can panic (only map operations), so a poisoned
     // lock still guards a consistent table.
-    REGISTRY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    REGISTRY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Registry {
@@ -57,7 +63,9 @@ impl Registry {
 fn invalid(kind: &str, handle: usize) -> CapiError {
     CapiError::new(
         tomoe_status::TOMOE_ERR_INVALID_HANDLE,
-        format!("{handle:#x} is not a live {kind} handle (freed, never created, or of another kind)"),
+        format!(
+            "{handle:#x} is not a live {kind} handle (freed, never created, or of another kind)"
+        ),
     )
 }
 
@@ -73,12 +81,19 @@ pub(crate) fn model(handle: *const tomoe_model) -> Result<Arc<ModelState>, CapiE
         return Err(CapiError::null("model"));
     }
     let handle = handle as usize;
-    registry().models.get(&handle).cloned().ok_or_else(|| invalid("model", handle))
+    registry()
+        .models
+        .get(&handle)
+        .cloned()
+        .ok_or_else(|| invalid("model", handle))
 }
 
 pub(crate) fn remove_model(handle: *mut tomoe_model) -> Result<Arc<ModelState>, CapiError> {
     let handle = handle as usize;
-    registry().models.remove(&handle).ok_or_else(|| invalid("model", handle))
+    registry()
+        .models
+        .remove(&handle)
+        .ok_or_else(|| invalid("model", handle))
 }
 
 pub(crate) fn insert_context(state: ContextState) -> Result<*mut tomoe_context, CapiError> {
@@ -93,12 +108,19 @@ pub(crate) fn context(handle: *const tomoe_context) -> Result<Arc<Mutex<ContextS
         return Err(CapiError::null("context"));
     }
     let handle = handle as usize;
-    registry().contexts.get(&handle).cloned().ok_or_else(|| invalid("context", handle))
+    registry()
+        .contexts
+        .get(&handle)
+        .cloned()
+        .ok_or_else(|| invalid("context", handle))
 }
 
 pub(crate) fn remove_context(
     handle: *mut tomoe_context,
 ) -> Result<Arc<Mutex<ContextState>>, CapiError> {
     let handle = handle as usize;
-    registry().contexts.remove(&handle).ok_or_else(|| invalid("context", handle))
+    registry()
+        .contexts
+        .remove(&handle)
+        .ok_or_else(|| invalid("context", handle))
 }

@@ -45,7 +45,8 @@ pub extern "C" fn tomoe_kernel_name() -> *const c_char {
     static NAME: OnceLock<CString> = OnceLock::new();
     // Feature detection does not panic, but no entry point may unwind into C.
     std::panic::catch_unwind(|| {
-        NAME.get_or_init(|| CString::new(tomoe_quant::kernel_name()).unwrap_or_default()).as_ptr()
+        NAME.get_or_init(|| CString::new(tomoe_quant::kernel_name()).unwrap_or_default())
+            .as_ptr()
     })
     .unwrap_or(c"unknown".as_ptr())
 }

@@ -60,14 +60,22 @@ fn meta_u32(file: &GgufFile, key: &str) -> u32 {
         None => return 0,
     };
     let scalar = value.as_array().and_then(|a| a.first()).unwrap_or(value);
-    scalar.as_u64().map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX))
+    scalar
+        .as_u64()
+        .map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX))
 }
 
 /// The description of a model, from its GGUF metadata and tensor shapes.
 fn describe(file: &GgufFile, n_vocab: usize) -> tomoe_model_info {
-    let arch = file.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("");
+    let arch = file
+        .get("general.architecture")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
     let mut architecture = [0 as c_char; TOMOE_ARCH_NAME_LEN];
-    for (dst, &src) in architecture.iter_mut().zip(arch.as_bytes().iter().take(TOMOE_ARCH_NAME_LEN - 1)) {
+    for (dst, &src) in architecture
+        .iter_mut()
+        .zip(arch.as_bytes().iter().take(TOMOE_ARCH_NAME_LEN - 1))
+    {
         *dst = src as c_char;
     }
     let key = |suffix: &str| format!("{arch}.{suffix}");
@@ -75,7 +83,10 @@ fn describe(file: &GgufFile, n_vocab: usize) -> tomoe_model_info {
     let n_expert_used = meta_u32(file, &key("expert_used_count"));
 
     let elements = |dims: &[u64]| dims.iter().fold(1u64, |acc, &d| acc.saturating_mul(d));
-    let n_params = file.tensors().iter().fold(0u64, |acc, t| acc.saturating_add(elements(&t.dims)));
+    let n_params = file
+        .tensors()
+        .iter()
+        .fold(0u64, |acc, t| acc.saturating_add(elements(&t.dims)));
     let n_active_params = active_params(file, arch, n_params, n_expert, n_expert_used);
 
     tomoe_model_info {
@@ -94,26 +105,51 @@ fn describe(file: &GgufFile, n_vocab: usize) -> tomoe_model_info {
 }
 
 /// Weights one token reads (see `tomoe_model_info::n_active_params`).
-fn active_params(file: &GgufFile, arch: &str, n_params: u64, n_expert: u32, n_expert_used: u32) -> u64 {
+fn active_params(
+    file: &GgufFile,
+    arch: &str,
+    n_params: u64,
+    n_expert: u32,
+    n_expert_used: u32,
+) -> u64 {
     let elements = |dims: &[u64]| dims.iter().fold(1u64, |acc, &d| acc.saturating_mul(d));
     let sum_where = |keep: &dyn Fn(&str) -> bool| {
-        file.tensors().iter().filter(|t| keep(&t.name)).fold(0u64, |acc, t| acc.saturating_add(elements(&t.dims)))
+        file.tensors()
+            .iter()
+            .filter(|t| keep(&t.name))
+            .fold(0u64, |acc, t| acc.saturating_add(elements(&t.dims)))
     };
     // A ToMoE file (docs/FORMAT.md) records the active share of the decoder-block projections,
     // measured by the converter against the dense model's block projections; everything else
     // (embeddings, norms, routers, V-mask heads) is read for every token.
     let fraction = file.get("tomoe.active_fraction").and_then(|v| v.as_f32());
     if let (true, Some(fraction)) = (arch.starts_with("tomoe-"), fraction) {
-        const PROJECTIONS: [&str; 7] =
-            [".attn_q.weight", ".attn_k.weight", ".attn_v.weight", ".attn_output.weight", ".ffn_gate.weight", ".ffn_up.weight", ".ffn_down_t.weight"];
+        const PROJECTIONS: [&str; 7] = [
+            ".attn_q.weight",
+            ".attn_k.weight",
+            ".attn_v.weight",
+            ".attn_output.weight",
+            ".ffn_gate.weight",
+            ".ffn_up.weight",
+            ".ffn_down_t.weight",
+        ];
         let stored = sum_where(&|name| PROJECTIONS.iter().any(|p| name.ends_with(p)));
         let key = |suffix: &str| format!("{arch}.{suffix}");
         let get = |suffix: &str| u64::from(meta_u32(file, &key(suffix)));
-        let (d, m, layers) = (get("embedding_length"), get("feed_forward_length"), get("block_count"));
-        let (heads, kv_heads, hd) = (get("attention.head_count"), get("attention.head_count_kv"), get("attention.key_length"));
+        let (d, m, layers) = (
+            get("embedding_length"),
+            get("feed_forward_length"),
+            get("block_count"),
+        );
+        let (heads, kv_heads, hd) = (
+            get("attention.head_count"),
+            get("attention.head_count_kv"),
+            get("attention.key_length"),
+        );
         // Dense block: q,k and v,o over full head dims, plus gate, up and down.
         let dense_block = layers * (2 * d * (heads + kv_heads) * hd + 3 * d * m);
-        let active_block = (f64::from(fraction.clamp(0.0, 1.0)) * dense_block as f64).round() as u64;
+        let active_block =
+            (f64::from(fraction.clamp(0.0, 1.0)) * dense_block as f64).round() as u64;
         return n_params.saturating_sub(stored).saturating_add(active_block);
     }
     // Stacked expert tensors (`blk.N.ffn_{gate,up,down}_exps.weight`, the ggml convention) are
@@ -138,7 +174,10 @@ fn load(file: GgufFile) -> Result<ModelState, CapiError> {
         n_vocab: u32::try_from(n_vocab).unwrap_or(u32::MAX),
         ..info_without_vocab
     };
-    Ok(ModelState { model: Arc::new(model), info })
+    Ok(ModelState {
+        model: Arc::new(model),
+        info,
+    })
 }
 
 fn load_error(what: &str, e: &crate::gguf::GgufError) -> CapiError {

@@ -53,12 +53,18 @@ pub(crate) struct CapiError {
 
 impl CapiError {
     pub(crate) fn new(status: tomoe_status, message: impl Into<String>) -> Self {
-        CapiError { status, message: message.into() }
+        CapiError {
+            status,
+            message: message.into(),
+        }
     }
 
     /// A NULL pointer where `what` was required.
     pub(crate) fn null(what: &str) -> Self {
-        Self::new(tomoe_status::TOMOE_ERR_NULL_ARGUMENT, format!("{what} is NULL"))
+        Self::new(
+            tomoe_status::TOMOE_ERR_NULL_ARGUMENT,
+            format!("{what} is NULL"),
+        )
     }
 
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
@@ -66,7 +72,11 @@ impl CapiError {
     }
 
     /// An error from the Rust API, with its chain of causes, under `status`.
-    pub(crate) fn from_error(status: tomoe_status, context: &str, err: &dyn std::error::Error) -> Self {
+    pub(crate) fn from_error(
+        status: tomoe_status,
+        context: &str,
+        err: &dyn std::error::Error,
+    ) -> Self {
         let mut message = format!("{context}: {err}");
         let mut source = err.source();
         while let Some(cause) = source {
@@ -86,7 +96,10 @@ thread_local! {
 fn set_last_error(message: &str) {
     // A NUL inside the message would cut it short in C; it cannot come from our own messages
     // but may come from a file name, so it is replaced rather than trusted.
-    let bytes: Vec<u8> = message.bytes().map(|b| if b == 0 { b'?' } else { b }).collect();
+    let bytes: Vec<u8> = message
+        .bytes()
+        .map(|b| if b == 0 { b'?' } else { b })
+        .collect();
     let message = CString::new(bytes).unwrap_or_default();
     LAST_ERROR.with(|slot| *slot.borrow_mut() = message);
 }
@@ -124,7 +137,10 @@ pub(crate) fn guard(body: impl FnOnce() -> Result<(), CapiError>) -> tomoe_statu
             err.status
         }
         Err(payload) => {
-            set_last_error(&format!("internal error (panic): {}", panic_message(payload.as_ref())));
+            set_last_error(&format!(
+                "internal error (panic): {}",
+                panic_message(payload.as_ref())
+            ));
             tomoe_status::TOMOE_ERR_INTERNAL
         }
     }
@@ -170,7 +186,9 @@ mod tests {
 
     fn last_error() -> String {
         // SAFETY: never NULL; valid until the next call on this thread.
-        unsafe { CStr::from_ptr(tomoe_last_error()) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(tomoe_last_error()) }
+            .to_string_lossy()
+            .into_owned()
     }
 
     #[test]
@@ -186,6 +204,10 @@ mod tests {
     fn errors_keep_their_code_and_message() {
         let st = guard(|| Err(CapiError::new(tomoe_status::TOMOE_ERR_BUSY, "in\0use")));
         assert_eq!(st, tomoe_status::TOMOE_ERR_BUSY);
-        assert_eq!(last_error(), "in?use", "an interior NUL does not cut the message");
+        assert_eq!(
+            last_error(),
+            "in?use",
+            "an interior NUL does not cut the message"
+        );
     }
 }

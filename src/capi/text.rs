@@ -65,7 +65,10 @@ pub unsafe extern "C" fn tomoe_tokenize(
         if ids.len() > capacity {
             return Err(CapiError::new(
                 tomoe_status::TOMOE_ERR_BUFFER_TOO_SMALL,
-                format!("the text is {} tokens; the buffer holds {capacity}", ids.len()),
+                format!(
+                    "the text is {} tokens; the buffer holds {capacity}",
+                    ids.len()
+                ),
             ));
         }
         // SAFETY: `capacity` writable ids by contract.
@@ -129,7 +132,10 @@ pub unsafe extern "C" fn tomoe_token_bytes(
         if bytes.len() > capacity {
             return Err(CapiError::new(
                 tomoe_status::TOMOE_ERR_BUFFER_TOO_SMALL,
-                format!("token {token} is {} bytes; the buffer holds {capacity}", bytes.len()),
+                format!(
+                    "token {token} is {} bytes; the buffer holds {capacity}",
+                    bytes.len()
+                ),
             ));
         }
         // SAFETY: `capacity` writable bytes by contract.
@@ -213,14 +219,26 @@ pub unsafe extern "C" fn tomoe_chat_apply(
             let role = unsafe { str_arg(m.role, &format!("messages[{i}].role")) }?;
             // SAFETY: as above.
             let content = unsafe { str_arg(m.content, &format!("messages[{i}].content")) }?;
-            owned.push(ChatMessage { role: role.to_owned(), content: content.to_owned() });
+            owned.push(ChatMessage {
+                role: role.to_owned(),
+                content: content.to_owned(),
+            });
         }
         let template = state.model.chat_template().ok_or_else(|| {
-            CapiError::new(tomoe_status::TOMOE_ERR_NO_CHAT_TEMPLATE, "the model has no chat template")
+            CapiError::new(
+                tomoe_status::TOMOE_ERR_NO_CHAT_TEMPLATE,
+                "the model has no chat template",
+            )
         })?;
-        let text = template.render(&owned, add_generation_prompt).map_err(|e| {
-            CapiError::from_error(tomoe_status::TOMOE_ERR_CHAT_TEMPLATE, "rendering the chat template", &e)
-        })?;
+        let text = template
+            .render(&owned, add_generation_prompt)
+            .map_err(|e| {
+                CapiError::from_error(
+                    tomoe_status::TOMOE_ERR_CHAT_TEMPLATE,
+                    "rendering the chat template",
+                    &e,
+                )
+            })?;
         // SAFETY: buffer and length pointer by contract; `text_len` checked.
         unsafe { write_string(text.as_bytes(), buf, capacity, text_len) }
     })

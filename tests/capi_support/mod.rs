@@ -10,7 +10,9 @@ use tomoe::capi::*;
 
 pub fn last_error() -> String {
     // SAFETY: never NULL; valid until the next call on this thread.
-    unsafe { CStr::from_ptr(tomoe_last_error()) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(tomoe_last_error()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[track_caller]
@@ -54,12 +56,36 @@ impl CModel {
         let text = CString::new(text).unwrap();
         let mut n = 0;
         // SAFETY: size query with a NULL buffer of capacity 0.
-        let st = unsafe { tomoe_tokenize(self.0, text.as_ptr(), add_bos, parse_special, ptr::null_mut(), 0, &mut n) };
-        assert!(st == tomoe_status::TOMOE_OK || st == tomoe_status::TOMOE_ERR_BUFFER_TOO_SMALL, "{}", last_error());
+        let st = unsafe {
+            tomoe_tokenize(
+                self.0,
+                text.as_ptr(),
+                add_bos,
+                parse_special,
+                ptr::null_mut(),
+                0,
+                &mut n,
+            )
+        };
+        assert!(
+            st == tomoe_status::TOMOE_OK || st == tomoe_status::TOMOE_ERR_BUFFER_TOO_SMALL,
+            "{}",
+            last_error()
+        );
         let mut ids = vec![0u32; n];
         let mut n2 = 0;
         // SAFETY: `ids.len()` writable ids.
-        check(unsafe { tomoe_tokenize(self.0, text.as_ptr(), add_bos, parse_special, ids.as_mut_ptr(), ids.len(), &mut n2) });
+        check(unsafe {
+            tomoe_tokenize(
+                self.0,
+                text.as_ptr(),
+                add_bos,
+                parse_special,
+                ids.as_mut_ptr(),
+                ids.len(),
+                &mut n2,
+            )
+        });
         assert_eq!(n, n2);
         ids
     }
@@ -67,28 +93,81 @@ impl CModel {
     pub fn detokenize(&self, ids: &[u32]) -> String {
         let mut len = 0;
         // SAFETY: size query.
-        let st = unsafe { tomoe_detokenize(self.0, ids.as_ptr(), ids.len(), ptr::null_mut(), 0, &mut len) };
-        assert_eq!(st, tomoe_status::TOMOE_ERR_BUFFER_TOO_SMALL, "{}", last_error());
+        let st = unsafe {
+            tomoe_detokenize(
+                self.0,
+                ids.as_ptr(),
+                ids.len(),
+                ptr::null_mut(),
+                0,
+                &mut len,
+            )
+        };
+        assert_eq!(
+            st,
+            tomoe_status::TOMOE_ERR_BUFFER_TOO_SMALL,
+            "{}",
+            last_error()
+        );
         let mut buf = vec![0u8; len + 1];
         // SAFETY: `buf.len()` writable bytes.
-        check(unsafe { tomoe_detokenize(self.0, ids.as_ptr(), ids.len(), buf.as_mut_ptr().cast(), buf.len(), &mut len) });
+        check(unsafe {
+            tomoe_detokenize(
+                self.0,
+                ids.as_ptr(),
+                ids.len(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut len,
+            )
+        });
         assert_eq!(buf[len], 0, "NUL-terminated");
         String::from_utf8(buf[..len].to_vec()).unwrap()
     }
 
     pub fn chat(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> String {
-        let owned: Vec<(CString, CString)> =
-            messages.iter().map(|(r, c)| (CString::new(*r).unwrap(), CString::new(*c).unwrap())).collect();
-        let msgs: Vec<tomoe_chat_message> =
-            owned.iter().map(|(r, c)| tomoe_chat_message { role: r.as_ptr(), content: c.as_ptr() }).collect();
+        let owned: Vec<(CString, CString)> = messages
+            .iter()
+            .map(|(r, c)| (CString::new(*r).unwrap(), CString::new(*c).unwrap()))
+            .collect();
+        let msgs: Vec<tomoe_chat_message> = owned
+            .iter()
+            .map(|(r, c)| tomoe_chat_message {
+                role: r.as_ptr(),
+                content: c.as_ptr(),
+            })
+            .collect();
         let mut len = 0;
         // SAFETY: size query; messages valid.
-        let st = unsafe { tomoe_chat_apply(self.0, msgs.as_ptr(), msgs.len(), add_generation_prompt, ptr::null_mut(), 0, &mut len) };
-        assert_eq!(st, tomoe_status::TOMOE_ERR_BUFFER_TOO_SMALL, "{}", last_error());
+        let st = unsafe {
+            tomoe_chat_apply(
+                self.0,
+                msgs.as_ptr(),
+                msgs.len(),
+                add_generation_prompt,
+                ptr::null_mut(),
+                0,
+                &mut len,
+            )
+        };
+        assert_eq!(
+            st,
+            tomoe_status::TOMOE_ERR_BUFFER_TOO_SMALL,
+            "{}",
+            last_error()
+        );
         let mut buf = vec![0u8; len + 1];
         // SAFETY: `buf.len()` writable bytes; messages valid.
         check(unsafe {
-            tomoe_chat_apply(self.0, msgs.as_ptr(), msgs.len(), add_generation_prompt, buf.as_mut_ptr().cast(), buf.len(), &mut len)
+            tomoe_chat_apply(
+                self.0,
+                msgs.as_ptr(),
+                msgs.len(),
+                add_generation_prompt,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut len,
+            )
         });
         String::from_utf8(buf[..len].to_vec()).unwrap()
     }
@@ -113,7 +192,12 @@ pub struct Collected {
 }
 
 /// The generation callback: records tokens and text into a `Collected`.
-pub unsafe extern "C" fn collect(user: *mut c_void, token: u32, piece: *const c_char, len: usize) -> bool {
+pub unsafe extern "C" fn collect(
+    user: *mut c_void,
+    token: u32,
+    piece: *const c_char,
+    len: usize,
+) -> bool {
     // SAFETY: `user` is the `&mut Collected` passed to tomoe_generate by `CContext::generate`.
     let c = unsafe { &mut *(user as *mut Collected) };
     // SAFETY: the library passes `len` readable bytes followed by a NUL.
@@ -140,7 +224,12 @@ unsafe impl Send for CContext {}
 
 impl CContext {
     pub fn new(model: &CModel, n_ctx: u32, n_threads: u32, seed: u64) -> CContext {
-        let params = tomoe_context_params { n_ctx, n_threads, n_batch: 0, seed };
+        let params = tomoe_context_params {
+            n_ctx,
+            n_threads,
+            n_batch: 0,
+            seed,
+        };
         let mut c = ptr::null_mut();
         // SAFETY: valid pointers.
         check(unsafe { tomoe_context_new(model.0, &params, &mut c) });
@@ -159,12 +248,28 @@ impl CContext {
     }
 
     /// Runs tomoe_generate; returns its status, what the callback saw, and the result struct.
-    pub fn try_generate(&self, prompt: &str, max_tokens: u32, mut c: Collected) -> (tomoe_status, Collected, tomoe_generate_result) {
+    pub fn try_generate(
+        &self,
+        prompt: &str,
+        max_tokens: u32,
+        mut c: Collected,
+    ) -> (tomoe_status, Collected, tomoe_generate_result) {
         let prompt = CString::new(prompt).unwrap();
-        let mut res = tomoe_generate_result { n_prompt_tokens: 0, n_generated: 0, stop_reason: tomoe_stop_reason::TOMOE_STOP_EOG };
+        let mut res = tomoe_generate_result {
+            n_prompt_tokens: 0,
+            n_generated: 0,
+            stop_reason: tomoe_stop_reason::TOMOE_STOP_EOG,
+        };
         // SAFETY: valid pointers; `c` outlives the call.
         let st = unsafe {
-            tomoe_generate(self.0, prompt.as_ptr(), max_tokens, Some(collect), (&mut c as *mut Collected).cast(), &mut res)
+            tomoe_generate(
+                self.0,
+                prompt.as_ptr(),
+                max_tokens,
+                Some(collect),
+                (&mut c as *mut Collected).cast(),
+                &mut res,
+            )
         };
         (st, c, res)
     }
