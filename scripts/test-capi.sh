@@ -35,11 +35,18 @@ grep -q '[[:alnum:]]' "$work/valgrind.txt" || { echo "test-capi: no text under v
 echo "== aarch64 cross build"
 rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-cargo build --release --target aarch64-unknown-linux-gnu --lib --bin tomoe-run
-cargo build --release --bin tomoe-run
+cargo build --release --target aarch64-unknown-linux-gnu --lib
 arm="$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/release"
 aarch64-linux-gnu-gcc -O2 -std=c11 -Iinclude -o "$work/chat-aarch64" examples/c/chat.c \
   "$arm/libtomoe.a" -lpthread -ldl -lm
+
+echo "== C example on aarch64 (qemu) matches x86-64"
+qemu-aarch64 -L /usr/aarch64-linux-gnu "$work/chat-aarch64" "$model" -p "$prompt" -n 16 --temp 0 -t 2 >"$work/native-arm.txt"
+cmp -s "$work/native.txt" "$work/native-arm.txt" \
+  || { echo "test-capi: the C example's aarch64 reply differs" >&2; diff "$work/native.txt" "$work/native-arm.txt" >&2 || true; exit 1; }
+echo "== tomoe-run for aarch64"
+cargo build --release --target aarch64-unknown-linux-gnu --bin tomoe-run
+cargo build --release --bin tomoe-run
 
 echo "== greedy tokens: x86-64 vs aarch64 (qemu)"
 run_args=("$model" -p "The capital of France is" -n 16 --temp 0 -t 2)
@@ -53,8 +60,4 @@ if ! cmp -s "$work/x86.txt" "$work/arm.txt"; then
 fi
 echo "same output: $(tr '\n' ' ' <"$work/x86.txt")"
 
-echo "== C example on aarch64 (qemu) matches x86-64"
-qemu-aarch64 -L /usr/aarch64-linux-gnu "$work/chat-aarch64" "$model" -p "$prompt" -n 16 --temp 0 -t 2 >"$work/native-arm.txt"
-cmp -s "$work/native.txt" "$work/native-arm.txt" \
-  || { echo "test-capi: the C example's aarch64 reply differs" >&2; diff "$work/native.txt" "$work/native-arm.txt" >&2 || true; exit 1; }
 echo "test-capi: all checks passed"
