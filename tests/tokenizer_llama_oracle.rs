@@ -153,6 +153,18 @@ fn check_random(tok: &Tokenizer, oracle: &VocabOracle, seed: u64) {
             "detokenize of {s:?}"
         );
     }
+    // Random bytes, mostly invalid UTF-8 (lead bytes from F4 up are left out: llama.cpp aborts
+    // on sequences above U+10FFFF).
+    for _ in 0..500 {
+        let n = rng.gen_range(1..24);
+        let bytes: Vec<u8> = (0..n).map(|_| rng.gen_range(0u8..0xF4)).collect();
+        let special = rng.gen_bool(0.5);
+        assert_eq!(
+            tok.encode_bytes(&bytes, true, special),
+            oracle.tokenize(&bytes, true, special),
+            "tokens of {bytes:?} (parse_special {special})"
+        );
+    }
 }
 
 #[test]

@@ -41,9 +41,10 @@ fn meta_id(f: &GgufFile, key: &'static str) -> Result<Option<u32>, TokenizerErro
     match meta(f, key) {
         None => Ok(None),
         // Negative or huge ids (some converters write -1 for "none") mean "absent".
-        Some(v) => match v.as_i64() {
-            Some(i) => Ok(u32::try_from(i).ok()),
-            None => Err(TokenizerError::WrongType {
+        Some(v) => match (v.as_u64(), v.as_i64()) {
+            (Some(u), _) => Ok(u32::try_from(u).ok()),
+            (None, Some(_)) => Ok(None),
+            (None, None) => Err(TokenizerError::WrongType {
                 key,
                 expected: "integer",
             }),

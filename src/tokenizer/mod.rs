@@ -630,6 +630,15 @@ mod tests {
     }
 
     #[test]
+    fn shared_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Tokenizer>();
+        send_sync::<crate::chat::ChatTemplate>();
+        send_sync::<crate::chat::Sampler>();
+        send_sync::<StreamDecoder>();
+    }
+
+    #[test]
     fn byte_token_values() {
         assert_eq!(byte_token_value("<0x0A>"), 10);
         assert_eq!(byte_token_value("<0xff>"), 255);

@@ -138,7 +138,7 @@ pub(crate) fn derive(
 ) -> SpecialInfo {
     let n = texts.len();
     let mut attrs: Vec<u32> = match &spec.token_types {
-        Some(types) => types.iter().map(|&t| attr_of_type(t)).collect(),
+        Some(types) => types.iter().take(n).map(|&t| attr_of_type(t)).collect(),
         None => vec![attr::NORMAL; n],
     };
     let in_range = |id: Option<u32>| id.filter(|&i| (i as usize) < n);
