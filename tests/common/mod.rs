@@ -38,6 +38,8 @@ pub fn model_path(model: RealModel) -> PathBuf {
 
 /// One of the Austen novels copied into `tests/data/austen/` (persuasion.txt is the evaluation text).
 pub fn austen(file: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/austen").join(file);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/austen")
+        .join(file);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
