@@ -40,8 +40,15 @@ pub struct LlamaOracle {
 }
 
 impl LlamaOracle {
-    /// Loads `path` on the CPU with a context of `n_ctx` tokens, `n_ctx` tokens per decode.
+    /// Loads `path` on the CPU with a context of `n_ctx` tokens, `n_ctx` tokens per decode, and
+    /// llama.cpp's default f16 KV cache.
     pub fn load(path: &Path, n_ctx: usize, n_threads: usize) -> LlamaOracle {
+        LlamaOracle::load_with(path, n_ctx, n_threads, false)
+    }
+
+    /// As `load`; `f32_kv`: an f32 KV cache and no flash attention, so that llama.cpp's
+    /// attention rounds nothing to f16 (for exact comparisons on f32 weights).
+    pub fn load_with(path: &Path, n_ctx: usize, n_threads: usize, f32_kv: bool) -> LlamaOracle {
         init_backend();
         let cpath = CString::new(path.to_str().expect("model path is UTF-8")).unwrap();
         // SAFETY: plain C calls with valid arguments; every returned pointer is checked for null
@@ -59,6 +66,11 @@ impl LlamaOracle {
             cp.n_threads = n_threads as i32;
             cp.n_threads_batch = n_threads as i32;
             cp.no_perf = true;
+            if f32_kv {
+                cp.type_k = sys::GGML_TYPE_F32;
+                cp.type_v = sys::GGML_TYPE_F32;
+                cp.flash_attn_type = sys::LLAMA_FLASH_ATTN_TYPE_DISABLED;
+            }
             let ctx = sys::llama_init_from_model(model, cp);
             assert!(!ctx.is_null(), "llama.cpp failed to create a context for {}", path.display());
             let vocab = sys::llama_model_get_vocab(model);
@@ -154,20 +166,24 @@ impl LlamaOracle {
     }
 
     /// Greedy generation from a cleared context: `n` tokens after `prompt` (argmax, first index
-    /// wins ties), plus the logits of the prompt's last token.
-    pub fn greedy(&mut self, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f32>) {
+    /// wins ties), with the logits each token was chosen from.
+    pub fn greedy(&mut self, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
         self.clear();
-        let first_logits = self.eval(prompt, 0, false);
-        let mut logits = first_logits.clone();
+        let mut logits = self.eval(prompt, 0, false);
         let mut out = Vec::with_capacity(n);
+        let mut all = Vec::with_capacity(n);
         let mut pos = prompt.len();
-        for _ in 0..n {
+        for i in 0..n {
             let t = argmax(&logits);
             out.push(t);
-            logits = self.eval(&[t], pos, false);
-            pos += 1;
+            if i + 1 < n {
+                let next = self.eval(&[t], pos, false);
+                all.push(std::mem::replace(&mut logits, next));
+                pos += 1;
+            }
         }
-        (out, first_logits)
+        all.push(logits);
+        (out, all)
     }
 
     /// llama-perplexity's method over the first `max_chunks` chunks of `n_ctx` tokens (`tokens` is
@@ -218,6 +234,20 @@ pub fn argmax(v: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+/// Largest minus second-largest value: how far the greedy choice is from a tie.
+pub fn top2_margin(v: &[f32]) -> f32 {
+    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &x in v {
+        if x > a {
+            b = a;
+            a = x;
+        } else if x > b {
+            b = x;
+        }
+    }
+    a - b
 }
 
 /// log(softmax(row)[target]) in f64.
