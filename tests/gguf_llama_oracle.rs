@@ -269,22 +269,7 @@ fn llama_cpp_reads_what_we_write() {
         );
     }
     w.add_metadata("test.empty_string", Value::String(String::new()));
-    let types = [
-        QuantType::F32,
-        QuantType::F16,
-        QuantType::BF16,
-        QuantType::Q4_0,
-        QuantType::Q4_1,
-        QuantType::Q5_0,
-        QuantType::Q5_1,
-        QuantType::Q8_0,
-        QuantType::Q2_K,
-        QuantType::Q3_K,
-        QuantType::Q4_K,
-        QuantType::Q5_K,
-        QuantType::Q6_K,
-        QuantType::Q8_K,
-    ];
+    let types = QuantType::ALL;
     for (i, &ty) in types.iter().enumerate() {
         // No trailing 1s: llama.cpp's writer drops them, ours writes dims as given.
         let dims = if i % 2 == 0 { vec![256, 3] } else { vec![256, 3, 2] };

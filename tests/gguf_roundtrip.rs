@@ -7,22 +7,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tomoe::gguf::{GgufError, GgufFile, GgufWriter, QuantType, Value};
 
-const ALL_TYPES: [QuantType; 14] = [
-    QuantType::F32,
-    QuantType::F16,
-    QuantType::BF16,
-    QuantType::Q4_0,
-    QuantType::Q4_1,
-    QuantType::Q5_0,
-    QuantType::Q5_1,
-    QuantType::Q8_0,
-    QuantType::Q2_K,
-    QuantType::Q3_K,
-    QuantType::Q4_K,
-    QuantType::Q5_K,
-    QuantType::Q6_K,
-    QuantType::Q8_K,
-];
+const ALL_TYPES: [QuantType; 14] = QuantType::ALL;
 
 fn scalars() -> Vec<Value> {
     vec![
