@@ -2,17 +2,18 @@
 //! (tokenized by llama.cpp, so that this tests the forward pass alone). Relative difference of
 //! two logit vectors = max|a - b| / max|b| over the vocabulary (b: llama.cpp's).
 //!
-//! Two comparisons, because quantized activations make exact agreement impossible:
-//! - Exact: f32 copies of both models (every tensor dequantized, written with GgufWriter) against
-//!   llama.cpp with an f32 KV cache. No activation is quantized on either side, so the forward
-//!   passes must agree to float rounding (measured ~1e-6): logits within 1e-4 at every step and
-//!   the same 64 greedy tokens.
-//! - Quantized (the files as shipped, llama.cpp's default f16 KV cache): both engines quantize
-//!   activations to 8 bits before each matrix product (Q8_0/Q8_K here, Q8_1 or AMX/repacked
-//!   layouts in ggml), and each lands 2-8% (relative) away from the f32 result; two correct
-//!   engines differ by as much. So here: logits within 0.15 relative at every step of 64
-//!   teacher-forced steps (llama.cpp's greedy tokens fed to both), and the same greedy choice
-//!   at every step where llama.cpp's choice is not a near tie (top-2 logit margin >= 0.5).
+//! The engine computes as llama.cpp's CPU backend does with an f32 KV cache and no flash
+//! attention: the same 8-bit activation quantizer (ties to even), the same summation order in
+//! every product, ggml's exp polynomial in SiLU and softmax (`tomoe_quant::vecmath`). That
+//! matters because these models have activation outliers of several hundred: a one-ulp
+//! difference anywhere flips the rounding of an 8-bit activation downstream, and two engines
+//! that round differently land 2-6% apart in the logits (llama.cpp with its default f16 KV
+//! cache is 6% away from itself with an f32 one). So:
+//! - SmolLM2 as shipped (Q4_1, Q8_0) and its f32 copy: free-running greedy generation, the
+//!   same 64 tokens and logits within 1e-6 (measured: bit-identical) at every step.
+//! - Gemma 3 (k-quants, GELU, sliding window; not yet rounding as ggml, 3-6% apart): teacher-
+//!   forced against llama.cpp with an f32 KV cache, logits within 0.15 and the same greedy
+//!   choice wherever llama.cpp's top-2 margin is at least 1.0.
 #![cfg(target_arch = "x86_64")]
 
 mod common;
@@ -30,9 +31,9 @@ use tomoe_quant::dequantize_row;
 
 const N_GEN: usize = 64;
 const N_CTX: usize = 256;
-const EXACT_REL: f32 = 1e-4;
+const EXACT_REL: f32 = 1e-6;
 const QUANT_REL: f32 = 0.15;
-const NEAR_TIE: f32 = 0.5;
+const NEAR_TIE: f32 = 1.0;
 
 const PROMPTS: [&str; 3] = [
     "The capital of France is",
@@ -67,8 +68,9 @@ fn f32_copy(src: &Path, name: &str) -> PathBuf {
     dst
 }
 
-/// Free-running greedy generation: the same tokens, logits within EXACT_REL at every step.
-fn check_exact(path: &Path, name: &str) {
+/// Free-running greedy generation against llama.cpp with an f32 KV cache: the same tokens,
+/// logits within `tol` at every step.
+fn check_exact(path: &Path, name: &str, tol: f32) {
     let mut ctx = context(path);
     let mut oracle = LlamaOracle::load_with(path, N_CTX, 2, true);
     for prompt in PROMPTS {
@@ -80,21 +82,21 @@ fn check_exact(path: &Path, name: &str) {
         for i in 0..N_GEN {
             let rel = max_rel_diff(&logits, &want_logits[i]);
             worst = worst.max(rel);
-            assert!(rel <= EXACT_REL, "{name} {prompt:?} step {i}: logits differ by {rel:e}");
+            assert!(rel <= tol, "{name} {prompt:?} step {i}: logits differ by {rel:e}");
             let t = argmax(&logits);
             assert_eq!(t, want[i], "{name} {prompt:?}: greedy token {i} differs");
             if i + 1 < N_GEN {
                 logits.copy_from_slice(ctx.eval(&[t]).unwrap());
             }
         }
-        eprintln!("{name} f32 {prompt:?}: 64 greedy tokens equal, worst logits rel diff {worst:.2e}");
+        eprintln!("{name} {prompt:?}: 64 greedy tokens equal, worst logits rel diff {worst:.2e}");
     }
 }
 
 /// Teacher-forced: llama.cpp's greedy tokens are fed to the engine; see the file comment.
 fn check_quantized(path: &Path, name: &str) {
     let mut ctx = context(path);
-    let mut oracle = LlamaOracle::load(path, N_CTX, 2);
+    let mut oracle = LlamaOracle::load_with(path, N_CTX, 2, true);
     let mut total_ties = 0;
     for prompt in PROMPTS {
         let toks = oracle.tokenize(prompt, true, false);
@@ -137,20 +139,20 @@ fn check_quantized(path: &Path, name: &str) {
 #[test]
 fn smollm2_f32_matches_llama_cpp_exactly() {
     let path = f32_copy(&model_path(RealModel::SmolLm2), "smollm2-f32.gguf");
-    check_exact(&path, "smollm2");
+    // f32 weights take ggml's f32 matrix kernels, whose summation order is not mirrored.
+    check_exact(&path, "smollm2 f32", 1e-4);
 }
 
 #[test]
-#[ignore = "known failure (issue 3): gemma3 f32 logits differ from llama.cpp by more than 1e-4"]
+fn smollm2_quantized_matches_llama_cpp_exactly() {
+    check_exact(&model_path(RealModel::SmolLm2), "smollm2 q4_1", EXACT_REL);
+}
+
+#[test]
+#[ignore = "known gap (issue 3): gemma3 f32 logits differ from llama.cpp by more than 1e-4 (GELU and k-quant paths not yet rounding as ggml)"]
 fn gemma3_f32_matches_llama_cpp_exactly() {
     let path = f32_copy(&model_path(RealModel::Gemma3), "gemma3-f32.gguf");
-    check_exact(&path, "gemma3");
-}
-
-#[test]
-#[ignore = "known failure (issue 3): 9 near ties of 192 decided differently (limit 6); logits up to 8.7e-2 relative"]
-fn smollm2_quantized_matches_llama_cpp() {
-    check_quantized(&model_path(RealModel::SmolLm2), "smollm2");
+    check_exact(&path, "gemma3 f32", 1e-4);
 }
 
 #[test]
@@ -158,19 +160,30 @@ fn gemma3_quantized_matches_llama_cpp() {
     check_quantized(&model_path(RealModel::Gemma3), "gemma3");
 }
 
-/// The batch path (matrix-matrix, several tokens per forward) and the single-token path give
-/// the same logits.
+/// Every token's logits of a batch (the perplexity path), and a prompt fed one token at a time
+/// (n_batch = 1): each equal to llama.cpp's for the same batching. (The two batchings differ
+/// from each other by ~1e-2 in both engines: the attention sums round differently.)
 #[test]
-fn batch_and_single_token_paths_agree() {
+fn batch_and_single_token_paths_match_llama_cpp() {
     let path = model_path(RealModel::SmolLm2);
     let model = Arc::new(Model::load(&path).expect("load model"));
-    let oracle = LlamaOracle::load(&path, 64, 1);
+    let mut oracle = LlamaOracle::load_with(&path, 64, 2, true);
     let toks = oracle.tokenize(PROMPTS[1], true, false);
     let mut a = Context::new(model.clone(), ContextParams { n_ctx: 64, n_threads: 2, n_batch: 64 }).unwrap();
+    let mut all = vec![0f32; toks.len() * oracle.n_vocab()];
+    a.eval_all_logits(&toks, &mut all).unwrap();
+    let want = oracle.eval(&toks, 0, true);
+    let rel = max_rel_diff(&all, &want);
+    assert!(rel <= EXACT_REL, "all-token logits of a batch differ from llama.cpp's by {rel}");
+
     let mut b = Context::new(model, ContextParams { n_ctx: 64, n_threads: 2, n_batch: 1 }).unwrap();
-    let la = a.eval(&toks).unwrap().to_vec();
     let lb = b.eval(&toks).unwrap().to_vec();
-    assert_eq!(a.pos(), toks.len());
-    let rel = max_rel_diff(&la, &lb);
-    assert!(rel < 1e-3, "batch vs single-token logits differ by {rel}");
+    assert_eq!(b.pos(), toks.len());
+    oracle.clear();
+    let mut want = Vec::new();
+    for (i, &t) in toks.iter().enumerate() {
+        want = oracle.eval(&[t], i, false);
+    }
+    let rel = max_rel_diff(&lb, &want);
+    assert!(rel <= EXACT_REL, "token-at-a-time logits differ from llama.cpp's by {rel}");
 }

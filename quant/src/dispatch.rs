@@ -86,11 +86,19 @@ pub fn available_sets() -> Vec<KernelSet> {
 
 static BEST: OnceLock<KernelSet> = OnceLock::new();
 
-/// The best kernel set for this CPU (detected once).
+/// The kernel set the runtime uses, chosen once: the best this CPU runs, or the one named by the
+/// environment variable `TOMOE_KERNELS` (e.g. `scalar`, `avx2`) when this CPU has it, so that a
+/// numerical difference can be traced to a kernel set without rebuilding.
 pub fn kernels() -> &'static KernelSet {
     BEST.get_or_init(|| {
-        available_sets()
-            .pop()
-            .expect("the scalar set is always present")
+        let mut sets = available_sets();
+        if let Ok(name) = std::env::var("TOMOE_KERNELS") {
+            if let Some(i) = sets.iter().position(|s| s.name == name) {
+                return sets.swap_remove(i);
+            }
+            let names: Vec<&str> = sets.iter().map(|s| s.name).collect();
+            eprintln!("tomoe: TOMOE_KERNELS={name:?} is not available on this CPU (have: {names:?}); using the best");
+        }
+        sets.pop().expect("the scalar set is always present")
     })
 }

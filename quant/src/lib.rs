@@ -7,6 +7,7 @@
 //!   instruction set (scalar, avx2, avx512, neon), all implementing the same functions.
 //! - `dispatch`: picks the kernel set once at start-up by run-time feature detection.
 //! - `ops`: matrix-vector and matrix-matrix products over row ranges, parallel with rayon.
+//! - [`vecmath`]: element-wise exp/SiLU/softmax that round exactly as ggml's do.
 
 // `n % k == 0` rather than `is_multiple_of`: the workspace's rust-version is 1.80.
 #![allow(clippy::manual_is_multiple_of)]
@@ -17,6 +18,7 @@ mod error;
 mod formats;
 pub mod kernels;
 mod ops;
+pub mod vecmath;
 
 pub use error::QuantError;
 pub use formats::{QuantType, QK, QK_K};

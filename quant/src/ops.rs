@@ -139,7 +139,11 @@ impl QuantizedInput {
                 cols,
             })?;
         self.data.resize(total, 0);
-        let quantize = codec(ty).0;
+        let quantize = if ty == QuantType::Q8_0 {
+            crate::blocks::legacy::quantize_q8_0_activations
+        } else {
+            codec(ty).0
+        };
         for (src, dst) in x
             .chunks_exact(cols)
             .zip(self.data.chunks_exact_mut(row_bytes))
@@ -149,8 +153,8 @@ impl QuantizedInput {
         self.sums.clear();
         if ty == QuantType::Q8_0 {
             let mut block = Vec::new();
-            for v in self.data.chunks_exact(row_bytes) {
-                crate::kernels::scalar::q8_0_block_sums(v, &mut block);
+            for (src, v) in x.chunks_exact(cols).zip(self.data.chunks_exact(row_bytes)) {
+                crate::kernels::scalar::q8_0_block_sums(src, v, &mut block);
                 self.sums.extend_from_slice(&block);
             }
         }

@@ -53,6 +53,35 @@ fn ggml_from_float(ty: QuantType, x: &[f32]) -> Vec<u8> {
     out
 }
 
+/// ggml's own product of a Q4_1/Q5_1 row with `x` quantized by ggml to Q8_1 (36-byte blocks:
+/// f16 d, f16 s = d·Σq, 32 × i8), the format ggml pairs them with.
+fn ggml_vec_dot_q8_1(ty: QuantType, n: usize, w: &[u8], x: &[f32]) -> f32 {
+    let mut xq = vec![0u8; n / 32 * 36];
+    let mut s = 0f32;
+    // SAFETY: traits of valid types; from_float writes n/32 Q8_1 blocks into `xq`; vec_dot
+    // reads a row of n values of `ty` and of Q8_1; nrc = 1.
+    unsafe {
+        let q81 = (*sys::ggml_get_type_traits_cpu(sys::GGML_TYPE_Q8_1))
+            .from_float
+            .expect("from_float");
+        q81(x.as_ptr(), xq.as_mut_ptr().cast(), n as i64);
+        let f = (*sys::ggml_get_type_traits_cpu(gtype(ty)))
+            .vec_dot
+            .expect("vec_dot");
+        f(
+            n as i32,
+            &mut s,
+            0,
+            w.as_ptr().cast(),
+            0,
+            xq.as_ptr().cast(),
+            0,
+            1,
+        );
+    }
+    s
+}
+
 fn ggml_dequantize(ty: QuantType, q: &[u8], n: usize) -> Vec<f32> {
     let mut out = vec![0f32; n];
     if ty == QuantType::F32 {
@@ -123,8 +152,12 @@ fn quantization_is_byte_identical_to_ggml() {
                 quantize_row(ty, &x, &mut mine);
                 let theirs = ggml_quantize(ty, &x, n);
                 if let Some(i) = mine.iter().zip(&theirs).position(|(a, b)| a != b) {
-                    panic!("{ty}: n={n} kind={kind}: first differing byte {i} (block {}): ours {} ggml {}",
-                        i / ty.type_size(), mine[i], theirs[i]);
+                    panic!(
+                        "{ty}: n={n} kind={kind}: first differing byte {i} (block {}): ours {} ggml {}",
+                        i / ty.type_size(),
+                        mine[i],
+                        theirs[i]
+                    );
                 }
                 checked += 1;
             }
@@ -236,6 +269,13 @@ fn dot_products_match_ggml_within_1e5() {
                 let one_row = tomoe_quant::MatRef::new(ty, 1, n, &w).unwrap();
                 let mut y = [0f32];
                 tomoe_quant::matvec_rows(&one_row, 0..1, &xq, &mut y);
+                // For Q4_1/Q5_1 the block sums round as the `s` of ggml's Q8_1 blocks, so the
+                // matvec path must give ggml's own Q8_1 product (to summation order).
+                let reference = if legacy_min {
+                    ggml_vec_dot_q8_1(ty, n, &w, &xf)
+                } else {
+                    reference
+                };
                 let err = support::rel_err(y[0], reference, support::abs_terms(ty, &w, &wd, &xd));
                 worst = worst.max(err);
                 assert!(

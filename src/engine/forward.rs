@@ -4,11 +4,11 @@
 //! tokens take the matrix-matrix path (weights read once per batch).
 
 use super::kv_cache::KvCache;
-use super::ops::{axpy, dot, gelu_tanh, rms_norm, rms_norm_inplace, rope, rope_table, silu, softmax};
+use super::ops::{gelu_tanh, rms_norm, rms_norm_inplace, rope, rope_table};
 use super::parallel::{matvec_fused, MatJob};
 use crate::model::{Activation, Model, ModelConfig};
 use rayon::prelude::*;
-use tomoe_quant::{dequantize_row, matmul, MatRef, QuantType, QuantizedInput};
+use tomoe_quant::{dequantize_row, matmul, vecmath, MatRef, QuantType, QuantizedInput};
 
 /// Quantized copies of one activation, one per activation format its consumers need
 /// (e.g. Q8_K for Q4_K weights and Q8_0 for Q8_0 weights), each made once per input.
@@ -58,7 +58,7 @@ pub struct Scratch {
     proj: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
-    /// One row of attention scores per head.
+    /// One row of attention scores per head (the context rounded up to 32: see `attention`).
     scores: Vec<f32>,
     /// cos/sin tables per token, for the global and the sliding-window RoPE bases.
     rope_cos: [Vec<f32>; 2],
@@ -82,7 +82,7 @@ impl Scratch {
             proj: vec![0.0; nb * c.d_model],
             gate: vec![0.0; nb * c.n_ff],
             up: vec![0.0; nb * c.n_ff],
-            scores: vec![0.0; c.n_head * n_ctx],
+            scores: vec![0.0; c.n_head * n_ctx.next_multiple_of(32)],
             rope_cos: [vec![0.0; nb * pairs], vec![0.0; nb * pairs]],
             rope_sin: [vec![0.0; nb * pairs], vec![0.0; nb * pairs]],
             inputs: Inputs::new(),
@@ -167,7 +167,9 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
                     rms_norm_inplace(h, nw, c.rms_eps);
                 }
                 rope(h, cos, sin, c.rope_style);
-                h.iter_mut().for_each(|v| *v *= c.attn_scale);
+                if c.scale_q {
+                    h.iter_mut().for_each(|v| *v *= c.attn_scale);
+                }
             }
             for h in kt.chunks_exact_mut(hd) {
                 if let Some(nw) = &l.k_norm {
@@ -208,12 +210,13 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
             matmul(&l.gate, s.inputs.get(l.gate.ty()), &mut s.gate[..n * ff]);
             matmul(&l.up, s.inputs.get(l.up.ty()), &mut s.up[..n * ff]);
         }
-        let act: fn(f32) -> f32 = match c.activation {
-            Activation::Silu => silu,
-            Activation::GeluTanh => gelu_tanh,
-        };
-        for (g, &u) in s.gate[..n * ff].iter_mut().zip(&s.up[..n * ff]) {
-            *g = act(*g) * u;
+        match c.activation {
+            Activation::Silu => vecmath::swiglu(&mut s.gate[..n * ff], &s.up[..n * ff]),
+            Activation::GeluTanh => {
+                for (g, &u) in s.gate[..n * ff].iter_mut().zip(&s.up[..n * ff]) {
+                    *g = gelu_tanh(*g) * u;
+                }
+            }
         }
         s.inputs.prepare(&[l.down.ty()], &s.gate[..n * ff], ff);
         project(&l.down, s.inputs.get(l.down.ty()), &mut s.proj[..n * d], n);
@@ -264,8 +267,15 @@ fn residual(x: &mut [f32], proj: &mut [f32], post_norm: Option<&[f32]>, d: usize
 }
 
 /// Causal (optionally sliding-window) attention of `n` queries at positions `pos0..` over the
-/// cache, in parallel over heads. `q` is token-major (already RoPE'd and scaled); `out` is
-/// head-major: [head][token][head_dim].
+/// cache, in parallel over heads. `q` is token-major (already RoPE'd); `out` is head-major:
+/// [head][token][head_dim].
+///
+/// Rounds as llama.cpp's graph does (f32 cache, no flash attention; see `tomoe_quant::vecmath`):
+/// scores by ggml's f32 dot, scaled, then softmax over a row that starts at position 0 in 8-lane
+/// groups (positions outside the causal window are -inf, i.e. exactly 0 after the exp); each
+/// output is a dot product of the probabilities with a row of transposed values over the
+/// positions rounded up to 32 (zeros past the query), in the order of ggml's vector dot for one
+/// query and of its matrix kernel for a batch.
 #[allow(clippy::too_many_arguments)]
 fn attention(
     c: &ModelConfig,
@@ -280,9 +290,11 @@ fn attention(
 ) {
     let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
     let group = c.n_head / c.n_head_kv;
-    let n_ctx = kv.n_ctx();
-    let (keys, values) = kv.layer(il);
-    out.par_chunks_mut(n * hd).zip(scores.par_chunks_mut(n_ctx)).enumerate().for_each(|(h, (out_h, sc))| {
+    let row_len = kv.value_row();
+    let kq_scale = if c.scale_q { 1.0 } else { c.attn_scale };
+    let (keys, values_t) = kv.layer(il);
+    let weighted: fn(&[f32], &[f32]) -> f32 = if n == 1 { vecmath::dot } else { vecmath::dot_gemm };
+    out.par_chunks_mut(n * hd).zip(scores.par_chunks_mut(row_len)).enumerate().for_each(|(h, (out_h, sc))| {
         let kh = (h / group) * hd;
         for t in 0..n {
             let p = pos0 + t;
@@ -291,17 +303,19 @@ fn attention(
                 None => 0,
             };
             let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
-            let sc = &mut sc[lo..=p];
-            for (j, s) in sc.iter_mut().enumerate() {
-                let kr = (lo + j) * kvd + kh;
-                *s = dot(qh, &keys[kr..kr + hd]);
+            let len = (p + 1).next_multiple_of(32);
+            let row = &mut sc[..len];
+            row.fill(f32::NEG_INFINITY);
+            for (j, s) in row.iter_mut().enumerate().take(p + 1).skip(lo) {
+                let kr = j * kvd + kh;
+                *s = vecmath::dot(&keys[kr..kr + hd], qh) * kq_scale;
             }
-            softmax(sc);
-            let o = &mut out_h[t * hd..(t + 1) * hd];
-            o.iter_mut().for_each(|v| *v = 0.0);
-            for (j, &pj) in sc.iter().enumerate() {
-                let vr = (lo + j) * kvd + kh;
-                axpy(o, pj, &values[vr..vr + hd]);
+            let max = row[lo..=p].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let inv = (1.0 / vecmath::exp_sub_sum(row, max)) as f32;
+            row.iter_mut().for_each(|v| *v *= inv);
+            for (d, o) in out_h[t * hd..(t + 1) * hd].iter_mut().enumerate() {
+                let vr = (kh + d) * row_len;
+                *o = weighted(&values_t[vr..vr + len], row);
             }
         }
     });

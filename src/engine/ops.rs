@@ -86,20 +86,23 @@ pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
     match style {
         RopeStyle::Adjacent => {
             for (i, pair) in x[..2 * n_pairs].chunks_exact_mut(2).enumerate() {
-                let (x0, x1) = (pair[0], pair[1]);
-                pair[0] = x0 * cos[i] - x1 * sin[i];
-                pair[1] = x0 * sin[i] + x1 * cos[i];
+                (pair[0], pair[1]) = rotate(pair[0], pair[1], cos[i], sin[i]);
             }
         }
         RopeStyle::Neox => {
             let (lo, hi) = x[..2 * n_pairs].split_at_mut(n_pairs);
             for i in 0..n_pairs {
-                let (x0, x1) = (lo[i], hi[i]);
-                lo[i] = x0 * cos[i] - x1 * sin[i];
-                hi[i] = x0 * sin[i] + x1 * cos[i];
+                (lo[i], hi[i]) = rotate(lo[i], hi[i], cos[i], sin[i]);
             }
         }
     }
+}
+
+/// One RoPE rotation, with the fused multiply-adds that ggml's C compiles its expression to
+/// (the first product fused into each sum), so that positions round as in llama.cpp.
+#[inline(always)]
+fn rotate(x0: f32, x1: f32, cos: f32, sin: f32) -> (f32, f32) {
+    (x0.mul_add(cos, -(x1 * sin)), x0.mul_add(sin, x1 * cos))
 }
 
 /// In place: softmax over `x`.

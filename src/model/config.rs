@@ -71,8 +71,11 @@ pub struct ModelConfig {
     pub sliding_window: Option<usize>,
     /// Per layer: whether it uses the sliding window.
     pub swa_layers: Vec<bool>,
-    /// Scale of the attention scores (applied to Q).
+    /// Scale of the attention scores.
     pub attn_scale: f32,
+    /// Where `attn_scale` is applied: to Q after RoPE (Gemma, as llama.cpp's graph does), or to
+    /// the scores q·k (llama, qwen2). The two round differently.
+    pub scale_q: bool,
     /// Embeddings are multiplied by this (Gemma: sqrt(d_model)).
     pub embed_scale: Option<f32>,
     /// Final logits softcap c: logits = c * tanh(logits / c).
@@ -246,6 +249,7 @@ pub(crate) fn common(meta: &Meta, arch: Arch, n_vocab: usize) -> Result<ModelCon
         sliding_window: None,
         swa_layers: vec![false; n_layer],
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
+        scale_q: false,
         embed_scale: None,
         final_logit_softcap: None,
         activation: Activation::Silu,

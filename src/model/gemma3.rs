@@ -10,8 +10,7 @@ use super::weights::LayerTensors;
 use super::ModelError;
 use crate::gguf::Value;
 
-pub(crate) const TENSORS: LayerTensors =
-    LayerTensors { qkv_bias_required: false, qk_norm: true, post_norms: true };
+pub(crate) const TENSORS: LayerTensors = LayerTensors { qkv_bias_required: false, qk_norm: true, post_norms: true };
 
 const DEFAULT_SWA_PATTERN: usize = 6;
 
@@ -20,6 +19,7 @@ pub(crate) fn config(meta: &Meta, n_vocab: usize) -> Result<ModelConfig, ModelEr
     c.rope_style = RopeStyle::Neox;
     c.activation = Activation::GeluTanh;
     c.embed_scale = Some((c.d_model as f32).sqrt());
+    c.scale_q = true;
     c.final_logit_softcap = meta.opt_f32("final_logit_softcapping")?.filter(|&s| s > 0.0);
     // Gemma 3 27B scales by d_model / n_head instead of the head dimension (as llama.cpp).
     if c.n_layer == 62 {

@@ -173,6 +173,33 @@ pub fn quantize_q8_0(src: &[f32], dst: &mut [u8]) {
     }
 }
 
+/// Q8_0 for *activations*, as ggml's CPU backend quantizes the input of a matrix product (its
+/// SIMD `quantize_row_q8_0`/`_q8_1`), which rounds differently from the reference quantizer
+/// above at exact halves: x86-64 scales by `127/amax`, aarch64 by `1/d`, and both round half to
+/// even. Matching it keeps products bit-identical to llama.cpp's (see `vecmath` for why that
+/// matters). The format is the same; weights keep the reference quantizer.
+pub fn quantize_q8_0_activations(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(34)) {
+        let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if cfg!(target_arch = "aarch64") {
+            if d != 0.0 {
+                1.0 / d
+            } else {
+                0.0
+            }
+        } else if amax != 0.0 {
+            127.0 / amax
+        } else {
+            0.0
+        };
+        y[0..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+        for j in 0..QK {
+            y[2 + j] = (x[j] * id).round_ties_even() as i8 as u8;
+        }
+    }
+}
+
 pub fn dequantize_q8_0(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(34).zip(dst.chunks_exact_mut(QK)) {
         let d = read_f16(b, 0);

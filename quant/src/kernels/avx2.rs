@@ -208,7 +208,8 @@ macro_rules! legacy_kernels {
                     _mm256_cvtepi32_ps(p),
                     acc,
                 );
-                summ += f16_at(bw.add(2)) * *sums.get_unchecked(i);
+                // Fused, as ggml's C compiles `summs += m * s` (contracted to an FMA).
+                summ = f16_at(bw.add(2)).mul_add(*sums.get_unchecked(i), summ);
             }
             hsum_ps(acc) + summ
         }
@@ -238,7 +239,8 @@ macro_rules! legacy_kernels {
                     _mm256_cvtepi32_ps(p),
                     acc,
                 );
-                summ += f16_at(bw.add(2)) * *sums.get_unchecked(i);
+                // Fused, as ggml's C compiles `summs += m * s` (contracted to an FMA).
+                summ = f16_at(bw.add(2)).mul_add(*sums.get_unchecked(i), summ);
             }
             hsum_ps(acc) + summ
         }

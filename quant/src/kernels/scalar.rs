@@ -2,7 +2,7 @@
 //! weight format's `vec_dot_type`. Integer sums per block, float accumulation across blocks,
 //! as ggml. Every SIMD kernel is tested against these.
 
-use crate::blocks::float::{bf16_to_f32, f16_to_f32, read_f16};
+use crate::blocks::float::{bf16_to_f32, f16_to_f32, f32_to_f16, read_f16};
 use crate::blocks::kquants::{layout::*, q3_k_scales, scale_min_k4};
 use crate::formats::{QK, QK_K};
 
@@ -346,11 +346,15 @@ pub fn dot_q5_1_sums(n: usize, w: &[u8], x: &[u8], sums: &[f32]) -> f32 {
     })
 }
 
-/// `d·Σq` of each Q8_0 block of an activation row (the `sums` of [`crate::kernels::DotSumsFn`]).
-pub fn q8_0_block_sums(x: &[u8], out: &mut Vec<f32>) {
+/// `s = d·Σq` of each Q8_0 block of an activation row (the `sums` of
+/// [`crate::kernels::DotSumsFn`]), computed as ggml computes the `s` of its Q8_1 blocks: from the
+/// unrounded scale `d = max|x|/127` of the block's source values `src`, then rounded to f16.
+/// Using the same rounding keeps Q4_1/Q5_1 products within float-summation order of ggml's.
+pub fn q8_0_block_sums(src: &[f32], x: &[u8], out: &mut Vec<f32>) {
     out.clear();
-    out.extend(
-        x.chunks_exact(34)
-            .map(|b| read_f16(b, 0) * b[2..34].iter().map(|&v| v as i8 as i32).sum::<i32>() as f32),
-    );
+    out.extend(src.chunks_exact(QK).zip(x.chunks_exact(34)).map(|(s, b)| {
+        let amax = s.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let sum = b[2..34].iter().map(|&v| v as i8 as i32).sum::<i32>() as f32;
+        f16_to_f32(f32_to_f16(amax / 127.0 * sum))
+    }));
 }

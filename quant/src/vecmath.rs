@@ -1,0 +1,458 @@
+//! The f32 vector math of the forward pass that must round exactly as ggml's CPU backend does:
+//! `exp` (ggml's polynomial, not libm's), SiLU/SwiGLU, the softmax of attention scores, and the
+//! two f32 products of attention (query·key, and the probability-weighted sum of values), each
+//! summed in the same order as ggml.
+//!
+//! Why bit-exactness matters: every matrix product quantizes its input to 8 bits, and a model
+//! like SmolLM2 has activation outliers of several hundred, so a 1-ulp difference upstream can
+//! flip the rounding of an 8-bit value worth ~outlier/127 downstream. Engines that compute the
+//! same function with different rounding end up percents apart in the logits; engines that round
+//! alike agree to float precision, which is what lets the tests hold llama.cpp as an oracle.
+//!
+//! Each function has a scalar reference (fused multiply-adds via `mul_add`, so it defines the
+//! exact result) and, on x86-64 with AVX2+FMA, an 8-lane version that must equal it bit for bit
+//! (tested on random inputs, tails and extremes).
+
+/// Bit patterns of the constants of the exp approximation (range reduction by ln2 split in two
+/// parts, then a degree-5 polynomial of the reduced argument).
+const SHIFT: u32 = 0x4b40_0000; // 1.5 * 2^23: adding it rounds to an integer
+const INV_LN2: u32 = 0x3fb8_aa3b;
+const LN2_HI: u32 = 0x3f31_7200;
+const LN2_LO: u32 = 0x35bf_be8e;
+const C5: u32 = 0x3c07_2010;
+const C4: u32 = 0x3d2b_9f17;
+const C3: u32 = 0x3e2a_af33;
+const C2: u32 = 0x3eff_fedb;
+const C1: u32 = 0x3f7f_fff6;
+
+#[inline(always)]
+fn c(bits: u32) -> f32 {
+    f32::from_bits(bits)
+}
+
+/// e^x with ggml's vectorised approximation (≤ 1.5 ulp from the true value; exactly 0 below
+/// about -104, +inf above about 89, NaN for NaN).
+#[inline]
+pub fn exp(x: f32) -> f32 {
+    let z = x.mul_add(c(INV_LN2), c(SHIFT));
+    let n = z - c(SHIFT);
+    let b = (-n).mul_add(c(LN2_LO), (-n).mul_add(c(LN2_HI), x));
+    let e = z.to_bits() << 23;
+    let k = f32::from_bits(e.wrapping_add(1f32.to_bits()));
+    let u = b * b;
+    let j = c(C5)
+        .mul_add(b, c(C4))
+        .mul_add(u, c(C3).mul_add(b, c(C2)))
+        .mul_add(u, c(C1) * b);
+    let an = n.abs();
+    if an <= 126.0 || an.is_nan() {
+        return j.mul_add(k, k);
+    }
+    // |n| > 126: 2^n is not a normal float; scale in two steps (or saturate past 192).
+    let g: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };
+    let s1 = f32::from_bits(g.wrapping_add(0x7f00_0000));
+    if an > 192.0 {
+        return s1 * s1;
+    }
+    let s2 = f32::from_bits(e.wrapping_sub(g));
+    s2.mul_add(j, s2) * s1
+}
+
+/// x / (1 + e^-x), with [`exp`].
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(0.0 - x))
+}
+
+/// x / (1 + e^-x) with libm's `exp`: what ggml uses for the elements after the last full SIMD
+/// vector.
+#[inline]
+fn silu_libm(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// In place: `gate[i] = silu(gate[i]) * up[i]`, rounding as ggml's `ggml_vec_swiglu_f32` does
+/// (8-lane vectors, then libm for the tail).
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "swiglu: gate and up differ in length");
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: AVX2 and FMA were detected at run time; lengths checked above.
+        unsafe { avx2::swiglu(gate, up) };
+        return;
+    }
+    swiglu_scalar(gate, up);
+}
+
+/// The scalar reference of [`swiglu`].
+pub fn swiglu_scalar(gate: &mut [f32], up: &[f32]) {
+    let full = gate.len() / 8 * 8;
+    for (g, &u) in gate[..full].iter_mut().zip(&up[..full]) {
+        *g = silu(*g) * u;
+    }
+    for (g, &u) in gate[full..].iter_mut().zip(&up[full..]) {
+        *g = silu_libm(*g) * u;
+    }
+}
+
+/// In place: `x[i] = exp(x[i] - max)`, returning Σ x[i] accumulated as ggml's
+/// `ggml_vec_soft_max_f32` does: per 8-lane vector a float sum (in the order of its horizontal
+/// add), added into an f64; libm `exp` for the tail.
+pub fn exp_sub_sum(x: &mut [f32], max: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        return unsafe { avx2::exp_sub_sum(x, max) };
+    }
+    exp_sub_sum_scalar(x, max)
+}
+
+/// The scalar reference of [`exp_sub_sum`].
+pub fn exp_sub_sum_scalar(x: &mut [f32], max: f32) -> f64 {
+    let full = x.len() / 8 * 8;
+    let mut sum = 0f64;
+    for v in x[..full].chunks_exact_mut(8) {
+        for e in v.iter_mut() {
+            *e = exp(*e - max);
+        }
+        sum += hsum8(v.try_into().expect("8 lanes")) as f64;
+    }
+    for e in x[full..].iter_mut() {
+        *e = (*e - max).exp();
+        sum += *e as f64;
+    }
+    sum
+}
+
+/// Σ a[i]·b[i] in the order of ggml's `ggml_vec_dot_f32`: four 8-lane accumulators over steps of
+/// 32 (fused multiply-adds), reduced pairwise, then the remaining elements one by one.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: AVX2 and FMA were detected at run time; lengths checked above.
+        return unsafe { avx2::dot(a, b) };
+    }
+    dot_scalar(a, b)
+}
+
+/// The scalar reference of [`dot`].
+pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
+    let np = a.len() / 32 * 32;
+    let mut acc = [[0f32; 8]; 4];
+    for i in (0..np).step_by(32) {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            for (l, s) in acc.iter_mut().enumerate() {
+                *s = a[i + 8 * k + l].mul_add(b[i + 8 * k + l], *s);
+            }
+        }
+    }
+    let x: [f32; 8] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    let t: [f32; 4] = std::array::from_fn(|i| x[i] + x[i + 4]);
+    let mut sum = (t[0] + t[1]) + (t[2] + t[3]);
+    for i in np..a.len() {
+        sum = a[i].mul_add(b[i], sum);
+    }
+    sum
+}
+
+/// Σ a[i]·b[i] in the order of ggml's f32 matrix-matrix kernel (llamafile's tinyBLAS), which
+/// llama.cpp uses for attention's probability-weighted sum of values when a batch has several
+/// tokens: one 8-lane accumulator (fused multiply-adds in order), then a horizontal add; the
+/// elements after the last multiple of 8 (tinyBLAS never has any) are added one by one.
+pub fn dot_gemm(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot_gemm: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: AVX2 and FMA were detected at run time; lengths checked above.
+        return unsafe { avx2::dot_gemm(a, b) };
+    }
+    dot_gemm_scalar(a, b)
+}
+
+/// The scalar reference of [`dot_gemm`].
+pub fn dot_gemm_scalar(a: &[f32], b: &[f32]) -> f32 {
+    let full = a.len() / 8 * 8;
+    let mut acc = [0f32; 8];
+    for (x, y) in a[..full].chunks_exact(8).zip(b[..full].chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    let mut sum = hsum8(acc);
+    for i in full..a.len() {
+        sum = a[i].mul_add(b[i], sum);
+    }
+    sum
+}
+
+/// The horizontal add of an 8-lane vector as `_mm256` code does it: halves, pairs, last two.
+#[inline(always)]
+fn hsum8(x: [f32; 8]) -> f32 {
+    let t: [f32; 4] = std::array::from_fn(|i| x[i + 4] + x[i]);
+    (t[0] + t[2]) + (t[1] + t[3])
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    pub fn available() -> bool {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+
+    #[inline(always)]
+    unsafe fn splat(bits: u32) -> __m256 {
+        _mm256_set1_ps(f32::from_bits(bits))
+    }
+
+    /// 8 lanes of [`super::exp`].
+    #[inline(always)]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let z = _mm256_fmadd_ps(x, splat(INV_LN2), splat(SHIFT));
+        let n = _mm256_sub_ps(z, splat(SHIFT));
+        let b = _mm256_fnmadd_ps(n, splat(LN2_LO), _mm256_fnmadd_ps(n, splat(LN2_HI), x));
+        let e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+        let k = _mm256_castsi256_ps(_mm256_add_epi32(
+            e,
+            _mm256_castps_si256(_mm256_set1_ps(1.0)),
+        ));
+        let an = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+        let big = _mm256_cmp_ps(an, _mm256_set1_ps(126.0), _CMP_GT_OQ);
+        let u = _mm256_mul_ps(b, b);
+        let j = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(
+                _mm256_fmadd_ps(splat(C5), b, splat(C4)),
+                u,
+                _mm256_fmadd_ps(splat(C3), b, splat(C2)),
+            ),
+            u,
+            _mm256_mul_ps(splat(C1), b),
+        );
+        let normal = _mm256_fmadd_ps(j, k, k);
+        if _mm256_movemask_ps(big) == 0 {
+            return normal;
+        }
+        let g = _mm256_and_si256(
+            _mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+            _mm256_set1_epi32(0x8200_0000u32 as i32),
+        );
+        let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
+        let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+        let huge = _mm256_cmp_ps(an, _mm256_set1_ps(192.0), _CMP_GT_OQ);
+        let scaled = _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1);
+        let r = _mm256_blendv_ps(normal, scaled, big);
+        _mm256_blendv_ps(r, _mm256_mul_ps(s1, s1), huge)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let np = a.len() / 32 * 32;
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i < np {
+            for (k, s) in acc.iter_mut().enumerate() {
+                *s = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(ap.add(i + 8 * k)),
+                    _mm256_loadu_ps(bp.add(i + 8 * k)),
+                    *s,
+                );
+            }
+            i += 32;
+        }
+        let x = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+        let t0 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+        let t1 = _mm_hadd_ps(t0, t0);
+        let mut sum = _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
+        for i in np..a.len() {
+            sum = a[i].mul_add(b[i], sum);
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_gemm(a: &[f32], b: &[f32]) -> f32 {
+        let full = a.len() / 8 * 8;
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i < full {
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i)), _mm256_loadu_ps(bp.add(i)), acc);
+            i += 8;
+        }
+        let h = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        let mut sum = _mm_cvtss_f32(h);
+        for i in full..a.len() {
+            sum = a[i].mul_add(b[i], sum);
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
+        let full = gate.len() / 8 * 8;
+        let (gp, up_) = (gate.as_mut_ptr(), up.as_ptr());
+        let one = _mm256_set1_ps(1.0);
+        let mut i = 0;
+        while i < full {
+            let x = _mm256_loadu_ps(gp.add(i));
+            let s = _mm256_div_ps(
+                x,
+                _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))),
+            );
+            _mm256_storeu_ps(gp.add(i), _mm256_mul_ps(s, _mm256_loadu_ps(up_.add(i))));
+            i += 8;
+        }
+        for (g, &u) in gate[full..].iter_mut().zip(&up[full..]) {
+            *g = silu_libm(*g) * u;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_sub_sum(x: &mut [f32], max: f32) -> f64 {
+        let full = x.len() / 8 * 8;
+        let p = x.as_mut_ptr();
+        let m = _mm256_set1_ps(max);
+        let mut sum = 0f64;
+        let mut i = 0;
+        while i < full {
+            let v = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+            _mm256_storeu_ps(p.add(i), v);
+            let h = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            let h = _mm_add_ss(h, _mm_movehdup_ps(h));
+            sum += _mm_cvtss_f32(h) as f64;
+            i += 8;
+        }
+        for e in x[full..].iter_mut() {
+            *e = (*e - max).exp();
+            sum += *e as f64;
+        }
+        sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> Vec<f32> {
+        // Deterministic spread over the interesting ranges, plus the edges of each branch.
+        let mut v: Vec<f32> = (0..4000)
+            .map(|i| ((i as f32) * 0.618_034).fract() * 40.0 - 20.0)
+            .collect();
+        v.extend((0..400).map(|i| (i as f32) * 0.5 - 100.0));
+        v.extend([
+            0.0,
+            -0.0,
+            1e-30,
+            -1e-30,
+            87.0,
+            88.7,
+            89.0,
+            100.0,
+            -87.0,
+            -88.0,
+            -100.0,
+            -103.0,
+            -104.0,
+            -105.0,
+            -150.0,
+            -200.0,
+            200.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN,
+        ]);
+        v
+    }
+
+    #[test]
+    fn exp_is_accurate() {
+        for &x in &inputs() {
+            if !(-87.0..=88.0).contains(&x) {
+                continue;
+            }
+            let (got, want) = (exp(x) as f64, (x as f64).exp());
+            assert!(
+                (got - want).abs() <= want * 3e-7,
+                "exp({x}) = {got}, want {want}"
+            );
+        }
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-200.0), 0.0);
+        assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+        assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn simd_equals_scalar_bit_for_bit() {
+        let x = inputs();
+        let up: Vec<f32> = x.iter().map(|v| (v * 0.37).sin()).collect();
+        for len in [0, 1, 7, 8, 9, 15, 16, 17, 63, x.len()] {
+            let (mut a, mut b) = (x[..len].to_vec(), x[..len].to_vec());
+            swiglu(&mut a, &up[..len]);
+            swiglu_scalar(&mut b, &up[..len]);
+            for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                assert!(
+                    p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan()),
+                    "swiglu len {len} [{i}]: {p} {q}"
+                );
+            }
+            let finite: Vec<f32> = x[..len].iter().copied().filter(|v| v.is_finite()).collect();
+            let max = finite.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let (mut a, mut b) = (finite.clone(), finite);
+            let (sa, sb) = (exp_sub_sum(&mut a, max), exp_sub_sum_scalar(&mut b, max));
+            assert_eq!(sa.to_bits(), sb.to_bits(), "softmax sum len {len}");
+            assert!(
+                a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                "softmax len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn products_simd_equal_scalar_bit_for_bit() {
+        let x = inputs();
+        let finite: Vec<f32> = x
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite() && v.abs() < 1e6)
+            .collect();
+        for len in [0, 1, 7, 31, 32, 33, 64, 95, 256, 1000] {
+            let (a, b) = (&finite[..len], &finite[7..7 + len]);
+            assert_eq!(
+                dot(a, b).to_bits(),
+                dot_scalar(a, b).to_bits(),
+                "dot len {len}"
+            );
+        }
+        for len in [0, 1, 7, 8, 9, 33, 64, 256, 1000] {
+            let (a, b) = (&finite[..len], &finite[3..3 + len]);
+            assert_eq!(
+                dot_gemm(a, b).to_bits(),
+                dot_gemm_scalar(a, b).to_bits(),
+                "dot_gemm len {len}"
+            );
+            let want: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let scale: f64 = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (*x as f64 * *y as f64).abs())
+                .sum();
+            for got in [dot(a, b), dot_gemm(a, b)] {
+                assert!(
+                    (got as f64 - want).abs() <= 1e-6 * scale,
+                    "dot len {len}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
