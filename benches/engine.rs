@@ -1,0 +1,156 @@
+//! Dense inference speed against llama.cpp, in one process, on the real models: prompt
+//! processing (pp512: one batch of 512 tokens from an empty context) and generation (tg128:
+//! 128 single-token decodes after one token), for 1 and 2 threads, beside a memory-bandwidth
+//! probe. Runs alternate between the engines (tomoe, llama.cpp, tomoe, ...) and each keeps its
+//! best of `TOMOE_BENCH_REPS` (default 3) so that drift on a shared machine hits both alike.
+//!
+//! Build llama.cpp at its best (AVX-512 where the CPU has it) by compiling with
+//! `RUSTFLAGS="-C target-cpu=native"`; see BENCHMARKS.md for the command.
+//!
+//! Environment: `TOMOE_BENCH_MODELS` (`smollm2,gemma3`), `TOMOE_BENCH_THREADS` (`1,2`),
+//! `TOMOE_BENCH_REPS` (`3`).
+
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+#[path = "../tests/common/oracle_eval.rs"]
+mod oracle_eval;
+
+use common::{model_path, RealModel};
+use oracle_eval::LlamaOracle;
+use rayon::prelude::*;
+use std::sync::Arc;
+use std::time::Instant;
+use tomoe::engine::{Context, ContextParams};
+use tomoe::model::Model;
+
+const N_PROMPT: usize = 512;
+const N_GEN: usize = 128;
+const N_CTX: usize = 1024;
+
+fn env_list(key: &str, default: &str) -> Vec<String> {
+    std::env::var(key).unwrap_or_else(|_| default.into()).split(',').map(|s| s.trim().to_string()).collect()
+}
+
+/// Deterministic pseudo-random tokens (speed does not depend on the text); the same for both.
+fn tokens(n: usize, n_vocab: u32) -> Vec<u32> {
+    (0..n as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % n_vocab).collect()
+}
+
+/// Bytes of weights one decoded token reads: every tensor once, except the embedding table of
+/// which it reads one row (unless the output is tied to it, which reads it whole).
+fn decode_bytes(model: &Model) -> u64 {
+    let f = model.gguf();
+    let total: u64 = f.tensors().iter().map(|t| t.n_bytes).sum();
+    match (f.tensors().iter().find(|t| t.name == "token_embd.weight"), f.tensor("output.weight")) {
+        (Some(e), Some(_)) => total - e.n_bytes + e.n_bytes / e.dims[1].max(1),
+        _ => total,
+    }
+}
+
+/// Read bandwidth of `threads` threads summing a 1 GiB buffer (best of 3), in GB/s.
+fn bandwidth_probe(threads: usize) -> f64 {
+    let buf = vec![1f32; 1 << 28];
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let s: f32 = pool.install(|| {
+            buf.par_chunks(1 << 16)
+                .map(|c| {
+                    let mut acc = [0f32; 16];
+                    for v in c.chunks_exact(16) {
+                        for i in 0..16 {
+                            acc[i] += v[i];
+                        }
+                    }
+                    acc.iter().sum::<f32>()
+                })
+                .sum()
+        });
+        std::hint::black_box(s);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (buf.len() * 4) as f64 / best / 1e9
+}
+
+struct Speeds {
+    pp: f64,
+    tg: f64,
+}
+
+fn bench_tomoe(ctx: &mut Context, prompt: &[u32], gen: &[u32], best: &mut Speeds) {
+    ctx.clear();
+    let t = Instant::now();
+    ctx.eval(prompt).unwrap();
+    best.pp = best.pp.max(prompt.len() as f64 / t.elapsed().as_secs_f64());
+    ctx.clear();
+    ctx.eval(&gen[..1]).unwrap();
+    let t = Instant::now();
+    for &tok in &gen[1..] {
+        std::hint::black_box(ctx.eval(&[tok]).unwrap());
+    }
+    best.tg = best.tg.max((gen.len() - 1) as f64 / t.elapsed().as_secs_f64());
+}
+
+fn bench_llama(o: &mut LlamaOracle, prompt: &[u32], gen: &[u32], best: &mut Speeds) {
+    o.clear();
+    let t = Instant::now();
+    std::hint::black_box(o.eval(prompt, 0, false));
+    best.pp = best.pp.max(prompt.len() as f64 / t.elapsed().as_secs_f64());
+    o.clear();
+    o.eval(&gen[..1], 0, false);
+    let t = Instant::now();
+    for (i, &tok) in gen[1..].iter().enumerate() {
+        std::hint::black_box(o.eval(&[tok], i + 1, false));
+    }
+    best.tg = best.tg.max((gen.len() - 1) as f64 / t.elapsed().as_secs_f64());
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing to parse.
+    let reps: usize = std::env::var("TOMOE_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let threads: Vec<usize> = env_list("TOMOE_BENCH_THREADS", "1,2").iter().map(|s| s.parse().unwrap()).collect();
+    println!("kernels: {}, reps: {reps} (best of each)", tomoe_quant::kernel_name());
+    println!(
+        "| model | threads | pp{N_PROMPT} tomoe | pp{N_PROMPT} llama.cpp | ratio | tg{N_GEN} tomoe | tg{N_GEN} llama.cpp | ratio \
+         | tomoe decode GB/s | probe GB/s | of probe |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for name in env_list("TOMOE_BENCH_MODELS", "smollm2,gemma3") {
+        let which = match name.as_str() {
+            "smollm2" => RealModel::SmolLm2,
+            "gemma3" => RealModel::Gemma3,
+            other => panic!("unknown model {other:?} (smollm2, gemma3)"),
+        };
+        let path = model_path(which);
+        let model = Arc::new(Model::load(&path).unwrap());
+        let n_vocab = model.config().n_vocab as u32;
+        let all = tokens(N_PROMPT + N_GEN + 1, n_vocab);
+        let (prompt, gen) = (&all[..N_PROMPT], &all[N_PROMPT..]);
+        let bytes = decode_bytes(&model);
+        for &t in &threads {
+            let mut ctx =
+                Context::new(model.clone(), ContextParams { n_ctx: N_CTX, n_threads: t, n_batch: N_PROMPT }).unwrap();
+            let mut oracle = LlamaOracle::load(&path, N_CTX, t);
+            let (mut ours, mut theirs) = (Speeds { pp: 0.0, tg: 0.0 }, Speeds { pp: 0.0, tg: 0.0 });
+            for _ in 0..reps {
+                bench_tomoe(&mut ctx, prompt, gen, &mut ours);
+                bench_llama(&mut oracle, prompt, gen, &mut theirs);
+            }
+            drop(oracle);
+            let probe = bandwidth_probe(t);
+            let gbs = ours.tg * bytes as f64 / 1e9;
+            println!(
+                "| {name} | {t} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.2} | {gbs:.2} | {probe:.1} | {:.0}% |",
+                ours.pp,
+                theirs.pp,
+                ours.pp / theirs.pp,
+                ours.tg,
+                theirs.tg,
+                ours.tg / theirs.tg,
+                100.0 * gbs / probe
+            );
+        }
+    }
+}
