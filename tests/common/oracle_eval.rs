@@ -10,11 +10,17 @@ use std::sync::Once;
 
 static BACKEND: Once = Once::new();
 
+/// llama.cpp's log messages, shown only with `TOMOE_ORACLE_LOG=1` (e.g. to see why it rejects
+/// a file).
 unsafe extern "C" fn silent_log(
     _level: sys::ggml_log_level,
-    _text: *const std::os::raw::c_char,
+    text: *const std::os::raw::c_char,
     _user: *mut std::os::raw::c_void,
 ) {
+    if std::env::var_os("TOMOE_ORACLE_LOG").is_some() && !text.is_null() {
+        // SAFETY: llama.cpp passes a NUL-terminated message.
+        eprint!("{}", unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy());
+    }
 }
 
 /// One backend per process; llama.cpp's logging is silenced (it writes to stderr otherwise).
