@@ -273,9 +273,9 @@ fn residual(x: &mut [f32], proj: &mut [f32], post_norm: Option<&[f32]>, d: usize
 /// Rounds as llama.cpp's graph does (f32 cache, no flash attention; see `tomoe_quant::vecmath`):
 /// scores by ggml's f32 dot, scaled, then softmax over a row that starts at position 0 in 8-lane
 /// groups (positions outside the causal window are -inf, i.e. exactly 0 after the exp); each
-/// output is a dot product of the probabilities with a row of transposed values over the
-/// positions rounded up to 32 (zeros past the query), in the order of ggml's vector dot for one
-/// query and of its matrix kernel for a batch.
+/// output is a dot product of the probabilities with one dimension's cached values over the
+/// positions rounded up to 32 (zero weights past the query), in the order of ggml's vector dot
+/// for one query and of its matrix kernel for a batch.
 #[allow(clippy::too_many_arguments)]
 fn attention(
     c: &ModelConfig,
@@ -290,10 +290,12 @@ fn attention(
 ) {
     let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
     let group = c.n_head / c.n_head_kv;
-    let row_len = kv.value_row();
+    let row_len = kv.n_ctx().next_multiple_of(32);
+    let block_stride = kv.value_block_stride();
     let kq_scale = if c.scale_q { 1.0 } else { c.attn_scale };
-    let (keys, values_t) = kv.layer(il);
-    let weighted: fn(&[f32], &[f32]) -> f32 = if n == 1 { vecmath::dot } else { vecmath::dot_gemm };
+    let (keys, values) = kv.layer(il);
+    // llama.cpp sums one query's values in its vector-dot order, a batch's in its matrix order.
+    let gemm_order = n > 1;
     out.par_chunks_mut(n * hd).zip(scores.par_chunks_mut(row_len)).enumerate().for_each(|(h, (out_h, sc))| {
         let kh = (h / group) * hd;
         for t in 0..n {
@@ -314,8 +316,7 @@ fn attention(
             let inv = (1.0 / vecmath::exp_sub_sum(row, max)) as f32;
             row.iter_mut().for_each(|v| *v *= inv);
             for (d, o) in out_h[t * hd..(t + 1) * hd].iter_mut().enumerate() {
-                let vr = (kh + d) * row_len;
-                *o = weighted(&values_t[vr..vr + len], row);
+                *o = vecmath::dot_chunks32(&values[(kh + d) * 32..], block_stride, row, gemm_order);
             }
         }
     });
