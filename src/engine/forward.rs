@@ -5,9 +5,8 @@
 
 use super::kv_cache::KvCache;
 use super::ops::{gelu_tanh, rms_norm, rms_norm_inplace, rope, rope_table};
-use super::parallel::{matvec_fused, MatJob};
+use super::parallel::{for_each_chunk_pair, matvec_fused, MatJob};
 use crate::model::{Activation, Model, ModelConfig};
-use rayon::prelude::*;
 use tomoe_quant::{dequantize_row, matmul, vecmath, MatRef, QuantType, QuantizedInput};
 
 /// Quantized copies of one activation, one per activation format its consumers need
@@ -296,7 +295,7 @@ fn attention(
     let (keys, values) = kv.layer(il);
     // llama.cpp sums one query's values in its vector-dot order, a batch's in its matrix order.
     let gemm_order = n > 1;
-    out.par_chunks_mut(n * hd).zip(scores.par_chunks_mut(row_len)).enumerate().for_each(|(h, (out_h, sc))| {
+    for_each_chunk_pair(out, n * hd, scores, row_len, c.n_head, |h, out_h, sc| {
         let kh = (h / group) * hd;
         for t in 0..n {
             let p = pos0 + t;

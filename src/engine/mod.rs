@@ -6,11 +6,13 @@ mod kv_cache;
 pub mod ops;
 mod parallel;
 pub mod perplexity;
+mod team;
 
 use crate::model::Model;
 use forward::{forward, Logits, Scratch};
 use kv_cache::KvCache;
 use std::sync::Arc;
+use team::Team;
 
 /// Why an evaluation could not run. The context is unchanged when one is returned.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,8 @@ pub struct Context {
     model: Arc<Model>,
     params: ContextParams,
     pool: rayon::ThreadPool,
+    /// Spinning threads for decoding's many short regions (rayon's pool runs prompt batches).
+    team: Team,
     kv: KvCache,
     scratch: Scratch,
     pos: usize,
@@ -69,11 +73,12 @@ impl Context {
             .thread_name(|i| format!("tomoe-{i}"))
             .build()
             .map_err(|e| EngineError::ThreadPool(e.to_string()))?;
+        let team = Team::new(p.n_threads).map_err(|e| EngineError::ThreadPool(e.to_string()))?;
         let c = model.config();
         let nb = p.n_batch.min(p.n_ctx);
         let kv = KvCache::new(c.n_layer, p.n_ctx, c.kv_dim());
         let scratch = Scratch::new(c, nb, p.n_ctx);
-        Ok(Context { model, params: ContextParams { n_batch: nb, ..p }, pool, kv, scratch, pos: 0 })
+        Ok(Context { model, params: ContextParams { n_batch: nb, ..p }, pool, team, kv, scratch, pos: 0 })
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -100,13 +105,15 @@ impl Context {
         self.check(tokens)?;
         let nb = self.params.n_batch;
         let n_chunks = tokens.len().div_ceil(nb);
-        let Context { model, pool, kv, scratch, pos, .. } = self;
+        let Context { model, pool, team, kv, scratch, pos, .. } = self;
         pool.install(|| {
-            for (i, chunk) in tokens.chunks(nb).enumerate() {
-                let logits = if i + 1 == n_chunks { Logits::Last } else { Logits::None };
-                forward(model, kv, scratch, chunk, *pos, logits);
-                *pos += chunk.len();
-            }
+            team::install(team, || {
+                for (i, chunk) in tokens.chunks(nb).enumerate() {
+                    let logits = if i + 1 == n_chunks { Logits::Last } else { Logits::None };
+                    forward(model, kv, scratch, chunk, *pos, logits);
+                    *pos += chunk.len();
+                }
+            })
         });
         Ok(&self.scratch.logits)
     }
@@ -118,12 +125,14 @@ impl Context {
         out.clear();
         out.resize(tokens.len() * nv, 0.0);
         let nb = self.params.n_batch;
-        let Context { model, pool, kv, scratch, pos, .. } = self;
+        let Context { model, pool, team, kv, scratch, pos, .. } = self;
         pool.install(|| {
-            for (chunk, o) in tokens.chunks(nb).zip(out.chunks_mut(nb * nv)) {
-                forward(model, kv, scratch, chunk, *pos, Logits::All(o));
-                *pos += chunk.len();
-            }
+            team::install(team, || {
+                for (chunk, o) in tokens.chunks(nb).zip(out.chunks_mut(nb * nv)) {
+                    forward(model, kv, scratch, chunk, *pos, Logits::All(o));
+                    *pos += chunk.len();
+                }
+            })
         });
         Ok(())
     }

@@ -1,9 +1,55 @@
-//! Matrix-vector products of several matrices in ONE parallel region: the rows of all of them
-//! are split evenly between the threads of the current pool, so a layer pays one fork/join for
-//! Q, K and V together (and one for gate and up) instead of one per matrix.
+//! Parallel regions of the forward pass, run on the context's spinning [`Team`] when one is
+//! installed (decoding) and on rayon's pool otherwise; and matrix-vector products of several
+//! matrices in ONE region: the rows of all of them are split evenly between the threads, so a
+//! layer pays one fork/join for Q, K and V together (and one for gate and up).
 
+use super::team::{self, Team};
 use rayon::prelude::*;
 use tomoe_quant::{matvec_rows, MatRef, QuantizedInput};
+
+/// Runs `f(part, parts)` for every `part in 0..parts`, one part per thread of the current team
+/// (or of rayon's current pool).
+pub fn for_each_part(f: impl Fn(usize, usize) + Sync) {
+    team::with_current(|t: Option<&Team>| match t {
+        Some(t) => {
+            let parts = t.size();
+            t.run(&|p| f(p, parts));
+        }
+        None => {
+            let parts = rayon::current_num_threads().max(1);
+            (0..parts).into_par_iter().for_each(|p| f(p, parts));
+        }
+    })
+}
+
+/// `f(i, &mut a[i*a_len..][..a_len], &mut b[i*b_len..][..b_len])` for every `i in 0..count`, in
+/// parallel (contiguous ranges of `i` per thread).
+pub fn for_each_chunk_pair(
+    a: &mut [f32],
+    a_len: usize,
+    b: &mut [f32],
+    b_len: usize,
+    count: usize,
+    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
+) {
+    assert!(a.len() >= count * a_len && b.len() >= count * b_len, "chunks out of range");
+    let (pa, pb) = (OutPtr(a.as_mut_ptr()), OutPtr(b.as_mut_ptr()));
+    let (pa, pb) = (&pa, &pb);
+    for_each_part(|p, parts| {
+        for i in p * count / parts..(p + 1) * count / parts {
+            // SAFETY: chunk `i` of `a` and of `b` is in bounds (asserted above); every `i` goes
+            // to exactly one part, so no two threads touch the same chunk, and both slices stay
+            // mutably borrowed for the whole call.
+            let (ca, cb) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(pa.0.add(i * a_len), a_len),
+                    std::slice::from_raw_parts_mut(pb.0.add(i * b_len), b_len),
+                )
+            };
+            f(i, ca, cb);
+        }
+    });
+}
 
 /// y = W·x for one matrix; `y.len() == w.rows()`.
 pub struct MatJob<'j, 'w> {
@@ -36,9 +82,8 @@ pub fn matvec_fused(jobs: &mut [MatJob]) {
     }
     let n_jobs = jobs.len();
     let total = starts[n_jobs];
-    let parts = rayon::current_num_threads().max(1).min(total.max(1));
     let (outs, mats, starts) = (&outs, &mats, &starts);
-    (0..parts).into_par_iter().for_each(|p| {
+    for_each_part(|p, parts| {
         let (lo, hi) = (p * total / parts, (p + 1) * total / parts);
         for (i, &(w, x)) in mats[..n_jobs].iter().flatten().enumerate() {
             let (a, b) = (lo.max(starts[i]), hi.min(starts[i + 1]));
