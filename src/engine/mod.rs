@@ -106,15 +106,16 @@ impl Context {
         let nb = self.params.n_batch;
         let n_chunks = tokens.len().div_ceil(nb);
         let Context { model, pool, team, kv, scratch, pos, .. } = self;
-        pool.install(|| {
-            team::install(team, || {
-                for (i, chunk) in tokens.chunks(nb).enumerate() {
-                    let logits = if i + 1 == n_chunks { Logits::Last } else { Logits::None };
-                    forward(model, kv, scratch, chunk, *pos, logits);
-                    *pos += chunk.len();
-                }
-            })
-        });
+        let mut run = || {
+            for (i, chunk) in tokens.chunks(nb).enumerate() {
+                let logits = if i + 1 == n_chunks { Logits::Last } else { Logits::None };
+                forward(model, kv, scratch, chunk, *pos, logits);
+                *pos += chunk.len();
+            }
+        };
+        // One token: many short regions, on the spinning team. A batch: long matrix products on
+        // rayon's pool alone (a spinning team beside it would take its cores).
+        pool.install(|| if tokens.len() == 1 { team::install(team, run) } else { run() });
         Ok(&self.scratch.logits)
     }
 
@@ -125,14 +126,12 @@ impl Context {
         out.clear();
         out.resize(tokens.len() * nv, 0.0);
         let nb = self.params.n_batch;
-        let Context { model, pool, team, kv, scratch, pos, .. } = self;
+        let Context { model, pool, kv, scratch, pos, .. } = self;
         pool.install(|| {
-            team::install(team, || {
-                for (chunk, o) in tokens.chunks(nb).zip(out.chunks_mut(nb * nv)) {
-                    forward(model, kv, scratch, chunk, *pos, Logits::All(o));
-                    *pos += chunk.len();
-                }
-            })
+            for (chunk, o) in tokens.chunks(nb).zip(out.chunks_mut(nb * nv)) {
+                forward(model, kv, scratch, chunk, *pos, Logits::All(o));
+                *pos += chunk.len();
+            }
         });
         Ok(())
     }

@@ -1,37 +1,8 @@
-//! The small f32 operations of the forward pass: norms, RoPE, activations, dot products.
-//! Written so that the compiler vectorizes them (fixed-width lanes, no bounds checks in loops).
+//! The small f32 operations of the forward pass: norms, RoPE, GELU. (The ones that must round
+//! exactly as ggml's SIMD code, exp/SiLU/softmax and the f32 dot products of attention, are in
+//! `tomoe_quant::vecmath`.)
 
 use crate::model::RopeStyle;
-
-const LANES: usize = 8;
-
-/// Σ a[i]·b[i], accumulated in 8 lanes.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; LANES];
-    let mut ca = a.chunks_exact(LANES);
-    let mut cb = b.chunks_exact(LANES);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for i in 0..LANES {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        sum += x * y;
-    }
-    sum
-}
-
-/// y += a·x
-#[inline]
-pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
-}
 
 /// out = x / rms(x) * w, with the mean of squares in f64 (as ggml).
 pub fn rms_norm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
@@ -105,25 +76,6 @@ fn rotate(x0: f32, x1: f32, cos: f32, sin: f32) -> (f32, f32) {
     (x0.mul_add(cos, -(x1 * sin)), x0.mul_add(sin, x1 * cos))
 }
 
-/// In place: softmax over `x`.
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
-}
-
-#[inline]
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
 /// GELU, tanh approximation.
 #[inline]
 pub fn gelu_tanh(x: f32) -> f32 {
@@ -158,22 +110,12 @@ mod tests {
     }
 
     #[test]
-    fn norms_and_softmax() {
+    fn norms_and_gelu() {
         let x = [3.0f32, -4.0];
         let mut out = [0f32; 2];
         rms_norm(&mut out, &x, &[1.0, 2.0], 0.0);
         let rms = (12.5f32).sqrt();
         assert!((out[0] - 3.0 / rms).abs() < 1e-6 && (out[1] + 8.0 / rms).abs() < 1e-6);
-        let mut s = [1.0f32, 2.0, 3.0];
-        softmax(&mut s);
-        let e: Vec<f32> = [1f32, 2.0, 3.0].iter().map(|v| v.exp()).collect();
-        let z: f32 = e.iter().sum();
-        for i in 0..3 {
-            assert!((s[i] - e[i] / z).abs() < 1e-6);
-        }
-        let a: Vec<f32> = (0..19).map(|i| i as f32).collect();
-        assert_eq!(dot(&a, &a), (0..19).map(|i| (i * i) as f32).sum::<f32>());
         assert!((gelu_tanh(1.0) - 0.841192).abs() < 1e-5);
-        assert!((silu(1.0) - 0.731059).abs() < 1e-5);
     }
 }
