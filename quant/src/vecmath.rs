@@ -124,6 +124,46 @@ pub fn exp_sub_sum_scalar(x: &mut [f32], max: f32) -> f64 {
     sum
 }
 
+/// GELU (tanh form) as ggml's CPU backend computes it inside GeGLU: looked up in a table of
+/// f16 results indexed by the f16-rounded input (exactly 0 at or below -10, the identity at or
+/// above 10). Lossier than evaluating it in f32, but that is what llama.cpp runs.
+pub fn gelu_f16_table(x: f32) -> f32 {
+    use crate::blocks::float::{f16_to_f32, f32_to_f16};
+    use std::sync::OnceLock;
+    static TABLE: OnceLock<Box<[u16]>> = OnceLock::new();
+    if x <= -10.0 {
+        return 0.0;
+    }
+    if x >= 10.0 {
+        return x;
+    }
+    let table = TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|h| {
+                let v = f16_to_f32(h);
+                // 0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²))), with the fused multiply-add
+                // that C compilers contract `1 + a·x·x` to.
+                const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+                let inner = (0.044715 * v).mul_add(v, 1.0);
+                f32_to_f16(0.5 * v * (1.0 + (SQRT_2_OVER_PI * v * inner).tanh()))
+            })
+            .collect()
+    });
+    f16_to_f32(table[f32_to_f16(x) as usize])
+}
+
+/// In place: `gate[i] = gelu(gate[i]) * up[i]` with [`gelu_f16_table`] (ggml's GeGLU).
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "geglu: gate and up differ in length");
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = if *g >= 10.0 {
+            *g * u
+        } else {
+            gelu_f16_table(*g) * u
+        };
+    }
+}
+
 /// Σ a[i]·b[i] in the order of ggml's `ggml_vec_dot_f32`: four 8-lane accumulators over steps of
 /// 32 (fused multiply-adds), reduced pairwise, then the remaining elements one by one.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -572,5 +612,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn gelu_table_is_gelu_to_f16_precision() {
+        for i in -1200..1200 {
+            let x = i as f32 / 100.0;
+            let exact = 0.5
+                * x as f64
+                * (1.0 + (0.7978845608 * x as f64 * (1.0 + 0.044715 * (x * x) as f64)).tanh());
+            let got = gelu_f16_table(x) as f64;
+            let tol = if x.abs() >= 10.0 {
+                1e-6
+            } else {
+                2e-3 * exact.abs().max(1e-3) + 1e-4
+            };
+            assert!(
+                (got - exact).abs() <= tol,
+                "gelu({x}) = {got}, want {exact}"
+            );
+        }
+        let (mut g, u) = (vec![-11.0f32, 0.5, 12.0], vec![2.0f32, 3.0, 0.5]);
+        geglu(&mut g, &u);
+        assert_eq!(g[0], 0.0);
+        assert_eq!(g[2], 6.0);
+        assert_eq!(g[1], gelu_f16_table(0.5) * 3.0);
     }
 }

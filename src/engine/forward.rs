@@ -4,7 +4,7 @@
 //! tokens take the matrix-matrix path (weights read once per batch).
 
 use super::kv_cache::KvCache;
-use super::ops::{gelu_tanh, rms_norm, rms_norm_inplace, rope, rope_table};
+use super::ops::{rms_norm, rms_norm_inplace, rope, rope_table};
 use super::parallel::{for_each_chunk_pair, matvec_fused, MatJob};
 use crate::model::{Activation, Model, ModelConfig};
 use tomoe_quant::{dequantize_row, matmul, vecmath, MatRef, QuantType, QuantizedInput};
@@ -211,11 +211,7 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
         }
         match c.activation {
             Activation::Silu => vecmath::swiglu(&mut s.gate[..n * ff], &s.up[..n * ff]),
-            Activation::GeluTanh => {
-                for (g, &u) in s.gate[..n * ff].iter_mut().zip(&s.up[..n * ff]) {
-                    *g = gelu_tanh(*g) * u;
-                }
-            }
+            Activation::GeluTanh => vecmath::geglu(&mut s.gate[..n * ff], &s.up[..n * ff]),
         }
         s.inputs.prepare(&[l.down.ty()], &s.gate[..n * ff], ff);
         project(&l.down, s.inputs.get(l.down.ty()), &mut s.proj[..n * d], n);
