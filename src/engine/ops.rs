@@ -1,5 +1,5 @@
-//! The small f32 operations of the forward pass: norms, RoPE, GELU. (The ones that must round
-//! exactly as ggml's SIMD code, exp/SiLU/softmax and the f32 dot products of attention, are in
+//! The small f32 operations of the forward pass: norms and RoPE. (The ones that must round
+//! exactly as ggml's SIMD code, exp/SiLU/GELU/softmax and the f32 dot products of attention, are in
 //! `tomoe_quant::vecmath`.)
 
 use crate::model::RopeStyle;
@@ -76,13 +76,6 @@ fn rotate(x0: f32, x1: f32, cos: f32, sin: f32) -> (f32, f32) {
     (x0.mul_add(cos, -(x1 * sin)), x0.mul_add(sin, x1 * cos))
 }
 
-/// GELU, tanh approximation.
-#[inline]
-pub fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,12 +103,11 @@ mod tests {
     }
 
     #[test]
-    fn norms_and_gelu() {
+    fn rms_norm_scales_by_the_root_mean_square() {
         let x = [3.0f32, -4.0];
         let mut out = [0f32; 2];
         rms_norm(&mut out, &x, &[1.0, 2.0], 0.0);
         let rms = (12.5f32).sqrt();
         assert!((out[0] - 3.0 / rms).abs() < 1e-6 && (out[1] + 8.0 / rms).abs() < 1e-6);
-        assert!((gelu_tanh(1.0) - 0.841192).abs() < 1e-5);
     }
 }
