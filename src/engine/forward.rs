@@ -4,8 +4,9 @@
 //! tokens take the matrix-matrix path (weights read once per batch).
 
 use super::kv_cache::KvCache;
+use super::moe::{self, MoeScratch};
 use super::ops::{rms_norm, rms_norm_inplace, rope, rope_table};
-use super::parallel::{for_each_chunk_pair, matvec_fused, MatJob};
+use super::parallel::{for_each_chunk_pair, matvec_fused, matvec_masked, MatJob};
 use crate::model::{Activation, Model, ModelConfig};
 use tomoe_quant::{dequantize_row, matmul, vecmath, MatRef, QuantType, QuantizedInput};
 
@@ -62,6 +63,14 @@ pub struct Scratch {
     /// cos/sin tables per token, for the global and the sliding-window RoPE bases.
     rope_cos: [Vec<f32>; 2],
     rope_sin: [Vec<f32>; 2],
+    /// One token's cos/sin gathered at a pruned layer's kept pairs.
+    rope_cos_l: Vec<f32>,
+    rope_sin_l: Vec<f32>,
+    /// Per token, the dynamic V mask of the current ToMoE layer.
+    vmask: Vec<f32>,
+    moe: MoeScratch,
+    /// Per layer and expert: tokens routed there since the context was created.
+    pub expert_counts: Vec<Vec<u64>>,
     inputs: Inputs,
     pub logits: Vec<f32>,
 }
@@ -84,6 +93,11 @@ impl Scratch {
             scores: vec![0.0; c.n_head * n_ctx.next_multiple_of(32)],
             rope_cos: [vec![0.0; nb * pairs], vec![0.0; nb * pairs]],
             rope_sin: [vec![0.0; nb * pairs], vec![0.0; nb * pairs]],
+            rope_cos_l: vec![0.0; pairs],
+            rope_sin_l: vec![0.0; pairs],
+            vmask: vec![0.0; nb * c.head_dim],
+            moe: MoeScratch::default(),
+            expert_counts: vec![vec![0; c.tomoe.as_ref().map_or(0, |t| t.n_expert)]; c.n_layer],
             inputs: Inputs::new(),
             logits: vec![0.0; c.n_vocab],
         }
@@ -136,32 +150,59 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
     }
 
     for (il, l) in w.layers.iter().enumerate() {
+        let moe = l.moe.as_ref();
+        // Query/key head width: pruned in a ToMoE layer (values keep `hd`).
+        let kd = moe.map_or(hd, |m| m.dq);
+        let (qd_l, kvd_k) = (c.n_head * kd, c.n_head_kv * kd);
         // Attention block.
         for t in 0..n {
             rms_norm(&mut s.xn[t * d..(t + 1) * d], &s.x[t * d..(t + 1) * d], &l.attn_norm, c.rms_eps);
         }
         s.inputs.prepare(&[l.wq.ty(), l.wk.ty(), l.wv.ty()], &s.xn[..n * d], d);
+        let vmask = moe.and_then(|m| m.vmask.as_ref());
+        if let Some(vm) = vmask {
+            for t in 0..n {
+                moe::v_mask(vm, &s.xn[t * d..(t + 1) * d], &mut s.vmask[t * hd..(t + 1) * hd]);
+            }
+        }
         if n == 1 {
             matvec_fused(&mut [
-                MatJob { w: &l.wq, x: s.inputs.get(l.wq.ty()), y: &mut s.q[..qd] },
-                MatJob { w: &l.wk, x: s.inputs.get(l.wk.ty()), y: &mut s.k[..kvd] },
-                MatJob { w: &l.wv, x: s.inputs.get(l.wv.ty()), y: &mut s.v[..kvd] },
+                MatJob { w: &l.wq, x: s.inputs.get(l.wq.ty()), y: &mut s.q[..qd_l] },
+                MatJob { w: &l.wk, x: s.inputs.get(l.wk.ty()), y: &mut s.k[..kvd_k] },
             ]);
+            match vmask {
+                // Only the V rows the mask keeps.
+                Some(_) => matvec_masked(&l.wv, s.inputs.get(l.wv.ty()), &s.vmask[..hd], &mut s.v[..kvd]),
+                None => matvec_fused(&mut [MatJob { w: &l.wv, x: s.inputs.get(l.wv.ty()), y: &mut s.v[..kvd] }]),
+            }
         } else {
-            matmul(&l.wq, s.inputs.get(l.wq.ty()), &mut s.q[..n * qd]);
-            matmul(&l.wk, s.inputs.get(l.wk.ty()), &mut s.k[..n * kvd]);
+            matmul(&l.wq, s.inputs.get(l.wq.ty()), &mut s.q[..n * qd_l]);
+            matmul(&l.wk, s.inputs.get(l.wk.ty()), &mut s.k[..n * kvd_k]);
             matmul(&l.wv, s.inputs.get(l.wv.ty()), &mut s.v[..n * kvd]);
         }
         let b = if c.swa_layers[il] && n_bases == 2 { 1 } else { 0 };
         for t in 0..n {
-            let qt = &mut s.q[t * qd..(t + 1) * qd];
-            let kt = &mut s.k[t * kvd..(t + 1) * kvd];
+            let qt = &mut s.q[t * qd_l..(t + 1) * qd_l];
+            let kt = &mut s.k[t * kvd_k..(t + 1) * kvd_k];
             let vt = &mut s.v[t * kvd..(t + 1) * kvd];
             add_bias(qt, l.bq.as_deref());
             add_bias(kt, l.bk.as_deref());
             add_bias(vt, l.bv.as_deref());
-            let (cos, sin) = (&s.rope_cos[b][t * pairs..(t + 1) * pairs], &s.rope_sin[b][t * pairs..(t + 1) * pairs]);
-            for h in qt.chunks_exact_mut(hd) {
+            if vmask.is_some() {
+                let mt = &s.vmask[t * hd..(t + 1) * hd];
+                vt.chunks_exact_mut(hd).for_each(|h| h.iter_mut().zip(mt).for_each(|(v, m)| *v *= m));
+            }
+            let (mut cos, mut sin) =
+                (&s.rope_cos[b][t * pairs..(t + 1) * pairs], &s.rope_sin[b][t * pairs..(t + 1) * pairs]);
+            if let Some(m) = moe {
+                // A pruned head's stored pairs rotate at their original pairs' frequencies.
+                for (k, &i) in m.qk_pairs.iter().enumerate() {
+                    s.rope_cos_l[k] = cos[i];
+                    s.rope_sin_l[k] = sin[i];
+                }
+                (cos, sin) = (&s.rope_cos_l[..m.qk_pairs.len()], &s.rope_sin_l[..m.qk_pairs.len()]);
+            }
+            for h in qt.chunks_exact_mut(kd) {
                 if let Some(nw) = &l.q_norm {
                     rms_norm_inplace(h, nw, c.rms_eps);
                 }
@@ -170,16 +211,31 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
                     h.iter_mut().for_each(|v| *v *= c.attn_scale);
                 }
             }
-            for h in kt.chunks_exact_mut(hd) {
+            for h in kt.chunks_exact_mut(kd) {
                 if let Some(nw) = &l.k_norm {
                     rms_norm_inplace(h, nw, c.rms_eps);
                 }
                 rope(h, cos, sin, c.rope_style);
             }
         }
-        kv.store(il, pos0, &s.k[..n * kvd], &s.v[..n * kvd]);
+        kv.store(il, pos0, &s.k[..n * kvd_k], &s.v[..n * kvd]);
         let window = if c.swa_layers[il] { c.sliding_window } else { None };
-        attention(c, kv, il, &s.q[..n * qd], &mut s.att_heads[..n * qd], &mut s.scores, n, pos0, window);
+        let kq_scale = match (&c.tomoe, c.scale_q) {
+            (_, true) => 1.0,
+            (Some(tc), _) if tc.scale_pruned => 1.0 / (kd as f32).sqrt(),
+            _ => c.attn_scale,
+        };
+        let shape = AttnShape { kd, kq_scale, window };
+        attention(c, kv, il, &s.q[..n * qd_l], &mut s.att_heads[..n * qd], &mut s.scores, n, pos0, shape);
+        if let (Some(tc), Some(_)) = (&c.tomoe, vmask) {
+            if tc.output_mask {
+                // Each head's output times the query token's V mask.
+                for (h_t, o) in s.att_heads[..n * qd].chunks_exact_mut(hd).enumerate() {
+                    let t = h_t % n;
+                    o.iter_mut().zip(&s.vmask[t * hd..(t + 1) * hd]).for_each(|(v, m)| *v *= m);
+                }
+            }
+        }
         let att_in: &[f32] = if n == 1 {
             &s.att_heads[..qd]
         } else {
@@ -198,6 +254,22 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
         // Feed-forward block.
         for t in 0..n {
             rms_norm(&mut s.xn[t * d..(t + 1) * d], &s.x[t * d..(t + 1) * d], &l.ffn_norm, c.rms_eps);
+        }
+        if let Some(m) = moe {
+            moe::route(m, &s.xn[..n * d], d, &mut s.moe.choice);
+            for &e in &s.moe.choice {
+                s.expert_counts[il][e] += 1;
+            }
+            if n == 1 {
+                s.inputs.prepare(&[l.gate.ty(), l.up.ty()], &s.xn[..d], d);
+                let e = s.moe.choice[0];
+                let (xg, xu) = (s.inputs.get(l.gate.ty()), s.inputs.get(l.up.ty()));
+                moe::mlp_one(m, e, &l.gate, &l.up, &l.down, xg, xu, &mut s.proj[..d], &mut s.moe);
+            } else {
+                moe::mlp_batch(m, &l.gate, &l.up, &l.down, &s.xn[..n * d], &mut s.proj[..n * d], &mut s.moe);
+            }
+            residual(&mut s.x[..n * d], &mut s.proj[..n * d], l.post_ffn_norm.as_deref(), d, c.rms_eps);
+            continue;
         }
         s.inputs.prepare(&[l.gate.ty(), l.up.ty()], &s.xn[..n * d], d);
         if n == 1 {
@@ -261,6 +333,15 @@ fn residual(x: &mut [f32], proj: &mut [f32], post_norm: Option<&[f32]>, d: usize
     x.iter_mut().zip(proj.iter()).for_each(|(a, b)| *a += b);
 }
 
+/// The per-layer shape of attention: the query/key head width (pruned in ToMoE layers), the
+/// scale of the scores, the sliding window.
+#[derive(Copy, Clone)]
+struct AttnShape {
+    kd: usize,
+    kq_scale: f32,
+    window: Option<usize>,
+}
+
 /// Causal (optionally sliding-window) attention of `n` queries at positions `pos0..` over the
 /// cache, in parallel over heads. `q` is token-major (already RoPE'd); `out` is head-major:
 /// [head][token][head_dim].
@@ -281,37 +362,38 @@ fn attention(
     scores: &mut [f32],
     n: usize,
     pos0: usize,
-    window: Option<usize>,
+    shape: AttnShape,
 ) {
-    let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
+    let AttnShape { kd, kq_scale, window } = shape;
+    let hd = c.head_dim;
+    let (qd, kvd_k) = (c.n_head * kd, c.n_head_kv * kd);
     let group = c.n_head / c.n_head_kv;
     let row_len = kv.n_ctx().next_multiple_of(32);
     let block_stride = kv.value_block_stride();
-    let kq_scale = if c.scale_q { 1.0 } else { c.attn_scale };
     let (keys, values) = kv.layer(il);
     // llama.cpp sums one query's values in its vector-dot order, a batch's in its matrix order.
     let gemm_order = n > 1;
     for_each_chunk_pair(out, n * hd, scores, row_len, c.n_head, |h, out_h, sc| {
-        let kh = (h / group) * hd;
+        let (kh, vh) = ((h / group) * kd, (h / group) * hd);
         for t in 0..n {
             let p = pos0 + t;
             let lo = match window {
                 Some(w) => (p + 1).saturating_sub(w),
                 None => 0,
             };
-            let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
+            let qh = &q[t * qd + h * kd..t * qd + (h + 1) * kd];
             let len = (p + 1).next_multiple_of(32);
             let row = &mut sc[..len];
             row.fill(f32::NEG_INFINITY);
             for (j, s) in row.iter_mut().enumerate().take(p + 1).skip(lo) {
-                let kr = j * kvd + kh;
-                *s = vecmath::dot(&keys[kr..kr + hd], qh) * kq_scale;
+                let kr = j * kvd_k + kh;
+                *s = vecmath::dot(&keys[kr..kr + kd], qh) * kq_scale;
             }
             let max = row[lo..=p].iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let inv = (1.0 / vecmath::exp_sub_sum(row, max)) as f32;
             row.iter_mut().for_each(|v| *v *= inv);
             for (d, o) in out_h[t * hd..(t + 1) * hd].iter_mut().enumerate() {
-                *o = vecmath::dot_chunks32(&values[(kh + d) * 32..], block_stride, row, gemm_order);
+                *o = vecmath::dot_chunks32(&values[(vh + d) * 32..], block_stride, row, gemm_order);
             }
         }
     });

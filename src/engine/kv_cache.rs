@@ -1,5 +1,6 @@
 //! The key/value cache of one sequence, allocated once when the context is created. Per layer:
-//! keys position-major (`n_ctx` rows of `kv_dim` f32); values transposed as llama.cpp keeps them
+//! keys position-major (`n_ctx` rows of the layer's key width: ToMoE layers cache only their
+//! kept Q/K dims); values transposed as llama.cpp keeps them
 //! without flash attention, so that each output of the probability-weighted sum is a dot
 //! product over positions summed in ggml's order, but in blocks of 32 positions (block `b`
 //! holds, for each of the `kv_dim` dimensions, positions `32b .. 32b + 32`), so that storing
@@ -10,18 +11,22 @@ pub const BLOCK: usize = 32;
 pub struct KvCache {
     n_ctx: usize,
     kv_dim: usize,
+    /// Per layer, the key width (`kv_dim`, or fewer in a ToMoE layer with pruned Q/K dims).
+    k_dims: Vec<usize>,
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
 }
 
 impl KvCache {
-    pub fn new(n_layer: usize, n_ctx: usize, kv_dim: usize) -> KvCache {
+    /// `k_dims`: the key width of each layer; values are `kv_dim` wide in every layer.
+    pub fn new(k_dims: Vec<usize>, n_ctx: usize, kv_dim: usize) -> KvCache {
         let v_len = n_ctx.next_multiple_of(BLOCK) * kv_dim;
         KvCache {
             n_ctx,
             kv_dim,
-            k: (0..n_layer).map(|_| vec![0f32; n_ctx * kv_dim]).collect(),
-            v: (0..n_layer).map(|_| vec![0f32; v_len]).collect(),
+            k: k_dims.iter().map(|&kd| vec![0f32; n_ctx * kd]).collect(),
+            v: k_dims.iter().map(|_| vec![0f32; v_len]).collect(),
+            k_dims,
         }
     }
 
@@ -36,8 +41,8 @@ impl KvCache {
 
     /// Writes the keys and values of `n` consecutive positions from `pos0` (rows of `kv_dim`).
     pub fn store(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32]) {
-        let (a, b) = (pos0 * self.kv_dim, pos0 * self.kv_dim + k.len());
-        self.k[layer][a..b].copy_from_slice(k);
+        let a = pos0 * self.k_dims[layer];
+        self.k[layer][a..a + k.len()].copy_from_slice(k);
         let values = &mut self.v[layer];
         for (t, vt) in v.chunks_exact(self.kv_dim).enumerate() {
             let p = pos0 + t;
@@ -56,6 +61,6 @@ impl KvCache {
     }
 
     pub fn bytes(&self) -> usize {
-        self.k.len() * (self.k[0].len() + self.v[0].len()) * 4
+        self.k.iter().chain(&self.v).map(|b| b.len() * 4).sum()
     }
 }

@@ -3,6 +3,7 @@
 
 mod forward;
 mod kv_cache;
+mod moe;
 pub mod ops;
 mod parallel;
 pub mod perplexity;
@@ -76,7 +77,8 @@ impl Context {
         let team = Team::new(p.n_threads).map_err(|e| EngineError::ThreadPool(e.to_string()))?;
         let c = model.config();
         let nb = p.n_batch.min(p.n_ctx);
-        let kv = KvCache::new(c.n_layer, p.n_ctx, c.kv_dim());
+        let k_dims = model.weights().layers.iter().map(|l| l.wk.rows()).collect();
+        let kv = KvCache::new(k_dims, p.n_ctx, c.kv_dim());
         let scratch = Scratch::new(c, nb, p.n_ctx);
         Ok(Context { model, params: ContextParams { n_batch: nb, ..p }, pool, team, kv, scratch, pos: 0 })
     }
@@ -94,6 +96,11 @@ impl Context {
     /// Forgets the sequence.
     pub fn clear(&mut self) {
         self.pos = 0;
+    }
+    /// Per layer and expert of a ToMoE model, the tokens routed there so far (empty rows for a
+    /// dense model).
+    pub fn expert_counts(&self) -> &[Vec<u64>] {
+        &self.scratch.expert_counts
     }
     /// Bytes held by the KV cache.
     pub fn kv_bytes(&self) -> usize {

@@ -100,3 +100,31 @@ pub fn matvec_fused(jobs: &mut [MatJob]) {
         }
     });
 }
+
+/// `y[r] = W[r]·x` for the rows whose position within their head (`r % mask.len()`) the mask
+/// keeps, 0 for the others, which are never read (a ToMoE layer's dynamic V mask). The kept rows
+/// are split evenly between the threads.
+pub fn matvec_masked(w: &MatRef, x: &QuantizedInput, mask: &[f32], y: &mut [f32]) {
+    assert_eq!(y.len(), w.rows(), "output length must equal the matrix rows");
+    let hd = mask.len();
+    y.fill(0.0);
+    let kept = mask.iter().filter(|&&m| m != 0.0).count() * (w.rows() / hd);
+    let out = OutPtr(y.as_mut_ptr());
+    let out = &out;
+    for_each_part(|p, parts| {
+        let (lo, hi) = (p * kept / parts, (p + 1) * kept / parts);
+        let mut i = 0;
+        for r in 0..w.rows() {
+            if mask[r % hd] == 0.0 {
+                continue;
+            }
+            if (lo..hi).contains(&i) {
+                // SAFETY: `r < w.rows() == y.len()`; each kept row's index `i` falls in exactly
+                // one part's `[lo, hi)`, so no two threads write the same float.
+                let yr = unsafe { std::slice::from_raw_parts_mut(out.0.add(r), 1) };
+                matvec_rows(w, r..r + 1, x, yr);
+            }
+            i += 1;
+        }
+    });
+}

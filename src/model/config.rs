@@ -81,6 +81,8 @@ pub struct ModelConfig {
     /// Final logits softcap c: logits = c * tanh(logits / c).
     pub final_logit_softcap: Option<f32>,
     pub activation: Activation,
+    /// The ToMoE switches of a `tomoe-*` file (its layers carry the experts).
+    pub tomoe: Option<super::tomoe::TomoeConfig>,
 }
 
 impl ModelConfig {
@@ -253,6 +255,7 @@ pub(crate) fn common(meta: &Meta, arch: Arch, n_vocab: usize) -> Result<ModelCon
         embed_scale: None,
         final_logit_softcap: None,
         activation: Activation::Silu,
+        tomoe: None,
     })
 }
 

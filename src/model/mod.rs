@@ -5,6 +5,7 @@ mod config;
 mod gemma3;
 mod llama;
 mod qwen2;
+pub mod tomoe;
 mod weights;
 
 pub use config::{Activation, Arch, ModelConfig, RopeStyle};
@@ -23,7 +24,7 @@ pub enum ModelError {
     Gguf(#[from] GgufError),
     #[error("the file has no `general.architecture` key")]
     MissingArch,
-    #[error("unknown architecture {0:?} (supported: llama, qwen2, gemma3)")]
+    #[error("unknown architecture {0:?} (supported: llama, qwen2, gemma3, tomoe-llama, tomoe-qwen2)")]
     UnknownArch(String),
     #[error("metadata key `{0}` is missing")]
     MissingMetadata(String),
@@ -67,11 +68,14 @@ impl Model {
             "llama" => ("llama", llama::TENSORS),
             "qwen2" => ("qwen2", qwen2::TENSORS),
             "gemma3" => ("gemma3", gemma3::TENSORS),
+            "tomoe-llama" => ("tomoe-llama", llama::TENSORS),
+            "tomoe-qwen2" => ("tomoe-qwen2", qwen2::TENSORS),
             other => return Err(ModelError::UnknownArch(other.to_string())),
         };
         let n_vocab = match file.tensor("token_embd.weight") {
-            Some(t) if t.info.dims.len() == 2 => usize::try_from(t.info.dims[1])
-                .map_err(|_| ModelError::BadTensor { name: "token_embd.weight".into(), reason: "too many rows".into() })?,
+            Some(t) if t.info.dims.len() == 2 => usize::try_from(t.info.dims[1]).map_err(|_| {
+                ModelError::BadTensor { name: "token_embd.weight".into(), reason: "too many rows".into() }
+            })?,
             Some(t) => {
                 return Err(ModelError::BadTensor {
                     name: "token_embd.weight".into(),
@@ -81,11 +85,14 @@ impl Model {
             None => return Err(ModelError::MissingTensor("token_embd.weight".into())),
         };
         let meta = Meta { file: &file, arch };
-        let config = match arch {
-            "llama" => llama::config(&meta, n_vocab)?,
-            "qwen2" => qwen2::config(&meta, n_vocab)?,
+        let mut config = match arch {
+            "llama" | "tomoe-llama" => llama::config(&meta, n_vocab)?,
+            "qwen2" | "tomoe-qwen2" => qwen2::config(&meta, n_vocab)?,
             _ => gemma3::config(&meta, n_vocab)?,
         };
+        if arch.starts_with("tomoe-") {
+            config.tomoe = Some(tomoe::config(&file, arch)?);
+        }
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let chat_template = ChatTemplate::from_gguf(&file)?;
         // SAFETY: the views borrow the GgufFile inside `file`, a Box that this Model owns, never

@@ -2,6 +2,7 @@
 //! file maps them; the small vectors (norm weights, biases) are converted to f32 at load.
 
 use super::config::ModelConfig;
+use super::tomoe::{self, MoeLayer};
 use super::ModelError;
 use crate::gguf::GgufFile;
 use tomoe_quant::{dequantize_row, MatRef, QuantType};
@@ -33,8 +34,12 @@ pub struct LayerWeights<'a> {
     pub ffn_norm: Vec<f32>,
     pub gate: MatRef<'a>,
     pub up: MatRef<'a>,
+    /// `n_ff` rows of `d_model`; in a ToMoE layer the transposed down projection
+    /// (`ffn_down_t`): one row of `d_model` output weights per storage row of gate/up.
     pub down: MatRef<'a>,
     pub post_ffn_norm: Option<Vec<f32>>,
+    /// The ToMoE structure (experts, router, pruned Q/K, V mask), in a `tomoe-*` file.
+    pub moe: Option<MoeLayer>,
 }
 
 /// All tensors the forward pass reads.
@@ -72,24 +77,53 @@ impl<'a> Weights<'a> {
                     Ok(None)
                 }
             };
+            // ToMoE: pruned Q/K rows, `u` union rows in gate/up, the transposed down projection.
+            let (shape, q, kv_k, ff, down_name, down_rows, down_cols) = match &c.tomoe {
+                Some(_) => {
+                    let shape = tomoe::qk_shape(f, il, c.head_dim, c.rope_style == super::RopeStyle::Adjacent)?;
+                    let gate = f
+                        .tensor(&n("ffn_gate.weight"))
+                        .ok_or_else(|| ModelError::MissingTensor(n("ffn_gate.weight")))?;
+                    let u = match gate.info.dims[..] {
+                        [cols, rows] if cols == d as u64 && rows <= ff as u64 => rows as usize,
+                        _ => {
+                            return Err(ModelError::BadTensorShape {
+                                name: n("ffn_gate.weight"),
+                                expected: vec![d as u64, ff as u64],
+                                found: gate.info.dims.clone(),
+                            })
+                        }
+                    };
+                    let (qr, kr) = (c.n_head * shape.dq, c.n_head_kv * shape.dq);
+                    (Some(shape), qr, kr, u, "ffn_down_t.weight", u, d)
+                }
+                None => (None, q, kv, ff, "ffn_down.weight", d, ff),
+            };
+            let moe = match (shape, &c.tomoe) {
+                (Some(shape), Some(tc)) => {
+                    let load = |name: &str, dims: &[usize]| tensor_f32(f, name, dims);
+                    Some(tomoe::layer(f, il, c.n_layer, shape, tc, d, c.head_dim, ff, load)?)
+                }
+                _ => None,
+            };
             layers.push(LayerWeights {
                 attn_norm: vector(f, &n("attn_norm.weight"), d)?,
                 wq: matrix(f, &n("attn_q.weight"), q, d)?,
-                wk: matrix(f, &n("attn_k.weight"), kv, d)?,
+                wk: matrix(f, &n("attn_k.weight"), kv_k, d)?,
                 wv: matrix(f, &n("attn_v.weight"), kv, d)?,
-                wo: matrix(f, &n("attn_output.weight"), d, q)?,
+                wo: matrix(f, &n("attn_output.weight"), d, c.q_dim())?,
                 bq: opt_vec(n("attn_q.bias"), q, req.qkv_bias_required)?,
-                bk: opt_vec(n("attn_k.bias"), kv, req.qkv_bias_required)?,
+                bk: opt_vec(n("attn_k.bias"), kv_k, req.qkv_bias_required)?,
                 bv: opt_vec(n("attn_v.bias"), kv, req.qkv_bias_required)?,
                 q_norm: opt_vec(n("attn_q_norm.weight"), c.head_dim, req.qk_norm)?.filter(|_| req.qk_norm),
                 k_norm: opt_vec(n("attn_k_norm.weight"), c.head_dim, req.qk_norm)?.filter(|_| req.qk_norm),
-                post_attn_norm: opt_vec(n("post_attention_norm.weight"), d, req.post_norms)?
-                    .filter(|_| req.post_norms),
+                post_attn_norm: opt_vec(n("post_attention_norm.weight"), d, req.post_norms)?.filter(|_| req.post_norms),
                 ffn_norm: vector(f, &n("ffn_norm.weight"), d)?,
                 gate: matrix(f, &n("ffn_gate.weight"), ff, d)?,
                 up: matrix(f, &n("ffn_up.weight"), ff, d)?,
-                down: matrix(f, &n("ffn_down.weight"), d, ff)?,
+                down: matrix(f, &n(down_name), down_rows, down_cols)?,
                 post_ffn_norm: opt_vec(n("post_ffw_norm.weight"), d, req.post_norms)?.filter(|_| req.post_norms),
+                moe,
             });
         }
         Ok(Weights { token_embd, layers, output_norm, output, rope_freqs })
@@ -122,11 +156,34 @@ fn matrix<'a>(f: &'a GgufFile, name: &str, rows: usize, cols: usize) -> Result<M
         .map_err(|e| ModelError::BadTensor { name: name.to_string(), reason: e.to_string() })
 }
 
+/// A tensor of any format with GGUF dims `dims` (ggml order), converted to f32, flattened.
+fn tensor_f32(f: &GgufFile, name: &str, dims: &[usize]) -> Result<Vec<f32>, ModelError> {
+    let t = f.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+    let want: Vec<u64> = dims.iter().map(|&x| x as u64).collect();
+    if t.info.dims != want {
+        return Err(ModelError::BadTensorShape { name: name.to_string(), expected: want, found: t.info.dims.clone() });
+    }
+    let (row, n) = (dims[0], dims.iter().product::<usize>());
+    let rb = t.info.ty.row_bytes(row).filter(|rb| rb * (n / row.max(1)) == t.data.len());
+    let Some(rb) = rb else {
+        return Err(ModelError::BadTensor { name: name.to_string(), reason: "size does not match its dims".into() });
+    };
+    let mut out = vec![0f32; n];
+    for (src, dst) in t.data.chunks_exact(rb.max(1)).zip(out.chunks_exact_mut(row.max(1))) {
+        dequantize_row(t.info.ty, src, dst);
+    }
+    Ok(out)
+}
+
 /// A vector of `len` values of any format, converted to f32.
 fn vector(f: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
     let t = f.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
     if t.info.dims != [len as u64] {
-        return Err(ModelError::BadTensorShape { name: name.to_string(), expected: vec![len as u64], found: t.info.dims.clone() });
+        return Err(ModelError::BadTensorShape {
+            name: name.to_string(),
+            expected: vec![len as u64],
+            found: t.info.dims.clone(),
+        });
     }
     let ty: QuantType = t.info.ty;
     match ty.row_bytes(len) {

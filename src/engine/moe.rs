@@ -1,0 +1,233 @@
+//! The sparse parts of a ToMoE layer (docs/FORMAT.md): the router, the chosen expert's MLP over
+//! only its storage rows, and the dynamic V mask. Decoding reads only the rows of the token's
+//! expert (gate, up, and the transposed down projection); a batch is grouped by expert and each
+//! group runs matrix-matrix products over the expert's row runs.
+
+use super::parallel::for_each_part;
+use crate::model::tomoe::{MoeLayer, VMask};
+use tomoe_quant::{axpy_rows, matmul, matvec_rows, vecmath, MatRef, QuantizedInput};
+
+/// Grow-only buffers of the sparse MLP (no allocation per token once grown).
+#[derive(Default)]
+pub struct MoeScratch {
+    /// Per thread part: a partial sum of the down projection (`parts × d`).
+    partials: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    /// A batch's tokens grouped by expert.
+    group: Vec<usize>,
+    x: Vec<f32>,
+    run_out: Vec<f32>,
+    xq: QuantizedInput,
+    /// Per token of the batch: its expert.
+    pub choice: Vec<usize>,
+}
+
+/// A raw pointer shared by the threads of one region, each writing its own disjoint part.
+#[derive(Copy, Clone)]
+struct SharedMut(*mut f32);
+// SAFETY: only dereferenced inside `for_each_part` regions on index ranges that are disjoint
+// between parts, while the slice it came from stays mutably borrowed by the caller.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+/// The expert of each token: argmax of the router logits (the lowest index on ties).
+pub fn route(m: &MoeLayer, h2: &[f32], d: usize, out: &mut Vec<usize>) {
+    out.clear();
+    for x in h2.chunks_exact(d) {
+        let mut best = (0, f32::NEG_INFINITY);
+        for (e, r) in m.router.chunks_exact(d).enumerate() {
+            let v = vecmath::dot(r, x);
+            if v > best.1 {
+                best = (e, v);
+            }
+        }
+        out.push(best.0);
+    }
+}
+
+/// One token's MLP: `proj = Σ_{i ∈ expert} down_t[i] · silu(gate[i]·h2) · (up[i]·h2)`, over the
+/// expert's rows only, the rows split between the threads. `xg`/`xu`: `h2` quantized for the
+/// gate/up formats.
+#[allow(clippy::too_many_arguments)]
+pub fn mlp_one(
+    m: &MoeLayer,
+    expert: usize,
+    gate: &MatRef,
+    up: &MatRef,
+    down_t: &MatRef,
+    xg: &QuantizedInput,
+    xu: &QuantizedInput,
+    proj: &mut [f32],
+    s: &mut MoeScratch,
+) {
+    let rows = &m.expert_rows[expert];
+    let (nr, d) = (rows.len(), proj.len());
+    proj.fill(0.0);
+    if nr == 0 {
+        return;
+    }
+    s.gate.resize(nr, 0.0);
+    s.up.resize(nr, 0.0);
+    let (g, u) = (SharedMut(s.gate.as_mut_ptr()), SharedMut(s.up.as_mut_ptr()));
+    let (g, u) = (&g, &u);
+    for_each_part(|p, parts| {
+        for i in p * nr / parts..(p + 1) * nr / parts {
+            let r = rows[i];
+            // SAFETY: `i < nr`, the length of both buffers, and each `i` belongs to one part.
+            let (gi, ui) = unsafe {
+                (std::slice::from_raw_parts_mut(g.0.add(i), 1), std::slice::from_raw_parts_mut(u.0.add(i), 1))
+            };
+            matvec_rows(gate, r..r + 1, xg, gi);
+            matvec_rows(up, r..r + 1, xu, ui);
+        }
+    });
+    vecmath::swiglu(&mut s.gate, &s.up);
+    let parts_max = rayon::current_num_threads().max(super::team::with_current(|t| t.map_or(1, |t| t.size())));
+    s.partials.resize(parts_max * d, 0.0);
+    let used = std::sync::atomic::AtomicUsize::new(0);
+    let partials = SharedMut(s.partials.as_mut_ptr());
+    let partials = &partials;
+    let act = &s.gate;
+    for_each_part(|p, parts| {
+        used.fetch_max(parts, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: part `p` < `parts` <= `parts_max` owns floats `p*d .. (p+1)*d`.
+        let y = unsafe { std::slice::from_raw_parts_mut(partials.0.add(p * d), d) };
+        y.fill(0.0);
+        let (lo, hi) = (p * nr / parts, (p + 1) * nr / parts);
+        axpy_rows(down_t, &rows[lo..hi], &act[lo..hi], y);
+    });
+    for part in s.partials.chunks_exact(d).take(used.into_inner()) {
+        proj.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
+}
+
+/// A batch's MLP: tokens grouped by expert; per group, gate and up as matrix-matrix products
+/// over the expert's row runs, then each token's transposed down rows. `h2`: `n` rows of `d`.
+pub fn mlp_batch(
+    m: &MoeLayer,
+    gate: &MatRef,
+    up: &MatRef,
+    down_t: &MatRef,
+    h2: &[f32],
+    proj: &mut [f32],
+    s: &mut MoeScratch,
+) {
+    let d = gate.cols();
+    let n = h2.len() / d;
+    proj[..n * d].fill(0.0);
+    for e in 0..m.n_expert() {
+        let rows = &m.expert_rows[e];
+        let nr = rows.len();
+        s.group.clear();
+        s.group.extend((0..n).filter(|&t| s.choice[t] == e));
+        let ne = s.group.len();
+        if ne == 0 || nr == 0 {
+            continue;
+        }
+        s.x.clear();
+        for &t in &s.group {
+            s.x.extend_from_slice(&h2[t * d..(t + 1) * d]);
+        }
+        s.gate.resize(ne * nr, 0.0);
+        s.up.resize(ne * nr, 0.0);
+        for (w, out) in [(gate, &mut s.gate), (up, &mut s.up)] {
+            s.xq.quantize(w.ty(), &s.x, d);
+            let mut col = 0;
+            for run in &m.expert_runs[e] {
+                let len = run.len();
+                let rb = w.row_bytes();
+                let sub = MatRef::new(w.ty(), len, d, &w.data()[run.start * rb..run.end * rb])
+                    .expect("runs validated against the matrix at load");
+                s.run_out.resize(ne * len, 0.0);
+                matmul(&sub, &s.xq, &mut s.run_out);
+                for v in 0..ne {
+                    out[v * nr + col..v * nr + col + len].copy_from_slice(&s.run_out[v * len..(v + 1) * len]);
+                }
+                col += len;
+            }
+        }
+        vecmath::swiglu(&mut s.gate[..ne * nr], &s.up[..ne * nr]);
+        for (v, &t) in s.group.iter().enumerate() {
+            axpy_rows(down_t, rows, &s.gate[v * nr..(v + 1) * nr], &mut proj[t * d..(t + 1) * d]);
+        }
+    }
+}
+
+/// The V mask of one token from its attention input `h1`: 1 for the kept dims, 0 elsewhere.
+pub fn v_mask(vm: &VMask, h1: &[f32], mask: &mut [f32]) {
+    let (hid, hd) = (vm.hidden, mask.len());
+    let d = h1.len();
+    // a = W_a·h1 + b, LayerNorm, exact (erf) GELU, in f64 for a stable cut-off.
+    let a: Vec<f64> = (0..hid)
+        .map(|i| {
+            vm.w_a[i * d..(i + 1) * d].iter().zip(h1).map(|(w, x)| *w as f64 * *x as f64).sum::<f64>() + vm.b[i] as f64
+        })
+        .collect();
+    let mean = a.iter().sum::<f64>() / hid as f64;
+    let var = a.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / hid as f64;
+    let inv = 1.0 / (var + vm.ln_eps as f64).sqrt();
+    let g: Vec<f64> = a
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let y = (x - mean) * inv * vm.ln_w[i] as f64 + vm.ln_b[i] as f64;
+            0.5 * y * (1.0 + erf(y / std::f64::consts::SQRT_2))
+        })
+        .collect();
+    let z: Vec<f64> =
+        (0..hd).map(|j| vm.w_dec[j * hid..(j + 1) * hid].iter().zip(&g).map(|(w, x)| *w as f64 * x).sum()).collect();
+    let mut on: Vec<usize> = (0..hd).filter(|&j| z[j] + vm.offset as f64 > 0.0).collect();
+    if vm.top_k > 0 && on.len() > vm.top_k {
+        on.sort_by(|&a, &b| z[b].total_cmp(&z[a]).then(a.cmp(&b)));
+        on.truncate(vm.top_k);
+    }
+    if on.is_empty() {
+        let best = (0..hd).fold(0, |b, j| if z[j] > z[b] { j } else { b });
+        on.push(best);
+    }
+    mask.fill(0.0);
+    for j in on {
+        mask[j] = 1.0;
+    }
+}
+
+/// The error function: Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), and its Taylor series
+/// below 0.5 where that fit is weakest relative to the value.
+fn erf(x: f64) -> f64 {
+    let s = x.signum();
+    let x = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * x);
+    let poly =
+        t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let mut y = 1.0 - poly * (-x * x).exp();
+    if x < 0.5 {
+        let (mut term, mut sum, x2) = (x, x, x * x);
+        for k in 1..30 {
+            term *= -x2 / k as f64;
+            sum += term / (2 * k + 1) as f64;
+        }
+        y = sum * 2.0 / std::f64::consts::PI.sqrt();
+    }
+    s * y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::erf;
+
+    #[test]
+    fn erf_is_accurate() {
+        // Reference values of erf.
+        for (x, want) in [
+            (0.0, 0.0),
+            (0.1, 0.112_462_916_018_285),
+            (0.5, 0.520_499_877_813_047),
+            (1.0, 0.842_700_792_949_715),
+            (2.0, 0.995_322_265_018_953),
+            (-1.5, -0.966_105_146_475_311),
+        ] {
+            assert!((erf(x) - want).abs() < 2e-7, "erf({x}) = {}, want {want}", erf(x));
+        }
+    }
+}

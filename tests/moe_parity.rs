@@ -1,0 +1,113 @@
+//! The runtime's sparse execution of ToMoE files against the converter's reference forward, on
+//! tiny random models (llama, GQA llama, qwen2): converted models with differing experts, pruned
+//! Q/K pairs and a dynamic V mask (with and without the output-mask and pruned-scale switches),
+//! exported as f32, loaded by `tomoe::model::Model` and run through `Context`: every position's
+//! logits within 1e-3 relative (max |a - b| / max |b|), for a whole batch (the grouped-by-expert
+//! path) and token by token (the decode path).
+#![cfg(feature = "convert")]
+
+mod convert_util;
+
+use candle_core::{Device, Tensor};
+use convert_util::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
+use tomoe::convert::converted::{reference_forward, ConvertedLayer, ConvertedModel, Method, Routing, VMaskHead};
+use tomoe::convert::export::build_tomoe;
+use tomoe::convert::hf::load_hf;
+use tomoe::engine::{Context, ContextParams};
+use tomoe::gguf::QuantType;
+use tomoe::model::Model;
+
+fn rand_tensor(rng: &mut ChaCha8Rng, shape: &[usize], scale: f32) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-scale..scale)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// A converted model with random structure: 4 experts of random neuron sets, half the RoPE
+/// pairs kept (whole pairs, in the rotate-half layout the converter uses), a V-mask head.
+fn random_conversion(t: &Tiny, hd: usize, seed: u64, output_mask: bool, scale_pruned: bool) -> ConvertedModel {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let half = hd / 2;
+    let layers = (0..t.layers)
+        .map(|_| {
+            let masks: Vec<Vec<bool>> = (0..4).map(|_| (0..t.m).map(|_| rng.gen_bool(0.5)).collect()).collect();
+            let pairs: Vec<usize> = (0..half).filter(|_| rng.gen_bool(0.5)).collect();
+            let pairs = if pairs.is_empty() { vec![0] } else { pairs };
+            let keep: Vec<usize> = pairs.iter().copied().chain(pairs.iter().map(|p| p + half)).collect();
+            let mut keep = keep;
+            keep.sort();
+            let vmask = VMaskHead {
+                w_a: rand_tensor(&mut rng, &[128, t.d], 0.2),
+                b_state: rand_tensor(&mut rng, &[128], 0.2),
+                ln_w: rand_tensor(&mut rng, &[128], 1.0),
+                ln_b: rand_tensor(&mut rng, &[128], 0.2),
+                w_dec: rand_tensor(&mut rng, &[hd, 128], 0.3),
+                offset: 0.1,
+                top_k: if seed % 2 == 0 { hd / 2 } else { 0 },
+            };
+            ConvertedLayer::from_expert_masks(&masks, t.m, keep, rand_tensor(&mut rng, &[4, t.d], 1.0), Some(vmask))
+        })
+        .collect();
+    ConvertedModel { method: Method::ToMoe, layers, target_p: 0.5, measured_p: 0.5, output_mask, scale_pruned }
+}
+
+fn rel(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn check(t: &Tiny, name: &str, seed: u64, output_mask: bool, scale_pruned: bool) {
+    let dir = scratch(name);
+    write_hf(&dir, t, seed, 1);
+    let model = load_hf(&dir, &Device::Cpu).unwrap();
+    let hd = model.config.head_dim;
+    let cm = random_conversion(t, hd, seed, output_mask, scale_pruned);
+    let path = dir.join("tomoe.gguf");
+    build_tomoe(&model, &cm, QuantType::F32).unwrap().write_atomic(&path).unwrap();
+
+    let tokens = byte_tokens("It is a truth universally acknowledged, that a single man in possession");
+    let (want, stats) = reference_forward(&model, &cm, &tokens, Routing::Learned).unwrap();
+    let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(
+        stats.expert_counts.iter().any(|c| c.iter().filter(|&&n| n > 0).count() > 1),
+        "{name}: one expert took every token; the test would not exercise routing"
+    );
+
+    let rt = Arc::new(Model::load(&path).unwrap_or_else(|e| panic!("{name}: runtime load: {e}")));
+    let nv = rt.config().n_vocab;
+    let mut ctx = Context::new(rt.clone(), ContextParams { n_ctx: 128, n_threads: 2, n_batch: 128 }).unwrap();
+    let mut batch = Vec::new();
+    ctx.eval_all_logits(&tokens, &mut batch).unwrap();
+    let r = rel(&batch, &want);
+    assert!(r <= 1e-3, "{name}: batch logits differ from the reference forward by {r:e}");
+
+    let mut one = Context::new(rt, ContextParams { n_ctx: 128, n_threads: 2, n_batch: 1 }).unwrap();
+    let mut worst = 0f32;
+    for (i, &tok) in tokens.iter().enumerate() {
+        let got = one.eval(&[tok]).unwrap();
+        worst = worst.max(rel(got, &want[i * nv..(i + 1) * nv]));
+    }
+    assert!(worst <= 1e-3, "{name}: decoded logits differ from the reference forward by {worst:e}");
+    let counts: Vec<u64> = one.expert_counts().iter().map(|l| l.iter().sum()).collect();
+    assert!(counts.iter().all(|&c| c == tokens.len() as u64), "every token routed once per layer: {counts:?}");
+    eprintln!("{name}: batch {r:.2e}, decode {worst:.2e} (tokens per expert, layer 0: {:?})", one.expert_counts()[0]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn tiny_llama_sparse_matches_reference() {
+    check(&LLAMA, "moe-llama", 11, false, false);
+}
+
+#[test]
+fn tiny_gqa_llama_sparse_matches_reference_with_output_mask() {
+    check(&LLAMA_GQA, "moe-gqa", 12, true, true);
+}
+
+#[test]
+fn tiny_qwen2_sparse_matches_reference() {
+    check(&QWEN2, "moe-qwen2", 13, false, true);
+}
