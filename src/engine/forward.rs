@@ -162,7 +162,7 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
         let vmask = moe.and_then(|m| m.vmask.as_ref());
         if let Some(vm) = vmask {
             for t in 0..n {
-                moe::v_mask(vm, &s.xn[t * d..(t + 1) * d], &mut s.vmask[t * hd..(t + 1) * hd]);
+                moe::v_mask(vm, &s.xn[t * d..(t + 1) * d], &mut s.vmask[t * hd..(t + 1) * hd], &mut s.moe.vmask);
             }
         }
         if n == 1 {

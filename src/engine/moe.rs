@@ -21,6 +21,16 @@ pub struct MoeScratch {
     xq: QuantizedInput,
     /// Per token of the batch: its expert.
     pub choice: Vec<usize>,
+    /// The V-mask head's intermediates.
+    pub vmask: VMaskScratch,
+}
+
+#[derive(Default)]
+pub struct VMaskScratch {
+    a: Vec<f64>,
+    g: Vec<f32>,
+    z: Vec<f32>,
+    on: Vec<usize>,
 }
 
 /// A raw pointer shared by the threads of one region, each writing its own disjoint part.
@@ -155,39 +165,34 @@ pub fn mlp_batch(
 }
 
 /// The V mask of one token from its attention input `h1`: 1 for the kept dims, 0 elsewhere.
-pub fn v_mask(vm: &VMask, h1: &[f32], mask: &mut [f32]) {
+pub fn v_mask(vm: &VMask, h1: &[f32], mask: &mut [f32], s: &mut VMaskScratch) {
     let (hid, hd) = (vm.hidden, mask.len());
     let d = h1.len();
-    // a = W_a·h1 + b, LayerNorm, exact (erf) GELU, in f64 for a stable cut-off.
-    let a: Vec<f64> = (0..hid)
-        .map(|i| {
-            vm.w_a[i * d..(i + 1) * d].iter().zip(h1).map(|(w, x)| *w as f64 * *x as f64).sum::<f64>() + vm.b[i] as f64
-        })
-        .collect();
-    let mean = a.iter().sum::<f64>() / hid as f64;
-    let var = a.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / hid as f64;
+    // a = W_a·h1 + b (SIMD dot products), then LayerNorm and exact (erf) GELU in f64.
+    s.a.clear();
+    s.a.extend((0..hid).map(|i| (vecmath::dot(&vm.w_a[i * d..(i + 1) * d], h1) + vm.b[i]) as f64));
+    let mean = s.a.iter().sum::<f64>() / hid as f64;
+    let var = s.a.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / hid as f64;
     let inv = 1.0 / (var + vm.ln_eps as f64).sqrt();
-    let g: Vec<f64> = a
-        .iter()
-        .enumerate()
-        .map(|(i, x)| {
-            let y = (x - mean) * inv * vm.ln_w[i] as f64 + vm.ln_b[i] as f64;
-            0.5 * y * (1.0 + erf(y / std::f64::consts::SQRT_2))
-        })
-        .collect();
-    let z: Vec<f64> =
-        (0..hd).map(|j| vm.w_dec[j * hid..(j + 1) * hid].iter().zip(&g).map(|(w, x)| *w as f64 * x).sum()).collect();
-    let mut on: Vec<usize> = (0..hd).filter(|&j| z[j] + vm.offset as f64 > 0.0).collect();
-    if vm.top_k > 0 && on.len() > vm.top_k {
-        on.sort_by(|&a, &b| z[b].total_cmp(&z[a]).then(a.cmp(&b)));
-        on.truncate(vm.top_k);
+    s.g.clear();
+    s.g.extend(s.a.iter().enumerate().map(|(i, x)| {
+        let y = (x - mean) * inv * vm.ln_w[i] as f64 + vm.ln_b[i] as f64;
+        (0.5 * y * (1.0 + erf(y / std::f64::consts::SQRT_2))) as f32
+    }));
+    s.z.clear();
+    s.z.extend((0..hd).map(|j| vecmath::dot(&vm.w_dec[j * hid..(j + 1) * hid], &s.g)));
+    let z = &s.z;
+    s.on.clear();
+    s.on.extend((0..hd).filter(|&j| z[j] + vm.offset > 0.0));
+    if vm.top_k > 0 && s.on.len() > vm.top_k {
+        s.on.sort_by(|&a, &b| z[b].total_cmp(&z[a]).then(a.cmp(&b)));
+        s.on.truncate(vm.top_k);
     }
-    if on.is_empty() {
-        let best = (0..hd).fold(0, |b, j| if z[j] > z[b] { j } else { b });
-        on.push(best);
+    if s.on.is_empty() {
+        s.on.push((0..hd).fold(0, |b, j| if z[j] > z[b] { j } else { b }));
     }
     mask.fill(0.0);
-    for j in on {
+    for &j in &s.on {
         mask[j] = 1.0;
     }
 }
