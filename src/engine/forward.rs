@@ -255,6 +255,11 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
         for t in 0..n {
             rms_norm(&mut s.xn[t * d..(t + 1) * d], &s.x[t * d..(t + 1) * d], &l.ffn_norm, c.rms_eps);
         }
+        if let Some(x) = &l.experts {
+            moe::mlp_llama_experts(x, &s.xn[..n * d], &mut s.proj[..n * d], &mut s.moe);
+            residual(&mut s.x[..n * d], &mut s.proj[..n * d], l.post_ffn_norm.as_deref(), d, c.rms_eps);
+            continue;
+        }
         if let Some(m) = moe {
             moe::route(m, &s.xn[..n * d], d, &mut s.moe.choice);
             for &e in &s.moe.choice {

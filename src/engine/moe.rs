@@ -3,8 +3,9 @@
 //! expert (gate, up, and the transposed down projection); a batch is grouped by expert and each
 //! group runs matrix-matrix products over the expert's row runs.
 
-use super::parallel::for_each_part;
+use super::parallel::{for_each_part, matvec_fused, MatJob};
 use crate::model::tomoe::{MoeLayer, VMask};
+use crate::model::DenseExperts;
 use tomoe_quant::{axpy_rows, matmul, matvec_rows, vecmath, MatRef, QuantizedInput};
 
 /// Grow-only buffers of the sparse MLP (no allocation per token once grown).
@@ -23,6 +24,11 @@ pub struct MoeScratch {
     pub choice: Vec<usize>,
     /// The V-mask head's intermediates.
     pub vmask: VMaskScratch,
+    /// llama.cpp MoE: router probabilities, the chosen experts, an expert's output.
+    probs: Vec<f32>,
+    chosen: Vec<usize>,
+    expert_out: Vec<f32>,
+    act_q: QuantizedInput,
 }
 
 #[derive(Default)]
@@ -161,6 +167,67 @@ pub fn mlp_batch(
         for (v, &t) in s.group.iter().enumerate() {
             axpy_rows(down_t, rows, &s.gate[v * nr..(v + 1) * nr], &mut proj[t * d..(t + 1) * d]);
         }
+    }
+}
+
+/// Rows `e·n .. (e+1)·n` of `w` as a matrix (one expert's slice of a stacked tensor).
+fn expert_rows<'a>(w: &MatRef<'a>, e: usize, n: usize) -> MatRef<'a> {
+    let rb = w.row_bytes();
+    MatRef::new(w.ty(), n, w.cols(), &w.data()[e * n * rb..(e + 1) * n * rb])
+        .expect("expert slice of a validated tensor")
+}
+
+/// A llama.cpp MoE MLP for each of the `h2.len() / d` tokens, as llama.cpp computes it: softmax
+/// over the router logits, the `n_used` most probable experts (the lower index first on ties),
+/// their probabilities renormalised to sum to 1, `Σ weight_e · down_e(swiglu(gate_e·h, up_e·h))`.
+pub fn mlp_llama_experts(x: &DenseExperts, h2: &[f32], proj: &mut [f32], s: &mut MoeScratch) {
+    let d = x.gate.cols();
+    let w = x.width;
+    s.gate.resize(w, 0.0);
+    s.up.resize(w, 0.0);
+    s.expert_out.resize(d, 0.0);
+    for (h, out) in h2.chunks_exact(d).zip(proj.chunks_exact_mut(d)) {
+        s.probs.clear();
+        s.probs.extend(x.router.chunks_exact(d).map(|r| vecmath::dot(r, h)));
+        let max = s.probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum = s.probs.iter_mut().fold(0f32, |acc, p| {
+            *p = (*p - max).exp();
+            acc + *p
+        });
+        s.probs.iter_mut().for_each(|p| *p /= sum);
+        s.chosen.clear();
+        s.chosen.extend(0..x.n_expert);
+        let probs = &s.probs;
+        s.chosen.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        s.chosen.truncate(x.n_used);
+        let total: f32 = s.chosen.iter().map(|&e| probs[e]).sum();
+        out.fill(0.0);
+        s.xq.quantize(x.gate.ty(), h, d);
+        let xg = std::mem::take(&mut s.xq);
+        let xu_owned;
+        let xu = if x.up.ty().vec_dot_type() == x.gate.ty().vec_dot_type() {
+            &xg
+        } else {
+            let mut q = QuantizedInput::new();
+            q.quantize(x.up.ty(), h, d);
+            xu_owned = q;
+            &xu_owned
+        };
+        for i in 0..s.chosen.len() {
+            let e = s.chosen[i];
+            let weight = s.probs[e] / total;
+            let (g, u) = (expert_rows(&x.gate, e, w), expert_rows(&x.up, e, w));
+            matvec_fused(&mut [
+                MatJob { w: &g, x: &xg, y: &mut s.gate[..w] },
+                MatJob { w: &u, x: xu, y: &mut s.up[..w] },
+            ]);
+            vecmath::swiglu(&mut s.gate[..w], &s.up[..w]);
+            s.act_q.quantize(x.down.ty(), &s.gate[..w], w);
+            let dn = expert_rows(&x.down, e, d);
+            matvec_fused(&mut [MatJob { w: &dn, x: &s.act_q, y: &mut s.expert_out[..d] }]);
+            out.iter_mut().zip(&s.expert_out).for_each(|(o, y)| *o += y * weight);
+        }
+        s.xq = xg;
     }
 }
 

@@ -83,6 +83,9 @@ pub struct ModelConfig {
     pub activation: Activation,
     /// The ToMoE switches of a `tomoe-*` file (its layers carry the experts).
     pub tomoe: Option<super::tomoe::TomoeConfig>,
+    /// A llama.cpp MoE (`{arch}.expert_count`): experts per layer, and how many each token uses.
+    pub n_expert: Option<usize>,
+    pub n_expert_used: usize,
 }
 
 impl ModelConfig {
@@ -232,6 +235,16 @@ pub(crate) fn common(meta: &Meta, arch: Arch, n_vocab: usize) -> Result<ModelCon
         .opt_f32("attention.layer_norm_rms_epsilon")?
         .ok_or_else(|| ModelError::MissingMetadata(meta.key("attention.layer_norm_rms_epsilon")))?;
     let context_length = meta.opt_usize("context_length")?.unwrap_or(2048);
+    let n_expert = meta.opt_usize("expert_count")?.filter(|&e| e > 0);
+    let n_expert_used = meta.opt_usize("expert_used_count")?.unwrap_or(1);
+    if let Some(e) = n_expert {
+        if e > 4096 || n_expert_used == 0 || n_expert_used > e {
+            return Err(ModelError::BadMetadata {
+                key: meta.key("expert_used_count"),
+                expected: "between 1 and expert_count (at most 4096 experts)",
+            });
+        }
+    }
     Ok(ModelConfig {
         arch,
         n_vocab,
@@ -256,6 +269,8 @@ pub(crate) fn common(meta: &Meta, arch: Arch, n_vocab: usize) -> Result<ModelCon
         final_logit_softcap: None,
         activation: Activation::Silu,
         tomoe: None,
+        n_expert,
+        n_expert_used,
     })
 }
 

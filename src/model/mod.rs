@@ -9,7 +9,7 @@ pub mod tomoe;
 mod weights;
 
 pub use config::{Activation, Arch, ModelConfig, RopeStyle};
-pub use weights::{LayerWeights, Weights};
+pub use weights::{DenseExperts, LayerWeights, Weights};
 
 use crate::chat::{ChatError, ChatTemplate};
 use crate::gguf::{GgufError, GgufFile};

@@ -40,6 +40,24 @@ pub struct LayerWeights<'a> {
     pub post_ffn_norm: Option<Vec<f32>>,
     /// The ToMoE structure (experts, router, pruned Q/K, V mask), in a `tomoe-*` file.
     pub moe: Option<MoeLayer>,
+    /// A llama.cpp-style MoE MLP (`ffn_*_exps`), instead of `gate`/`up`/`down`.
+    pub experts: Option<DenseExperts<'a>>,
+}
+
+/// A llama MoE MLP as llama.cpp defines it (Mixtral; also tomoe-convert's `--llama-cpp-compat`
+/// output): softmax over the router logits, the `n_used` most probable experts, their weights
+/// renormalised to sum to 1, each a SwiGLU MLP of `width` neurons.
+pub struct DenseExperts<'a> {
+    pub n_expert: usize,
+    pub n_used: usize,
+    pub width: usize,
+    /// `n_expert` rows of `d_model`.
+    pub router: Vec<f32>,
+    /// `n_expert · width` rows of `d_model` (expert `e`'s rows `e·width ..`).
+    pub gate: MatRef<'a>,
+    pub up: MatRef<'a>,
+    /// `n_expert · d_model` rows of `width` (expert `e`'s rows `e·d_model ..`).
+    pub down: MatRef<'a>,
 }
 
 /// All tensors the forward pass reads.
@@ -99,6 +117,65 @@ impl<'a> Weights<'a> {
                 }
                 None => (None, q, kv, ff, "ffn_down.weight", d, ff),
             };
+            if let Some(ne) = c.n_expert.filter(|_| c.tomoe.is_none()) {
+                // llama.cpp MoE: the dense gate/up/down fields hold views of expert 0 (unused).
+                let gate_exps = f
+                    .tensor(&n("ffn_gate_exps.weight"))
+                    .ok_or_else(|| ModelError::MissingTensor(n("ffn_gate_exps.weight")))?;
+                let width = match gate_exps.info.dims[..] {
+                    [cols, w, e] if cols == d as u64 && e == ne as u64 && w > 0 && w <= ff as u64 => w as usize,
+                    _ => {
+                        return Err(ModelError::BadTensorShape {
+                            name: n("ffn_gate_exps.weight"),
+                            expected: vec![d as u64, ff as u64, ne as u64],
+                            found: gate_exps.info.dims.clone(),
+                        })
+                    }
+                };
+                let m3 = |name: &str, rows: usize, cols: usize, dims: [u64; 3]| -> Result<MatRef<'a>, ModelError> {
+                    let t = f.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+                    if t.info.dims != dims {
+                        return Err(ModelError::BadTensorShape {
+                            name: name.into(),
+                            expected: dims.to_vec(),
+                            found: t.info.dims.clone(),
+                        });
+                    }
+                    MatRef::new(t.info.ty, rows, cols, t.data)
+                        .map_err(|e| ModelError::BadTensor { name: name.to_string(), reason: e.to_string() })
+                };
+                let (w64, d64, e64) = (width as u64, d as u64, ne as u64);
+                let experts = DenseExperts {
+                    n_expert: ne,
+                    n_used: c.n_expert_used,
+                    width,
+                    router: tensor_f32(f, &n("ffn_gate_inp.weight"), &[d, ne])?,
+                    gate: m3(&n("ffn_gate_exps.weight"), ne * width, d, [d64, w64, e64])?,
+                    up: m3(&n("ffn_up_exps.weight"), ne * width, d, [d64, w64, e64])?,
+                    down: m3(&n("ffn_down_exps.weight"), ne * d, width, [w64, d64, e64])?,
+                };
+                layers.push(LayerWeights {
+                    attn_norm: vector(f, &n("attn_norm.weight"), d)?,
+                    wq: matrix(f, &n("attn_q.weight"), q, d)?,
+                    wk: matrix(f, &n("attn_k.weight"), kv, d)?,
+                    wv: matrix(f, &n("attn_v.weight"), kv, d)?,
+                    wo: matrix(f, &n("attn_output.weight"), d, q)?,
+                    bq: opt_vec(n("attn_q.bias"), q, req.qkv_bias_required)?,
+                    bk: opt_vec(n("attn_k.bias"), kv, req.qkv_bias_required)?,
+                    bv: opt_vec(n("attn_v.bias"), kv, req.qkv_bias_required)?,
+                    q_norm: None,
+                    k_norm: None,
+                    post_attn_norm: None,
+                    ffn_norm: vector(f, &n("ffn_norm.weight"), d)?,
+                    gate: experts.gate,
+                    up: experts.up,
+                    down: experts.down,
+                    post_ffn_norm: None,
+                    moe: None,
+                    experts: Some(experts),
+                });
+                continue;
+            }
             let moe = match (shape, &c.tomoe) {
                 (Some(shape), Some(tc)) => {
                     let load = |name: &str, dims: &[usize]| tensor_f32(f, name, dims);
@@ -124,6 +201,7 @@ impl<'a> Weights<'a> {
                 down: matrix(f, &n(down_name), down_rows, down_cols)?,
                 post_ffn_norm: opt_vec(n("post_ffw_norm.weight"), d, req.post_norms)?.filter(|_| req.post_norms),
                 moe,
+                experts: None,
             });
         }
         Ok(Weights { token_embd, layers, output_norm, output, rope_freqs })
