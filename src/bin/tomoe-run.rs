@@ -156,9 +156,7 @@ fn main() {
     };
     if let Err(e) = result {
         // A closed pipe (`tomoe-run info m.gguf | head`) is not an error worth reporting.
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-        {
+        if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
             return;
         }
         eprintln!("error: {e}");
@@ -174,11 +172,7 @@ fn load(path: &Path) -> Res<Arc<Model>> {
 }
 
 fn context(model: &Arc<Model>, a: &ModelArgs) -> Res<Context> {
-    let mut p = ContextParams {
-        n_ctx: a.ctx_size,
-        n_batch: a.batch_size,
-        ..ContextParams::default()
-    };
+    let mut p = ContextParams { n_ctx: a.ctx_size, n_batch: a.batch_size, ..ContextParams::default() };
     if let Some(t) = a.threads {
         p.n_threads = t;
     }
@@ -202,10 +196,7 @@ fn sampler(model: &Model, s: &SamplingArgs) -> Sampler {
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 fn generate(a: GenerateArgs) -> Res<()> {
-    let path = a
-        .model
-        .or(a.model_flag)
-        .ok_or("no model given: tomoe-run MODEL.gguf (see --help)")?;
+    let path = a.model.or(a.model_flag).ok_or("no model given: tomoe-run MODEL.gguf (see --help)")?;
     let model = load(&path)?;
     let mut ctx = context(&model, &a.model_args)?;
     let mut sampler = sampler(&model, &a.sampling);
@@ -328,13 +319,8 @@ fn chat(
             in_context.clear();
         }
         let mut reply = Vec::new();
-        let generated = stream(
-            ctx,
-            sampler,
-            &tokens[in_context.len()..],
-            n_predict,
-            &mut TeeStdout { buf: &mut reply },
-        )?;
+        let generated =
+            stream(ctx, sampler, &tokens[in_context.len()..], n_predict, &mut TeeStdout { buf: &mut reply })?;
         println!();
         if INTERRUPTED.load(Ordering::SeqCst) {
             eprintln!("[stopped]");
@@ -342,10 +328,7 @@ fn chat(
         in_context = tokens;
         in_context.extend(generated);
         if template.is_some() {
-            messages.push(ChatMessage::new(
-                "assistant",
-                String::from_utf8_lossy(&reply).into_owned(),
-            ));
+            messages.push(ChatMessage::new("assistant", String::from_utf8_lossy(&reply).into_owned()));
         }
     }
 }
@@ -378,12 +361,9 @@ fn perplexity(a: PerplexityArgs) -> Res<()> {
     }
     let chunks = n_chunks(tokens.len(), n_ctx, a.chunks);
     if chunks == 0 {
-        return Err(format!(
-            "{} has {} tokens: fewer than one chunk of -c {n_ctx}",
-            a.file.display(),
-            tokens.len()
-        )
-        .into());
+        return Err(
+            format!("{} has {} tokens: fewer than one chunk of -c {n_ctx}", a.file.display(), tokens.len()).into()
+        );
     }
     let mut ctx = context(&model, &a.model_args)?;
     let bos = if tok.adds_bos() { tok.bos() } else { None };
@@ -420,30 +400,8 @@ fn bench(a: BenchArgs) -> Res<()> {
     let mut ctx = context(&model, &args)?;
     let n_vocab = model.config().n_vocab as u32;
     // Deterministic pseudo-random tokens: the speed does not depend on the text.
-    let prompt: Vec<u32> = (0..a.n_prompt as u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % n_vocab)
-        .collect();
+    let prompt: Vec<u32> = (0..a.n_prompt as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % n_vocab).collect();
     let weight_bytes: u64 = model.gguf().tensors().iter().map(|t| t.n_bytes).sum();
-    let embd_row_bytes = model
-        .gguf()
-        .tensors()
-        .iter()
-        .find(|t| t.name == "token_embd.weight")
-        .map_or(0, |t| t.n_bytes / t.dims.get(1).copied().unwrap_or(1).max(1));
-    // A decoded token reads every weight once, except the embedding table, of which it reads
-    // one row (unless it is tied to the output, which reads it whole).
-    let tied = model.gguf().tensor("output.weight").is_none();
-    let embd_total = model
-        .gguf()
-        .tensors()
-        .iter()
-        .find(|t| t.name == "token_embd.weight")
-        .map_or(0, |t| t.n_bytes);
-    let bytes_per_token = if tied {
-        weight_bytes
-    } else {
-        weight_bytes - embd_total + embd_row_bytes
-    };
     let (mut best_pp, mut best_tg) = (f64::MAX, f64::MAX);
     for _ in 0..a.repetitions.max(1) {
         ctx.clear();
@@ -468,18 +426,33 @@ fn bench(a: BenchArgs) -> Res<()> {
         model.config().arch.name(),
         weight_bytes as f64 / 1048576.0
     );
-    println!(
-        "threads: {}  kernels: {}",
-        ctx.params().n_threads,
-        tomoe_quant::kernel_name()
-    );
+    println!("threads: {}  kernels: {}", ctx.params().n_threads, tomoe_quant::kernel_name());
     println!("pp{}: {:.1} tokens/s", a.n_prompt, pp);
+    // Bytes one token reads, with the experts weighted by how this run routed its tokens.
+    let usage = ctx.expert_counts();
+    let bytes_per_token = model.weights().bytes_per_token(usage);
     println!(
-        "tg{}: {:.1} tokens/s  ({:.2} GB/s of weights read)",
+        "tg{}: {:.1} tokens/s  ({:.2} GB/s of weights read, {:.1} MiB per token)",
         a.n_gen,
         tg,
-        tg * bytes_per_token as f64 / 1e9
+        tg * bytes_per_token as f64 / 1e9,
+        bytes_per_token as f64 / 1048576.0
     );
+    if usage.iter().any(|l| !l.is_empty()) {
+        let n_expert = usage.iter().map(Vec::len).max().unwrap_or(0);
+        let mut total = vec![0u64; n_expert];
+        for l in usage {
+            l.iter().enumerate().for_each(|(e, &k)| total[e] += k);
+        }
+        let all: u64 = total.iter().sum::<u64>().max(1);
+        let shares: Vec<String> = total.iter().map(|&k| format!("{:.1}%", 100.0 * k as f64 / all as f64)).collect();
+        println!("expert usage (tokens routed, all layers): [{}]", shares.join(", "));
+        for (il, l) in usage.iter().enumerate() {
+            let n: u64 = l.iter().sum::<u64>().max(1);
+            let row: Vec<String> = l.iter().map(|&k| format!("{:>3.0}", 100.0 * k as f64 / n as f64)).collect();
+            println!("  layer {il:>2} %: {}", row.join(" "));
+        }
+    }
     Ok(())
 }
 
@@ -493,37 +466,75 @@ fn argmax(v: &[f32]) -> u32 {
     best as u32
 }
 
+/// The experts of a ToMoE or llama.cpp MoE model: per layer, union width and expert sizes, and
+/// the parameters a token uses.
+fn moe_info(out: &mut impl Write, model: &Model) -> Res<()> {
+    let c = model.config();
+    let w = model.weights();
+    if let Some(tc) = &c.tomoe {
+        writeln!(
+            out,
+            "ToMoE: {} experts per layer, one per token; V mask {}, scale 1/sqrt({})",
+            tc.n_expert,
+            if tc.output_mask { "also on the attention output" } else { "on V" },
+            if tc.scale_pruned { "kept dims" } else { "head dim" }
+        )?;
+        writeln!(out, "  layer  union  expert rows (min/mean/max)  q/k dims per head  V mask")?;
+        let (mut block, mut dense) = (0f64, 0f64);
+        let (d, hd) = (c.d_model as f64, c.head_dim as f64);
+        let heads = (c.n_head + c.n_head_kv) as f64;
+        for (il, l) in w.layers.iter().enumerate() {
+            let Some(m) = &l.moe else { continue };
+            let sizes: Vec<usize> = m.expert_rows.iter().map(Vec::len).collect();
+            let mean = sizes.iter().sum::<usize>() as f64 / sizes.len().max(1) as f64;
+            writeln!(
+                out,
+                "  {il:>5}  {:>5}  {:>5} / {:>7.1} / {:<5}         {:>3} of {:<3}     {}",
+                m.union,
+                sizes.iter().min().unwrap_or(&0),
+                mean,
+                sizes.iter().max().unwrap_or(&0),
+                m.dq,
+                c.head_dim,
+                if m.vmask.is_some() { "dynamic" } else { "none" }
+            )?;
+            // Attention q,k at the kept dims and v,o counted whole (the V mask is per token);
+            // MLP: three rows per neuron of the mean expert.
+            block += d * heads * m.dq as f64 + d * heads * hd + 3.0 * d * mean;
+            dense += 2.0 * d * heads * hd + 3.0 * d * c.n_ff as f64;
+        }
+        writeln!(
+            out,
+            "block parameters per token (mean expert, V unmasked): {:.1} M of {:.1} M dense ({:.3})",
+            block / 1e6,
+            dense / 1e6,
+            block / dense
+        )?;
+        if let Some(p) = tc.active_fraction {
+            writeln!(out, "active fraction measured by the converter on held-out text (with the V mask): {p:.4}")?;
+        }
+    } else if let Some(n) = c.n_expert {
+        writeln!(out, "MoE (llama.cpp layout): {n} experts per layer, {} used per token", c.n_expert_used)?;
+        if let Some(x) = w.layers.iter().find_map(|l| l.experts.as_ref()) {
+            writeln!(out, "  expert width {} neurons (dense {})", x.width, c.n_ff)?;
+        }
+    }
+    Ok(())
+}
+
 fn info(path: &Path) -> Res<()> {
     let mut out = std::io::stdout().lock();
     let f = GgufFile::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    writeln!(
-        out,
-        "file: {}  (GGUF v{}, alignment {})",
-        path.display(),
-        f.version(),
-        f.alignment()
-    )?;
+    writeln!(out, "file: {}  (GGUF v{}, alignment {})", path.display(), f.version(), f.alignment())?;
     writeln!(out, "metadata ({} keys):", f.metadata().len())?;
     for (k, v) in f.metadata() {
         writeln!(out, "  {k} = {}", show_value(v))?;
     }
     let total: u64 = f.tensors().iter().map(|t| t.n_bytes).sum();
-    writeln!(
-        out,
-        "tensors ({}, {:.1} MiB):",
-        f.tensors().len(),
-        total as f64 / 1048576.0
-    )?;
+    writeln!(out, "tensors ({}, {:.1} MiB):", f.tensors().len(), total as f64 / 1048576.0)?;
     for t in f.tensors() {
         let dims: Vec<String> = t.dims.iter().map(|d| d.to_string()).collect();
-        writeln!(
-            out,
-            "  {:<40} {:>6} [{}]  {} bytes",
-            t.name,
-            t.ty.name(),
-            dims.join(", "),
-            t.n_bytes
-        )?;
+        writeln!(out, "  {:<40} {:>6} [{}]  {} bytes", t.name, t.ty.name(), dims.join(", "), t.n_bytes)?;
     }
     match Model::from_gguf(f) {
         Err(e) => writeln!(out, "model: cannot be run by tomoe: {e}")?,
@@ -534,6 +545,7 @@ fn info(path: &Path) -> Res<()> {
                 "model: {} layers, d={}, ffn={}, heads {}/{} (kv), head dim {}, vocab {}, context {}",
                 c.n_layer, c.d_model, c.n_ff, c.n_head, c.n_head_kv, c.head_dim, c.n_vocab, c.context_length
             )?;
+            moe_info(&mut out, &model)?;
         }
     }
     Ok(())
@@ -547,12 +559,7 @@ fn show_value(v: &Value) -> String {
         }
         Value::Array(a) => {
             let head: Vec<String> = a.iter().take(5).map(show_value).collect();
-            format!(
-                "[{}{}] ({} items)",
-                head.join(", "),
-                if a.len() > 5 { ", ..." } else { "" },
-                a.len()
-            )
+            format!("[{}{}] ({} items)", head.join(", "), if a.len() > 5 { ", ..." } else { "" }, a.len())
         }
         Value::U8(x) => x.to_string(),
         Value::I8(x) => x.to_string(),

@@ -207,15 +207,38 @@ impl<'a> Weights<'a> {
         Ok(Weights { token_embd, layers, output_norm, output, rope_freqs })
     }
 
-    /// Bytes of weights read per decoded token (every matrix once; embeddings: one row).
-    pub fn bytes_per_token(&self) -> u64 {
-        let m = |w: &MatRef| (w.rows() * w.ty().row_bytes(w.cols()).unwrap_or(0)) as u64;
-        let layers: u64 = self
-            .layers
-            .iter()
-            .map(|l| m(&l.wq) + m(&l.wk) + m(&l.wv) + m(&l.wo) + m(&l.gate) + m(&l.up) + m(&l.down))
-            .sum();
-        layers + m(&self.output) + self.token_embd.row(0).len() as u64
+    /// Bytes of weights one decoded token reads: every matrix once, the embedding table one row
+    /// (unless tied to the output, read whole as the output); in MoE layers only the chosen
+    /// experts' rows, averaged with `usage` (per layer, tokens per expert; uniform when empty),
+    /// plus the router and V-mask head (every V row counted: an upper bound under the V mask).
+    pub fn bytes_per_token(&self, usage: &[Vec<u64>]) -> u64 {
+        let m = |w: &MatRef| (w.rows() * w.row_bytes()) as u64;
+        let mut total = m(&self.output) + self.token_embd.row_bytes() as u64;
+        for (il, l) in self.layers.iter().enumerate() {
+            total += m(&l.wq) + m(&l.wk) + m(&l.wv) + m(&l.wo);
+            let rb = (l.gate.row_bytes() + l.up.row_bytes() + l.down.row_bytes()) as f64;
+            if let Some(moe) = &l.moe {
+                let counts = usage.get(il).filter(|c| c.iter().sum::<u64>() > 0);
+                let rows: f64 = match counts {
+                    Some(c) => {
+                        let n: u64 = c.iter().sum();
+                        moe.expert_rows.iter().zip(c).map(|(r, &k)| r.len() as f64 * k as f64).sum::<f64>() / n as f64
+                    }
+                    None => moe.expert_rows.iter().map(|r| r.len() as f64).sum::<f64>() / moe.n_expert() as f64,
+                };
+                total += (rows * rb) as u64 + 4 * moe.router.len() as u64;
+                if let Some(v) = &moe.vmask {
+                    total += 4 * (v.w_a.len() + v.w_dec.len()) as u64;
+                }
+            } else if let Some(x) = &l.experts {
+                total += (x.n_used * x.width * (l.gate.row_bytes() + l.up.row_bytes())) as u64
+                    + (x.n_used * self.token_embd.cols() * l.down.row_bytes()) as u64
+                    + 4 * x.router.len() as u64;
+            } else {
+                total += m(&l.gate) + m(&l.up) + m(&l.down);
+            }
+        }
+        total
     }
 }
 
