@@ -9,6 +9,11 @@
 //!
 //! Environment: `TOMOE_BENCH_MODELS` (`smollm2,gemma3`), `TOMOE_BENCH_THREADS` (`1,2`),
 //! `TOMOE_BENCH_REPS` (`3`).
+//!
+//! `TOMOE_BENCH_FILES=dense.gguf,moe.gguf,...` instead compares GGUF files (e.g. a dense model and
+//! its MoE conversions at the same quantization): per file the bytes one decoded token reads
+//! (experts weighted by the routing of the run), tg/pp tokens/s, the decode speedup over the first
+//! file beside the ratio of bytes, and llama.cpp on every file it can load (not `tomoe-*` ones).
 
 #[path = "../tests/common/mod.rs"]
 #[allow(dead_code)]
@@ -35,17 +40,6 @@ fn env_list(key: &str, default: &str) -> Vec<String> {
 /// Deterministic pseudo-random tokens (speed does not depend on the text); the same for both.
 fn tokens(n: usize, n_vocab: u32) -> Vec<u32> {
     (0..n as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % n_vocab).collect()
-}
-
-/// Bytes of weights one decoded token reads: every tensor once, except the embedding table of
-/// which it reads one row (unless the output is tied to it, which reads it whole).
-fn decode_bytes(model: &Model) -> u64 {
-    let f = model.gguf();
-    let total: u64 = f.tensors().iter().map(|t| t.n_bytes).sum();
-    match (f.tensors().iter().find(|t| t.name == "token_embd.weight"), f.tensor("output.weight")) {
-        (Some(e), Some(_)) => total - e.n_bytes + e.n_bytes / e.dims[1].max(1),
-        _ => total,
-    }
 }
 
 /// Read bandwidth of `threads` threads summing a 1 GiB buffer (best of 3), in GB/s.
@@ -107,11 +101,64 @@ fn bench_llama(o: &mut LlamaOracle, prompt: &[u32], gen: &[u32], best: &mut Spee
     best.tg = best.tg.max((gen.len() - 1) as f64 / t.elapsed().as_secs_f64());
 }
 
+/// `TOMOE_BENCH_FILES`: each file against the first (see the file comment).
+fn bench_files(files: &[String], threads: &[usize], reps: usize) {
+    println!(
+        "| file | threads | MiB/token | bytes ratio to first | tg tomoe | decode speedup | GB/s | probe GB/s | of probe \
+         | tg llama.cpp | tomoe / llama.cpp | pp tomoe | pp llama.cpp |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for &t in threads {
+        let probe = bandwidth_probe(t);
+        let mut first: Option<(f64, f64)> = None;
+        for file in files {
+            let path = std::path::PathBuf::from(file);
+            let model = Arc::new(Model::load(&path).unwrap_or_else(|e| panic!("{file}: {e}")));
+            let all = tokens(N_PROMPT + N_GEN + 1, model.config().n_vocab as u32);
+            let (prompt, gen) = (&all[..N_PROMPT], &all[N_PROMPT..]);
+            let mut ctx =
+                Context::new(model.clone(), ContextParams { n_ctx: N_CTX, n_threads: t, n_batch: N_PROMPT }).unwrap();
+            let is_tomoe = model.config().tomoe.is_some();
+            let mut oracle = (!is_tomoe).then(|| LlamaOracle::load(&path, N_CTX, t));
+            let (mut ours, mut theirs) = (Speeds { pp: 0.0, tg: 0.0 }, Speeds { pp: 0.0, tg: 0.0 });
+            for _ in 0..reps {
+                bench_tomoe(&mut ctx, prompt, gen, &mut ours);
+                if let Some(o) = oracle.as_mut() {
+                    bench_llama(o, prompt, gen, &mut theirs);
+                }
+            }
+            let bytes = model.weights().bytes_per_token(ctx.expert_counts()) as f64;
+            let (b0, tg0) = *first.get_or_insert((bytes, ours.tg));
+            let gbs = ours.tg * bytes / 1e9;
+            let name = path.file_name().unwrap().to_string_lossy();
+            let (ltg, lpp, ratio) = match oracle {
+                Some(_) => {
+                    (format!("{:.1}", theirs.tg), format!("{:.1}", theirs.pp), format!("{:.2}", ours.tg / theirs.tg))
+                }
+                None => ("–".into(), "–".into(), "–".into()),
+            };
+            println!(
+                "| {name} | {t} | {:.1} | {:.2} | {:.1} | {:.2} | {gbs:.2} | {probe:.1} | {:.0}% | {ltg} | {ratio} | {:.1} | {lpp} |",
+                bytes / 1048576.0,
+                b0 / bytes,
+                ours.tg,
+                ours.tg / tg0,
+                100.0 * gbs / probe,
+                ours.pp,
+            );
+        }
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
     let reps: usize = std::env::var("TOMOE_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let threads: Vec<usize> = env_list("TOMOE_BENCH_THREADS", "1,2").iter().map(|s| s.parse().unwrap()).collect();
     println!("kernels: {}, reps: {reps} (best of each)", tomoe_quant::kernel_name());
+    if let Ok(files) = std::env::var("TOMOE_BENCH_FILES") {
+        let files: Vec<String> = files.split(',').map(str::to_string).collect();
+        return bench_files(&files, &threads, reps);
+    }
     println!(
         "| model | threads | pp{N_PROMPT} tomoe | pp{N_PROMPT} llama.cpp | ratio | tg{N_GEN} tomoe | tg{N_GEN} llama.cpp | ratio \
          | tomoe decode GB/s | probe GB/s | of probe |"
@@ -128,7 +175,7 @@ fn main() {
         let n_vocab = model.config().n_vocab as u32;
         let all = tokens(N_PROMPT + N_GEN + 1, n_vocab);
         let (prompt, gen) = (&all[..N_PROMPT], &all[N_PROMPT..]);
-        let bytes = decode_bytes(&model);
+        let bytes = model.weights().bytes_per_token(&[]);
         for &t in &threads {
             let mut ctx =
                 Context::new(model.clone(), ContextParams { n_ctx: N_CTX, n_threads: t, n_batch: N_PROMPT }).unwrap();
