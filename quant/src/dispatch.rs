@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use crate::formats::QuantType;
-use crate::kernels::{scalar, DotFn, DotSumsFn};
+use crate::kernels::{scalar, Dot4Fn, DotFn, DotSumsFn};
 
 /// A named set of dot-product kernels, indexed by `QuantType as usize`.
 pub struct KernelSet {
@@ -12,6 +12,8 @@ pub struct KernelSet {
     pub dots: [DotFn; 14],
     /// Faster variants taking precomputed activation block sums (see [`DotSumsFn`]).
     pub dots_with_sums: [Option<DotSumsFn>; 14],
+    /// Four-row variants (see [`Dot4Fn`]); for Q4_1/Q5_1 they take the block sums.
+    pub dots_x4: [Option<Dot4Fn>; 14],
 }
 
 impl KernelSet {
@@ -23,6 +25,11 @@ impl KernelSet {
     #[inline(always)]
     pub fn dot_with_sums(&self, ty: QuantType) -> Option<DotSumsFn> {
         self.dots_with_sums[ty as usize]
+    }
+
+    #[inline(always)]
+    pub fn dot_x4(&self, ty: QuantType) -> Option<Dot4Fn> {
+        self.dots_x4[ty as usize]
     }
 }
 
@@ -47,7 +54,16 @@ pub fn scalar_set() -> KernelSet {
             scalar::dot_q8_k,
         ],
         dots_with_sums: with_sums(scalar::dot_q4_1_sums, scalar::dot_q5_1_sums),
+        dots_x4: [None; 14],
     }
+}
+
+/// The `dots_x4` table of a set with four-row Q4_1 (block sums) and Q8_0 kernels.
+pub fn x4(q4_1_sums: Dot4Fn, q8_0: Dot4Fn) -> [Option<Dot4Fn>; 14] {
+    let mut t = [None; 14];
+    t[QuantType::Q4_1 as usize] = Some(q4_1_sums);
+    t[QuantType::Q8_0 as usize] = Some(q8_0);
+    t
 }
 
 /// The `dots_with_sums` table of a set that has Q4_1 and Q5_1 variants.

@@ -224,6 +224,8 @@ struct RowDot<'x> {
     cols: usize,
     dot: crate::kernels::DotFn,
     with_sums: Option<crate::kernels::DotSumsFn>,
+    /// Four rows at a time, bit-identical to `dot`/`with_sums` per row.
+    x4: Option<crate::kernels::Dot4Fn>,
 }
 
 impl<'x> RowDot<'x> {
@@ -234,11 +236,41 @@ impl<'x> RowDot<'x> {
         } else {
             set.dot_with_sums(w.ty)
         };
+        // The four-row Q4_1 kernel needs the block sums.
+        let x4 = set
+            .dot_x4(w.ty)
+            .filter(|_| with_sums.is_some() || set.dot_with_sums(w.ty).is_none());
         RowDot {
             x,
             cols: w.cols,
             dot: set.dot(w.ty),
             with_sums,
+            x4,
+        }
+    }
+
+    /// `out[i] = W[rows.start + i] · x[v]`, four rows at a time where the set can.
+    #[inline(always)]
+    fn rows(&self, w: &MatRef, rows: std::ops::Range<usize>, v: usize, out: &mut [f32]) {
+        let mut r = rows.start;
+        if let Some(f) = self.x4 {
+            let (xv, sums) = (self.x.vector(v), self.x.block_sums(v));
+            while r + 4 <= rows.end {
+                // SAFETY: as in `dot`; the four rows are rows of `w`, row_bytes(cols) long.
+                let y = unsafe {
+                    f(
+                        self.cols,
+                        [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)],
+                        xv,
+                        sums,
+                    )
+                };
+                out[r - rows.start..r - rows.start + 4].copy_from_slice(&y);
+                r += 4;
+            }
+        }
+        for rr in r..rows.end {
+            out[rr - rows.start] = self.dot(w.row(rr), v);
         }
     }
 
@@ -270,10 +302,7 @@ pub fn matvec_rows(w: &MatRef, rows: std::ops::Range<usize>, x: &QuantizedInput,
         w.rows
     );
     assert_eq!(y.len(), rows.len(), "output length");
-    let row_dot = RowDot::new(w, x);
-    for (r, out) in rows.zip(y.iter_mut()) {
-        *out = row_dot.dot(w.row(r), 0);
-    }
+    RowDot::new(w, x).rows(w, rows, 0, y);
 }
 
 /// y = W · x for one activation vector, parallel over rows.
@@ -306,11 +335,13 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
         .map(|c| {
             let rows = c * chunk..((c + 1) * chunk).min(w.rows);
             let mut out = vec![0.0f32; rows.len() * x.n_vecs];
-            for (i, r) in rows.clone().enumerate() {
-                let wr = w.row(r);
-                for v in 0..x.n_vecs {
-                    out[v * rows.len() + i] = row_dot.dot(wr, v);
-                }
+            for v in 0..x.n_vecs {
+                row_dot.rows(
+                    w,
+                    rows.clone(),
+                    v,
+                    &mut out[v * rows.len()..(v + 1) * rows.len()],
+                );
             }
             out
         })

@@ -100,3 +100,48 @@ fn every_simd_set_equals_scalar() {
         }
     }
 }
+
+/// Every four-row kernel gives, per row, exactly its set's single-row result (the engine's
+/// agreement with llama.cpp depends on it), on odd block counts.
+#[test]
+fn four_row_kernels_equal_single_row_bit_for_bit() {
+    let mut rng = support::rng(31);
+    for set in available_sets() {
+        for ty in QuantType::ALL {
+            let Some(f4) = set.dot_x4(ty) else { continue };
+            let vt = ty.vec_dot_type();
+            for blocks in [1usize, 3, 18, 33] {
+                let n = blocks * ty.block_size();
+                let rows: Vec<Vec<u8>> = (0..4)
+                    .map(|k| {
+                        let wf = support::row(&mut rng, n, 5 + k);
+                        let mut w = vec![0u8; ty.row_bytes(n).unwrap()];
+                        quantize_row(ty, &wf, &mut w);
+                        w
+                    })
+                    .collect();
+                let xf = support::dense_row(&mut rng, n);
+                let mut xq = tomoe_quant::QuantizedInput::new();
+                xq.quantize(ty, &xf, n);
+                let (x, sums) = (xq.vector(0), xq.block_sums(0));
+                assert_eq!(x.len(), vt.row_bytes(n).unwrap());
+                // SAFETY: the set runs on this CPU; rows, vector and sums are sized for n.
+                let got = unsafe { f4(n, [&rows[0], &rows[1], &rows[2], &rows[3]], x, sums) };
+                for (k, row) in rows.iter().enumerate() {
+                    let want = unsafe {
+                        match set.dot_with_sums(ty) {
+                            Some(f) => f(n, row, x, sums),
+                            None => set.dot(ty)(n, row, x),
+                        }
+                    };
+                    assert_eq!(
+                        got[k].to_bits(),
+                        want.to_bits(),
+                        "{} {ty} x4 row {k}, {blocks} blocks",
+                        set.name
+                    );
+                }
+            }
+        }
+    }
+}

@@ -25,6 +25,7 @@ pub fn kernel_set() -> Option<KernelSet> {
             dot_q3_k, dot_q4_k, dot_q5_k, dot_q6_k, dot_q8_k,
         ],
         dots_with_sums: crate::dispatch::with_sums(dot_q4_1_sums, dot_q5_1_sums),
+        dots_x4: crate::dispatch::x4(dot_q4_1_sums_x4, dot_q8_0_x4),
     })
 }
 
@@ -275,6 +276,65 @@ macro_rules! legacy_kernels {
                 acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
             }
             hsum_ps(acc)
+        }
+
+        /// Four rows of `dot_q4_1_sums` (see `kernels::Dot4Fn`).
+        #[target_feature(enable = $tf)]
+        pub unsafe fn dot_q4_1_sums_x4(
+            n: usize,
+            w: [&[u8]; 4],
+            x: &[u8],
+            sums: &[f32],
+        ) -> [f32; 4] {
+            for r in &w {
+                check_rows(QuantType::Q4_1, n, r, x);
+            }
+            assert!(
+                sums.len() >= n / QK,
+                "q4_1 dot: {} block sums for {n} values",
+                sums.len()
+            );
+            let xp = x.as_ptr();
+            let wp = w.map(|r| r.as_ptr());
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut summ = [0.0f32; 4];
+            for i in 0..n / QK {
+                let bx = xp.add(34 * i);
+                let (dx, y, s) = (f16_at(bx), load(bx.add(2)), *sums.get_unchecked(i));
+                for r in 0..4 {
+                    let bw = wp[r].add(20 * i);
+                    let p = $dot_us8(nibbles_32(bw.add(4)), y);
+                    acc[r] = _mm256_fmadd_ps(
+                        _mm256_set1_ps(f16_at(bw) * dx),
+                        _mm256_cvtepi32_ps(p),
+                        acc[r],
+                    );
+                    summ[r] = f16_at(bw.add(2)).mul_add(s, summ[r]);
+                }
+            }
+            [0, 1, 2, 3].map(|r| hsum_ps(acc[r]) + summ[r])
+        }
+
+        /// Four rows of `dot_q8_0` (see `kernels::Dot4Fn`; `sums` unused).
+        #[target_feature(enable = $tf)]
+        pub unsafe fn dot_q8_0_x4(n: usize, w: [&[u8]; 4], x: &[u8], _sums: &[f32]) -> [f32; 4] {
+            for r in &w {
+                check_rows(QuantType::Q8_0, n, r, x);
+            }
+            let xp = x.as_ptr();
+            let wp = w.map(|r| r.as_ptr());
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for i in 0..n / QK {
+                let bx = xp.add(34 * i);
+                let (dx, y) = (f16_at(bx), load(bx.add(2)));
+                for r in 0..4 {
+                    let bw = wp[r].add(34 * i);
+                    let d = _mm256_set1_ps(f16_at(bw) * dx);
+                    let p = dot_ss8(load(bw.add(2)), y);
+                    acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r]);
+                }
+            }
+            acc.map(|a| hsum_ps(a))
         }
 
         #[target_feature(enable = $tf)]

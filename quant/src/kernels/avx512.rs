@@ -39,6 +39,7 @@ pub fn kernel_set() -> Option<KernelSet> {
         name: "avx512-vnni",
         dots,
         dots_with_sums,
+        dots_x4: crate::dispatch::x4(dot_q4_1_sums_x4, dot_q8_0_x4),
     })
 }
 

@@ -20,3 +20,9 @@ pub type DotFn = unsafe fn(usize, &[u8], &[u8]) -> f32;
 /// vector by `QuantizedInput` (ggml keeps them inside its Q8_1 blocks for the same reason:
 /// otherwise every row's dot product recomputes them).
 pub type DotSumsFn = unsafe fn(usize, &[u8], &[u8], &[f32]) -> f32;
+
+/// Four rows at once against one activation row: `[dot(w[0], x), .., dot(w[3], x)]`, each
+/// bit-identical to the set's single-row kernel (same per-row operations, interleaved so the
+/// rows' accumulator chains overlap and each activation block is loaded once). `sums` as for
+/// [`DotSumsFn`] for the formats with a per-block offset, else unused (may be empty).
+pub type Dot4Fn = unsafe fn(usize, [&[u8]; 4], &[u8], &[f32]) -> [f32; 4];

@@ -29,12 +29,14 @@ pub fn kernel_set(dotprod: bool) -> Option<KernelSet> {
                 with_dotprod::dot_q4_1_sums,
                 with_dotprod::dot_q5_1_sums,
             ),
+            dots_x4: [None; 14],
         });
     }
     Some(KernelSet {
         name: "neon",
         dots: plain::DOTS,
         dots_with_sums: crate::dispatch::with_sums(plain::dot_q4_1_sums, plain::dot_q5_1_sums),
+        dots_x4: [None; 14],
     })
 }
 
