@@ -87,15 +87,28 @@ pub fn mlp_one(
     s.up.resize(nr, 0.0);
     let (g, u) = (SharedMut(s.gate.as_mut_ptr()), SharedMut(s.up.as_mut_ptr()));
     let (g, u) = (&g, &u);
+    let runs = &m.expert_runs[expert];
     for_each_part(|p, parts| {
-        for i in p * nr / parts..(p + 1) * nr / parts {
-            let r = rows[i];
-            // SAFETY: `i < nr`, the length of both buffers, and each `i` belongs to one part.
-            let (gi, ui) = unsafe {
-                (std::slice::from_raw_parts_mut(g.0.add(i), 1), std::slice::from_raw_parts_mut(u.0.add(i), 1))
-            };
-            matvec_rows(gate, r..r + 1, xg, gi);
-            matvec_rows(up, r..r + 1, xu, ui);
+        // This part's share `[lo, hi)` of the expert's rows, as pieces of its contiguous runs
+        // (so that the multi-row kernels see whole runs).
+        let (lo, hi) = (p * nr / parts, (p + 1) * nr / parts);
+        let mut i = 0;
+        for run in runs {
+            let (a, b) = (lo.max(i), hi.min(i + run.len()));
+            if a < b {
+                let rows = run.start + (a - i)..run.start + (b - i);
+                // SAFETY: `[a, b)` is within `[0, nr)`, the length of both buffers, and the
+                // parts' ranges are disjoint.
+                let (gi, ui) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(g.0.add(a), b - a),
+                        std::slice::from_raw_parts_mut(u.0.add(a), b - a),
+                    )
+                };
+                matvec_rows(gate, rows.clone(), xg, gi);
+                matvec_rows(up, rows, xu, ui);
+            }
+            i += run.len();
         }
     });
     vecmath::swiglu(&mut s.gate, &s.up);
