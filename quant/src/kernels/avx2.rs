@@ -46,12 +46,13 @@ pub(crate) unsafe fn load(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
-/// The f16 at `p`, as f32. In assembly because LLVM otherwise loads a lone f16 with `vpinsrw`
-/// into whatever vector register is at hand (only the low lane is needed), a false dependency
-/// that chained every block of a dot product to the previous one's accumulator: 2x slower
-/// without -C target-cpu=native (where AVX512-FP16's zeroing `vmovsh` is used instead).
-/// `vmovd` from a general register zeroes the vector register. Requires F16C (every kernel set
-/// that calls this has it).
+/// The f16 at `p`, as f32. Without AVX512-FP16 at compile time, in assembly: LLVM otherwise
+/// loads a lone f16 with `vpinsrw` into whatever vector register is at hand (only the low lane is
+/// needed), a false dependency that chained every block of a dot product to the previous one's
+/// accumulator (2x slower); `vmovd` from a general register zeroes the vector register. With
+/// AVX512-FP16 (`-C target-cpu=native` on such CPUs) LLVM's zeroing `vmovsh` is better. Requires
+/// F16C (every kernel set that calls this has it).
+#[cfg(not(target_feature = "avx512fp16"))]
 #[inline(always)]
 pub(crate) unsafe fn f16_at(p: *const u8) -> f32 {
     let bits = (p as *const u16).read_unaligned() as u32;
@@ -68,6 +69,13 @@ pub(crate) unsafe fn f16_at(p: *const u8) -> f32 {
         );
     }
     out
+}
+
+#[cfg(target_feature = "avx512fp16")]
+#[inline(always)]
+pub(crate) unsafe fn f16_at(p: *const u8) -> f32 {
+    let bits = (p as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
 #[inline(always)]
