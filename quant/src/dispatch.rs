@@ -58,11 +58,12 @@ pub fn scalar_set() -> KernelSet {
     }
 }
 
-/// The `dots_x4` table of a set with four-row Q4_1 (block sums) and Q8_0 kernels.
-pub fn x4(q4_1_sums: Dot4Fn, q8_0: Dot4Fn) -> [Option<Dot4Fn>; 14] {
+/// A `dots_x4` table from (format, four-row kernel) pairs (Q4_1/Q5_1 ones take block sums).
+pub fn x4<const N: usize>(kernels: [(QuantType, Dot4Fn); N]) -> [Option<Dot4Fn>; 14] {
     let mut t = [None; 14];
-    t[QuantType::Q4_1 as usize] = Some(q4_1_sums);
-    t[QuantType::Q8_0 as usize] = Some(q8_0);
+    for (ty, f) in kernels {
+        t[ty as usize] = Some(f);
+    }
     t
 }
 

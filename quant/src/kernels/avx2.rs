@@ -25,7 +25,12 @@ pub fn kernel_set() -> Option<KernelSet> {
             dot_q3_k, dot_q4_k, dot_q5_k, dot_q6_k, dot_q8_k,
         ],
         dots_with_sums: crate::dispatch::with_sums(dot_q4_1_sums, dot_q5_1_sums),
-        dots_x4: crate::dispatch::x4(dot_q4_1_sums_x4, dot_q8_0_x4),
+        dots_x4: crate::dispatch::x4([
+            (QuantType::Q4_0, dot_q4_0_x4),
+            (QuantType::Q4_1, dot_q4_1_sums_x4),
+            (QuantType::Q5_0, dot_q5_0_x4),
+            (QuantType::Q8_0, dot_q8_0_x4),
+        ]),
     })
 }
 
@@ -323,12 +328,21 @@ macro_rules! legacy_kernels {
             [0, 1, 2, 3].map(|r| hsum_ps(acc[r]) + summ[r])
         }
 
-        /// Four rows of `dot_q8_0` (see `kernels::Dot4Fn`; `sums` unused).
-        #[target_feature(enable = $tf)]
-        pub unsafe fn dot_q8_0_x4(n: usize, w: [&[u8]; 4], x: &[u8], _sums: &[f32]) -> [f32; 4] {
+        /// Four rows of a format without block offsets: `block(w_block, x_qs)` gives the weight
+        /// block's scale and its eight i32 partial products with the activation block, exactly
+        /// as the single-row kernel computes them.
+        #[inline(always)]
+        pub(crate) unsafe fn scaled_x4(
+            ty: QuantType,
+            n: usize,
+            w: [&[u8]; 4],
+            x: &[u8],
+            block: impl Fn(*const u8, __m256i) -> (f32, __m256i),
+        ) -> [f32; 4] {
             for r in &w {
-                check_rows(QuantType::Q8_0, n, r, x);
+                check_rows(ty, n, r, x);
             }
+            let ts = ty.type_size();
             let xp = x.as_ptr();
             let wp = w.map(|r| r.as_ptr());
             let mut acc = [_mm256_setzero_ps(); 4];
@@ -336,13 +350,40 @@ macro_rules! legacy_kernels {
                 let bx = xp.add(34 * i);
                 let (dx, y) = (f16_at(bx), load(bx.add(2)));
                 for r in 0..4 {
-                    let bw = wp[r].add(34 * i);
-                    let d = _mm256_set1_ps(f16_at(bw) * dx);
-                    let p = dot_ss8(load(bw.add(2)), y);
-                    acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r]);
+                    let (dw, p) = block(wp[r].add(ts * i), y);
+                    acc[r] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(dw * dx), _mm256_cvtepi32_ps(p), acc[r]);
                 }
             }
             acc.map(|a| hsum_ps(a))
+        }
+
+        /// Four rows of `dot_q8_0` (see `kernels::Dot4Fn`; `sums` unused).
+        #[target_feature(enable = $tf)]
+        pub unsafe fn dot_q8_0_x4(n: usize, w: [&[u8]; 4], x: &[u8], _sums: &[f32]) -> [f32; 4] {
+            scaled_x4(QuantType::Q8_0, n, w, x, |bw, y| {
+                (f16_at(bw), dot_ss8(load(bw.add(2)), y))
+            })
+        }
+
+        /// Four rows of `dot_q4_0` (see `kernels::Dot4Fn`; `sums` unused).
+        #[target_feature(enable = $tf)]
+        pub unsafe fn dot_q4_0_x4(n: usize, w: [&[u8]; 4], x: &[u8], _sums: &[f32]) -> [f32; 4] {
+            scaled_x4(QuantType::Q4_0, n, w, x, |bw, y| {
+                let q = _mm256_sub_epi8(nibbles_32(bw.add(2)), _mm256_set1_epi8(8));
+                (f16_at(bw), dot_ss8(q, y))
+            })
+        }
+
+        /// Four rows of `dot_q5_0` (see `kernels::Dot4Fn`; `sums` unused).
+        #[target_feature(enable = $tf)]
+        pub unsafe fn dot_q5_0_x4(n: usize, w: [&[u8]; 4], x: &[u8], _sums: &[f32]) -> [f32; 4] {
+            scaled_x4(QuantType::Q5_0, n, w, x, |bw, y| {
+                let qh = u32::from_le_bytes([*bw.add(2), *bw.add(3), *bw.add(4), *bw.add(5)]);
+                let hi = _mm256_andnot_si256(bits_32(qh), _mm256_set1_epi8(0xF0u8 as i8));
+                let q = _mm256_or_si256(nibbles_32(bw.add(6)), hi);
+                (f16_at(bw), dot_ss8(q, y))
+            })
         }
 
         #[target_feature(enable = $tf)]

@@ -39,7 +39,12 @@ pub fn kernel_set() -> Option<KernelSet> {
         name: "avx512-vnni",
         dots,
         dots_with_sums,
-        dots_x4: crate::dispatch::x4(dot_q4_1_sums_x4, dot_q8_0_x4),
+        dots_x4: crate::dispatch::x4([
+            (QuantType::Q4_0, dot_q4_0_unsigned_x4),
+            (QuantType::Q4_1, dot_q4_1_sums_x4),
+            (QuantType::Q5_0, dot_q5_0_unsigned_x4),
+            (QuantType::Q8_0, dot_q8_0_x4),
+        ]),
     })
 }
 
@@ -95,4 +100,34 @@ pub unsafe fn dot_q5_0_unsigned(n: usize, w: &[u8], x: &[u8]) -> f32 {
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
     hsum_ps(acc)
+}
+
+/// Four rows of `dot_q4_0_unsigned` (see `kernels::Dot4Fn`; `sums` unused).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_q4_0_unsigned_x4(n: usize, w: [&[u8]; 4], x: &[u8], _sums: &[f32]) -> [f32; 4] {
+    let eights = _mm256_set1_epi8(8);
+    scaled_x4(QuantType::Q4_0, n, w, x, |bw, y| {
+        let p = _mm256_sub_epi32(
+            dot_us8_vnni(nibbles_32(bw.add(2)), y),
+            dot_us8_vnni(eights, y),
+        );
+        (f16_at(bw), p)
+    })
+}
+
+/// Four rows of `dot_q5_0_unsigned` (see `kernels::Dot4Fn`; `sums` unused).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_q5_0_unsigned_x4(n: usize, w: [&[u8]; 4], x: &[u8], _sums: &[f32]) -> [f32; 4] {
+    let sixteens = _mm256_set1_epi8(16);
+    scaled_x4(QuantType::Q5_0, n, w, x, |bw, y| {
+        let qh = u32::from_le_bytes([*bw.add(2), *bw.add(3), *bw.add(4), *bw.add(5)]);
+        let q = _mm256_or_si256(
+            nibbles_32(bw.add(6)),
+            _mm256_and_si256(bits_32(qh), sixteens),
+        );
+        (
+            f16_at(bw),
+            _mm256_sub_epi32(dot_us8_vnni(q, y), dot_us8_vnni(sixteens, y)),
+        )
+    })
 }
