@@ -226,7 +226,8 @@ fn run(a: Args) -> Result<()> {
             source: s,
         })?;
         let toks = tok.encode(&text, true, false);
-        let bos = tok.bos();
+        // As llama-perplexity: a window starts with BOS only if the model adds one.
+        let bos = if tok.adds_bos() { tok.bos() } else { None };
         let (ppl_d, _) = eval::perplexity(&model, None, &toks, a.eval_ctx, bos, a.eval_chunks)?;
         let (ppl_c, act) = eval::perplexity(
             &model,
