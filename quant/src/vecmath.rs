@@ -179,57 +179,19 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// The scalar reference of [`dot`].
 pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
     let np = a.len() / 32 * 32;
-    let mut acc = [[0f32; 8]; 4];
-    for i in (0..np).step_by(32) {
-        for (k, acc) in acc.iter_mut().enumerate() {
-            for (l, s) in acc.iter_mut().enumerate() {
-                *s = a[i + 8 * k + l].mul_add(b[i + 8 * k + l], *s);
-            }
-        }
-    }
-    let x: [f32; 8] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
-    let t: [f32; 4] = std::array::from_fn(|i| x[i] + x[i + 4]);
-    let mut sum = (t[0] + t[1]) + (t[2] + t[3]);
+    let mut sum = dot_chunks32_scalar(a, 32, &b[..np], false);
     for i in np..a.len() {
         sum = a[i].mul_add(b[i], sum);
     }
     sum
 }
 
-/// Σ a[i]·b[i] in the order of ggml's f32 matrix-matrix kernel (llamafile's tinyBLAS), which
-/// llama.cpp uses for attention's probability-weighted sum of values when a batch has several
-/// tokens: one 8-lane accumulator (fused multiply-adds in order), then a horizontal add; the
-/// elements after the last multiple of 8 (tinyBLAS never has any) are added one by one.
-pub fn dot_gemm(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "dot_gemm: lengths differ");
-    #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
-        // SAFETY: AVX2 and FMA were detected at run time; lengths checked above.
-        return unsafe { avx2::dot_gemm(a, b) };
-    }
-    dot_gemm_scalar(a, b)
-}
-
-/// The scalar reference of [`dot_gemm`].
-pub fn dot_gemm_scalar(a: &[f32], b: &[f32]) -> f32 {
-    let full = a.len() / 8 * 8;
-    let mut acc = [0f32; 8];
-    for (x, y) in a[..full].chunks_exact(8).zip(b[..full].chunks_exact(8)) {
-        for l in 0..8 {
-            acc[l] = x[l].mul_add(y[l], acc[l]);
-        }
-    }
-    let mut sum = hsum8(acc);
-    for i in full..a.len() {
-        sum = a[i].mul_add(b[i], sum);
-    }
-    sum
-}
-
-/// [`dot`] (`chunked == false`) or [`dot_gemm`] (`true`) of `b` with a vector `a` stored in
-/// chunks of 32: chunk `k` is `a[k·stride .. k·stride + 32]` (`b.len()` a multiple of 32).
-/// Bit-identical to those functions on the gathered vector; for attention values cached in
-/// blocks of 32 positions, which keeps the per-token cache writes local.
+/// Σ a[i]·b[i] over whole chunks of 32, `a` stored in chunks: chunk `k` is
+/// `a[k·stride .. k·stride + 32]` (`b.len()` a multiple of 32); for attention values cached in
+/// blocks of 32 positions, which keeps the per-token cache writes local. Two summation orders:
+/// [`dot`]'s (`gemm_order == false`), and that of ggml's f32 matrix-matrix kernel (llamafile's
+/// tinyBLAS), which llama.cpp uses for the value sums of a batch: one 8-lane accumulator (fused
+/// multiply-adds in order), then a horizontal add.
 pub fn dot_chunks32(a: &[f32], stride: usize, b: &[f32], gemm_order: bool) -> f32 {
     assert!(
         b.len() % 32 == 0,
@@ -336,44 +298,8 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
         let np = a.len() / 32 * 32;
-        let (ap, bp) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i < np {
-            for (k, s) in acc.iter_mut().enumerate() {
-                *s = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(ap.add(i + 8 * k)),
-                    _mm256_loadu_ps(bp.add(i + 8 * k)),
-                    *s,
-                );
-            }
-            i += 32;
-        }
-        let x = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
-        let t0 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-        let t1 = _mm_hadd_ps(t0, t0);
-        let mut sum = _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
+        let mut sum = dot_chunks32(a, 32, &b[..np], false);
         for i in np..a.len() {
-            sum = a[i].mul_add(b[i], sum);
-        }
-        sum
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_gemm(a: &[f32], b: &[f32]) -> f32 {
-        let full = a.len() / 8 * 8;
-        let (ap, bp) = (a.as_ptr(), b.as_ptr());
-        let mut acc = _mm256_setzero_ps();
-        let mut i = 0;
-        while i < full {
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i)), _mm256_loadu_ps(bp.add(i)), acc);
-            i += 8;
-        }
-        let h = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
-        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        let h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        let mut sum = _mm_cvtss_f32(h);
-        for i in full..a.len() {
             sum = a[i].mul_add(b[i], sum);
         }
         sum
@@ -557,20 +483,22 @@ mod tests {
                 "dot len {len}"
             );
         }
-        for len in [0, 1, 7, 8, 9, 33, 64, 256, 1000] {
+        for len in [0, 32, 64, 256, 1024] {
             let (a, b) = (&finite[..len], &finite[3..3 + len]);
-            assert_eq!(
-                dot_gemm(a, b).to_bits(),
-                dot_gemm_scalar(a, b).to_bits(),
-                "dot_gemm len {len}"
-            );
+            for gemm in [false, true] {
+                assert_eq!(
+                    dot_chunks32(a, 32, b, gemm).to_bits(),
+                    dot_chunks32_scalar(a, 32, b, gemm).to_bits(),
+                    "dot_chunks32 len {len}, gemm order {gemm}"
+                );
+            }
             let want: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
             let scale: f64 = a
                 .iter()
                 .zip(b)
                 .map(|(x, y)| (*x as f64 * *y as f64).abs())
                 .sum();
-            for got in [dot(a, b), dot_gemm(a, b)] {
+            for got in [dot(a, b), dot_chunks32(a, 32, b, true)] {
                 assert!(
                     (got as f64 - want).abs() <= 1e-6 * scale,
                     "dot len {len}: {got} vs {want}"
@@ -596,7 +524,7 @@ mod tests {
                 .collect();
             for gemm in [false, true] {
                 let want = if gemm {
-                    dot_gemm(&gathered, b)
+                    dot_chunks32_scalar(&gathered, 32, b, true)
                 } else {
                     dot(&gathered, b)
                 };
