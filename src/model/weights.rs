@@ -117,65 +117,11 @@ impl<'a> Weights<'a> {
                 }
                 None => (None, q, kv, ff, "ffn_down.weight", d, ff),
             };
-            if let Some(ne) = c.n_expert.filter(|_| c.tomoe.is_none()) {
-                // llama.cpp MoE: the dense gate/up/down fields hold views of expert 0 (unused).
-                let gate_exps = f
-                    .tensor(&n("ffn_gate_exps.weight"))
-                    .ok_or_else(|| ModelError::MissingTensor(n("ffn_gate_exps.weight")))?;
-                let width = match gate_exps.info.dims[..] {
-                    [cols, w, e] if cols == d as u64 && e == ne as u64 && w > 0 && w <= ff as u64 => w as usize,
-                    _ => {
-                        return Err(ModelError::BadTensorShape {
-                            name: n("ffn_gate_exps.weight"),
-                            expected: vec![d as u64, ff as u64, ne as u64],
-                            found: gate_exps.info.dims.clone(),
-                        })
-                    }
-                };
-                let m3 = |name: &str, rows: usize, cols: usize, dims: [u64; 3]| -> Result<MatRef<'a>, ModelError> {
-                    let t = f.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-                    if t.info.dims != dims {
-                        return Err(ModelError::BadTensorShape {
-                            name: name.into(),
-                            expected: dims.to_vec(),
-                            found: t.info.dims.clone(),
-                        });
-                    }
-                    MatRef::new(t.info.ty, rows, cols, t.data)
-                        .map_err(|e| ModelError::BadTensor { name: name.to_string(), reason: e.to_string() })
-                };
-                let (w64, d64, e64) = (width as u64, d as u64, ne as u64);
-                let experts = DenseExperts {
-                    n_expert: ne,
-                    n_used: c.n_expert_used,
-                    width,
-                    router: tensor_f32(f, &n("ffn_gate_inp.weight"), &[d, ne])?,
-                    gate: m3(&n("ffn_gate_exps.weight"), ne * width, d, [d64, w64, e64])?,
-                    up: m3(&n("ffn_up_exps.weight"), ne * width, d, [d64, w64, e64])?,
-                    down: m3(&n("ffn_down_exps.weight"), ne * d, width, [w64, d64, e64])?,
-                };
-                layers.push(LayerWeights {
-                    attn_norm: vector(f, &n("attn_norm.weight"), d)?,
-                    wq: matrix(f, &n("attn_q.weight"), q, d)?,
-                    wk: matrix(f, &n("attn_k.weight"), kv, d)?,
-                    wv: matrix(f, &n("attn_v.weight"), kv, d)?,
-                    wo: matrix(f, &n("attn_output.weight"), d, q)?,
-                    bq: opt_vec(n("attn_q.bias"), q, req.qkv_bias_required)?,
-                    bk: opt_vec(n("attn_k.bias"), kv, req.qkv_bias_required)?,
-                    bv: opt_vec(n("attn_v.bias"), kv, req.qkv_bias_required)?,
-                    q_norm: None,
-                    k_norm: None,
-                    post_attn_norm: None,
-                    ffn_norm: vector(f, &n("ffn_norm.weight"), d)?,
-                    gate: experts.gate,
-                    up: experts.up,
-                    down: experts.down,
-                    post_ffn_norm: None,
-                    moe: None,
-                    experts: Some(experts),
-                });
-                continue;
-            }
+            // llama.cpp MoE: the gate/up/down fields hold the stacked experts.
+            let experts = match c.n_expert.filter(|_| c.tomoe.is_none()) {
+                Some(ne) => Some(dense_experts(f, il, c, ne)?),
+                None => None,
+            };
             let moe = match (shape, &c.tomoe) {
                 (Some(shape), Some(tc)) => {
                     let load = |name: &str, dims: &[usize]| tensor_f32(f, name, dims);
@@ -196,12 +142,21 @@ impl<'a> Weights<'a> {
                 k_norm: opt_vec(n("attn_k_norm.weight"), c.head_dim, req.qk_norm)?.filter(|_| req.qk_norm),
                 post_attn_norm: opt_vec(n("post_attention_norm.weight"), d, req.post_norms)?.filter(|_| req.post_norms),
                 ffn_norm: vector(f, &n("ffn_norm.weight"), d)?,
-                gate: matrix(f, &n("ffn_gate.weight"), ff, d)?,
-                up: matrix(f, &n("ffn_up.weight"), ff, d)?,
-                down: matrix(f, &n(down_name), down_rows, down_cols)?,
+                gate: match &experts {
+                    Some(x) => x.gate,
+                    None => matrix(f, &n("ffn_gate.weight"), ff, d)?,
+                },
+                up: match &experts {
+                    Some(x) => x.up,
+                    None => matrix(f, &n("ffn_up.weight"), ff, d)?,
+                },
+                down: match &experts {
+                    Some(x) => x.down,
+                    None => matrix(f, &n(down_name), down_rows, down_cols)?,
+                },
                 post_ffn_norm: opt_vec(n("post_ffw_norm.weight"), d, req.post_norms)?.filter(|_| req.post_norms),
                 moe,
-                experts: None,
+                experts,
             });
         }
         Ok(Weights { token_embd, layers, output_norm, output, rope_freqs })
@@ -244,17 +199,55 @@ impl<'a> Weights<'a> {
 
 /// A matrix of `rows` x `cols` (GGUF dims `[cols, rows]`).
 fn matrix<'a>(f: &'a GgufFile, name: &str, rows: usize, cols: usize) -> Result<MatRef<'a>, ModelError> {
+    matrix_dims(f, name, rows, cols, &[cols as u64, rows as u64])
+}
+
+/// `rows` x `cols` over a tensor whose GGUF dims must be `dims` (e.g. experts stacked in 3-D).
+fn matrix_dims<'a>(
+    f: &'a GgufFile,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    dims: &[u64],
+) -> Result<MatRef<'a>, ModelError> {
     let t = f.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-    let expected = [cols as u64, rows as u64];
-    if t.info.dims != expected {
+    if t.info.dims != dims {
         return Err(ModelError::BadTensorShape {
             name: name.to_string(),
-            expected: expected.to_vec(),
+            expected: dims.to_vec(),
             found: t.info.dims.clone(),
         });
     }
     MatRef::new(t.info.ty, rows, cols, t.data)
         .map_err(|e| ModelError::BadTensor { name: name.to_string(), reason: e.to_string() })
+}
+
+/// Layer `il`'s llama.cpp MoE MLP (`ffn_gate_inp`, `ffn_{gate,up,down}_exps`) of `ne` experts.
+fn dense_experts<'a>(f: &'a GgufFile, il: usize, c: &ModelConfig, ne: usize) -> Result<DenseExperts<'a>, ModelError> {
+    let (d, ff) = (c.d_model, c.n_ff);
+    let n = |s: &str| format!("blk.{il}.{s}");
+    let gate_exps =
+        f.tensor(&n("ffn_gate_exps.weight")).ok_or_else(|| ModelError::MissingTensor(n("ffn_gate_exps.weight")))?;
+    let width = match gate_exps.info.dims[..] {
+        [cols, w, e] if cols == d as u64 && e == ne as u64 && w > 0 && w <= ff as u64 => w as usize,
+        _ => {
+            return Err(ModelError::BadTensorShape {
+                name: n("ffn_gate_exps.weight"),
+                expected: vec![d as u64, ff as u64, ne as u64],
+                found: gate_exps.info.dims.clone(),
+            })
+        }
+    };
+    let (w64, d64, e64) = (width as u64, d as u64, ne as u64);
+    Ok(DenseExperts {
+        n_expert: ne,
+        n_used: c.n_expert_used,
+        width,
+        router: tensor_f32(f, &n("ffn_gate_inp.weight"), &[d, ne])?,
+        gate: matrix_dims(f, &n("ffn_gate_exps.weight"), ne * width, d, &[d64, w64, e64])?,
+        up: matrix_dims(f, &n("ffn_up_exps.weight"), ne * width, d, &[d64, w64, e64])?,
+        down: matrix_dims(f, &n("ffn_down_exps.weight"), ne * d, width, &[w64, d64, e64])?,
+    })
 }
 
 /// A tensor of any format with GGUF dims `dims` (ggml order), converted to f32, flattened.
