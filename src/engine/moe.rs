@@ -3,7 +3,7 @@
 //! expert (gate, up, and the transposed down projection); a batch is grouped by expert and each
 //! group runs matrix-matrix products over the expert's row runs.
 
-use super::parallel::{for_each_part, matvec_fused, MatJob};
+use super::parallel::{for_each_part, matvec_fused, part_count, MatJob};
 use crate::model::tomoe::{MoeLayer, VMask};
 use crate::model::DenseExperts;
 use tomoe_quant::{axpy_rows, matmul, matvec_rows, vecmath, MatRef, QuantizedInput};
@@ -20,6 +20,8 @@ pub struct MoeScratch {
     x: Vec<f32>,
     run_out: Vec<f32>,
     xq: QuantizedInput,
+    /// llama.cpp MoE: the token quantized for the up projection's format.
+    xu: QuantizedInput,
     /// Per token of the batch: its expert.
     pub choice: Vec<usize>,
     /// The V-mask head's intermediates.
@@ -112,21 +114,19 @@ pub fn mlp_one(
         }
     });
     vecmath::swiglu(&mut s.gate, &s.up);
-    let parts_max = rayon::current_num_threads().max(super::team::with_current(|t| t.map_or(1, |t| t.size())));
-    s.partials.resize(parts_max * d, 0.0);
-    let used = std::sync::atomic::AtomicUsize::new(0);
+    let n_parts = part_count();
+    s.partials.resize(n_parts * d, 0.0);
     let partials = SharedMut(s.partials.as_mut_ptr());
     let partials = &partials;
     let act = &s.gate;
     for_each_part(|p, parts| {
-        used.fetch_max(parts, std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: part `p` < `parts` <= `parts_max` owns floats `p*d .. (p+1)*d`.
+        // SAFETY: part `p` < `parts` == `n_parts` owns floats `p*d .. (p+1)*d` of `partials`.
         let y = unsafe { std::slice::from_raw_parts_mut(partials.0.add(p * d), d) };
         y.fill(0.0);
         let (lo, hi) = (p * nr / parts, (p + 1) * nr / parts);
         axpy_rows(down_t, &rows[lo..hi], &act[lo..hi], y);
     });
-    for part in s.partials.chunks_exact(d).take(used.into_inner()) {
+    for part in s.partials.chunks_exact(d).take(n_parts) {
         proj.iter_mut().zip(part).for_each(|(a, b)| *a += b);
     }
 }
@@ -216,23 +216,14 @@ pub fn mlp_llama_experts(x: &DenseExperts, h2: &[f32], proj: &mut [f32], s: &mut
         let total: f32 = s.chosen.iter().map(|&e| probs[e]).sum();
         out.fill(0.0);
         s.xq.quantize(x.gate.ty(), h, d);
-        let xg = std::mem::take(&mut s.xq);
-        let xu_owned;
-        let xu = if x.up.ty().vec_dot_type() == x.gate.ty().vec_dot_type() {
-            &xg
-        } else {
-            let mut q = QuantizedInput::new();
-            q.quantize(x.up.ty(), h, d);
-            xu_owned = q;
-            &xu_owned
-        };
+        s.xu.quantize(x.up.ty(), h, d);
         for i in 0..s.chosen.len() {
             let e = s.chosen[i];
             let weight = s.probs[e] / total;
             let (g, u) = (expert_rows(&x.gate, e, w), expert_rows(&x.up, e, w));
             matvec_fused(&mut [
-                MatJob { w: &g, x: &xg, y: &mut s.gate[..w] },
-                MatJob { w: &u, x: xu, y: &mut s.up[..w] },
+                MatJob { w: &g, x: &s.xq, y: &mut s.gate[..w] },
+                MatJob { w: &u, x: &s.xu, y: &mut s.up[..w] },
             ]);
             vecmath::swiglu(&mut s.gate[..w], &s.up[..w]);
             s.act_q.quantize(x.down.ty(), &s.gate[..w], w);
@@ -240,7 +231,6 @@ pub fn mlp_llama_experts(x: &DenseExperts, h2: &[f32], proj: &mut [f32], s: &mut
             matvec_fused(&mut [MatJob { w: &dn, x: &s.act_q, y: &mut s.expert_out[..d] }]);
             out.iter_mut().zip(&s.expert_out).for_each(|(o, y)| *o += y * weight);
         }
-        s.xq = xg;
     }
 }
 

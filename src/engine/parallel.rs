@@ -10,16 +10,16 @@ use tomoe_quant::{matvec_rows, MatRef, QuantizedInput};
 /// Runs `f(part, parts)` for every `part in 0..parts`, one part per thread of the current team
 /// (or of rayon's current pool).
 pub fn for_each_part(f: impl Fn(usize, usize) + Sync) {
+    let parts = part_count();
     team::with_current(|t: Option<&Team>| match t {
-        Some(t) => {
-            let parts = t.size();
-            t.run(&|p| f(p, parts));
-        }
-        None => {
-            let parts = rayon::current_num_threads().max(1);
-            (0..parts).into_par_iter().for_each(|p| f(p, parts));
-        }
+        Some(t) => t.run(&|p| f(p, parts)),
+        None => (0..parts).into_par_iter().for_each(|p| f(p, parts)),
     })
+}
+
+/// The number of parts [`for_each_part`] splits work into on this thread.
+pub fn part_count() -> usize {
+    team::with_current(|t| t.map_or_else(|| rayon::current_num_threads().max(1), Team::size))
 }
 
 /// `f(i, &mut a[i*a_len..][..a_len], &mut b[i*b_len..][..b_len])` for every `i in 0..count`, in
