@@ -8,7 +8,7 @@
 
 mod convert_util;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use convert_util::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -19,12 +19,6 @@ use tomoe::convert::hf::load_hf;
 use tomoe::engine::{Context, ContextParams};
 use tomoe::gguf::QuantType;
 use tomoe::model::Model;
-
-fn rand_tensor(rng: &mut ChaCha8Rng, shape: &[usize], scale: f32) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-scale..scale)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
 
 /// A converted model with random structure: 4 experts of random neuron sets, half the RoPE
 /// pairs kept (whole pairs, in the rotate-half layout the converter uses), a V-mask head.
@@ -40,23 +34,18 @@ fn random_conversion(t: &Tiny, hd: usize, seed: u64, output_mask: bool, scale_pr
             let mut keep = keep;
             keep.sort();
             let vmask = VMaskHead {
-                w_a: rand_tensor(&mut rng, &[128, t.d], 0.2),
-                b_state: rand_tensor(&mut rng, &[128], 0.2),
-                ln_w: rand_tensor(&mut rng, &[128], 1.0),
-                ln_b: rand_tensor(&mut rng, &[128], 0.2),
-                w_dec: rand_tensor(&mut rng, &[hd, 128], 0.3),
+                w_a: rand_uniform(&mut rng, &[128, t.d], 0.2),
+                b_state: rand_uniform(&mut rng, &[128], 0.2),
+                ln_w: rand_uniform(&mut rng, &[128], 1.0),
+                ln_b: rand_uniform(&mut rng, &[128], 0.2),
+                w_dec: rand_uniform(&mut rng, &[hd, 128], 0.3),
                 offset: 0.1,
                 top_k: if seed % 2 == 0 { hd / 2 } else { 0 },
             };
-            ConvertedLayer::from_expert_masks(&masks, t.m, keep, rand_tensor(&mut rng, &[4, t.d], 1.0), Some(vmask))
+            ConvertedLayer::from_expert_masks(&masks, t.m, keep, rand_uniform(&mut rng, &[4, t.d], 1.0), Some(vmask))
         })
         .collect();
     ConvertedModel { method: Method::ToMoe, layers, target_p: 0.5, measured_p: 0.5, output_mask, scale_pruned }
-}
-
-fn rel(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 fn check(t: &Tiny, name: &str, seed: u64, output_mask: bool, scale_pruned: bool) {
@@ -81,14 +70,14 @@ fn check(t: &Tiny, name: &str, seed: u64, output_mask: bool, scale_pruned: bool)
     let mut ctx = Context::new(rt.clone(), ContextParams { n_ctx: 128, n_threads: 2, n_batch: 128 }).unwrap();
     let mut batch = Vec::new();
     ctx.eval_all_logits(&tokens, &mut batch).unwrap();
-    let r = rel(&batch, &want);
+    let r = max_rel_diff(&batch, &want);
     assert!(r <= 1e-3, "{name}: batch logits differ from the reference forward by {r:e}");
 
     let mut one = Context::new(rt, ContextParams { n_ctx: 128, n_threads: 2, n_batch: 1 }).unwrap();
     let mut worst = 0f32;
     for (i, &tok) in tokens.iter().enumerate() {
         let got = one.eval(&[tok]).unwrap();
-        worst = worst.max(rel(got, &want[i * nv..(i + 1) * nv]));
+        worst = worst.max(max_rel_diff(got, &want[i * nv..(i + 1) * nv]));
     }
     assert!(worst <= 1e-3, "{name}: decoded logits differ from the reference forward by {worst:e}");
     let counts: Vec<u64> = one.expert_counts().iter().map(|l| l.iter().sum()).collect();

@@ -6,9 +6,11 @@
 #![cfg(feature = "convert")]
 
 mod common;
+mod convert_util;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use common::{model_path, RealModel};
+use convert_util::{max_rel_diff, rand_uniform};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
@@ -19,16 +21,6 @@ use tomoe::convert::gguf_in::load_gguf;
 use tomoe::engine::{Context, ContextParams};
 use tomoe::gguf::QuantType;
 use tomoe::model::Model;
-
-fn rand_tensor(rng: &mut ChaCha8Rng, shape: &[usize], scale: f32) -> Tensor {
-    let n: usize = shape.iter().product();
-    Tensor::from_vec((0..n).map(|_| rng.gen_range(-scale..scale)).collect::<Vec<f32>>(), shape, &Device::Cpu).unwrap()
-}
-
-fn rel(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
 
 #[test]
 fn smollm2_tomoe_runtime_matches_reference_forward() {
@@ -43,15 +35,15 @@ fn smollm2_tomoe_runtime_matches_reference_forward() {
             let mut keep: Vec<usize> = pairs.iter().copied().chain(pairs.iter().map(|p| p + half)).collect();
             keep.sort();
             let vmask = VMaskHead {
-                w_a: rand_tensor(&mut rng, &[128, c.d], 0.05),
-                b_state: rand_tensor(&mut rng, &[128], 0.1),
-                ln_w: rand_tensor(&mut rng, &[128], 1.0),
-                ln_b: rand_tensor(&mut rng, &[128], 0.1),
-                w_dec: rand_tensor(&mut rng, &[hd, 128], 0.3),
+                w_a: rand_uniform(&mut rng, &[128, c.d], 0.05),
+                b_state: rand_uniform(&mut rng, &[128], 0.1),
+                ln_w: rand_uniform(&mut rng, &[128], 1.0),
+                ln_b: rand_uniform(&mut rng, &[128], 0.1),
+                w_dec: rand_uniform(&mut rng, &[hd, 128], 0.3),
                 offset: 0.2,
                 top_k: 0,
             };
-            let router = rand_tensor(&mut rng, &[4, c.d], 0.1);
+            let router = rand_uniform(&mut rng, &[4, c.d], 0.1);
             ConvertedLayer::from_expert_masks(&masks, c.m, keep, router, Some(vmask))
         })
         .collect();
@@ -74,12 +66,12 @@ fn smollm2_tomoe_runtime_matches_reference_forward() {
         let mut ctx = Context::new(rt.clone(), ContextParams { n_ctx: 64, n_threads: 2, n_batch: 64 }).unwrap();
         let mut got = Vec::new();
         ctx.eval_all_logits(&tokens, &mut got).unwrap();
-        let r = rel(&got, &want);
+        let r = max_rel_diff(&got, &want);
         assert!(r <= 1e-3, "{prompt:?}: batch logits differ from the reference by {r:e}");
         let mut one = Context::new(rt.clone(), ContextParams { n_ctx: 64, n_threads: 2, n_batch: 1 }).unwrap();
         let mut worst = 0f32;
         for (i, &t) in tokens.iter().enumerate() {
-            worst = worst.max(rel(one.eval(&[t]).unwrap(), &want[i * nv..(i + 1) * nv]));
+            worst = worst.max(max_rel_diff(one.eval(&[t]).unwrap(), &want[i * nv..(i + 1) * nv]));
         }
         assert!(worst <= 1e-3, "{prompt:?}: decoded logits differ from the reference by {worst:e}");
         let used: Vec<usize> = one.expert_counts().iter().map(|l| l.iter().filter(|&&n| n > 0).count()).collect();
