@@ -12,7 +12,7 @@ use tomoe::convert::converted::{
 };
 use tomoe::convert::data::{read_documents, Calibration};
 use tomoe::convert::dense::DenseModel;
-use tomoe::convert::train::{train, CheckpointPlan, TrainParams};
+use tomoe::convert::train::{train, CheckpointPlan, MaskInit, TrainParams};
 use tomoe::convert::{baselines, eval, export, gguf_in, hf, tokenize, ConvertError, Result};
 
 const HELP: &str = "tomoe-convert: convert a dense llama/qwen2 model into a ToMoE Mixture-of-Experts GGUF
@@ -28,6 +28,9 @@ const HELP: &str = "tomoe-convert: convert a dense llama/qwen2 model into a ToMo
   --lr F                  AdamW learning rate (default 1e-3)
   --seed N                seed of everything random (default 0)
   --outtype T             f32 | f16 | q8_0 | q4_0 | q4_1 | q4_k | q6_k (default f16)
+  --init I                importance (default): start every expert at static pruning's neurons with
+                          attention on | all-on: every mask on, random routers (the reference code)
+  --mlp-only              convert only the MLP; attention stays dense
   --llama-cpp-compat      MLP-only conversion written as a plain llama MoE GGUF for llama.cpp
   --checkpoint FILE       checkpoint file (safetensors + .json sidecar)
   --checkpoint-every N    checkpoint period in steps (default 50)
@@ -89,6 +92,8 @@ fn parse_args() -> Result<Option<Args>> {
             "--method" => a.method = val()?,
             "--outtype" => a.outtype = val()?,
             "--llama-cpp-compat" => a.compat = true,
+            "--mlp-only" => a.tp.mlp_only = true,
+            "--init" => a.tp.init = MaskInit::parse(&val()?)?,
             "--resume" => a.plan.resume = true,
             "--checkpoint" => a.plan.path = Some(val()?.into()),
             "--eval" => a.eval = Some(val()?.into()),
@@ -118,7 +123,7 @@ fn parse_args() -> Result<Option<Args>> {
     if a.plan.resume && a.plan.path.is_none() {
         return Err(bad("--resume needs --checkpoint".into()));
     }
-    a.tp.mlp_only = a.compat;
+    a.tp.mlp_only |= a.compat;
     a.tp.validate()?;
     Ok(Some(a))
 }
@@ -193,13 +198,13 @@ fn run(a: Args) -> Result<()> {
             cm
         }
         "static-prune" => {
-            baselines::static_prune(&model, a.tp.p, &calib_windows(&calib, a.tp.seq_len), &held)?
+            baselines::static_prune(&model, a.tp.p, &calib.leading_windows(a.tp.seq_len, 16), &held)?
         }
         _ => baselines::moefication(
             &model,
             a.tp.p,
             a.tp.experts,
-            &calib_windows(&calib, a.tp.seq_len),
+            &calib.leading_windows(a.tp.seq_len, 16),
             &held,
             a.tp.seed,
         )?,
@@ -255,10 +260,6 @@ fn run(a: Args) -> Result<()> {
 }
 
 /// Calibration windows for the baselines' activation statistics (consecutive, from the training part).
-fn calib_windows(c: &Calibration, seq_len: usize) -> Vec<&[u32]> {
-    c.train.chunks_exact(seq_len).take(16).collect()
-}
-
 fn main() -> ExitCode {
     match parse_args() {
         Ok(None) => {

@@ -53,6 +53,22 @@ fn calibration_activations(
         .collect()
 }
 
+/// Per layer, each MLP neuron's importance: the norm of its activation over the calibration tokens
+/// times the norm of its down-projection column (what it can add to the residual stream).
+pub fn neuron_importance(model: &DenseModel, calib: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+    let acts = calibration_activations(model, calib)?;
+    model
+        .layers
+        .iter()
+        .zip(&acts)
+        .map(|(lw, (_, act))| {
+            let act_norm: Vec<f32> = act.sqr()?.sum(0)?.sqrt()?.to_vec1()?;
+            let w_norm: Vec<f32> = lw.w_down.sqr()?.sum(0)?.sqrt()?.to_vec1()?;
+            Ok(act_norm.iter().zip(&w_norm).map(|(a, w)| a * w).collect())
+        })
+        .collect()
+}
+
 /// Neurons per token that give active fraction `p` with attention dense.
 pub fn mlp_budget(model: &DenseModel, p: f64) -> Result<usize> {
     let c = &model.config;
@@ -106,12 +122,8 @@ pub fn static_prune(
 ) -> Result<ConvertedModel> {
     let c = &model.config;
     let k = mlp_budget(model, p)?;
-    let acts = calibration_activations(model, calib)?;
     let mut layers = Vec::with_capacity(c.n_layers);
-    for (lw, (_, act)) in model.layers.iter().zip(&acts) {
-        let act_norm: Vec<f32> = act.sqr()?.sum(0)?.sqrt()?.to_vec1()?;
-        let w_norm: Vec<f32> = lw.w_down.sqr()?.sum(0)?.sqrt()?.to_vec1()?;
-        let score: Vec<f32> = act_norm.iter().zip(&w_norm).map(|(a, w)| a * w).collect();
+    for score in neuron_importance(model, calib)? {
         let mut keep = vec![false; c.m];
         for i in top_k(&score, k) {
             keep[i] = true;

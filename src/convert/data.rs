@@ -93,6 +93,12 @@ impl Calibration {
         &self.train[start..start + seq_len]
     }
 
+    /// Up to `n` consecutive windows from the start of the training text (the baselines' and the
+    /// mask initialisation's calibration activations).
+    pub fn leading_windows(&self, seq_len: usize, n: usize) -> Vec<&[u32]> {
+        self.train.chunks_exact(seq_len).take(n).collect()
+    }
+
     /// Up to `n` consecutive held-out windows.
     pub fn held_out_windows(&self, seq_len: usize, n: usize) -> Vec<&[u32]> {
         self.held_out.chunks_exact(seq_len).take(n).collect()

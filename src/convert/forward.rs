@@ -42,6 +42,47 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     })
 }
 
+/// The gradient path of `x · wᵀ` for a frozen `w`: forward returns the product computed outside the
+/// graph, backward gives only `∂L/∂x = g · w`. Candle's matmul backward would also compute `∂L/∂w`,
+/// as expensive as the input gradient and thrown away for the frozen model's weights.
+struct FrozenLinearGrad {
+    y: Tensor,
+    w: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenLinearGrad {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let v: Vec<f32> = self.y.flatten_all()?.to_vec1()?;
+        Ok((candle_core::CpuStorage::F32(v), self.y.shape().clone()))
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?))
+    }
+}
+
+/// `x · wᵀ (+ b)` for the frozen model's weights: no gradient is computed for `w` (or `b`).
+pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let y = if x.track_op() && x.device().is_cpu() && x.rank() == 2 && x.dtype() == DType::F32 {
+        let y = x.detach().matmul(&w.t()?)?;
+        x.apply_op1(FrozenLinearGrad { y, w: w.detach() })?
+    } else {
+        x.matmul(&w.t()?)?
+    };
+    Ok(match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
 /// RoPE angles of the rotate-half layout at full head dim: (cos, sin), each [T, hd].
 pub fn rope_tables(c: &DenseConfig, n_tokens: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
     let hd = c.head_dim;
@@ -136,12 +177,12 @@ pub fn forward(model: &DenseModel, tokens: &[u32], masks: &mut dyn MaskSource) -
         let h1 = rms_norm(&x, &lw.attn_norm, c.rms_eps)?;
         let (qk_mask, v_mask) = masks.attn_masks(l, &h1)?;
         let mut q = apply_rope(
-            &split_heads(&linear(&h1, &lw.wq, lw.bq.as_ref())?, c.n_heads)?,
+            &split_heads(&frozen_linear(&h1, &lw.wq, lw.bq.as_ref())?, c.n_heads)?,
             &cos,
             &sin,
         )?;
         let mut k = apply_rope(
-            &split_heads(&linear(&h1, &lw.wk, lw.bk.as_ref())?, c.n_kv_heads)?,
+            &split_heads(&frozen_linear(&h1, &lw.wk, lw.bk.as_ref())?, c.n_kv_heads)?,
             &cos,
             &sin,
         )?;
@@ -149,7 +190,7 @@ pub fn forward(model: &DenseModel, tokens: &[u32], masks: &mut dyn MaskSource) -
             q = q.broadcast_mul(m)?;
             k = k.broadcast_mul(m)?;
         }
-        let mut v = split_heads(&linear(&h1, &lw.wv, lw.bv.as_ref())?, c.n_kv_heads)?;
+        let mut v = split_heads(&frozen_linear(&h1, &lw.wv, lw.bv.as_ref())?, c.n_kv_heads)?;
         if let Some(m) = &v_mask {
             v = v.broadcast_mul(m)?; // [T, hd] broadcast over KV heads
         }
@@ -160,15 +201,15 @@ pub fn forward(model: &DenseModel, tokens: &[u32], masks: &mut dyn MaskSource) -
             scale,
             &causal,
         )?;
-        x = (x + linear(&att, &lw.wo, None)?)?;
+        x = (x + frozen_linear(&att, &lw.wo, None)?)?;
         let h2 = rms_norm(&x, &lw.ffn_norm, c.rms_eps)?;
-        let mut act = (candle_nn::ops::silu(&linear(&h2, &lw.w_gate, None)?)?
-            * linear(&h2, &lw.w_up, None)?)?;
+        let mut act = (candle_nn::ops::silu(&frozen_linear(&h2, &lw.w_gate, None)?)?
+            * frozen_linear(&h2, &lw.w_up, None)?)?;
         if let Some(m) = masks.mlp_mask(l, &h2)? {
             act = (act * m)?;
         }
-        x = (x + linear(&act, &lw.w_down, None)?)?;
+        x = (x + frozen_linear(&act, &lw.w_down, None)?)?;
     }
     let h = rms_norm(&x, &model.output_norm, c.rms_eps)?;
-    Ok(linear(&h, model.output_weight(), None)?.to_dtype(DType::F32)?)
+    Ok(frozen_linear(&h, model.output_weight(), None)?.to_dtype(DType::F32)?)
 }

@@ -18,6 +18,8 @@ pub const GRU_HIDDEN: usize = 64;
 pub const EMB_DIM: usize = 2 * GRU_HIDDEN;
 pub const VMASK_HIDDEN: usize = 128;
 pub const LN_EPS: f64 = 1e-5;
+/// E[gelu(X)] for X ~ N(1, 1): the mean output of a unit LayerNorm with bias 1, through gelu.
+const GELU_OF_UNIT_NORMAL_PLUS_ONE: f64 = 0.98;
 /// The mask offset of the method: a mask is on when `z + 3 > 0`.
 pub const MASK_OFFSET: f64 = 3.0;
 
@@ -196,6 +198,58 @@ impl HyperNet {
             head_dim: c.head_dim,
             vars,
         })
+    }
+
+    /// Starts training from static pruning instead of from all-on masks: every expert of layer l
+    /// keeps about the `k` neurons of highest `importance[l]` (the mask bias puts `z + 3` at
+    /// `±2` standard deviations of log-importance around the k-th neuron; the random decoder weights
+    /// make the experts differ a little), routers start at zero (uniform routing), and Q/K and V
+    /// dims start on with a margin the mask noise rarely crosses. The active fraction then starts
+    /// near its target with attention dense, where the baselines are, and distillation moves
+    /// neurons between experts and budget between modules from there.
+    pub fn init_from_importance(&self, importance: &[Vec<f32>], k: usize) -> Result<()> {
+        let dev = self.get("inputs").device().clone();
+        for (l, imp) in importance.iter().enumerate().take(self.n_layers) {
+            let logs: Vec<f64> = imp.iter().map(|&v| (v as f64).max(1e-30).ln()).collect();
+            let mut sorted = logs.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let kk = k.clamp(1, sorted.len());
+            // The cut between the k-th and (k+1)-th neuron.
+            let cut = match sorted.get(kk) {
+                Some(next) => 0.5 * (sorted[kk - 1] + next),
+                None => sorted[kk - 1] - 1.0,
+            };
+            let n = logs.len() as f64;
+            let mean = logs.iter().sum::<f64>() / n;
+            let sd = (logs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt().max(1e-6);
+            let bias: Vec<f32> = logs
+                .iter()
+                .map(|v| (-MASK_OFFSET + (2.0 * (v - cut) / sd).clamp(-6.0, 6.0)) as f32)
+                .collect();
+            self.set(&format!("mlp.{l}.dec.b"), Tensor::from_vec(bias, self.m, &dev)?)?;
+            let router = self.get(&format!("mlp.{l}.router")).zeros_like()?;
+            self.set(&format!("mlp.{l}.router"), router)?;
+            let qk = Tensor::full(MASK_OFFSET as f32, self.head_dim / 2, &dev)?;
+            self.set(&format!("attn.{l}.qk.b"), qk)?;
+            // V logits `W_dec · gelu(LN(·))`, with no bias: the LN bias lifts the gelu outputs to
+            // about 1 on average and a constant added to W_dec turns that into z ≈ +3.
+            self.set(&format!("attn.{l}.vln.b"), Tensor::ones(VMASK_HIDDEN, DType::F32, &dev)?)?;
+            let w_dec = self.get(&format!("attn.{l}.vdec.w"));
+            let lift = MASK_OFFSET / (VMASK_HIDDEN as f64 * GELU_OF_UNIT_NORMAL_PLUS_ONE);
+            self.set(&format!("attn.{l}.vdec.w"), (w_dec + lift)?)?;
+        }
+        Ok(())
+    }
+
+    fn set(&self, name: &str, t: Tensor) -> Result<()> {
+        let var = self
+            .vars
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .expect("hypernetwork parameter name");
+        var.set(&t)?;
+        Ok(())
     }
 
     pub fn vars(&self) -> &[(String, Var)] {

@@ -5,6 +5,7 @@
 //! seeded by (seed, s) alone, and the optimizer state is checkpointed, so a resumed run is
 //! bit-identical to an uninterrupted one on the same machine and thread count.
 
+use super::baselines::{mlp_budget, neuron_importance};
 use super::data::Calibration;
 use super::dense::DenseModel;
 use super::forward::{forward, MaskSource, NoMasks};
@@ -39,6 +40,39 @@ pub struct TrainParams {
     /// Convert only the MLP (attention untouched), as `--llama-cpp-compat` needs.
     #[serde(default)]
     pub mlp_only: bool,
+    /// Where the masks start.
+    #[serde(default = "MaskInit::before_it_was_a_setting")]
+    pub init: MaskInit,
+}
+
+/// The masks' starting point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaskInit {
+    /// Every mask (noisily) on and random routers, as the reference code starts: the budget is then
+    /// cut from wherever the parameter regulariser pushes hardest (attention dims weigh 4× an MLP
+    /// neuron on SmolLM2), which short runs cannot undo.
+    AllOn,
+    /// Static pruning's neurons in every expert, uniform routing, attention on
+    /// (`HyperNet::init_from_importance`).
+    Importance,
+}
+
+impl MaskInit {
+    /// Checkpoints written before the setting existed started all on.
+    fn before_it_was_a_setting() -> MaskInit {
+        MaskInit::AllOn
+    }
+
+    pub fn parse(s: &str) -> Result<MaskInit> {
+        match s {
+            "all-on" => Ok(MaskInit::AllOn),
+            "importance" => Ok(MaskInit::Importance),
+            _ => Err(ConvertError::InvalidArg(format!(
+                "--init {s}: expected importance or all-on"
+            ))),
+        }
+    }
 }
 
 impl Default for TrainParams {
@@ -58,6 +92,7 @@ impl Default for TrainParams {
             router_temp: 0.4,
             weight_decay: 0.05,
             mlp_only: false,
+            init: MaskInit::Importance,
         }
     }
 }
@@ -467,6 +502,14 @@ pub fn train(
     }
     let dev = model.embed.device();
     let hn = HyperNet::new(&model.config, tp.experts, tp.seed, dev)?;
+    let resuming = plan.resume && plan.path.as_ref().is_some_and(|p| p.is_file());
+    if tp.init == MaskInit::Importance && !resuming {
+        let importance = neuron_importance(model, &calib.leading_windows(tp.seq_len, 16))?;
+        // Below attention's share of the budget the MLP can keep no neuron with attention dense;
+        // start from one and let training take the rest from attention.
+        let k = mlp_budget(model, tp.p).unwrap_or(1);
+        hn.init_from_importance(&importance, k)?;
+    }
     let mut opt = AdamW::new(hn.vars(), tp.lr, tp.weight_decay)?;
     let mut start = 0;
     if plan.resume {
