@@ -208,3 +208,53 @@ fn bad_folders_give_typed_errors() {
     ));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn frozen_linear_gives_the_input_gradient_of_a_plain_matmul() {
+    use candle_core::{Tensor, Var};
+    use tomoe::convert::forward::{frozen_linear, linear};
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (5, 7), &dev).unwrap()).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap();
+    let b = Tensor::randn(0f32, 1.0, 3, &dev).unwrap();
+    // A non-linear loss so the gradient depends on the output values too.
+    let loss = |y: Tensor| y.sqr().unwrap().sum_all().unwrap();
+    let plain = linear(x.as_tensor(), &w, Some(&b)).unwrap();
+    let frozen = frozen_linear(x.as_tensor(), &w, Some(&b)).unwrap();
+    let diff = (&plain - &frozen)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert_eq!(
+        diff.to_scalar::<f32>().unwrap(),
+        0.0,
+        "forward values differ"
+    );
+    let g_plain = loss(plain).backward().unwrap();
+    let g_frozen = loss(frozen).backward().unwrap();
+    let (gp, gf) = (
+        g_plain.get(x.as_tensor()).unwrap(),
+        g_frozen.get(x.as_tensor()).unwrap(),
+    );
+    let rel = ((gp - gf)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap())
+        / gp.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+    assert!(rel < 1e-6, "input gradients differ by {rel}");
+    assert!(
+        g_frozen.get(&w).is_none(),
+        "a gradient was computed for the frozen weight"
+    );
+}

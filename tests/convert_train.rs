@@ -12,7 +12,7 @@ use tomoe::convert::data::Calibration;
 use tomoe::convert::dense::DenseModel;
 use tomoe::convert::hf::load_hf;
 use tomoe::convert::hyper::HyperNet;
-use tomoe::convert::train::{train, CheckpointPlan, StepStats, TrainParams};
+use tomoe::convert::train::{train, CheckpointPlan, MaskInit, StepStats, TrainParams};
 use tomoe::convert::ConvertError;
 
 fn tiny(name: &str) -> (DenseModel, Calibration) {
@@ -120,6 +120,7 @@ fn training_reaches_p_and_calibrated_export_hits_it() {
     let mut log: Vec<StepStats> = Vec::new();
     let tp = TrainParams {
         steps: 60,
+        init: MaskInit::AllOn,
         ..params(60)
     };
     let hn = train(
@@ -167,6 +168,43 @@ fn training_reaches_p_and_calibrated_export_hits_it() {
             .iter()
             .all(|e| e.iter().all(|&r| r < l.union.len())));
     }
+}
+
+#[test]
+fn importance_init_starts_at_the_budget_with_attention_on() {
+    let (model, calib) = tiny("init");
+    let mut log: Vec<StepStats> = Vec::new();
+    let tp = TrainParams {
+        init: MaskInit::Importance,
+        ..params(1)
+    };
+    let hn = train(
+        &model,
+        &calib,
+        &tp,
+        &CheckpointPlan::default(),
+        &mut |_, s| log.push(*s),
+    )
+    .unwrap();
+    // All-on masks start near 1 (the test above); here the sampled ratio starts near p.
+    assert!(
+        (log[0].ratio as f64 - tp.p).abs() < 0.06,
+        "first sampled ratio {}",
+        log[0].ratio
+    );
+    let cm = tomoe::convert::converted::decode(&model, &hn, 0.0, tp.p, false).unwrap();
+    let windows = calib.held_out_windows(64, 4);
+    let kept = |l: &tomoe::convert::converted::ConvertedLayer| l.qk_keep.len();
+    assert!(
+        cm.layers.iter().all(|l| kept(l) == model.config.head_dim),
+        "a Q/K dim starts off"
+    );
+    let p = measure_active(&model, &cm, &windows).unwrap();
+    assert!(
+        (p - tp.p).abs() < 0.06,
+        "deterministic active fraction {p} vs p {}",
+        tp.p
+    );
 }
 
 #[test]

@@ -197,9 +197,12 @@ fn run(a: Args) -> Result<()> {
             );
             cm
         }
-        "static-prune" => {
-            baselines::static_prune(&model, a.tp.p, &calib.leading_windows(a.tp.seq_len, 16), &held)?
-        }
+        "static-prune" => baselines::static_prune(
+            &model,
+            a.tp.p,
+            &calib.leading_windows(a.tp.seq_len, 16),
+            &held,
+        )?,
         _ => baselines::moefication(
             &model,
             a.tp.p,

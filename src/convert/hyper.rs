@@ -221,19 +221,27 @@ impl HyperNet {
             };
             let n = logs.len() as f64;
             let mean = logs.iter().sum::<f64>() / n;
-            let sd = (logs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt().max(1e-6);
+            let sd = (logs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n)
+                .sqrt()
+                .max(1e-6);
             let bias: Vec<f32> = logs
                 .iter()
                 .map(|v| (-MASK_OFFSET + (2.0 * (v - cut) / sd).clamp(-6.0, 6.0)) as f32)
                 .collect();
-            self.set(&format!("mlp.{l}.dec.b"), Tensor::from_vec(bias, self.m, &dev)?)?;
+            self.set(
+                &format!("mlp.{l}.dec.b"),
+                Tensor::from_vec(bias, self.m, &dev)?,
+            )?;
             let router = self.get(&format!("mlp.{l}.router")).zeros_like()?;
             self.set(&format!("mlp.{l}.router"), router)?;
             let qk = Tensor::full(MASK_OFFSET as f32, self.head_dim / 2, &dev)?;
             self.set(&format!("attn.{l}.qk.b"), qk)?;
             // V logits `W_dec · gelu(LN(·))`, with no bias: the LN bias lifts the gelu outputs to
             // about 1 on average and a constant added to W_dec turns that into z ≈ +3.
-            self.set(&format!("attn.{l}.vln.b"), Tensor::ones(VMASK_HIDDEN, DType::F32, &dev)?)?;
+            self.set(
+                &format!("attn.{l}.vln.b"),
+                Tensor::ones(VMASK_HIDDEN, DType::F32, &dev)?,
+            )?;
             let w_dec = self.get(&format!("attn.{l}.vdec.w"));
             let lift = MASK_OFFSET / (VMASK_HIDDEN as f64 * GELU_OF_UNIT_NORMAL_PLUS_ONE);
             self.set(&format!("attn.{l}.vdec.w"), (w_dec + lift)?)?;
