@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use crate::formats::QuantType;
-use crate::kernels::{scalar, Dot4Fn, DotFn, DotSumsFn};
+use crate::kernels::{scalar, AxpyFn, Dot4Fn, DotFn, DotSumsFn};
 
 /// A named set of dot-product kernels, indexed by `QuantType as usize`.
 pub struct KernelSet {
@@ -14,6 +14,8 @@ pub struct KernelSet {
     pub dots_with_sums: [Option<DotSumsFn>; 14],
     /// Four-row variants (see [`Dot4Fn`]); for Q4_1/Q5_1 they take the block sums.
     pub dots_x4: [Option<Dot4Fn>; 14],
+    /// Row-scaled accumulation (see [`AxpyFn`]).
+    pub axpys: [Option<AxpyFn>; 14],
 }
 
 impl KernelSet {
@@ -30,6 +32,11 @@ impl KernelSet {
     #[inline(always)]
     pub fn dot_x4(&self, ty: QuantType) -> Option<Dot4Fn> {
         self.dots_x4[ty as usize]
+    }
+
+    #[inline(always)]
+    pub fn axpy(&self, ty: QuantType) -> Option<AxpyFn> {
+        self.axpys[ty as usize]
     }
 }
 
@@ -55,7 +62,15 @@ pub fn scalar_set() -> KernelSet {
         ],
         dots_with_sums: with_sums(scalar::dot_q4_1_sums, scalar::dot_q5_1_sums),
         dots_x4: [None; 14],
+        axpys: q8_0_axpy(scalar::axpy_q8_0),
     }
+}
+
+/// An `axpys` table with a Q8_0 kernel.
+pub fn q8_0_axpy(f: AxpyFn) -> [Option<AxpyFn>; 14] {
+    let mut t = [None; 14];
+    t[QuantType::Q8_0 as usize] = Some(f);
+    t
 }
 
 /// A `dots_x4` table from (format, four-row kernel) pairs (Q4_1/Q5_1 ones take block sums).

@@ -369,6 +369,12 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
 pub fn axpy_rows(w: &MatRef, rows: &[usize], coeffs: &[f32], y: &mut [f32]) {
     assert_eq!(rows.len(), coeffs.len(), "one coefficient per row");
     assert_eq!(y.len(), w.cols, "output length");
+    if let Some(axpy) = crate::dispatch::kernels().axpy(w.ty) {
+        // SAFETY: the dispatcher hands out only kernels this CPU supports; the kernel checks
+        // every row index and length against `w.data`.
+        unsafe { axpy(w.cols, w.data, w.row_bytes, rows, coeffs, y) };
+        return;
+    }
     let dequantize = codec(w.ty).1;
     let bs = w.ty.block_size();
     let ts = w.ty.type_size();

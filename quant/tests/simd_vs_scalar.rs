@@ -145,3 +145,62 @@ fn four_row_kernels_equal_single_row_bit_for_bit() {
         }
     }
 }
+
+/// Every set's row-scaled accumulation equals the scalar reference bit for bit, for row counts
+/// that leave 1–3 rows after the groups of four, repeated and out-of-order rows, and odd widths.
+#[test]
+fn axpy_kernels_equal_scalar_bit_for_bit() {
+    let mut rng = support::rng(47);
+    let scalar = scalar_set();
+    for set in available_sets() {
+        for ty in QuantType::ALL {
+            let (Some(f), Some(reference)) = (set.axpy(ty), scalar.axpy(ty)) else {
+                continue;
+            };
+            let mut checked = 0;
+            for blocks in [1usize, 3, 18] {
+                let n = blocks * ty.block_size();
+                let row_bytes = ty.row_bytes(n).unwrap();
+                let n_rows = 11;
+                let mut w = vec![0u8; n_rows * row_bytes];
+                for r in 0..n_rows {
+                    let wf = support::row(&mut rng, n, 3 + r);
+                    quantize_row(ty, &wf, &mut w[r * row_bytes..(r + 1) * row_bytes]);
+                }
+                for count in [0usize, 1, 2, 3, 4, 5, 7, 9] {
+                    let rows: Vec<usize> = (0..count).map(|k| (k * 7 + 3) % n_rows).collect();
+                    let coeffs = support::dense_row(&mut rng, count);
+                    let start = support::dense_row(&mut rng, n);
+                    let (mut got, mut want) = (start.clone(), start);
+                    // SAFETY: the set runs on this CPU; the kernels check rows and lengths.
+                    unsafe {
+                        f(n, &w, row_bytes, &rows, &coeffs, &mut got);
+                        reference(n, &w, row_bytes, &rows, &coeffs, &mut want);
+                    }
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "{} {ty} axpy, {blocks} blocks, {count} rows",
+                        set.name
+                    );
+                    checked += 1;
+                }
+            }
+            eprintln!("{} {ty}: {checked} axpy cases equal to scalar", set.name);
+        }
+    }
+}
+
+/// An out-of-range row index is refused (a panic naming the kernel), never read.
+#[test]
+#[should_panic(expected = "row index out of range")]
+fn axpy_refuses_out_of_range_rows() {
+    let ty = QuantType::Q8_0;
+    let row_bytes = ty.row_bytes(32).unwrap();
+    let w = vec![0u8; 2 * row_bytes];
+    let mut y = vec![0f32; 32];
+    let f = tomoe_quant::dispatch::kernels().axpy(ty).unwrap();
+    // SAFETY: dispatched for this CPU; the kernel must reject row 2 of a 2-row matrix.
+    unsafe { f(32, &w, row_bytes, &[0, 2], &[1.0, 1.0], &mut y) };
+}

@@ -45,6 +45,7 @@ pub fn kernel_set() -> Option<KernelSet> {
             (QuantType::Q5_0, dot_q5_0_unsigned_x4),
             (QuantType::Q8_0, dot_q8_0_x4),
         ]),
+        axpys: avx2.axpys,
     })
 }
 

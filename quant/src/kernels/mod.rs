@@ -26,3 +26,34 @@ pub type DotSumsFn = unsafe fn(usize, &[u8], &[u8], &[f32]) -> f32;
 /// rows' accumulator chains overlap and each activation block is loaded once). `sums` as for
 /// [`DotSumsFn`] for the formats with a per-block offset, else unused (may be empty).
 pub type Dot4Fn = unsafe fn(usize, [&[u8]; 4], &[u8], &[f32]) -> [f32; 4];
+
+/// `y[..n] += Σ_k coeffs[k] · row(rows[k])`, where row `r` is the `row_bytes` bytes at
+/// `r · row_bytes` of `w`, in the weight format: a MoE expert's transposed down projection, one
+/// row per active neuron. Rows are added in order, each element as `y = fma(coeff · d, q, y)`, so
+/// every set is bit-identical to the scalar one. Unsafe as [`DotFn`]; the kernels check the row
+/// indices and lengths (see [`check_axpy`]).
+pub type AxpyFn = unsafe fn(usize, &[u8], usize, &[usize], &[f32], &mut [f32]);
+
+/// Panics unless every row index and length is in bounds for an [`AxpyFn`] of format `ty`.
+#[inline(always)]
+pub(crate) fn check_axpy(
+    ty: crate::formats::QuantType,
+    n: usize,
+    w: &[u8],
+    row_bytes: usize,
+    rows: &[usize],
+    coeffs: &[f32],
+    y: &[f32],
+) {
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    assert!(
+        n % bs == 0 && n / bs * ts <= row_bytes && y.len() >= n && rows.len() == coeffs.len(),
+        "{ty} axpy: {n} values do not fit rows of {row_bytes} bytes and an output of {}",
+        y.len()
+    );
+    let n_rows = w.len() / row_bytes.max(1);
+    assert!(
+        rows.iter().all(|&r| r < n_rows),
+        "{ty} axpy: row index out of range"
+    );
+}

@@ -4,7 +4,7 @@
 
 use crate::blocks::float::{bf16_to_f32, f16_to_f32, f32_to_f16, read_f16};
 use crate::blocks::kquants::{layout::*, q3_k_scales, scale_min_k4};
-use crate::formats::{QK, QK_K};
+use crate::formats::{QuantType, QK, QK_K};
 
 #[inline(always)]
 pub(crate) fn q8k_d(b: &[u8]) -> f32 {
@@ -357,4 +357,26 @@ pub fn q8_0_block_sums(src: &[f32], x: &[u8], out: &mut Vec<f32>) {
         let sum = b[2..34].iter().map(|&v| v as i8 as i32).sum::<i32>() as f32;
         f16_to_f32(f32_to_f16(amax / 127.0 * sum))
     }));
+}
+
+/// Q8_0 [`super::AxpyFn`] reference: row by row, `y = fma(a · d, q, y)`.
+pub fn axpy_q8_0(
+    n: usize,
+    w: &[u8],
+    row_bytes: usize,
+    rows: &[usize],
+    coeffs: &[f32],
+    y: &mut [f32],
+) {
+    super::check_axpy(QuantType::Q8_0, n, w, row_bytes, rows, coeffs, y);
+    for (&r, &a) in rows.iter().zip(coeffs) {
+        let row = &w[r * row_bytes..];
+        for (b, out) in y[..n].chunks_exact_mut(QK).enumerate() {
+            let blk = &row[b * 34..b * 34 + 34];
+            let ad = a * read_f16(blk, 0);
+            for (o, &q) in out.iter_mut().zip(&blk[2..]) {
+                *o = ad.mul_add(q as i8 as f32, *o);
+            }
+        }
+    }
 }
