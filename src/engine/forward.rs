@@ -218,7 +218,7 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
                 rope(h, cos, sin, c.rope_style);
             }
         }
-        kv.store(il, pos0, &s.k[..n * kvd_k], &s.v[..n * kvd]);
+        kv.store(il, pos0, &s.k[..n * kvd_k], &s.v[..n * kvd], vmask.map(|_| &s.vmask[..n * hd]));
         let window = if c.swa_layers[il] { c.sliding_window } else { None };
         let kq_scale = match (&c.tomoe, c.scale_q) {
             (_, true) => 1.0,
@@ -376,6 +376,7 @@ fn attention(
     let row_len = kv.n_ctx().next_multiple_of(32);
     let block_stride = kv.value_block_stride();
     let (keys, values) = kv.layer(il);
+    let compact = kv.compact_values(il);
     // llama.cpp sums one query's values in its vector-dot order, a batch's in its matrix order.
     let gemm_order = n > 1;
     for_each_chunk_pair(out, n * hd, scores, row_len, c.n_head, |h, out_h, sc| {
@@ -397,8 +398,23 @@ fn attention(
             let max = row[lo..=p].iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let inv = (1.0 / vecmath::exp_sub_sum(row, max)) as f32;
             row.iter_mut().for_each(|v| *v *= inv);
-            for (d, o) in out_h[t * hd..(t + 1) * hd].iter_mut().enumerate() {
-                *o = vecmath::dot_chunks32(&values[(vh + d) * 32..], block_stride, row, gemm_order);
+            let o = &mut out_h[t * hd..(t + 1) * hd];
+            match &compact {
+                // Each position adds its kept values only (the others were masked to zero).
+                Some(cv) => {
+                    o.fill(0.0);
+                    let g = h / group;
+                    for (j, &pj) in row.iter().enumerate().take(p + 1).skip(lo) {
+                        for (&dim, &v) in cv.dims(j).iter().zip(cv.values(j, g)) {
+                            o[dim as usize] += pj * v;
+                        }
+                    }
+                }
+                None => {
+                    for (d, o) in o.iter_mut().enumerate() {
+                        *o = vecmath::dot_chunks32(&values[(vh + d) * 32..], block_stride, row, gemm_order);
+                    }
+                }
             }
         }
     });

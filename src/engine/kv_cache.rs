@@ -5,6 +5,10 @@
 //! product over positions summed in ggml's order, but in blocks of 32 positions (block `b`
 //! holds, for each of the `kv_dim` dimensions, positions `32b .. 32b + 32`), so that storing
 //! one token writes within one block rather than one cache line per dimension.
+//!
+//! A ToMoE layer with a dynamic V mask caches values compactly instead: per position, the
+//! indices of its kept head dims and, for each KV head, only those values. Attention then reads
+//! (and the cache holds, when the mask is capped at `top_k` dims) only the kept values.
 
 pub const BLOCK: usize = 32;
 
@@ -14,20 +18,86 @@ pub struct KvCache {
     /// Per layer, the key width (`kv_dim`, or fewer in a ToMoE layer with pruned Q/K dims).
     k_dims: Vec<usize>,
     k: Vec<Vec<f32>>,
+    /// Dense layers: the blocked, transposed values. Compact layers: per position a slot of
+    /// `n_kv_heads · cap` values, head `g`'s kept values at `g · count`.
     v: Vec<Vec<f32>>,
+    /// Per layer, `Some` if its values are cached compactly.
+    compact: Vec<Option<CompactV>>,
+}
+
+/// The kept head dims of each position of a compactly cached layer.
+struct CompactV {
+    head_dim: usize,
+    /// Most dims a position can keep (the mask's `top_k`, else `head_dim`).
+    cap: usize,
+    /// Per position, `cap` slots of which the first `count[p]` hold the kept dims, ascending.
+    dims: Vec<u16>,
+    count: Vec<u16>,
+}
+
+/// One compactly cached layer's values, for attention: position `p` keeps
+/// `dims(p)`, and KV head `g`'s values for them are `values(p, g)`.
+pub struct CompactValues<'a> {
+    cv: &'a CompactV,
+    v: &'a [f32],
+    n_kv_heads: usize,
+}
+
+impl<'a> CompactValues<'a> {
+    #[inline]
+    pub fn dims(&self, p: usize) -> &'a [u16] {
+        let cap = self.cv.cap;
+        &self.cv.dims[p * cap..p * cap + self.cv.count[p] as usize]
+    }
+
+    #[inline]
+    pub fn values(&self, p: usize, g: usize) -> &'a [f32] {
+        let m = self.cv.count[p] as usize;
+        &self.v[p * self.n_kv_heads * self.cv.cap + g * m..][..m]
+    }
 }
 
 impl KvCache {
     /// `k_dims`: the key width of each layer; values are `kv_dim` wide in every layer.
-    pub fn new(k_dims: Vec<usize>, n_ctx: usize, kv_dim: usize) -> KvCache {
+    /// `compact_caps`: per layer, `Some(cap)` to cache values compactly (at most `cap` of the
+    /// `head_dim` dims per position), `None` for the dense layout.
+    pub fn new(
+        k_dims: Vec<usize>,
+        compact_caps: &[Option<usize>],
+        n_ctx: usize,
+        kv_dim: usize,
+        head_dim: usize,
+    ) -> KvCache {
         let v_len = n_ctx.next_multiple_of(BLOCK) * kv_dim;
+        let n_kv_heads = kv_dim / head_dim.max(1);
+        let compact: Vec<Option<CompactV>> = (0..k_dims.len())
+            .map(|l| {
+                compact_caps.get(l).copied().flatten().map(|cap| {
+                    let cap = cap.clamp(1, head_dim);
+                    CompactV { head_dim, cap, dims: vec![0; n_ctx * cap], count: vec![0; n_ctx] }
+                })
+            })
+            .collect();
         KvCache {
             n_ctx,
             kv_dim,
             k: k_dims.iter().map(|&kd| vec![0f32; n_ctx * kd]).collect(),
-            v: k_dims.iter().map(|_| vec![0f32; v_len]).collect(),
+            v: compact
+                .iter()
+                .map(|cv| match cv {
+                    Some(cv) => vec![0f32; n_ctx * n_kv_heads * cv.cap],
+                    None => vec![0f32; v_len],
+                })
+                .collect(),
+            compact,
             k_dims,
         }
+    }
+
+    /// The compact values of `layer`, if it caches them compactly.
+    pub fn compact_values(&self, layer: usize) -> Option<CompactValues<'_>> {
+        let cv = self.compact[layer].as_ref()?;
+        Some(CompactValues { cv, v: &self.v[layer], n_kv_heads: self.kv_dim / cv.head_dim })
     }
 
     pub fn n_ctx(&self) -> usize {
@@ -40,9 +110,34 @@ impl KvCache {
     }
 
     /// Writes the keys and values of `n` consecutive positions from `pos0` (rows of `kv_dim`).
-    pub fn store(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32]) {
+    /// A compact layer needs each position's V mask (`masks`, rows of `head_dim`, 1 = kept):
+    /// it stores only the kept dims (the first `cap` of them).
+    pub fn store(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32], masks: Option<&[f32]>) {
         let a = pos0 * self.k_dims[layer];
         self.k[layer][a..a + k.len()].copy_from_slice(k);
+        if let Some(cv) = &mut self.compact[layer] {
+            let masks = masks.expect("a compact V cache layer stores values with their masks");
+            let (hd, cap) = (cv.head_dim, cv.cap);
+            let n_kv = self.kv_dim / hd;
+            let values = &mut self.v[layer];
+            for (t, (vt, mt)) in v.chunks_exact(self.kv_dim).zip(masks.chunks_exact(hd)).enumerate() {
+                let p = pos0 + t;
+                let dims = &mut cv.dims[p * cap..(p + 1) * cap];
+                let mut m = 0;
+                for (j, _) in mt.iter().enumerate().filter(|(_, &on)| on != 0.0).take(cap) {
+                    dims[m] = j as u16;
+                    m += 1;
+                }
+                cv.count[p] = m as u16;
+                let slot = &mut values[p * n_kv * cap..(p + 1) * n_kv * cap];
+                for g in 0..n_kv {
+                    for (k, &j) in dims[..m].iter().enumerate() {
+                        slot[g * m + k] = vt[g * hd + j as usize];
+                    }
+                }
+            }
+            return;
+        }
         let values = &mut self.v[layer];
         for (t, vt) in v.chunks_exact(self.kv_dim).enumerate() {
             let p = pos0 + t;
@@ -62,5 +157,33 @@ impl KvCache {
 
     pub fn bytes(&self) -> usize {
         self.k.iter().chain(&self.v).map(|b| b.len() * 4).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KvCache;
+
+    #[test]
+    fn compact_layer_keeps_only_masked_in_values() {
+        // 2 KV heads of 4 dims; layer 0 dense, layer 1 compact with at most 2 dims per position.
+        let (hd, kvd, n_ctx) = (4, 8, 3);
+        let mut kv = KvCache::new(vec![kvd, kvd], &[None, Some(2)], n_ctx, kvd, hd);
+        let k = vec![0.5f32; 2 * kvd];
+        let v: Vec<f32> = (0..2 * kvd).map(|i| i as f32).collect();
+        // Position 0 keeps dims 1 and 3; position 1 keeps dim 2 only.
+        let masks = [0., 1., 0., 1., 0., 0., 1., 0.];
+        kv.store(1, 0, &k, &v, Some(&masks));
+        let cv = kv.compact_values(1).expect("layer 1 is compact");
+        assert_eq!(cv.dims(0), &[1, 3]);
+        assert_eq!(cv.values(0, 0), &[1., 3.]);
+        assert_eq!(cv.values(0, 1), &[5., 7.]);
+        assert_eq!(cv.dims(1), &[2]);
+        assert_eq!(cv.values(1, 0), &[10.]);
+        assert_eq!(cv.values(1, 1), &[14.]);
+        assert!(kv.compact_values(0).is_none());
+        // The capped layer holds 2 of 4 value dims per position.
+        let dense = KvCache::new(vec![kvd, kvd], &[None, None], n_ctx, kvd, hd);
+        assert!(kv.bytes() < dense.bytes());
     }
 }

@@ -77,8 +77,17 @@ impl Context {
         let team = Team::new(p.n_threads).map_err(|e| EngineError::ThreadPool(e.to_string()))?;
         let c = model.config();
         let nb = p.n_batch.min(p.n_ctx);
-        let k_dims = model.weights().layers.iter().map(|l| l.wk.rows()).collect();
-        let kv = KvCache::new(k_dims, p.n_ctx, c.kv_dim());
+        let layers = &model.weights().layers;
+        let k_dims = layers.iter().map(|l| l.wk.rows()).collect();
+        // ToMoE layers with a V mask cache only the kept value dims (at most top_k of them).
+        let caps: Vec<Option<usize>> = layers
+            .iter()
+            .map(|l| {
+                let vm = l.moe.as_ref()?.vmask.as_ref()?;
+                Some(if vm.top_k > 0 { vm.top_k } else { c.head_dim })
+            })
+            .collect();
+        let kv = KvCache::new(k_dims, &caps, p.n_ctx, c.kv_dim(), c.head_dim);
         let scratch = Scratch::new(c, nb, p.n_ctx);
         Ok(Context { model, params: ContextParams { n_batch: nb, ..p }, pool, team, kv, scratch, pos: 0 })
     }
