@@ -268,7 +268,13 @@ pub fn build_tomoe(
         }
         add_matrix(&mut w, &format!("{p}.attn_output.weight"), &lw.wo, outtype)?;
         if let Some(vm) = &cl.vmask {
-            add_f32(&mut w, &format!("{p}.vmask_in.weight"), &vm.w_a)?;
+            // Read for every token like the other weights: stored at 8 bits in quantized files
+            // (a lower-bit format would move the mask's cut-offs), in the float type otherwise.
+            let head_ty = match outtype {
+                QuantType::F32 | QuantType::F16 => outtype,
+                _ => QuantType::Q8_0,
+            };
+            add_matrix(&mut w, &format!("{p}.vmask_in.weight"), &vm.w_a, head_ty)?;
             add_f32(&mut w, &format!("{p}.vmask_in.bias"), &vm.b_state)?;
             add_f32(&mut w, &format!("{p}.vmask_norm.weight"), &vm.ln_w)?;
             add_f32(&mut w, &format!("{p}.vmask_norm.bias"), &vm.ln_b)?;

@@ -18,7 +18,7 @@ pub struct Inputs {
 
 impl Inputs {
     fn new() -> Inputs {
-        Inputs { slots: (0..3).map(|_| (None, QuantizedInput::new())).collect() }
+        Inputs { slots: (0..4).map(|_| (None, QuantizedInput::new())).collect() }
     }
 
     /// Quantizes `x` (`x.len() / cols` vectors) once per distinct activation format of `tys`.
@@ -31,7 +31,7 @@ impl Inputs {
             if self.slots.iter().any(|s| s.0 == Some(vdt)) {
                 continue;
             }
-            let slot = self.slots.iter_mut().find(|s| s.0.is_none()).expect("at most 3 formats per input");
+            let slot = self.slots.iter_mut().find(|s| s.0.is_none()).expect("at most 4 formats per input");
             slot.1.quantize(ty, x, cols);
             slot.0 = Some(vdt);
         }
@@ -158,11 +158,22 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
         for t in 0..n {
             rms_norm(&mut s.xn[t * d..(t + 1) * d], &s.x[t * d..(t + 1) * d], &l.attn_norm, c.rms_eps);
         }
-        s.inputs.prepare(&[l.wq.ty(), l.wk.ty(), l.wv.ty()], &s.xn[..n * d], d);
         let vmask = moe.and_then(|m| m.vmask.as_ref());
+        let head_ty = vmask.map_or(l.wv.ty(), |vm| vm.w_a.ty());
+        s.inputs.prepare(&[l.wq.ty(), l.wk.ty(), l.wv.ty(), head_ty], &s.xn[..n * d], d);
         if let Some(vm) = vmask {
+            // The V-mask head's input layer for every token, then each token's mask.
+            let hid = vm.hidden;
+            let a = &mut s.moe.vmask_in;
+            a.resize(n * hid, 0.0);
+            let x = s.inputs.get(head_ty);
+            if n == 1 {
+                matvec_fused(&mut [MatJob { w: &vm.w_a, x, y: &mut a[..hid] }]);
+            } else {
+                matmul(&vm.w_a, x, &mut a[..n * hid]);
+            }
             for t in 0..n {
-                moe::v_mask(vm, &s.xn[t * d..(t + 1) * d], &mut s.vmask[t * hd..(t + 1) * hd], &mut s.moe.vmask);
+                moe::v_mask(vm, &a[t * hid..(t + 1) * hid], &mut s.vmask[t * hd..(t + 1) * hd], &mut s.moe.vmask);
             }
         }
         if n == 1 {

@@ -24,8 +24,9 @@ pub struct MoeScratch {
     xu: QuantizedInput,
     /// Per token of the batch: its expert.
     pub choice: Vec<usize>,
-    /// The V-mask head's intermediates.
+    /// The V-mask head's intermediates, and its input layer `W_a·h1` for each token of a batch.
     pub vmask: VMaskScratch,
+    pub vmask_in: Vec<f32>,
     /// llama.cpp MoE: router probabilities, the chosen experts, an expert's output.
     probs: Vec<f32>,
     chosen: Vec<usize>,
@@ -234,13 +235,13 @@ pub fn mlp_llama_experts(x: &DenseExperts, h2: &[f32], proj: &mut [f32], s: &mut
     }
 }
 
-/// The V mask of one token from its attention input `h1`: 1 for the kept dims, 0 elsewhere.
-pub fn v_mask(vm: &VMask, h1: &[f32], mask: &mut [f32], s: &mut VMaskScratch) {
+/// The V mask of one token from `w_a_h1` = `W_a·h1` (its attention input through the head's
+/// first matrix): 1 for the kept dims, 0 elsewhere.
+pub fn v_mask(vm: &VMask, w_a_h1: &[f32], mask: &mut [f32], s: &mut VMaskScratch) {
     let (hid, hd) = (vm.hidden, mask.len());
-    let d = h1.len();
-    // a = W_a·h1 + b (SIMD dot products), then LayerNorm and exact (erf) GELU in f64.
+    // a = W_a·h1 + b, then LayerNorm and exact (erf) GELU in f64.
     s.a.clear();
-    s.a.extend((0..hid).map(|i| (vecmath::dot(&vm.w_a[i * d..(i + 1) * d], h1) + vm.b[i]) as f64));
+    s.a.extend(w_a_h1.iter().zip(&vm.b).map(|(&x, &b)| (x + b) as f64));
     let mean = s.a.iter().sum::<f64>() / hid as f64;
     let var = s.a.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / hid as f64;
     let inv = 1.0 / (var + vm.ln_eps as f64).sqrt();

@@ -2,9 +2,11 @@
 //! that the forward pass can index without checks: per layer the kept Q/K dims, the experts' row
 //! runs, the router and the optional dynamic V-mask head.
 
+use super::weights::matrix;
 use super::ModelError;
 use crate::gguf::{GgufFile, Value};
 use std::ops::Range;
+use tomoe_quant::MatRef;
 
 /// File-wide switches of the ToMoE semantics.
 #[derive(Clone, Debug)]
@@ -21,10 +23,10 @@ pub struct TomoeConfig {
 /// The dynamic V mask of one layer: `z = W_dec · gelu(LayerNorm(W_a · h1 + b))`,
 /// `mask_j = z_j + offset > 0` (at most `top_k` dims, at least the largest).
 #[derive(Clone, Debug)]
-pub struct VMask {
+pub struct VMask<'a> {
     pub hidden: usize,
-    /// `hidden` rows of `d_model`.
-    pub w_a: Vec<f32>,
+    /// `hidden` rows of `d_model`, in the file's format (the other weights' when quantized).
+    pub w_a: MatRef<'a>,
     pub b: Vec<f32>,
     pub ln_w: Vec<f32>,
     pub ln_b: Vec<f32>,
@@ -38,7 +40,7 @@ pub struct VMask {
 
 /// The ToMoE structure of one layer.
 #[derive(Clone, Debug)]
-pub struct MoeLayer {
+pub struct MoeLayer<'a> {
     /// Q/K dims kept per head.
     pub dq: usize,
     /// For each stored RoPE pair, the original pair whose frequency it rotates with.
@@ -51,10 +53,10 @@ pub struct MoeLayer {
     pub expert_rows: Vec<Vec<usize>>,
     /// Storage rows of the layer (`u`, the union of the experts).
     pub union: usize,
-    pub vmask: Option<VMask>,
+    pub vmask: Option<VMask<'a>>,
 }
 
-impl MoeLayer {
+impl MoeLayer<'_> {
     pub fn n_expert(&self) -> usize {
         self.expert_runs.len()
     }
@@ -155,8 +157,8 @@ pub(crate) fn qk_shape(f: &GgufFile, il: usize, head_dim: usize, adjacent: bool)
 
 /// Layer `il`'s experts (runs over `union` storage rows), router and V-mask head.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn layer(
-    f: &GgufFile,
+pub(crate) fn layer<'a>(
+    f: &'a GgufFile,
     il: usize,
     n_layer: usize,
     shape: LayerShape,
@@ -165,7 +167,7 @@ pub(crate) fn layer(
     head_dim: usize,
     union: usize,
     tensor: impl Fn(&str, &[usize]) -> Result<Vec<f32>, ModelError>,
-) -> Result<MoeLayer, ModelError> {
+) -> Result<MoeLayer<'a>, ModelError> {
     let runs_key = format!("tomoe.blk.{il}.expert_runs");
     let offs_key = format!("tomoe.blk.{il}.expert_offsets");
     let runs = u32_array(f, &runs_key)?.ok_or_else(|| ModelError::MissingMetadata(runs_key.clone()))?;
@@ -207,7 +209,7 @@ pub(crate) fn layer(
         let ln_eps = f.get("tomoe.vmask.layer_norm_epsilon").and_then(Value::as_f32).unwrap_or(1e-5);
         Some(VMask {
             hidden,
-            w_a: tensor(&format!("blk.{il}.vmask_in.weight"), &[d, hidden])?,
+            w_a: matrix(f, &format!("blk.{il}.vmask_in.weight"), hidden, d)?,
             b: tensor(&format!("blk.{il}.vmask_in.bias"), &[hidden])?,
             ln_w: tensor(&format!("blk.{il}.vmask_norm.weight"), &[hidden])?,
             ln_b: tensor(&format!("blk.{il}.vmask_norm.bias"), &[hidden])?,

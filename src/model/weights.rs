@@ -39,7 +39,7 @@ pub struct LayerWeights<'a> {
     pub down: MatRef<'a>,
     pub post_ffn_norm: Option<Vec<f32>>,
     /// The ToMoE structure (experts, router, pruned Q/K, V mask), in a `tomoe-*` file.
-    pub moe: Option<MoeLayer>,
+    pub moe: Option<MoeLayer<'a>>,
     /// A llama.cpp-style MoE MLP (`ffn_*_exps`), instead of `gate`/`up`/`down`.
     pub experts: Option<DenseExperts<'a>>,
 }
@@ -183,7 +183,7 @@ impl<'a> Weights<'a> {
                 };
                 total += (rows * rb) as u64 + 4 * moe.router.len() as u64;
                 if let Some(v) = &moe.vmask {
-                    total += 4 * (v.w_a.len() + v.w_dec.len()) as u64;
+                    total += v.w_a.data().len() as u64 + 4 * v.w_dec.len() as u64;
                 }
             } else if let Some(x) = &l.experts {
                 total += (x.n_used * x.width * (l.gate.row_bytes() + l.up.row_bytes())) as u64
@@ -198,7 +198,7 @@ impl<'a> Weights<'a> {
 }
 
 /// A matrix of `rows` x `cols` (GGUF dims `[cols, rows]`).
-fn matrix<'a>(f: &'a GgufFile, name: &str, rows: usize, cols: usize) -> Result<MatRef<'a>, ModelError> {
+pub(super) fn matrix<'a>(f: &'a GgufFile, name: &str, rows: usize, cols: usize) -> Result<MatRef<'a>, ModelError> {
     matrix_dims(f, name, rows, cols, &[cols as u64, rows as u64])
 }
 
