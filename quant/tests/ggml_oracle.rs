@@ -57,29 +57,14 @@ fn ggml_from_float(ty: QuantType, x: &[f32]) -> Vec<u8> {
 /// f16 d, f16 s = d·Σq, 32 × i8), the format ggml pairs them with.
 fn ggml_vec_dot_q8_1(ty: QuantType, n: usize, w: &[u8], x: &[f32]) -> f32 {
     let mut xq = vec![0u8; n / 32 * 36];
-    let mut s = 0f32;
-    // SAFETY: traits of valid types; from_float writes n/32 Q8_1 blocks into `xq`; vec_dot
-    // reads a row of n values of `ty` and of Q8_1; nrc = 1.
+    // SAFETY: the traits of a valid type; from_float writes n/32 Q8_1 blocks into `xq`.
     unsafe {
         let q81 = (*sys::ggml_get_type_traits_cpu(sys::GGML_TYPE_Q8_1))
             .from_float
             .expect("from_float");
         q81(x.as_ptr(), xq.as_mut_ptr().cast(), n as i64);
-        let f = (*sys::ggml_get_type_traits_cpu(gtype(ty)))
-            .vec_dot
-            .expect("vec_dot");
-        f(
-            n as i32,
-            &mut s,
-            0,
-            w.as_ptr().cast(),
-            0,
-            xq.as_ptr().cast(),
-            0,
-            1,
-        );
     }
-    s
+    ggml_vec_dot(ty, n, w, &xq)
 }
 
 fn ggml_dequantize(ty: QuantType, q: &[u8], n: usize) -> Vec<f32> {
@@ -107,9 +92,13 @@ fn ggml_dequantize(ty: QuantType, q: &[u8], n: usize) -> Vec<f32> {
     out
 }
 
+/// ggml's `vec_dot` of `ty` on one row: `x` in the vec_dot type ggml pairs with `ty` (Q8_0,
+/// Q8_1 or Q8_K, or the float type itself).
 fn ggml_vec_dot(ty: QuantType, n: usize, w: &[u8], x: &[u8]) -> f32 {
+    assert!(w.len() >= ty.row_bytes(n).unwrap() && !x.is_empty());
     let mut s = 0f32;
-    // SAFETY: w and x are rows of n values in ty and its ggml vec_dot_type; nrc = 1.
+    // SAFETY: w and x are rows of n values in ty and its ggml vec_dot_type (checked by the
+    // callers' construction, w's length above); nrc = 1.
     unsafe {
         let f = (*sys::ggml_get_type_traits_cpu(gtype(ty)))
             .vec_dot
