@@ -229,3 +229,26 @@ fn bad_training_input_is_refused() {
     let short = Calibration::new(&["too short".to_string()], &byte_tokens, 64, 0.1);
     assert!(matches!(short, Err(ConvertError::Data(_))));
 }
+
+/// Every trainable part gets a gradient: the routers (which start at zero under importance
+/// init, so they move only through the distillation and balance gradients), the MLP and Q/K mask
+/// decoders and the V-mask head.
+#[test]
+fn every_hypernetwork_part_is_trained() {
+    let (model, calib) = tiny("grads");
+    let tp = TrainParams {
+        init: MaskInit::Importance,
+        ..params(3)
+    };
+    let start = HyperNet::new(&model.config, tp.experts, tp.seed, &Device::Cpu).unwrap();
+    let before = values(&start);
+    let hn = train(&model, &calib, &tp, &CheckpointPlan::default(), &mut |_, _| {}).unwrap();
+    let after = values(&hn);
+    for name in ["mlp.0.router", "mlp.1.router", "attn.0.qk.w", "mlp.0.dec.w", "attn.0.va.w"] {
+        let a = &after.iter().find(|(n, _)| n == name).unwrap().1;
+        let b = &before.iter().find(|(n, _)| n == name).unwrap().1;
+        assert_ne!(a, b, "{name} did not change in training");
+    }
+    let router = &after.iter().find(|(n, _)| n == "mlp.0.router").unwrap().1;
+    assert!(router.iter().any(|&bits| f32::from_bits(bits) != 0.0), "the router stayed at zero");
+}

@@ -147,6 +147,18 @@ pub fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
         .reshape((hkv * groups, t, hd))?)
 }
 
+/// Softmax over the last dim that gradients flow through. candle-nn's fused `softmax_last_dim`
+/// has no backward and returns an untracked tensor, so gradients silently stop at it (this once
+/// froze every router and cut the Q/K masks off the distillation loss); the composed softmax is
+/// used whenever the input is part of a graph being differentiated.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    Ok(if x.track_op() {
+        candle_nn::ops::softmax(x, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(x)?
+    })
+}
+
 /// Causal attention over [H, T, hd'] q/k and [H, T, hd] v with the given score scale → [T, H·hd].
 pub fn attention(
     q: &Tensor,
@@ -156,7 +168,7 @@ pub fn attention(
     causal: &Tensor,
 ) -> Result<Tensor> {
     let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(causal)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = softmax_last(&scores)?;
     let out = probs.matmul(v)?; // [H, T, hd]
     let (h, t, hd) = out.dims3()?;
     Ok(out.transpose(0, 1)?.contiguous()?.reshape((t, h * hd))?)

@@ -81,7 +81,7 @@ pub fn st_gumbel_softmax(
         Some(n) => (logits + n)?,
         None => logits.clone(),
     };
-    let soft = candle_nn::ops::softmax_last_dim(&(ln / temp)?)?;
+    let soft = super::forward::softmax_last(&(ln / temp)?)?;
     let choice: Vec<u32> = soft.argmax(D::Minus1)?.to_vec1()?;
     let (t, e) = soft.dims2()?;
     let mut onehot = vec![0f32; t * e];

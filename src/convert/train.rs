@@ -192,7 +192,7 @@ impl MaskSource for StudentMasks<'_> {
             e,
             h2.device(),
         )?;
-        let p_mean = candle_nn::ops::softmax_last_dim(&logits)?.mean(0)?;
+        let p_mean = super::forward::softmax_last(&logits)?.mean(0)?;
         self.balance_terms.push((f * p_mean)?.sum_all()?);
         Ok(Some(route.matmul(&self.expert_masks[l])?))
     }
