@@ -288,6 +288,14 @@ fn bad_input_fails_clearly_and_writes_nothing() {
         (vec!["--p".into(), "1.5".into()], "must be in (0, 1]"),
         (vec!["--p".into(), "0".into()], "must be in (0, 1]"),
         (vec!["--outtype".into(), "q3_x".into()], "--outtype"),
+        (
+            vec!["--device".into(), "tpu".into()],
+            "expected cpu, cuda or cuda:N",
+        ),
+        (
+            vec!["--init".into(), "zeros".into()],
+            "expected importance or all-on",
+        ),
     ];
     for (extra, want) in cases {
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
@@ -298,6 +306,14 @@ fn bad_input_fails_clearly_and_writes_nothing() {
             "{extra:?}: {err}"
         );
         assert!(!out.exists());
+    }
+    if !cfg!(feature = "cuda") {
+        let o = convert(&dir, &calib, &out, &["--device", "cuda"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("--features cuda"),
+            "{err}"
+        );
     }
     let empty = dir.join("empty.txt");
     std::fs::write(&empty, "  \n").unwrap();

@@ -38,6 +38,7 @@ const HELP: &str = "tomoe-convert: convert a dense llama/qwen2 model into a ToMo
   --eval FILE             after converting, report perplexity on FILE (dense, converted, random routing)
   --eval-ctx N            perplexity window (default 512)
   --eval-chunks N         at most N windows (default all)
+  --device D              cpu (default) | cuda | cuda:N  (CUDA needs a build with --features cuda)
 ";
 
 struct Args {
@@ -52,6 +53,7 @@ struct Args {
     eval: Option<PathBuf>,
     eval_ctx: usize,
     eval_chunks: usize,
+    device: String,
 }
 
 fn parse_args() -> Result<Option<Args>> {
@@ -72,6 +74,7 @@ fn parse_args() -> Result<Option<Args>> {
         eval: None,
         eval_ctx: 512,
         eval_chunks: usize::MAX,
+        device: "cpu".into(),
     };
     let bad = |m: String| ConvertError::InvalidArg(m);
     fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T> {
@@ -93,6 +96,7 @@ fn parse_args() -> Result<Option<Args>> {
             "--outtype" => a.outtype = val()?,
             "--llama-cpp-compat" => a.compat = true,
             "--mlp-only" => a.tp.mlp_only = true,
+            "--device" => a.device = val()?,
             "--init" => a.tp.init = MaskInit::parse(&val()?)?,
             "--resume" => a.plan.resume = true,
             "--checkpoint" => a.plan.path = Some(val()?.into()),
@@ -128,11 +132,32 @@ fn parse_args() -> Result<Option<Args>> {
     Ok(Some(a))
 }
 
-fn load(input: &PathBuf) -> Result<DenseModel> {
+fn load(input: &PathBuf, dev: &Device) -> Result<DenseModel> {
     if input.is_dir() {
-        hf::load_hf(input, &Device::Cpu)
+        hf::load_hf(input, dev)
     } else {
-        gguf_in::load_gguf(input, &Device::Cpu)
+        gguf_in::load_gguf(input, dev)
+    }
+}
+
+/// `cpu`, `cuda` or `cuda:N`.
+fn parse_device(s: &str) -> Result<Device> {
+    let cuda = |n: usize| {
+        Device::new_cuda(n).map_err(|e| {
+            ConvertError::InvalidArg(format!(
+                "--device {s}: {e} (CUDA training needs a build with `--features cuda` and an NVIDIA GPU)"
+            ))
+        })
+    };
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        _ => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => cuda(n),
+            None => Err(ConvertError::InvalidArg(format!(
+                "--device {s}: expected cpu, cuda or cuda:N"
+            ))),
+        },
     }
 }
 
@@ -141,7 +166,8 @@ fn run(a: Args) -> Result<()> {
     // Fail in seconds on an unwritable output folder, not after training.
     export::check_output_path(&a.output)?;
     let t0 = std::time::Instant::now();
-    let model = load(&a.input)?;
+    let dev = parse_device(&a.device)?;
+    let model = load(&a.input, &dev)?;
     let tok = tokenize::tokenizer_from_meta(&model.tokenizer_meta)?;
     let mut docs = Vec::new();
     for f in &a.calib {
