@@ -37,7 +37,7 @@ for m in "${methods[@]}"; do
   start=$SECONDS
   "$bin/tomoe-convert" --input "$model" "${calib[@]}" --method "$m" --p "$p" \
     --seq-len "$seq" --outtype "$outtype" --output "$out/$name.gguf" "${extra[@]}" \
-    --eval "$a/persuasion.txt" --eval-chunks "$chunks" 2>&1 | tr '\r' '\n' | grep -v '^$' > "$out/$name.log"
+    --eval "$a/persuasion.txt" --eval-chunks "$chunks" 2>&1 | tr '\r' '\n' | grep --line-buffered -v '^$' > "$out/$name.log"
   echo "wall $((SECONDS - start)) s (conversion and evaluation)" >> "$out/$name.log"
   grep -E "active fraction|eval|wall" "$out/$name.log" >&2
   "$bin/tomoe-run" perplexity -m "$out/$name.gguf" -f "$a/persuasion.txt" -c 512 --chunks "$chunks" 2>&1 \
