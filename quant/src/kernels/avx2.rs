@@ -824,8 +824,8 @@ pub unsafe fn dot_q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     hsum_ps(acc)
 }
 
-/// Q8_0 [`super::AxpyFn`]: four rows per pass over `y`, so each 32-value slice of `y` is loaded and
-/// stored once per four rows; within a pass the rows are added in order, as the scalar kernel does.
+/// Q8_0 [`super::AxpyFn`] on [`super::axpy_x4_blocks`]; within a pass the rows are added in order,
+/// as the scalar kernel does.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn axpy_q8_0(
     n: usize,
@@ -835,31 +835,20 @@ pub unsafe fn axpy_q8_0(
     coeffs: &[f32],
     y: &mut [f32],
 ) {
-    super::check_axpy(QuantType::Q8_0, n, w, row_bytes, rows, coeffs, y);
-    // SAFETY (every pointer below): check_axpy bounds each row index by w's row count and
-    // n / 32 · 34 by row_bytes, so a block's 34 bytes lie inside w; y holds n values.
-    let nb = n / QK;
-    let yp = y.as_mut_ptr();
-    for (rs, cs) in rows.chunks(4).zip(coeffs.chunks(4)) {
-        let mut p = [w.as_ptr(); 4];
-        for (pk, &r) in p.iter_mut().zip(rs) {
-            *pk = w.as_ptr().add(r * row_bytes);
-        }
-        for b in 0..nb {
-            let yb = yp.add(b * QK);
-            let mut acc = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(yb.add(o)));
-            for (&pk, &a) in p.iter().zip(cs) {
-                let blk = pk.add(b * 34);
-                let ad = _mm256_set1_ps(a * f16_at(blk));
-                for (j, acc) in acc.iter_mut().enumerate() {
-                    let q =
-                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(blk.add(2 + 8 * j) as *const __m128i));
-                    *acc = _mm256_fmadd_ps(ad, _mm256_cvtepi32_ps(q), *acc);
-                }
-            }
-            for (j, acc) in acc.iter().enumerate() {
-                _mm256_storeu_ps(yb.add(8 * j), *acc);
+    // SAFETY (the pointers): the driver makes each used block's 34 bytes and the 32 outputs at
+    // yb valid.
+    let block = |yb: *mut f32, p: [*const u8; 4], cs: &[f32]| {
+        let mut acc = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(yb.add(o)));
+        for (&blk, &a) in p.iter().zip(cs) {
+            let ad = _mm256_set1_ps(a * f16_at(blk));
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(blk.add(2 + 8 * j) as *const __m128i));
+                *acc = _mm256_fmadd_ps(ad, _mm256_cvtepi32_ps(q), *acc);
             }
         }
-    }
+        for (j, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(yb.add(8 * j), *acc);
+        }
+    };
+    super::axpy_x4_blocks(QuantType::Q8_0, n, w, row_bytes, rows, coeffs, y, block);
 }

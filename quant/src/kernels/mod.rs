@@ -57,3 +57,39 @@ pub(crate) fn check_axpy(
         "{ty} axpy: row index out of range"
     );
 }
+
+/// The loop every SIMD [`AxpyFn`] shares: checks the arguments, then, for each group of up to four
+/// rows and each block `b` of the output, calls `block(y_b, blocks, coeffs)` with `y_b` the block's
+/// first output and `blocks[k]` row `k`'s block `b` (`k < coeffs.len()`; the other lanes are
+/// unused). Taking four rows per pass loads and stores each slice of `y` once per four rows.
+///
+/// # Safety
+/// `block` may read `ty.type_size()` bytes at each of the first `coeffs.len()` block pointers and
+/// read and write `ty.block_size()` values at `y_b`: the check makes exactly those in bounds.
+#[inline(always)]
+pub(crate) unsafe fn axpy_x4_blocks(
+    ty: crate::formats::QuantType,
+    n: usize,
+    w: &[u8],
+    row_bytes: usize,
+    rows: &[usize],
+    coeffs: &[f32],
+    y: &mut [f32],
+    mut block: impl FnMut(*mut f32, [*const u8; 4], &[f32]),
+) {
+    check_axpy(ty, n, w, row_bytes, rows, coeffs, y);
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    let yp = y.as_mut_ptr();
+    for (rs, cs) in rows.chunks(4).zip(coeffs.chunks(4)) {
+        let mut p = [w.as_ptr(); 4];
+        for (pk, &r) in p.iter_mut().zip(rs) {
+            // SAFETY: check_axpy bounds r by w's row count, so the row starts inside w.
+            *pk = w.as_ptr().add(r * row_bytes);
+        }
+        for b in 0..n / bs {
+            // SAFETY: check_axpy bounds n / bs · ts by row_bytes and n by y.len(), so block b of a
+            // used row lies inside w and its outputs inside y; unused lanes are never read.
+            block(yp.add(b * bs), p.map(|pk| pk.wrapping_add(b * ts)), cs);
+        }
+    }
+}

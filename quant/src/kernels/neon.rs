@@ -595,7 +595,7 @@ macro_rules! neon_kernels {
 neon_kernels!(plain, "neon", dot_s8_plain);
 neon_kernels!(with_dotprod, "neon,dotprod", dot_s8_sdot);
 
-/// Q8_0 [`super::AxpyFn`]: four rows per pass over `y` (as the AVX2 kernel), rows added in order.
+/// Q8_0 [`super::AxpyFn`] on [`super::axpy_x4_blocks`], rows added in order.
 #[target_feature(enable = "neon")]
 pub unsafe fn axpy_q8_0(
     n: usize,
@@ -605,37 +605,27 @@ pub unsafe fn axpy_q8_0(
     coeffs: &[f32],
     y: &mut [f32],
 ) {
-    super::check_axpy(QuantType::Q8_0, n, w, row_bytes, rows, coeffs, y);
-    // SAFETY (every pointer below): check_axpy bounds each row index by w's row count and
-    // n / 32 · 34 by row_bytes, so a block's 34 bytes lie inside w; y holds n values.
-    let nb = n / QK;
-    let yp = y.as_mut_ptr();
-    for (rs, cs) in rows.chunks(4).zip(coeffs.chunks(4)) {
-        let mut p = [w.as_ptr(); 4];
-        for (pk, &r) in p.iter_mut().zip(rs) {
-            *pk = w.as_ptr().add(r * row_bytes);
-        }
-        for b in 0..nb {
-            let yb = yp.add(b * QK);
-            let mut acc = [0, 4, 8, 12, 16, 20, 24, 28].map(|o| vld1q_f32(yb.add(o)));
-            for (&pk, &a) in p.iter().zip(cs) {
-                let blk = pk.add(b * 34);
-                let ad = vdupq_n_f32(a * read_f16(std::slice::from_raw_parts(blk, 2), 0));
-                for h in 0..2 {
-                    let q = ld(blk.add(2 + 16 * h));
-                    let wide = [vmovl_s8(vget_low_s8(q)), vmovl_high_s8(q)];
-                    for (k, q16) in wide.iter().enumerate() {
-                        let q32 = [vmovl_s16(vget_low_s16(*q16)), vmovl_high_s16(*q16)];
-                        for (m, q32) in q32.iter().enumerate() {
-                            let i = 4 * h + 2 * k + m;
-                            acc[i] = vfmaq_f32(acc[i], vcvtq_f32_s32(*q32), ad);
-                        }
+    // SAFETY (the pointers): the driver makes each used block's 34 bytes and the 32 outputs at
+    // yb valid.
+    let block = |yb: *mut f32, p: [*const u8; 4], cs: &[f32]| {
+        let mut acc = [0, 4, 8, 12, 16, 20, 24, 28].map(|o| vld1q_f32(yb.add(o)));
+        for (&blk, &a) in p.iter().zip(cs) {
+            let ad = vdupq_n_f32(a * read_f16(std::slice::from_raw_parts(blk, 2), 0));
+            for h in 0..2 {
+                let q = ld(blk.add(2 + 16 * h));
+                let wide = [vmovl_s8(vget_low_s8(q)), vmovl_high_s8(q)];
+                for (k, q16) in wide.iter().enumerate() {
+                    let q32 = [vmovl_s16(vget_low_s16(*q16)), vmovl_high_s16(*q16)];
+                    for (m, q32) in q32.iter().enumerate() {
+                        let i = 4 * h + 2 * k + m;
+                        acc[i] = vfmaq_f32(acc[i], vcvtq_f32_s32(*q32), ad);
                     }
                 }
             }
-            for (i, acc) in acc.iter().enumerate() {
-                vst1q_f32(yb.add(4 * i), *acc);
-            }
         }
-    }
+        for (i, acc) in acc.iter().enumerate() {
+            vst1q_f32(yb.add(4 * i), *acc);
+        }
+    };
+    super::axpy_x4_blocks(QuantType::Q8_0, n, w, row_bytes, rows, coeffs, y, block);
 }
