@@ -36,6 +36,20 @@ fn params(steps: u64) -> TrainParams {
     }
 }
 
+/// Trains without checkpoints and returns the hypernetwork with every step's statistics.
+fn train_logged(
+    model: &DenseModel,
+    calib: &Calibration,
+    tp: &TrainParams,
+) -> (HyperNet, Vec<StepStats>) {
+    let mut log = Vec::new();
+    let hn = train(model, calib, tp, &CheckpointPlan::default(), &mut |_, s| {
+        log.push(*s)
+    })
+    .unwrap();
+    (hn, log)
+}
+
 fn values(hn: &HyperNet) -> Vec<(String, Vec<u32>)> {
     hn.snapshot()
         .into_iter()
@@ -117,20 +131,12 @@ fn training_is_bit_reproducible_and_resumable() {
 #[test]
 fn training_reaches_p_and_calibrated_export_hits_it() {
     let (model, calib) = tiny("reach");
-    let mut log: Vec<StepStats> = Vec::new();
     let tp = TrainParams {
         steps: 60,
         init: MaskInit::AllOn,
         ..params(60)
     };
-    let hn = train(
-        &model,
-        &calib,
-        &tp,
-        &CheckpointPlan::default(),
-        &mut |_, s| log.push(*s),
-    )
-    .unwrap();
+    let (hn, log) = train_logged(&model, &calib, &tp);
     assert!(log.iter().all(|s| s.loss.is_finite()));
     let first = log[0].ratio as f64;
     let last = log
@@ -173,19 +179,11 @@ fn training_reaches_p_and_calibrated_export_hits_it() {
 #[test]
 fn importance_init_starts_at_the_budget_with_attention_on() {
     let (model, calib) = tiny("init");
-    let mut log: Vec<StepStats> = Vec::new();
     let tp = TrainParams {
         init: MaskInit::Importance,
         ..params(1)
     };
-    let hn = train(
-        &model,
-        &calib,
-        &tp,
-        &CheckpointPlan::default(),
-        &mut |_, s| log.push(*s),
-    )
-    .unwrap();
+    let (hn, log) = train_logged(&model, &calib, &tp);
     // All-on masks start near 1 (the test above); here the sampled ratio starts near p.
     assert!(
         (log[0].ratio as f64 - tp.p).abs() < 0.06,
@@ -242,13 +240,22 @@ fn every_hypernetwork_part_is_trained() {
     };
     let start = HyperNet::new(&model.config, tp.experts, tp.seed, &Device::Cpu).unwrap();
     let before = values(&start);
-    let hn = train(&model, &calib, &tp, &CheckpointPlan::default(), &mut |_, _| {}).unwrap();
+    let (hn, _) = train_logged(&model, &calib, &tp);
     let after = values(&hn);
-    for name in ["mlp.0.router", "mlp.1.router", "attn.0.qk.w", "mlp.0.dec.w", "attn.0.va.w"] {
+    for name in [
+        "mlp.0.router",
+        "mlp.1.router",
+        "attn.0.qk.w",
+        "mlp.0.dec.w",
+        "attn.0.va.w",
+    ] {
         let a = &after.iter().find(|(n, _)| n == name).unwrap().1;
         let b = &before.iter().find(|(n, _)| n == name).unwrap().1;
         assert_ne!(a, b, "{name} did not change in training");
     }
     let router = &after.iter().find(|(n, _)| n == "mlp.0.router").unwrap().1;
-    assert!(router.iter().any(|&bits| f32::from_bits(bits) != 0.0), "the router stayed at zero");
+    assert!(
+        router.iter().any(|&bits| f32::from_bits(bits) != 0.0),
+        "the router stayed at zero"
+    );
 }
