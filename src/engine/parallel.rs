@@ -113,18 +113,29 @@ pub fn matvec_masked(w: &MatRef, x: &QuantizedInput, mask: &[f32], y: &mut [f32]
     let out = &out;
     for_each_part(|p, parts| {
         let (lo, hi) = (p * kept / parts, (p + 1) * kept / parts);
+        // Runs of consecutive kept rows go to matvec_rows whole (four-row kernels, prefetch);
+        // `i` counts the kept rows before the run.
         let mut i = 0;
-        for r in 0..w.rows() {
+        let mut r = 0;
+        while r < w.rows() {
             if mask[r % hd] == 0.0 {
+                r += 1;
                 continue;
             }
-            if (lo..hi).contains(&i) {
-                // SAFETY: `r < w.rows() == y.len()`; each kept row's index `i` falls in exactly
-                // one part's `[lo, hi)`, so no two threads write the same float.
-                let yr = unsafe { std::slice::from_raw_parts_mut(out.0.add(r), 1) };
-                matvec_rows(w, r..r + 1, x, yr);
+            let mut end = r + 1;
+            while end < w.rows() && mask[end % hd] != 0.0 {
+                end += 1;
             }
-            i += 1;
+            let (a, b) = (lo.max(i), hi.min(i + end - r));
+            if a < b {
+                let rows = r + a - i..r + b - i;
+                // SAFETY: `rows` lies within `0..w.rows() == y.len()`; the kept rows' indices
+                // [a, b) fall in this part's [lo, hi) only, so no two threads write the same float.
+                let yr = unsafe { std::slice::from_raw_parts_mut(out.0.add(rows.start), rows.len()) };
+                matvec_rows(w, rows, x, yr);
+            }
+            i += end - r;
+            r = end;
         }
     });
 }

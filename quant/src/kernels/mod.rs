@@ -80,7 +80,11 @@ pub(crate) unsafe fn axpy_x4_blocks(
     check_axpy(ty, n, w, row_bytes, rows, coeffs, y);
     let (bs, ts) = (ty.block_size(), ty.type_size());
     let yp = y.as_mut_ptr();
-    for (rs, cs) in rows.chunks(4).zip(coeffs.chunks(4)) {
+    for (g, (rs, cs)) in rows.chunks(4).zip(coeffs.chunks(4)).enumerate() {
+        // The rows two groups ahead, so their loads overlap this group's arithmetic.
+        for &r in rows.iter().skip(4 * g + 8).take(4) {
+            prefetch(w, r * row_bytes..r * row_bytes + n / bs * ts);
+        }
         let mut p = [w.as_ptr(); 4];
         for (pk, &r) in p.iter_mut().zip(rs) {
             // SAFETY: check_axpy bounds r by w's row count, so the row starts inside w.
@@ -91,5 +95,42 @@ pub(crate) unsafe fn axpy_x4_blocks(
             // used row lies inside w and its outputs inside y; unused lanes are never read.
             block(yp.add(b * bs), p.map(|pk| pk.wrapping_add(b * ts)), cs);
         }
+    }
+}
+
+/// Hints the CPU to start loading the cache lines of `bytes[range]` (clipped to the slice): no
+/// effect on results, and a prefetch never faults.
+#[inline(always)]
+pub(crate) fn prefetch(bytes: &[u8], range: std::ops::Range<usize>) {
+    let end = range.end.min(bytes.len());
+    let mut i = range.start;
+    while i < end {
+        let p = bytes[i..].as_ptr();
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: p points inside `bytes`; a prefetch reads nothing architecturally.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0)
+        };
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above; `prfm` only hints the memory system.
+        unsafe {
+            std::arch::asm!("prfm pldl1keep, [{0}]", in(reg) p, options(nostack, readonly, preserves_flags))
+        };
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let _ = p;
+        i += 64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn prefetch_clips_to_the_slice() {
+        let bytes = [7u8; 100];
+        super::prefetch(&bytes, 0..100);
+        super::prefetch(&bytes, 90..10_000);
+        super::prefetch(&bytes, 500..600);
+        super::prefetch(&[], 0..64);
+        assert_eq!(bytes, [7u8; 100]);
     }
 }
