@@ -103,6 +103,35 @@ pub(crate) unsafe fn write_out<T>(ptr: *mut T, value: T) {
     unsafe { ptr.write(value) }
 }
 
+/// Copies `items` into the caller's array when they fit in `capacity`; their count is always
+/// stored in `*len_out` first, so a caller can size the array by passing a capacity of 0.
+/// `describe(capacity)` says what did not fit.
+///
+/// # Safety
+/// `dst` points to `capacity` writable items (or is NULL when `capacity` is 0); `len_out` is a
+/// checked output pointer.
+pub(crate) unsafe fn write_array<T: Copy>(
+    items: &[T],
+    dst: *mut T,
+    capacity: usize,
+    len_out: *mut usize,
+    what: &str,
+    describe: impl FnOnce(usize) -> String,
+) -> Result<(), CapiError> {
+    // SAFETY: checked by `out_arg`; writable by contract.
+    unsafe { write_out(len_out, items.len()) };
+    if items.len() > capacity {
+        return Err(CapiError::new(
+            tomoe_status::TOMOE_ERR_BUFFER_TOO_SMALL,
+            describe(capacity),
+        ));
+    }
+    // SAFETY: `capacity` writable items by contract.
+    let out = unsafe { out_slice_arg(dst, capacity, what) }?;
+    out[..items.len()].copy_from_slice(items);
+    Ok(())
+}
+
 /// Copies `text` plus a terminating NUL into the caller's buffer when it fits. The full length
 /// (without the NUL) is always stored in `*len_out`, so a caller can size a buffer by passing a
 /// capacity of 0.

@@ -2,7 +2,7 @@
 
 use std::ffi::c_char;
 
-use super::args::{out_arg, out_slice_arg, slice_arg, str_arg, write_out, write_string};
+use super::args::{out_arg, slice_arg, str_arg, write_array, write_out, write_string};
 use super::handles::{self, tomoe_model};
 use super::status::{guard, tomoe_status, CapiError};
 use crate::chat::ChatMessage;
@@ -60,21 +60,12 @@ pub unsafe extern "C" fn tomoe_tokenize(
         // SAFETY: NUL-terminated by contract.
         let text = unsafe { str_arg(text, "text") }?;
         let ids = state.model.tokenizer().encode(text, add_bos, parse_special);
-        // SAFETY: checked output pointer.
-        unsafe { write_out(n_tokens, ids.len()) };
-        if ids.len() > capacity {
-            return Err(CapiError::new(
-                tomoe_status::TOMOE_ERR_BUFFER_TOO_SMALL,
-                format!(
-                    "the text is {} tokens; the buffer holds {capacity}",
-                    ids.len()
-                ),
-            ));
+        // SAFETY: `capacity` writable ids by contract; checked length pointer.
+        unsafe {
+            write_array(&ids, tokens, capacity, n_tokens, "tokens", |cap| {
+                format!("the text is {} tokens; the buffer holds {cap}", ids.len())
+            })
         }
-        // SAFETY: `capacity` writable ids by contract.
-        let out = unsafe { out_slice_arg(tokens, capacity, "tokens") }?;
-        out[..ids.len()].copy_from_slice(&ids);
-        Ok(())
     })
 }
 
@@ -127,21 +118,15 @@ pub unsafe extern "C" fn tomoe_token_bytes(
         let tokenizer = state.model.tokenizer();
         check_tokens(tokenizer, &[token])?;
         let bytes = tokenizer.token_bytes(token);
-        // SAFETY: checked output pointer.
-        unsafe { write_out(n_bytes, bytes.len()) };
-        if bytes.len() > capacity {
-            return Err(CapiError::new(
-                tomoe_status::TOMOE_ERR_BUFFER_TOO_SMALL,
+        // SAFETY: `capacity` writable bytes by contract; checked length pointer.
+        unsafe {
+            write_array(bytes, buf, capacity, n_bytes, "buf", |cap| {
                 format!(
-                    "token {token} is {} bytes; the buffer holds {capacity}",
+                    "token {token} is {} bytes; the buffer holds {cap}",
                     bytes.len()
-                ),
-            ));
+                )
+            })
         }
-        // SAFETY: `capacity` writable bytes by contract.
-        let out = unsafe { out_slice_arg(buf, capacity, "buf") }?;
-        out[..bytes.len()].copy_from_slice(bytes);
-        Ok(())
     })
 }
 
