@@ -254,18 +254,12 @@ impl<'x> RowDot<'x> {
     fn rows(&self, w: &MatRef, rows: std::ops::Range<usize>, v: usize, out: &mut [f32]) {
         // Rows are read once, in order: ask for the bytes PREFETCH_AHEAD ahead (within this
         // task's rows) so the loads overlap the arithmetic instead of stalling on memory.
-        let ahead = prefetch_ahead();
+        let ahead = crate::kernels::PREFETCH_AHEAD;
         let end = rows.end * w.row_bytes;
         let prefetch_from = |r: usize, n: usize| {
             let at = r * w.row_bytes + ahead;
             crate::kernels::prefetch(w.data, at..(at + n * w.row_bytes).min(end));
         };
-        if prefetch_warm() {
-            crate::kernels::prefetch(
-                w.data,
-                rows.start * w.row_bytes..(rows.start * w.row_bytes + ahead).min(end),
-            );
-        }
         let mut r = rows.start;
         if let Some(f) = self.x4 {
             let (xv, sums) = (self.x.vector(v), self.x.block_sums(v));
@@ -302,21 +296,6 @@ impl<'x> RowDot<'x> {
             }
         }
     }
-}
-
-fn prefetch_warm() -> bool {
-    static W: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *W.get_or_init(|| std::env::var("TOMOE_PFW").is_ok())
-}
-
-fn prefetch_ahead() -> usize {
-    static AHEAD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *AHEAD.get_or_init(|| {
-        std::env::var("TOMOE_PF")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    })
 }
 
 /// y[i] = W[rows.start + i] · x for the given rows (x holds one vector); single-threaded, for
