@@ -252,13 +252,17 @@ impl<'x> RowDot<'x> {
     /// `out[i] = W[rows.start + i] · x[v]`, four rows at a time where the set can.
     #[inline(always)]
     fn rows(&self, w: &MatRef, rows: std::ops::Range<usize>, v: usize, out: &mut [f32]) {
-        // Rows are read once, in order: ask for the bytes PREFETCH_AHEAD ahead (within this
+        // Rows are read once, in order. Short rows make short streams that the hardware
+        // prefetcher never gets ahead of: ask for the bytes PREFETCH_AHEAD ahead (within this
         // task's rows) so the loads overlap the arithmetic instead of stalling on memory.
         let ahead = crate::kernels::PREFETCH_AHEAD;
         let end = rows.end * w.row_bytes;
+        let short = w.row_bytes <= crate::kernels::PREFETCH_MAX_ROW_BYTES;
         let prefetch_from = |r: usize, n: usize| {
-            let at = r * w.row_bytes + ahead;
-            crate::kernels::prefetch(w.data, at..(at + n * w.row_bytes).min(end));
+            if short {
+                let at = r * w.row_bytes + ahead;
+                crate::kernels::prefetch(w.data, at..(at + n * w.row_bytes).min(end));
+            }
         };
         let mut r = rows.start;
         if let Some(f) = self.x4 {

@@ -82,9 +82,12 @@ pub(crate) unsafe fn axpy_x4_blocks(
     let yp = y.as_mut_ptr();
     // Prefetch the rows about PREFETCH_AHEAD bytes ahead, so their loads overlap this group's
     // arithmetic.
-    let rows_ahead = 4 * PREFETCH_AHEAD.div_ceil(4 * row_bytes.max(1));
+    let rows_ahead = match row_bytes {
+        0..=PREFETCH_MAX_ROW_BYTES => 4 * PREFETCH_AHEAD.div_ceil(4 * row_bytes.max(1)),
+        _ => usize::MAX,
+    };
     for (g, (rs, cs)) in rows.chunks(4).zip(coeffs.chunks(4)).enumerate() {
-        for &r in rows.iter().skip(4 * g + rows_ahead).take(4) {
+        for &r in rows.iter().skip((4 * g).saturating_add(rows_ahead)).take(4) {
             prefetch(w, r * row_bytes..r * row_bytes + n / bs * ts);
         }
         let mut p = [w.as_ptr(); 4];
@@ -104,6 +107,10 @@ pub(crate) unsafe fn axpy_x4_blocks(
 /// SmolLM2 decode (BENCHMARKS.md): 2 KiB took it from 79 to 109 tokens/s at one thread; 4 and 8
 /// KiB were slightly slower, as was prefetching a task's first bytes up front as well.
 pub(crate) const PREFETCH_AHEAD: usize = 2048;
+
+/// Rows longer than this are left to the hardware prefetcher, which follows long streams well:
+/// on 4096-column matrices software prefetch slowed the Q8_0 matvec by a third (BENCHMARKS.md).
+pub(crate) const PREFETCH_MAX_ROW_BYTES: usize = 2048;
 
 /// Hints the CPU to start loading the cache lines of `bytes[range]` (clipped to the slice): no
 /// effect on results, and a prefetch never faults.
