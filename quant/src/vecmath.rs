@@ -233,6 +233,63 @@ pub fn dot_chunks32_scalar(a: &[f32], stride: usize, b: &[f32], gemm_order: bool
     (t[0] + t[1]) + (t[2] + t[3])
 }
 
+/// `out[i] += a · packed[k]` for the k-th set bit `i` of `bits` (bit `i % 64` of `bits[i / 64]`),
+/// in order: a vector stored without its masked-out entries, added back in place (the values of a
+/// compact V cache). Each element as `out[i] + a · packed[k]` (multiply, then add), on every path.
+///
+/// # Panics
+/// If `packed` does not hold one value per set bit, or a set bit lies beyond `out`.
+pub fn axpy_expand(a: f32, bits: &[u64], packed: &[f32], out: &mut [f32]) {
+    check_expand(bits, packed, out);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx512::available() {
+            // SAFETY: AVX-512F detected at run time; the shapes were checked above.
+            return unsafe { avx512::axpy_expand(a, bits, packed, out) };
+        }
+        if avx2::available() {
+            // SAFETY: AVX2 and FMA detected at run time; the shapes were checked above.
+            return unsafe { avx2::axpy_expand(a, bits, packed, out) };
+        }
+    }
+    axpy_expand_scalar(a, bits, packed, out)
+}
+
+/// The shape check of [`axpy_expand`]; the SIMD paths rely on it to stay in bounds.
+fn check_expand(bits: &[u64], packed: &[f32], out: &[f32]) {
+    let set: usize = bits.iter().map(|w| w.count_ones() as usize).sum();
+    assert_eq!(
+        packed.len(),
+        set,
+        "axpy_expand: {} values for {set} set bits",
+        packed.len()
+    );
+    let top = bits
+        .iter()
+        .rposition(|&w| w != 0)
+        .map_or(0, |i| 64 * i + 64 - bits[i].leading_zeros() as usize);
+    assert!(
+        top <= out.len(),
+        "axpy_expand: bit {} beyond {} outputs",
+        top - 1,
+        out.len()
+    );
+}
+
+/// The scalar reference of [`axpy_expand`].
+pub fn axpy_expand_scalar(a: f32, bits: &[u64], packed: &[f32], out: &mut [f32]) {
+    check_expand(bits, packed, out);
+    let mut values = packed.iter();
+    for (w, &word) in bits.iter().enumerate() {
+        let mut m = word;
+        while m != 0 {
+            let i = 64 * w + m.trailing_zeros() as usize;
+            out[i] += a * values.next().expect("checked: one value per bit");
+            m &= m - 1;
+        }
+    }
+}
+
 /// The horizontal add of an 8-lane vector as `_mm256` code does it: halves, pairs, last two.
 #[inline(always)]
 fn hsum8(x: [f32; 8]) -> f32 {
@@ -385,6 +442,99 @@ mod avx2 {
         }
         sum
     }
+
+    /// For each 8-bit mask, the lane each output lane takes its value from after a load of the
+    /// packed values (lanes not in the mask: any; they are not stored).
+    const EXPAND8: [[u32; 8]; 256] = {
+        let mut t = [[0u32; 8]; 256];
+        let mut m = 0;
+        while m < 256 {
+            let (mut lane, mut k) = (0, 0);
+            while lane < 8 {
+                if m >> lane & 1 == 1 {
+                    t[m][lane] = k;
+                    k += 1;
+                }
+                lane += 1;
+            }
+            m += 1;
+        }
+        t
+    };
+
+    /// The lanes of an 8-bit mask as a vector mask (all ones where the bit is set).
+    #[inline(always)]
+    unsafe fn lanes(m: u32) -> __m256i {
+        let bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+        _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(m as i32), bit), bit)
+    }
+
+    /// [`super::axpy_expand`], eight outputs at a time: a masked load of the next packed values
+    /// (only as many lanes as bits, so nothing past `packed` is read), a permute into place, and a
+    /// masked store of the set lanes (so nothing else of `out` is touched).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy_expand(a: f32, bits: &[u64], packed: &[f32], out: &mut [f32]) {
+        let va = _mm256_set1_ps(a);
+        let (pp, op) = (packed.as_ptr(), out.as_mut_ptr());
+        let mut k = 0;
+        for (w, &word) in bits.iter().enumerate() {
+            for c in 0..8 {
+                let m = (word >> (8 * c)) as u32 & 0xFF;
+                if m == 0 {
+                    continue;
+                }
+                let n = m.count_ones() as usize;
+                // SAFETY: the caller checked one packed value per set bit and every set bit
+                // below out.len(): the load reads packed[k..k + n], the store writes only the
+                // set lanes, all inside `out`.
+                let v = _mm256_maskload_ps(pp.add(k), lanes((1 << n) - 1));
+                let v = _mm256_permutevar8x32_ps(
+                    v,
+                    _mm256_loadu_si256(EXPAND8[m as usize].as_ptr() as *const __m256i),
+                );
+                let o = op.add(64 * w + 8 * c);
+                let mask = lanes(m);
+                let r = _mm256_add_ps(_mm256_maskload_ps(o, mask), _mm256_mul_ps(va, v));
+                _mm256_maskstore_ps(o, mask, r);
+                k += n;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    pub fn available() -> bool {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    }
+
+    /// [`super::axpy_expand`], sixteen outputs at a time with `vexpandps`, which reads exactly as
+    /// many packed values as the mask has bits; loads and stores are masked to the set lanes.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn axpy_expand(a: f32, bits: &[u64], packed: &[f32], out: &mut [f32]) {
+        let va = _mm512_set1_ps(a);
+        let (pp, op) = (packed.as_ptr(), out.as_mut_ptr());
+        let mut k = 0;
+        for (w, &word) in bits.iter().enumerate() {
+            for c in 0..4 {
+                let m = (word >> (16 * c)) as u16;
+                if m == 0 {
+                    continue;
+                }
+                // SAFETY: as in the AVX2 version: packed[k..k + popcount] and only the set lanes
+                // of `out`, all in bounds by the caller's check.
+                let v = _mm512_maskz_expandloadu_ps(m, pp.add(k));
+                let o = op.add(64 * w + 16 * c);
+                let r = _mm512_add_ps(_mm512_maskz_loadu_ps(m, o), _mm512_mul_ps(va, v));
+                _mm512_mask_storeu_ps(o, m, r);
+                k += m.count_ones() as usize;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -465,6 +615,76 @@ mod tests {
                 "softmax len {len}"
             );
         }
+    }
+
+    #[test]
+    fn axpy_expand_equals_scalar_bit_for_bit() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for len in [1usize, 3, 8, 17, 63, 64, 80, 128, 200] {
+            for density in [0u32, 1, 2, 3] {
+                let mut bits = vec![0u64; len.div_ceil(64)];
+                for i in 0..len {
+                    // density 0: every bit; else about one in 2^density.
+                    if next() % (1 << density) == 0 {
+                        bits[i / 64] |= 1 << (i % 64);
+                    }
+                }
+                let set = bits.iter().map(|w| w.count_ones() as usize).sum::<usize>();
+                let packed: Vec<f32> = (0..set)
+                    .map(|_| (next() % 2000) as f32 / 77.0 - 13.0)
+                    .collect();
+                let base: Vec<f32> = (0..len)
+                    .map(|_| (next() % 1000) as f32 / 31.0 - 16.0)
+                    .collect();
+                let a = (next() % 100) as f32 / 37.0 - 1.3;
+                let (mut got, mut want) = (base.clone(), base.clone());
+                axpy_expand(a, &bits, &packed, &mut got);
+                axpy_expand_scalar(a, &bits, &packed, &mut want);
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "len {len} density {density}"
+                );
+                // Unset positions are untouched; set ones moved by a · value.
+                let mut k = 0;
+                for i in 0..len {
+                    if bits[i / 64] >> (i % 64) & 1 == 1 {
+                        assert_eq!(want[i], base[i] + a * packed[k]);
+                        k += 1;
+                    } else {
+                        assert_eq!(want[i].to_bits(), base[i].to_bits());
+                    }
+                }
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if avx2::available() {
+                        let mut v = base.clone();
+                        // SAFETY: AVX2 detected; shapes as axpy_expand checked them just above.
+                        unsafe { avx2::axpy_expand(a, &bits, &packed, &mut v) };
+                        assert_eq!(v, want, "avx2, len {len}");
+                    }
+                    if avx512::available() {
+                        let mut v = base.clone();
+                        // SAFETY: AVX-512F detected; shapes as axpy_expand checked them just above.
+                        unsafe { avx512::axpy_expand(a, &bits, &packed, &mut v) };
+                        assert_eq!(v, want, "avx512, len {len}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "beyond")]
+    fn axpy_expand_refuses_bits_beyond_out() {
+        axpy_expand(1.0, &[1 << 10], &[1.0], &mut [0.0; 8]);
     }
 
     #[test]

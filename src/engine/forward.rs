@@ -416,9 +416,7 @@ fn attention(
                     o.fill(0.0);
                     let g = h / group;
                     for (j, &pj) in row.iter().enumerate().take(p + 1).skip(lo) {
-                        for (&dim, &v) in cv.dims(j).iter().zip(cv.values(j, g)) {
-                            o[dim as usize] += pj * v;
-                        }
+                        vecmath::axpy_expand(pj, cv.kept(j), cv.values(j, g), o);
                     }
                 }
                 None => {

@@ -30,13 +30,14 @@ struct CompactV {
     head_dim: usize,
     /// Most dims a position can keep (the mask's `top_k`, else `head_dim`).
     cap: usize,
-    /// Per position, `cap` slots of which the first `count[p]` hold the kept dims, ascending.
-    dims: Vec<u16>,
+    /// Per position, `words` bit sets: bit `d` set when dim `d` is kept.
+    kept: Vec<u64>,
+    words: usize,
     count: Vec<u16>,
 }
 
-/// One compactly cached layer's values, for attention: position `p` keeps
-/// `dims(p)`, and KV head `g`'s values for them are `values(p, g)`.
+/// One compactly cached layer's values, for attention: position `p` keeps the dims whose bits
+/// `kept(p)` sets, and KV head `g`'s values for them, in order, are `values(p, g)`.
 pub struct CompactValues<'a> {
     cv: &'a CompactV,
     v: &'a [f32],
@@ -45,9 +46,9 @@ pub struct CompactValues<'a> {
 
 impl<'a> CompactValues<'a> {
     #[inline]
-    pub fn dims(&self, p: usize) -> &'a [u16] {
-        let cap = self.cv.cap;
-        &self.cv.dims[p * cap..p * cap + self.cv.count[p] as usize]
+    pub fn kept(&self, p: usize) -> &'a [u64] {
+        let w = self.cv.words;
+        &self.cv.kept[p * w..(p + 1) * w]
     }
 
     #[inline]
@@ -74,7 +75,8 @@ impl KvCache {
             .map(|l| {
                 compact_caps.get(l).copied().flatten().map(|cap| {
                     let cap = cap.clamp(1, head_dim);
-                    CompactV { head_dim, cap, dims: vec![0; n_ctx * cap], count: vec![0; n_ctx] }
+                    let words = head_dim.div_ceil(64);
+                    CompactV { head_dim, cap, kept: vec![0; n_ctx * words], words, count: vec![0; n_ctx] }
                 })
             })
             .collect();
@@ -122,17 +124,26 @@ impl KvCache {
             let values = &mut self.v[layer];
             for (t, (vt, mt)) in v.chunks_exact(self.kv_dim).zip(masks.chunks_exact(hd)).enumerate() {
                 let p = pos0 + t;
-                let dims = &mut cv.dims[p * cap..(p + 1) * cap];
+                let kept = &mut cv.kept[p * cv.words..(p + 1) * cv.words];
+                kept.fill(0);
+                let dims = mt.iter().enumerate().filter(|(_, &on)| on != 0.0).map(|(j, _)| j).take(cap);
+                let slot = &mut values[p * n_kv * cap..(p + 1) * n_kv * cap];
                 let mut m = 0;
-                for (j, _) in mt.iter().enumerate().filter(|(_, &on)| on != 0.0).take(cap) {
-                    dims[m] = j as u16;
+                for j in dims {
+                    kept[j / 64] |= 1 << (j % 64);
                     m += 1;
                 }
                 cv.count[p] = m as u16;
-                let slot = &mut values[p * n_kv * cap..(p + 1) * n_kv * cap];
-                for g in 0..n_kv {
-                    for (k, &j) in dims[..m].iter().enumerate() {
-                        slot[g * m + k] = vt[g * hd + j as usize];
+                let mut k = 0;
+                for (w, &word) in kept.iter().enumerate() {
+                    let mut bits = word;
+                    while bits != 0 {
+                        let j = 64 * w + bits.trailing_zeros() as usize;
+                        for g in 0..n_kv {
+                            slot[g * m + k] = vt[g * hd + j];
+                        }
+                        k += 1;
+                        bits &= bits - 1;
                     }
                 }
             }
@@ -175,10 +186,10 @@ mod tests {
         let masks = [0., 1., 0., 1., 0., 0., 1., 0.];
         kv.store(1, 0, &k, &v, Some(&masks));
         let cv = kv.compact_values(1).expect("layer 1 is compact");
-        assert_eq!(cv.dims(0), &[1, 3]);
+        assert_eq!(cv.kept(0), &[0b1010]);
         assert_eq!(cv.values(0, 0), &[1., 3.]);
         assert_eq!(cv.values(0, 1), &[5., 7.]);
-        assert_eq!(cv.dims(1), &[2]);
+        assert_eq!(cv.kept(1), &[0b100]);
         assert_eq!(cv.values(1, 0), &[10.]);
         assert_eq!(cv.values(1, 1), &[14.]);
         assert!(kv.compact_values(0).is_none());
