@@ -67,6 +67,7 @@ pub(crate) fn check_axpy(
 /// `block` may read `ty.type_size()` bytes at each of the first `coeffs.len()` block pointers and
 /// read and write `ty.block_size()` values at `y_b`: the check makes exactly those in bounds.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // the AxpyFn arguments plus the block body
 pub(crate) unsafe fn axpy_x4_blocks(
     ty: crate::formats::QuantType,
     n: usize,
