@@ -252,7 +252,7 @@ pub fn axpy_expand(a: f32, bits: &[u64], packed: &[f32], out: &mut [f32]) {
             return unsafe { avx2::axpy_expand(a, bits, packed, out) };
         }
     }
-    axpy_expand_scalar(a, bits, packed, out)
+    expand_scalar(a, bits, packed, out)
 }
 
 /// The shape check of [`axpy_expand`]; the SIMD paths rely on it to stay in bounds.
@@ -279,6 +279,11 @@ fn check_expand(bits: &[u64], packed: &[f32], out: &[f32]) {
 /// The scalar reference of [`axpy_expand`].
 pub fn axpy_expand_scalar(a: f32, bits: &[u64], packed: &[f32], out: &mut [f32]) {
     check_expand(bits, packed, out);
+    expand_scalar(a, bits, packed, out)
+}
+
+/// The body of [`axpy_expand_scalar`], for callers that have checked the shapes.
+fn expand_scalar(a: f32, bits: &[u64], packed: &[f32], out: &mut [f32]) {
     let mut values = packed.iter();
     for (w, &word) in bits.iter().enumerate() {
         let mut m = word;

@@ -19,7 +19,7 @@ pub struct KvCache {
     k_dims: Vec<usize>,
     k: Vec<Vec<f32>>,
     /// Dense layers: the blocked, transposed values. Compact layers: per position a slot of
-    /// `n_kv_heads · cap` values, head `g`'s kept values at `g · count`.
+    /// `n_kv_heads · cap` values, head `g`'s kept values at `g · count` (count: the kept dims).
     v: Vec<Vec<f32>>,
     /// Per layer, `Some` if its values are cached compactly.
     compact: Vec<Option<CompactV>>,
@@ -33,7 +33,6 @@ struct CompactV {
     /// Per position, `words` bit sets: bit `d` set when dim `d` is kept.
     kept: Vec<u64>,
     words: usize,
-    count: Vec<u16>,
 }
 
 /// One compactly cached layer's values, for attention: position `p` keeps the dims whose bits
@@ -53,7 +52,7 @@ impl<'a> CompactValues<'a> {
 
     #[inline]
     pub fn values(&self, p: usize, g: usize) -> &'a [f32] {
-        let m = self.cv.count[p] as usize;
+        let m = self.kept(p).iter().map(|w| w.count_ones() as usize).sum::<usize>();
         &self.v[p * self.n_kv_heads * self.cv.cap + g * m..][..m]
     }
 }
@@ -76,7 +75,7 @@ impl KvCache {
                 compact_caps.get(l).copied().flatten().map(|cap| {
                     let cap = cap.clamp(1, head_dim);
                     let words = head_dim.div_ceil(64);
-                    CompactV { head_dim, cap, kept: vec![0; n_ctx * words], words, count: vec![0; n_ctx] }
+                    CompactV { head_dim, cap, kept: vec![0; n_ctx * words], words }
                 })
             })
             .collect();
@@ -126,24 +125,13 @@ impl KvCache {
                 let p = pos0 + t;
                 let kept = &mut cv.kept[p * cv.words..(p + 1) * cv.words];
                 kept.fill(0);
-                let dims = mt.iter().enumerate().filter(|(_, &on)| on != 0.0).map(|(j, _)| j).take(cap);
+                let dims = || mt.iter().enumerate().filter(|(_, &on)| on != 0.0).map(|(j, _)| j).take(cap);
+                let m = dims().count();
                 let slot = &mut values[p * n_kv * cap..(p + 1) * n_kv * cap];
-                let mut m = 0;
-                for j in dims {
+                for (k, j) in dims().enumerate() {
                     kept[j / 64] |= 1 << (j % 64);
-                    m += 1;
-                }
-                cv.count[p] = m as u16;
-                let mut k = 0;
-                for (w, &word) in kept.iter().enumerate() {
-                    let mut bits = word;
-                    while bits != 0 {
-                        let j = 64 * w + bits.trailing_zeros() as usize;
-                        for g in 0..n_kv {
-                            slot[g * m + k] = vt[g * hd + j];
-                        }
-                        k += 1;
-                        bits &= bits - 1;
+                    for g in 0..n_kv {
+                        slot[g * m + k] = vt[g * hd + j];
                     }
                 }
             }
