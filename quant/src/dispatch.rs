@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use crate::formats::QuantType;
-use crate::kernels::{scalar, AxpyFn, Dot4Fn, DotFn, DotSumsFn};
+use crate::kernels::{scalar, AxpyFn, Dot4Fn, DotFn, DotSumsFn, GemmFn};
 
 /// A named set of dot-product kernels, indexed by `QuantType as usize`.
 pub struct KernelSet {
@@ -16,6 +16,8 @@ pub struct KernelSet {
     pub dots_x4: [Option<Dot4Fn>; 14],
     /// Row-scaled accumulation (see [`AxpyFn`]).
     pub axpys: [Option<AxpyFn>; 14],
+    /// Tiled matrix-matrix products (see [`GemmFn`]).
+    pub gemms: [Option<GemmFn>; 14],
 }
 
 impl KernelSet {
@@ -37,6 +39,11 @@ impl KernelSet {
     #[inline(always)]
     pub fn axpy(&self, ty: QuantType) -> Option<AxpyFn> {
         self.axpys[ty as usize]
+    }
+
+    #[inline(always)]
+    pub fn gemm(&self, ty: QuantType) -> Option<GemmFn> {
+        self.gemms[ty as usize]
     }
 }
 
@@ -63,6 +70,7 @@ pub fn scalar_set() -> KernelSet {
         dots_with_sums: with_sums(scalar::dot_q4_1_sums, scalar::dot_q5_1_sums),
         dots_x4: [None; 14],
         axpys: q8_0_axpy(scalar::axpy_q8_0),
+        gemms: [None; 14],
     }
 }
 
@@ -75,6 +83,15 @@ pub fn q8_0_axpy(f: AxpyFn) -> [Option<AxpyFn>; 14] {
 
 /// A `dots_x4` table from (format, four-row kernel) pairs (Q4_1/Q5_1 ones take block sums).
 pub fn x4<const N: usize>(kernels: [(QuantType, Dot4Fn); N]) -> [Option<Dot4Fn>; 14] {
+    let mut t = [None; 14];
+    for (ty, f) in kernels {
+        t[ty as usize] = Some(f);
+    }
+    t
+}
+
+/// A `gemms` table from (format, kernel) pairs.
+pub fn gemms<const N: usize>(kernels: [(QuantType, GemmFn); N]) -> [Option<GemmFn>; 14] {
     let mut t = [None; 14];
     for (ty, f) in kernels {
         t[ty as usize] = Some(f);

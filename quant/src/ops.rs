@@ -339,6 +339,9 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
     if x.n_vecs == 0 || w.rows == 0 {
         return;
     }
+    if let Some(gemm) = kernels().gemm(w.ty) {
+        return matmul_tiled(gemm, w, x, y);
+    }
     let row_dot = RowDot::new(w, x);
     let chunk = rows_per_task(w.rows);
     let n_chunks = w.rows.div_ceil(chunk);
@@ -360,6 +363,47 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
                 }
                 r += g;
             }
+            out
+        })
+        .collect();
+    for (c, part) in parts.iter().enumerate() {
+        let start = c * chunk;
+        let n = part.len() / x.n_vecs;
+        for v in 0..x.n_vecs {
+            y[v * w.rows + start..v * w.rows + start + n]
+                .copy_from_slice(&part[v * n..(v + 1) * n]);
+        }
+    }
+}
+
+/// `matmul` with the set's tiled kernel: parallel over row chunks (each packs every vector once
+/// for its rows, so chunks are larger than the row-at-a-time path's), results scattered after.
+fn matmul_tiled(gemm: crate::kernels::GemmFn, w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = (w.rows / (threads * 4))
+        .clamp(32, 512)
+        .next_multiple_of(4)
+        .min(w.rows);
+    let n_chunks = w.rows.div_ceil(chunk);
+    let parts: Vec<Vec<f32>> = (0..n_chunks)
+        .into_par_iter()
+        .map(|c| {
+            let rows = c * chunk..((c + 1) * chunk).min(w.rows);
+            let mut out = vec![0.0f32; rows.len() * x.n_vecs];
+            let bytes = &w.data[rows.start * w.row_bytes..rows.end * w.row_bytes];
+            // SAFETY: the dispatcher hands out only kernels this CPU supports; the kernel checks
+            // the shapes of the rows, the vectors, their block sums and the output.
+            unsafe {
+                gemm(
+                    w.cols,
+                    bytes,
+                    w.row_bytes,
+                    &x.data,
+                    x.row_bytes,
+                    &x.sums,
+                    &mut out,
+                )
+            };
             out
         })
         .collect();

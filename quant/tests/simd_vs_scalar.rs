@@ -146,6 +146,60 @@ fn four_row_kernels_equal_single_row_bit_for_bit() {
     }
 }
 
+/// Every tiled matrix-matrix kernel gives, per (row, vector), exactly its set's single-row
+/// result, for row and vector counts that leave partial tiles (tiles are 4 rows × 8 vectors)
+/// and odd block counts.
+#[test]
+fn tiled_kernels_equal_single_row_bit_for_bit() {
+    let mut rng = support::rng(47);
+    for set in available_sets() {
+        for ty in QuantType::ALL {
+            let Some(gemm) = set.gemm(ty) else { continue };
+            for (n_rows, n_vecs, blocks) in
+                [(1, 1, 1), (4, 8, 3), (7, 9, 18), (13, 17, 5), (2, 23, 33)]
+            {
+                let n = blocks * ty.block_size();
+                let rb = ty.row_bytes(n).unwrap();
+                let mut w = vec![0u8; rb * n_rows];
+                for (k, row) in w.chunks_exact_mut(rb).enumerate() {
+                    quantize_row(ty, &support::row(&mut rng, n, 5 + k), row);
+                }
+                let xf: Vec<f32> = (0..n_vecs)
+                    .flat_map(|_| support::dense_row(&mut rng, n))
+                    .collect();
+                let mut xq = tomoe_quant::QuantizedInput::new();
+                xq.quantize(ty, &xf, n);
+                let xrb = ty.vec_dot_type().row_bytes(n).unwrap();
+                let x: Vec<u8> = (0..n_vecs).flat_map(|v| xq.vector(v).to_vec()).collect();
+                let sums: Vec<f32> = (0..n_vecs)
+                    .flat_map(|v| xq.block_sums(v).to_vec())
+                    .collect();
+                let mut out = vec![f32::NAN; n_rows * n_vecs];
+                // SAFETY: the set runs on this CPU; rows, vectors and sums are sized for n.
+                unsafe { gemm(n, &w, rb, &x, xrb, &sums, &mut out) };
+                for v in 0..n_vecs {
+                    for (r, row) in w.chunks_exact(rb).enumerate() {
+                        let (xv, sv) = (xq.vector(v), xq.block_sums(v));
+                        // SAFETY: as above.
+                        let want = unsafe {
+                            match set.dot_with_sums(ty) {
+                                Some(f) => f(n, row, xv, sv),
+                                None => set.dot(ty)(n, row, xv),
+                            }
+                        };
+                        assert_eq!(
+                            out[v * n_rows + r].to_bits(),
+                            want.to_bits(),
+                            "{} {ty} gemm row {r} of {n_rows}, vector {v} of {n_vecs}, {blocks} blocks",
+                            set.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Every set's row-scaled accumulation equals the scalar reference bit for bit, for row counts
 /// that leave 1–3 rows after the groups of four, repeated and out-of-order rows, and odd widths.
 #[test]

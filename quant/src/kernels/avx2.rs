@@ -32,6 +32,7 @@ pub fn kernel_set() -> Option<KernelSet> {
             (QuantType::Q8_0, dot_q8_0_x4),
         ]),
         axpys: crate::dispatch::q8_0_axpy(axpy_q8_0),
+        gemms: [None; 14],
     })
 }
 

@@ -46,6 +46,7 @@ pub fn kernel_set() -> Option<KernelSet> {
             (QuantType::Q8_0, dot_q8_0_x4),
         ]),
         axpys: avx2.axpys,
+        gemms: super::avx512_gemm::kernels(),
     })
 }
 

@@ -6,6 +6,8 @@ pub mod scalar;
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512_gemm;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 
@@ -26,6 +28,16 @@ pub type DotSumsFn = unsafe fn(usize, &[u8], &[u8], &[f32]) -> f32;
 /// rows' accumulator chains overlap and each activation block is loaded once). `sums` as for
 /// [`DotSumsFn`] for the formats with a per-block offset, else unused (may be empty).
 pub type Dot4Fn = unsafe fn(usize, [&[u8]; 4], &[u8], &[f32]) -> [f32; 4];
+
+/// A tiled matrix-matrix product for prompt processing:
+/// `gemm(cols, w, row_bytes, x, x_row_bytes, sums, out)` sets `out[v · rows + r]` to the dot
+/// product of weight row `r` (the `row_bytes` bytes at `r · row_bytes` of `w`) with activation
+/// vector `v` (at `v · x_row_bytes` of `x`), for every row and vector; `sums` are the vectors'
+/// block sums, vector-major (as for [`DotSumsFn`]), used by the formats with a per-block offset.
+/// Each result is **bit-identical** to the set's single-row kernel (the one with block sums for
+/// those formats), so batched and token-at-a-time evaluation agree exactly. Unsafe as
+/// [`DotFn`]; the kernels check the shapes.
+pub type GemmFn = unsafe fn(usize, &[u8], usize, &[u8], usize, &[f32], &mut [f32]);
 
 /// `y[..n] += Σ_k coeffs[k] · row(rows[k])`, where row `r` is the `row_bytes` bytes at
 /// `r · row_bytes` of `w`, in the weight format: a MoE expert's transposed down projection, one

@@ -31,6 +31,7 @@ pub fn kernel_set(dotprod: bool) -> Option<KernelSet> {
             ),
             dots_x4: [None; 14],
             axpys: crate::dispatch::q8_0_axpy(axpy_q8_0),
+            gemms: [None; 14],
         });
     }
     Some(KernelSet {
@@ -39,6 +40,7 @@ pub fn kernel_set(dotprod: bool) -> Option<KernelSet> {
         dots_with_sums: crate::dispatch::with_sums(plain::dot_q4_1_sums, plain::dot_q5_1_sums),
         dots_x4: [None; 14],
         axpys: crate::dispatch::q8_0_axpy(axpy_q8_0),
+        gemms: [None; 14],
     })
 }
 
