@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use crate::formats::QuantType;
-use crate::kernels::{scalar, AxpyFn, Dot4Fn, DotFn, DotSumsFn, GemmFn};
+use crate::kernels::{scalar, AxpyFn, Dot4Fn, DotFn, DotSumsFn, GemmFn, QuantizeActsFn};
 
 /// A named set of dot-product kernels, indexed by `QuantType as usize`.
 pub struct KernelSet {
@@ -18,6 +18,8 @@ pub struct KernelSet {
     pub axpys: [Option<AxpyFn>; 14],
     /// Tiled matrix-matrix products (see [`GemmFn`]).
     pub gemms: [Option<GemmFn>; 14],
+    /// The Q8_0 activation quantizer (see [`QuantizeActsFn`]).
+    pub quantize_q8_0_acts: QuantizeActsFn,
 }
 
 impl KernelSet {
@@ -71,6 +73,7 @@ pub fn scalar_set() -> KernelSet {
         dots_x4: [None; 14],
         axpys: q8_0_axpy(scalar::axpy_q8_0),
         gemms: [None; 14],
+        quantize_q8_0_acts: scalar::quantize_q8_0_acts,
     }
 }
 

@@ -139,24 +139,22 @@ impl QuantizedInput {
                 cols,
             })?;
         self.data.resize(total, 0);
-        let quantize = if ty == QuantType::Q8_0 {
-            crate::blocks::legacy::quantize_q8_0_activations
-        } else {
-            codec(ty).0
-        };
-        for (src, dst) in x
+        let rows = x
             .chunks_exact(cols)
-            .zip(self.data.chunks_exact_mut(row_bytes))
-        {
-            quantize(src, dst);
-        }
-        self.sums.clear();
+            .zip(self.data.chunks_exact_mut(row_bytes));
         if ty == QuantType::Q8_0 {
-            let mut block = Vec::new();
-            for (src, v) in x.chunks_exact(cols).zip(self.data.chunks_exact(row_bytes)) {
-                crate::kernels::scalar::q8_0_block_sums(src, v, &mut block);
-                self.sums.extend_from_slice(&block);
+            let nb = cols / ty.block_size();
+            self.sums.resize(n_vecs * nb, 0.0);
+            let quantize = kernels().quantize_q8_0_acts;
+            for ((src, dst), sums) in rows.zip(self.sums.chunks_exact_mut(nb)) {
+                // SAFETY: the dispatched set runs on this CPU; each row holds `cols` values,
+                // `row_bytes` bytes and `nb` sums, as the kernel requires (and checks).
+                unsafe { quantize(src, dst, sums) };
             }
+        } else {
+            self.sums.clear();
+            let quantize = codec(ty).0;
+            rows.for_each(|(src, dst)| quantize(src, dst));
         }
         self.ty = Some(ty);
         self.cols = cols;

@@ -200,6 +200,49 @@ fn tiled_kernels_equal_single_row_bit_for_bit() {
     }
 }
 
+/// Every set's activation quantizer equals the scalar reference bit for bit: random rows, a
+/// block of zeros, values at exact halves of a step (ties round to even), one huge outlier.
+#[test]
+fn activation_quantizers_equal_scalar_bit_for_bit() {
+    let scalar = scalar_set();
+    let mut rng = support::rng(53);
+    let mut rows: Vec<Vec<f32>> = (0..20)
+        .map(|k| support::row(&mut rng, 32 * (1 + k % 7), 5 + k % 3))
+        .collect();
+    let mut special = vec![0f32; 96];
+    for (i, v) in special[32..64].iter_mut().enumerate() {
+        *v = i as f32 - 15.5; // amax 16.5 scales these to odd multiples of half a step, some exact ties
+    }
+    special[64] = 127.0;
+    special[65] = 0.5;
+    special[66] = -1.5;
+    special[67] = 2.5;
+    special[80] = 3.0e30;
+    special[81] = -1.0e-30;
+    rows.push(special);
+    for set in available_sets() {
+        for src in &rows {
+            let nb = src.len() / 32;
+            let (mut want_q, mut got_q) = (vec![0u8; 34 * nb], vec![0u8; 34 * nb]);
+            let (mut want_s, mut got_s) = (vec![0f32; nb], vec![0f32; nb]);
+            // SAFETY: the set runs on this CPU; buffers sized for the row.
+            unsafe {
+                (scalar.quantize_q8_0_acts)(src, &mut want_q, &mut want_s);
+                (set.quantize_q8_0_acts)(src, &mut got_q, &mut got_s);
+            }
+            assert_eq!(
+                got_q,
+                want_q,
+                "{} quants of a {}-value row",
+                set.name,
+                src.len()
+            );
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got_s), bits(&want_s), "{} block sums", set.name);
+        }
+    }
+}
+
 /// Every set's row-scaled accumulation equals the scalar reference bit for bit, for row counts
 /// that leave 1–3 rows after the groups of four, repeated and out-of-order rows, and odd widths.
 #[test]

@@ -33,7 +33,51 @@ pub fn kernel_set() -> Option<KernelSet> {
         ]),
         axpys: crate::dispatch::q8_0_axpy(axpy_q8_0),
         gemms: [None; 14],
+        quantize_q8_0_acts: quantize_q8_0_acts,
     })
+}
+
+/// The activation quantizer (see `kernels::QuantizeActsFn`), as ggml's AVX2
+/// `quantize_row_q8_0`/`_q8_1`: scale by `127/amax`, round half to even (`vcvtps2dq` in the
+/// default rounding mode), saturate to i8, scale to f16 by F16C. (`vmaxps` and the scalar
+/// reference's `f32::max` treat NaN differently; only finite activations are specified.)
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q8_0_acts(src: &[f32], dst: &mut [u8], sums: &mut [f32]) {
+    let nb = src.len() / QK;
+    assert!(
+        src.len() % QK == 0 && dst.len() >= nb * 34 && sums.len() >= nb,
+        "q8_0 activations: {} values do not fit {} bytes and {} sums",
+        src.len(),
+        dst.len(),
+        sums.len()
+    );
+    let sign = _mm256_set1_ps(-0.0);
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for b in 0..nb {
+        let p = src.as_ptr().add(QK * b);
+        let v = [0, 1, 2, 3].map(|k| _mm256_loadu_ps(p.add(8 * k)));
+        let a = v.map(|x| _mm256_andnot_ps(sign, x));
+        let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let q = v.map(|x| _mm256_cvtps_epi32(_mm256_mul_ps(x, id)));
+        // packs interleave 128-bit lanes; the permutation restores element order.
+        let q16 = [
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        ];
+        let q8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q16[0], q16[1]), order);
+        let out = dst.as_mut_ptr().add(34 * b);
+        let dh = _mm_cvtps_ph(_mm_set_ss(d), _MM_FROUND_TO_NEAREST_INT);
+        (out as *mut u16).write_unaligned(_mm_extract_epi16(dh, 0) as u16);
+        _mm256_storeu_si256(out.add(2) as *mut __m256i, q8);
+        let sum = hsum_i32(dot_us8_avx2(_mm256_set1_epi8(1), q8)) as f32;
+        let s = _mm_cvtph_ps(_mm_cvtps_ph(_mm_set_ss(d * sum), _MM_FROUND_TO_NEAREST_INT));
+        *sums.get_unchecked_mut(b) = _mm_cvtss_f32(s);
+    }
 }
 
 /// Panics unless both rows hold `n` elements of `ty` / its vec_dot_type: every kernel checks

@@ -39,6 +39,13 @@ pub type Dot4Fn = unsafe fn(usize, [&[u8]; 4], &[u8], &[f32]) -> [f32; 4];
 /// [`DotFn`]; the kernels check the shapes.
 pub type GemmFn = unsafe fn(usize, &[u8], usize, &[u8], usize, &[f32], &mut [f32]);
 
+/// `quantize(src, dst, sums)`: one activation row (`src.len()` a multiple of 32) to Q8_0 blocks
+/// in `dst`, rounded as ggml's SIMD quantizer of this architecture
+/// (`crate::blocks::legacy::quantize_q8_0_activations`), and each block's `s = d·Σq` into `sums`
+/// (as for [`DotSumsFn`]). Every set's is bit-identical to the scalar reference for finite
+/// inputs. Unsafe as [`DotFn`]; the kernels check the lengths.
+pub type QuantizeActsFn = unsafe fn(&[f32], &mut [u8], &mut [f32]);
+
 /// `y[..n] += Σ_k coeffs[k] · row(rows[k])`, where row `r` is the `row_bytes` bytes at
 /// `r · row_bytes` of `w`, in the weight format: a MoE expert's transposed down projection, one
 /// row per active neuron. Rows are added in order, each element as `y = fma(coeff · d, q, y)`, so

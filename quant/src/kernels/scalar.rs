@@ -346,17 +346,23 @@ pub fn dot_q5_1_sums(n: usize, w: &[u8], x: &[u8], sums: &[f32]) -> f32 {
     })
 }
 
-/// `s = d·Σq` of each Q8_0 block of an activation row (the `sums` of
+/// Quantizes one activation row to Q8_0 (`crate::blocks::legacy::quantize_q8_0_activations`)
+/// and its block sums (`block_sum`): the reference of [`super::QuantizeActsFn`].
+pub fn quantize_q8_0_acts(src: &[f32], dst: &mut [u8], sums: &mut [f32]) {
+    crate::blocks::legacy::quantize_q8_0_activations(src, dst);
+    for ((s, x), out) in src.chunks_exact(QK).zip(dst.chunks_exact(34)).zip(sums) {
+        *out = block_sum(s, x);
+    }
+}
+
+/// `s = d·Σq` of one Q8_0 block of an activation row (the `sums` of
 /// [`crate::kernels::DotSumsFn`]), computed as ggml computes the `s` of its Q8_1 blocks: from the
 /// unrounded scale `d = max|x|/127` of the block's source values `src`, then rounded to f16.
 /// Using the same rounding keeps Q4_1/Q5_1 products within float-summation order of ggml's.
-pub fn q8_0_block_sums(src: &[f32], x: &[u8], out: &mut Vec<f32>) {
-    out.clear();
-    out.extend(src.chunks_exact(QK).zip(x.chunks_exact(34)).map(|(s, b)| {
-        let amax = s.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let sum = b[2..34].iter().map(|&v| v as i8 as i32).sum::<i32>() as f32;
-        f16_to_f32(f32_to_f16(amax / 127.0 * sum))
-    }));
+fn block_sum(src: &[f32], block: &[u8]) -> f32 {
+    let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let sum = block[2..34].iter().map(|&v| v as i8 as i32).sum::<i32>() as f32;
+    f16_to_f32(f32_to_f16(amax / 127.0 * sum))
 }
 
 /// Q8_0 [`super::AxpyFn`] reference: row by row, `y = fma(a · d, q, y)`.
