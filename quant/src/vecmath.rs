@@ -233,6 +233,68 @@ pub fn dot_chunks32_scalar(a: &[f32], stride: usize, b: &[f32], gemm_order: bool
     (t[0] + t[1]) + (t[2] + t[3])
 }
 
+/// `out[i] = dot(&a[i·row_stride..][..b.len()], b)` for every `i < out.len()`: many rows
+/// against one vector (the attention scores of one query), each exactly [`dot`]'s result.
+///
+/// # Panics
+/// If the last row runs past the end of `a`.
+pub fn dot_rows(a: &[f32], row_stride: usize, b: &[f32], out: &mut [f32]) {
+    if let Some(last) = out.len().checked_sub(1) {
+        assert!(
+            last * row_stride + b.len() <= a.len(),
+            "dot_rows: {} rows of {} at a stride of {row_stride} exceed {} values",
+            out.len(),
+            b.len(),
+            a.len()
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: AVX2 and FMA were detected at run time; every row is in bounds (checked).
+        return unsafe { avx2::dot_rows(a, row_stride, b, out) };
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = dot_scalar(&a[i * row_stride..i * row_stride + b.len()], b);
+    }
+}
+
+/// `out[i] = dot_chunks32(&a[i·row_stride..], stride, b, gemm_order)` for every `i < out.len()`:
+/// several chunked vectors against one (the value sums of one query, one per dimension), each
+/// exactly [`dot_chunks32`]'s result; the SIMD path runs several rows' accumulator chains at once.
+///
+/// # Panics
+/// As [`dot_chunks32`], for the last row.
+pub fn dot_chunks32_rows(
+    a: &[f32],
+    row_stride: usize,
+    stride: usize,
+    b: &[f32],
+    gemm_order: bool,
+    out: &mut [f32],
+) {
+    assert!(
+        b.len() % 32 == 0,
+        "dot_chunks32_rows: length {} is not a multiple of 32",
+        b.len()
+    );
+    if let (Some(last), Some(last_chunk)) =
+        (out.len().checked_sub(1), (b.len() / 32).checked_sub(1))
+    {
+        assert!(
+            last * row_stride + last_chunk * stride + 32 <= a.len(),
+            "dot_chunks32_rows: vectors too short"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: AVX2 and FMA were detected at run time; every chunk is in bounds (checked).
+        return unsafe { avx2::dot_chunks32_rows(a, row_stride, stride, b, gemm_order, out) };
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = dot_chunks32_scalar(&a[i * row_stride..], stride, b, gemm_order);
+    }
+}
+
 /// `out[i] += a · packed[k]` for the k-th set bit `i` of `bits` (bit `i % 64` of `bits[i / 64]`),
 /// in order: a vector stored without its masked-out entries, added back in place (the values of a
 /// compact V cache). Each element as `out[i] + a · packed[k]` (multiply, then add), on every path.
@@ -369,40 +431,97 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_chunks32(a: &[f32], stride: usize, b: &[f32], gemm_order: bool) -> f32 {
-        let (ap, bp) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for k in 0..b.len() / 32 {
-            let (ac, bc) = (ap.add(k * stride), bp.add(32 * k));
+        let mut out = [0f32];
+        chunks32_rows::<1>(a.as_ptr(), 0, stride, b, gemm_order, &mut out);
+        out[0]
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_rows(a: &[f32], row_stride: usize, b: &[f32], out: &mut [f32]) {
+        let np = b.len() / 32 * 32;
+        dot_chunks32_rows(a, row_stride, 32, &b[..np], false, out);
+        for (i, o) in out.iter_mut().enumerate() {
+            let row = &a[i * row_stride..i * row_stride + b.len()];
+            for e in np..b.len() {
+                *o = row[e].mul_add(b[e], *o);
+            }
+        }
+    }
+
+    /// Rows in groups (eight in the gemm order's single chain per row, two in the dot order's
+    /// four), then the rest one at a time; the caller checked that every chunk is in `a`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_chunks32_rows(
+        a: &[f32],
+        row_stride: usize,
+        stride: usize,
+        b: &[f32],
+        gemm_order: bool,
+        out: &mut [f32],
+    ) {
+        let group = if gemm_order { 8 } else { 2 };
+        let whole = out.len() / group * group;
+        let (head, tail) = out.split_at_mut(whole);
+        for (g, o) in head.chunks_exact_mut(group).enumerate() {
+            let ap = a.as_ptr().add(g * group * row_stride);
             if gemm_order {
-                for q in 0..4 {
-                    acc[0] = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(ac.add(8 * q)),
-                        _mm256_loadu_ps(bc.add(8 * q)),
-                        acc[0],
-                    );
-                }
+                chunks32_rows::<8>(ap, row_stride, stride, b, true, o);
             } else {
-                for (q, s) in acc.iter_mut().enumerate() {
-                    *s = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(ac.add(8 * q)),
-                        _mm256_loadu_ps(bc.add(8 * q)),
-                        *s,
-                    );
+                chunks32_rows::<2>(ap, row_stride, stride, b, false, o);
+            }
+        }
+        for (i, o) in tail.iter_mut().enumerate() {
+            let ap = a.as_ptr().add((whole + i) * row_stride);
+            chunks32_rows::<1>(
+                ap,
+                row_stride,
+                stride,
+                b,
+                gemm_order,
+                std::slice::from_mut(o),
+            );
+        }
+    }
+
+    /// `R` rows of `dot_chunks32` at once, each with exactly the single row's operations.
+    #[inline(always)]
+    unsafe fn chunks32_rows<const R: usize>(
+        ap: *const f32,
+        row_stride: usize,
+        stride: usize,
+        b: &[f32],
+        gemm_order: bool,
+        out: &mut [f32],
+    ) {
+        let bp = b.as_ptr();
+        let mut acc = [[_mm256_setzero_ps(); 4]; R];
+        for k in 0..b.len() / 32 {
+            let bc = bp.add(32 * k);
+            let bv = [0, 1, 2, 3].map(|q| _mm256_loadu_ps(bc.add(8 * q)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let ac = ap.add(r * row_stride + k * stride);
+                for (q, &bq) in bv.iter().enumerate() {
+                    // gemm order: one accumulator for every group of 8; dot order: four.
+                    let s = if gemm_order { 0 } else { q };
+                    acc[s] = _mm256_fmadd_ps(_mm256_loadu_ps(ac.add(8 * q)), bq, acc[s]);
                 }
             }
         }
-        if gemm_order {
-            let h = _mm_add_ps(
-                _mm256_extractf128_ps(acc[0], 1),
-                _mm256_castps256_ps128(acc[0]),
-            );
-            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+        for (o, acc) in out.iter_mut().zip(&acc) {
+            *o = if gemm_order {
+                let h = _mm_add_ps(
+                    _mm256_extractf128_ps(acc[0], 1),
+                    _mm256_castps256_ps128(acc[0]),
+                );
+                let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+                _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+            } else {
+                let x = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+                let t0 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+                let t1 = _mm_hadd_ps(t0, t0);
+                _mm_cvtss_f32(_mm_hadd_ps(t1, t1))
+            };
         }
-        let x = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
-        let t0 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-        let t1 = _mm_hadd_ps(t0, t0);
-        _mm_cvtss_f32(_mm_hadd_ps(t1, t1))
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -680,6 +799,60 @@ mod tests {
                         // SAFETY: AVX-512F detected; shapes as axpy_expand checked them just above.
                         unsafe { avx512::axpy_expand(a, &bits, &packed, &mut v) };
                         assert_eq!(v, want, "avx512, len {len}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The many-row products equal their one-row functions and the scalar references bit for
+    /// bit, for row counts around the SIMD groups (2 and 8), odd lengths and strided chunks.
+    #[test]
+    fn row_products_equal_single_rows_bit_for_bit() {
+        let x = inputs();
+        let finite: Vec<f32> = x
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite() && v.abs() < 1e3)
+            .collect();
+        let val = |i: usize| finite[(i * 7 + 3) % finite.len()] * 0.01 + (i % 13) as f32 * 0.1;
+        let a: Vec<f32> = (0..40_000).map(val).collect();
+        for rows in [0usize, 1, 2, 3, 7, 8, 9, 17] {
+            for len in [1usize, 31, 32, 64, 70, 96] {
+                let b: Vec<f32> = (0..len).map(|i| val(i + 500)).collect();
+                let stride = len + 3;
+                let mut got = vec![0f32; rows];
+                dot_rows(&a, stride, &b, &mut got);
+                for (i, g) in got.iter().enumerate() {
+                    let row = &a[i * stride..i * stride + len];
+                    assert_eq!(
+                        g.to_bits(),
+                        dot(row, &b).to_bits(),
+                        "dot_rows {rows}x{len} [{i}]"
+                    );
+                    assert_eq!(
+                        g.to_bits(),
+                        dot_scalar(row, &b).to_bits(),
+                        "scalar {rows}x{len}"
+                    );
+                }
+                if len % 32 != 0 {
+                    continue;
+                }
+                for gemm_order in [false, true] {
+                    let (row_stride, chunk_stride) = (32, 32 * 20);
+                    let mut got = vec![0f32; rows];
+                    dot_chunks32_rows(&a, row_stride, chunk_stride, &b, gemm_order, &mut got);
+                    for (i, g) in got.iter().enumerate() {
+                        let r = &a[i * row_stride..];
+                        let want = dot_chunks32(r, chunk_stride, &b, gemm_order);
+                        let scalar = dot_chunks32_scalar(r, chunk_stride, &b, gemm_order);
+                        assert_eq!(
+                            g.to_bits(),
+                            want.to_bits(),
+                            "chunks {rows}x{len} {gemm_order}"
+                        );
+                        assert_eq!(g.to_bits(), scalar.to_bits(), "scalar chunks {rows}x{len}");
                     }
                 }
             }

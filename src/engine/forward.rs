@@ -402,10 +402,8 @@ fn attention(
             let len = (p + 1).next_multiple_of(32);
             let row = &mut sc[..len];
             row.fill(f32::NEG_INFINITY);
-            for (j, s) in row.iter_mut().enumerate().take(p + 1).skip(lo) {
-                let kr = j * kvd_k + kh;
-                *s = vecmath::dot(&keys[kr..kr + kd], qh) * kq_scale;
-            }
+            vecmath::dot_rows(&keys[lo * kvd_k + kh..], kvd_k, qh, &mut row[lo..=p]);
+            row[lo..=p].iter_mut().for_each(|s| *s *= kq_scale);
             let max = row[lo..=p].iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let inv = (1.0 / vecmath::exp_sub_sum(row, max)) as f32;
             row.iter_mut().for_each(|v| *v *= inv);
@@ -419,11 +417,7 @@ fn attention(
                         vecmath::axpy_expand(pj, cv.kept(j), cv.values(j, g), o);
                     }
                 }
-                None => {
-                    for (d, o) in o.iter_mut().enumerate() {
-                        *o = vecmath::dot_chunks32(&values[(vh + d) * 32..], block_stride, row, gemm_order);
-                    }
-                }
+                None => vecmath::dot_chunks32_rows(&values[vh * 32..], 32, block_stride, row, gemm_order, o),
             }
         }
     });
