@@ -295,6 +295,64 @@ pub fn dot_chunks32_rows(
     }
 }
 
+/// The value sums of several queries at once: for each of `n_b` vectors
+/// `b_q = b[q·b_stride..][..len]`, `out[q·out_stride + i] = dot_chunks32(&a[i·row_stride..], stride,
+/// b_q, true)` for every `i < rows`, each exactly that (ggml's matrix-kernel order). The SIMD path
+/// reads each chunk of `a` once for up to four vectors, so a head's cached values stream from L2
+/// once per four queries instead of once per query.
+///
+/// # Panics
+/// If `len` is not a multiple of 32, or a row, vector or output runs past its slice.
+#[allow(clippy::too_many_arguments)]
+pub fn dot_chunks32_rows_gemm(
+    a: &[f32],
+    row_stride: usize,
+    stride: usize,
+    rows: usize,
+    b: &[f32],
+    b_stride: usize,
+    n_b: usize,
+    len: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    assert!(
+        len % 32 == 0,
+        "dot_chunks32_rows_gemm: length {len} is not a multiple of 32"
+    );
+    if rows == 0 || n_b == 0 {
+        return;
+    }
+    let fits = |n: usize, stride: usize, width: usize, have: usize| {
+        (n - 1)
+            .checked_mul(stride)
+            .and_then(|o| o.checked_add(width))
+            .is_some_and(|e| e <= have)
+    };
+    let a_width = (len / 32).checked_sub(1).map_or(0, |c| c * stride + 32);
+    assert!(
+        fits(rows, row_stride, a_width, a.len())
+            && fits(n_b, b_stride, len, b.len())
+            && fits(n_b, out_stride, rows, out.len()),
+        "dot_chunks32_rows_gemm: shapes exceed the slices"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: AVX2 and FMA were detected at run time; every access is in bounds (checked).
+        return unsafe {
+            avx2::dot_chunks32_rows_gemm(
+                a, row_stride, stride, rows, b, b_stride, n_b, len, out, out_stride,
+            )
+        };
+    }
+    for q in 0..n_b {
+        let bq = &b[q * b_stride..q * b_stride + len];
+        for i in 0..rows {
+            out[q * out_stride + i] = dot_chunks32_scalar(&a[i * row_stride..], stride, bq, true);
+        }
+    }
+}
+
 /// `out[i] += a · packed[k]` for the k-th set bit `i` of `bits` (bit `i % 64` of `bits[i / 64]`),
 /// in order: a vector stored without its masked-out entries, added back in place (the values of a
 /// compact V cache). Each element as `out[i] + a · packed[k]` (multiply, then add), on every path.
@@ -483,6 +541,93 @@ mod avx2 {
         }
     }
 
+    /// Rows in pairs and vectors in fours (then the rest), each pair of rows × group of vectors
+    /// reading its chunks of `a` once; the caller checked every access.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn dot_chunks32_rows_gemm(
+        a: &[f32],
+        row_stride: usize,
+        stride: usize,
+        rows: usize,
+        b: &[f32],
+        b_stride: usize,
+        n_b: usize,
+        len: usize,
+        out: &mut [f32],
+        out_stride: usize,
+    ) {
+        let (ap, bp, op) = (a.as_ptr(), b.as_ptr(), out.as_mut_ptr());
+        let nc = len / 32;
+        let mut q0 = 0;
+        while q0 < n_b {
+            let nq = (n_b - q0).min(4);
+            let mut r0 = 0;
+            while r0 < rows {
+                let nr = (rows - r0).min(2);
+                let (a0, b0) = (ap.add(r0 * row_stride), bp.add(q0 * b_stride));
+                let o0 = op.add(q0 * out_stride + r0);
+                let args = (a0, row_stride, stride, b0, b_stride, nc, o0, out_stride);
+                match (nr, nq) {
+                    (2, 4) => rows_vectors::<2, 4>(args),
+                    (2, 3) => rows_vectors::<2, 3>(args),
+                    (2, 2) => rows_vectors::<2, 2>(args),
+                    (2, _) => rows_vectors::<2, 1>(args),
+                    (_, 4) => rows_vectors::<1, 4>(args),
+                    (_, 3) => rows_vectors::<1, 3>(args),
+                    (_, 2) => rows_vectors::<1, 2>(args),
+                    _ => rows_vectors::<1, 1>(args),
+                }
+                r0 += nr;
+            }
+            q0 += nq;
+        }
+    }
+
+    type RowsVectors = (
+        *const f32,
+        usize,
+        usize,
+        *const f32,
+        usize,
+        usize,
+        *mut f32,
+        usize,
+    );
+
+    /// `R` rows × `Q` vectors of `dot_chunks32` in the gemm order (one accumulator chain each,
+    /// the single product's operations in its order).
+    #[inline(always)]
+    unsafe fn rows_vectors<const R: usize, const Q: usize>(args: RowsVectors) {
+        let (ap, row_stride, stride, bp, b_stride, nc, op, out_stride) = args;
+        let mut acc = [[_mm256_setzero_ps(); Q]; R];
+        for k in 0..nc {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let ac = ap.add(r * row_stride + k * stride);
+                let av = [0, 1, 2, 3].map(|c| _mm256_loadu_ps(ac.add(8 * c)));
+                for (q, acc) in acc.iter_mut().enumerate() {
+                    let bc = bp.add(q * b_stride + 32 * k);
+                    for (c, &ac) in av.iter().enumerate() {
+                        *acc = _mm256_fmadd_ps(ac, _mm256_loadu_ps(bc.add(8 * c)), *acc);
+                    }
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (q, acc) in acc.iter().enumerate() {
+                *op.add(q * out_stride + r) = hsum_gemm(*acc);
+            }
+        }
+    }
+
+    /// The horizontal sum of the gemm order's single accumulator.
+    #[inline(always)]
+    unsafe fn hsum_gemm(acc: __m256) -> f32 {
+        let h = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+    }
+
     /// `R` rows of `dot_chunks32` at once, each with exactly the single row's operations.
     #[inline(always)]
     unsafe fn chunks32_rows<const R: usize>(
@@ -509,12 +654,7 @@ mod avx2 {
         }
         for (o, acc) in out.iter_mut().zip(&acc) {
             *o = if gemm_order {
-                let h = _mm_add_ps(
-                    _mm256_extractf128_ps(acc[0], 1),
-                    _mm256_castps256_ps128(acc[0]),
-                );
-                let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-                _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+                hsum_gemm(acc[0])
             } else {
                 let x = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
                 let t0 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
@@ -853,6 +993,37 @@ mod tests {
                             "chunks {rows}x{len} {gemm_order}"
                         );
                         assert_eq!(g.to_bits(), scalar.to_bits(), "scalar chunks {rows}x{len}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The several-vector value sums equal the one-row product bit for bit, for row and vector
+    /// counts around the SIMD groups (2 rows, 4 vectors).
+    #[test]
+    fn gemm_row_products_equal_single_rows_bit_for_bit() {
+        let val = |i: usize| ((i * 7919) % 1013) as f32 / 97.0 - 5.0;
+        let a: Vec<f32> = (0..30_000).map(val).collect();
+        let (row_stride, stride) = (32, 32 * 9);
+        for rows in [1usize, 2, 3, 8] {
+            for n_b in [1usize, 2, 3, 4, 5, 9] {
+                for len in [32usize, 96] {
+                    let b_stride = len + 32;
+                    let b: Vec<f32> = (0..n_b * b_stride).map(|i| val(i + 77) * 0.1).collect();
+                    let out_stride = rows + 1;
+                    let mut out = vec![f32::NAN; n_b * out_stride];
+                    dot_chunks32_rows_gemm(
+                        &a, row_stride, stride, rows, &b, b_stride, n_b, len, &mut out, out_stride,
+                    );
+                    for q in 0..n_b {
+                        let bq = &b[q * b_stride..q * b_stride + len];
+                        for i in 0..rows {
+                            let want = dot_chunks32(&a[i * row_stride..], stride, bq, true);
+                            let got = out[q * out_stride + i];
+                            assert_eq!(got.to_bits(), want.to_bits(), "{rows}x{n_b} len {len}");
+                        }
+                        assert!(out[q * out_stride + rows].is_nan(), "wrote past its rows");
                     }
                 }
             }

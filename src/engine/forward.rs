@@ -58,7 +58,8 @@ pub struct Scratch {
     proj: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
-    /// One row of attention scores per head (the context rounded up to 32: see `attention`).
+    /// `ATTN_GROUP` rows of attention scores per head (the context rounded up to 32: see
+    /// `attention`).
     scores: Vec<f32>,
     /// cos/sin tables per token, for the global and the sliding-window RoPE bases.
     rope_cos: [Vec<f32>; 2],
@@ -90,7 +91,7 @@ impl Scratch {
             proj: vec![0.0; nb * c.d_model],
             gate: vec![0.0; nb * c.n_ff],
             up: vec![0.0; nb * c.n_ff],
-            scores: vec![0.0; c.n_head * n_ctx.next_multiple_of(32)],
+            scores: vec![0.0; c.n_head * ATTN_GROUP * n_ctx.next_multiple_of(32)],
             rope_cos: [vec![0.0; nb * pairs], vec![0.0; nb * pairs]],
             rope_sin: [vec![0.0; nb * pairs], vec![0.0; nb * pairs]],
             rope_cos_l: vec![0.0; pairs],
@@ -103,6 +104,9 @@ impl Scratch {
         }
     }
 }
+
+/// Queries whose attention a head computes together (see `attention`).
+const ATTN_GROUP: usize = 4;
 
 /// Which logits a batch produces.
 pub enum Logits<'o> {
@@ -390,35 +394,45 @@ fn attention(
     let compact = kv.compact_values(il);
     // llama.cpp sums one query's values in its vector-dot order, a batch's in its matrix order.
     let gemm_order = n > 1;
-    for_each_chunk_pair(out, n * hd, scores, row_len, c.n_head, |h, out_h, sc| {
+    for_each_chunk_pair(out, n * hd, scores, ATTN_GROUP * row_len, c.n_head, |h, out_h, sc| {
         let (kh, vh) = ((h / group) * kd, (h / group) * hd);
-        for t in 0..n {
-            let p = pos0 + t;
-            let lo = match window {
-                Some(w) => (p + 1).saturating_sub(w),
-                None => 0,
-            };
-            let qh = &q[t * qd + h * kd..t * qd + (h + 1) * kd];
-            let len = (p + 1).next_multiple_of(32);
-            let row = &mut sc[..len];
-            row.fill(f32::NEG_INFINITY);
-            vecmath::dot_rows(&keys[lo * kvd_k + kh..], kvd_k, qh, &mut row[lo..=p]);
-            row[lo..=p].iter_mut().for_each(|s| *s *= kq_scale);
-            let max = row[lo..=p].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let inv = (1.0 / vecmath::exp_sub_sum(row, max)) as f32;
-            row.iter_mut().for_each(|v| *v *= inv);
-            let o = &mut out_h[t * hd..(t + 1) * hd];
-            match &compact {
-                // Each position adds its kept values only (the others were masked to zero).
-                Some(cv) => {
+        // Queries in groups whose probability rows have the same length (the same block of 32
+        // positions): a batch's value sums then read the cached values once per group.
+        let mut t0 = 0;
+        while t0 < n {
+            let len = (pos0 + t0 + 1).next_multiple_of(32);
+            let t1 = (t0 + ATTN_GROUP).min(n).min(len - pos0);
+            for t in t0..t1 {
+                let p = pos0 + t;
+                let lo = match window {
+                    Some(w) => (p + 1).saturating_sub(w),
+                    None => 0,
+                };
+                let qh = &q[t * qd + h * kd..t * qd + (h + 1) * kd];
+                let row = &mut sc[(t - t0) * row_len..][..len];
+                row.fill(f32::NEG_INFINITY);
+                vecmath::dot_rows(&keys[lo * kvd_k + kh..], kvd_k, qh, &mut row[lo..=p]);
+                row[lo..=p].iter_mut().for_each(|s| *s *= kq_scale);
+                let max = row[lo..=p].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let inv = (1.0 / vecmath::exp_sub_sum(row, max)) as f32;
+                row.iter_mut().for_each(|v| *v *= inv);
+                if let Some(cv) = &compact {
+                    // Each position adds its kept values only (the others were masked to zero).
+                    let o = &mut out_h[t * hd..(t + 1) * hd];
                     o.fill(0.0);
-                    let g = h / group;
                     for (j, &pj) in row.iter().enumerate().take(p + 1).skip(lo) {
-                        vecmath::axpy_expand(pj, cv.kept(j), cv.values(j, g), o);
+                        vecmath::axpy_expand(pj, cv.kept(j), cv.values(j, h / group), o);
                     }
+                } else if !gemm_order {
+                    let o = &mut out_h[t * hd..(t + 1) * hd];
+                    vecmath::dot_chunks32_rows(&values[vh * 32..], 32, block_stride, row, false, o);
                 }
-                None => vecmath::dot_chunks32_rows(&values[vh * 32..], 32, block_stride, row, gemm_order, o),
             }
+            if compact.is_none() && gemm_order {
+                let (a, o) = (&values[vh * 32..], &mut out_h[t0 * hd..t1 * hd]);
+                vecmath::dot_chunks32_rows_gemm(a, 32, block_stride, hd, sc, row_len, t1 - t0, len, o, hd);
+            }
+            t0 = t1;
         }
     });
 }

@@ -23,9 +23,9 @@ use crate::dispatch::gemms;
 use crate::formats::{QuantType, QK};
 
 /// Weight rows per tile.
-const ROWS: usize = 4;
+const ROWS: usize = 2;
 /// Activation vector pairs per tile (two vectors per zmm register).
-const PAIRS: usize = 4;
+const PAIRS: usize = 8;
 const VECS: usize = 2 * PAIRS;
 /// Bytes of one Q8_0 activation block (f16 scale + 32 quants).
 const XB: usize = 34;
@@ -168,30 +168,35 @@ unsafe fn gemm(
             let wp: [*const u8; ROWS] =
                 std::array::from_fn(|k| w.as_ptr().add((r0 + k).min(rows - 1) * row_bytes));
             let mut acc = [[_mm512_setzero_ps(); PAIRS]; ROWS];
-            let mut summ = [_mm256_setzero_ps(); ROWS];
+            let mut summ = [_mm512_setzero_ps(); ROWS];
             for b in 0..nb {
                 let pb = &pairs[b * PAIRS..(b + 1) * PAIRS];
-                for r in 0..ROWS {
-                    let bw = wp[r].add(ts * b);
-                    let q = unpack(bw);
-                    let dw = _mm512_set1_ps(f16_at(bw));
-                    for p in 0..PAIRS {
+                let bw: [*const u8; ROWS] = std::array::from_fn(|r| wp[r].add(ts * b));
+                let q = bw.map(|bw| unpack(bw));
+                let dw = bw.map(|bw| _mm512_set1_ps(f16_at(bw)));
+                // Pairs outer, rows inner: each pair's data is loaded once, and only the rows'
+                // quants and scales stay in registers beside the accumulators.
+                for (p, pair) in pb.iter().enumerate() {
+                    for r in 0..ROWS {
                         let init = if offset != 0 {
-                            pb[p].neg_offset
+                            pair.neg_offset
                         } else {
                             _mm512_setzero_si512()
                         };
-                        let prod = _mm512_dpbusd_epi32(init, q, pb[p].q);
+                        let prod = _mm512_dpbusd_epi32(init, q[r], pair.q);
                         acc[r][p] = _mm512_fmadd_ps(
-                            _mm512_mul_ps(dw, pb[p].d),
+                            _mm512_mul_ps(dw[r], pair.d),
                             _mm512_cvtepi32_ps(prod),
                             acc[r][p],
                         );
                     }
-                    if with_sums {
-                        // Fused, as the single-row kernels' `summ = m.mul_add(s, summ)`.
-                        let s = _mm256_loadu_ps(sums8[b].as_ptr());
-                        summ[r] = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(bw.add(2))), s, summ[r]);
+                }
+                if with_sums {
+                    // Fused, as the single-row kernels' `summ = m.mul_add(s, summ)`.
+                    let s = _mm512_loadu_ps(sums8[b].as_ptr());
+                    for r in 0..ROWS {
+                        let m = _mm512_set1_ps(f16_at(bw[r].add(2)));
+                        summ[r] = _mm512_fmadd_ps(m, s, summ[r]);
                     }
                 }
             }
@@ -200,7 +205,7 @@ unsafe fn gemm(
                     break;
                 }
                 let mut m = [0f32; VECS];
-                _mm256_storeu_ps(m.as_mut_ptr(), *summ_r);
+                _mm512_storeu_ps(m.as_mut_ptr(), *summ_r);
                 for (p, a) in acc_r.iter().enumerate() {
                     let halves = [
                         _mm512_castps512_ps256(*a),
