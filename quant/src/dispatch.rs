@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use crate::formats::QuantType;
-use crate::kernels::{scalar, AxpyFn, Dot4Fn, DotFn, DotSumsFn, GemmFn, QuantizeActsFn};
+use crate::kernels::{scalar, AxpyFn, Dot4Fn, DotFn, DotSumsFn, GemmKernel, QuantizeActsFn};
 
 /// A named set of dot-product kernels, indexed by `QuantType as usize`.
 pub struct KernelSet {
@@ -16,8 +16,8 @@ pub struct KernelSet {
     pub dots_x4: [Option<Dot4Fn>; 14],
     /// Row-scaled accumulation (see [`AxpyFn`]).
     pub axpys: [Option<AxpyFn>; 14],
-    /// Tiled matrix-matrix products (see [`GemmFn`]).
-    pub gemms: [Option<GemmFn>; 14],
+    /// Tiled matrix-matrix products (see [`GemmKernel`]).
+    pub gemms: [Option<GemmKernel>; 14],
     /// The Q8_0 activation quantizer (see [`QuantizeActsFn`]).
     pub quantize_q8_0_acts: QuantizeActsFn,
 }
@@ -44,7 +44,7 @@ impl KernelSet {
     }
 
     #[inline(always)]
-    pub fn gemm(&self, ty: QuantType) -> Option<GemmFn> {
+    pub fn gemm(&self, ty: QuantType) -> Option<GemmKernel> {
         self.gemms[ty as usize]
     }
 }
@@ -86,15 +86,6 @@ pub fn q8_0_axpy(f: AxpyFn) -> [Option<AxpyFn>; 14] {
 
 /// A `dots_x4` table from (format, four-row kernel) pairs (Q4_1/Q5_1 ones take block sums).
 pub fn x4<const N: usize>(kernels: [(QuantType, Dot4Fn); N]) -> [Option<Dot4Fn>; 14] {
-    let mut t = [None; 14];
-    for (ty, f) in kernels {
-        t[ty as usize] = Some(f);
-    }
-    t
-}
-
-/// A `gemms` table from (format, kernel) pairs.
-pub fn gemms<const N: usize>(kernels: [(QuantType, GemmFn); N]) -> [Option<GemmFn>; 14] {
     let mut t = [None; 14];
     for (ty, f) in kernels {
         t[ty as usize] = Some(f);

@@ -374,13 +374,17 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
     }
 }
 
-/// `matmul` with the set's tiled kernel: parallel over row chunks (each packs every vector once
-/// for its rows, so chunks are larger than the row-at-a-time path's), results scattered after.
-fn matmul_tiled(gemm: crate::kernels::GemmFn, w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
+/// `matmul` with the set's tiled kernel: the vectors packed once, then parallel over row
+/// chunks, results scattered after.
+fn matmul_tiled(gemm: crate::kernels::GemmKernel, w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
+    let mut packed = crate::kernels::PackedActs::default();
+    // SAFETY: the dispatcher hands out only kernels this CPU supports; `pack` and `run` check
+    // the shapes of the vectors, their block sums, the rows and the output.
+    unsafe { (gemm.pack)(w.cols, &x.data, x.row_bytes, &x.sums, &mut packed) };
     let threads = rayon::current_num_threads().max(1);
     let chunk = (w.rows / (threads * 4))
         .clamp(32, 512)
-        .next_multiple_of(4)
+        .next_multiple_of(2)
         .min(w.rows);
     let n_chunks = w.rows.div_ceil(chunk);
     let parts: Vec<Vec<f32>> = (0..n_chunks)
@@ -389,19 +393,8 @@ fn matmul_tiled(gemm: crate::kernels::GemmFn, w: &MatRef, x: &QuantizedInput, y:
             let rows = c * chunk..((c + 1) * chunk).min(w.rows);
             let mut out = vec![0.0f32; rows.len() * x.n_vecs];
             let bytes = &w.data[rows.start * w.row_bytes..rows.end * w.row_bytes];
-            // SAFETY: the dispatcher hands out only kernels this CPU supports; the kernel checks
-            // the shapes of the rows, the vectors, their block sums and the output.
-            unsafe {
-                gemm(
-                    w.cols,
-                    bytes,
-                    w.row_bytes,
-                    &x.data,
-                    x.row_bytes,
-                    &x.sums,
-                    &mut out,
-                )
-            };
+            // SAFETY: as above.
+            unsafe { (gemm.run)(w.cols, bytes, w.row_bytes, &packed, &mut out) };
             out
         })
         .collect();

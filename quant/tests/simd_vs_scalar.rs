@@ -147,7 +147,7 @@ fn four_row_kernels_equal_single_row_bit_for_bit() {
 }
 
 /// Every tiled matrix-matrix kernel gives, per (row, vector), exactly its set's single-row
-/// result, for row and vector counts that leave partial tiles (tiles are 4 rows × 8 vectors)
+/// result, for row and vector counts that leave partial tiles (tiles are 2 rows × 16 vectors)
 /// and odd block counts.
 #[test]
 fn tiled_kernels_equal_single_row_bit_for_bit() {
@@ -155,9 +155,14 @@ fn tiled_kernels_equal_single_row_bit_for_bit() {
     for set in available_sets() {
         for ty in QuantType::ALL {
             let Some(gemm) = set.gemm(ty) else { continue };
-            for (n_rows, n_vecs, blocks) in
-                [(1, 1, 1), (4, 8, 3), (7, 9, 18), (13, 17, 5), (2, 23, 33)]
-            {
+            for (n_rows, n_vecs, blocks) in [
+                (1, 1, 1),
+                (4, 16, 3),
+                (7, 9, 18),
+                (13, 17, 5),
+                (2, 33, 33),
+                (3, 40, 2),
+            ] {
                 let n = blocks * ty.block_size();
                 let rb = ty.row_bytes(n).unwrap();
                 let mut w = vec![0u8; rb * n_rows];
@@ -175,8 +180,12 @@ fn tiled_kernels_equal_single_row_bit_for_bit() {
                     .flat_map(|v| xq.block_sums(v).to_vec())
                     .collect();
                 let mut out = vec![f32::NAN; n_rows * n_vecs];
+                let mut packed = tomoe_quant::kernels::PackedActs::default();
                 // SAFETY: the set runs on this CPU; rows, vectors and sums are sized for n.
-                unsafe { gemm(n, &w, rb, &x, xrb, &sums, &mut out) };
+                unsafe {
+                    (gemm.pack)(n, &x, xrb, &sums, &mut packed);
+                    (gemm.run)(n, &w, rb, &packed, &mut out);
+                }
                 for v in 0..n_vecs {
                     for (r, row) in w.chunks_exact(rb).enumerate() {
                         let (xv, sv) = (xq.vector(v), xq.block_sums(v));

@@ -1,393 +1,263 @@
-//! Matrix-matrix kernels of the "avx512-vnni" set for prompt processing: tiles of 4 weight rows ×
-//! 8 activation vectors, each (row, vector) result **bit-identical** to the set's single-row
-//! kernel (the engine's agreement with llama.cpp depends on it; see `kernels::GemmFn`).
+//! Matrix-matrix kernels of the "avx512-vnni" set for prompt processing, each (row, vector)
+//! result **bit-identical** to the set's single-row kernel (the engine's agreement with
+//! llama.cpp depends on it; see `kernels::GemmKernel`).
 //!
-//! The single-row kernels spend most of their instructions on per-block work that depends on
-//! the weight row alone (unpacking nibbles, converting the f16 scale) or on the activation alone
-//! (loading it, the offset correction). A tile does that work once per row and once per vector
-//! pair instead of once per (row, vector), and keeps two (row, vector) accumulators in one zmm:
-//! lanes 0–7 hold vector `2p`'s eight partial sums, lanes 8–15 vector `2p + 1`'s, each lane
-//! updated by exactly the operations of the 8-lane single-row kernel:
-//! `acc = fma(d_w · d_x, float(Σ of 4 products), acc)`, then `hsum(acc) (+ Σ m·s)`.
+//! The single-row kernels keep, per (row, vector), eight lanes: lane `l` accumulates
+//! `fma(d_w · d_x, float(Σ of the block's quad l of products), acc_l)` block after block, and the
+//! result is a fixed horizontal sum of the lanes (plus `Σ m · s` for Q4_1/Q5_1). Here a zmm
+//! register holds one quad lane of **sixteen vectors** for one weight row: its quad sums come
+//! from one `vpdpbusd` against the row's four weights broadcast, its scales `d_w · d_x` from one
+//! multiply per row and block (not per vector), and the horizontal sum becomes seven vector adds
+//! in the same order. Every lane sees exactly the single-row kernel's operations.
 //!
-//! Weights are made unsigned for `vpdpbusd` (u8 × i8): Q4_0/Q5_0 keep their unsigned quants and
-//! subtract `offset · Σy` afterwards (as `avx512::dot_q4_0_unsigned` does), Q8_0 adds 128 and
-//! subtracts `128 · Σy`. The integer sums are exact either way, so every lane equals the
-//! single-row kernel's.
-#![allow(clippy::missing_safety_doc)] // every kernel has the contract of `GemmFn` (kernels/mod.rs)
+//! `vpdpbusd` multiplies unsigned by signed bytes, so the activations are packed as `x + 128`
+//! and each weight quad carries `-128 · Σ w` as the accumulator's start: the integer sums are
+//! exact either way, and weights are `q - offset` (Q4_0, Q5_0), `q` (Q4_1, Q5_1) or `q` (Q8_0),
+//! the values the single-row kernels multiply.
+#![allow(clippy::missing_safety_doc)] // the contract of `GemmKernel` (kernels/mod.rs)
 
 use std::arch::x86_64::*;
 
-use super::avx2::{f16_at, hsum_ps};
-use crate::dispatch::gemms;
+use super::avx2::{bits_32, f16_at, nibbles_32};
+use super::{GemmKernel, PackedActs};
 use crate::formats::{QuantType, QK};
 
 /// Weight rows per tile.
 const ROWS: usize = 2;
-/// Activation vector pairs per tile (two vectors per zmm register).
-const PAIRS: usize = 8;
-const VECS: usize = 2 * PAIRS;
+/// Activation vectors per tile: one per zmm lane.
+const VECS: usize = 16;
+/// Groups of four quants per block.
+const QUADS: usize = 8;
 /// Bytes of one Q8_0 activation block (f16 scale + 32 quants).
 const XB: usize = 34;
+/// Packed bytes per group of `VECS` vectors and block: the quads, then the scales, then the
+/// block sums, one zmm register each.
+const PACKED_BLOCK: usize = (QUADS + 2) * 64;
+/// Unpacked bytes per weight row and block: 32 weights, the 8 quad corrections, d, m.
+const PANEL_BLOCK: usize = 32 + 4 * QUADS + 8;
 
-/// The `gemms` table of the set.
-pub fn kernels() -> [Option<super::GemmFn>; 14] {
-    gemms([
-        (QuantType::Q4_0, gemm_q4_0 as super::GemmFn),
-        (QuantType::Q4_1, gemm_q4_1),
-        (QuantType::Q5_0, gemm_q5_0),
-        (QuantType::Q5_1, gemm_q5_1),
-        (QuantType::Q8_0, gemm_q8_0),
-    ])
+/// The kernels of the set, by format.
+pub fn kernels() -> [Option<GemmKernel>; 14] {
+    let mut t = [None; 14];
+    for (ty, run) in [
+        (QuantType::Q4_0, run_q4_0 as RunFn),
+        (QuantType::Q4_1, run_q4_1),
+        (QuantType::Q5_0, run_q5_0),
+        (QuantType::Q5_1, run_q5_1),
+        (QuantType::Q8_0, run_q8_0),
+    ] {
+        t[ty as usize] = Some(GemmKernel { pack, run });
+    }
+    t
 }
 
-/// One activation block of a vector pair, laid out as the tile loop reads it.
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-struct PairBlock {
-    /// Vector `2p`'s 32 quants, then vector `2p + 1`'s.
-    q: __m512i,
-    /// Each vector's scale, in its eight lanes.
-    d: __m512,
-    /// `-offset · Σ` of each group of four quants: the correction for unsigned weights.
-    neg_offset: __m512i,
-}
+type RunFn = unsafe fn(usize, &[u8], usize, &PackedActs, &mut [f32]);
 
-/// Packs vectors `v0..v0 + VECS` of `x` (zeros past `n_vecs`) for the tile loop: per block,
-/// `PAIRS` pair blocks, and the vectors' block sums (lane `k`: vector `v0 + k`).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn pack(
-    x: &[u8],
-    x_row_bytes: usize,
-    n_vecs: usize,
-    v0: usize,
-    nb: usize,
-    offset: u8,
-    sums: &[f32],
-    pairs: &mut [PairBlock],
-    sums8: &mut [[f32; VECS]],
-) {
-    let offsets = _mm512_set1_epi8(offset as i8);
-    for b in 0..nb {
-        for p in 0..PAIRS {
-            let half = |v: usize| {
-                if v < n_vecs {
-                    // In bounds: the caller checked x holds n_vecs rows of nb blocks.
-                    let bx = x.as_ptr().add(v * x_row_bytes + XB * b);
-                    (_mm256_loadu_si256(bx.add(2) as *const __m256i), f16_at(bx))
-                } else {
-                    (_mm256_setzero_si256(), 0.0)
+/// Packs Q8_0 activation vectors: per group of 16 vectors and block, quad `l` of every vector
+/// (as `x + 128`) in lane `v` of register `l`, then the vectors' scales, then their block sums.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn pack(cols: usize, x: &[u8], x_row_bytes: usize, sums: &[f32], out: &mut PackedActs) {
+    let nb = cols / QK;
+    assert!(
+        cols % QK == 0 && x_row_bytes >= nb * XB && x_row_bytes > 0 && x.len() % x_row_bytes == 0,
+        "gemm pack: vectors too short for {cols} values"
+    );
+    let n_vecs = x.len() / x_row_bytes;
+    assert!(
+        sums.is_empty() || sums.len() == n_vecs * nb,
+        "gemm pack: {} block sums for {n_vecs} vectors of {nb} blocks",
+        sums.len()
+    );
+    let groups = n_vecs.div_ceil(VECS);
+    out.bytes.clear();
+    out.bytes.resize(groups * nb * PACKED_BLOCK, 0);
+    (out.cols, out.n_vecs, out.has_sums) = (cols, n_vecs, !sums.is_empty());
+    for g in 0..groups {
+        for b in 0..nb {
+            let mut quads = [[0x8080_8080u32; VECS]; QUADS];
+            let (mut d, mut s) = ([0f32; VECS], [0f32; VECS]);
+            for v in 0..VECS.min(n_vecs - g * VECS) {
+                let vec = g * VECS + v;
+                let block = &x[vec * x_row_bytes + XB * b..][..XB];
+                for (l, q) in quads.iter_mut().enumerate() {
+                    let bytes = [2, 3, 4, 5].map(|i| block[4 * l + i]);
+                    q[v] = u32::from_le_bytes(bytes) ^ 0x8080_8080;
                 }
-            };
-            let (qa, da) = half(v0 + 2 * p);
-            let (qb, db) = half(v0 + 2 * p + 1);
-            let q = _mm512_inserti64x4(_mm512_castsi256_si512(qa), qb, 1);
-            let d = _mm512_castsi512_ps(_mm512_inserti64x4(
-                _mm512_castps_si512(_mm512_set1_ps(da)),
-                _mm256_castps_si256(_mm256_set1_ps(db)),
-                1,
-            ));
-            let off = _mm512_dpbusd_epi32(_mm512_setzero_si512(), offsets, q);
-            pairs[b * PAIRS + p] = PairBlock {
-                q,
-                d,
-                neg_offset: _mm512_sub_epi32(_mm512_setzero_si512(), off),
-            };
-        }
-        if !sums.is_empty() {
-            for k in 0..VECS {
-                let v = v0 + k;
-                sums8[b][k] = if v < n_vecs { sums[v * nb + b] } else { 0.0 };
+                d[v] = f16_at(block.as_ptr());
+                if !sums.is_empty() {
+                    s[v] = sums[vec * nb + b];
+                }
             }
+            let o = out.bytes.as_mut_ptr().add((g * nb + b) * PACKED_BLOCK);
+            for (l, q) in quads.iter().enumerate() {
+                _mm512_storeu_si512(
+                    o.add(64 * l) as *mut _,
+                    _mm512_loadu_si512(q.as_ptr() as *const _),
+                );
+            }
+            _mm512_storeu_ps(o.add(64 * QUADS) as *mut f32, _mm512_loadu_ps(d.as_ptr()));
+            _mm512_storeu_ps(
+                o.add(64 * QUADS + 64) as *mut f32,
+                _mm512_loadu_ps(s.as_ptr()),
+            );
         }
     }
 }
 
-/// The shared loop: checks the arguments, then tiles. `unpack(block)` gives a weight block's 32
-/// unsigned quants in both 256-bit halves; `offset` is what they were shifted by (0 for the
-/// formats with a per-block minimum, whose `m · s` term is summed separately when `with_sums`).
+/// The shared loop: checks the shapes, unpacks the rows (`unpack(block)` gives its 32 weights
+/// as signed bytes), then runs the tiles. `with_sums`: the format has a per-block minimum `m`
+/// (the f16 after `d`), whose `Σ m · s` is added after the lanes' sum.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm(
+unsafe fn run(
     ty: QuantType,
     cols: usize,
     w: &[u8],
     row_bytes: usize,
-    x: &[u8],
-    x_row_bytes: usize,
-    sums: &[f32],
+    packed: &PackedActs,
     out: &mut [f32],
-    offset: u8,
     with_sums: bool,
-    unpack: impl Fn(*const u8) -> __m512i,
+    unpack: impl Fn(*const u8) -> __m256i,
 ) {
     let (nb, ts) = (cols / QK, ty.type_size());
     assert!(
-        cols % QK == 0
-            && row_bytes >= nb * ts
-            && x_row_bytes >= nb * XB
-            && row_bytes > 0
-            && x_row_bytes > 0
-            && w.len() % row_bytes == 0
-            && x.len() % x_row_bytes == 0,
+        cols % QK == 0 && row_bytes >= nb * ts && row_bytes > 0 && w.len() % row_bytes == 0,
         "{ty} gemm: rows too short for {cols} values"
     );
-    let (rows, n_vecs) = (w.len() / row_bytes, x.len() / x_row_bytes);
-    assert_eq!(out.len(), rows * n_vecs, "{ty} gemm: output length");
+    let (rows, n_vecs) = (w.len() / row_bytes, packed.n_vecs);
+    let groups = n_vecs.div_ceil(VECS);
     assert!(
-        !with_sums || sums.len() == n_vecs * nb,
-        "{ty} gemm: {} block sums for {n_vecs} vectors of {nb} blocks",
-        sums.len()
+        packed.cols == cols && packed.bytes.len() == groups * nb * PACKED_BLOCK,
+        "{ty} gemm: activations packed for {} values, not {cols}",
+        packed.cols
     );
+    assert!(
+        !with_sums || packed.has_sums,
+        "{ty} gemm: activations packed without block sums"
+    );
+    assert_eq!(out.len(), rows * n_vecs, "{ty} gemm: output length");
     if rows == 0 || n_vecs == 0 {
         return;
     }
-    let sums = if with_sums { sums } else { &[] };
-    let zero_pair = PairBlock {
-        q: _mm512_setzero_si512(),
-        d: _mm512_setzero_ps(),
-        neg_offset: _mm512_setzero_si512(),
-    };
-    let mut pairs = vec![zero_pair; nb * PAIRS];
-    let mut sums8 = vec![[0f32; VECS]; if with_sums { nb } else { 0 }];
-    for v0 in (0..n_vecs).step_by(VECS) {
-        pack(
-            x,
-            x_row_bytes,
-            n_vecs,
-            v0,
-            nb,
-            offset,
-            sums,
-            &mut pairs,
-            &mut sums8,
-        );
-        for r0 in (0..rows).step_by(ROWS) {
-            // Past the last row, repeat it (computed, never stored).
-            let wp: [*const u8; ROWS] =
-                std::array::from_fn(|k| w.as_ptr().add((r0 + k).min(rows - 1) * row_bytes));
-            let mut acc = [[_mm512_setzero_ps(); PAIRS]; ROWS];
+
+    // The rows, unpacked once: per pair of rows and block, each row's weights, quad corrections
+    // and scales (a last odd row is paired with itself; its copy is never stored).
+    let pairs = rows.div_ceil(ROWS);
+    let mut panel = vec![0u8; pairs * nb * ROWS * PANEL_BLOCK];
+    let ones = _mm256_set1_epi8(1);
+    for r in 0..pairs * ROWS {
+        let row = w.as_ptr().add(r.min(rows - 1) * row_bytes);
+        for b in 0..nb {
+            let bw = row.add(ts * b);
+            let q = unpack(bw);
+            let corr = _mm256_sub_epi32(
+                _mm256_setzero_si256(),
+                _mm256_slli_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, q), 7),
+            );
+            let at = ((r / ROWS * nb + b) * ROWS + r % ROWS) * PANEL_BLOCK;
+            let o = panel.as_mut_ptr().add(at);
+            _mm256_storeu_si256(o as *mut __m256i, q);
+            _mm256_storeu_si256(o.add(32) as *mut __m256i, corr);
+            let m = if with_sums { f16_at(bw.add(2)) } else { 0.0 };
+            (o.add(64) as *mut [f32; 2]).write_unaligned([f16_at(bw), m]);
+        }
+    }
+
+    for g in 0..groups {
+        let xg = packed.bytes.as_ptr().add(g * nb * PACKED_BLOCK);
+        for pair in 0..pairs {
+            let pw = panel.as_ptr().add(pair * nb * ROWS * PANEL_BLOCK);
+            let mut acc = [[_mm512_setzero_ps(); QUADS]; ROWS];
             let mut summ = [_mm512_setzero_ps(); ROWS];
             for b in 0..nb {
-                let pb = &pairs[b * PAIRS..(b + 1) * PAIRS];
-                let bw: [*const u8; ROWS] = std::array::from_fn(|r| wp[r].add(ts * b));
-                let q = bw.map(|bw| unpack(bw));
-                let dw = bw.map(|bw| _mm512_set1_ps(f16_at(bw)));
-                // Pairs outer, rows inner: each pair's data is loaded once, and only the rows'
-                // quants and scales stay in registers beside the accumulators.
-                for (p, pair) in pb.iter().enumerate() {
+                let xb = xg.add(b * PACKED_BLOCK);
+                let dx = _mm512_loadu_ps(xb.add(64 * QUADS) as *const f32);
+                let wb: [*const u8; ROWS] =
+                    std::array::from_fn(|r| pw.add((b * ROWS + r) * PANEL_BLOCK));
+                // d_w · d_x of each vector, rounded once, as the single-row kernels' scalar product.
+                let scale =
+                    wb.map(|p| _mm512_mul_ps(_mm512_set1_ps(*(p.add(64) as *const f32)), dx));
+                for l in 0..QUADS {
+                    let xq = _mm512_loadu_si512(xb.add(64 * l) as *const _);
                     for r in 0..ROWS {
-                        let init = if offset != 0 {
-                            pair.neg_offset
-                        } else {
-                            _mm512_setzero_si512()
-                        };
-                        let prod = _mm512_dpbusd_epi32(init, q[r], pair.q);
-                        acc[r][p] = _mm512_fmadd_ps(
-                            _mm512_mul_ps(dw[r], pair.d),
-                            _mm512_cvtepi32_ps(prod),
-                            acc[r][p],
-                        );
+                        let corr = _mm512_set1_epi32(*(wb[r].add(32 + 4 * l) as *const i32));
+                        let wq =
+                            _mm512_set1_epi32((wb[r].add(4 * l) as *const i32).read_unaligned());
+                        let p = _mm512_dpbusd_epi32(corr, xq, wq);
+                        acc[r][l] = _mm512_fmadd_ps(scale[r], _mm512_cvtepi32_ps(p), acc[r][l]);
                     }
                 }
                 if with_sums {
                     // Fused, as the single-row kernels' `summ = m.mul_add(s, summ)`.
-                    let s = _mm512_loadu_ps(sums8[b].as_ptr());
+                    let s = _mm512_loadu_ps(xb.add(64 * QUADS + 64) as *const f32);
                     for r in 0..ROWS {
-                        let m = _mm512_set1_ps(f16_at(bw[r].add(2)));
+                        let m = _mm512_set1_ps(*(wb[r].add(68) as *const f32));
                         summ[r] = _mm512_fmadd_ps(m, s, summ[r]);
                     }
                 }
             }
-            for (r, (acc_r, summ_r)) in acc.iter().zip(&summ).enumerate() {
-                if r0 + r >= rows {
+            for (r, (a, m)) in acc.iter().zip(&summ).enumerate() {
+                let row = pair * ROWS + r;
+                if row >= rows {
                     break;
                 }
-                let mut m = [0f32; VECS];
-                _mm512_storeu_ps(m.as_mut_ptr(), *summ_r);
-                for (p, a) in acc_r.iter().enumerate() {
-                    let halves = [
-                        _mm512_castps512_ps256(*a),
-                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(*a), 1)),
-                    ];
-                    for (h, half) in halves.into_iter().enumerate() {
-                        let v = v0 + 2 * p + h;
-                        if v < n_vecs {
-                            let s = hsum_ps(half);
-                            out[v * rows + r0 + r] = if with_sums { s + m[2 * p + h] } else { s };
-                        }
-                    }
+                // The single-row kernels' `hsum_ps`: ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)).
+                let t: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(a[i], a[i + 4]));
+                let mut sum = _mm512_add_ps(_mm512_add_ps(t[0], t[2]), _mm512_add_ps(t[1], t[3]));
+                if with_sums {
+                    sum = _mm512_add_ps(sum, *m);
+                }
+                let mut lanes = [0f32; VECS];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), sum);
+                for (v, &value) in lanes.iter().enumerate().take(n_vecs - g * VECS) {
+                    out[(g * VECS + v) * rows + row] = value;
                 }
             }
         }
     }
 }
 
-/// 32 nibbles at `p` as bytes (low nibbles first, as in the legacy blocks), in both halves.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn run_q4_0(cols: usize, w: &[u8], row_bytes: usize, x: &PackedActs, out: &mut [f32]) {
+    run(QuantType::Q4_0, cols, w, row_bytes, x, out, false, |bw| {
+        _mm256_sub_epi8(nibbles_32(bw.add(2)), _mm256_set1_epi8(8))
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn run_q4_1(cols: usize, w: &[u8], row_bytes: usize, x: &PackedActs, out: &mut [f32]) {
+    run(QuantType::Q4_1, cols, w, row_bytes, x, out, true, |bw| {
+        nibbles_32(bw.add(4))
+    })
+}
+
+/// The 5-bit quants of a Q5 block: nibbles at `nib`, fifth bits at `qh`.
 #[inline(always)]
-unsafe fn nibbles_2x32(p: *const u8) -> __m512i {
-    let t = _mm512_broadcast_i32x4(_mm_loadu_si128(p as *const __m128i));
-    // Shift the second and fourth 128-bit lanes right by 4: their bytes take the high nibbles.
-    let shifts = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
-    _mm512_and_si512(_mm512_srlv_epi64(t, shifts), _mm512_set1_epi8(0x0F))
-}
-
-/// The 32 bits of `qh` as a byte mask (bit `i` → byte `i`), in both halves.
-#[inline(always)]
-unsafe fn bits_2x32(qh: u32) -> __mmask64 {
-    let v = _mm512_set1_epi32(qh as i32);
-    let shuf = _mm512_set_epi64(
-        0x0303030303030303,
-        0x0202020202020202,
-        0x0101010101010101,
-        0x0000000000000000,
-        0x0303030303030303,
-        0x0202020202020202,
-        0x0101010101010101,
-        0x0000000000000000,
-    );
-    let v = _mm512_shuffle_epi8(v, shuf);
-    _mm512_test_epi8_mask(v, _mm512_set1_epi64(0x8040201008040201u64 as i64))
-}
-
-/// The 5-bit quants of a Q5 block: nibbles at `nib`, fifth bits in `qh`.
-#[inline(always)]
-unsafe fn q5_2x32(nib: *const u8, qh: *const u8) -> __m512i {
-    let n = nibbles_2x32(nib);
-    let bits = (qh as *const u32).read_unaligned();
-    _mm512_mask_add_epi8(n, bits_2x32(bits), n, _mm512_set1_epi8(16))
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn gemm_q4_0(
-    cols: usize,
-    w: &[u8],
-    row_bytes: usize,
-    x: &[u8],
-    x_row_bytes: usize,
-    sums: &[f32],
-    out: &mut [f32],
-) {
-    let ty = QuantType::Q4_0;
-    gemm(
-        ty,
-        cols,
-        w,
-        row_bytes,
-        x,
-        x_row_bytes,
-        sums,
-        out,
-        8,
-        false,
-        |bw| nibbles_2x32(bw.add(2)),
+unsafe fn q5(nib: *const u8, qh: *const u8) -> __m256i {
+    let bits = bits_32((qh as *const u32).read_unaligned());
+    _mm256_or_si256(
+        nibbles_32(nib),
+        _mm256_and_si256(bits, _mm256_set1_epi8(16)),
     )
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn gemm_q4_1(
-    cols: usize,
-    w: &[u8],
-    row_bytes: usize,
-    x: &[u8],
-    x_row_bytes: usize,
-    sums: &[f32],
-    out: &mut [f32],
-) {
-    let ty = QuantType::Q4_1;
-    gemm(
-        ty,
-        cols,
-        w,
-        row_bytes,
-        x,
-        x_row_bytes,
-        sums,
-        out,
-        0,
-        true,
-        |bw| nibbles_2x32(bw.add(4)),
-    )
+pub unsafe fn run_q5_0(cols: usize, w: &[u8], row_bytes: usize, x: &PackedActs, out: &mut [f32]) {
+    run(QuantType::Q5_0, cols, w, row_bytes, x, out, false, |bw| {
+        _mm256_sub_epi8(q5(bw.add(6), bw.add(2)), _mm256_set1_epi8(16))
+    })
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn gemm_q5_0(
-    cols: usize,
-    w: &[u8],
-    row_bytes: usize,
-    x: &[u8],
-    x_row_bytes: usize,
-    sums: &[f32],
-    out: &mut [f32],
-) {
-    let ty = QuantType::Q5_0;
-    gemm(
-        ty,
-        cols,
-        w,
-        row_bytes,
-        x,
-        x_row_bytes,
-        sums,
-        out,
-        16,
-        false,
-        |bw| q5_2x32(bw.add(6), bw.add(2)),
-    )
+pub unsafe fn run_q5_1(cols: usize, w: &[u8], row_bytes: usize, x: &PackedActs, out: &mut [f32]) {
+    run(QuantType::Q5_1, cols, w, row_bytes, x, out, true, |bw| {
+        q5(bw.add(8), bw.add(4))
+    })
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn gemm_q5_1(
-    cols: usize,
-    w: &[u8],
-    row_bytes: usize,
-    x: &[u8],
-    x_row_bytes: usize,
-    sums: &[f32],
-    out: &mut [f32],
-) {
-    let ty = QuantType::Q5_1;
-    gemm(
-        ty,
-        cols,
-        w,
-        row_bytes,
-        x,
-        x_row_bytes,
-        sums,
-        out,
-        0,
-        true,
-        |bw| q5_2x32(bw.add(8), bw.add(4)),
-    )
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn gemm_q8_0(
-    cols: usize,
-    w: &[u8],
-    row_bytes: usize,
-    x: &[u8],
-    x_row_bytes: usize,
-    sums: &[f32],
-    out: &mut [f32],
-) {
-    let ty = QuantType::Q8_0;
-    gemm(
-        ty,
-        cols,
-        w,
-        row_bytes,
-        x,
-        x_row_bytes,
-        sums,
-        out,
-        128,
-        false,
-        |bw| {
-            let q = _mm512_broadcast_i64x4(_mm256_loadu_si256(bw.add(2) as *const __m256i));
-            _mm512_xor_si512(q, _mm512_set1_epi8(0x80u8 as i8))
-        },
-    )
+pub unsafe fn run_q8_0(cols: usize, w: &[u8], row_bytes: usize, x: &PackedActs, out: &mut [f32]) {
+    run(QuantType::Q8_0, cols, w, row_bytes, x, out, false, |bw| {
+        _mm256_loadu_si256(bw.add(2) as *const __m256i)
+    })
 }

@@ -29,15 +29,32 @@ pub type DotSumsFn = unsafe fn(usize, &[u8], &[u8], &[f32]) -> f32;
 /// [`DotSumsFn`] for the formats with a per-block offset, else unused (may be empty).
 pub type Dot4Fn = unsafe fn(usize, [&[u8]; 4], &[u8], &[f32]) -> [f32; 4];
 
-/// A tiled matrix-matrix product for prompt processing:
-/// `gemm(cols, w, row_bytes, x, x_row_bytes, sums, out)` sets `out[v · rows + r]` to the dot
-/// product of weight row `r` (the `row_bytes` bytes at `r · row_bytes` of `w`) with activation
-/// vector `v` (at `v · x_row_bytes` of `x`), for every row and vector; `sums` are the vectors'
-/// block sums, vector-major (as for [`DotSumsFn`]), used by the formats with a per-block offset.
+/// A tiled matrix-matrix product for prompt processing, in two steps:
+/// - `pack(cols, x, x_row_bytes, sums, packed)` rearranges activation vectors (at `v · x_row_bytes`
+///   of `x`, in the weights' `vec_dot_type`; `sums` their block sums, vector-major, as for
+///   [`DotSumsFn`], or empty) once per product;
+/// - `run(cols, w, row_bytes, packed, out)` sets `out[v · rows + r]` to the dot product of weight
+///   row `r` (the `row_bytes` bytes at `r · row_bytes` of `w`) with packed vector `v`, for every
+///   row and vector; callers run it in parallel on row ranges.
+///
 /// Each result is **bit-identical** to the set's single-row kernel (the one with block sums for
-/// those formats), so batched and token-at-a-time evaluation agree exactly. Unsafe as
-/// [`DotFn`]; the kernels check the shapes.
-pub type GemmFn = unsafe fn(usize, &[u8], usize, &[u8], usize, &[f32], &mut [f32]);
+/// the formats with a per-block minimum, which then need `sums`), so batched and
+/// token-at-a-time evaluation agree exactly. Unsafe as [`DotFn`]; both check the shapes.
+#[derive(Copy, Clone)]
+pub struct GemmKernel {
+    pub pack: unsafe fn(usize, &[u8], usize, &[f32], &mut PackedActs),
+    pub run: unsafe fn(usize, &[u8], usize, &PackedActs, &mut [f32]),
+}
+
+/// Activation vectors packed by a [`GemmKernel`]'s `pack`, in a layout private to its set; a
+/// reusable buffer.
+#[derive(Clone, Debug, Default)]
+pub struct PackedActs {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) cols: usize,
+    pub(crate) n_vecs: usize,
+    pub(crate) has_sums: bool,
+}
 
 /// `quantize(src, dst, sums)`: one activation row (`src.len()` a multiple of 32) to Q8_0 blocks
 /// in `dst`, rounded as ggml's SIMD quantizer of this architecture
