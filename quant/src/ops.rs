@@ -374,38 +374,42 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
     }
 }
 
-/// `matmul` with the set's tiled kernel: the vectors packed once, then parallel over row
-/// chunks, results scattered after.
+/// `matmul` with the set's tiled kernel: the vectors packed once (into this thread's reused
+/// buffer), then parallel over row chunks, each writing its rows of `y` in place.
 fn matmul_tiled(gemm: crate::kernels::GemmKernel, w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
-    let mut packed = crate::kernels::PackedActs::default();
-    // SAFETY: the dispatcher hands out only kernels this CPU supports; `pack` and `run` check
-    // the shapes of the vectors, their block sums, the rows and the output.
-    unsafe { (gemm.pack)(w.cols, &x.data, x.row_bytes, &x.sums, &mut packed) };
+    thread_local! {
+        static PACKED: std::cell::RefCell<crate::kernels::PackedActs> = Default::default();
+    }
+    /// `y`'s start, shared by the tasks; each writes only its own rows of every vector.
+    struct Out(*mut f32);
+    // SAFETY: the tasks write disjoint elements of `y`, which stays mutably borrowed throughout.
+    unsafe impl Sync for Out {}
+    impl Out {
+        fn at(&self, i: usize) -> *mut f32 {
+            self.0.wrapping_add(i)
+        }
+    }
+    let out = Out(y.as_mut_ptr());
     let threads = rayon::current_num_threads().max(1);
     let chunk = (w.rows / (threads * 4))
         .clamp(32, 512)
         .next_multiple_of(2)
         .min(w.rows);
-    let n_chunks = w.rows.div_ceil(chunk);
-    let parts: Vec<Vec<f32>> = (0..n_chunks)
-        .into_par_iter()
-        .map(|c| {
+    PACKED.with_borrow_mut(|packed| {
+        // SAFETY: the dispatcher hands out only kernels this CPU supports; `pack` and `run`
+        // check the shapes of the vectors, their block sums and the rows. `y` holds `rows`
+        // outputs for each of `n_vecs` vectors (checked by `matmul`), so task `c` writes
+        // `y[v · rows + r]` for its own rows `r` only.
+        unsafe { (gemm.pack)(w.cols, &x.data, x.row_bytes, &x.sums, packed) };
+        let packed = &*packed;
+        (0..w.rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
             let rows = c * chunk..((c + 1) * chunk).min(w.rows);
-            let mut out = vec![0.0f32; rows.len() * x.n_vecs];
             let bytes = &w.data[rows.start * w.row_bytes..rows.end * w.row_bytes];
+            let at = out.at(rows.start);
             // SAFETY: as above.
-            unsafe { (gemm.run)(w.cols, bytes, w.row_bytes, &packed, &mut out) };
-            out
-        })
-        .collect();
-    for (c, part) in parts.iter().enumerate() {
-        let start = c * chunk;
-        let n = part.len() / x.n_vecs;
-        for v in 0..x.n_vecs {
-            y[v * w.rows + start..v * w.rows + start + n]
-                .copy_from_slice(&part[v * n..(v + 1) * n]);
-        }
-    }
+            unsafe { (gemm.run)(w.cols, bytes, w.row_bytes, packed, at, w.rows) };
+        });
+    });
 }
 
 /// y += Σ_i coeffs[i] · dequant(W[rows[i]]): a weighted sum of weight rows (for a transposed

@@ -184,7 +184,7 @@ fn tiled_kernels_equal_single_row_bit_for_bit() {
                 // SAFETY: the set runs on this CPU; rows, vectors and sums are sized for n.
                 unsafe {
                     (gemm.pack)(n, &x, xrb, &sums, &mut packed);
-                    (gemm.run)(n, &w, rb, &packed, &mut out);
+                    (gemm.run)(n, &w, rb, &packed, out.as_mut_ptr(), n_rows);
                 }
                 for v in 0..n_vecs {
                     for (r, row) in w.chunks_exact(rb).enumerate() {

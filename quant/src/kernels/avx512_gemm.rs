@@ -51,7 +51,7 @@ pub fn kernels() -> [Option<GemmKernel>; 14] {
     t
 }
 
-type RunFn = unsafe fn(usize, &[u8], usize, &PackedActs, &mut [f32]);
+type RunFn = unsafe fn(usize, &[u8], usize, &PackedActs, *mut f32, usize);
 
 /// Packs Q8_0 activation vectors: per group of 16 vectors and block, quad `l` of every vector
 /// (as `x + 128`) in lane `v` of register `l`, then the vectors' scales, then their block sums.
@@ -115,7 +115,8 @@ unsafe fn run(
     w: &[u8],
     row_bytes: usize,
     packed: &PackedActs,
-    out: &mut [f32],
+    out: *mut f32,
+    out_stride: usize,
     with_sums: bool,
     unpack: impl Fn(*const u8) -> __m256i,
 ) {
@@ -135,15 +136,43 @@ unsafe fn run(
         !with_sums || packed.has_sums,
         "{ty} gemm: activations packed without block sums"
     );
-    assert_eq!(out.len(), rows * n_vecs, "{ty} gemm: output length");
     if rows == 0 || n_vecs == 0 {
         return;
     }
+    PANEL.with_borrow_mut(|panel| {
+        tiles(
+            nb, ts, w, rows, row_bytes, packed, out, out_stride, with_sums, unpack, panel,
+        )
+    })
+}
+
+thread_local! {
+    /// Each thread's unpacked rows, reused from call to call.
+    static PANEL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles(
+    nb: usize,
+    ts: usize,
+    w: &[u8],
+    rows: usize,
+    row_bytes: usize,
+    packed: &PackedActs,
+    out: *mut f32,
+    out_stride: usize,
+    with_sums: bool,
+    unpack: impl Fn(*const u8) -> __m256i,
+    panel: &mut Vec<u8>,
+) {
+    let (n_vecs, groups) = (packed.n_vecs, packed.n_vecs.div_ceil(VECS));
 
     // The rows, unpacked once: per pair of rows and block, each row's weights, quad corrections
     // and scales (a last odd row is paired with itself; its copy is never stored).
     let pairs = rows.div_ceil(ROWS);
-    let mut panel = vec![0u8; pairs * nb * ROWS * PANEL_BLOCK];
+    panel.clear();
+    panel.resize(pairs * nb * ROWS * PANEL_BLOCK, 0);
     let ones = _mm256_set1_epi8(1);
     for r in 0..pairs * ROWS {
         let row = w.as_ptr().add(r.min(rows - 1) * row_bytes);
@@ -210,7 +239,7 @@ unsafe fn run(
                 let mut lanes = [0f32; VECS];
                 _mm512_storeu_ps(lanes.as_mut_ptr(), sum);
                 for (v, &value) in lanes.iter().enumerate().take(n_vecs - g * VECS) {
-                    out[(g * VECS + v) * rows + row] = value;
+                    *out.add((g * VECS + v) * out_stride + row) = value;
                 }
             }
         }
@@ -218,17 +247,47 @@ unsafe fn run(
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn run_q4_0(cols: usize, w: &[u8], row_bytes: usize, x: &PackedActs, out: &mut [f32]) {
-    run(QuantType::Q4_0, cols, w, row_bytes, x, out, false, |bw| {
-        _mm256_sub_epi8(nibbles_32(bw.add(2)), _mm256_set1_epi8(8))
-    })
+pub unsafe fn run_q4_0(
+    cols: usize,
+    w: &[u8],
+    row_bytes: usize,
+    x: &PackedActs,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    run(
+        QuantType::Q4_0,
+        cols,
+        w,
+        row_bytes,
+        x,
+        out,
+        out_stride,
+        false,
+        |bw| _mm256_sub_epi8(nibbles_32(bw.add(2)), _mm256_set1_epi8(8)),
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn run_q4_1(cols: usize, w: &[u8], row_bytes: usize, x: &PackedActs, out: &mut [f32]) {
-    run(QuantType::Q4_1, cols, w, row_bytes, x, out, true, |bw| {
-        nibbles_32(bw.add(4))
-    })
+pub unsafe fn run_q4_1(
+    cols: usize,
+    w: &[u8],
+    row_bytes: usize,
+    x: &PackedActs,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    run(
+        QuantType::Q4_1,
+        cols,
+        w,
+        row_bytes,
+        x,
+        out,
+        out_stride,
+        true,
+        |bw| nibbles_32(bw.add(4)),
+    )
 }
 
 /// The 5-bit quants of a Q5 block: nibbles at `nib`, fifth bits at `qh`.
@@ -242,22 +301,67 @@ unsafe fn q5(nib: *const u8, qh: *const u8) -> __m256i {
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn run_q5_0(cols: usize, w: &[u8], row_bytes: usize, x: &PackedActs, out: &mut [f32]) {
-    run(QuantType::Q5_0, cols, w, row_bytes, x, out, false, |bw| {
-        _mm256_sub_epi8(q5(bw.add(6), bw.add(2)), _mm256_set1_epi8(16))
-    })
+pub unsafe fn run_q5_0(
+    cols: usize,
+    w: &[u8],
+    row_bytes: usize,
+    x: &PackedActs,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    run(
+        QuantType::Q5_0,
+        cols,
+        w,
+        row_bytes,
+        x,
+        out,
+        out_stride,
+        false,
+        |bw| _mm256_sub_epi8(q5(bw.add(6), bw.add(2)), _mm256_set1_epi8(16)),
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn run_q5_1(cols: usize, w: &[u8], row_bytes: usize, x: &PackedActs, out: &mut [f32]) {
-    run(QuantType::Q5_1, cols, w, row_bytes, x, out, true, |bw| {
-        q5(bw.add(8), bw.add(4))
-    })
+pub unsafe fn run_q5_1(
+    cols: usize,
+    w: &[u8],
+    row_bytes: usize,
+    x: &PackedActs,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    run(
+        QuantType::Q5_1,
+        cols,
+        w,
+        row_bytes,
+        x,
+        out,
+        out_stride,
+        true,
+        |bw| q5(bw.add(8), bw.add(4)),
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn run_q8_0(cols: usize, w: &[u8], row_bytes: usize, x: &PackedActs, out: &mut [f32]) {
-    run(QuantType::Q8_0, cols, w, row_bytes, x, out, false, |bw| {
-        _mm256_loadu_si256(bw.add(2) as *const __m256i)
-    })
+pub unsafe fn run_q8_0(
+    cols: usize,
+    w: &[u8],
+    row_bytes: usize,
+    x: &PackedActs,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    run(
+        QuantType::Q8_0,
+        cols,
+        w,
+        row_bytes,
+        x,
+        out,
+        out_stride,
+        false,
+        |bw| _mm256_loadu_si256(bw.add(2) as *const __m256i),
+    )
 }

@@ -33,9 +33,11 @@ pub type Dot4Fn = unsafe fn(usize, [&[u8]; 4], &[u8], &[f32]) -> [f32; 4];
 /// - `pack(cols, x, x_row_bytes, sums, packed)` rearranges activation vectors (at `v · x_row_bytes`
 ///   of `x`, in the weights' `vec_dot_type`; `sums` their block sums, vector-major, as for
 ///   [`DotSumsFn`], or empty) once per product;
-/// - `run(cols, w, row_bytes, packed, out)` sets `out[v · rows + r]` to the dot product of weight
-///   row `r` (the `row_bytes` bytes at `r · row_bytes` of `w`) with packed vector `v`, for every
-///   row and vector; callers run it in parallel on row ranges.
+/// - `run(cols, w, row_bytes, packed, out, out_stride)` sets `*out.add(v · out_stride + r)` to
+///   the dot product of weight row `r` (the `row_bytes` bytes at `r · row_bytes` of `w`) with
+///   packed vector `v`, for every row and vector; callers run it in parallel on row ranges, each
+///   writing its rows of one output matrix in place (hence the pointer: the caller guarantees
+///   those elements are valid and written by no one else during the call).
 ///
 /// Each result is **bit-identical** to the set's single-row kernel (the one with block sums for
 /// the formats with a per-block minimum, which then need `sums`), so batched and
@@ -43,7 +45,7 @@ pub type Dot4Fn = unsafe fn(usize, [&[u8]; 4], &[u8], &[f32]) -> [f32; 4];
 #[derive(Copy, Clone)]
 pub struct GemmKernel {
     pub pack: unsafe fn(usize, &[u8], usize, &[f32], &mut PackedActs),
-    pub run: unsafe fn(usize, &[u8], usize, &PackedActs, &mut [f32]),
+    pub run: unsafe fn(usize, &[u8], usize, &PackedActs, *mut f32, usize),
 }
 
 /// Activation vectors packed by a [`GemmKernel`]'s `pack`, in a layout private to its set; a
