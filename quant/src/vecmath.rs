@@ -353,6 +353,57 @@ pub fn dot_chunks32_rows_gemm(
     }
 }
 
+/// Keys laid out for [`dot16_transposed`]: rows `keys[j·row_stride..][..len]` for `j < n`, in
+/// blocks of 16 keys, element `e` of key `16i + l` at `out[(i·len + e)·16 + l]` (zeros past `n`).
+///
+/// # Panics
+/// If the last row runs past the end of `keys`.
+pub fn transpose_keys16(keys: &[f32], row_stride: usize, n: usize, len: usize, out: &mut Vec<f32>) {
+    if let Some(last) = n.checked_sub(1) {
+        assert!(
+            last * row_stride + len <= keys.len(),
+            "transpose_keys16: rows past the end"
+        );
+    }
+    out.clear();
+    out.resize(n.div_ceil(16) * 16 * len, 0.0);
+    for j in 0..n {
+        let (block, l) = (j / 16, j % 16);
+        let row = &keys[j * row_stride..j * row_stride + len];
+        for (e, &v) in row.iter().enumerate() {
+            out[(block * len + e) * 16 + l] = v;
+        }
+    }
+}
+
+/// `out[l] = dot(key l, b)` for the 16 keys of one block of [`transpose_keys16`] (`kt`: at least
+/// `16 · b.len()` values), each exactly [`dot`]'s result: a batch's attention scores with one SIMD
+/// lane per key, so each key element is loaded once and no dot product needs its own reduction.
+///
+/// # Panics
+/// If `kt` is shorter than `16 · b.len()`.
+pub fn dot16_transposed(kt: &[f32], b: &[f32], out: &mut [f32; 16]) {
+    assert!(
+        kt.len() >= 16 * b.len(),
+        "dot16_transposed: block too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx512::available() {
+            // SAFETY: AVX-512F detected at run time; the block holds 16 · b.len() values.
+            return unsafe { avx512::dot16_transposed(kt, b, out) };
+        }
+        if avx2::available() {
+            // SAFETY: AVX2 and FMA detected at run time; as above.
+            return unsafe { avx2::dot16_transposed(kt, b, out) };
+        }
+    }
+    for (l, o) in out.iter_mut().enumerate() {
+        let key: Vec<f32> = (0..b.len()).map(|e| kt[16 * e + l]).collect();
+        *o = dot_scalar(&key, b);
+    }
+}
+
 /// `out[i] += a · packed[k]` for the k-th set bit `i` of `bits` (bit `i % 64` of `bits[i / 64]`),
 /// in order: a vector stored without its masked-out entries, added back in place (the values of a
 /// compact V cache). Each element as `out[i] + a · packed[k]` (multiply, then add), on every path.
@@ -538,6 +589,35 @@ mod avx2 {
                 gemm_order,
                 std::slice::from_mut(o),
             );
+        }
+    }
+
+    /// [`super::dot16_transposed`] in two halves of eight keys (one per lane).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot16_transposed(kt: &[f32], b: &[f32], out: &mut [f32; 16]) {
+        let (len, np) = (b.len(), b.len() / 32 * 32);
+        for half in 0..2 {
+            let kp = kt.as_ptr().add(8 * half);
+            let key = |e: usize| _mm256_loadu_ps(kp.add(16 * e));
+            let q = |e: usize| _mm256_set1_ps(*b.get_unchecked(e));
+            // x_l = (acc0 + acc2) + (acc1 + acc3) of lane l of `dot`'s four accumulators.
+            let x: [__m256; 8] = std::array::from_fn(|l| {
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for k in 0..np / 32 {
+                    for (c, acc) in acc.iter_mut().enumerate() {
+                        let e = 32 * k + 8 * c + l;
+                        *acc = _mm256_fmadd_ps(key(e), q(e), *acc);
+                    }
+                }
+                _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]))
+            });
+            // `dot`'s reduction of the eight lanes: ((x0+x4) + (x1+x5)) + ((x2+x6) + (x3+x7)).
+            let t: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(x[i], x[i + 4]));
+            let mut sum = _mm256_add_ps(_mm256_add_ps(t[0], t[1]), _mm256_add_ps(t[2], t[3]));
+            for e in np..len {
+                sum = _mm256_fmadd_ps(key(e), q(e), sum);
+            }
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * half), sum);
         }
     }
 
@@ -774,6 +854,31 @@ mod avx512 {
         use std::sync::OnceLock;
         static HAS: OnceLock<bool> = OnceLock::new();
         *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    }
+
+    /// [`super::dot16_transposed`], one key per lane (as the AVX2 version, sixteen lanes).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot16_transposed(kt: &[f32], b: &[f32], out: &mut [f32; 16]) {
+        let (len, np) = (b.len(), b.len() / 32 * 32);
+        let kp = kt.as_ptr();
+        let key = |e: usize| _mm512_loadu_ps(kp.add(16 * e));
+        let q = |e: usize| _mm512_set1_ps(*b.get_unchecked(e));
+        let x: [__m512; 8] = std::array::from_fn(|l| {
+            let mut acc = [_mm512_setzero_ps(); 4];
+            for k in 0..np / 32 {
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    let e = 32 * k + 8 * c + l;
+                    *acc = _mm512_fmadd_ps(key(e), q(e), *acc);
+                }
+            }
+            _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]))
+        });
+        let t: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(x[i], x[i + 4]));
+        let mut sum = _mm512_add_ps(_mm512_add_ps(t[0], t[1]), _mm512_add_ps(t[2], t[3]));
+        for e in np..len {
+            sum = _mm512_fmadd_ps(key(e), q(e), sum);
+        }
+        _mm512_storeu_ps(out.as_mut_ptr(), sum);
     }
 
     /// [`super::axpy_expand`], sixteen outputs at a time with `vexpandps`, which reads exactly as
@@ -1025,6 +1130,48 @@ mod tests {
                         }
                         assert!(out[q * out_stride + rows].is_nan(), "wrote past its rows");
                     }
+                }
+            }
+        }
+    }
+
+    /// Scores of transposed key blocks equal `dot` per key bit for bit, with partial blocks and
+    /// lengths with and without a tail past the chunks of 32.
+    #[test]
+    fn transposed_key_scores_equal_dot_bit_for_bit() {
+        let val = |i: usize| ((i * 7919) % 1013) as f32 / 97.0 - 5.0;
+        for (n, len, stride) in [
+            (1usize, 64usize, 64usize),
+            (16, 64, 192),
+            (37, 256, 300),
+            (20, 70, 70),
+        ] {
+            let keys: Vec<f32> = (0..n * stride).map(val).collect();
+            let b: Vec<f32> = (0..len).map(|i| val(i + 11) * 0.3).collect();
+            let mut kt = Vec::new();
+            transpose_keys16(&keys, stride, n, len, &mut kt);
+            for block in 0..n.div_ceil(16) {
+                let mut out = [0f32; 16];
+                dot16_transposed(&kt[block * 16 * len..], &b, &mut out);
+                for (l, got) in out.iter().enumerate().take(n - 16 * block) {
+                    let j = 16 * block + l;
+                    let want = dot(&keys[j * stride..j * stride + len], &b);
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "key {j} of {n}, length {len}"
+                    );
+                }
+                #[cfg(target_arch = "x86_64")]
+                if avx2::available() {
+                    let mut o2 = [0f32; 16];
+                    // SAFETY: AVX2 detected; the block holds 16 · len values.
+                    unsafe { avx2::dot16_transposed(&kt[block * 16 * len..], &b, &mut o2) };
+                    assert_eq!(
+                        o2.map(f32::to_bits),
+                        out.map(f32::to_bits),
+                        "avx2 block {block}"
+                    );
                 }
             }
         }

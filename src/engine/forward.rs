@@ -398,21 +398,50 @@ fn attention(
         let (kh, vh) = ((h / group) * kd, (h / group) * hd);
         // Queries in groups whose probability rows have the same length (the same block of 32
         // positions): a batch's value sums then read the cached values once per group.
+        let lo_of = |p: usize| match window {
+            Some(w) => (p + 1).saturating_sub(w),
+            None => 0,
+        };
+        let query = |t: usize| &q[t * qd + h * kd..t * qd + (h + 1) * kd];
+        // A batch scores its queries against the head's keys transposed in blocks of 16 (one key
+        // per SIMD lane: see `vecmath::dot16_transposed`), made once per head.
+        let mut kt = KEYS_T.take();
+        if n > 1 {
+            vecmath::transpose_keys16(&keys[kh..], kvd_k, pos0 + n, kd, &mut kt);
+        }
         let mut t0 = 0;
         while t0 < n {
             let len = (pos0 + t0 + 1).next_multiple_of(32);
             let t1 = (t0 + ATTN_GROUP).min(n).min(len - pos0);
             for t in t0..t1 {
+                sc[(t - t0) * row_len..][..len].fill(f32::NEG_INFINITY);
+            }
+            if n > 1 {
+                let mut s16 = [0f32; 16];
+                for block in lo_of(pos0 + t0) / 16..=(pos0 + t1 - 1) / 16 {
+                    let kb = &kt[block * 16 * kd..(block + 1) * 16 * kd];
+                    for t in t0..t1 {
+                        let (p, j0) = (pos0 + t, 16 * block);
+                        let keep = lo_of(p).max(j0)..(p + 1).min(j0 + 16);
+                        if keep.is_empty() {
+                            continue;
+                        }
+                        vecmath::dot16_transposed(kb, query(t), &mut s16);
+                        let row = &mut sc[(t - t0) * row_len..];
+                        for j in keep {
+                            row[j] = s16[j - j0] * kq_scale;
+                        }
+                    }
+                }
+            }
+            for t in t0..t1 {
                 let p = pos0 + t;
-                let lo = match window {
-                    Some(w) => (p + 1).saturating_sub(w),
-                    None => 0,
-                };
-                let qh = &q[t * qd + h * kd..t * qd + (h + 1) * kd];
+                let lo = lo_of(p);
                 let row = &mut sc[(t - t0) * row_len..][..len];
-                row.fill(f32::NEG_INFINITY);
-                vecmath::dot_rows(&keys[lo * kvd_k + kh..], kvd_k, qh, &mut row[lo..=p]);
-                row[lo..=p].iter_mut().for_each(|s| *s *= kq_scale);
+                if n == 1 {
+                    vecmath::dot_rows(&keys[lo * kvd_k + kh..], kvd_k, query(t), &mut row[lo..=p]);
+                    row[lo..=p].iter_mut().for_each(|s| *s *= kq_scale);
+                }
                 let max = row[lo..=p].iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let inv = (1.0 / vecmath::exp_sub_sum(row, max)) as f32;
                 row.iter_mut().for_each(|v| *v *= inv);
@@ -434,5 +463,11 @@ fn attention(
             }
             t0 = t1;
         }
+        KEYS_T.set(kt);
     });
+}
+
+thread_local! {
+    /// Each thread's transposed keys of one head (see `attention`), reused from call to call.
+    static KEYS_T: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
