@@ -139,22 +139,39 @@ impl QuantizedInput {
                 cols,
             })?;
         self.data.resize(total, 0);
-        let rows = x
-            .chunks_exact(cols)
-            .zip(self.data.chunks_exact_mut(row_bytes));
+        // One vector's quants (and block sums, for Q8_0 activations).
+        let nb = cols / ty.block_size();
+        let (data, sums) = (&mut self.data, &mut self.sums);
         if ty == QuantType::Q8_0 {
-            let nb = cols / ty.block_size();
-            self.sums.resize(n_vecs * nb, 0.0);
-            let quantize = kernels().quantize_q8_0_acts;
-            for ((src, dst), sums) in rows.zip(self.sums.chunks_exact_mut(nb)) {
-                // SAFETY: the dispatched set runs on this CPU; each row holds `cols` values,
+            sums.resize(n_vecs * nb, 0.0);
+        } else {
+            sums.clear();
+        }
+        let quantize_q8_0 = kernels().quantize_q8_0_acts;
+        let quantize = codec(ty).0;
+        let one = |src: &[f32], dst: &mut [u8], sums: &mut [f32]| {
+            if ty == QuantType::Q8_0 {
+                // SAFETY: the dispatched set runs on this CPU; the row holds `cols` values,
                 // `row_bytes` bytes and `nb` sums, as the kernel requires (and checks).
-                unsafe { quantize(src, dst, sums) };
+                unsafe { quantize_q8_0(src, dst, sums) }
+            } else {
+                quantize(src, dst)
+            }
+        };
+        let sum_len = if sums.is_empty() { 0 } else { nb };
+        if n_vecs > 1 {
+            // Vectors in parallel (each is quantized on its own).
+            let rows = x
+                .par_chunks_exact(cols)
+                .zip(data.par_chunks_exact_mut(row_bytes));
+            if sum_len == 0 {
+                rows.for_each(|(src, dst)| one(src, dst, &mut []));
+            } else {
+                rows.zip(sums.par_chunks_exact_mut(sum_len))
+                    .for_each(|((src, dst), s)| one(src, dst, s));
             }
         } else {
-            self.sums.clear();
-            let quantize = codec(ty).0;
-            rows.for_each(|(src, dst)| quantize(src, dst));
+            one(x, data, sums);
         }
         self.ty = Some(ty);
         self.cols = cols;

@@ -8,6 +8,7 @@ use super::moe::{self, MoeScratch};
 use super::ops::{rms_norm, rms_norm_inplace, rope, rope_table};
 use super::parallel::{for_each_chunk_pair, matvec_fused, matvec_masked, MatJob};
 use crate::model::{Activation, Model, ModelConfig};
+use rayon::prelude::*;
 use tomoe_quant::{dequantize_row, matmul, vecmath, MatRef, QuantType, QuantizedInput};
 
 /// Quantized copies of one activation, one per activation format its consumers need
@@ -159,9 +160,7 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
         let kd = moe.map_or(hd, |m| m.dq);
         let (qd_l, kvd_k) = (c.n_head * kd, c.n_head_kv * kd);
         // Attention block.
-        for t in 0..n {
-            rms_norm(&mut s.xn[t * d..(t + 1) * d], &s.x[t * d..(t + 1) * d], &l.attn_norm, c.rms_eps);
-        }
+        norm_rows(&mut s.xn[..n * d], &s.x[..n * d], &l.attn_norm, c.rms_eps);
         let vmask = moe.and_then(|m| m.vmask.as_ref());
         let head_ty = vmask.map_or(l.wv.ty(), |vm| vm.w_a.ty());
         s.inputs.prepare(&[l.wq.ty(), l.wk.ty(), l.wv.ty(), head_ty], &s.xn[..n * d], d);
@@ -196,26 +195,24 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
             matmul(&l.wv, s.inputs.get(l.wv.ty()), &mut s.v[..n * kvd]);
         }
         let b = if c.swa_layers[il] && n_bases == 2 { 1 } else { 0 };
-        for t in 0..n {
-            let qt = &mut s.q[t * qd_l..(t + 1) * qd_l];
-            let kt = &mut s.k[t * kvd_k..(t + 1) * kvd_k];
-            let vt = &mut s.v[t * kvd..(t + 1) * kvd];
+        // Per token: biases, the V mask, q/k norms, RoPE (a pruned head's stored pairs rotate at
+        // their original pairs' frequencies, gathered into `cos_l`/`sin_l`).
+        let (vmask_all, rope_cos, rope_sin) = (&s.vmask, &s.rope_cos[b], &s.rope_sin[b]);
+        let token = |t: usize, qt: &mut [f32], kt: &mut [f32], vt: &mut [f32], cos_l: &mut [f32], sin_l: &mut [f32]| {
             add_bias(qt, l.bq.as_deref());
             add_bias(kt, l.bk.as_deref());
             add_bias(vt, l.bv.as_deref());
             if vmask.is_some() {
-                let mt = &s.vmask[t * hd..(t + 1) * hd];
+                let mt = &vmask_all[t * hd..(t + 1) * hd];
                 vt.chunks_exact_mut(hd).for_each(|h| h.iter_mut().zip(mt).for_each(|(v, m)| *v *= m));
             }
-            let (mut cos, mut sin) =
-                (&s.rope_cos[b][t * pairs..(t + 1) * pairs], &s.rope_sin[b][t * pairs..(t + 1) * pairs]);
+            let (mut cos, mut sin) = (&rope_cos[t * pairs..(t + 1) * pairs], &rope_sin[t * pairs..(t + 1) * pairs]);
             if let Some(m) = moe {
-                // A pruned head's stored pairs rotate at their original pairs' frequencies.
                 for (k, &i) in m.qk_pairs.iter().enumerate() {
-                    s.rope_cos_l[k] = cos[i];
-                    s.rope_sin_l[k] = sin[i];
+                    cos_l[k] = cos[i];
+                    sin_l[k] = sin[i];
                 }
-                (cos, sin) = (&s.rope_cos_l[..m.qk_pairs.len()], &s.rope_sin_l[..m.qk_pairs.len()]);
+                (cos, sin) = (&cos_l[..m.qk_pairs.len()], &sin_l[..m.qk_pairs.len()]);
             }
             for h in qt.chunks_exact_mut(kd) {
                 if let Some(nw) = &l.q_norm {
@@ -232,6 +229,15 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
                 }
                 rope(h, cos, sin, c.rope_style);
             }
+        };
+        if n == 1 {
+            token(0, &mut s.q[..qd_l], &mut s.k[..kvd_k], &mut s.v[..kvd], &mut s.rope_cos_l, &mut s.rope_sin_l);
+        } else {
+            let (q, k, v) = (&mut s.q[..n * qd_l], &mut s.k[..n * kvd_k], &mut s.v[..n * kvd]);
+            q.par_chunks_mut(qd_l).zip(k.par_chunks_mut(kvd_k)).zip(v.par_chunks_mut(kvd)).enumerate().for_each_init(
+                || (vec![0f32; pairs], vec![0f32; pairs]),
+                |(cos_l, sin_l), (t, ((qt, kt), vt))| token(t, qt, kt, vt, cos_l, sin_l),
+            );
         }
         kv.store(il, pos0, &s.k[..n * kvd_k], &s.v[..n * kvd], vmask.map(|_| &s.vmask[..n * hd]));
         let window = if c.swa_layers[il] { c.sliding_window } else { None };
@@ -254,12 +260,12 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
         let att_in: &[f32] = if n == 1 {
             &s.att_heads[..qd]
         } else {
-            for h in 0..c.n_head {
-                for t in 0..n {
-                    let src = &s.att_heads[(h * n + t) * hd..(h * n + t + 1) * hd];
-                    s.att[t * qd + h * hd..t * qd + (h + 1) * hd].copy_from_slice(src);
+            let heads = &s.att_heads;
+            s.att[..n * qd].par_chunks_mut(qd).enumerate().for_each(|(t, row)| {
+                for (h, out) in row.chunks_exact_mut(hd).enumerate() {
+                    out.copy_from_slice(&heads[(h * n + t) * hd..(h * n + t + 1) * hd]);
                 }
-            }
+            });
             &s.att[..n * qd]
         };
         s.inputs.prepare(&[l.wo.ty()], att_in, qd);
@@ -267,9 +273,7 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
         residual(&mut s.x[..n * d], &mut s.proj[..n * d], l.post_attn_norm.as_deref(), d, c.rms_eps);
 
         // Feed-forward block.
-        for t in 0..n {
-            rms_norm(&mut s.xn[t * d..(t + 1) * d], &s.x[t * d..(t + 1) * d], &l.ffn_norm, c.rms_eps);
-        }
+        norm_rows(&mut s.xn[..n * d], &s.x[..n * d], &l.ffn_norm, c.rms_eps);
         if let Some(x) = &l.experts {
             moe::mlp_llama_experts(x, &s.xn[..n * d], &mut s.proj[..n * d], &mut s.moe);
             residual(&mut s.x[..n * d], &mut s.proj[..n * d], l.post_ffn_norm.as_deref(), d, c.rms_eps);
@@ -301,9 +305,15 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
             matmul(&l.gate, s.inputs.get(l.gate.ty()), &mut s.gate[..n * ff]);
             matmul(&l.up, s.inputs.get(l.up.ty()), &mut s.up[..n * ff]);
         }
-        match c.activation {
-            Activation::Silu => vecmath::swiglu(&mut s.gate[..n * ff], &s.up[..n * ff]),
-            Activation::GeluTanh => vecmath::geglu(&mut s.gate[..n * ff], &s.up[..n * ff]),
+        let glu = match c.activation {
+            Activation::Silu => vecmath::swiglu,
+            Activation::GeluTanh => vecmath::geglu,
+        };
+        if n == 1 {
+            glu(&mut s.gate[..ff], &s.up[..ff]);
+        } else {
+            // Element-wise: rows in parallel give the same values.
+            s.gate[..n * ff].par_chunks_mut(ff).zip(s.up[..n * ff].par_chunks(ff)).for_each(|(g, u)| glu(g, u));
         }
         s.inputs.prepare(&[l.down.ty()], &s.gate[..n * ff], ff);
         project(&l.down, s.inputs.get(l.down.ty()), &mut s.proj[..n * d], n);
@@ -343,14 +353,29 @@ fn project(w: &MatRef, x: &QuantizedInput, y: &mut [f32], n: usize) {
     }
 }
 
-/// x += norm(proj) (Gemma's post-norms) or x += proj.
+/// x += norm(proj) (Gemma's post-norms) or x += proj, token-parallel for a batch.
 fn residual(x: &mut [f32], proj: &mut [f32], post_norm: Option<&[f32]>, d: usize, eps: f32) {
-    if let Some(nw) = post_norm {
-        for p in proj.chunks_exact_mut(d) {
+    let row = |x: &mut [f32], p: &mut [f32]| {
+        if let Some(nw) = post_norm {
             rms_norm_inplace(p, nw, eps);
         }
+        x.iter_mut().zip(p.iter()).for_each(|(a, b)| *a += b);
+    };
+    if x.len() > d {
+        x.par_chunks_mut(d).zip(proj.par_chunks_mut(d)).for_each(|(x, p)| row(x, p));
+    } else {
+        row(x, proj);
     }
-    x.iter_mut().zip(proj.iter()).for_each(|(a, b)| *a += b);
+}
+
+/// out = rms_norm(x) · w, row by row (rows of `w.len()`), token-parallel for a batch.
+fn norm_rows(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    if out.len() > d {
+        out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, x)| rms_norm(o, x, w, eps));
+    } else {
+        rms_norm(out, x, w, eps);
+    }
 }
 
 /// The per-layer shape of attention: the query/key head width (pruned in ToMoE layers), the
