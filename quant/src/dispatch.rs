@@ -4,7 +4,9 @@
 use std::sync::OnceLock;
 
 use crate::formats::QuantType;
-use crate::kernels::{scalar, AxpyFn, Dot4Fn, DotFn, DotSumsFn, GemmKernel, QuantizeActsFn};
+use crate::kernels::{
+    scalar, AxpyFn, Dot4Fn, DotFn, DotSumsFn, GemmKernel, Interleaved16, QuantizeActsFn,
+};
 
 /// A named set of dot-product kernels, indexed by `QuantType as usize`.
 pub struct KernelSet {
@@ -18,6 +20,8 @@ pub struct KernelSet {
     pub axpys: [Option<AxpyFn>; 14],
     /// Tiled matrix-matrix products (see [`GemmKernel`]).
     pub gemms: [Option<GemmKernel>; 14],
+    /// Matrix-vector products over row-interleaved weights (see [`Interleaved16`]).
+    pub interleaved: [Option<Interleaved16>; 14],
     /// The Q8_0 activation quantizer (see [`QuantizeActsFn`]).
     pub quantize_q8_0_acts: QuantizeActsFn,
 }
@@ -47,6 +51,11 @@ impl KernelSet {
     pub fn gemm(&self, ty: QuantType) -> Option<GemmKernel> {
         self.gemms[ty as usize]
     }
+
+    #[inline(always)]
+    pub fn interleaved(&self, ty: QuantType) -> Option<Interleaved16> {
+        self.interleaved[ty as usize]
+    }
 }
 
 /// The scalar reference set (always available).
@@ -73,6 +82,7 @@ pub fn scalar_set() -> KernelSet {
         dots_x4: [None; 14],
         axpys: q8_0_axpy(scalar::axpy_q8_0),
         gemms: [None; 14],
+        interleaved: [None; 14],
         quantize_q8_0_acts: scalar::quantize_q8_0_acts,
     }
 }

@@ -18,6 +18,10 @@ fn random_matrix(ty: QuantType, rows: usize, cols: usize, seed: u64) -> Vec<u8> 
     data
 }
 
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
 #[test]
 fn matvec_and_matmul_equal_rowwise_dots() {
     // 19 vectors: two whole tiles of the tiled kernels and a tail of three.
@@ -62,6 +66,20 @@ fn matvec_and_matmul_equal_rowwise_dots() {
                 );
             }
             assert_eq!(&part[..], &yv[30..40]);
+            // With an interleaved copy (where the set has kernels for it): the same bits, for
+            // the whole matrix and for ranges that start and end inside groups of 16.
+            if let Some(il) = w.interleave() {
+                let wi = w.with_interleaved(&il).unwrap();
+                let mut yi = vec![0f32; rows];
+                matvec(&wi, &x1, &mut yi);
+                assert_eq!(bits(&yi), bits(&yv), "{ty} interleaved matvec");
+                for range in [5..70, 16..48, 3..9, 60..77] {
+                    let mut part = vec![0f32; range.len()];
+                    matvec_rows(&wi, range.clone(), &x1, &mut part);
+                    assert_eq!(bits(&part), bits(&yv[range.clone()]), "{ty} rows {range:?}");
+                }
+                assert!(w.with_interleaved(&il[1..]).is_err());
+            }
         }
     }
 }

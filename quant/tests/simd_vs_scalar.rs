@@ -209,6 +209,51 @@ fn tiled_kernels_equal_single_row_bit_for_bit() {
     }
 }
 
+/// Every row-interleaved matrix-vector kernel gives, per row, exactly its set's single-row
+/// result, on odd block counts.
+#[test]
+fn interleaved_kernels_equal_single_row_bit_for_bit() {
+    let mut rng = support::rng(59);
+    for set in available_sets() {
+        for ty in QuantType::ALL {
+            let Some(il) = set.interleaved(ty) else {
+                continue;
+            };
+            for blocks in [1usize, 3, 18, 33] {
+                let n = blocks * ty.block_size();
+                let rb = ty.row_bytes(n).unwrap();
+                let mut rows = vec![0u8; 16 * rb];
+                for (k, row) in rows.chunks_exact_mut(rb).enumerate() {
+                    quantize_row(ty, &support::row(&mut rng, n, 5 + k % 3), row);
+                }
+                let mut group = vec![0u8; 16 * rb];
+                (il.pack)(n, &rows, &mut group);
+                let mut xq = tomoe_quant::QuantizedInput::new();
+                xq.quantize(ty, &support::dense_row(&mut rng, n), n);
+                let (x, sums) = (xq.vector(0), xq.block_sums(0));
+                let mut out = [0f32; 16];
+                // SAFETY: the set runs on this CPU; the group, vector and sums are sized for n.
+                unsafe { (il.dot16)(n, &group, x, sums, &mut out) };
+                for (r, row) in rows.chunks_exact(rb).enumerate() {
+                    // SAFETY: as above.
+                    let want = unsafe {
+                        match set.dot_with_sums(ty) {
+                            Some(f) => f(n, row, x, sums),
+                            None => set.dot(ty)(n, row, x),
+                        }
+                    };
+                    assert_eq!(
+                        out[r].to_bits(),
+                        want.to_bits(),
+                        "{} {ty} interleaved row {r}, {blocks} blocks",
+                        set.name
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Every set's activation quantizer equals the scalar reference bit for bit: random rows, a
 /// block of zeros, values at exact halves of a step (ties round to even), one huge outlier.
 #[test]

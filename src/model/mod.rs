@@ -49,6 +49,9 @@ pub enum ModelError {
 pub struct Model {
     // Declared before `file`: views into it, dropped first.
     weights: Weights<'static>,
+    /// Row-interleaved copies of the dense matrices (see `tomoe_quant::MatRef::interleave`),
+    /// viewed by `weights`; declared after it, so dropped after it.
+    interleaved: Vec<Vec<u8>>,
     config: ModelConfig,
     tokenizer: Tokenizer,
     chat_template: Option<ChatTemplate>,
@@ -100,8 +103,10 @@ impl Model {
         // address is stable when the Model moves. The 'static lifetime never escapes: `weights()`
         // hands them out bounded by `&self`.
         let file_ref: &'static GgufFile = unsafe { &*(&*file as *const GgufFile) };
-        let weights = Weights::load(file_ref, &config, tensors)?;
-        Ok(Model { weights, config, tokenizer, chat_template, file })
+        let mut weights = Weights::load(file_ref, &config, tensors)?;
+        let interleaved =
+            if std::env::var_os("TOMOE_NO_INTERLEAVE").is_some() { Vec::new() } else { weights.interleave() };
+        Ok(Model { weights, interleaved, config, tokenizer, chat_template, file })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -113,7 +118,12 @@ impl Model {
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
         self.chat_template.as_ref()
     }
-    pub fn weights(&self) -> &Weights<'_> {
+    /// Bytes of the row-interleaved copies made at load (0 with `TOMOE_NO_INTERLEAVE` set, or
+    /// where the kernel set has no interleaved kernels).
+    pub fn interleaved_bytes(&self) -> usize {
+        self.interleaved.iter().map(Vec::len).sum()
+    }
+        pub fn weights(&self) -> &Weights<'_> {
         &self.weights
     }
     /// The underlying file (metadata and tensor table).

@@ -162,6 +162,38 @@ impl<'a> Weights<'a> {
         Ok(Weights { token_embd, layers, output_norm, output, rope_freqs })
     }
 
+    /// Gives every dense matrix that the kernel set can interleave (`MatRef::interleave`) its
+    /// interleaved copy, and returns the copies, which must outlive `self` (the matrices view
+    /// them). Matrix-vector products (decoding) then run on the copies, bit-identically and with a
+    /// fraction of the instructions; batches keep reading the mapped file. Stacked experts and
+    /// the ToMoE down projections (read by rows) keep the file's layout only.
+    pub(crate) fn interleave(&mut self) -> Vec<Vec<u8>> {
+        let mut copies = Vec::new();
+        let mut attach = |m: &mut MatRef<'a>| {
+            if let Some(copy) = m.interleave() {
+                // SAFETY: the copy's heap buffer never moves or changes: it is pushed into
+                // `copies`, which the caller keeps alive (unmutated) for as long as `self`.
+                let view: &'a [u8] = unsafe { &*(copy.as_slice() as *const [u8]) };
+                *m = m.with_interleaved(view).expect("the copy is the size interleave made it");
+                copies.push(copy);
+            }
+        };
+        for l in &mut self.layers {
+            for m in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo] {
+                attach(m);
+            }
+            if l.experts.is_none() {
+                attach(&mut l.gate);
+                attach(&mut l.up);
+                if l.moe.is_none() {
+                    attach(&mut l.down);
+                }
+            }
+        }
+        attach(&mut self.output);
+        copies
+    }
+
     /// Bytes of weights one decoded token reads: every matrix once, the embedding table one row
     /// (unless tied to the output, read whole as the output); in MoE layers only the chosen
     /// experts' rows, averaged with `usage` (per layer, tokens per expert; uniform when empty),

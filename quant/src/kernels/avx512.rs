@@ -47,6 +47,7 @@ pub fn kernel_set() -> Option<KernelSet> {
         ]),
         axpys: avx2.axpys,
         gemms: super::avx512_gemm::kernels(),
+        interleaved: super::avx512_il::kernels(),
         quantize_q8_0_acts: avx2.quantize_q8_0_acts,
     })
 }

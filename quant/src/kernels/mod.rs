@@ -8,6 +8,9 @@ pub mod avx2;
 pub mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_gemm;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512_il;
+pub mod interleave;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 
@@ -46,6 +49,18 @@ pub type Dot4Fn = unsafe fn(usize, [&[u8]; 4], &[u8], &[f32]) -> [f32; 4];
 pub struct GemmKernel {
     pub pack: unsafe fn(usize, &[u8], usize, &[f32], &mut PackedActs),
     pub run: unsafe fn(usize, &[u8], usize, &PackedActs, *mut f32, usize),
+}
+
+/// Matrix-vector products over a matrix whose rows are interleaved in groups of 16
+/// ([`interleave`]): `pack(cols, rows, group)` rearranges 16 consecutive rows (`16 · row_bytes`
+/// bytes) into one group of the same size; `dot16(cols, group, x, sums, out)` sets `out[i]` to the
+/// dot product of the group's row `i` with activation vector `x` (`sums` its block sums, as for
+/// [`DotSumsFn`]), **bit-identical** to the set's single-row kernel (the one with block sums for
+/// the formats with a per-block minimum). Unsafe as [`DotFn`]; `dot16` checks the lengths.
+#[derive(Copy, Clone)]
+pub struct Interleaved16 {
+    pub pack: fn(usize, &[u8], &mut [u8]),
+    pub dot16: unsafe fn(usize, &[u8], &[u8], &[f32], &mut [f32; 16]),
 }
 
 /// Activation vectors packed by a [`GemmKernel`]'s `pack`, in a layout private to its set; a

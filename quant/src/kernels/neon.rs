@@ -32,6 +32,7 @@ pub fn kernel_set(dotprod: bool) -> Option<KernelSet> {
             dots_x4: [None; 14],
             axpys: crate::dispatch::q8_0_axpy(axpy_q8_0),
             gemms: [None; 14],
+            interleaved: [None; 14],
             quantize_q8_0_acts: super::scalar::quantize_q8_0_acts,
         });
     }
@@ -42,6 +43,7 @@ pub fn kernel_set(dotprod: bool) -> Option<KernelSet> {
         dots_x4: [None; 14],
         axpys: crate::dispatch::q8_0_axpy(axpy_q8_0),
         gemms: [None; 14],
+        interleaved: [None; 14],
         quantize_q8_0_acts: super::scalar::quantize_q8_0_acts,
     })
 }
