@@ -4,12 +4,15 @@
 //! - [`formats`]: one table describing every block format (name, ggml type id, block size, bytes).
 //! - `blocks/`: per format, the block layout, quantize and dequantize (the scalar reference).
 //! - `kernels/`: dot products of each weight format against quantized activations, one file per
-//!   instruction set (scalar, avx2, avx512, neon), all implementing the same functions.
+//!   instruction set (scalar, avx2, avx512, neon), all implementing the same functions; and, for
+//!   AVX-512, tiled matrix-matrix kernels (`avx512_gemm`, prompt processing) and matrix-vector
+//!   kernels over rows interleaved in groups of 16 (`avx512_il`, decoding; layouts in
+//!   `interleave`), each bit-identical to the single-row kernels.
 //! - `dispatch`: picks the kernel set once at start-up by run-time feature detection.
 //! - `ops`: matrix-vector and matrix-matrix products over row ranges, parallel with rayon.
 //! - [`vecmath`]: element-wise exp/SiLU/softmax that round exactly as ggml's do.
 
-// `n % k == 0` rather than `is_multiple_of`: the workspace's rust-version is 1.80.
+// The kernels test divisibility as `n % k == 0` throughout.
 #![allow(clippy::manual_is_multiple_of)]
 
 pub mod blocks;
