@@ -357,16 +357,20 @@ pub fn dot_chunks32_rows_gemm(
 /// blocks of 16 keys, element `e` of key `16i + l` at `out[(i·len + e)·16 + l]` (zeros past `n`).
 ///
 /// # Panics
-/// If the last row runs past the end of `keys`.
-pub fn transpose_keys16(keys: &[f32], row_stride: usize, n: usize, len: usize, out: &mut Vec<f32>) {
+/// If the last row runs past the end of `keys`, or `out` is not `⌈n/16⌉·16·len` long.
+pub fn transpose_keys16(keys: &[f32], row_stride: usize, n: usize, len: usize, out: &mut [f32]) {
     if let Some(last) = n.checked_sub(1) {
         assert!(
             last * row_stride + len <= keys.len(),
             "transpose_keys16: rows past the end"
         );
     }
-    out.clear();
-    out.resize(n.div_ceil(16) * 16 * len, 0.0);
+    assert_eq!(
+        out.len(),
+        n.div_ceil(16) * 16 * len,
+        "transpose_keys16: output size"
+    );
+    out.fill(0.0);
     for j in 0..n {
         let (block, l) = (j / 16, j % 16);
         let row = &keys[j * row_stride..j * row_stride + len];
@@ -1148,7 +1152,7 @@ mod tests {
         ] {
             let keys: Vec<f32> = (0..n * stride).map(val).collect();
             let b: Vec<f32> = (0..len).map(|i| val(i + 11) * 0.3).collect();
-            let mut kt = Vec::new();
+            let mut kt = vec![0f32; n.div_ceil(16) * 16 * len];
             transpose_keys16(&keys, stride, n, len, &mut kt);
             for block in 0..n.div_ceil(16) {
                 let mut out = [0f32; 16];

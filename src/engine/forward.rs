@@ -419,29 +419,27 @@ fn attention(
     let compact = kv.compact_values(il);
     // llama.cpp sums one query's values in its vector-dot order, a batch's in its matrix order.
     let gemm_order = n > 1;
-    for_each_chunk_pair(out, n * hd, scores, ATTN_GROUP * row_len, c.n_head, |h, out_h, sc| {
+    let lo_of = |p: usize| match window {
+        Some(w) => (p + 1).saturating_sub(w),
+        None => 0,
+    };
+    // Queries `ts` of head `h` into `out_h` (their rows), with `sc` for ATTN_GROUP score rows and,
+    // for a batch, `kt` the head's keys transposed in blocks of 16 (one key per SIMD lane: see
+    // `vecmath::dot16_transposed`). Queries go in groups whose probability rows have the same
+    // length (the same block of 32 positions), so a batch's value sums read the cached values once
+    // per group.
+    let attend = |h: usize, ts: std::ops::Range<usize>, out_h: &mut [f32], sc: &mut [f32], kt: &[f32]| {
         let (kh, vh) = ((h / group) * kd, (h / group) * hd);
-        // Queries in groups whose probability rows have the same length (the same block of 32
-        // positions): a batch's value sums then read the cached values once per group.
-        let lo_of = |p: usize| match window {
-            Some(w) => (p + 1).saturating_sub(w),
-            None => 0,
-        };
         let query = |t: usize| &q[t * qd + h * kd..t * qd + (h + 1) * kd];
-        // A batch scores its queries against the head's keys transposed in blocks of 16 (one key
-        // per SIMD lane: see `vecmath::dot16_transposed`), made once per head.
-        let mut kt = KEYS_T.take();
-        if n > 1 {
-            vecmath::transpose_keys16(&keys[kh..], kvd_k, pos0 + n, kd, &mut kt);
-        }
-        let mut t0 = 0;
-        while t0 < n {
+        let out_row = |t: usize| (t - ts.start) * hd..(t - ts.start + 1) * hd;
+        let mut t0 = ts.start;
+        while t0 < ts.end {
             let len = (pos0 + t0 + 1).next_multiple_of(32);
-            let t1 = (t0 + ATTN_GROUP).min(n).min(len - pos0);
+            let t1 = (t0 + ATTN_GROUP).min(ts.end).min(len - pos0);
             for t in t0..t1 {
                 sc[(t - t0) * row_len..][..len].fill(f32::NEG_INFINITY);
             }
-            if n > 1 {
+            if gemm_order {
                 let mut s16 = [0f32; 16];
                 for block in lo_of(pos0 + t0) / 16..=(pos0 + t1 - 1) / 16 {
                     let kb = &kt[block * 16 * kd..(block + 1) * 16 * kd];
@@ -463,7 +461,7 @@ fn attention(
                 let p = pos0 + t;
                 let lo = lo_of(p);
                 let row = &mut sc[(t - t0) * row_len..][..len];
-                if n == 1 {
+                if !gemm_order {
                     vecmath::dot_rows(&keys[lo * kvd_k + kh..], kvd_k, query(t), &mut row[lo..=p]);
                     row[lo..=p].iter_mut().for_each(|s| *s *= kq_scale);
                 }
@@ -472,27 +470,55 @@ fn attention(
                 row.iter_mut().for_each(|v| *v *= inv);
                 if let Some(cv) = &compact {
                     // Each position adds its kept values only (the others were masked to zero).
-                    let o = &mut out_h[t * hd..(t + 1) * hd];
+                    let o = &mut out_h[out_row(t)];
                     o.fill(0.0);
                     for (j, &pj) in row.iter().enumerate().take(p + 1).skip(lo) {
                         vecmath::axpy_expand(pj, cv.kept(j), cv.values(j, h / group), o);
                     }
                 } else if !gemm_order {
-                    let o = &mut out_h[t * hd..(t + 1) * hd];
+                    let o = &mut out_h[out_row(t)];
                     vecmath::dot_chunks32_rows(&values[vh * 32..], 32, block_stride, row, false, o);
                 }
             }
             if compact.is_none() && gemm_order {
-                let (a, o) = (&values[vh * 32..], &mut out_h[t0 * hd..t1 * hd]);
+                let (a, o) = (&values[vh * 32..], &mut out_h[out_row(t0).start..out_row(t1 - 1).end]);
                 vecmath::dot_chunks32_rows_gemm(a, 32, block_stride, hd, sc, row_len, t1 - t0, len, o, hd);
             }
             t0 = t1;
         }
-        KEYS_T.set(kt);
+    };
+    if n == 1 {
+        // One token: heads in parallel on the decoding team.
+        for_each_chunk_pair(out, hd, scores, ATTN_GROUP * row_len, c.n_head, |h, out_h, sc| {
+            attend(h, 0..1, out_h, sc, &[])
+        });
+        return;
+    }
+    // A batch: each key/value head's keys transposed once (in parallel), then (head, 64 queries)
+    // pieces in parallel, which balance the threads whatever the number of heads.
+    let n_keys = pos0 + n;
+    let per_kv = n_keys.div_ceil(16) * 16 * kd;
+    let mut kt = KEYS_T.take();
+    kt.resize(c.n_head_kv * per_kv, 0.0);
+    kt.par_chunks_mut(per_kv)
+        .enumerate()
+        .for_each(|(g, out)| vecmath::transpose_keys16(&keys[g * kd..], kvd_k, n_keys, kd, out));
+    const PIECE: usize = 64;
+    out[..c.n_head * n * hd].par_chunks_mut(n * hd).enumerate().for_each(|(h, out_h)| {
+        out_h.par_chunks_mut(PIECE * hd).enumerate().for_each(|(i, o)| {
+            let ts = i * PIECE..((i + 1) * PIECE).min(n);
+            let mut sc = SCORES.take();
+            sc.resize(ATTN_GROUP * row_len, 0.0);
+            attend(h, ts, o, &mut sc, &kt[(h / group) * per_kv..(h / group + 1) * per_kv]);
+            SCORES.set(sc);
+        })
     });
+    KEYS_T.set(kt);
 }
 
 thread_local! {
-    /// Each thread's transposed keys of one head (see `attention`), reused from call to call.
+    /// The transposed keys of a batch (see `attention`), and each thread's score rows, reused
+    /// from call to call.
     static KEYS_T: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    static SCORES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
