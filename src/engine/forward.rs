@@ -59,8 +59,8 @@ pub struct Scratch {
     proj: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
-    /// `ATTN_GROUP` rows of attention scores per head (the context rounded up to 32: see
-    /// `attention`).
+    /// One row of attention scores per head for a single token (the context rounded up to 32:
+    /// see `attention`; a batch's rows are per thread).
     scores: Vec<f32>,
     /// cos/sin tables per token, for the global and the sliding-window RoPE bases.
     rope_cos: [Vec<f32>; 2],
@@ -92,7 +92,7 @@ impl Scratch {
             proj: vec![0.0; nb * c.d_model],
             gate: vec![0.0; nb * c.n_ff],
             up: vec![0.0; nb * c.n_ff],
-            scores: vec![0.0; c.n_head * ATTN_GROUP * n_ctx.next_multiple_of(32)],
+            scores: vec![0.0; c.n_head * n_ctx.next_multiple_of(32)],
             rope_cos: [vec![0.0; nb * pairs], vec![0.0; nb * pairs]],
             rope_sin: [vec![0.0; nb * pairs], vec![0.0; nb * pairs]],
             rope_cos_l: vec![0.0; pairs],
@@ -388,7 +388,8 @@ struct AttnShape {
 }
 
 /// Causal (optionally sliding-window) attention of `n` queries at positions `pos0..` over the
-/// cache, in parallel over heads. `q` is token-major (already RoPE'd); `out` is head-major:
+/// cache: one token in parallel over heads (on the decoding team, with `scores`), a batch in
+/// parallel over (head, 64 queries). `q` is token-major (already RoPE'd); `out` is head-major:
 /// [head][token][head_dim].
 ///
 /// Rounds as llama.cpp's graph does (f32 cache, no flash attention; see `tomoe_quant::vecmath`):
@@ -489,9 +490,7 @@ fn attention(
     };
     if n == 1 {
         // One token: heads in parallel on the decoding team.
-        for_each_chunk_pair(out, hd, scores, ATTN_GROUP * row_len, c.n_head, |h, out_h, sc| {
-            attend(h, 0..1, out_h, sc, &[])
-        });
+        for_each_chunk_pair(out, hd, scores, row_len, c.n_head, |h, out_h, sc| attend(h, 0..1, out_h, sc, &[]));
         return;
     }
     // A batch: each key/value head's keys transposed once (in parallel), then (head, 64 queries)
