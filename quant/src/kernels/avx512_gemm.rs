@@ -198,6 +198,7 @@ unsafe fn tiles(
             let pw = panel.as_ptr().add(pair * nb * ROWS * PANEL_BLOCK);
             let mut acc = [[_mm512_setzero_ps(); QUADS]; ROWS];
             let mut summ = [_mm512_setzero_ps(); ROWS];
+            #[allow(clippy::needless_range_loop)] // l indexes both the packed quads and acc[r]
             for b in 0..nb {
                 let xb = xg.add(b * PACKED_BLOCK);
                 let dx = _mm512_loadu_ps(xb.add(64 * QUADS) as *const f32);

@@ -60,8 +60,11 @@ pub struct GemmKernel {
 #[derive(Copy, Clone)]
 pub struct Interleaved16 {
     pub pack: fn(usize, &[u8], &mut [u8]),
-    pub dot16: unsafe fn(usize, &[u8], &[u8], &[f32], &mut [f32; 16]),
+    pub dot16: Dot16Fn,
 }
+
+/// The `dot16` of an [`Interleaved16`]: `(cols, group, x, sums, out)`.
+pub type Dot16Fn = unsafe fn(usize, &[u8], &[u8], &[f32], &mut [f32; 16]);
 
 /// Activation vectors packed by a [`GemmKernel`]'s `pack`, in a layout private to its set; a
 /// reusable buffer.
