@@ -247,48 +247,24 @@ unsafe fn tiles(
     }
 }
 
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn run_q4_0(
-    cols: usize,
-    w: &[u8],
-    row_bytes: usize,
-    x: &PackedActs,
-    out: *mut f32,
-    out_stride: usize,
-) {
-    run(
-        QuantType::Q4_0,
-        cols,
-        w,
-        row_bytes,
-        x,
-        out,
-        out_stride,
-        false,
-        |bw| _mm256_sub_epi8(nibbles_32(bw.add(2)), _mm256_set1_epi8(8)),
-    )
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn run_q4_1(
-    cols: usize,
-    w: &[u8],
-    row_bytes: usize,
-    x: &PackedActs,
-    out: *mut f32,
-    out_stride: usize,
-) {
-    run(
-        QuantType::Q4_1,
-        cols,
-        w,
-        row_bytes,
-        x,
-        out,
-        out_stride,
-        true,
-        |bw| nibbles_32(bw.add(4)),
-    )
+/// One `GemmKernel::run` per format: the shared loop with the format's unpacking (`$unpack`, a
+/// block's weights as signed bytes) and whether it has a per-block minimum (`$with_sums`).
+macro_rules! run_fn {
+    ($name:ident, $ty:expr, $with_sums:expr, $unpack:expr) => {
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        pub unsafe fn $name(
+            cols: usize,
+            w: &[u8],
+            row_bytes: usize,
+            x: &PackedActs,
+            out: *mut f32,
+            out_stride: usize,
+        ) {
+            run(
+                $ty, cols, w, row_bytes, x, out, out_stride, $with_sums, $unpack,
+            )
+        }
+    };
 }
 
 /// The 5-bit quants of a Q5 block: nibbles at `nib`, fifth bits at `qh`.
@@ -301,68 +277,17 @@ unsafe fn q5(nib: *const u8, qh: *const u8) -> __m256i {
     )
 }
 
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn run_q5_0(
-    cols: usize,
-    w: &[u8],
-    row_bytes: usize,
-    x: &PackedActs,
-    out: *mut f32,
-    out_stride: usize,
-) {
-    run(
-        QuantType::Q5_0,
-        cols,
-        w,
-        row_bytes,
-        x,
-        out,
-        out_stride,
-        false,
-        |bw| _mm256_sub_epi8(q5(bw.add(6), bw.add(2)), _mm256_set1_epi8(16)),
-    )
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn run_q5_1(
-    cols: usize,
-    w: &[u8],
-    row_bytes: usize,
-    x: &PackedActs,
-    out: *mut f32,
-    out_stride: usize,
-) {
-    run(
-        QuantType::Q5_1,
-        cols,
-        w,
-        row_bytes,
-        x,
-        out,
-        out_stride,
-        true,
-        |bw| q5(bw.add(8), bw.add(4)),
-    )
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn run_q8_0(
-    cols: usize,
-    w: &[u8],
-    row_bytes: usize,
-    x: &PackedActs,
-    out: *mut f32,
-    out_stride: usize,
-) {
-    run(
-        QuantType::Q8_0,
-        cols,
-        w,
-        row_bytes,
-        x,
-        out,
-        out_stride,
-        false,
-        |bw| _mm256_loadu_si256(bw.add(2) as *const __m256i),
-    )
-}
+run_fn!(run_q4_0, QuantType::Q4_0, false, |bw| {
+    _mm256_sub_epi8(nibbles_32(bw.add(2)), _mm256_set1_epi8(8))
+});
+run_fn!(run_q4_1, QuantType::Q4_1, true, |bw| nibbles_32(bw.add(4)));
+run_fn!(run_q5_0, QuantType::Q5_0, false, |bw| {
+    _mm256_sub_epi8(q5(bw.add(6), bw.add(2)), _mm256_set1_epi8(16))
+});
+run_fn!(run_q5_1, QuantType::Q5_1, true, |bw| q5(
+    bw.add(8),
+    bw.add(4)
+));
+run_fn!(run_q8_0, QuantType::Q8_0, false, |bw| {
+    _mm256_loadu_si256(bw.add(2) as *const __m256i)
+});

@@ -7,48 +7,56 @@ use crate::formats::{QuantType, QK};
 /// Rows of a group.
 pub const GROUP: usize = 16;
 
+/// The loop both layouts share: checks the sizes, then calls `f(group_block, r, row_block)` for
+/// every block of every row, with `group_block` that block's bytes in the group.
 #[inline(always)]
-fn check(ty: QuantType, cols: usize, rows: &[u8], out: &[u8]) -> usize {
+fn for_each_block(
+    ty: QuantType,
+    cols: usize,
+    rows: &[u8],
+    out: &mut [u8],
+    f: impl Fn(&mut [u8], usize, &[u8]),
+) {
     let row_bytes = ty.row_bytes(cols).expect("whole blocks");
     assert!(
         cols % QK == 0 && rows.len() == GROUP * row_bytes && out.len() == rows.len(),
         "{ty} interleave: 16 rows of {cols} values need {} bytes",
         GROUP * row_bytes
     );
-    row_bytes
+    let (ts, gb) = (ty.type_size(), GROUP * ty.type_size());
+    for b in 0..cols / QK {
+        let o = &mut out[gb * b..gb * (b + 1)];
+        for r in 0..GROUP {
+            f(
+                o,
+                r,
+                &rows[r * row_bytes + ts * b..r * row_bytes + ts * (b + 1)],
+            );
+        }
+    }
 }
 
 /// Q4_1 (blocks of d, m, 16 bytes of nibbles): per block, dword `i` of the nibbles of rows
 /// 0..16 for `i = 0..4` (256 bytes), then the 16 `d`, then the 16 `m` (f16 each).
 pub fn pack_q4_1(cols: usize, rows: &[u8], out: &mut [u8]) {
-    let rb = check(QuantType::Q4_1, cols, rows, out);
-    for b in 0..cols / QK {
-        let o = &mut out[320 * b..320 * (b + 1)];
-        for r in 0..GROUP {
-            let src = &rows[r * rb + 20 * b..r * rb + 20 * (b + 1)];
-            for i in 0..4 {
-                o[64 * i + 4 * r..64 * i + 4 * r + 4].copy_from_slice(&src[4 + 4 * i..8 + 4 * i]);
-            }
-            o[256 + 2 * r..258 + 2 * r].copy_from_slice(&src[0..2]);
-            o[288 + 2 * r..290 + 2 * r].copy_from_slice(&src[2..4]);
+    for_each_block(QuantType::Q4_1, cols, rows, out, |o, r, src| {
+        for i in 0..4 {
+            o[64 * i + 4 * r..64 * i + 4 * r + 4].copy_from_slice(&src[4 + 4 * i..8 + 4 * i]);
         }
-    }
+        o[256 + 2 * r..258 + 2 * r].copy_from_slice(&src[0..2]);
+        o[288 + 2 * r..290 + 2 * r].copy_from_slice(&src[2..4]);
+    })
 }
 
 /// Q8_0 (blocks of d, 32 signed quants): per block, quad `l` of rows 0..16 for `l = 0..8`,
 /// each quant plus 128 as an unsigned byte (512 bytes), then the 16 `d`.
 pub fn pack_q8_0(cols: usize, rows: &[u8], out: &mut [u8]) {
-    let rb = check(QuantType::Q8_0, cols, rows, out);
-    for b in 0..cols / QK {
-        let o = &mut out[544 * b..544 * (b + 1)];
-        for r in 0..GROUP {
-            let src = &rows[r * rb + 34 * b..r * rb + 34 * (b + 1)];
-            for l in 0..8 {
-                for k in 0..4 {
-                    o[64 * l + 4 * r + k] = src[2 + 4 * l + k] ^ 0x80;
-                }
+    for_each_block(QuantType::Q8_0, cols, rows, out, |o, r, src| {
+        for l in 0..8 {
+            for k in 0..4 {
+                o[64 * l + 4 * r + k] = src[2 + 4 * l + k] ^ 0x80;
             }
-            o[512 + 2 * r..514 + 2 * r].copy_from_slice(&src[0..2]);
         }
-    }
+        o[512 + 2 * r..514 + 2 * r].copy_from_slice(&src[0..2]);
+    })
 }
