@@ -477,6 +477,39 @@ fn hsum8(x: [f32; 8]) -> f32 {
     (t[0] + t[2]) + (t[1] + t[3])
 }
 
+/// The body of `dot16_transposed` for one vector width: lane `l` of every register is key `l` of
+/// the block (starting at `kp`, rows of 16), its operations those of [`dot`]'s lane: four
+/// accumulators over the chunks of 32, combined as `(acc0 + acc2) + (acc1 + acc3)`, the eight
+/// lanes summed as ((x0+x4) + (x1+x5)) + ((x2+x6) + (x3+x7)), then the tail one element at a time.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dot_transposed_lanes {
+    ($kp:expr, $b:expr, $out:expr, $load:ident, $set1:ident, $fmadd:ident, $add:ident, $zero:ident,
+     $store:ident) => {{
+        let (kp, b) = ($kp, $b);
+        let (len, np) = (b.len(), b.len() / 32 * 32);
+        let key = |e: usize| $load(kp.add(16 * e));
+        let q = |e: usize| $set1(*b.get_unchecked(e));
+        let x: [_; 8] = std::array::from_fn(|l| {
+            let mut acc = [$zero(); 4];
+            for k in 0..np / 32 {
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    let e = 32 * k + 8 * c + l;
+                    *acc = $fmadd(key(e), q(e), *acc);
+                }
+            }
+            $add($add(acc[0], acc[2]), $add(acc[1], acc[3]))
+        });
+        let t: [_; 4] = std::array::from_fn(|i| $add(x[i], x[i + 4]));
+        let mut sum = $add($add(t[0], t[1]), $add(t[2], t[3]));
+        for e in np..len {
+            sum = $fmadd(key(e), q(e), sum);
+        }
+        $store($out, sum);
+    }};
+}
+#[cfg(target_arch = "x86_64")]
+use dot_transposed_lanes;
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::*;
@@ -599,29 +632,19 @@ mod avx2 {
     /// [`super::dot16_transposed`] in two halves of eight keys (one per lane).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot16_transposed(kt: &[f32], b: &[f32], out: &mut [f32; 16]) {
-        let (len, np) = (b.len(), b.len() / 32 * 32);
         for half in 0..2 {
-            let kp = kt.as_ptr().add(8 * half);
-            let key = |e: usize| _mm256_loadu_ps(kp.add(16 * e));
-            let q = |e: usize| _mm256_set1_ps(*b.get_unchecked(e));
-            // x_l = (acc0 + acc2) + (acc1 + acc3) of lane l of `dot`'s four accumulators.
-            let x: [__m256; 8] = std::array::from_fn(|l| {
-                let mut acc = [_mm256_setzero_ps(); 4];
-                for k in 0..np / 32 {
-                    for (c, acc) in acc.iter_mut().enumerate() {
-                        let e = 32 * k + 8 * c + l;
-                        *acc = _mm256_fmadd_ps(key(e), q(e), *acc);
-                    }
-                }
-                _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]))
-            });
-            // `dot`'s reduction of the eight lanes: ((x0+x4) + (x1+x5)) + ((x2+x6) + (x3+x7)).
-            let t: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(x[i], x[i + 4]));
-            let mut sum = _mm256_add_ps(_mm256_add_ps(t[0], t[1]), _mm256_add_ps(t[2], t[3]));
-            for e in np..len {
-                sum = _mm256_fmadd_ps(key(e), q(e), sum);
-            }
-            _mm256_storeu_ps(out.as_mut_ptr().add(8 * half), sum);
+            let o = out.as_mut_ptr().add(8 * half);
+            super::dot_transposed_lanes!(
+                kt.as_ptr().add(8 * half),
+                b,
+                o,
+                _mm256_loadu_ps,
+                _mm256_set1_ps,
+                _mm256_fmadd_ps,
+                _mm256_add_ps,
+                _mm256_setzero_ps,
+                _mm256_storeu_ps
+            );
         }
     }
 
@@ -863,26 +886,17 @@ mod avx512 {
     /// [`super::dot16_transposed`], one key per lane (as the AVX2 version, sixteen lanes).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot16_transposed(kt: &[f32], b: &[f32], out: &mut [f32; 16]) {
-        let (len, np) = (b.len(), b.len() / 32 * 32);
-        let kp = kt.as_ptr();
-        let key = |e: usize| _mm512_loadu_ps(kp.add(16 * e));
-        let q = |e: usize| _mm512_set1_ps(*b.get_unchecked(e));
-        let x: [__m512; 8] = std::array::from_fn(|l| {
-            let mut acc = [_mm512_setzero_ps(); 4];
-            for k in 0..np / 32 {
-                for (c, acc) in acc.iter_mut().enumerate() {
-                    let e = 32 * k + 8 * c + l;
-                    *acc = _mm512_fmadd_ps(key(e), q(e), *acc);
-                }
-            }
-            _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]))
-        });
-        let t: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(x[i], x[i + 4]));
-        let mut sum = _mm512_add_ps(_mm512_add_ps(t[0], t[1]), _mm512_add_ps(t[2], t[3]));
-        for e in np..len {
-            sum = _mm512_fmadd_ps(key(e), q(e), sum);
-        }
-        _mm512_storeu_ps(out.as_mut_ptr(), sum);
+        super::dot_transposed_lanes!(
+            kt.as_ptr(),
+            b,
+            out.as_mut_ptr(),
+            _mm512_loadu_ps,
+            _mm512_set1_ps,
+            _mm512_fmadd_ps,
+            _mm512_add_ps,
+            _mm512_setzero_ps,
+            _mm512_storeu_ps
+        );
     }
 
     /// [`super::axpy_expand`], sixteen outputs at a time with `vexpandps`, which reads exactly as
