@@ -594,8 +594,8 @@ mod avx2 {
         }
     }
 
-    /// Rows in groups (eight in the gemm order's single chain per row, two in the dot order's
-    /// four), then the rest one at a time; the caller checked that every chunk is in `a`.
+    /// The dot order's rows in pairs, then the last one; the gemm order as one vector of
+    /// `dot_chunks32_rows_gemm`. The caller checked that every chunk is in `a`.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_chunks32_rows(
         a: &[f32],
@@ -605,27 +605,26 @@ mod avx2 {
         gemm_order: bool,
         out: &mut [f32],
     ) {
-        let group = if gemm_order { 8 } else { 2 };
-        let whole = out.len() / group * group;
-        let (head, tail) = out.split_at_mut(whole);
-        for (g, o) in head.chunks_exact_mut(group).enumerate() {
-            let ap = a.as_ptr().add(g * group * row_stride);
-            if gemm_order {
-                chunks32_rows::<8>(ap, row_stride, stride, b, true, o);
-            } else {
-                chunks32_rows::<2>(ap, row_stride, stride, b, false, o);
-            }
+        if gemm_order {
+            // One vector: the several-vector kernel's rows in pairs.
+            let rows = out.len();
+            return dot_chunks32_rows_gemm(a, row_stride, stride, rows, b, 0, 1, b.len(), out, 0);
         }
-        for (i, o) in tail.iter_mut().enumerate() {
-            let ap = a.as_ptr().add((whole + i) * row_stride);
-            chunks32_rows::<1>(
-                ap,
+        let whole = out.len() / 2 * 2;
+        let (head, tail) = out.split_at_mut(whole);
+        for (g, o) in head.chunks_exact_mut(2).enumerate() {
+            chunks32_rows::<2>(
+                a.as_ptr().add(2 * g * row_stride),
                 row_stride,
                 stride,
                 b,
-                gemm_order,
-                std::slice::from_mut(o),
+                false,
+                o,
             );
+        }
+        for (i, o) in tail.iter_mut().enumerate() {
+            let ap = a.as_ptr().add((whole + i) * row_stride);
+            chunks32_rows::<1>(ap, row_stride, stride, b, false, std::slice::from_mut(o));
         }
     }
 
