@@ -9,7 +9,7 @@ mod common;
 #[path = "common/oracle_eval.rs"]
 mod oracle_eval;
 
-use oracle_eval::{max_rel_diff, LlamaOracle};
+use oracle_eval::{max_rel_diff, GgmlKernels, LlamaOracle};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tomoe::engine::{Context, ContextParams};
@@ -138,7 +138,7 @@ fn check(arch: &str, ty: QuantType, tol: f32) {
     let (prompt, rest) = tokens.split_at(40);
     let model = Arc::new(Model::load(&path).unwrap_or_else(|e| panic!("{arch}: {e}")));
     let mut ctx = Context::new(model, ContextParams { n_ctx: 64, n_threads: 2, n_batch: 64 }).unwrap();
-    let mut oracle = LlamaOracle::load_with(&path, 64, 2, true);
+    let mut oracle = LlamaOracle::load_with(&path, 64, 2, true, GgmlKernels::Default);
     let mut ours = Vec::new();
     ctx.eval_all_logits(prompt, &mut ours).unwrap();
     let want = oracle.eval(prompt, 0, true);

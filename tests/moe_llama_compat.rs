@@ -10,7 +10,7 @@ mod oracle_eval;
 
 use candle_core::{Device, Tensor};
 use common::{model_path, RealModel};
-use oracle_eval::{argmax, max_rel_diff, LlamaOracle};
+use oracle_eval::{argmax, max_rel_diff, GgmlKernels, LlamaOracle};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
@@ -49,7 +49,7 @@ fn llama_cpp_compat_export_runs_the_same_in_both_engines() {
 
     let rt = Arc::new(Model::load(&path).unwrap());
     assert_eq!(rt.config().n_expert, Some(4));
-    let mut oracle = LlamaOracle::load_with(&path, 128, 2, true);
+    let mut oracle = LlamaOracle::load_with(&path, 128, 2, true, GgmlKernels::Default);
     let mut ctx = Context::new(rt, ContextParams { n_ctx: 128, n_threads: 2, n_batch: 128 }).unwrap();
     for prompt in ["The capital of France is", "Once upon a time, in a small village by the sea, there lived"] {
         let toks = oracle.tokenize(prompt, true, false);

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 /// The real models of the test suite, fetched by `scripts/fetch-models.sh` (checksum-verified).
+#[derive(Clone, Copy, Debug)]
 pub enum RealModel {
     /// SmolLM2-135M-Instruct, Q4_1 (llama architecture, byte-level BPE, ChatML template).
     SmolLm2,
@@ -38,8 +39,6 @@ pub fn model_path(model: RealModel) -> PathBuf {
 
 /// One of the Austen novels copied into `tests/data/austen/` (persuasion.txt is the evaluation text).
 pub fn austen(file: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/austen")
-        .join(file);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/austen").join(file);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }

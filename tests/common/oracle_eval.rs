@@ -6,9 +6,23 @@
 use llama_cpp_sys_2 as sys;
 use std::ffi::CString;
 use std::path::Path;
-use std::sync::Once;
+use std::sync::OnceLock;
 
-static BACKEND: Once = Once::new();
+/// The kernel choice this process made at its first load (see `GgmlKernels`).
+static BACKEND: OnceLock<GgmlKernels> = OnceLock::new();
+
+/// Which of ggml's CPU matrix kernels the oracle runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GgmlKernels {
+    /// llama.cpp as a user runs it: Q4_K weights repacked into row-interleaved blocks at load
+    /// (its `--no-repack` turns that off), and K-quant products of 8 or more tokens on its
+    /// tiled kernels (`GGML_CPU_TILED_MM`). Both sum in orders of their own.
+    Default,
+    /// Weights not repacked and the tiled path off: every K-quant product through ggml's
+    /// per-row `vec_dot` kernels, the order the engine mirrors (legacy formats in a batch
+    /// still take llamafile's tinyBLAS, which the engine mirrors too).
+    VecDot,
+}
 
 /// llama.cpp's log messages, shown only with `TOMOE_ORACLE_LOG=1` (e.g. to see why it rejects
 /// a file).
@@ -23,16 +37,25 @@ unsafe extern "C" fn silent_log(
     }
 }
 
-/// One backend per process; llama.cpp's logging is silenced (it writes to stderr otherwise).
-fn init_backend() {
-    BACKEND.call_once(|| {
+/// One backend per process, with one kernel choice: ggml reads `GGML_CPU_TILED_MM` once, so a
+/// test binary cannot mix the two. llama.cpp's logging is silenced (it writes to stderr
+/// otherwise).
+fn init_backend(kernels: GgmlKernels) {
+    let chosen = *BACKEND.get_or_init(|| {
+        // Before any llama.cpp call, so before ggml's first read of it.
+        match kernels {
+            GgmlKernels::Default => std::env::remove_var("GGML_CPU_TILED_MM"),
+            GgmlKernels::VecDot => std::env::set_var("GGML_CPU_TILED_MM", "0"),
+        }
         // SAFETY: called once per process before any other llama.cpp call; the callback is a
         // `extern "C"` function with the signature llama.cpp expects and ignores its arguments.
         unsafe {
             sys::llama_log_set(Some(silent_log), std::ptr::null_mut());
             sys::llama_backend_init();
         }
+        kernels
     });
+    assert_eq!(chosen, kernels, "one test binary loads the oracle with one kernel choice");
 }
 
 /// A llama.cpp model with one context (one sequence).
@@ -46,22 +69,23 @@ pub struct LlamaOracle {
 }
 
 impl LlamaOracle {
-    /// Loads `path` on the CPU with a context of `n_ctx` tokens, `n_ctx` tokens per decode, and
-    /// llama.cpp's default f16 KV cache.
+    /// Loads `path` on the CPU with a context of `n_ctx` tokens, `n_ctx` tokens per decode,
+    /// llama.cpp's default f16 KV cache and its default kernels.
     pub fn load(path: &Path, n_ctx: usize, n_threads: usize) -> LlamaOracle {
-        LlamaOracle::load_with(path, n_ctx, n_threads, false)
+        LlamaOracle::load_with(path, n_ctx, n_threads, false, GgmlKernels::Default)
     }
 
     /// As `load`; `f32_kv`: an f32 KV cache and no flash attention, so that llama.cpp's
-    /// attention rounds nothing to f16 (for exact comparisons on f32 weights).
-    pub fn load_with(path: &Path, n_ctx: usize, n_threads: usize, f32_kv: bool) -> LlamaOracle {
-        init_backend();
+    /// attention rounds nothing to f16 (for exact comparisons); `kernels`: see `GgmlKernels`.
+    pub fn load_with(path: &Path, n_ctx: usize, n_threads: usize, f32_kv: bool, kernels: GgmlKernels) -> LlamaOracle {
+        init_backend(kernels);
         let cpath = CString::new(path.to_str().expect("model path is UTF-8")).unwrap();
         // SAFETY: plain C calls with valid arguments; every returned pointer is checked for null
         // before use and freed in Drop.
         unsafe {
             let mut mp = sys::llama_model_default_params();
             mp.n_gpu_layers = 0;
+            mp.use_extra_bufts = kernels == GgmlKernels::Default;
             let model = sys::llama_model_load_from_file(cpath.as_ptr(), mp);
             assert!(!model.is_null(), "llama.cpp failed to load {}", path.display());
             let mut cp = sys::llama_context_default_params();
