@@ -20,7 +20,7 @@ mod common;
 #[path = "common/oracle_eval.rs"]
 mod oracle_eval;
 
-use common::{model_path, RealModel};
+use common::{model_path, RealModel, PARITY_PROMPTS};
 use oracle_eval::{argmax, max_rel_diff, GgmlKernels, LlamaOracle};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,12 +32,6 @@ use tomoe_quant::dequantize_row;
 const N_GEN: usize = 64;
 const N_CTX: usize = 256;
 const EXACT_REL: f32 = 1e-6;
-
-const PROMPTS: [&str; 3] = [
-    "The capital of France is",
-    "Once upon a time, in a small village by the sea, there lived",
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
-];
 
 fn context(path: &Path) -> Context {
     let model = Arc::new(Model::load(path).expect("load model"));
@@ -71,7 +65,7 @@ fn f32_copy(src: &Path, name: &str) -> PathBuf {
 fn check_exact(path: &Path, name: &str, tol: f32) {
     let mut ctx = context(path);
     let mut oracle = LlamaOracle::load_with(path, N_CTX, 2, true, GgmlKernels::VecDot);
-    for prompt in PROMPTS {
+    for prompt in PARITY_PROMPTS {
         let toks = oracle.tokenize(prompt, true, false);
         let (want, want_logits) = oracle.greedy(&toks, N_GEN);
         ctx.clear();
@@ -122,7 +116,7 @@ fn check_batchings(which: RealModel) {
     let path = model_path(which);
     let model = Arc::new(Model::load(&path).expect("load model"));
     let mut oracle = LlamaOracle::load_with(&path, 64, 2, true, GgmlKernels::VecDot);
-    let toks = oracle.tokenize(PROMPTS[1], true, false);
+    let toks = oracle.tokenize(PARITY_PROMPTS[1], true, false);
     let mut a = Context::new(model.clone(), ContextParams { n_ctx: 64, n_threads: 2, n_batch: 64 }).unwrap();
     let mut all = vec![0f32; toks.len() * oracle.n_vocab()];
     a.eval_all_logits(&toks, &mut all).unwrap();

@@ -14,7 +14,7 @@ mod common;
 #[path = "common/oracle_eval.rs"]
 mod oracle_eval;
 
-use common::{model_path, RealModel};
+use common::{model_path, RealModel, PARITY_PROMPTS};
 use oracle_eval::{argmax, max_rel_diff, top2_margin, GgmlKernels, LlamaOracle};
 use std::sync::Arc;
 use tomoe::engine::{Context, ContextParams};
@@ -25,12 +25,6 @@ const N_CTX: usize = 256;
 const QUANT_REL: f32 = 0.15;
 const NEAR_TIE: f32 = 1.0;
 
-const PROMPTS: [&str; 3] = [
-    "The capital of France is",
-    "Once upon a time, in a small village by the sea, there lived",
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
-];
-
 /// For each prompt: (greedy choices equal, near ties decided differently, rel diff after the
 /// prompt, worst rel diff) over 64 teacher-forced steps; panics past `max_rel`, or on a
 /// different choice where llama.cpp's margin is at least `NEAR_TIE`.
@@ -40,7 +34,7 @@ fn teacher_forced(which: RealModel, max_rel: f32) -> Vec<(usize, usize, f32, f32
     let mut ctx = Context::new(model, ContextParams { n_ctx: N_CTX, n_threads: 2, n_batch: 512 }).unwrap();
     let mut oracle = LlamaOracle::load_with(&path, N_CTX, 2, true, GgmlKernels::Default);
     let mut out = Vec::new();
-    for prompt in PROMPTS {
+    for prompt in PARITY_PROMPTS {
         let toks = oracle.tokenize(prompt, true, false);
         let (want, want_logits) = oracle.greedy(&toks, N_GEN);
         ctx.clear();

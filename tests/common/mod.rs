@@ -12,6 +12,13 @@ pub enum RealModel {
     Gemma3,
 }
 
+/// The prompts of the generation parity tests against llama.cpp (`engine_parity*.rs`).
+pub const PARITY_PROMPTS: [&str; 3] = [
+    "The capital of France is",
+    "Once upon a time, in a small village by the sea, there lived",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+];
+
 /// Directory of the cached models: `$TOMOE_MODELS`, else `~/.cache/tomoe/models`.
 pub fn models_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("TOMOE_MODELS") {
