@@ -16,7 +16,6 @@
 //! file beside the ratio of bytes, and llama.cpp on every file it can load (not `tomoe-*` ones).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 #[path = "../tests/common/oracle_eval.rs"]
 mod oracle_eval;

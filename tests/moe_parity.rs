@@ -40,7 +40,7 @@ fn random_conversion(t: &Tiny, hd: usize, seed: u64, output_mask: bool, scale_pr
                 ln_b: rand_uniform(&mut rng, &[128], 0.2),
                 w_dec: rand_uniform(&mut rng, &[hd, 128], 0.3),
                 offset: 0.1,
-                top_k: if seed % 2 == 0 { hd / 2 } else { 0 },
+                top_k: if seed.is_multiple_of(2) { hd / 2 } else { 0 },
             };
             ConvertedLayer::from_expert_masks(&masks, t.m, keep, rand_uniform(&mut rng, &[4, t.d], 1.0), Some(vmask))
         })

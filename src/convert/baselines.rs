@@ -4,6 +4,7 @@
 //! - MoEfication: neurons clustered by co-activation into E groups, tokens labelled by the group that
 //!   fires most, router = the normalised mean MLP input of each label (cluster centroid), each expert
 //!   = the neurons most active on its tokens; attention dense.
+//!
 //! Both spend the whole budget in the MLP: k neurons per token with
 //! `attn_dense + 3·d·k·L = p · dense`.
 

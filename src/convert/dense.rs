@@ -54,13 +54,16 @@ impl DenseConfig {
         if self.n_layers == 0 || self.d == 0 || self.m == 0 || self.vocab == 0 {
             return bad(format!("empty model dimensions: {self:?}"));
         }
-        if self.n_heads == 0 || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_heads == 0
+            || self.n_kv_heads == 0
+            || !self.n_heads.is_multiple_of(self.n_kv_heads)
+        {
             return bad(format!(
                 "head counts {} / {} (KV) are not a valid GQA split",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dim {} must be even for RoPE", self.head_dim));
         }
         if !(self.rms_eps > 0.0) || !(self.rope_theta > 0.0) {

@@ -24,7 +24,7 @@ pub fn parse_outtype(s: &str) -> Result<QuantType> {
 /// The type a matrix with rows of `cols` values is stored in: `want`, or llama.cpp's fallback when the
 /// row length is not a multiple of the block size.
 pub fn storage_type(want: QuantType, cols: usize) -> QuantType {
-    let fits = |t: QuantType| cols % t.block_size() == 0;
+    let fits = |t: QuantType| cols.is_multiple_of(t.block_size());
     if fits(want) {
         return want;
     }
@@ -350,7 +350,7 @@ pub fn build_llama_compat(
         .unwrap_or(0)
         .max(1);
     // Rows of ffn_down_exps have `w` values: round up to the block size of the type they will use.
-    let down_ty = storage_type(outtype, ((largest + 255) / 256) * 256);
+    let down_ty = storage_type(outtype, largest.div_ceil(256) * 256);
     let bs = down_ty.block_size();
     let width = largest.div_ceil(bs) * bs;
     let mut w = GgufWriter::new();

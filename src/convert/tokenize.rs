@@ -28,10 +28,9 @@ pub fn tokenizer_from_meta(meta: &[(String, Value)]) -> Result<Tokenizer> {
     let model = get("tokenizer.ggml.model")
         .and_then(Value::as_str)
         .ok_or_else(|| ConvertError::Tokenizer("no tokenizer.ggml.model".into()))?;
-    let token_types = match get("tokenizer.ggml.token_type").and_then(Value::as_array) {
-        Some(a) => Some(a.iter().map(|v| v.as_i64().unwrap_or(1) as i32).collect()),
-        None => None,
-    };
+    let token_types = get("tokenizer.ggml.token_type")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().map(|v| v.as_i64().unwrap_or(1) as i32).collect());
     let scores = get("tokenizer.ggml.scores")
         .and_then(Value::as_array)
         .map(|a| a.iter().map(|v| v.as_f32().unwrap_or(0.0)).collect());
