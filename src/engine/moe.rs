@@ -143,30 +143,46 @@ pub fn mlp_one(
 /// interleaved kernels); short ones pay the memory latency at every start.
 const SHORT_ROW_COST: usize = 3;
 
+/// A run's rows in order: `head` short rows, `whole` rows in whole 16-row groups, then short
+/// rows again (all short if the run holds no whole group).
+fn run_shape(run: &std::ops::Range<usize>) -> (usize, usize) {
+    let (g0, g1) = (run.start.next_multiple_of(16), run.end / 16 * 16);
+    if g1 > g0 {
+        (g0 - run.start, g1 - g0)
+    } else {
+        (run.len(), 0)
+    }
+}
+
 /// The cost of a run, in units of a streaming row.
 fn run_cost(run: &std::ops::Range<usize>) -> usize {
-    let (g0, g1) = (run.start.next_multiple_of(16), run.end / 16 * 16);
-    let streaming = g1.saturating_sub(g0);
-    streaming + SHORT_ROW_COST * (run.len() - streaming)
+    let whole = run_shape(run).1;
+    whole + SHORT_ROW_COST * (run.len() - whole)
+}
+
+/// The fewest of a run's first rows that together cost at least `rem` (all of them at most).
+fn rows_for_cost(run: &std::ops::Range<usize>, rem: usize) -> usize {
+    let (head, whole) = run_shape(run);
+    let (short, head_cost) = (|c: usize| c.div_ceil(SHORT_ROW_COST), head * SHORT_ROW_COST);
+    let k = if rem <= head_cost {
+        short(rem)
+    } else if rem <= head_cost + whole {
+        head + rem - head_cost
+    } else {
+        head + whole + short(rem - head_cost - whole)
+    };
+    k.min(run.len())
 }
 
 /// The expert row (an index into its flattened runs) where the cumulative cost reaches `target`,
-/// so that threads given equal cost shares finish together.
+/// so that threads given equal cost shares finish together. O(runs): it runs twice per thread
+/// and layer of every decoded token.
 fn cost_point(runs: &[std::ops::Range<usize>], target: usize) -> usize {
     let (mut row, mut cost) = (0, 0);
     for run in runs {
         let c = run_cost(run);
         if cost + c >= target {
-            // Within the run: whole streaming groups and short rows, walked row by row.
-            let (g0, g1) = (run.start.next_multiple_of(16), run.end / 16 * 16);
-            for r in run.clone() {
-                if cost >= target {
-                    return row;
-                }
-                cost += if g0 <= r && r < g1 { 1 } else { SHORT_ROW_COST };
-                row += 1;
-            }
-            return row;
+            return row + rows_for_cost(run, target - cost);
         }
         cost += c;
         row += run.len();
@@ -332,7 +348,33 @@ fn erf(x: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::erf;
+    use super::{cost_point, erf, run_cost, SHORT_ROW_COST};
+
+    /// `cost_point` is the first row where the running sum of per-row costs reaches the target,
+    /// as walking the rows one by one gives it, on runs that start, end and lie inside 16-row
+    /// groups.
+    #[test]
+    fn cost_point_matches_a_row_by_row_walk() {
+        let runs: [std::ops::Range<usize>; 7] = [0..40, 45..47, 50..64, 70..100, 128..160, 161..170, 200..233];
+        let costs: Vec<usize> = runs
+            .iter()
+            .flat_map(|r| {
+                let (g0, g1) = (r.start.next_multiple_of(16), r.end / 16 * 16);
+                r.clone().map(move |i| if g0 <= i && i < g1 { 1 } else { SHORT_ROW_COST })
+            })
+            .collect();
+        let total: usize = runs.iter().map(run_cost).sum();
+        assert_eq!(total, costs.iter().sum::<usize>());
+        for target in 0..=total {
+            let (mut k, mut acc) = (0, 0);
+            while k < costs.len() && acc < target {
+                acc += costs[k];
+                k += 1;
+            }
+            assert_eq!(cost_point(&runs, target), k, "target {target}");
+        }
+        assert_eq!(cost_point(&runs, total), costs.len());
+    }
 
     #[test]
     fn erf_is_accurate() {
