@@ -5,7 +5,8 @@ use std::sync::OnceLock;
 
 use crate::formats::QuantType;
 use crate::kernels::{
-    scalar, AxpyFn, Dot4Fn, DotFn, DotSumsFn, GemmKernel, Interleaved16, QuantizeActsFn,
+    scalar, AxpyFn, Dot4Fn, DotFn, DotSumsFn, GemmKernel, Interleaved16, InterleavedAxpy16,
+    QuantizeActsFn,
 };
 
 /// A named set of dot-product kernels, indexed by `QuantType as usize`.
@@ -22,6 +23,8 @@ pub struct KernelSet {
     pub gemms: [Option<GemmKernel>; 14],
     /// Matrix-vector products over row-interleaved weights (see [`Interleaved16`]).
     pub interleaved: [Option<Interleaved16>; 14],
+    /// Weighted row sums over row-interleaved weights (see [`InterleavedAxpy16`]).
+    pub interleaved_axpys: [Option<InterleavedAxpy16>; 14],
     /// The Q8_0 activation quantizer (see [`QuantizeActsFn`]).
     pub quantize_q8_0_acts: QuantizeActsFn,
 }
@@ -56,6 +59,11 @@ impl KernelSet {
     pub fn interleaved(&self, ty: QuantType) -> Option<Interleaved16> {
         self.interleaved[ty as usize]
     }
+
+    #[inline(always)]
+    pub fn interleaved_axpy(&self, ty: QuantType) -> Option<InterleavedAxpy16> {
+        self.interleaved_axpys[ty as usize]
+    }
 }
 
 /// The scalar reference set (always available).
@@ -83,6 +91,7 @@ pub fn scalar_set() -> KernelSet {
         axpys: q8_0_axpy(scalar::axpy_q8_0),
         gemms: [None; 14],
         interleaved: [None; 14],
+        interleaved_axpys: [None; 14],
         quantize_q8_0_acts: scalar::quantize_q8_0_acts,
     }
 }

@@ -7,6 +7,8 @@ use crate::blocks::codec;
 use crate::dispatch::kernels;
 use crate::error::QuantError;
 use crate::formats::QuantType;
+use crate::kernels::interleave::GROUP;
+use crate::vecmath;
 
 /// A borrowed row-major quantized matrix: `rows` rows of `cols` elements, each row
 /// `ty.row_bytes(cols)` bytes.
@@ -20,6 +22,9 @@ pub struct MatRef<'a> {
     /// The whole groups of 16 rows again, interleaved for the kernel set's `Interleaved16`
     /// (see [`MatRef::interleave`]); matrix-vector products then read these instead.
     interleaved: Option<&'a [u8]>,
+    /// The same for `InterleavedAxpy16` (see [`MatRef::interleave_for_axpy`]); weighted row sums
+    /// ([`swiglu_rows`]) then read these instead.
+    axpy_interleaved: Option<&'a [u8]>,
 }
 
 impl<'a> MatRef<'a> {
@@ -58,6 +63,7 @@ impl<'a> MatRef<'a> {
             row_bytes,
             data,
             interleaved: None,
+            axpy_interleaved: None,
         })
     }
 
@@ -67,16 +73,26 @@ impl<'a> MatRef<'a> {
     /// Decoding then runs a few instructions per weight quad for 16 rows at once instead of a
     /// dozen per row; the results are bit-identical.
     pub fn interleave(&self) -> Option<Vec<u8>> {
-        let il = kernels().interleaved(self.ty)?;
-        let groups = self.rows / crate::kernels::interleave::GROUP;
+        self.interleave_with(kernels().interleaved(self.ty)?.pack)
+    }
+
+    /// The matrix's whole groups of 16 rows interleaved for the running kernel set's weighted
+    /// row sums (`kernels::InterleavedAxpy16`), or `None` as for [`MatRef::interleave`]. Attach
+    /// it with [`MatRef::with_axpy_interleaved`]; for a transposed down projection read by rows.
+    pub fn interleave_for_axpy(&self) -> Option<Vec<u8>> {
+        self.interleave_with(kernels().interleaved_axpy(self.ty)?.pack)
+    }
+
+    fn interleave_with(&self, pack: fn(usize, &[u8], &mut [u8])) -> Option<Vec<u8>> {
+        let groups = self.rows / GROUP;
         if groups == 0 {
             return None;
         }
-        let group_bytes = crate::kernels::interleave::GROUP * self.row_bytes;
+        let group_bytes = GROUP * self.row_bytes;
         let mut out = vec![0u8; groups * group_bytes];
         out.par_chunks_mut(group_bytes)
             .zip(self.data.par_chunks(group_bytes))
-            .for_each(|(o, rows)| (il.pack)(self.cols, rows, o));
+            .for_each(|(o, rows)| pack(self.cols, rows, o));
         Some(out)
     }
 
@@ -85,9 +101,28 @@ impl<'a> MatRef<'a> {
     /// # Errors
     /// If `data` is not the size of the matrix's whole groups of 16 rows.
     pub fn with_interleaved(self, data: &'a [u8]) -> Result<Self, QuantError> {
-        let expected = self.rows / crate::kernels::interleave::GROUP
-            * crate::kernels::interleave::GROUP
-            * self.row_bytes;
+        self.check_groups_len(data)?;
+        Ok(MatRef {
+            interleaved: Some(data),
+            ..self
+        })
+    }
+
+    /// This matrix with `data` (from [`MatRef::interleave_for_axpy`]) as its copy for weighted
+    /// row sums.
+    ///
+    /// # Errors
+    /// If `data` is not the size of the matrix's whole groups of 16 rows.
+    pub fn with_axpy_interleaved(self, data: &'a [u8]) -> Result<Self, QuantError> {
+        self.check_groups_len(data)?;
+        Ok(MatRef {
+            axpy_interleaved: Some(data),
+            ..self
+        })
+    }
+
+    fn check_groups_len(&self, data: &[u8]) -> Result<(), QuantError> {
+        let expected = self.rows / GROUP * GROUP * self.row_bytes;
         if data.len() != expected {
             return Err(QuantError::DataLength {
                 ty: self.ty,
@@ -97,11 +132,9 @@ impl<'a> MatRef<'a> {
                 actual: data.len(),
             });
         }
-        Ok(MatRef {
-            interleaved: Some(data),
-            ..self
-        })
+        Ok(())
     }
+
     pub fn ty(&self) -> QuantType {
         self.ty
     }
@@ -325,31 +358,42 @@ impl<'x> RowDot<'x> {
     /// where there is one, the others four rows at a time where the set can.
     #[inline(always)]
     fn rows(&self, w: &MatRef, rows: std::ops::Range<usize>, v: usize, out: &mut [f32]) {
-        const G: usize = crate::kernels::interleave::GROUP;
-        if let (Some(k), Some(data)) = (self.x16, w.interleaved) {
-            let (g0, g1) = (rows.start.next_multiple_of(G), rows.end / G * G);
+        if self.x16.is_some() && w.interleaved.is_some() {
+            let (g0, g1) = (rows.start.next_multiple_of(GROUP), rows.end / GROUP * GROUP);
             if g0 < g1 {
                 let (head, rest) = out.split_at_mut(g0 - rows.start);
                 let (mid, tail) = rest.split_at_mut(g1 - g0);
                 self.plain_rows(w, rows.start..g0, v, head);
-                let gb = G * w.row_bytes;
-                let (xv, sums) = (self.x.vector(v), self.x.block_sums(v));
-                let ahead = crate::kernels::PREFETCH_AHEAD;
-                for (g, o) in (g0 / G..g1 / G).zip(mid.chunks_exact_mut(G)) {
-                    // Groups are read once, in order: prefetch as `plain_rows` does.
-                    let at = (g + 1) * gb + ahead;
-                    crate::kernels::prefetch(data, at - gb..at.min(g1 * w.row_bytes));
-                    let o: &mut [f32; G] = o.try_into().expect("16 outputs");
-                    // SAFETY: the set's kernel runs on this CPU; group g lies in `data` (g1 is at
-                    // most the matrix's whole groups, the size `with_interleaved` checked), and
-                    // the vector and its sums are sized for `cols` (the kernel checks).
-                    unsafe { (k.dot16)(self.cols, &data[g * gb..(g + 1) * gb], xv, sums, o) };
+                for (g, o) in (g0 / GROUP..g1 / GROUP).zip(mid.chunks_exact_mut(GROUP)) {
+                    self.group(w, g, v, o.try_into().expect("16 outputs"));
                 }
                 self.plain_rows(w, g1..rows.end, v, tail);
                 return;
             }
         }
         self.plain_rows(w, rows, v, out)
+    }
+
+    /// `out[i] = W[16g + i] · x[v]` for the whole group `g`: from the interleaved copy where
+    /// there is one (its kernel prefetches ahead), else row by row.
+    #[inline(always)]
+    fn group(&self, w: &MatRef, g: usize, v: usize, out: &mut [f32; GROUP]) {
+        let (Some(k), Some(data)) = (self.x16, w.interleaved) else {
+            return self.plain_rows(w, g * GROUP..(g + 1) * GROUP, v, out);
+        };
+        let gb = GROUP * w.row_bytes;
+        // SAFETY: the set's kernel runs on this CPU; group g lies in `data` (`with_interleaved`
+        // checked its size against the matrix's whole groups, and callers pass whole groups of
+        // `w`), and the vector and its sums are sized for `cols` (the kernel checks).
+        unsafe {
+            (k.dot16)(
+                self.cols,
+                &data[g * gb..(g + 1) * gb],
+                self.x.vector(v),
+                self.x.block_sums(v),
+                out,
+            )
+        };
     }
 
     /// `out[i] = W[rows.start + i] · x[v]` from the row-major data, four rows at a time where the
@@ -516,6 +560,86 @@ fn matmul_tiled(gemm: crate::kernels::GemmKernel, w: &MatRef, x: &QuantizedInput
             unsafe { (gemm.run)(w.cols, bytes, w.row_bytes, packed, at, w.rows) };
         });
     });
+}
+
+/// `y += Σ_{r ∈ rows} silu(gate_r · xg) · (up_r · xu) · down_t[r]`: the SwiGLU MLP over a run
+/// of rows (a MoE expert's, with `down_t` its transposed down projection), in groups of up to 16
+/// rows cut at multiples of 16, so that each row's three weight rows are read together, once.
+/// Whole groups come from the matrices' interleaved copies where they have them
+/// ([`MatRef::with_interleaved`], [`MatRef::with_axpy_interleaved`]), the other rows from the
+/// row-major data; the results are the same bits either way. SiLU takes the vector formula for
+/// every element (as [`vecmath::swiglu_lanes`]), and the rows are added to `y` in order, so the
+/// sum equals [`axpy_rows`] over those activations bit for bit, however the rows are split
+/// between calls.
+///
+/// # Panics
+/// On mismatched shapes: gate/up/down_t of different row counts, `rows` out of range, inputs not
+/// quantized for `gate`/`up`, `y.len() != down_t.cols()`.
+pub fn swiglu_rows(
+    gate: &MatRef,
+    up: &MatRef,
+    down_t: &MatRef,
+    rows: std::ops::Range<usize>,
+    xg: &QuantizedInput,
+    xu: &QuantizedInput,
+    y: &mut [f32],
+) {
+    check_compatible(gate, xg);
+    check_compatible(up, xu);
+    assert!(
+        gate.rows == up.rows && up.rows == down_t.rows,
+        "swiglu_rows: gate, up and down_t have {}, {} and {} rows",
+        gate.rows,
+        up.rows,
+        down_t.rows
+    );
+    assert!(
+        rows.start <= rows.end && rows.end <= gate.rows,
+        "rows {rows:?} out of range ({} rows)",
+        gate.rows
+    );
+    assert!(xg.n_vecs >= 1 && xu.n_vecs >= 1, "no activation vector");
+    assert_eq!(y.len(), down_t.cols, "output length");
+    let (dg, du) = (RowDot::new(gate, xg), RowDot::new(up, xu));
+    let axpy16 = match (
+        kernels().interleaved_axpy(down_t.ty),
+        down_t.axpy_interleaved,
+    ) {
+        (Some(k), Some(data)) => Some((k.axpy16, data)),
+        _ => None,
+    };
+    let down_gb = GROUP * down_t.row_bytes;
+    let mut r = rows.start;
+    while r < rows.end {
+        let end = ((r / GROUP + 1) * GROUP).min(rows.end);
+        let n = end - r;
+        // Lanes past `n` stay 0: silu(0) · 0 = 0, never read.
+        let (mut g, mut u) = ([0f32; GROUP], [0f32; GROUP]);
+        if n == GROUP {
+            let k = r / GROUP;
+            dg.group(gate, k, 0, &mut g);
+            du.group(up, k, 0, &mut u);
+        } else {
+            dg.plain_rows(gate, r..end, 0, &mut g[..n]);
+            du.plain_rows(up, r..end, 0, &mut u[..n]);
+        }
+        // All 16 lanes take the vector formula, as in `swiglu_lanes`.
+        vecmath::swiglu(&mut g, &u);
+        match axpy16 {
+            Some((f, data)) if n == GROUP => {
+                let k = r / GROUP;
+                // SAFETY: the set's kernel runs on this CPU; group k is a whole group of
+                // `down_t` (the same rows as gate's), inside the copy `with_axpy_interleaved`
+                // checked; the kernel checks `y` against `cols`.
+                unsafe { f(down_t.cols, &data[k * down_gb..(k + 1) * down_gb], &g, y) };
+            }
+            _ => {
+                let idx: [usize; GROUP] = std::array::from_fn(|i| r + i);
+                axpy_rows(down_t, &idx[..n], &g[..n], y);
+            }
+        }
+        r = end;
+    }
 }
 
 /// y += Σ_i coeffs[i] · dequant(W[rows[i]]): a weighted sum of weight rows (for a transposed

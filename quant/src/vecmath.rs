@@ -84,6 +84,23 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     swiglu_scalar(gate, up);
 }
 
+/// [`swiglu`] with the vector formula for every element, the tail too (through a zero-padded
+/// vector), so that an element's result does not depend on where it sits in the slice: the MoE
+/// expert MLPs, which cut the same rows differently for one token and for a batch.
+pub fn swiglu_lanes(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "swiglu: gate and up differ in length");
+    let full = gate.len() / 8 * 8;
+    swiglu(&mut gate[..full], &up[..full]);
+    let n = gate.len() - full;
+    if n > 0 {
+        let (mut g, mut u) = ([0f32; 8], [0f32; 8]);
+        g[..n].copy_from_slice(&gate[full..]);
+        u[..n].copy_from_slice(&up[full..]);
+        swiglu(&mut g, &u);
+        gate[full..].copy_from_slice(&g[..n]);
+    }
+}
+
 /// The scalar reference of [`swiglu`].
 pub fn swiglu_scalar(gate: &mut [f32], up: &[f32]) {
     let full = gate.len() / 8 * 8;

@@ -4,7 +4,8 @@
 mod support;
 
 use tomoe_quant::{
-    matmul, matvec, matvec_rows, vec_dot, MatRef, QuantError, QuantType, QuantizedInput,
+    axpy_rows, matmul, matvec, matvec_rows, swiglu_rows, vec_dot, vecmath, MatRef, QuantError,
+    QuantType, QuantizedInput,
 };
 
 fn random_matrix(ty: QuantType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
@@ -138,5 +139,111 @@ fn axpy_rows_equals_dequantized_weighted_sum() {
             }
         }
         assert_eq!(y, expect, "{ty}");
+    }
+}
+
+/// The fused SwiGLU MLP over row ranges equals its three steps (gate and up products,
+/// `swiglu_lanes`, `axpy_rows`) bit for bit, with and without the interleaved copies, on ranges
+/// that start and end inside groups of 16, and however a range is cut between calls; and it is
+/// the MLP (against an f64 sum of the dequantized rows).
+#[test]
+fn swiglu_rows_equals_its_steps() {
+    let (rows, cols) = (77usize, 96usize);
+    for ty in [
+        QuantType::Q8_0,
+        QuantType::Q4_1,
+        QuantType::Q4_K,
+        QuantType::F32,
+    ] {
+        let cols = cols.next_multiple_of(ty.block_size());
+        let down_ty = if ty == QuantType::Q4_K {
+            QuantType::Q8_0
+        } else {
+            ty
+        };
+        let (gd, ud, dd) = (
+            random_matrix(ty, rows, cols, 70),
+            random_matrix(ty, rows, cols, 71),
+            random_matrix(down_ty, rows, cols, 72),
+        );
+        let gate = MatRef::new(ty, rows, cols, &gd).unwrap();
+        let up = MatRef::new(ty, rows, cols, &ud).unwrap();
+        let down = MatRef::new(down_ty, rows, cols, &dd).unwrap();
+        let (gi, ui, di) = (
+            gate.interleave(),
+            up.interleave(),
+            down.interleave_for_axpy(),
+        );
+        let plain = [gate, up, down];
+        let il = [
+            gi.as_ref()
+                .map_or(gate, |c| gate.with_interleaved(c).unwrap()),
+            ui.as_ref().map_or(up, |c| up.with_interleaved(c).unwrap()),
+            di.as_ref()
+                .map_or(down, |c| down.with_axpy_interleaved(c).unwrap()),
+        ];
+        if ty == QuantType::Q8_0 && tomoe_quant::kernel_name() == "avx512-vnni" {
+            assert!(
+                gi.is_some() && di.is_some(),
+                "the set interleaves Q8_0 both ways"
+            );
+        }
+        let mut rng = support::rng(73);
+        let x = support::dense_row(&mut rng, cols);
+        let (mut xg, mut xu) = (QuantizedInput::new(), QuantizedInput::new());
+        xg.quantize(ty, &x, cols);
+        xu.quantize(ty, &x, cols);
+        for range in [0..77, 5..70, 16..48, 3..9, 60..77, 20..20] {
+            let n = range.len();
+            let (mut g, mut u) = (vec![0f32; n], vec![0f32; n]);
+            matvec_rows(&gate, range.clone(), &xg, &mut g);
+            matvec_rows(&up, range.clone(), &xu, &mut u);
+            vecmath::swiglu_lanes(&mut g, &u);
+            let idx: Vec<usize> = range.clone().collect();
+            let start = support::dense_row(&mut rng, cols);
+            let mut want = start.clone();
+            axpy_rows(&down, &idx, &g, &mut want);
+            for [ga, ua, da] in [plain, il] {
+                let mut got = start.clone();
+                swiglu_rows(&ga, &ua, &da, range.clone(), &xg, &xu, &mut got);
+                assert_eq!(bits(&got), bits(&want), "{ty} rows {range:?}");
+                // Cut in two at an odd row: the same bits.
+                let mid = range.start + n / 3;
+                let mut cut = start.clone();
+                swiglu_rows(&ga, &ua, &da, range.start..mid, &xg, &xu, &mut cut);
+                swiglu_rows(&ga, &ua, &da, mid..range.end, &xg, &xu, &mut cut);
+                assert_eq!(bits(&cut), bits(&want), "{ty} rows {range:?} cut at {mid}");
+            }
+            // The MLP itself, in f64 over the dequantized rows (the activations' quantization
+            // and f32 sums allow a small error).
+            let deq = |m: &MatRef, r: usize| {
+                let mut v = vec![0f32; cols];
+                tomoe_quant::dequantize_row(m.ty(), m.row(r), &mut v);
+                v
+            };
+            let dot = |a: &[f32]| {
+                a.iter()
+                    .zip(&x)
+                    .map(|(&p, &q)| p as f64 * q as f64)
+                    .sum::<f64>()
+            };
+            let mut exact: Vec<f64> = start.iter().map(|&v| v as f64).collect();
+            for r in range.clone() {
+                let (gv, uv) = (dot(&deq(&gate, r)), dot(&deq(&up, r)));
+                let a = gv / (1.0 + (-gv).exp()) * uv;
+                for (e, w) in exact.iter_mut().zip(deq(&down, r)) {
+                    *e += a * w as f64;
+                }
+            }
+            let scale = exact.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+            let err = want
+                .iter()
+                .zip(&exact)
+                .fold(0f64, |m, (&a, b)| m.max((a as f64 - b).abs()));
+            assert!(
+                err <= 0.05 * scale,
+                "{ty} rows {range:?}: error {err} of {scale}"
+            );
+        }
     }
 }

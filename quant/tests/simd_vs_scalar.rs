@@ -343,6 +343,51 @@ fn axpy_kernels_equal_scalar_bit_for_bit() {
     }
 }
 
+/// Every row-interleaved weighted row sum equals the scalar axpy over the same 16 rows bit for
+/// bit, on odd block counts (the kernels take four blocks at a time) and zero coefficients.
+#[test]
+fn interleaved_axpy_kernels_equal_scalar_bit_for_bit() {
+    let mut rng = support::rng(61);
+    let scalar = scalar_set();
+    let mut checked = 0;
+    for set in available_sets() {
+        for ty in QuantType::ALL {
+            let (Some(il), Some(reference)) = (set.interleaved_axpy(ty), scalar.axpy(ty)) else {
+                continue;
+            };
+            for blocks in [1usize, 2, 3, 5, 18, 33] {
+                let n = blocks * ty.block_size();
+                let rb = ty.row_bytes(n).unwrap();
+                let mut rows = vec![0u8; 16 * rb];
+                for (k, row) in rows.chunks_exact_mut(rb).enumerate() {
+                    quantize_row(ty, &support::row(&mut rng, n, 3 + k % 5), row);
+                }
+                let mut group = vec![0u8; 16 * rb];
+                (il.pack)(n, &rows, &mut group);
+                let mut coeffs: [f32; 16] = support::dense_row(&mut rng, 16).try_into().unwrap();
+                coeffs[blocks % 16] = 0.0;
+                let start = support::dense_row(&mut rng, n);
+                let (mut got, mut want) = (start.clone(), start);
+                let idx: Vec<usize> = (0..16).collect();
+                // SAFETY: the set runs on this CPU; the kernels check the lengths and rows.
+                unsafe {
+                    (il.axpy16)(n, &group, &coeffs, &mut got);
+                    reference(n, &rows, rb, &idx, &coeffs, &mut want);
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{} {ty} interleaved axpy, {blocks} blocks",
+                    set.name
+                );
+                checked += 1;
+            }
+        }
+    }
+    eprintln!("{checked} interleaved axpy cases equal to scalar");
+}
+
 /// An out-of-range row index is refused (a panic naming the kernel), never read.
 #[test]
 #[should_panic(expected = "row index out of range")]

@@ -6,7 +6,7 @@
 use super::parallel::{for_each_part, matvec_fused, part_count, MatJob};
 use crate::model::tomoe::{MoeLayer, VMask};
 use crate::model::DenseExperts;
-use tomoe_quant::{axpy_rows, matmul, matvec_rows, vecmath, MatRef, QuantizedInput};
+use tomoe_quant::{axpy_rows, matmul, swiglu_rows, vecmath, MatRef, QuantizedInput};
 
 /// Grow-only buffers of the sparse MLP (no allocation per token once grown).
 #[derive(Default)]
@@ -66,8 +66,9 @@ pub fn route(m: &MoeLayer, h2: &[f32], d: usize, out: &mut Vec<usize>) {
 }
 
 /// One token's MLP: `proj = Σ_{i ∈ expert} down_t[i] · silu(gate[i]·h2) · (up[i]·h2)`, over the
-/// expert's rows only, the rows split between the threads. `xg`/`xu`: `h2` quantized for the
-/// gate/up formats.
+/// expert's rows only, the rows split between the threads, each thread reading its rows' gate,
+/// up and down weights together (`swiglu_rows`) into a partial sum. `xg`/`xu`: `h2` quantized for
+/// the gate/up formats.
 #[allow(clippy::too_many_arguments)]
 pub fn mlp_one(
     m: &MoeLayer,
@@ -80,56 +81,34 @@ pub fn mlp_one(
     proj: &mut [f32],
     s: &mut MoeScratch,
 ) {
-    let rows = &m.expert_rows[expert];
-    let (nr, d) = (rows.len(), proj.len());
+    let d = proj.len();
     proj.fill(0.0);
-    if nr == 0 {
+    let runs = &m.expert_runs[expert];
+    if runs.is_empty() {
         return;
     }
-    s.gate.resize(nr, 0.0);
-    s.up.resize(nr, 0.0);
-    let (g, u) = (SharedMut(s.gate.as_mut_ptr()), SharedMut(s.up.as_mut_ptr()));
-    let (g, u) = (&g, &u);
-    let runs = &m.expert_runs[expert];
     // Each part's share `[lo, hi)` of the expert's rows, of equal cost (not of equal count).
     let total: usize = runs.iter().map(run_cost).sum();
     let share =
         |p: usize, parts: usize| (cost_point(runs, p * total / parts), cost_point(runs, (p + 1) * total / parts));
+    let n_parts = part_count();
+    s.partials.resize(n_parts * d, 0.0);
+    let partials = SharedMut(s.partials.as_mut_ptr());
+    let partials = &partials;
     for_each_part(|p, parts| {
-        // This part's rows, as pieces of the expert's contiguous runs (so that the multi-row
-        // kernels see whole runs).
+        // SAFETY: part `p` < `parts` == `n_parts` owns floats `p*d .. (p+1)*d` of `partials`.
+        let y = unsafe { std::slice::from_raw_parts_mut(partials.0.add(p * d), d) };
+        y.fill(0.0);
+        // This part's rows, as pieces of the expert's contiguous runs.
         let (lo, hi) = share(p, parts);
         let mut i = 0;
         for run in runs {
             let (a, b) = (lo.max(i), hi.min(i + run.len()));
             if a < b {
-                let rows = run.start + (a - i)..run.start + (b - i);
-                // SAFETY: `[a, b)` is within `[0, nr)`, the length of both buffers, and the
-                // parts' ranges are disjoint.
-                let (gi, ui) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(g.0.add(a), b - a),
-                        std::slice::from_raw_parts_mut(u.0.add(a), b - a),
-                    )
-                };
-                matvec_rows(gate, rows.clone(), xg, gi);
-                matvec_rows(up, rows, xu, ui);
+                swiglu_rows(gate, up, down_t, run.start + (a - i)..run.start + (b - i), xg, xu, y);
             }
             i += run.len();
         }
-    });
-    vecmath::swiglu(&mut s.gate, &s.up);
-    let n_parts = part_count();
-    s.partials.resize(n_parts * d, 0.0);
-    let partials = SharedMut(s.partials.as_mut_ptr());
-    let partials = &partials;
-    let act = &s.gate;
-    for_each_part(|p, parts| {
-        // SAFETY: part `p` < `parts` == `n_parts` owns floats `p*d .. (p+1)*d` of `partials`.
-        let y = unsafe { std::slice::from_raw_parts_mut(partials.0.add(p * d), d) };
-        y.fill(0.0);
-        let (lo, hi) = share(p, parts);
-        axpy_rows(down_t, &rows[lo..hi], &act[lo..hi], y);
     });
     for part in s.partials.chunks_exact(d).take(n_parts) {
         proj.iter_mut().zip(part).for_each(|(a, b)| *a += b);
@@ -235,7 +214,7 @@ pub fn mlp_batch(
                 col += len;
             }
         }
-        vecmath::swiglu(&mut s.gate[..ne * nr], &s.up[..ne * nr]);
+        vecmath::swiglu_lanes(&mut s.gate[..ne * nr], &s.up[..ne * nr]);
         for (v, &t) in s.group.iter().enumerate() {
             axpy_rows(down_t, rows, &s.gate[v * nr..(v + 1) * nr], &mut proj[t * d..(t + 1) * d]);
         }

@@ -165,32 +165,33 @@ impl<'a> Weights<'a> {
     /// Gives every dense matrix that the kernel set can interleave (`MatRef::interleave`) its
     /// interleaved copy, and returns the copies, which must outlive `self` (the matrices view
     /// them). Matrix-vector products (decoding) then run on the copies, bit-identically and with a
-    /// fraction of the instructions; batches keep reading the mapped file. Stacked experts and
-    /// the ToMoE down projections (read by rows) keep the file's layout only.
+    /// fraction of the instructions; batches keep reading the mapped file. The ToMoE down
+    /// projections (read by rows) get the layout of the weighted row sums instead; stacked
+    /// experts keep the file's layout only.
     pub(crate) fn interleave(&mut self) -> Vec<Vec<u8>> {
         let mut copies = Vec::new();
-        let mut attach = |m: &mut MatRef<'a>| {
-            if let Some(copy) = m.interleave() {
+        let mut attach = |m: &mut MatRef<'a>, for_axpy: bool| {
+            let copy = if for_axpy { m.interleave_for_axpy() } else { m.interleave() };
+            if let Some(copy) = copy {
                 // SAFETY: the copy's heap buffer never moves or changes: it is pushed into
                 // `copies`, which the caller keeps alive (unmutated) for as long as `self`.
                 let view: &'a [u8] = unsafe { &*(copy.as_slice() as *const [u8]) };
-                *m = m.with_interleaved(view).expect("the copy is the size interleave made it");
+                let with = if for_axpy { m.with_axpy_interleaved(view) } else { m.with_interleaved(view) };
+                *m = with.expect("the copy is the size interleave made it");
                 copies.push(copy);
             }
         };
         for l in &mut self.layers {
             for m in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo] {
-                attach(m);
+                attach(m, false);
             }
             if l.experts.is_none() {
-                attach(&mut l.gate);
-                attach(&mut l.up);
-                if l.moe.is_none() {
-                    attach(&mut l.down);
-                }
+                attach(&mut l.gate, false);
+                attach(&mut l.up, false);
+                attach(&mut l.down, l.moe.is_some());
             }
         }
-        attach(&mut self.output);
+        attach(&mut self.output, false);
         copies
     }
 

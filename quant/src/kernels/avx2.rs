@@ -34,6 +34,7 @@ pub fn kernel_set() -> Option<KernelSet> {
         axpys: crate::dispatch::q8_0_axpy(axpy_q8_0),
         gemms: [None; 14],
         interleaved: [None; 14],
+        interleaved_axpys: [None; 14],
         quantize_q8_0_acts,
     })
 }

@@ -48,6 +48,7 @@ pub fn kernel_set() -> Option<KernelSet> {
         axpys: avx2.axpys,
         gemms: super::avx512_gemm::kernels(),
         interleaved: super::avx512_il::kernels(),
+        interleaved_axpys: super::avx512_il::axpy_kernels(),
         quantize_q8_0_acts: avx2.quantize_q8_0_acts,
     })
 }

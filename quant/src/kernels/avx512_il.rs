@@ -14,7 +14,7 @@
 use std::arch::x86_64::*;
 
 use super::avx2::f16_at;
-use super::Interleaved16;
+use super::{Interleaved16, InterleavedAxpy16};
 use crate::formats::{QuantType, QK};
 
 /// The kernels of the set, by format.
@@ -31,6 +31,16 @@ pub fn kernels() -> [Option<Interleaved16>; 14] {
     t
 }
 
+/// The weighted row sums of the set, by format.
+pub fn axpy_kernels() -> [Option<InterleavedAxpy16>; 14] {
+    let mut t = [None; 14];
+    t[QuantType::Q8_0 as usize] = Some(InterleavedAxpy16 {
+        pack: super::interleave::pack_q8_0_axpy,
+        axpy16: axpy16_q8_0,
+    });
+    t
+}
+
 /// Lanes `0..16` of `out` from the eight quad accumulators, as the single-row kernels'
 /// `hsum_ps`: ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)), plus `summ` for the offset formats.
 #[inline(always)]
@@ -41,6 +51,18 @@ unsafe fn reduce(acc: [__m512; 8], summ: Option<__m512>, out: &mut [f32; 16]) {
         sum = _mm512_add_ps(sum, m);
     }
     _mm512_storeu_ps(out.as_mut_ptr(), sum);
+}
+
+/// Prefetches the lines of the `len` bytes `IL_PREFETCH_AHEAD` past `p`: called once per block
+/// (or few), so the group's next bytes stream in while this block computes. Past the group's
+/// end it reaches into the next group of the run (read next), or past the copy's end, which is
+/// harmless: a prefetch never faults.
+#[inline(always)]
+unsafe fn prefetch_ahead(p: *const u8, len: usize) {
+    let at = p.wrapping_add(super::IL_PREFETCH_AHEAD);
+    for k in 0..len.div_ceil(64) + 1 {
+        _mm_prefetch(at.wrapping_add(64 * k) as *const i8, _MM_HINT_T0);
+    }
 }
 
 /// The 16 f16 values at `p` as f32.
@@ -76,6 +98,7 @@ pub unsafe fn dot16_q4_1(cols: usize, group: &[u8], x: &[u8], sums: &[f32], out:
     let mut summ = _mm512_setzero_ps();
     for b in 0..nb {
         let (g, bx) = (gp.add(320 * b), xp.add(34 * b));
+        prefetch_ahead(g, 320);
         let scale = _mm512_mul_ps(f16x16(g.add(256)), _mm512_set1_ps(f16_at(bx)));
         for i in 0..4 {
             let d = _mm512_loadu_si512(g.add(64 * i) as *const _);
@@ -111,6 +134,7 @@ pub unsafe fn dot16_q8_0(cols: usize, group: &[u8], x: &[u8], _sums: &[f32], out
     let mut acc = [_mm512_setzero_ps(); 8];
     for b in 0..nb {
         let (g, bx) = (gp.add(544 * b), xp.add(34 * b));
+        prefetch_ahead(g, 544);
         let scale = _mm512_mul_ps(f16x16(g.add(512)), _mm512_set1_ps(f16_at(bx)));
         let y = _mm256_loadu_si256(bx.add(2) as *const __m256i);
         let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1), y);
@@ -127,4 +151,50 @@ pub unsafe fn dot16_q8_0(cols: usize, group: &[u8], x: &[u8], _sums: &[f32], out
         }
     }
     reduce(acc, None, out)
+}
+
+/// Q8_0 weighted row sums over a group packed by `pack_q8_0_axpy`: `y += Σ_r coeffs[r] · row r`.
+/// Each output takes the 16 rows' FMAs in row order, as the single-row axpy does (so the sums
+/// are bit-identical); four blocks at a time give eight independent FMA chains.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+pub unsafe fn axpy16_q8_0(cols: usize, group: &[u8], coeffs: &[f32; 16], y: &mut [f32]) {
+    let nb = cols / QK;
+    assert!(
+        cols % QK == 0 && group.len() >= 16 * nb * 34 && y.len() >= cols,
+        "q8_0 interleaved axpy: group or output too short for {cols} values"
+    );
+    let (gp, yp) = (group.as_ptr(), y.as_mut_ptr());
+    let c = _mm512_loadu_ps(coeffs.as_ptr());
+    let mut b = 0;
+    while b < nb {
+        let k = (nb - b).min(4);
+        prefetch_ahead(gp.add(544 * b), 544 * k);
+        // Per block, each row's `coeff · d` (as the row kernel's `a * d`).
+        let mut cd = [[0f32; 16]; 4];
+        for (j, cd) in cd.iter_mut().enumerate().take(k) {
+            let d = f16x16(gp.add(544 * (b + j) + 512));
+            _mm512_storeu_ps(cd.as_mut_ptr(), _mm512_mul_ps(c, d));
+        }
+        let mut acc = [_mm512_setzero_ps(); 8];
+        for j in 0..k {
+            acc[2 * j] = _mm512_loadu_ps(yp.add(32 * (b + j)));
+            acc[2 * j + 1] = _mm512_loadu_ps(yp.add(32 * (b + j) + 16));
+        }
+        for r in 0..16 {
+            for j in 0..k {
+                let a = _mm512_set1_ps(cd[j][r]);
+                let q = gp.add(544 * (b + j) + 32 * r);
+                for h in 0..2 {
+                    let v = _mm_loadu_si128(q.add(16 * h) as *const __m128i);
+                    let v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+                    acc[2 * j + h] = _mm512_fmadd_ps(a, v, acc[2 * j + h]);
+                }
+            }
+        }
+        for j in 0..k {
+            _mm512_storeu_ps(yp.add(32 * (b + j)), acc[2 * j]);
+            _mm512_storeu_ps(yp.add(32 * (b + j) + 16), acc[2 * j + 1]);
+        }
+        b += k;
+    }
 }

@@ -66,6 +66,20 @@ pub struct Interleaved16 {
 /// The `dot16` of an [`Interleaved16`]: `(cols, group, x, sums, out)`.
 pub type Dot16Fn = unsafe fn(usize, &[u8], &[u8], &[f32], &mut [f32; 16]);
 
+/// Weighted sums of rows interleaved in groups of 16 (a MoE expert's transposed down projection,
+/// see [`AxpyFn`]), in a layout of their own: `pack(cols, rows, group)` rearranges 16 consecutive
+/// rows as for [`Interleaved16`]; `axpy16(cols, group, coeffs, y)` adds `Σ_r coeffs[r] · row r` to
+/// `y[..cols]`, rows in order, each element as `y = fma(coeff · d, q, y)`: **bit-identical** to the
+/// set's [`AxpyFn`] over the same 16 rows. Unsafe as [`DotFn`]; `axpy16` checks the lengths.
+#[derive(Copy, Clone)]
+pub struct InterleavedAxpy16 {
+    pub pack: fn(usize, &[u8], &mut [u8]),
+    pub axpy16: Axpy16Fn,
+}
+
+/// The `axpy16` of an [`InterleavedAxpy16`]: `(cols, group, coeffs, y)`.
+pub type Axpy16Fn = unsafe fn(usize, &[u8], &[f32; 16], &mut [f32]);
+
 /// Activation vectors packed by a [`GemmKernel`]'s `pack`, in a layout private to its set; a
 /// reusable buffer.
 #[derive(Clone, Debug, Default)]
@@ -164,6 +178,13 @@ pub(crate) unsafe fn axpy_x4_blocks(
 /// SmolLM2 decode (BENCHMARKS.md): 2 KiB took it from 79 to 109 tokens/s at one thread; 4 and 8
 /// KiB were slightly slower, as was prefetching a task's first bytes up front as well.
 pub(crate) const PREFETCH_AHEAD: usize = 2048;
+
+/// How far ahead of the block being multiplied the interleaved kernels (`avx512_il`) prefetch,
+/// a block's lines at a time, so the loads spread over the arithmetic. Measured on SmolLM2 decode
+/// (BENCHMARKS.md, session 7): 20-30 % faster than prefetching each group's bytes in one burst
+/// before its kernel call (which waited for the line-fill buffers, then computed with nothing in
+/// flight); 3-4 KiB was best, 2 KiB 5-10 % slower.
+pub(crate) const IL_PREFETCH_AHEAD: usize = 4096;
 
 /// Rows longer than this are left to the hardware prefetcher, which follows long streams well:
 /// on 4096-column matrices software prefetch slowed the Q8_0 matvec by a third (BENCHMARKS.md).
