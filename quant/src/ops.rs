@@ -378,22 +378,42 @@ impl<'x> RowDot<'x> {
     /// there is one (its kernel prefetches ahead), else row by row.
     #[inline(always)]
     fn group(&self, w: &MatRef, g: usize, v: usize, out: &mut [f32; GROUP]) {
+        self.group_lanes(w, g, 0..GROUP, v, out)
+    }
+
+    /// `out[i] = W[16g + lanes.start + i] · x[v]`: the whole group `g` through the interleaved
+    /// kernel where the copy holds it (the other lanes computed and dropped: streaming the group
+    /// costs less than a few rows' scattered reads), else row by row.
+    #[inline(always)]
+    fn group_lanes(
+        &self,
+        w: &MatRef,
+        g: usize,
+        lanes: std::ops::Range<usize>,
+        v: usize,
+        out: &mut [f32],
+    ) {
         let (Some(k), Some(data)) = (self.x16, w.interleaved) else {
-            return self.plain_rows(w, g * GROUP..(g + 1) * GROUP, v, out);
+            return self.plain_rows(w, g * GROUP + lanes.start..g * GROUP + lanes.end, v, out);
         };
+        if g >= w.rows / GROUP {
+            return self.plain_rows(w, g * GROUP + lanes.start..g * GROUP + lanes.end, v, out);
+        }
         let gb = GROUP * w.row_bytes;
+        let mut all = [0f32; GROUP];
         // SAFETY: the set's kernel runs on this CPU; group g lies in `data` (`with_interleaved`
-        // checked its size against the matrix's whole groups, and callers pass whole groups of
-        // `w`), and the vector and its sums are sized for `cols` (the kernel checks).
+        // checked its size against the matrix's whole groups, and g is one of them), and the
+        // vector and its sums are sized for `cols` (the kernel checks).
         unsafe {
             (k.dot16)(
                 self.cols,
                 &data[g * gb..(g + 1) * gb],
                 self.x.vector(v),
                 self.x.block_sums(v),
-                out,
+                &mut all,
             )
         };
+        out.copy_from_slice(&all[lanes]);
     }
 
     /// `out[i] = W[rows.start + i] · x[v]` from the row-major data, four rows at a time where the
@@ -565,9 +585,10 @@ fn matmul_tiled(gemm: crate::kernels::GemmKernel, w: &MatRef, x: &QuantizedInput
 /// `y += Σ_{r ∈ rows} silu(gate_r · xg) · (up_r · xu) · down_t[r]`: the SwiGLU MLP over a run
 /// of rows (a MoE expert's, with `down_t` its transposed down projection), in groups of up to 16
 /// rows cut at multiples of 16, so that each row's three weight rows are read together, once.
-/// Whole groups come from the matrices' interleaved copies where they have them
-/// ([`MatRef::with_interleaved`], [`MatRef::with_axpy_interleaved`]), the other rows from the
-/// row-major data; the results are the same bits either way. SiLU takes the vector formula for
+/// Whole groups, and pieces of at least `PARTIAL_GROUP_MIN` rows, come from the matrices'
+/// interleaved copies where they have them ([`MatRef::with_interleaved`],
+/// [`MatRef::with_axpy_interleaved`]), the other rows from the row-major data; the results are
+/// the same bits either way. SiLU takes the vector formula for
 /// every element (as [`vecmath::swiglu_lanes`]), and the rows are added to `y` in order, so the
 /// sum equals [`axpy_rows`] over those activations bit for bit, however the rows are split
 /// between calls.
@@ -611,14 +632,16 @@ pub fn swiglu_rows(
     let down_gb = GROUP * down_t.row_bytes;
     let mut r = rows.start;
     while r < rows.end {
-        let end = ((r / GROUP + 1) * GROUP).min(rows.end);
+        let (k, lo) = (r / GROUP, r % GROUP);
+        let end = ((k + 1) * GROUP).min(rows.end);
         let n = end - r;
+        // A piece of `n` rows of group k: from the interleaved copies if it is long enough.
+        let grouped = n >= PARTIAL_GROUP_MIN;
         // Lanes past `n` stay 0: silu(0) · 0 = 0, never read.
         let (mut g, mut u) = ([0f32; GROUP], [0f32; GROUP]);
-        if n == GROUP {
-            let k = r / GROUP;
-            dg.group(gate, k, 0, &mut g);
-            du.group(up, k, 0, &mut u);
+        if grouped {
+            dg.group_lanes(gate, k, lo..lo + n, 0, &mut g[..n]);
+            du.group_lanes(up, k, lo..lo + n, 0, &mut u[..n]);
         } else {
             dg.plain_rows(gate, r..end, 0, &mut g[..n]);
             du.plain_rows(up, r..end, 0, &mut u[..n]);
@@ -626,12 +649,22 @@ pub fn swiglu_rows(
         // All 16 lanes take the vector formula, as in `swiglu_lanes`.
         vecmath::swiglu(&mut g, &u);
         match axpy16 {
-            Some((f, data)) if n == GROUP => {
-                let k = r / GROUP;
+            Some((f, data)) if grouped && k < down_t.rows / GROUP => {
+                // The kernel takes the group's coefficients by lane.
+                let mut c = [0f32; GROUP];
+                c[lo..lo + n].copy_from_slice(&g[..n]);
                 // SAFETY: the set's kernel runs on this CPU; group k is a whole group of
-                // `down_t` (the same rows as gate's), inside the copy `with_axpy_interleaved`
-                // checked; the kernel checks `y` against `cols`.
-                unsafe { f(down_t.cols, &data[k * down_gb..(k + 1) * down_gb], &g, y) };
+                // `down_t`, inside the copy `with_axpy_interleaved` checked; the kernel checks
+                // `y` against `cols` and the lanes.
+                unsafe {
+                    f(
+                        down_t.cols,
+                        &data[k * down_gb..(k + 1) * down_gb],
+                        &c,
+                        lo..lo + n,
+                        y,
+                    )
+                };
             }
             _ => {
                 let idx: [usize; GROUP] = std::array::from_fn(|i| r + i);
@@ -641,6 +674,12 @@ pub fn swiglu_rows(
         r = end;
     }
 }
+
+/// The fewest rows of a group that [`swiglu_rows`] reads through the group's interleaved copies
+/// (all 16 rows' bytes, streaming) rather than row by row from the row-major data. A row read
+/// alone costs about three streaming rows (session 6, BENCHMARKS.md), so from about 16 / 3 rows
+/// on the whole group is cheaper.
+const PARTIAL_GROUP_MIN: usize = 6;
 
 /// y += Σ_i coeffs[i] · dequant(W[rows[i]]): a weighted sum of weight rows (for a transposed
 /// down-projection, e.g. of MoE experts, where only some rows are active). Rows are

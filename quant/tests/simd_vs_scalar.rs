@@ -343,8 +343,9 @@ fn axpy_kernels_equal_scalar_bit_for_bit() {
     }
 }
 
-/// Every row-interleaved weighted row sum equals the scalar axpy over the same 16 rows bit for
-/// bit, on odd block counts (the kernels take four blocks at a time) and zero coefficients.
+/// Every row-interleaved weighted row sum equals the scalar axpy over the same rows bit for bit,
+/// on odd block counts (the kernels take four blocks at a time), zero coefficients, and a part of
+/// the group's rows.
 #[test]
 fn interleaved_axpy_kernels_equal_scalar_bit_for_bit() {
     let mut rng = support::rng(61);
@@ -366,22 +367,24 @@ fn interleaved_axpy_kernels_equal_scalar_bit_for_bit() {
                 (il.pack)(n, &rows, &mut group);
                 let mut coeffs: [f32; 16] = support::dense_row(&mut rng, 16).try_into().unwrap();
                 coeffs[blocks % 16] = 0.0;
-                let start = support::dense_row(&mut rng, n);
-                let (mut got, mut want) = (start.clone(), start);
-                let idx: Vec<usize> = (0..16).collect();
-                // SAFETY: the set runs on this CPU; the kernels check the lengths and rows.
-                unsafe {
-                    (il.axpy16)(n, &group, &coeffs, &mut got);
-                    reference(n, &rows, rb, &idx, &coeffs, &mut want);
+                for lanes in [0..16, 3..11, 15..16, 5..5] {
+                    let start = support::dense_row(&mut rng, n);
+                    let (mut got, mut want) = (start.clone(), start);
+                    let idx: Vec<usize> = lanes.clone().collect();
+                    // SAFETY: the set runs on this CPU; the kernels check the lengths and rows.
+                    unsafe {
+                        (il.axpy16)(n, &group, &coeffs, lanes.clone(), &mut got);
+                        reference(n, &rows, rb, &idx, &coeffs[lanes.clone()], &mut want);
+                    }
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "{} {ty} interleaved axpy, {blocks} blocks, lanes {lanes:?}",
+                        set.name
+                    );
+                    checked += 1;
                 }
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits(&got),
-                    bits(&want),
-                    "{} {ty} interleaved axpy, {blocks} blocks",
-                    set.name
-                );
-                checked += 1;
             }
         }
     }

@@ -153,15 +153,21 @@ pub unsafe fn dot16_q8_0(cols: usize, group: &[u8], x: &[u8], _sums: &[f32], out
     reduce(acc, None, out)
 }
 
-/// Q8_0 weighted row sums over a group packed by `pack_q8_0_axpy`: `y += Σ_r coeffs[r] · row r`.
-/// Each output takes the 16 rows' FMAs in row order, as the single-row axpy does (so the sums
-/// are bit-identical); four blocks at a time give eight independent FMA chains.
+/// Q8_0 weighted row sums over a group packed by `pack_q8_0_axpy`: `y += Σ_{r ∈ lanes}
+/// coeffs[r] · row r`. Each output takes the rows' FMAs in row order, as the single-row axpy does
+/// (so the sums are bit-identical); four blocks at a time give eight independent FMA chains.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-pub unsafe fn axpy16_q8_0(cols: usize, group: &[u8], coeffs: &[f32; 16], y: &mut [f32]) {
+pub unsafe fn axpy16_q8_0(
+    cols: usize,
+    group: &[u8],
+    coeffs: &[f32; 16],
+    lanes: std::ops::Range<usize>,
+    y: &mut [f32],
+) {
     let nb = cols / QK;
     assert!(
-        cols % QK == 0 && group.len() >= 16 * nb * 34 && y.len() >= cols,
-        "q8_0 interleaved axpy: group or output too short for {cols} values"
+        cols % QK == 0 && group.len() >= 16 * nb * 34 && y.len() >= cols && lanes.end <= 16,
+        "q8_0 interleaved axpy: group or output too short for {cols} values, or lanes {lanes:?}"
     );
     let (gp, yp) = (group.as_ptr(), y.as_mut_ptr());
     let c = _mm512_loadu_ps(coeffs.as_ptr());
@@ -180,7 +186,7 @@ pub unsafe fn axpy16_q8_0(cols: usize, group: &[u8], coeffs: &[f32; 16], y: &mut
             acc[2 * j] = _mm512_loadu_ps(yp.add(32 * (b + j)));
             acc[2 * j + 1] = _mm512_loadu_ps(yp.add(32 * (b + j) + 16));
         }
-        for r in 0..16 {
+        for r in lanes.clone() {
             for j in 0..k {
                 let a = _mm512_set1_ps(cd[j][r]);
                 let q = gp.add(544 * (b + j) + 32 * r);

@@ -68,17 +68,18 @@ pub type Dot16Fn = unsafe fn(usize, &[u8], &[u8], &[f32], &mut [f32; 16]);
 
 /// Weighted sums of rows interleaved in groups of 16 (a MoE expert's transposed down projection,
 /// see [`AxpyFn`]), in a layout of their own: `pack(cols, rows, group)` rearranges 16 consecutive
-/// rows as for [`Interleaved16`]; `axpy16(cols, group, coeffs, y)` adds `Σ_r coeffs[r] · row r` to
-/// `y[..cols]`, rows in order, each element as `y = fma(coeff · d, q, y)`: **bit-identical** to the
-/// set's [`AxpyFn`] over the same 16 rows. Unsafe as [`DotFn`]; `axpy16` checks the lengths.
+/// rows as for [`Interleaved16`]; `axpy16(cols, group, coeffs, lanes, y)` adds
+/// `Σ_{r ∈ lanes} coeffs[r] · row r` to `y[..cols]`, rows in order, each element as
+/// `y = fma(coeff · d, q, y)`: **bit-identical** to the set's [`AxpyFn`] over the same rows.
+/// Unsafe as [`DotFn`]; `axpy16` checks the lengths.
 #[derive(Copy, Clone)]
 pub struct InterleavedAxpy16 {
     pub pack: fn(usize, &[u8], &mut [u8]),
     pub axpy16: Axpy16Fn,
 }
 
-/// The `axpy16` of an [`InterleavedAxpy16`]: `(cols, group, coeffs, y)`.
-pub type Axpy16Fn = unsafe fn(usize, &[u8], &[f32; 16], &mut [f32]);
+/// The `axpy16` of an [`InterleavedAxpy16`]: `(cols, group, coeffs, lanes, y)`.
+pub type Axpy16Fn = unsafe fn(usize, &[u8], &[f32; 16], std::ops::Range<usize>, &mut [f32]);
 
 /// Activation vectors packed by a [`GemmKernel`]'s `pack`, in a layout private to its set; a
 /// reusable buffer.
