@@ -425,66 +425,122 @@ pub fn dot16_transposed(kt: &[f32], b: &[f32], out: &mut [f32; 16]) {
     }
 }
 
-/// `out[i] += a · packed[k]` for the k-th set bit `i` of `bits` (bit `i % 64` of `bits[i / 64]`),
-/// in order: a vector stored without its masked-out entries, added back in place (the values of a
-/// compact V cache). Each element as `out[i] + a · packed[k]` (multiply, then add), on every path.
+/// `out[i] += Σ_j a[j] · v_j[i]` over positions `j` in order, where `v_j` is stored without its
+/// masked-out entries (the values of a compact V cache): its kept entries are the set bits of
+/// `bits[j·words..(j + 1)·words]` (bit `i % 64` of word `i / 64`; `words = out.len()` / 64
+/// rounded up), and their values, in order, are `packed[j·slot + head·m_j..][..m_j]`, `m_j` its
+/// number of set bits (one KV head's values in a slot shared by the heads). Each element as
+/// `out[i] + a[j] · v` (multiply, then add), positions in order, on every path; entries a
+/// position does not keep are not read.
 ///
 /// # Panics
-/// If `packed` does not hold one value per set bit, or a set bit lies beyond `out`.
-pub fn axpy_expand(a: f32, bits: &[u64], packed: &[f32], out: &mut [f32]) {
-    check_expand(bits, packed, out);
+/// If `bits` does not hold `a.len()` positions, or a position's bits lie beyond `out` or its
+/// values beyond its slot or `packed`.
+pub fn expand_weighted_sum(
+    a: &[f32],
+    bits: &[u64],
+    packed: &[f32],
+    slot: usize,
+    head: usize,
+    out: &mut [f32],
+) {
+    check_expand(a, bits, packed, slot, head, out);
     #[cfg(target_arch = "x86_64")]
     {
         if avx512::available() {
             // SAFETY: AVX-512F detected at run time; the shapes were checked above.
-            return unsafe { avx512::axpy_expand(a, bits, packed, out) };
+            return unsafe { avx512::expand_weighted_sum(a, bits, packed, slot, head, out) };
         }
         if avx2::available() {
-            // SAFETY: AVX2 and FMA detected at run time; the shapes were checked above.
-            return unsafe { avx2::axpy_expand(a, bits, packed, out) };
+            // SAFETY: AVX2 detected at run time; the shapes were checked above.
+            return unsafe { avx2::expand_weighted_sum(a, bits, packed, slot, head, out) };
         }
     }
-    expand_scalar(a, bits, packed, out)
+    expand_scalar(a, bits, packed, slot, head, out)
 }
 
-/// The shape check of [`axpy_expand`]; the SIMD paths rely on it to stay in bounds.
-fn check_expand(bits: &[u64], packed: &[f32], out: &[f32]) {
-    let set: usize = bits.iter().map(|w| w.count_ones() as usize).sum();
+/// The shape check of [`expand_weighted_sum`]; the SIMD paths rely on it to stay in bounds.
+fn check_expand(a: &[f32], bits: &[u64], packed: &[f32], slot: usize, head: usize, out: &[f32]) {
+    let words = out.len().div_ceil(64);
     assert_eq!(
-        packed.len(),
-        set,
-        "axpy_expand: {} values for {set} set bits",
-        packed.len()
+        bits.len(),
+        a.len() * words,
+        "expand_weighted_sum: {} bit words for {} positions of {words}",
+        bits.len(),
+        a.len()
     );
-    let top = bits
-        .iter()
-        .rposition(|&w| w != 0)
-        .map_or(0, |i| 64 * i + 64 - bits[i].leading_zeros() as usize);
-    assert!(
-        top <= out.len(),
-        "axpy_expand: bit {} beyond {} outputs",
-        top - 1,
-        out.len()
-    );
+    if words == 0 {
+        return;
+    }
+    let tail = out.len() % 64;
+    for (j, b) in bits.chunks_exact(words).enumerate() {
+        let m = b.iter().map(|w| w.count_ones() as usize).sum::<usize>();
+        let end = (head + 1).checked_mul(m).filter(|&e| e <= slot);
+        let end = end.and_then(|e| j.checked_mul(slot)?.checked_add(e));
+        assert!(
+            end.is_some_and(|e| e <= packed.len()),
+            "expand_weighted_sum: position {j}'s {m} values lie beyond its slot or the values"
+        );
+        assert!(
+            tail == 0 || b[words - 1] >> tail == 0,
+            "expand_weighted_sum: position {j} keeps an entry beyond {} outputs",
+            out.len()
+        );
+    }
 }
 
-/// The scalar reference of [`axpy_expand`].
-pub fn axpy_expand_scalar(a: f32, bits: &[u64], packed: &[f32], out: &mut [f32]) {
-    check_expand(bits, packed, out);
-    expand_scalar(a, bits, packed, out)
+/// The scalar reference of [`expand_weighted_sum`].
+pub fn expand_weighted_sum_scalar(
+    a: &[f32],
+    bits: &[u64],
+    packed: &[f32],
+    slot: usize,
+    head: usize,
+    out: &mut [f32],
+) {
+    check_expand(a, bits, packed, slot, head, out);
+    expand_scalar(a, bits, packed, slot, head, out)
 }
 
-/// The body of [`axpy_expand_scalar`], for callers that have checked the shapes.
-fn expand_scalar(a: f32, bits: &[u64], packed: &[f32], out: &mut [f32]) {
-    let mut values = packed.iter();
-    for (w, &word) in bits.iter().enumerate() {
-        let mut m = word;
-        while m != 0 {
-            let i = 64 * w + m.trailing_zeros() as usize;
-            out[i] += a * values.next().expect("checked: one value per bit");
-            m &= m - 1;
+/// The body of [`expand_weighted_sum_scalar`], for callers that have checked the shapes.
+fn expand_scalar(
+    a: &[f32],
+    bits: &[u64],
+    packed: &[f32],
+    slot: usize,
+    head: usize,
+    out: &mut [f32],
+) {
+    let words = out.len().div_ceil(64);
+    if words == 0 {
+        return;
+    }
+    for (j, (&aj, b)) in a.iter().zip(bits.chunks_exact(words)).enumerate() {
+        let m = b.iter().map(|w| w.count_ones() as usize).sum::<usize>();
+        let mut values = packed[j * slot + head * m..][..m].iter();
+        for (w, &word) in b.iter().enumerate() {
+            let mut bitset = word;
+            while bitset != 0 {
+                let i = 64 * w + bitset.trailing_zeros() as usize;
+                out[i] += aj * values.next().expect("checked: one value per bit");
+                bitset &= bitset - 1;
+            }
         }
     }
+}
+
+/// Where position `j`'s values for word `w` start in `packed` (see [`expand_weighted_sum`]):
+/// its slot, the head's offset, the values of the words before `w`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn expand_start(bits: &[u64], words: usize, j: usize, w: usize, slot: usize, head: usize) -> usize {
+    let b = &bits[j * words..(j + 1) * words];
+    let m = b.iter().map(|x| x.count_ones() as usize).sum::<usize>();
+    let before = b[..w]
+        .iter()
+        .map(|x| x.count_ones() as usize)
+        .sum::<usize>();
+    j * slot + head * m + before
 }
 
 /// The horizontal add of an 8-lane vector as `_mm256` code does it: halves, pairs, last two.
@@ -856,34 +912,55 @@ mod avx2 {
         _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(m as i32), bit), bit)
     }
 
-    /// [`super::axpy_expand`], eight outputs at a time: a masked load of the next packed values
-    /// (only as many lanes as bits, so nothing past `packed` is read), a permute into place, and a
-    /// masked store of the set lanes (so nothing else of `out` is touched).
+    /// [`super::expand_weighted_sum`], 64 outputs at a time in eight registers: per position and
+    /// eight outputs, a masked load of the next packed values (only as many lanes as bits, so
+    /// nothing past them is read), a permute into place, and a blend that changes only the kept
+    /// lanes.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn axpy_expand(a: f32, bits: &[u64], packed: &[f32], out: &mut [f32]) {
-        let va = _mm256_set1_ps(a);
+    pub unsafe fn expand_weighted_sum(
+        a: &[f32],
+        bits: &[u64],
+        packed: &[f32],
+        slot: usize,
+        head: usize,
+        out: &mut [f32],
+    ) {
+        let words = out.len().div_ceil(64);
         let (pp, op) = (packed.as_ptr(), out.as_mut_ptr());
-        let mut k = 0;
-        for (w, &word) in bits.iter().enumerate() {
-            for c in 0..8 {
-                let m = (word >> (8 * c)) as u32 & 0xFF;
-                if m == 0 {
+        for w in 0..words {
+            let n_out = (out.len() - 64 * w).min(64);
+            // Lanes of each 8-output chunk inside `out`.
+            let valid: [__m256i; 8] = std::array::from_fn(|c| {
+                lanes(((1u32 << n_out.saturating_sub(8 * c).min(8)) - 1) & 0xFF)
+            });
+            let mut acc: [__m256; 8] =
+                std::array::from_fn(|c| _mm256_maskload_ps(op.add(64 * w + 8 * c), valid[c]));
+            for (j, &aj) in a.iter().enumerate() {
+                let word = bits[j * words + w];
+                if word == 0 {
                     continue;
                 }
-                let n = m.count_ones() as usize;
-                // SAFETY: the caller checked one packed value per set bit and every set bit
-                // below out.len(): the load reads packed[k..k + n], the store writes only the
-                // set lanes, all inside `out`.
-                let v = _mm256_maskload_ps(pp.add(k), lanes((1 << n) - 1));
-                let v = _mm256_permutevar8x32_ps(
-                    v,
-                    _mm256_loadu_si256(EXPAND8[m as usize].as_ptr() as *const __m256i),
-                );
-                let o = op.add(64 * w + 8 * c);
-                let mask = lanes(m);
-                let r = _mm256_add_ps(_mm256_maskload_ps(o, mask), _mm256_mul_ps(va, v));
-                _mm256_maskstore_ps(o, mask, r);
-                k += n;
+                let va = _mm256_set1_ps(aj);
+                let mut k = super::expand_start(bits, words, j, w, slot, head);
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    let m = (word >> (8 * c)) as u32 & 0xFF;
+                    if m == 0 {
+                        continue;
+                    }
+                    let n = m.count_ones() as usize;
+                    // SAFETY: the caller checked that the position's values lie in `packed`:
+                    // the load reads packed[k..k + n] only.
+                    let v = _mm256_maskload_ps(pp.add(k), lanes((1 << n) - 1));
+                    let idx = _mm256_loadu_si256(EXPAND8[m as usize].as_ptr() as *const __m256i);
+                    let v = _mm256_permutevar8x32_ps(v, idx);
+                    // Only the kept lanes change (as the scalar path, even for a -0.0 in `out`).
+                    let sum = _mm256_add_ps(*acc, _mm256_mul_ps(va, v));
+                    *acc = _mm256_blendv_ps(*acc, sum, _mm256_castsi256_ps(lanes(m)));
+                    k += n;
+                }
+            }
+            for (c, acc) in acc.iter().enumerate() {
+                _mm256_maskstore_ps(op.add(64 * w + 8 * c), valid[c], *acc);
             }
         }
     }
@@ -915,26 +992,46 @@ mod avx512 {
         );
     }
 
-    /// [`super::axpy_expand`], sixteen outputs at a time with `vexpandps`, which reads exactly as
-    /// many packed values as the mask has bits; loads and stores are masked to the set lanes.
+    /// [`super::expand_weighted_sum`], 64 outputs at a time in four registers: per position and
+    /// sixteen outputs, `vexpandps` reads exactly the packed values of the set bits into their
+    /// lanes, and a masked add changes only those.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn axpy_expand(a: f32, bits: &[u64], packed: &[f32], out: &mut [f32]) {
-        let va = _mm512_set1_ps(a);
+    pub unsafe fn expand_weighted_sum(
+        a: &[f32],
+        bits: &[u64],
+        packed: &[f32],
+        slot: usize,
+        head: usize,
+        out: &mut [f32],
+    ) {
+        let words = out.len().div_ceil(64);
         let (pp, op) = (packed.as_ptr(), out.as_mut_ptr());
-        let mut k = 0;
-        for (w, &word) in bits.iter().enumerate() {
-            for c in 0..4 {
-                let m = (word >> (16 * c)) as u16;
-                if m == 0 {
+        for w in 0..words {
+            let n_out = (out.len() - 64 * w).min(64);
+            let valid: [u16; 4] = std::array::from_fn(|c| {
+                ((1u32 << n_out.saturating_sub(16 * c).min(16)) - 1) as u16
+            });
+            let mut acc: [__m512; 4] =
+                std::array::from_fn(|c| _mm512_maskz_loadu_ps(valid[c], op.add(64 * w + 16 * c)));
+            for (j, &aj) in a.iter().enumerate() {
+                let word = bits[j * words + w];
+                if word == 0 {
                     continue;
                 }
-                // SAFETY: as in the AVX2 version: packed[k..k + popcount] and only the set lanes
-                // of `out`, all in bounds by the caller's check.
-                let v = _mm512_maskz_expandloadu_ps(m, pp.add(k));
-                let o = op.add(64 * w + 16 * c);
-                let r = _mm512_add_ps(_mm512_maskz_loadu_ps(m, o), _mm512_mul_ps(va, v));
-                _mm512_mask_storeu_ps(o, m, r);
-                k += m.count_ones() as usize;
+                let va = _mm512_set1_ps(aj);
+                let mut k = super::expand_start(bits, words, j, w, slot, head);
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    let m = (word >> (16 * c)) as u16;
+                    // SAFETY: the caller checked that the position's values lie in `packed`:
+                    // the expand reads packed[k..k + popcount(m)] only.
+                    let v = _mm512_maskz_expandloadu_ps(m, pp.add(k));
+                    // Only the kept lanes change (as the scalar path, even for a -0.0 in `out`).
+                    *acc = _mm512_mask_add_ps(*acc, m, *acc, _mm512_mul_ps(va, v));
+                    k += m.count_ones() as usize;
+                }
+            }
+            for (c, acc) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(op.add(64 * w + 16 * c), valid[c], *acc);
             }
         }
     }
@@ -1021,7 +1118,7 @@ mod tests {
     }
 
     #[test]
-    fn axpy_expand_equals_scalar_bit_for_bit() {
+    fn expand_weighted_sum_equals_scalar_bit_for_bit() {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
             state ^= state << 13;
@@ -1031,53 +1128,65 @@ mod tests {
         };
         for len in [1usize, 3, 8, 17, 63, 64, 80, 128, 200] {
             for density in [0u32, 1, 2, 3] {
-                let mut bits = vec![0u64; len.div_ceil(64)];
-                for i in 0..len {
-                    // density 0: every bit; else about one in 2^density.
-                    if next() % (1 << density) == 0 {
-                        bits[i / 64] |= 1 << (i % 64);
+                let words = len.div_ceil(64);
+                let (n_pos, n_heads, head) = (5, 3, (next() % 3) as usize);
+                let slot = n_heads * len;
+                let mut bits = vec![0u64; n_pos * words];
+                for j in 0..n_pos {
+                    for i in 0..len {
+                        // density 0: every bit; else about one in 2^density.
+                        if next() % (1 << density) == 0 {
+                            bits[j * words + i / 64] |= 1 << (i % 64);
+                        }
                     }
                 }
-                let set = bits.iter().map(|w| w.count_ones() as usize).sum::<usize>();
-                let packed: Vec<f32> = (0..set)
+                let packed: Vec<f32> = (0..n_pos * slot)
                     .map(|_| (next() % 2000) as f32 / 77.0 - 13.0)
                     .collect();
-                let base: Vec<f32> = (0..len)
+                let mut base: Vec<f32> = (0..len)
                     .map(|_| (next() % 1000) as f32 / 31.0 - 16.0)
                     .collect();
-                let a = (next() % 100) as f32 / 37.0 - 1.3;
+                base[0] = -0.0;
+                let a: Vec<f32> = (0..n_pos)
+                    .map(|_| (next() % 100) as f32 / 37.0 - 1.3)
+                    .collect();
                 let (mut got, mut want) = (base.clone(), base.clone());
-                axpy_expand(a, &bits, &packed, &mut got);
-                axpy_expand_scalar(a, &bits, &packed, &mut want);
-                assert!(
-                    got.iter()
-                        .zip(&want)
-                        .all(|(p, q)| p.to_bits() == q.to_bits()),
-                    "len {len} density {density}"
-                );
-                // Unset positions are untouched; set ones moved by a · value.
-                let mut k = 0;
-                for i in 0..len {
-                    if bits[i / 64] >> (i % 64) & 1 == 1 {
-                        assert_eq!(want[i], base[i] + a * packed[k]);
-                        k += 1;
-                    } else {
-                        assert_eq!(want[i].to_bits(), base[i].to_bits());
+                expand_weighted_sum(&a, &bits, &packed, slot, head, &mut got);
+                expand_weighted_sum_scalar(&a, &bits, &packed, slot, head, &mut want);
+                let bits_of = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits_of(&got), bits_of(&want), "len {len} density {density}");
+                // The reference is the sum it documents: kept entries moved by a · value, in
+                // position order; the others untouched.
+                let mut expect = base.clone();
+                for j in 0..n_pos {
+                    let b = &bits[j * words..(j + 1) * words];
+                    let m: usize = b.iter().map(|w| w.count_ones() as usize).sum();
+                    let mut k = j * slot + head * m;
+                    for (i, e) in expect.iter_mut().enumerate() {
+                        if b[i / 64] >> (i % 64) & 1 == 1 {
+                            *e += a[j] * packed[k];
+                            k += 1;
+                        }
                     }
                 }
+                assert_eq!(bits_of(&want), bits_of(&expect), "scalar, len {len}");
                 #[cfg(target_arch = "x86_64")]
                 {
                     if avx2::available() {
                         let mut v = base.clone();
-                        // SAFETY: AVX2 detected; shapes as axpy_expand checked them just above.
-                        unsafe { avx2::axpy_expand(a, &bits, &packed, &mut v) };
-                        assert_eq!(v, want, "avx2, len {len}");
+                        // SAFETY: AVX2 detected; the shapes were checked just above.
+                        unsafe {
+                            avx2::expand_weighted_sum(&a, &bits, &packed, slot, head, &mut v)
+                        };
+                        assert_eq!(bits_of(&v), bits_of(&want), "avx2, len {len}");
                     }
                     if avx512::available() {
                         let mut v = base.clone();
-                        // SAFETY: AVX-512F detected; shapes as axpy_expand checked them just above.
-                        unsafe { avx512::axpy_expand(a, &bits, &packed, &mut v) };
-                        assert_eq!(v, want, "avx512, len {len}");
+                        // SAFETY: AVX-512F detected; the shapes were checked just above.
+                        unsafe {
+                            avx512::expand_weighted_sum(&a, &bits, &packed, slot, head, &mut v)
+                        };
+                        assert_eq!(bits_of(&v), bits_of(&want), "avx512, len {len}");
                     }
                 }
             }
@@ -1212,9 +1321,16 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "beyond")]
-    fn axpy_expand_refuses_bits_beyond_out() {
-        axpy_expand(1.0, &[1 << 10], &[1.0], &mut [0.0; 8]);
+    #[should_panic(expected = "beyond 8 outputs")]
+    fn expand_weighted_sum_refuses_bits_beyond_out() {
+        expand_weighted_sum(&[1.0], &[1 << 10], &[1.0], 1, 0, &mut [0.0; 8]);
+    }
+
+    #[test]
+    #[should_panic(expected = "beyond its slot")]
+    fn expand_weighted_sum_refuses_values_beyond_the_slot() {
+        // Two kept entries of head 1 need 4 values in the slot: it has 3.
+        expand_weighted_sum(&[1.0], &[0b11], &[1.0; 8], 3, 1, &mut [0.0; 8]);
     }
 
     #[test]

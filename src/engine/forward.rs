@@ -473,9 +473,7 @@ fn attention(
                     // Each position adds its kept values only (the others were masked to zero).
                     let o = &mut out_h[out_row(t)];
                     o.fill(0.0);
-                    for (j, &pj) in row.iter().enumerate().take(p + 1).skip(lo) {
-                        vecmath::axpy_expand(pj, cv.kept(j), cv.values(j, h / group), o);
-                    }
+                    cv.weighted_sum(&row[lo..=p], lo, h / group, o);
                 } else if !gemm_order {
                     let o = &mut out_h[out_row(t)];
                     vecmath::dot_chunks32_rows(&values[vh * 32..], 32, block_stride, row, false, o);

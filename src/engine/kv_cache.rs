@@ -35,8 +35,8 @@ struct CompactV {
     words: usize,
 }
 
-/// One compactly cached layer's values, for attention: position `p` keeps the dims whose bits
-/// `kept(p)` sets, and KV head `g`'s values for them, in order, are `values(p, g)`.
+/// One compactly cached layer's values, for attention: per position the bit set of its kept
+/// dims, and each KV head's values for them, in order (see `KvCache::store`).
 pub struct CompactValues<'a> {
     cv: &'a CompactV,
     v: &'a [f32],
@@ -44,16 +44,24 @@ pub struct CompactValues<'a> {
 }
 
 impl<'a> CompactValues<'a> {
-    #[inline]
-    pub fn kept(&self, p: usize) -> &'a [u64] {
+    #[cfg(test)]
+    fn kept(&self, p: usize) -> &'a [u64] {
         let w = self.cv.words;
         &self.cv.kept[p * w..(p + 1) * w]
     }
 
-    #[inline]
-    pub fn values(&self, p: usize, g: usize) -> &'a [f32] {
+    #[cfg(test)]
+    fn values(&self, p: usize, g: usize) -> &'a [f32] {
         let m = self.kept(p).iter().map(|w| w.count_ones() as usize).sum::<usize>();
         &self.v[p * self.n_kv_heads * self.cv.cap + g * m..][..m]
+    }
+
+    /// `out += Σ_j a[j] · V_{first + j}` for KV head `g`: the attention output of one query head
+    /// over positions `first..first + a.len()`, reading only the kept values.
+    pub fn weighted_sum(&self, a: &[f32], first: usize, g: usize, out: &mut [f32]) {
+        let (w, slot) = (self.cv.words, self.n_kv_heads * self.cv.cap);
+        let bits = &self.cv.kept[first * w..(first + a.len()) * w];
+        tomoe_quant::vecmath::expand_weighted_sum(a, bits, &self.v[first * slot..], slot, g, out);
     }
 }
 
@@ -180,6 +188,10 @@ mod tests {
         assert_eq!(cv.kept(1), &[0b100]);
         assert_eq!(cv.values(1, 0), &[10.]);
         assert_eq!(cv.values(1, 1), &[14.]);
+        // Attention's weighted sums over both positions, per KV head.
+        let mut out = [0f32; 4];
+        cv.weighted_sum(&[0.25, 0.5], 0, 1, &mut out);
+        assert_eq!(out, [0., 0.25 * 5., 0.5 * 14., 0.25 * 7.]);
         assert!(kv.compact_values(0).is_none());
         // The capped layer holds 2 of 4 value dims per position.
         let dense = KvCache::new(vec![kvd, kvd], &[None, None], n_ctx, kvd, hd);
