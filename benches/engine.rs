@@ -14,6 +14,7 @@
 //! its MoE conversions at the same quantization): per file the bytes one decoded token reads
 //! (experts weighted by the routing of the run), tg/pp tokens/s, the decode speedup over the first
 //! file beside the ratio of bytes, and llama.cpp on every file it can load (not `tomoe-*` ones).
+//! Each repetition runs every file (and the probe) in turn.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -108,24 +109,34 @@ fn bench_files(files: &[String], threads: &[usize], reps: usize) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &t in threads {
-        let probe = bandwidth_probe(t);
-        let mut first: Option<(f64, f64)> = None;
-        for file in files {
-            let path = std::path::PathBuf::from(file);
-            let model = Arc::new(Model::load(&path).unwrap_or_else(|e| panic!("{file}: {e}")));
-            let all = tokens(N_PROMPT + N_GEN + 1, model.config().n_vocab as u32);
-            let (prompt, gen) = (&all[..N_PROMPT], &all[N_PROMPT..]);
-            let mut ctx =
-                Context::new(model.clone(), ContextParams { n_ctx: N_CTX, n_threads: t, n_batch: N_PROMPT }).unwrap();
-            let is_tomoe = model.config().tomoe.is_some();
-            let mut oracle = (!is_tomoe).then(|| LlamaOracle::load(&path, N_CTX, t));
-            let (mut ours, mut theirs) = (Speeds { pp: 0.0, tg: 0.0 }, Speeds { pp: 0.0, tg: 0.0 });
-            for _ in 0..reps {
-                bench_tomoe(&mut ctx, prompt, gen, &mut ours);
+        // Every file loaded at once, then each repetition runs them all in turn (and the probe),
+        // so that the machine's drift over minutes hits every file alike.
+        let runs: Vec<_> = files
+            .iter()
+            .map(|file| {
+                let path = std::path::PathBuf::from(file);
+                let model = Arc::new(Model::load(&path).unwrap_or_else(|e| panic!("{file}: {e}")));
+                let ctx = Context::new(model.clone(), ContextParams { n_ctx: N_CTX, n_threads: t, n_batch: N_PROMPT })
+                    .unwrap();
+                let oracle = model.config().tomoe.is_none().then(|| LlamaOracle::load(&path, N_CTX, t));
+                (path, model, ctx, oracle, Speeds { pp: 0.0, tg: 0.0 }, Speeds { pp: 0.0, tg: 0.0 })
+            })
+            .collect();
+        let mut runs = runs;
+        let mut probe = 0f64;
+        for _ in 0..reps {
+            probe = probe.max(bandwidth_probe(t));
+            for (_, model, ctx, oracle, ours, theirs) in runs.iter_mut() {
+                let all = tokens(N_PROMPT + N_GEN + 1, model.config().n_vocab as u32);
+                let (prompt, gen) = (&all[..N_PROMPT], &all[N_PROMPT..]);
+                bench_tomoe(ctx, prompt, gen, ours);
                 if let Some(o) = oracle.as_mut() {
-                    bench_llama(o, prompt, gen, &mut theirs);
+                    bench_llama(o, prompt, gen, theirs);
                 }
             }
+        }
+        let mut first: Option<(f64, f64)> = None;
+        for (path, model, ctx, oracle, ours, theirs) in &runs {
             let bytes = model.weights().bytes_per_token(ctx.expert_counts()) as f64;
             let (b0, tg0) = *first.get_or_insert((bytes, ours.tg));
             let gbs = ours.tg * bytes / 1e9;

@@ -25,7 +25,9 @@ pub mod vecmath;
 
 pub use error::QuantError;
 pub use formats::{QuantType, QK, QK_K};
-pub use ops::{axpy_rows, matmul, matvec, matvec_rows, swiglu_rows, MatRef, QuantizedInput};
+pub use ops::{
+    axpy_rows, matmul, matvec, matvec_rows, swiglu_rows, swiglu_rows_cost, MatRef, QuantizedInput,
+};
 
 /// Quantizes one row (`src.len()` a multiple of the block size) into `dst`
 /// (`dst.len() == ty.row_bytes(src.len())`), bit-identical to ggml's reference quantizers.

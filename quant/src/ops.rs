@@ -675,10 +675,35 @@ pub fn swiglu_rows(
     }
 }
 
+/// The relative time [`swiglu_rows`] takes over `rows`, in streamed rows: 16 for each group (or
+/// piece of one) it reads through the interleaved kernels, `SCATTERED_ROW_COST` for each row it
+/// reads alone; so that callers can split a run of rows between threads by time, not by count.
+/// (Assumes `rows` in matrices that have the interleaved copies.)
+pub fn swiglu_rows_cost(rows: std::ops::Range<usize>) -> usize {
+    let mut cost = 0;
+    let mut r = rows.start;
+    while r < rows.end {
+        let end = ((r / GROUP + 1) * GROUP).min(rows.end);
+        let n = end - r;
+        cost += if n >= PARTIAL_GROUP_MIN {
+            GROUP
+        } else {
+            SCATTERED_ROW_COST * n
+        };
+        r = end;
+    }
+    cost
+}
+
+/// The time of a row read alone (four-row kernels, from the row-major data) relative to a row
+/// streamed in its group through the interleaved kernels. Measured in session 6 (BENCHMARKS.md):
+/// splitting a ToMoE expert's rows between two threads by count, the thread given the short runs
+/// took 1.4-1.5× as long; weighing their rows 3 evened the threads.
+const SCATTERED_ROW_COST: usize = 3;
+
 /// The fewest rows of a group that [`swiglu_rows`] reads through the group's interleaved copies
-/// (all 16 rows' bytes, streaming) rather than row by row from the row-major data. A row read
-/// alone costs about three streaming rows (session 6, BENCHMARKS.md), so from about 16 / 3 rows
-/// on the whole group is cheaper.
+/// (all 16 rows' bytes, streaming) rather than row by row from the row-major data: from about
+/// 16 / `SCATTERED_ROW_COST` rows on, the whole group is cheaper.
 const PARTIAL_GROUP_MIN: usize = 6;
 
 /// y += Σ_i coeffs[i] · dequant(W[rows[i]]): a weighted sum of weight rows (for a transposed

@@ -6,13 +6,15 @@
 use super::parallel::{for_each_part, matvec_fused, part_count, MatJob};
 use crate::model::tomoe::{MoeLayer, VMask};
 use crate::model::DenseExperts;
-use tomoe_quant::{axpy_rows, matmul, swiglu_rows, vecmath, MatRef, QuantizedInput};
+use tomoe_quant::{axpy_rows, matmul, swiglu_rows, swiglu_rows_cost, vecmath, MatRef, QuantizedInput};
 
 /// Grow-only buffers of the sparse MLP (no allocation per token once grown).
 #[derive(Default)]
 pub struct MoeScratch {
     /// Per thread part: a partial sum of the down projection (`parts × d`).
     partials: Vec<f32>,
+    /// The parts' shares of an expert's rows (`parts + 1` bounds).
+    bounds: Vec<usize>,
     gate: Vec<f32>,
     up: Vec<f32>,
     /// A batch's tokens grouped by expert.
@@ -87,11 +89,11 @@ pub fn mlp_one(
     if runs.is_empty() {
         return;
     }
-    // Each part's share `[lo, hi)` of the expert's rows, of equal cost (not of equal count).
-    let total: usize = runs.iter().map(run_cost).sum();
-    let share =
-        |p: usize, parts: usize| (cost_point(runs, p * total / parts), cost_point(runs, (p + 1) * total / parts));
+    // Each part's share `bounds[p]..bounds[p + 1]` of the expert's rows, of equal time (not of
+    // equal count).
     let n_parts = part_count();
+    split_by_cost(runs, n_parts, &mut s.bounds);
+    let bounds = &s.bounds;
     s.partials.resize(n_parts * d, 0.0);
     let partials = SharedMut(s.partials.as_mut_ptr());
     let partials = &partials;
@@ -100,7 +102,8 @@ pub fn mlp_one(
         let y = unsafe { std::slice::from_raw_parts_mut(partials.0.add(p * d), d) };
         y.fill(0.0);
         // This part's rows, as pieces of the expert's contiguous runs.
-        let (lo, hi) = share(p, parts);
+        debug_assert_eq!(parts, n_parts);
+        let (lo, hi) = (bounds[p], bounds[p + 1]);
         let mut i = 0;
         for run in runs {
             let (a, b) = (lo.max(i), hi.min(i + run.len()));
@@ -115,58 +118,41 @@ pub fn mlp_one(
     }
 }
 
-/// The cost of a row outside its run's whole 16-row groups (at the ends of runs, in short runs),
-/// relative to one inside. Measured on the SmolLM2 conversions at two threads, timing each
-/// thread's share: split by row count, the thread given the short runs took 1.4-1.5× as long
-/// (gate/up and down alike); at 3 the shares finish together. Long runs stream (and take the
-/// interleaved kernels); short ones pay the memory latency at every start.
-const SHORT_ROW_COST: usize = 3;
-
-/// A run's rows in order: `head` short rows, `whole` rows in whole 16-row groups, then short
-/// rows again (all short if the run holds no whole group).
-fn run_shape(run: &std::ops::Range<usize>) -> (usize, usize) {
-    let (g0, g1) = (run.start.next_multiple_of(16), run.end / 16 * 16);
-    if g1 > g0 {
-        (g0 - run.start, g1 - g0)
-    } else {
-        (run.len(), 0)
-    }
-}
-
-/// The cost of a run, in units of a streaming row.
-fn run_cost(run: &std::ops::Range<usize>) -> usize {
-    let whole = run_shape(run).1;
-    whole + SHORT_ROW_COST * (run.len() - whole)
-}
-
-/// The fewest of a run's first rows that together cost at least `rem` (all of them at most).
-fn rows_for_cost(run: &std::ops::Range<usize>, rem: usize) -> usize {
-    let (head, whole) = run_shape(run);
-    let (short, head_cost) = (|c: usize| c.div_ceil(SHORT_ROW_COST), head * SHORT_ROW_COST);
-    let k = if rem <= head_cost {
-        short(rem)
-    } else if rem <= head_cost + whole {
-        head + rem - head_cost
-    } else {
-        head + whole + short(rem - head_cost - whole)
+/// Cuts an expert's rows (its `runs`, flattened) into `parts` shares of about equal time by
+/// `swiglu_rows_cost`, at the ends of the pieces it times (a run's cut at multiples of 16):
+/// `bounds[p]..bounds[p + 1]` is share `p`. Each cut goes to the piece end nearest its target,
+/// so a share is off by at most half a piece's cost. Long runs stream through the interleaved
+/// kernels; short ones pay the memory latency at every start, and a thread given them by count
+/// took 1.4-1.5× as long (session 6).
+fn split_by_cost(runs: &[std::ops::Range<usize>], parts: usize, bounds: &mut Vec<usize>) {
+    let pieces = || {
+        runs.iter().flat_map(|run| {
+            let mut r = run.start;
+            std::iter::from_fn(move || {
+                (r < run.end).then(|| {
+                    let end = ((r / 16 + 1) * 16).min(run.end);
+                    let piece = (end - r, swiglu_rows_cost(r..end));
+                    r = end;
+                    piece
+                })
+            })
+        })
     };
-    k.min(run.len())
-}
-
-/// The expert row (an index into its flattened runs) where the cumulative cost reaches `target`,
-/// so that threads given equal cost shares finish together. O(runs): it runs twice per thread
-/// and layer of every decoded token.
-fn cost_point(runs: &[std::ops::Range<usize>], target: usize) -> usize {
+    let total: usize = pieces().map(|(_, c)| c).sum();
+    bounds.clear();
+    bounds.push(0);
     let (mut row, mut cost) = (0, 0);
-    for run in runs {
-        let c = run_cost(run);
-        if cost + c >= target {
-            return row + rows_for_cost(run, target - cost);
+    for (n, c) in pieces() {
+        // Cut before this piece for every target it would overshoot by more than it reaches.
+        while bounds.len() < parts && 2 * (bounds.len() * total / parts) <= 2 * cost + c {
+            bounds.push(row);
         }
+        row += n;
         cost += c;
-        row += run.len();
     }
-    row
+    while bounds.len() <= parts {
+        bounds.push(row);
+    }
 }
 
 /// A batch's MLP: tokens grouped by expert; per group, gate and up as matrix-matrix products
@@ -327,32 +313,44 @@ fn erf(x: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{cost_point, erf, run_cost, SHORT_ROW_COST};
+    use super::{erf, split_by_cost};
+    use tomoe_quant::swiglu_rows_cost;
 
-    /// `cost_point` is the first row where the running sum of per-row costs reaches the target,
-    /// as walking the rows one by one gives it, on runs that start, end and lie inside 16-row
-    /// groups.
+    /// The shares cover the expert's rows in order, cut at piece ends, and each is within the
+    /// largest piece's cost of an equal share (each cut within half of one), for 1 to 5 parts.
     #[test]
-    fn cost_point_matches_a_row_by_row_walk() {
-        let runs: [std::ops::Range<usize>; 7] = [0..40, 45..47, 50..64, 70..100, 128..160, 161..170, 200..233];
-        let costs: Vec<usize> = runs
-            .iter()
-            .flat_map(|r| {
-                let (g0, g1) = (r.start.next_multiple_of(16), r.end / 16 * 16);
-                r.clone().map(move |i| if g0 <= i && i < g1 { 1 } else { SHORT_ROW_COST })
-            })
-            .collect();
-        let total: usize = runs.iter().map(run_cost).sum();
-        assert_eq!(total, costs.iter().sum::<usize>());
-        for target in 0..=total {
-            let (mut k, mut acc) = (0, 0);
-            while k < costs.len() && acc < target {
-                acc += costs[k];
-                k += 1;
-            }
-            assert_eq!(cost_point(&runs, target), k, "target {target}");
+    fn split_by_cost_balances_the_parts() {
+        // Long runs, then short ones (which a split by count would give one part).
+        let mut runs: Vec<std::ops::Range<usize>> = vec![0..40, 45..47, 50..64, 70..100, 128..160, 161..170, 200..233];
+        runs.extend((0..12).map(|k| 240 + 8 * k..243 + 8 * k));
+        let rows: Vec<usize> = runs.iter().flat_map(|r| r.clone()).collect();
+        // The piece ends, as indices into the flattened rows.
+        let mut ends = vec![0];
+        for r in &runs {
+            let base = *ends.last().unwrap();
+            ends.extend((r.start + 1..=r.end).filter(|&i| i % 16 == 0 || i == r.end).map(|i| base + i - r.start));
         }
-        assert_eq!(cost_point(&runs, total), costs.len());
+        let cost = |a: usize, b: usize| -> usize {
+            // The cost of flattened rows a..b made of whole pieces.
+            ends.windows(2)
+                .filter(|w| a <= w[0] && w[1] <= b)
+                .map(|w| swiglu_rows_cost(rows[w[0]]..rows[w[1] - 1] + 1))
+                .sum()
+        };
+        let total = cost(0, rows.len());
+        let largest = ends.windows(2).map(|w| cost(w[0], w[1])).max().unwrap();
+        let mut bounds = Vec::new();
+        for parts in 1..=5 {
+            split_by_cost(&runs, parts, &mut bounds);
+            assert_eq!(bounds.len(), parts + 1);
+            assert_eq!((bounds[0], bounds[parts]), (0, rows.len()));
+            for p in 0..parts {
+                assert!(bounds[p] <= bounds[p + 1] && ends.contains(&bounds[p]), "{parts} parts: {bounds:?}");
+                let share = cost(bounds[p], bounds[p + 1]) as f64;
+                let want = total as f64 / parts as f64;
+                assert!((share - want).abs() <= largest as f64, "{parts} parts: share {share} of {want}");
+            }
+        }
     }
 
     #[test]
