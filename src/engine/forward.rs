@@ -164,32 +164,40 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
         let vmask = moe.and_then(|m| m.vmask.as_ref());
         let head_ty = vmask.map_or(l.wv.ty(), |vm| vm.w_a.ty());
         s.inputs.prepare(&[l.wq.ty(), l.wk.ty(), l.wv.ty(), head_ty], &s.xn[..n * d], d);
-        if let Some(vm) = vmask {
-            // The V-mask head's input layer for every token, then each token's mask.
-            let hid = vm.hidden;
-            let a = &mut s.moe.vmask_in;
-            a.resize(n * hid, 0.0);
-            let x = s.inputs.get(head_ty);
-            if n == 1 {
-                matvec_fused(&mut [MatJob { w: &vm.w_a, x, y: &mut a[..hid] }]);
-            } else {
-                matmul(&vm.w_a, x, &mut a[..n * hid]);
-            }
-            for t in 0..n {
-                moe::v_mask(vm, &a[t * hid..(t + 1) * hid], &mut s.vmask[t * hd..(t + 1) * hd], &mut s.moe.vmask);
-            }
-        }
         if n == 1 {
-            matvec_fused(&mut [
-                MatJob { w: &l.wq, x: s.inputs.get(l.wq.ty()), y: &mut s.q[..qd_l] },
-                MatJob { w: &l.wk, x: s.inputs.get(l.wk.ty()), y: &mut s.k[..kvd_k] },
-            ]);
+            let (q, k) = (&mut s.q[..qd_l], &mut s.k[..kvd_k]);
+            let (xq, xk) = (s.inputs.get(l.wq.ty()), s.inputs.get(l.wk.ty()));
             match vmask {
-                // Only the V rows the mask keeps.
-                Some(_) => matvec_masked(&l.wv, s.inputs.get(l.wv.ty()), &s.vmask[..hd], &mut s.v[..kvd]),
-                None => matvec_fused(&mut [MatJob { w: &l.wv, x: s.inputs.get(l.wv.ty()), y: &mut s.v[..kvd] }]),
+                Some(vm) => {
+                    // The V-mask head's input layer beside Q and K (one parallel region), the
+                    // mask, then only the V rows it keeps.
+                    let a = &mut s.moe.vmask_in;
+                    a.resize(vm.hidden, 0.0);
+                    matvec_fused(&mut [
+                        MatJob { w: &vm.w_a, x: s.inputs.get(head_ty), y: &mut a[..] },
+                        MatJob { w: &l.wq, x: xq, y: q },
+                        MatJob { w: &l.wk, x: xk, y: k },
+                    ]);
+                    moe::v_mask(vm, a, &mut s.vmask[..hd], &mut s.moe.vmask);
+                    matvec_masked(&l.wv, s.inputs.get(l.wv.ty()), &s.vmask[..hd], &mut s.v[..kvd]);
+                }
+                None => matvec_fused(&mut [
+                    MatJob { w: &l.wq, x: xq, y: q },
+                    MatJob { w: &l.wk, x: xk, y: k },
+                    MatJob { w: &l.wv, x: s.inputs.get(l.wv.ty()), y: &mut s.v[..kvd] },
+                ]),
             }
         } else {
+            if let Some(vm) = vmask {
+                // The V-mask head's input layer for every token, then each token's mask.
+                let hid = vm.hidden;
+                let a = &mut s.moe.vmask_in;
+                a.resize(n * hid, 0.0);
+                matmul(&vm.w_a, s.inputs.get(head_ty), &mut a[..n * hid]);
+                for t in 0..n {
+                    moe::v_mask(vm, &a[t * hid..(t + 1) * hid], &mut s.vmask[t * hd..(t + 1) * hd], &mut s.moe.vmask);
+                }
+            }
             matmul(&l.wq, s.inputs.get(l.wq.ty()), &mut s.q[..n * qd_l]);
             matmul(&l.wk, s.inputs.get(l.wk.ty()), &mut s.k[..n * kvd_k]);
             matmul(&l.wv, s.inputs.get(l.wv.ty()), &mut s.v[..n * kvd]);
