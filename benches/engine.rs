@@ -14,7 +14,9 @@
 //! its MoE conversions at the same quantization): per file the bytes one decoded token reads
 //! (experts weighted by the routing of the run), tg/pp tokens/s, the decode speedup over the first
 //! file beside the ratio of bytes, and llama.cpp on every file it can load (not `tomoe-*` ones).
-//! Each repetition runs every file (and the probe) in turn.
+//! Files take turns: each repetition of pp512 runs every file (and the probe), and decoding is cut
+//! into bursts of 16 tokens that take turns between the files and llama.cpp, its speed the mean
+//! over all bursts (not the best run), so the drift of a shared machine hits every file alike.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -124,16 +126,60 @@ fn bench_files(files: &[String], threads: &[usize], reps: usize) {
             .collect();
         let mut runs = runs;
         let mut probe = 0f64;
+        // Prompt processing: best of `reps`, the files in turn.
         for _ in 0..reps {
             probe = probe.max(bandwidth_probe(t));
             for (_, model, ctx, oracle, ours, theirs) in runs.iter_mut() {
-                let all = tokens(N_PROMPT + N_GEN + 1, model.config().n_vocab as u32);
-                let (prompt, gen) = (&all[..N_PROMPT], &all[N_PROMPT..]);
-                bench_tomoe(ctx, prompt, gen, ours);
+                let prompt = tokens(N_PROMPT, model.config().n_vocab as u32);
+                ctx.clear();
+                let s = Instant::now();
+                ctx.eval(&prompt).unwrap();
+                ours.pp = ours.pp.max(N_PROMPT as f64 / s.elapsed().as_secs_f64());
                 if let Some(o) = oracle.as_mut() {
-                    bench_llama(o, prompt, gen, theirs);
+                    o.clear();
+                    let s = Instant::now();
+                    std::hint::black_box(o.eval(&prompt, 0, false));
+                    theirs.pp = theirs.pp.max(N_PROMPT as f64 / s.elapsed().as_secs_f64());
                 }
             }
+        }
+        // Decoding: `reps` passes of tg128, each cut into bursts of 16 tokens that take turns
+        // between the files (and llama.cpp): a slow spell of the shared machine, seconds long,
+        // then slows every file alike instead of one file's whole run. tokens/s over all bursts.
+        const BURST: usize = 16;
+        let mut time = vec![(0f64, 0f64); runs.len()];
+        for _ in 0..reps {
+            for (_, _, ctx, oracle, _, _) in runs.iter_mut() {
+                ctx.clear();
+                ctx.eval(&[1]).unwrap();
+                if let Some(o) = oracle.as_mut() {
+                    o.clear();
+                    o.eval(&[1], 0, false);
+                }
+            }
+            for b in 0..N_GEN / BURST {
+                for (i, (_, model, ctx, oracle, _, _)) in runs.iter_mut().enumerate() {
+                    let gen = tokens(N_GEN + 1, model.config().n_vocab as u32);
+                    let burst = &gen[1 + b * BURST..1 + (b + 1) * BURST];
+                    let s = Instant::now();
+                    for &tok in burst {
+                        std::hint::black_box(ctx.eval(&[tok]).unwrap());
+                    }
+                    time[i].0 += s.elapsed().as_secs_f64();
+                    if let Some(o) = oracle.as_mut() {
+                        let s = Instant::now();
+                        for (k, &tok) in burst.iter().enumerate() {
+                            std::hint::black_box(o.eval(&[tok], 1 + b * BURST + k, false));
+                        }
+                        time[i].1 += s.elapsed().as_secs_f64();
+                    }
+                }
+            }
+        }
+        for (run, (ours, theirs)) in runs.iter_mut().zip(&time) {
+            let n = (reps * N_GEN / BURST * BURST) as f64;
+            run.4.tg = n / ours;
+            run.5.tg = if *theirs > 0.0 { n / theirs } else { 0.0 };
         }
         let mut first: Option<(f64, f64)> = None;
         for (path, model, ctx, oracle, ours, theirs) in &runs {
@@ -164,7 +210,7 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
     let reps: usize = std::env::var("TOMOE_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let threads: Vec<usize> = env_list("TOMOE_BENCH_THREADS", "1,2").iter().map(|s| s.parse().unwrap()).collect();
-    println!("kernels: {}, reps: {reps} (best of each)", tomoe_quant::kernel_name());
+    println!("kernels: {}, reps: {reps}", tomoe_quant::kernel_name());
     if let Ok(files) = std::env::var("TOMOE_BENCH_FILES") {
         let files: Vec<String> = files.split(',').map(str::to_string).collect();
         return bench_files(&files, &threads, reps);

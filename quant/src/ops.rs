@@ -630,11 +630,9 @@ pub fn swiglu_rows(
         _ => None,
     };
     let down_gb = GROUP * down_t.row_bytes;
-    let mut r = rows.start;
-    while r < rows.end {
-        let (k, lo) = (r / GROUP, r % GROUP);
-        let end = ((k + 1) * GROUP).min(rows.end);
-        let n = end - r;
+    for (piece, _) in swiglu_pieces(rows.clone()) {
+        let (r, end) = (piece.start, piece.end);
+        let (k, lo, n) = (r / GROUP, r % GROUP, piece.len());
         // A piece of `n` rows of group k: from the interleaved copies if it is long enough.
         let grouped = n >= PARTIAL_GROUP_MIN;
         // Lanes past `n` stay 0: silu(0) · 0 = 0, never read.
@@ -671,34 +669,47 @@ pub fn swiglu_rows(
                 axpy_rows(down_t, &idx[..n], &g[..n], y);
             }
         }
-        r = end;
     }
 }
 
-/// The relative time [`swiglu_rows`] takes over `rows`, in streamed rows: 16 for each group (or
-/// piece of one) it reads through the interleaved kernels, `SCATTERED_ROW_COST` for each row it
-/// reads alone; so that callers can split a run of rows between threads by time, not by count.
-/// (Assumes `rows` in matrices that have the interleaved copies.)
-pub fn swiglu_rows_cost(rows: std::ops::Range<usize>) -> usize {
-    let mut cost = 0;
+/// The pieces [`swiglu_rows`] cuts `rows` into (at multiples of 16), each with its relative time
+/// in streamed rows: 16 for a group (or piece of one) it reads through the interleaved kernels,
+/// `SCATTERED_ROW_COST` for each row it reads alone, and `STREAM_START_COST` more for the first,
+/// which starts the streams; so that callers can split rows between threads by time, not by
+/// count. (Assumes matrices that have the interleaved copies.)
+pub fn swiglu_pieces(
+    rows: std::ops::Range<usize>,
+) -> impl Iterator<Item = (std::ops::Range<usize>, usize)> {
     let mut r = rows.start;
-    while r < rows.end {
-        let end = ((r / GROUP + 1) * GROUP).min(rows.end);
-        let n = end - r;
-        cost += if n >= PARTIAL_GROUP_MIN {
-            GROUP
-        } else {
-            SCATTERED_ROW_COST * n
-        };
-        r = end;
-    }
-    cost
+    std::iter::from_fn(move || {
+        (r < rows.end).then(|| {
+            let end = ((r / GROUP + 1) * GROUP).min(rows.end);
+            let n = end - r;
+            let mut cost = if n >= PARTIAL_GROUP_MIN {
+                GROUP
+            } else {
+                SCATTERED_ROW_COST * n
+            };
+            if r == rows.start {
+                cost += STREAM_START_COST;
+            }
+            let piece = (r..end, cost);
+            r = end;
+            piece
+        })
+    })
 }
+
+/// The time a run of rows takes to start (the first bytes of its three streams come at memory
+/// latency, before the kernels' prefetch runs ahead), in streamed rows. Measured on the SmolLM2
+/// conversions at two threads (session 7): without it the thread given the short runs took
+/// 1.5-1.7× as long as the one given the long runs; with 16 to 24 the two finished within 5-10 %.
+const STREAM_START_COST: usize = 20;
 
 /// The time of a row read alone (four-row kernels, from the row-major data) relative to a row
 /// streamed in its group through the interleaved kernels. Measured in session 6 (BENCHMARKS.md):
 /// splitting a ToMoE expert's rows between two threads by count, the thread given the short runs
-/// took 1.4-1.5× as long; weighing their rows 3 evened the threads.
+/// took 1.4-1.5× as long; weighing their rows 3 evened the threads then.
 const SCATTERED_ROW_COST: usize = 3;
 
 /// The fewest rows of a group that [`swiglu_rows`] reads through the group's interleaved copies

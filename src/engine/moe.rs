@@ -6,7 +6,7 @@
 use super::parallel::{for_each_part, matvec_fused, part_count, MatJob};
 use crate::model::tomoe::{MoeLayer, VMask};
 use crate::model::DenseExperts;
-use tomoe_quant::{axpy_rows, matmul, swiglu_rows, swiglu_rows_cost, vecmath, MatRef, QuantizedInput};
+use tomoe_quant::{axpy_rows, matmul, swiglu_pieces, swiglu_rows, vecmath, MatRef, QuantizedInput};
 
 /// Grow-only buffers of the sparse MLP (no allocation per token once grown).
 #[derive(Default)]
@@ -118,26 +118,14 @@ pub fn mlp_one(
     }
 }
 
-/// Cuts an expert's rows (its `runs`, flattened) into `parts` shares of about equal time by
-/// `swiglu_rows_cost`, at the ends of the pieces it times (a run's cut at multiples of 16):
+/// Cuts an expert's rows (its `runs`, flattened) into `parts` shares of about equal time, at the
+/// ends of the pieces `swiglu_pieces` times (a run's cut at multiples of 16):
 /// `bounds[p]..bounds[p + 1]` is share `p`. Each cut goes to the piece end nearest its target,
 /// so a share is off by at most half a piece's cost. Long runs stream through the interleaved
 /// kernels; short ones pay the memory latency at every start, and a thread given them by count
 /// took 1.4-1.5× as long (session 6).
 fn split_by_cost(runs: &[std::ops::Range<usize>], parts: usize, bounds: &mut Vec<usize>) {
-    let pieces = || {
-        runs.iter().flat_map(|run| {
-            let mut r = run.start;
-            std::iter::from_fn(move || {
-                (r < run.end).then(|| {
-                    let end = ((r / 16 + 1) * 16).min(run.end);
-                    let piece = (end - r, swiglu_rows_cost(r..end));
-                    r = end;
-                    piece
-                })
-            })
-        })
-    };
+    let pieces = || runs.iter().flat_map(|run| swiglu_pieces(run.clone()).map(|(rows, cost)| (rows.len(), cost)));
     let total: usize = pieces().map(|(_, c)| c).sum();
     bounds.clear();
     bounds.push(0);
@@ -319,7 +307,7 @@ fn erf(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::{erf, split_by_cost};
-    use tomoe_quant::swiglu_rows_cost;
+    use tomoe_quant::swiglu_pieces;
 
     /// The shares cover the expert's rows in order, cut at piece ends, and each is within the
     /// largest piece's cost of an equal share (each cut within half of one), for 1 to 5 parts.
@@ -329,21 +317,20 @@ mod tests {
         let mut runs: Vec<std::ops::Range<usize>> = vec![0..40, 45..47, 50..64, 70..100, 128..160, 161..170, 200..233];
         runs.extend((0..12).map(|k| 240 + 8 * k..243 + 8 * k));
         let rows: Vec<usize> = runs.iter().flat_map(|r| r.clone()).collect();
-        // The piece ends, as indices into the flattened rows.
-        let mut ends = vec![0];
+        // The pieces as (start, end, cost), in flattened row indices.
+        let mut pieces = Vec::new();
+        let mut base = 0;
         for r in &runs {
-            let base = *ends.last().unwrap();
-            ends.extend((r.start + 1..=r.end).filter(|&i| i % 16 == 0 || i == r.end).map(|i| base + i - r.start));
+            for (p, c) in swiglu_pieces(r.clone()) {
+                pieces.push((base + p.start - r.start, base + p.end - r.start, c));
+            }
+            base += r.len();
         }
-        let cost = |a: usize, b: usize| -> usize {
-            // The cost of flattened rows a..b made of whole pieces.
-            ends.windows(2)
-                .filter(|w| a <= w[0] && w[1] <= b)
-                .map(|w| swiglu_rows_cost(rows[w[0]]..rows[w[1] - 1] + 1))
-                .sum()
-        };
+        let ends: Vec<usize> = std::iter::once(0).chain(pieces.iter().map(|p| p.1)).collect();
+        // The cost of flattened rows a..b made of whole pieces.
+        let cost = |a: usize, b: usize| -> usize { pieces.iter().filter(|p| a <= p.0 && p.1 <= b).map(|p| p.2).sum() };
         let total = cost(0, rows.len());
-        let largest = ends.windows(2).map(|w| cost(w[0], w[1])).max().unwrap();
+        let largest = pieces.iter().map(|p| p.2).max().unwrap();
         let mut bounds = Vec::new();
         for parts in 1..=5 {
             split_by_cost(&runs, parts, &mut bounds);
