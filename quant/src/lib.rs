@@ -5,11 +5,13 @@
 //! - `blocks/`: per format, the block layout, quantize and dequantize (the scalar reference).
 //! - `kernels/`: dot products of each weight format against quantized activations, one file per
 //!   instruction set (scalar, avx2, avx512, neon), all implementing the same functions; and, for
-//!   AVX-512, tiled matrix-matrix kernels (`avx512_gemm`, prompt processing) and matrix-vector
-//!   kernels over rows interleaved in groups of 16 (`avx512_il`, decoding; layouts in
-//!   `interleave`), each bit-identical to the single-row kernels.
+//!   AVX-512, tiled matrix-matrix kernels (`avx512_gemm`, prompt processing), and matrix-vector
+//!   kernels and weighted row sums (a MoE expert's transposed down projection) over rows
+//!   interleaved in groups of 16 (`avx512_il`, decoding; layouts in `interleave`), each
+//!   bit-identical to the single-row kernels.
+//! - `ops`: matrix-vector and matrix-matrix products over row ranges, parallel with rayon, and a
+//!   MoE expert's SwiGLU MLP over its rows (`swiglu_rows`).
 //! - `dispatch`: picks the kernel set once at start-up by run-time feature detection.
-//! - `ops`: matrix-vector and matrix-matrix products over row ranges, parallel with rayon.
 //! - [`vecmath`]: element-wise exp/SiLU/softmax that round exactly as ggml's do.
 
 // The kernels test divisibility as `n % k == 0` throughout.

@@ -393,12 +393,10 @@ impl<'x> RowDot<'x> {
         v: usize,
         out: &mut [f32],
     ) {
-        let (Some(k), Some(data)) = (self.x16, w.interleaved) else {
-            return self.plain_rows(w, g * GROUP + lanes.start..g * GROUP + lanes.end, v, out);
+        let (k, data) = match (self.x16, w.interleaved) {
+            (Some(k), Some(data)) if g < w.rows / GROUP => (k, data),
+            _ => return self.plain_rows(w, g * GROUP + lanes.start..g * GROUP + lanes.end, v, out),
         };
-        if g >= w.rows / GROUP {
-            return self.plain_rows(w, g * GROUP + lanes.start..g * GROUP + lanes.end, v, out);
-        }
         let gb = GROUP * w.row_bytes;
         let mut all = [0f32; GROUP];
         // SAFETY: the set's kernel runs on this CPU; group g lies in `data` (`with_interleaved`
@@ -588,10 +586,9 @@ fn matmul_tiled(gemm: crate::kernels::GemmKernel, w: &MatRef, x: &QuantizedInput
 /// Whole groups, and pieces of at least `PARTIAL_GROUP_MIN` rows, come from the matrices'
 /// interleaved copies where they have them ([`MatRef::with_interleaved`],
 /// [`MatRef::with_axpy_interleaved`]), the other rows from the row-major data; the results are
-/// the same bits either way. SiLU takes the vector formula for
-/// every element (as [`vecmath::swiglu_lanes`]), and the rows are added to `y` in order, so the
-/// sum equals [`axpy_rows`] over those activations bit for bit, however the rows are split
-/// between calls.
+/// the same bits either way. SiLU takes the vector formula for every element (as
+/// [`vecmath::swiglu_lanes`]), and the rows are added to `y` in order, so the sum equals
+/// [`axpy_rows`] over those activations bit for bit, however the rows are split between calls.
 ///
 /// # Panics
 /// On mismatched shapes: gate/up/down_t of different row counts, `rows` out of range, inputs not

@@ -122,8 +122,8 @@ pub fn mlp_one(
 /// ends of the pieces `swiglu_pieces` times (a run's cut at multiples of 16):
 /// `bounds[p]..bounds[p + 1]` is share `p`. Each cut goes to the piece end nearest its target,
 /// so a share is off by at most half a piece's cost. Long runs stream through the interleaved
-/// kernels; short ones pay the memory latency at every start, and a thread given them by count
-/// took 1.4-1.5× as long (session 6).
+/// kernels; short ones pay the memory latency at every start: a thread given them by count took
+/// 1.4-1.5× as long (session 6), and by a cost without the start 1.5-1.7× (session 7).
 fn split_by_cost(runs: &[std::ops::Range<usize>], parts: usize, bounds: &mut Vec<usize>) {
     let pieces = || runs.iter().flat_map(|run| swiglu_pieces(run.clone()).map(|(rows, cost)| (rows.len(), cost)));
     let total: usize = pieces().map(|(_, c)| c).sum();

@@ -8,7 +8,11 @@
 //! Each row's result is **bit-identical** to the set's single-row kernel: lane `r` of register
 //! `l` holds what that kernel's lane `l` holds for row `r` (the quad `l` of each block's products,
 //! scaled by `d_w · d_x` and accumulated by FMA), and the final sum adds the lanes in the order of
-//! its `hsum_ps`.
+//! its `hsum_ps`. The weighted row sums (`axpy16`, a MoE expert's transposed down projection) add
+//! the group's rows in order, as the row axpy does.
+//!
+//! The kernels prefetch `IL_PREFETCH_AHEAD` bytes ahead a block at a time, so that the loads
+//! spread over the arithmetic.
 #![allow(clippy::missing_safety_doc)] // the contract of `Interleaved16::dot16` (kernels/mod.rs)
 
 use std::arch::x86_64::*;
