@@ -529,18 +529,33 @@ fn expand_scalar(
     }
 }
 
-/// Where position `j`'s values for word `w` start in `packed` (see [`expand_weighted_sum`]):
-/// its slot, the head's offset, the values of the words before `w`.
+/// The positions that keep something in word `w` (outputs `64w..64w + 64`) of an
+/// [`expand_weighted_sum`], in order: `f(a_j, word, k)` with `k` where the word's values start in
+/// `packed` (the position's slot, the head's offset, the values of the words before `w`). The
+/// loop both SIMD paths share.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn expand_start(bits: &[u64], words: usize, j: usize, w: usize, slot: usize, head: usize) -> usize {
-    let b = &bits[j * words..(j + 1) * words];
-    let m = b.iter().map(|x| x.count_ones() as usize).sum::<usize>();
-    let before = b[..w]
-        .iter()
-        .map(|x| x.count_ones() as usize)
-        .sum::<usize>();
-    j * slot + head * m + before
+fn for_each_kept_word(
+    a: &[f32],
+    bits: &[u64],
+    w: usize,
+    slot: usize,
+    head: usize,
+    mut f: impl FnMut(f32, u64, usize),
+) {
+    let words = bits.len() / a.len().max(1);
+    for (j, &aj) in a.iter().enumerate() {
+        let b = &bits[j * words..(j + 1) * words];
+        if b[w] == 0 {
+            continue;
+        }
+        let m = b.iter().map(|x| x.count_ones() as usize).sum::<usize>();
+        let before = b[..w]
+            .iter()
+            .map(|x| x.count_ones() as usize)
+            .sum::<usize>();
+        f(aj, b[w], j * slot + head * m + before);
+    }
 }
 
 /// The horizontal add of an 8-lane vector as `_mm256` code does it: halves, pairs, last two.
@@ -935,13 +950,8 @@ mod avx2 {
             });
             let mut acc: [__m256; 8] =
                 std::array::from_fn(|c| _mm256_maskload_ps(op.add(64 * w + 8 * c), valid[c]));
-            for (j, &aj) in a.iter().enumerate() {
-                let word = bits[j * words + w];
-                if word == 0 {
-                    continue;
-                }
+            super::for_each_kept_word(a, bits, w, slot, head, |aj, word, mut k| {
                 let va = _mm256_set1_ps(aj);
-                let mut k = super::expand_start(bits, words, j, w, slot, head);
                 for (c, acc) in acc.iter_mut().enumerate() {
                     let m = (word >> (8 * c)) as u32 & 0xFF;
                     if m == 0 {
@@ -958,7 +968,7 @@ mod avx2 {
                     *acc = _mm256_blendv_ps(*acc, sum, _mm256_castsi256_ps(lanes(m)));
                     k += n;
                 }
-            }
+            });
             for (c, acc) in acc.iter().enumerate() {
                 _mm256_maskstore_ps(op.add(64 * w + 8 * c), valid[c], *acc);
             }
@@ -1013,13 +1023,8 @@ mod avx512 {
             });
             let mut acc: [__m512; 4] =
                 std::array::from_fn(|c| _mm512_maskz_loadu_ps(valid[c], op.add(64 * w + 16 * c)));
-            for (j, &aj) in a.iter().enumerate() {
-                let word = bits[j * words + w];
-                if word == 0 {
-                    continue;
-                }
+            super::for_each_kept_word(a, bits, w, slot, head, |aj, word, mut k| {
                 let va = _mm512_set1_ps(aj);
-                let mut k = super::expand_start(bits, words, j, w, slot, head);
                 for (c, acc) in acc.iter_mut().enumerate() {
                     let m = (word >> (16 * c)) as u16;
                     // SAFETY: the caller checked that the position's values lie in `packed`:
@@ -1029,7 +1034,7 @@ mod avx512 {
                     *acc = _mm512_mask_add_ps(*acc, m, *acc, _mm512_mul_ps(va, v));
                     k += m.count_ones() as usize;
                 }
-            }
+            });
             for (c, acc) in acc.iter().enumerate() {
                 _mm512_mask_storeu_ps(op.add(64 * w + 16 * c), valid[c], *acc);
             }
