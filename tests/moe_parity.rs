@@ -86,7 +86,7 @@ fn random_layer(
 }
 
 fn check(t: &Tiny, name: &str, seed: u64, output_mask: bool, scale_pruned: bool) {
-    check_with(
+    let _ = check_with(
         t,
         name,
         seed,
@@ -99,6 +99,7 @@ fn check(t: &Tiny, name: &str, seed: u64, output_mask: bool, scale_pruned: bool)
 /// The conversion `convert(head_dim)` of a random tiny model, exported as `ty`: batch and
 /// decoded logits within 1e-3 (relative) of each other and, given `tol`, of the reference forward
 /// (an f32 export; quantized weights can flip the router's and the V mask's discrete choices).
+/// Returns how many expert runs hold a whole group of 16 storage rows.
 fn check_with(
     t: &Tiny,
     name: &str,
@@ -106,7 +107,7 @@ fn check_with(
     convert: impl Fn(usize) -> ConvertedModel,
     ty: QuantType,
     tol: Option<f32>,
-) {
+) -> usize {
     let dir = scratch(name);
     write_hf(&dir, t, seed, 1);
     let model = load_hf(&dir, &Device::Cpu).unwrap();
@@ -124,6 +125,16 @@ fn check_with(
 
     let rt = Arc::new(Model::load(&path).unwrap_or_else(|e| panic!("{name}: runtime load: {e}")));
     let nv = rt.config().n_vocab;
+    // Expert runs that hold a whole group of 16 storage rows (decoded through the interleaved
+    // kernels where the CPU has them).
+    let whole_group_runs = rt
+        .weights()
+        .layers
+        .iter()
+        .filter_map(|l| l.moe.as_ref())
+        .flat_map(|m| m.expert_runs.iter().flatten())
+        .filter(|r| r.end / 16 * 16 > r.start.next_multiple_of(16))
+        .count();
     let mut ctx = Context::new(rt.clone(), ContextParams { n_ctx: 128, n_threads: 2, n_batch: 128 }).unwrap();
     let mut batch = Vec::new();
     ctx.eval_all_logits(&tokens, &mut batch).unwrap();
@@ -149,6 +160,7 @@ fn check_with(
         one.expert_counts()[0]
     );
     std::fs::remove_dir_all(&dir).ok();
+    whole_group_runs
 }
 
 #[test]
@@ -171,5 +183,6 @@ fn tiny_qwen2_sparse_matches_reference() {
 /// has them) and the other rows from the file, and agrees with the batch path.
 #[test]
 fn tiny_llama_q8_0_long_runs_decode_matches_batch() {
-    check_with(&LLAMA, "moe-llama-q8", 14, |hd| run_conversion(&LLAMA, hd, 14), QuantType::Q8_0, None);
+    let runs = check_with(&LLAMA, "moe-llama-q8", 14, |hd| run_conversion(&LLAMA, hd, 14), QuantType::Q8_0, None);
+    assert!(runs > 0, "no expert run holds a whole group of 16 rows: the test would not reach the group kernels");
 }
