@@ -209,6 +209,25 @@ fn tiled_kernels_equal_single_row_bit_for_bit() {
     }
 }
 
+/// 16 random rows of `n` values in format `ty` (row `k` of the shape `kind(k)` of `support::row`)
+/// and the group `pack` makes of them: the input of the interleaved kernels' tests.
+fn random_group(
+    rng: &mut rand_chacha::ChaCha8Rng,
+    ty: QuantType,
+    n: usize,
+    kind: impl Fn(usize) -> usize,
+    pack: fn(usize, &[u8], &mut [u8]),
+) -> (Vec<u8>, Vec<u8>) {
+    let rb = ty.row_bytes(n).unwrap();
+    let mut rows = vec![0u8; 16 * rb];
+    for (k, row) in rows.chunks_exact_mut(rb).enumerate() {
+        quantize_row(ty, &support::row(rng, n, kind(k)), row);
+    }
+    let mut group = vec![0u8; 16 * rb];
+    pack(n, &rows, &mut group);
+    (rows, group)
+}
+
 /// Every row-interleaved matrix-vector kernel gives, per row, exactly its set's single-row
 /// result, on odd block counts.
 #[test]
@@ -222,12 +241,7 @@ fn interleaved_kernels_equal_single_row_bit_for_bit() {
             for blocks in [1usize, 3, 18, 33] {
                 let n = blocks * ty.block_size();
                 let rb = ty.row_bytes(n).unwrap();
-                let mut rows = vec![0u8; 16 * rb];
-                for (k, row) in rows.chunks_exact_mut(rb).enumerate() {
-                    quantize_row(ty, &support::row(&mut rng, n, 5 + k % 3), row);
-                }
-                let mut group = vec![0u8; 16 * rb];
-                (il.pack)(n, &rows, &mut group);
+                let (rows, group) = random_group(&mut rng, ty, n, |k| 5 + k % 3, il.pack);
                 let mut xq = tomoe_quant::QuantizedInput::new();
                 xq.quantize(ty, &support::dense_row(&mut rng, n), n);
                 let (x, sums) = (xq.vector(0), xq.block_sums(0));
@@ -359,12 +373,7 @@ fn interleaved_axpy_kernels_equal_scalar_bit_for_bit() {
             for blocks in [1usize, 2, 3, 5, 18, 33] {
                 let n = blocks * ty.block_size();
                 let rb = ty.row_bytes(n).unwrap();
-                let mut rows = vec![0u8; 16 * rb];
-                for (k, row) in rows.chunks_exact_mut(rb).enumerate() {
-                    quantize_row(ty, &support::row(&mut rng, n, 3 + k % 5), row);
-                }
-                let mut group = vec![0u8; 16 * rb];
-                (il.pack)(n, &rows, &mut group);
+                let (rows, group) = random_group(&mut rng, ty, n, |k| 3 + k % 5, il.pack);
                 let mut coeffs: [f32; 16] = support::dense_row(&mut rng, 16).try_into().unwrap();
                 coeffs[blocks % 16] = 0.0;
                 for lanes in [0..16, 3..11, 15..16, 5..5] {
