@@ -375,15 +375,16 @@ impl<'x> RowDot<'x> {
     }
 
     /// `out[i] = W[16g + i] · x[v]` for the whole group `g`: from the interleaved copy where
-    /// there is one (its kernel prefetches ahead), else row by row.
+    /// there is one (its kernel prefetches ahead, on into group g + 1), else row by row.
     #[inline(always)]
     fn group(&self, w: &MatRef, g: usize, v: usize, out: &mut [f32; GROUP]) {
-        self.group_lanes(w, g, 0..GROUP, v, out)
+        self.group_lanes(w, g, 0..GROUP, v, out, Some(g + 1))
     }
 
     /// `out[i] = W[16g + lanes.start + i] · x[v]`: the whole group `g` through the interleaved
     /// kernel where the copy holds it (the other lanes computed and dropped: streaming the group
-    /// costs less than a few rows' scattered reads), else row by row.
+    /// costs less than a few rows' scattered reads), else row by row. `next`: the group read
+    /// after this one, which the kernel prefetches the start of (`None`: none).
     #[inline(always)]
     fn group_lanes(
         &self,
@@ -392,6 +393,7 @@ impl<'x> RowDot<'x> {
         lanes: std::ops::Range<usize>,
         v: usize,
         out: &mut [f32],
+        next: Option<usize>,
     ) {
         let (k, data) = match (self.x16, w.interleaved) {
             (Some(k), Some(data)) if g < w.rows / GROUP => (k, data),
@@ -401,7 +403,8 @@ impl<'x> RowDot<'x> {
         let mut all = [0f32; GROUP];
         // SAFETY: the set's kernel runs on this CPU; group g lies in `data` (`with_interleaved`
         // checked its size against the matrix's whole groups, and g is one of them), and the
-        // vector and its sums are sized for `cols` (the kernel checks).
+        // vector and its sums are sized for `cols` (the kernel checks). `next` is only
+        // prefetched.
         unsafe {
             (k.dot16)(
                 self.cols,
@@ -409,6 +412,7 @@ impl<'x> RowDot<'x> {
                 self.x.vector(v),
                 self.x.block_sums(v),
                 &mut all,
+                group_start(data, gb, next),
             )
         };
         out.copy_from_slice(&all[lanes]);
@@ -580,23 +584,27 @@ fn matmul_tiled(gemm: crate::kernels::GemmKernel, w: &MatRef, x: &QuantizedInput
     });
 }
 
-/// `y += Σ_{r ∈ rows} silu(gate_r · xg) · (up_r · xu) · down_t[r]`: the SwiGLU MLP over a run
-/// of rows (a MoE expert's, with `down_t` its transposed down projection), in groups of up to 16
-/// rows cut at multiples of 16, so that each row's three weight rows are read together, once.
-/// Whole groups, and pieces of at least `PARTIAL_GROUP_MIN` rows, come from the matrices'
-/// interleaved copies where they have them ([`MatRef::with_interleaved`],
-/// [`MatRef::with_axpy_interleaved`]), the other rows from the row-major data; the results are
-/// the same bits either way. SiLU takes the vector formula for every element (as
-/// [`vecmath::swiglu_lanes`]), and the rows are added to `y` in order, so the sum equals
-/// [`axpy_rows`] over those activations bit for bit, however the rows are split between calls.
+/// `y += Σ_r silu(gate_r · xg) · (up_r · xu) · down_t[r]` over rows `rows` of an expert's `runs`
+/// (counted through the runs in order: a thread's share of the expert): the SwiGLU MLP of a MoE
+/// expert, `down_t` its transposed down projection. The rows go in the pieces of
+/// [`run_pieces`], so that each row's three weight rows are read together, once. Whole groups,
+/// and pieces of at least `PARTIAL_GROUP_MIN` rows, come from the matrices' interleaved copies
+/// where they have them ([`MatRef::with_interleaved`], [`MatRef::with_axpy_interleaved`]), the
+/// other rows from the row-major data; the results are the same bits either way. Each group's
+/// kernels prefetch on into the group read next, across the gaps between runs. SiLU takes the
+/// vector formula for every element (as [`vecmath::swiglu_lanes`]), and the rows are added to
+/// `y` in order, so the sum equals [`axpy_rows`] over those activations bit for bit, however
+/// the rows are split between calls.
 ///
 /// # Panics
-/// On mismatched shapes: gate/up/down_t of different row counts, `rows` out of range, inputs not
-/// quantized for `gate`/`up`, `y.len() != down_t.cols()`.
+/// On mismatched shapes: gate/up/down_t of different row counts, a run out of range, `rows`
+/// beyond the runs' rows, inputs not quantized for `gate`/`up`, `y.len() != down_t.cols()`.
+#[allow(clippy::too_many_arguments)]
 pub fn swiglu_rows(
     gate: &MatRef,
     up: &MatRef,
     down_t: &MatRef,
+    runs: &[std::ops::Range<usize>],
     rows: std::ops::Range<usize>,
     xg: &QuantizedInput,
     xu: &QuantizedInput,
@@ -611,10 +619,17 @@ pub fn swiglu_rows(
         up.rows,
         down_t.rows
     );
+    for run in runs {
+        assert!(
+            run.start <= run.end && run.end <= gate.rows,
+            "run {run:?} out of range ({} rows)",
+            gate.rows
+        );
+    }
+    let total: usize = runs.iter().map(|r| r.len()).sum();
     assert!(
-        rows.start <= rows.end && rows.end <= gate.rows,
-        "rows {rows:?} out of range ({} rows)",
-        gate.rows
+        rows.start <= rows.end && rows.end <= total,
+        "rows {rows:?} beyond the runs' {total} rows"
     );
     assert!(xg.n_vecs >= 1 && xu.n_vecs >= 1, "no activation vector");
     assert_eq!(y.len(), down_t.cols, "output length");
@@ -627,30 +642,38 @@ pub fn swiglu_rows(
         _ => None,
     };
     let down_gb = GROUP * down_t.row_bytes;
-    for (piece, _) in swiglu_pieces(rows.clone()) {
+    let grouped = |piece: &std::ops::Range<usize>| piece.len() >= PARTIAL_GROUP_MIN;
+    let mut pieces = run_pieces(runs, rows).map(|(piece, _)| piece);
+    while let Some(piece) = pieces.next() {
         let (r, end) = (piece.start, piece.end);
         let (k, lo, n) = (r / GROUP, r % GROUP, piece.len());
-        // A piece of `n` rows of group k: from the interleaved copies if it is long enough.
-        let grouped = n >= PARTIAL_GROUP_MIN;
         // Lanes past `n` stay 0: silu(0) · 0 = 0, never read.
         let (mut g, mut u) = ([0f32; GROUP], [0f32; GROUP]);
-        if grouped {
-            dg.group_lanes(gate, k, lo..lo + n, 0, &mut g[..n]);
-            du.group_lanes(up, k, lo..lo + n, 0, &mut u[..n]);
+        // A piece of `n` rows of group k: from the interleaved copies if it is long enough.
+        let next = if grouped(&piece) {
+            // The next group these streams read (the next run's, past a gap).
+            let next = pieces
+                .clone()
+                .find(|p| grouped(p) && p.start / GROUP != k)
+                .map(|p| p.start / GROUP);
+            dg.group_lanes(gate, k, lo..lo + n, 0, &mut g[..n], next);
+            du.group_lanes(up, k, lo..lo + n, 0, &mut u[..n], next);
+            Some(next)
         } else {
             dg.plain_rows(gate, r..end, 0, &mut g[..n]);
             du.plain_rows(up, r..end, 0, &mut u[..n]);
-        }
+            None
+        };
         // All 16 lanes take the vector formula, as in `swiglu_lanes`.
         vecmath::swiglu(&mut g, &u);
-        match axpy16 {
-            Some((f, data)) if grouped && k < down_t.rows / GROUP => {
+        match (axpy16, next) {
+            (Some((f, data)), Some(next)) if k < down_t.rows / GROUP => {
                 // The kernel takes the group's coefficients by lane.
                 let mut c = [0f32; GROUP];
                 c[lo..lo + n].copy_from_slice(&g[..n]);
                 // SAFETY: the set's kernel runs on this CPU; group k is a whole group of
                 // `down_t`, inside the copy `with_axpy_interleaved` checked; the kernel checks
-                // `y` against `cols` and the lanes.
+                // `y` against `cols` and the lanes; `next` is only prefetched.
                 unsafe {
                     f(
                         down_t.cols,
@@ -658,6 +681,7 @@ pub fn swiglu_rows(
                         &c,
                         lo..lo + n,
                         y,
+                        group_start(data, down_gb, next),
                     )
                 };
             }
@@ -669,14 +693,41 @@ pub fn swiglu_rows(
     }
 }
 
-/// The pieces [`swiglu_rows`] cuts `rows` into (at multiples of 16), each with its relative time
-/// in streamed rows: 16 for a group (or piece of one) it reads through the interleaved kernels,
-/// `SCATTERED_ROW_COST` for each row it reads alone, and `STREAM_START_COST` more for the first,
-/// which starts the streams; so that callers can split rows between threads by time, not by
-/// count. (Assumes matrices that have the interleaved copies.)
-pub fn swiglu_pieces(
+/// The start of group `g` (of `gb` bytes) of an interleaved copy, for the kernels to prefetch;
+/// null for `None` or a group past the copy's end.
+fn group_start(data: &[u8], gb: usize, g: Option<usize>) -> *const u8 {
+    match g {
+        Some(g) if (g + 1) * gb <= data.len() => data[g * gb..].as_ptr(),
+        _ => std::ptr::null(),
+    }
+}
+
+/// The pieces [`swiglu_rows`] cuts rows `rows` of an expert's `runs` (counted through the runs
+/// in order) into: each run's share cut at multiples of 16, with its relative time in streamed
+/// rows: 16 for a group (or piece of one) read through the interleaved kernels,
+/// `SCATTERED_ROW_COST` for each row read alone, and `STREAM_START_COST` more for the first
+/// piece of each run, which starts the streams; so that callers can split rows between threads
+/// by time, not by count. (Assumes matrices that have the interleaved copies.)
+pub fn run_pieces(
+    runs: &[std::ops::Range<usize>],
     rows: std::ops::Range<usize>,
-) -> impl Iterator<Item = (std::ops::Range<usize>, usize)> {
+) -> impl Iterator<Item = (std::ops::Range<usize>, usize)> + Clone + '_ {
+    let mut first = 0;
+    runs.iter()
+        .filter_map(move |run| {
+            // This run's rows within `rows`.
+            let (a, b) = (rows.start.max(first), rows.end.min(first + run.len()));
+            let share = (a < b).then(|| run.start + (a - first)..run.start + (b - first));
+            first += run.len();
+            share
+        })
+        .flat_map(run_share_pieces)
+}
+
+/// One run's share of [`run_pieces`].
+fn run_share_pieces(
+    rows: std::ops::Range<usize>,
+) -> impl Iterator<Item = (std::ops::Range<usize>, usize)> + Clone {
     let mut r = rows.start;
     std::iter::from_fn(move || {
         (r < rows.end).then(|| {

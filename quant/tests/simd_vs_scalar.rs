@@ -245,9 +245,13 @@ fn interleaved_kernels_equal_single_row_bit_for_bit() {
                 let mut xq = tomoe_quant::QuantizedInput::new();
                 xq.quantize(ty, &support::dense_row(&mut rng, n), n);
                 let (x, sums) = (xq.vector(0), xq.block_sums(0));
-                let mut out = [0f32; 16];
+                // The stream's next group only steers the prefetch: the same bits either way.
+                let (mut out, mut again) = ([0f32; 16], [0f32; 16]);
                 // SAFETY: the set runs on this CPU; the group, vector and sums are sized for n.
-                unsafe { (il.dot16)(n, &group, x, sums, &mut out) };
+                unsafe { (il.dot16)(n, &group, x, sums, &mut out, std::ptr::null()) };
+                // SAFETY: as above; `next` is only prefetched.
+                unsafe { (il.dot16)(n, &group, x, sums, &mut again, group.as_ptr()) };
+                assert_eq!(out.map(f32::to_bits), again.map(f32::to_bits));
                 for (r, row) in rows.chunks_exact(rb).enumerate() {
                     // SAFETY: as above.
                     let want = unsafe {
@@ -382,7 +386,8 @@ fn interleaved_axpy_kernels_equal_scalar_bit_for_bit() {
                     let idx: Vec<usize> = lanes.clone().collect();
                     // SAFETY: the set runs on this CPU; the kernels check the lengths and rows.
                     unsafe {
-                        (il.axpy16)(n, &group, &coeffs, lanes.clone(), &mut got);
+                        let next = if blocks % 2 == 0 { group.as_ptr() } else { std::ptr::null() };
+                        (il.axpy16)(n, &group, &coeffs, lanes.clone(), &mut got, next);
                         reference(n, &rows, rb, &idx, &coeffs[lanes.clone()], &mut want);
                     }
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();

@@ -6,7 +6,7 @@
 use super::parallel::{for_each_part, matvec_fused, part_count, MatJob};
 use crate::model::tomoe::{MoeLayer, VMask};
 use crate::model::DenseExperts;
-use tomoe_quant::{axpy_rows, matmul, swiglu_pieces, swiglu_rows, vecmath, MatRef, QuantizedInput};
+use tomoe_quant::{axpy_rows, matmul, run_pieces, swiglu_rows, vecmath, MatRef, QuantizedInput};
 
 /// Grow-only buffers of the sparse MLP (no allocation per token once grown).
 #[derive(Default)]
@@ -101,17 +101,8 @@ pub fn mlp_one(
         // SAFETY: part `p` < `parts` == `n_parts` owns floats `p*d .. (p+1)*d` of `partials`.
         let y = unsafe { std::slice::from_raw_parts_mut(partials.0.add(p * d), d) };
         y.fill(0.0);
-        // This part's rows, as pieces of the expert's contiguous runs.
         debug_assert_eq!(parts, n_parts);
-        let (lo, hi) = (bounds[p], bounds[p + 1]);
-        let mut i = 0;
-        for run in runs {
-            let (a, b) = (lo.max(i), hi.min(i + run.len()));
-            if a < b {
-                swiglu_rows(gate, up, down_t, run.start + (a - i)..run.start + (b - i), xg, xu, y);
-            }
-            i += run.len();
-        }
+        swiglu_rows(gate, up, down_t, runs, bounds[p]..bounds[p + 1], xg, xu, y);
     });
     for part in s.partials.chunks_exact(d).take(n_parts) {
         proj.iter_mut().zip(part).for_each(|(a, b)| *a += b);
@@ -119,13 +110,14 @@ pub fn mlp_one(
 }
 
 /// Cuts an expert's rows (its `runs`, flattened) into `parts` shares of about equal time, at the
-/// ends of the pieces `swiglu_pieces` times (a run's cut at multiples of 16):
+/// ends of the pieces `run_pieces` times (a run's cut at multiples of 16):
 /// `bounds[p]..bounds[p + 1]` is share `p`. Each cut goes to the piece end nearest its target,
 /// so a share is off by at most half a piece's cost. Long runs stream through the interleaved
 /// kernels; short ones pay the memory latency at every start: a thread given them by count took
 /// 1.4-1.5× as long (session 6), and by a cost without the start 1.5-1.7× (session 7).
 fn split_by_cost(runs: &[std::ops::Range<usize>], parts: usize, bounds: &mut Vec<usize>) {
-    let pieces = || runs.iter().flat_map(|run| swiglu_pieces(run.clone()).map(|(rows, cost)| (rows.len(), cost)));
+    let all = 0..runs.iter().map(|r| r.len()).sum();
+    let pieces = || run_pieces(runs, all.clone()).map(|(rows, cost)| (rows.len(), cost));
     let total: usize = pieces().map(|(_, c)| c).sum();
     bounds.clear();
     bounds.push(0);
@@ -307,7 +299,7 @@ fn erf(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::{erf, split_by_cost};
-    use tomoe_quant::swiglu_pieces;
+    use tomoe_quant::run_pieces;
 
     /// The shares cover the expert's rows in order, cut at piece ends, and each is within the
     /// largest piece's cost of an equal share (each cut within half of one), for 1 to 5 parts.
@@ -321,7 +313,7 @@ mod tests {
         let mut pieces = Vec::new();
         let mut base = 0;
         for r in &runs {
-            for (p, c) in swiglu_pieces(r.clone()) {
+            for (p, c) in run_pieces(std::slice::from_ref(r), 0..r.len()) {
                 pieces.push((base + p.start - r.start, base + p.end - r.start, c));
             }
             base += r.len();

@@ -57,15 +57,30 @@ unsafe fn reduce(acc: [__m512; 8], summ: Option<__m512>, out: &mut [f32; 16]) {
     _mm512_storeu_ps(out.as_mut_ptr(), sum);
 }
 
-/// Prefetches the lines of the `len` bytes `IL_PREFETCH_AHEAD` past `p`: called once per block
-/// (or few), so the group's next bytes stream in while this block computes. Past the group's
-/// end it reaches into the next group of the run (read next), or past the copy's end, which is
-/// harmless: a prefetch never faults.
+/// Prefetches the lines of the `len` bytes `IL_PREFETCH_AHEAD` past offset `at` of a group of
+/// `group_len` bytes at `group`: called once per block (or few), so the stream's next bytes come
+/// in while this block computes. Past the group's end the stream goes on at `next`, the group
+/// its reader takes next (the following group of a run, or the first of the next run: so a run's
+/// start is in cache when it comes, and nothing past its end is fetched for nothing); a null
+/// `next` ends the stream there. A prefetch never faults, so `next` is never checked.
 #[inline(always)]
-unsafe fn prefetch_ahead(p: *const u8, len: usize) {
-    let at = p.wrapping_add(super::IL_PREFETCH_AHEAD);
+unsafe fn prefetch_ahead(
+    group: *const u8,
+    group_len: usize,
+    at: usize,
+    len: usize,
+    next: *const u8,
+) {
+    let ahead = at + super::IL_PREFETCH_AHEAD;
+    let p = if ahead < group_len {
+        group.wrapping_add(ahead)
+    } else if next.is_null() {
+        return;
+    } else {
+        next.wrapping_add(ahead - group_len)
+    };
     for k in 0..len.div_ceil(64) + 1 {
-        _mm_prefetch(at.wrapping_add(64 * k) as *const i8, _MM_HINT_T0);
+        _mm_prefetch(p.wrapping_add(64 * k) as *const i8, _MM_HINT_T0);
     }
 }
 
@@ -88,7 +103,14 @@ fn check(ty: QuantType, cols: usize, group: &[u8], x: &[u8]) {
 /// `i + 1`, ...), then the rows' `d`, then their `m`. Dword `i`'s low nibbles are elements
 /// `4i..4i+4`, its high nibbles `16+4i..`: quads `i` and `i + 4`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn dot16_q4_1(cols: usize, group: &[u8], x: &[u8], sums: &[f32], out: &mut [f32; 16]) {
+pub unsafe fn dot16_q4_1(
+    cols: usize,
+    group: &[u8],
+    x: &[u8],
+    sums: &[f32],
+    out: &mut [f32; 16],
+    next: *const u8,
+) {
     check(QuantType::Q4_1, cols, group, x);
     let nb = cols / QK;
     assert!(
@@ -102,7 +124,7 @@ pub unsafe fn dot16_q4_1(cols: usize, group: &[u8], x: &[u8], sums: &[f32], out:
     let mut summ = _mm512_setzero_ps();
     for b in 0..nb {
         let (g, bx) = (gp.add(320 * b), xp.add(34 * b));
-        prefetch_ahead(g, 320);
+        prefetch_ahead(gp, 320 * nb, 320 * b, 320, next);
         let scale = _mm512_mul_ps(f16x16(g.add(256)), _mm512_set1_ps(f16_at(bx)));
         for i in 0..4 {
             let d = _mm512_loadu_si512(g.add(64 * i) as *const _);
@@ -131,14 +153,21 @@ pub unsafe fn dot16_q4_1(cols: usize, group: &[u8], x: &[u8], sums: &[f32], out:
 /// `d`. The activation's `-128 · Σ` of each quad starts its accumulator, so the sums are exactly
 /// `Σ q·y`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn dot16_q8_0(cols: usize, group: &[u8], x: &[u8], _sums: &[f32], out: &mut [f32; 16]) {
+pub unsafe fn dot16_q8_0(
+    cols: usize,
+    group: &[u8],
+    x: &[u8],
+    _sums: &[f32],
+    out: &mut [f32; 16],
+    next: *const u8,
+) {
     check(QuantType::Q8_0, cols, group, x);
     let nb = cols / QK;
     let (gp, xp) = (group.as_ptr(), x.as_ptr());
     let mut acc = [_mm512_setzero_ps(); 8];
     for b in 0..nb {
         let (g, bx) = (gp.add(544 * b), xp.add(34 * b));
-        prefetch_ahead(g, 544);
+        prefetch_ahead(gp, 544 * nb, 544 * b, 544, next);
         let scale = _mm512_mul_ps(f16x16(g.add(512)), _mm512_set1_ps(f16_at(bx)));
         let y = _mm256_loadu_si256(bx.add(2) as *const __m256i);
         let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1), y);
@@ -167,6 +196,7 @@ pub unsafe fn axpy16_q8_0(
     coeffs: &[f32; 16],
     lanes: std::ops::Range<usize>,
     y: &mut [f32],
+    next: *const u8,
 ) {
     let nb = cols / QK;
     assert!(
@@ -178,7 +208,7 @@ pub unsafe fn axpy16_q8_0(
     let mut b = 0;
     while b < nb {
         let k = (nb - b).min(4);
-        prefetch_ahead(gp.add(544 * b), 544 * k);
+        prefetch_ahead(gp, 544 * nb, 544 * b, 544 * k, next);
         // Per block, each row's `coeff · d` (as the row kernel's `a * d`).
         let mut cd = [[0f32; 16]; 4];
         for (j, cd) in cd.iter_mut().enumerate().take(k) {

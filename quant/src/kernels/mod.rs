@@ -53,33 +53,36 @@ pub struct GemmKernel {
 
 /// Matrix-vector products over a matrix whose rows are interleaved in groups of 16
 /// ([`interleave`]): `pack(cols, rows, group)` rearranges 16 consecutive rows (`16 · row_bytes`
-/// bytes) into one group of the same size; `dot16(cols, group, x, sums, out)` sets `out[i]` to the
+/// bytes) into one group of the same size; `dot16(cols, group, x, sums, out, next)` sets `out[i]` to the
 /// dot product of the group's row `i` with activation vector `x` (`sums` its block sums, as for
 /// [`DotSumsFn`]), **bit-identical** to the set's single-row kernel (the one with block sums for
-/// the formats with a per-block minimum). Unsafe as [`DotFn`]; `dot16` checks the lengths.
+/// the formats with a per-block minimum). `next` is where the caller reads next (the start of
+/// another group, or null for nothing): the kernel prefetches ahead through the group and then
+/// on from `next`, never reading it. Unsafe as [`DotFn`]; `dot16` checks the lengths.
 #[derive(Copy, Clone)]
 pub struct Interleaved16 {
     pub pack: fn(usize, &[u8], &mut [u8]),
     pub dot16: Dot16Fn,
 }
 
-/// The `dot16` of an [`Interleaved16`]: `(cols, group, x, sums, out)`.
-pub type Dot16Fn = unsafe fn(usize, &[u8], &[u8], &[f32], &mut [f32; 16]);
+/// The `dot16` of an [`Interleaved16`]: `(cols, group, x, sums, out, next)`.
+pub type Dot16Fn = unsafe fn(usize, &[u8], &[u8], &[f32], &mut [f32; 16], *const u8);
 
 /// Weighted sums of rows interleaved in groups of 16 (a MoE expert's transposed down projection,
 /// see [`AxpyFn`]), in a layout of their own: `pack(cols, rows, group)` rearranges 16 consecutive
-/// rows as for [`Interleaved16`]; `axpy16(cols, group, coeffs, lanes, y)` adds
+/// rows as for [`Interleaved16`]; `axpy16(cols, group, coeffs, lanes, y, next)` adds
 /// `Σ_{r ∈ lanes} coeffs[r] · row r` to `y[..cols]`, rows in order, each element as
 /// `y = fma(coeff · d, q, y)`: **bit-identical** to the set's [`AxpyFn`] over the same rows.
-/// Unsafe as [`DotFn`]; `axpy16` checks the lengths.
+/// `next` as for [`Interleaved16`]. Unsafe as [`DotFn`]; `axpy16` checks the lengths.
 #[derive(Copy, Clone)]
 pub struct InterleavedAxpy16 {
     pub pack: fn(usize, &[u8], &mut [u8]),
     pub axpy16: Axpy16Fn,
 }
 
-/// The `axpy16` of an [`InterleavedAxpy16`]: `(cols, group, coeffs, lanes, y)`.
-pub type Axpy16Fn = unsafe fn(usize, &[u8], &[f32; 16], std::ops::Range<usize>, &mut [f32]);
+/// The `axpy16` of an [`InterleavedAxpy16`]: `(cols, group, coeffs, lanes, y, next)`.
+pub type Axpy16Fn =
+    unsafe fn(usize, &[u8], &[f32; 16], std::ops::Range<usize>, &mut [f32], *const u8);
 
 /// Activation vectors packed by a [`GemmKernel`]'s `pack`, in a layout private to its set; a
 /// reusable buffer.
