@@ -11,8 +11,8 @@
 //! its `hsum_ps`. The weighted row sums (`axpy16`, a MoE expert's transposed down projection) add
 //! the group's rows in order, as the row axpy does.
 //!
-//! The kernels prefetch `IL_PREFETCH_AHEAD` bytes ahead a block at a time, so that the loads
-//! spread over the arithmetic.
+//! The kernels prefetch `IL_PREFETCH_AHEAD` bytes ahead into L2, a block at a time, so that the
+//! loads spread over the arithmetic.
 #![allow(clippy::missing_safety_doc)] // the contract of `Interleaved16::dot16` (kernels/mod.rs)
 
 use std::arch::x86_64::*;
@@ -57,12 +57,12 @@ unsafe fn reduce(acc: [__m512; 8], summ: Option<__m512>, out: &mut [f32; 16]) {
     _mm512_storeu_ps(out.as_mut_ptr(), sum);
 }
 
-/// Prefetches the lines of the `len` bytes `IL_PREFETCH_AHEAD` past offset `at` of a group of
-/// `group_len` bytes at `group`: called once per block (or few), so the stream's next bytes come
-/// in while this block computes. Past the group's end the stream goes on at `next`, the group
-/// its reader takes next (the following group of a run, or the first of the next run: so a run's
-/// start is in cache when it comes, and nothing past its end is fetched for nothing); a null
-/// `next` ends the stream there. A prefetch never faults, so `next` is never checked.
+/// Prefetches into L2 the lines of the `len` bytes `IL_PREFETCH_AHEAD` past offset `at` of a
+/// group of `group_len` bytes at `group`: called once per block (or few), so the stream's next
+/// bytes come in while this block computes. Past the group's end the stream goes on at `next`,
+/// the group its reader takes next (the following group of a run, or the first of the next run:
+/// so a run's start is in cache when it comes, and nothing past its end is fetched for nothing);
+/// a null `next` ends the stream there. A prefetch never faults, so `next` is never checked.
 #[inline(always)]
 unsafe fn prefetch_ahead(
     group: *const u8,
@@ -80,7 +80,7 @@ unsafe fn prefetch_ahead(
         next.wrapping_add(ahead - group_len)
     };
     for k in 0..len.div_ceil(64) + 1 {
-        _mm_prefetch(p.wrapping_add(64 * k) as *const i8, _MM_HINT_T0);
+        _mm_prefetch(p.wrapping_add(64 * k) as *const i8, _MM_HINT_T1);
     }
 }
 

@@ -184,28 +184,34 @@ pub(crate) unsafe fn axpy_x4_blocks(
 pub(crate) const PREFETCH_AHEAD: usize = 2048;
 
 /// How far ahead of the block being multiplied the interleaved kernels (`avx512_il`) prefetch,
-/// a block's lines at a time, so the loads spread over the arithmetic. Measured on SmolLM2 decode
-/// (BENCHMARKS.md, session 7): 20-30 % faster than prefetching each group's bytes in one burst
-/// before its kernel call (which waited for the line-fill buffers, then computed with nothing in
-/// flight); 3-4 KiB was best, 2 KiB 5-10 % slower.
-pub(crate) const IL_PREFETCH_AHEAD: usize = 4096;
+/// a block's lines at a time, into L2: so the loads spread over the arithmetic, and more lines
+/// are in flight than L1's few line-fill buffers allow. Measured on decode (BENCHMARKS.md,
+/// session 8: one process per file, the two ways taking turns in 32-token bursts, the order
+/// turning each round): against 4 KiB into L1, one thread, SmolLM2 dense Q8_0 +10 %, Q4_1
+/// +15 %, ToMoE p0.7/p0.5 +6/+8 %, Gemma 3 +12 % (both ways with the row kernels' prefetch into
+/// L2); two threads, dense +7 %, ToMoE p0.7 even. 4 and 16 KiB into L2 were a little slower
+/// than 8. (Session 7 had measured L1 prefetch only: 3-4 KiB best.)
+pub(crate) const IL_PREFETCH_AHEAD: usize = 8192;
 
 /// Rows longer than this are left to the hardware prefetcher, which follows long streams well:
 /// on 4096-column matrices software prefetch slowed the Q8_0 matvec by a third (BENCHMARKS.md).
 pub(crate) const PREFETCH_MAX_ROW_BYTES: usize = 2048;
 
-/// Matrices larger than this are prefetched into L2 only, not L1: they stream from DRAM, and L1
-/// prefetches hold its few line-fill buffers for the whole DRAM latency. Measured on Gemma 3
-/// decoding, whose tied 262144×640 Q8_0 output matrix is 178 MiB: 10 % faster into L2. Smaller
-/// matrices (all of SmolLM2's, at most 30 MiB) ran about 3 % slower into L2 than into L1.
+/// Matrices larger than this are prefetched into L2 only, not L1, on Arm: they stream from
+/// DRAM, and L1 prefetches hold its few line-fill buffers for the whole memory latency. (Measured
+/// on x86 with Gemma 3's 178 MiB Q8_0 output matrix: 10 % faster into L2.) x86 prefetches every
+/// matrix into L2, as the interleaved kernels do: for the row-by-row reads it made no clear
+/// difference in session 8 (Gemma 3 -1 %, ToMoE p0.7 +3 %, p0.5 +1 %, measured as for
+/// `IL_PREFETCH_AHEAD`; session 6 had measured L2 3 % slower, one file per process on a noisy
+/// machine). Not measured on Arm.
 pub(crate) const PREFETCH_L2_ONLY_BYTES: usize = 64 << 20;
 
 /// Hints the CPU to start loading the cache lines of `bytes[range]` (clipped to the slice): into
-/// L1, or only into L2 for a slice larger than [`PREFETCH_L2_ONLY_BYTES`]. No effect on results,
-/// and a prefetch never faults.
+/// L2 (x86, or a slice larger than [`PREFETCH_L2_ONLY_BYTES`] on Arm), else into L1. No effect
+/// on results, and a prefetch never faults.
 #[inline(always)]
 pub(crate) fn prefetch(bytes: &[u8], range: std::ops::Range<usize>) {
-    let l2_only = bytes.len() > PREFETCH_L2_ONLY_BYTES;
+    let l2_only = cfg!(target_arch = "x86_64") || bytes.len() > PREFETCH_L2_ONLY_BYTES;
     let end = range.end.min(bytes.len());
     let mut i = range.start;
     while i < end {
