@@ -53,12 +53,13 @@ pub struct GemmKernel {
 
 /// Matrix-vector products over a matrix whose rows are interleaved in groups of 16
 /// ([`interleave`]): `pack(cols, rows, group)` rearranges 16 consecutive rows (`16 · row_bytes`
-/// bytes) into one group of the same size; `dot16(cols, group, x, sums, out, next)` sets `out[i]` to the
-/// dot product of the group's row `i` with activation vector `x` (`sums` its block sums, as for
-/// [`DotSumsFn`]), **bit-identical** to the set's single-row kernel (the one with block sums for
-/// the formats with a per-block minimum). `next` is where the caller reads next (the start of
-/// another group, or null for nothing): the kernel prefetches ahead through the group and then
-/// on from `next`, never reading it. Unsafe as [`DotFn`]; `dot16` checks the lengths.
+/// bytes) into one group of the same size; `dot16(cols, group, x, sums, out, next)` sets
+/// `out[i]` to the dot product of the group's row `i` with activation vector `x` (`sums` its
+/// block sums, as for [`DotSumsFn`]), **bit-identical** to the set's single-row kernel (the one
+/// with block sums for the formats with a per-block minimum). `next` is where the caller reads
+/// next (the start of another group, or null for nothing): the kernel prefetches ahead through
+/// the group and then on from `next`, never reading it. Unsafe as [`DotFn`]; `dot16` checks the
+/// lengths.
 #[derive(Copy, Clone)]
 pub struct Interleaved16 {
     pub pack: fn(usize, &[u8], &mut [u8]),
