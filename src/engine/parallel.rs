@@ -5,7 +5,7 @@
 
 use super::team::{self, Team};
 use rayon::prelude::*;
-use tomoe_quant::{matvec_rows, MatRef, QuantizedInput};
+use tomoe_quant::{matvec_kept, matvec_rows, MatRef, QuantizedInput};
 
 /// Runs `f(part, parts)` for every `part in 0..parts`, one part per thread of the current team
 /// (or of rayon's current pool).
@@ -102,40 +102,20 @@ pub fn matvec_fused(jobs: &mut [MatJob]) {
 }
 
 /// `y[r] = W[r]·x` for the rows whose position within their head (`r % mask.len()`) the mask
-/// keeps, 0 for the others, which are never read (a ToMoE layer's dynamic V mask). The kept rows
-/// are split evenly between the threads.
+/// keeps, 0 for the others (a ToMoE layer's dynamic V mask). Each thread takes a share of the
+/// groups of 16 rows; `matvec_kept` reads a group whole when it keeps enough of its rows, else
+/// only the kept rows.
 pub fn matvec_masked(w: &MatRef, x: &QuantizedInput, mask: &[f32], y: &mut [f32]) {
     assert_eq!(y.len(), w.rows(), "output length must equal the matrix rows");
     let hd = mask.len();
-    y.fill(0.0);
-    let kept = mask.iter().filter(|&&m| m != 0.0).count() * (w.rows() / hd);
+    let groups = w.rows().div_ceil(16);
     let out = OutPtr(y.as_mut_ptr());
     let out = &out;
     for_each_part(|p, parts| {
-        let (lo, hi) = (p * kept / parts, (p + 1) * kept / parts);
-        // Runs of consecutive kept rows go to matvec_rows whole (four-row kernels, prefetch);
-        // `i` counts the kept rows before the run.
-        let mut i = 0;
-        let mut r = 0;
-        while r < w.rows() {
-            if mask[r % hd] == 0.0 {
-                r += 1;
-                continue;
-            }
-            let mut end = r + 1;
-            while end < w.rows() && mask[end % hd] != 0.0 {
-                end += 1;
-            }
-            let (a, b) = (lo.max(i), hi.min(i + end - r));
-            if a < b {
-                let rows = r + a - i..r + b - i;
-                // SAFETY: `rows` lies within `0..w.rows() == y.len()`; the kept rows' indices
-                // [a, b) fall in this part's [lo, hi) only, so no two threads write the same float.
-                let yr = unsafe { std::slice::from_raw_parts_mut(out.0.add(rows.start), rows.len()) };
-                matvec_rows(w, rows, x, yr);
-            }
-            i += end - r;
-            r = end;
-        }
+        let rows = (p * groups / parts * 16).min(w.rows())..((p + 1) * groups / parts * 16).min(w.rows());
+        // SAFETY: `rows` lies within `0..w.rows() == y.len()`, and the parts' row ranges are
+        // disjoint, so no two threads write the same float.
+        let yr = unsafe { std::slice::from_raw_parts_mut(out.0.add(rows.start), rows.len()) };
+        matvec_kept(w, rows, |r| mask[r % hd] != 0.0, x, yr);
     });
 }
