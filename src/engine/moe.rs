@@ -55,12 +55,18 @@ unsafe impl Sync for SharedMut {}
 /// The expert of each token: argmax of the router logits (the lowest index on ties).
 pub fn route(m: &MoeLayer, h2: &[f32], d: usize, out: &mut Vec<usize>) {
     out.clear();
+    let mut logits = [0f32; 64];
+    let n = m.router.len() / d;
     for x in h2.chunks_exact(d) {
         let mut best = (0, f32::NEG_INFINITY);
-        for (e, r) in m.router.chunks_exact(d).enumerate() {
-            let v = vecmath::dot(r, x);
-            if v > best.1 {
-                best = (e, v);
+        // Each expert's `dot` (the same bits), up to 64 experts at a time.
+        for e0 in (0..n).step_by(64) {
+            let k = (n - e0).min(64);
+            vecmath::dot_rows(&m.router[e0 * d..], d, x, &mut logits[..k]);
+            for (i, &v) in logits[..k].iter().enumerate() {
+                if v > best.1 {
+                    best = (e0 + i, v);
+                }
             }
         }
         out.push(best.0);
@@ -253,8 +259,9 @@ pub fn v_mask(vm: &VMask, w_a_h1: &[f32], mask: &mut [f32], s: &mut VMaskScratch
         let y = (x - mean) * inv * vm.ln_w[i] as f64 + vm.ln_b[i] as f64;
         (0.5 * y * (1.0 + erf(y / std::f64::consts::SQRT_2))) as f32
     }));
-    s.z.clear();
-    s.z.extend((0..hd).map(|j| vecmath::dot(&vm.w_dec[j * hid..(j + 1) * hid], &s.g)));
+    // Each row's `dot` (the same bits), several rows at a time.
+    s.z.resize(hd, 0.0);
+    vecmath::dot_rows(&vm.w_dec, hid, &s.g, &mut s.z);
     let z = &s.z;
     s.on.clear();
     s.on.extend((0..hd).filter(|&j| z[j] + vm.offset > 0.0));
