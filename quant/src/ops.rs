@@ -696,14 +696,7 @@ pub fn swiglu_rows(
     assert!(xg.n_vecs >= 1 && xu.n_vecs >= 1, "no activation vector");
     assert_eq!(y.len(), down_t.cols, "output length");
     let (dg, du) = (RowDot::new(gate, xg), RowDot::new(up, xu));
-    let axpy16 = match (
-        kernels().interleaved_axpy(down_t.ty),
-        down_t.axpy_interleaved,
-    ) {
-        (Some(k), Some(data)) => Some((k.axpy16, data)),
-        _ => None,
-    };
-    let down_gb = GROUP * down_t.row_bytes;
+    let down = GroupAxpy::new(down_t);
     let grouped = |piece: &std::ops::Range<usize>| piece.len() >= PARTIAL_GROUP_MIN;
     let mut pieces = run_pieces(runs, rows).map(|(piece, _)| piece);
     while let Some(piece) = pieces.next() {
@@ -728,28 +721,90 @@ pub fn swiglu_rows(
         };
         // All 16 lanes take the vector formula, as in `swiglu_lanes`.
         vecmath::swiglu(&mut g, &u);
-        match (axpy16, next) {
-            (Some((f, data)), Some(next)) if k < down_t.rows / GROUP => {
+        down.piece(r, &g[..n], next, y);
+    }
+}
+
+/// `y += Σ_i coeffs[i] · down_t[r_i]` over the rows `r_i` of `runs` in order (an expert's
+/// transposed down projection, for one token): [`axpy_rows`]' bits over those rows, with whole
+/// groups, and pieces of at least `PARTIAL_GROUP_MIN` rows, through the matrix's interleaved
+/// copy where it has one ([`MatRef::with_axpy_interleaved`]), as [`swiglu_rows`] reads them.
+///
+/// # Panics
+/// If `coeffs` does not hold one value per row of the runs, a run is out of range, or
+/// `y.len() != down_t.cols()`.
+pub fn axpy_runs(down_t: &MatRef, runs: &[std::ops::Range<usize>], coeffs: &[f32], y: &mut [f32]) {
+    for run in runs {
+        assert!(
+            run.start <= run.end && run.end <= down_t.rows,
+            "run {run:?} out of range ({} rows)",
+            down_t.rows
+        );
+    }
+    let total: usize = runs.iter().map(|r| r.len()).sum();
+    assert_eq!(coeffs.len(), total, "one coefficient per row of the runs");
+    assert_eq!(y.len(), down_t.cols, "output length");
+    let down = GroupAxpy::new(down_t);
+    let grouped = |piece: &std::ops::Range<usize>| piece.len() >= PARTIAL_GROUP_MIN;
+    let mut pieces = run_pieces(runs, 0..total).map(|(piece, _)| piece);
+    let mut i = 0;
+    while let Some(piece) = pieces.next() {
+        let next = grouped(&piece).then(|| {
+            let k = piece.start / GROUP;
+            pieces
+                .clone()
+                .find(|p| grouped(p) && p.start / GROUP != k)
+                .map(|p| p.start / GROUP)
+        });
+        down.piece(piece.start, &coeffs[i..i + piece.len()], next, y);
+        i += piece.len();
+    }
+}
+
+/// The weighted row sums of a transposed down projection, piece by piece: through the
+/// interleaved kernel where the set has one and the matrix its copy, else row by row.
+struct GroupAxpy<'a> {
+    w: &'a MatRef<'a>,
+    group: Option<(crate::kernels::Axpy16Fn, &'a [u8])>,
+}
+
+impl<'a> GroupAxpy<'a> {
+    fn new(w: &'a MatRef<'a>) -> Self {
+        let group = match (kernels().interleaved_axpy(w.ty), w.axpy_interleaved) {
+            (Some(k), Some(data)) => Some((k.axpy16, data)),
+            _ => None,
+        };
+        GroupAxpy { w, group }
+    }
+
+    /// `y += Σ_i c[i] · W[r + i]` for a piece of rows within one group of 16: through the
+    /// group's copy when `next` is `Some` (the piece is read as a group; `next` is the group
+    /// read after it, to prefetch) and the copy holds the group, else row by row.
+    fn piece(&self, r: usize, c: &[f32], next: Option<Option<usize>>, y: &mut [f32]) {
+        let (k, lo, n) = (r / GROUP, r % GROUP, c.len());
+        match (self.group, next) {
+            (Some((f, data)), Some(next)) if k < self.w.rows / GROUP => {
+                let gb = GROUP * self.w.row_bytes;
                 // The kernel takes the group's coefficients by lane.
-                let mut c = [0f32; GROUP];
-                c[lo..lo + n].copy_from_slice(&g[..n]);
-                // SAFETY: the set's kernel runs on this CPU; group k is a whole group of
-                // `down_t`, inside the copy `with_axpy_interleaved` checked; the kernel checks
-                // `y` against `cols` and the lanes; `next` is only prefetched.
+                let mut lanes = [0f32; GROUP];
+                lanes[lo..lo + n].copy_from_slice(c);
+                // SAFETY: the set's kernel runs on this CPU; group k is a whole group of the
+                // matrix, inside the copy `with_axpy_interleaved` checked; the kernel checks `y`
+                // against `cols` and the lanes; `next` is only prefetched.
                 unsafe {
                     f(
-                        down_t.cols,
-                        &data[k * down_gb..(k + 1) * down_gb],
-                        &c,
+                        self.w.cols,
+                        &data[k * gb..(k + 1) * gb],
+                        &lanes,
                         lo..lo + n,
                         y,
-                        group_start(data, down_gb, next),
+                        group_start(data, gb, next),
                     )
                 };
             }
             _ => {
                 let idx: [usize; GROUP] = std::array::from_fn(|i| r + i);
-                axpy_rows(down_t, &idx[..n], &g[..n], y);
+                axpy_rows(self.w, &idx[..n], c, y);
             }
         }
     }

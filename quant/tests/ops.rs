@@ -4,8 +4,8 @@
 mod support;
 
 use tomoe_quant::{
-    axpy_rows, matmul, matvec, matvec_kept, matvec_rows, swiglu_rows, vec_dot, vecmath, MatRef,
-    QuantError, QuantType, QuantizedInput,
+    axpy_rows, axpy_runs, matmul, matvec, matvec_kept, matvec_rows, swiglu_rows, vec_dot, vecmath,
+    MatRef, QuantError, QuantType, QuantizedInput,
 };
 
 fn random_matrix(ty: QuantType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
@@ -186,10 +186,10 @@ fn axpy_rows_equals_dequantized_weighted_sum() {
 }
 
 /// The fused SwiGLU MLP over row ranges equals its three steps (gate and up products,
-/// `swiglu_lanes`, `axpy_rows`) bit for bit, with and without the interleaved copies, on runs
-/// that start and end inside groups of 16, experts of several runs, and however the rows are cut
-/// between calls; and it is
-/// the MLP (against an f64 sum of the dequantized rows).
+/// `swiglu_lanes`, `axpy_rows`) bit for bit, and `axpy_runs` its last step, with and without the
+/// interleaved copies, on runs that start and end inside groups of 16, experts of several runs,
+/// and however the rows are cut between calls; and it is the MLP (against an f64 sum of the
+/// dequantized rows).
 #[test]
 fn swiglu_rows_equals_its_steps() {
     let (rows, cols) = (77usize, 96usize);
@@ -274,6 +274,10 @@ fn swiglu_rows_equals_its_steps() {
                 swiglu_rows(&ga, &ua, &da, runs, 0..mid, &xg, &xu, &mut cut);
                 swiglu_rows(&ga, &ua, &da, runs, mid..n, &xg, &xu, &mut cut);
                 assert_eq!(bits(&cut), bits(&want), "{ty} runs {runs:?} cut at {mid}");
+                // The down projection alone over the runs (a batch's tokens): the same bits.
+                let mut down_only = start.clone();
+                axpy_runs(&da, runs, &g, &mut down_only);
+                assert_eq!(bits(&down_only), bits(&want), "{ty} axpy_runs {runs:?}");
             }
             // The MLP itself, in f64 over the dequantized rows and the activations as the
             // kernels see them (quantized): what is left is rounding, of the f32 sums and, for

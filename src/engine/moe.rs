@@ -6,7 +6,8 @@
 use super::parallel::{for_each_part, matvec_fused, part_count, MatJob};
 use crate::model::tomoe::{MoeLayer, VMask};
 use crate::model::DenseExperts;
-use tomoe_quant::{axpy_rows, matmul, run_pieces, swiglu_rows, vecmath, MatRef, QuantizedInput};
+use rayon::prelude::*;
+use tomoe_quant::{axpy_runs, matmul, run_pieces, swiglu_rows, vecmath, MatRef, QuantizedInput};
 
 /// Grow-only buffers of the sparse MLP (no allocation per token once grown).
 #[derive(Default)]
@@ -21,6 +22,8 @@ pub struct MoeScratch {
     group: Vec<usize>,
     x: Vec<f32>,
     run_out: Vec<f32>,
+    /// A batch's down projections, one row per token of the expert's group.
+    down: Vec<f32>,
     xq: QuantizedInput,
     /// llama.cpp MoE: the token quantized for the up projection's format.
     xu: QuantizedInput,
@@ -187,8 +190,16 @@ pub fn mlp_batch(
             }
         }
         vecmath::swiglu_lanes(&mut s.gate[..ne * nr], &s.up[..ne * nr]);
+        // Each token's down projection (the expert's transposed rows, weighted by its
+        // activations), the tokens in parallel, then into their rows of `proj`.
+        let (act, runs) = (&s.gate, &m.expert_runs[e]);
+        s.down.resize(ne * d, 0.0);
+        s.down[..ne * d].par_chunks_mut(d).enumerate().for_each(|(v, y)| {
+            y.fill(0.0);
+            axpy_runs(down_t, runs, &act[v * nr..(v + 1) * nr], y);
+        });
         for (v, &t) in s.group.iter().enumerate() {
-            axpy_rows(down_t, rows, &s.gate[v * nr..(v + 1) * nr], &mut proj[t * d..(t + 1) * d]);
+            proj[t * d..(t + 1) * d].copy_from_slice(&s.down[v * d..(v + 1) * d]);
         }
     }
 }
