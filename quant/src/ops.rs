@@ -477,12 +477,9 @@ impl<'x> RowDot<'x> {
     }
 }
 
-/// y[i] = W[rows.start + i] · x for the given rows (x holds one vector); single-threaded, for
-/// callers that partition the work themselves.
-///
-/// # Panics
-/// On mismatched shapes: x not quantized for `w`, `rows` out of range, `y.len() != rows.len()`.
-pub fn matvec_rows(w: &MatRef, rows: std::ops::Range<usize>, x: &QuantizedInput, y: &mut [f32]) {
+/// The shape checks of a product over some rows of `w` with one vector of `x` into `y`, one
+/// output per row.
+fn check_rows(w: &MatRef, rows: &std::ops::Range<usize>, x: &QuantizedInput, y: &[f32]) {
     check_compatible(w, x);
     assert!(x.n_vecs >= 1, "no activation vector");
     assert!(
@@ -491,6 +488,15 @@ pub fn matvec_rows(w: &MatRef, rows: std::ops::Range<usize>, x: &QuantizedInput,
         w.rows
     );
     assert_eq!(y.len(), rows.len(), "output length");
+}
+
+/// y[i] = W[rows.start + i] · x for the given rows (x holds one vector); single-threaded, for
+/// callers that partition the work themselves.
+///
+/// # Panics
+/// On mismatched shapes: x not quantized for `w`, `rows` out of range, `y.len() != rows.len()`.
+pub fn matvec_rows(w: &MatRef, rows: std::ops::Range<usize>, x: &QuantizedInput, y: &mut [f32]) {
+    check_rows(w, &rows, x, y);
     RowDot::new(w, x).rows(w, rows, 0, y);
 }
 
@@ -510,14 +516,7 @@ pub fn matvec_kept(
     x: &QuantizedInput,
     y: &mut [f32],
 ) {
-    check_compatible(w, x);
-    assert!(x.n_vecs >= 1, "no activation vector");
-    assert!(
-        rows.start <= rows.end && rows.end <= w.rows,
-        "rows {rows:?} out of range ({} rows)",
-        w.rows
-    );
-    assert_eq!(y.len(), rows.len(), "output length");
+    check_rows(w, &rows, x, y);
     let rd = RowDot::new(w, x);
     let mut r = rows.start;
     while r < rows.end {
@@ -681,14 +680,7 @@ pub fn swiglu_rows(
         up.rows,
         down_t.rows
     );
-    for run in runs {
-        assert!(
-            run.start <= run.end && run.end <= gate.rows,
-            "run {run:?} out of range ({} rows)",
-            gate.rows
-        );
-    }
-    let total: usize = runs.iter().map(|r| r.len()).sum();
+    let total = runs_rows(runs, gate.rows);
     assert!(
         rows.start <= rows.end && rows.end <= total,
         "rows {rows:?} beyond the runs' {total} rows"
@@ -697,7 +689,6 @@ pub fn swiglu_rows(
     assert_eq!(y.len(), down_t.cols, "output length");
     let (dg, du) = (RowDot::new(gate, xg), RowDot::new(up, xu));
     let down = GroupAxpy::new(down_t);
-    let grouped = |piece: &std::ops::Range<usize>| piece.len() >= PARTIAL_GROUP_MIN;
     let mut pieces = run_pieces(runs, rows).map(|(piece, _)| piece);
     while let Some(piece) = pieces.next() {
         let (r, end) = (piece.start, piece.end);
@@ -706,11 +697,7 @@ pub fn swiglu_rows(
         let (mut g, mut u) = ([0f32; GROUP], [0f32; GROUP]);
         // A piece of `n` rows of group k: from the interleaved copies if it is long enough.
         let next = if grouped(&piece) {
-            // The next group these streams read (the next run's, past a gap).
-            let next = pieces
-                .clone()
-                .find(|p| grouped(p) && p.start / GROUP != k)
-                .map(|p| p.start / GROUP);
+            let next = next_group(pieces.clone(), k);
             dg.group_lanes(gate, k, lo..lo + n, 0, &mut g[..n], next);
             du.group_lanes(up, k, lo..lo + n, 0, &mut u[..n], next);
             Some(next)
@@ -734,28 +721,14 @@ pub fn swiglu_rows(
 /// If `coeffs` does not hold one value per row of the runs, a run is out of range, or
 /// `y.len() != down_t.cols()`.
 pub fn axpy_runs(down_t: &MatRef, runs: &[std::ops::Range<usize>], coeffs: &[f32], y: &mut [f32]) {
-    for run in runs {
-        assert!(
-            run.start <= run.end && run.end <= down_t.rows,
-            "run {run:?} out of range ({} rows)",
-            down_t.rows
-        );
-    }
-    let total: usize = runs.iter().map(|r| r.len()).sum();
+    let total = runs_rows(runs, down_t.rows);
     assert_eq!(coeffs.len(), total, "one coefficient per row of the runs");
     assert_eq!(y.len(), down_t.cols, "output length");
     let down = GroupAxpy::new(down_t);
-    let grouped = |piece: &std::ops::Range<usize>| piece.len() >= PARTIAL_GROUP_MIN;
     let mut pieces = run_pieces(runs, 0..total).map(|(piece, _)| piece);
     let mut i = 0;
     while let Some(piece) = pieces.next() {
-        let next = grouped(&piece).then(|| {
-            let k = piece.start / GROUP;
-            pieces
-                .clone()
-                .find(|p| grouped(p) && p.start / GROUP != k)
-                .map(|p| p.start / GROUP)
-        });
+        let next = grouped(&piece).then(|| next_group(pieces.clone(), piece.start / GROUP));
         down.piece(piece.start, &coeffs[i..i + piece.len()], next, y);
         i += piece.len();
     }
@@ -808,6 +781,34 @@ impl<'a> GroupAxpy<'a> {
             }
         }
     }
+}
+
+/// The rows of an expert's `runs` of a matrix of `rows` rows, in all.
+///
+/// # Panics
+/// If a run is out of range.
+fn runs_rows(runs: &[std::ops::Range<usize>], rows: usize) -> usize {
+    for run in runs {
+        assert!(
+            run.start <= run.end && run.end <= rows,
+            "run {run:?} out of range ({rows} rows)"
+        );
+    }
+    runs.iter().map(|r| r.len()).sum()
+}
+
+/// Whether a piece of [`run_pieces`] is read through its group's interleaved copies (where the
+/// matrices have them) rather than row by row.
+fn grouped(piece: &std::ops::Range<usize>) -> bool {
+    piece.len() >= PARTIAL_GROUP_MIN
+}
+
+/// The next group after group `k` that `pieces` (the pieces still to come) read through the
+/// interleaved copies: where the streams go on (the next run's, past a gap), to prefetch.
+fn next_group(mut pieces: impl Iterator<Item = std::ops::Range<usize>>, k: usize) -> Option<usize> {
+    pieces
+        .find(|p| grouped(p) && p.start / GROUP != k)
+        .map(|p| p.start / GROUP)
 }
 
 /// The start of group `g` (of `gb` bytes) of an interleaved copy, for the kernels to prefetch;
