@@ -7,8 +7,9 @@
 //!   instruction set (scalar, avx2, avx512, neon), all implementing the same functions; and, for
 //!   AVX-512, tiled matrix-matrix kernels (`avx512_gemm`, prompt processing), and matrix-vector
 //!   kernels and weighted row sums (a MoE expert's transposed down projection) over rows
-//!   interleaved in groups of 16 (`avx512_il`, decoding; layouts in `interleave`), each
-//!   bit-identical to the single-row kernels.
+//!   interleaved in groups of 16 (`avx512_il`, decoding; layouts in `interleave`): the products
+//!   bit-identical to the single-row kernels, the row sums integer dot products with 8-bit
+//!   coefficients (`kernels::scalar::axpy16_q8_0_quantized`).
 //! - `ops`: matrix-vector and matrix-matrix products over row ranges, parallel with rayon, and a
 //!   MoE expert's SwiGLU MLP over its rows (`swiglu_rows`).
 //! - `dispatch`: picks the kernel set once at start-up by run-time feature detection.
@@ -29,7 +30,7 @@ pub use error::QuantError;
 pub use formats::{QuantType, QK, QK_K};
 pub use ops::{
     axpy_rows, axpy_runs, matmul, matvec, matvec_kept, matvec_rows, run_pieces, swiglu_rows,
-    MatRef, QuantizedInput,
+    MatRef, Piece, QuantizedInput,
 };
 
 /// Quantizes one row (`src.len()` a multiple of the block size) into `dst`

@@ -648,14 +648,14 @@ fn matmul_tiled(gemm: crate::kernels::GemmKernel, w: &MatRef, x: &QuantizedInput
 /// `y += Σ_r silu(gate_r · xg) · (up_r · xu) · down_t[r]` over rows `rows` of an expert's `runs`
 /// (counted through the runs in order: a thread's share of the expert): the SwiGLU MLP of a MoE
 /// expert, `down_t` its transposed down projection. The rows go in the pieces of
-/// [`run_pieces`], so that each row's three weight rows are read together, once. Whole groups,
-/// and pieces of at least `PARTIAL_GROUP_MIN` rows, come from the matrices' interleaved copies
-/// where they have them ([`MatRef::with_interleaved`], [`MatRef::with_axpy_interleaved`]), the
-/// other rows from the row-major data; the results are the same bits either way. Each group's
+/// [`run_pieces`], so that each row's three weight rows are read together, once. Grouped pieces
+/// come from the matrices' interleaved copies where they have them ([`MatRef::with_interleaved`],
+/// [`MatRef::with_axpy_interleaved`]), the other rows from the row-major data. Each group's
 /// kernels prefetch on into the group read next, across the gaps between runs. SiLU takes the
-/// vector formula for every element (as [`vecmath::swiglu_lanes`]), and the rows are added to
-/// `y` in order, so the sum equals [`axpy_rows`] over those activations bit for bit, however
-/// the rows are split between calls.
+/// vector formula for every element (as [`vecmath::swiglu_lanes`]); the gate and up products
+/// are [`matvec_rows`]' bits, and the down projection is [`axpy_runs`]' over those activations
+/// when the rows are split between calls at the ends of pieces (as threads split an expert; a
+/// cut inside a grouped piece makes two pieces, whose coefficients are quantized apart).
 ///
 /// # Panics
 /// On mismatched shapes: gate/up/down_t of different row counts, a run out of range, `rows`
@@ -689,14 +689,19 @@ pub fn swiglu_rows(
     assert_eq!(y.len(), down_t.cols, "output length");
     let (dg, du) = (RowDot::new(gate, xg), RowDot::new(up, xu));
     let down = GroupAxpy::new(down_t);
-    let mut pieces = run_pieces(runs, rows).map(|(piece, _)| piece);
-    while let Some(piece) = pieces.next() {
+    let mut pieces = run_pieces(runs, rows);
+    while let Some(Piece {
+        rows: piece,
+        grouped,
+        ..
+    }) = pieces.next()
+    {
         let (r, end) = (piece.start, piece.end);
         let (k, lo, n) = (r / GROUP, r % GROUP, piece.len());
         // Lanes past `n` stay 0: silu(0) · 0 = 0, never read.
         let (mut g, mut u) = ([0f32; GROUP], [0f32; GROUP]);
         // A piece of `n` rows of group k: from the interleaved copies if it is long enough.
-        let next = if grouped(&piece) {
+        let next = if grouped {
             let next = next_group(pieces.clone(), k);
             dg.group_lanes(gate, k, lo..lo + n, 0, &mut g[..n], next);
             du.group_lanes(up, k, lo..lo + n, 0, &mut u[..n], next);
@@ -713,9 +718,11 @@ pub fn swiglu_rows(
 }
 
 /// `y += Σ_i coeffs[i] · down_t[r_i]` over the rows `r_i` of `runs` in order (an expert's
-/// transposed down projection, for one token): [`axpy_rows`]' bits over those rows, with whole
-/// groups, and pieces of at least `PARTIAL_GROUP_MIN` rows, through the matrix's interleaved
-/// copy where it has one ([`MatRef::with_axpy_interleaved`]), as [`swiglu_rows`] reads them.
+/// transposed down projection, for one token), piece by piece ([`run_pieces`]): a grouped piece
+/// through the group's interleaved copy where the set has a kernel for it and the matrix the
+/// copy ([`MatRef::with_axpy_interleaved`]; Q8_0 on AVX-512, whose coefficients are quantized
+/// per block: `kernels::scalar::axpy16_q8_0_quantized`), the other pieces as [`axpy_rows`].
+/// [`swiglu_rows`] gives the same sum when its calls split the rows at the ends of pieces.
 ///
 /// # Panics
 /// If `coeffs` does not hold one value per row of the runs, a run is out of range, or
@@ -725,17 +732,16 @@ pub fn axpy_runs(down_t: &MatRef, runs: &[std::ops::Range<usize>], coeffs: &[f32
     assert_eq!(coeffs.len(), total, "one coefficient per row of the runs");
     assert_eq!(y.len(), down_t.cols, "output length");
     let down = GroupAxpy::new(down_t);
-    let mut pieces = run_pieces(runs, 0..total).map(|(piece, _)| piece);
+    let mut pieces = run_pieces(runs, 0..total);
     let mut i = 0;
-    while let Some(piece) = pieces.next() {
-        let next = grouped(&piece).then(|| next_group(pieces.clone(), piece.start / GROUP));
-        down.piece(piece.start, &coeffs[i..i + piece.len()], next, y);
-        i += piece.len();
+    while let Some(Piece { rows, grouped, .. }) = pieces.next() {
+        let next = grouped.then(|| next_group(pieces.clone(), rows.start / GROUP));
+        down.piece(rows.start, &coeffs[i..i + rows.len()], next, y);
+        i += rows.len();
     }
 }
 
-/// The weighted row sums of a transposed down projection, piece by piece: through the
-/// interleaved kernel where the set has one and the matrix its copy, else row by row.
+/// The weighted row sums of a transposed down projection, piece by piece (see [`axpy_runs`]).
 struct GroupAxpy<'a> {
     w: &'a MatRef<'a>,
     group: Option<(crate::kernels::Axpy16Fn, &'a [u8])>,
@@ -797,18 +803,12 @@ fn runs_rows(runs: &[std::ops::Range<usize>], rows: usize) -> usize {
     runs.iter().map(|r| r.len()).sum()
 }
 
-/// Whether a piece of [`run_pieces`] is read through its group's interleaved copies (where the
-/// matrices have them) rather than row by row.
-fn grouped(piece: &std::ops::Range<usize>) -> bool {
-    piece.len() >= PARTIAL_GROUP_MIN
-}
-
 /// The next group after group `k` that `pieces` (the pieces still to come) read through the
 /// interleaved copies: where the streams go on (the next run's, past a gap), to prefetch.
-fn next_group(mut pieces: impl Iterator<Item = std::ops::Range<usize>>, k: usize) -> Option<usize> {
+fn next_group(mut pieces: impl Iterator<Item = Piece>, k: usize) -> Option<usize> {
     pieces
-        .find(|p| grouped(p) && p.start / GROUP != k)
-        .map(|p| p.start / GROUP)
+        .find(|p| p.grouped && p.rows.start / GROUP != k)
+        .map(|p| p.rows.start / GROUP)
 }
 
 /// The start of group `g` (of `gb` bytes) of an interleaved copy, for the kernels to prefetch;
@@ -820,16 +820,27 @@ fn group_start(data: &[u8], gb: usize, g: Option<usize>) -> *const u8 {
     }
 }
 
-/// The pieces [`swiglu_rows`] cuts rows `rows` of an expert's `runs` (counted through the runs
-/// in order) into: each run's share cut at multiples of 16, with its relative time in streamed
-/// rows: 16 for a group (or piece of one) read through the interleaved kernels,
-/// `SCATTERED_ROW_COST` for each row read alone, and `STREAM_START_COST` more for the first
-/// piece of each run, which starts the streams; so that callers can split rows between threads
-/// by time, not by count. (Assumes matrices that have the interleaved copies.)
+/// A piece of an expert's rows (see [`run_pieces`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// The rows, within one group of 16.
+    pub rows: std::ops::Range<usize>,
+    /// Read through the group's interleaved copies (where the matrices have them: all 16 rows'
+    /// bytes, streaming) rather than row by row: a piece of at least `PARTIAL_GROUP_MIN` rows.
+    pub grouped: bool,
+    /// Its relative time in streamed rows: 16 for a grouped piece, `SCATTERED_ROW_COST` for
+    /// each row read alone, and `STREAM_START_COST` more for the first piece of each run,
+    /// which starts the streams. (Assumes matrices that have the interleaved copies.)
+    pub cost: usize,
+}
+
+/// The pieces [`swiglu_rows`] and [`axpy_runs`] cut rows `rows` of an expert's `runs` (counted
+/// through the runs in order) into: each run's share cut at multiples of 16; with their costs,
+/// so that callers can split rows between threads by time, not by count.
 pub fn run_pieces(
     runs: &[std::ops::Range<usize>],
     rows: std::ops::Range<usize>,
-) -> impl Iterator<Item = (std::ops::Range<usize>, usize)> + Clone + '_ {
+) -> impl Iterator<Item = Piece> + Clone + '_ {
     let mut first = 0;
     runs.iter()
         .filter_map(move |run| {
@@ -843,15 +854,14 @@ pub fn run_pieces(
 }
 
 /// One run's share of [`run_pieces`].
-fn run_share_pieces(
-    rows: std::ops::Range<usize>,
-) -> impl Iterator<Item = (std::ops::Range<usize>, usize)> + Clone {
+fn run_share_pieces(rows: std::ops::Range<usize>) -> impl Iterator<Item = Piece> + Clone {
     let mut r = rows.start;
     std::iter::from_fn(move || {
         (r < rows.end).then(|| {
             let end = ((r / GROUP + 1) * GROUP).min(rows.end);
             let n = end - r;
-            let mut cost = if n >= PARTIAL_GROUP_MIN {
+            let grouped = n >= PARTIAL_GROUP_MIN;
+            let mut cost = if grouped {
                 GROUP
             } else {
                 SCATTERED_ROW_COST * n
@@ -859,7 +869,11 @@ fn run_share_pieces(
             if r == rows.start {
                 cost += STREAM_START_COST;
             }
-            let piece = (r..end, cost);
+            let piece = Piece {
+                rows: r..end,
+                grouped,
+                cost,
+            };
             r = end;
             piece
         })

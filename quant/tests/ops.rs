@@ -3,9 +3,10 @@
 
 mod support;
 
+use tomoe_quant::kernels::scalar::axpy16_q8_0_quantized;
 use tomoe_quant::{
-    axpy_rows, axpy_runs, matmul, matvec, matvec_kept, matvec_rows, swiglu_rows, vec_dot, vecmath,
-    MatRef, QuantError, QuantType, QuantizedInput,
+    axpy_rows, axpy_runs, matmul, matvec, matvec_kept, matvec_rows, run_pieces, swiglu_rows,
+    vec_dot, vecmath, MatRef, QuantError, QuantType, QuantizedInput,
 };
 
 fn random_matrix(ty: QuantType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
@@ -264,20 +265,43 @@ fn swiglu_rows_equals_its_steps() {
             let start = support::dense_row(&mut rng, cols);
             let mut want = start.clone();
             axpy_rows(&down, &idx, &g, &mut want);
-            for [ga, ua, da] in [plain, il] {
+            // With the interleaved axpy (Q8_0 on AVX-512), its grouped pieces' coefficients are
+            // quantized per block (`axpy16_q8_0_quantized`); the other pieces are `axpy_rows`.
+            let mut want_il = start.clone();
+            let mut i = 0;
+            for p in run_pieces(runs, 0..n) {
+                let (k, lo, m) = (p.rows.start / 16, p.rows.start % 16, p.rows.len());
+                let c = &g[i..i + m];
+                if p.grouped && di.is_some() && k < rows / 16 {
+                    let rb = down.row_bytes();
+                    let mut lanes = [0f32; 16];
+                    lanes[lo..lo + m].copy_from_slice(c);
+                    let group = &dd[16 * k * rb..16 * (k + 1) * rb];
+                    axpy16_q8_0_quantized(cols, group, &lanes, lo..lo + m, &mut want_il);
+                } else {
+                    let rows: Vec<usize> = p.rows.collect();
+                    axpy_rows(&down, &rows, c, &mut want_il);
+                }
+                i += m;
+            }
+            for ([ga, ua, da], want) in [(plain, &want), (il, &want_il)] {
                 let mut got = start.clone();
                 swiglu_rows(&ga, &ua, &da, runs, 0..n, &xg, &xu, &mut got);
-                assert_eq!(bits(&got), bits(&want), "{ty} runs {runs:?}");
-                // Cut in two at an odd row: the same bits.
-                let mid = n / 3;
+                assert_eq!(bits(&got), bits(want), "{ty} runs {runs:?}");
+                // Cut in two at the end of a piece (as threads split an expert): the same bits.
+                let ends = run_pieces(runs, 0..n).scan(0, |end, p| {
+                    *end += p.rows.len();
+                    Some(*end)
+                });
+                let mid = ends.min_by_key(|&e| e.abs_diff(n / 3)).unwrap_or(0);
                 let mut cut = start.clone();
                 swiglu_rows(&ga, &ua, &da, runs, 0..mid, &xg, &xu, &mut cut);
                 swiglu_rows(&ga, &ua, &da, runs, mid..n, &xg, &xu, &mut cut);
-                assert_eq!(bits(&cut), bits(&want), "{ty} runs {runs:?} cut at {mid}");
+                assert_eq!(bits(&cut), bits(want), "{ty} runs {runs:?} cut at {mid}");
                 // The down projection alone over the runs (a batch's tokens): the same bits.
                 let mut down_only = start.clone();
                 axpy_runs(&da, runs, &g, &mut down_only);
-                assert_eq!(bits(&down_only), bits(&want), "{ty} axpy_runs {runs:?}");
+                assert_eq!(bits(&down_only), bits(want), "{ty} axpy_runs {runs:?}");
             }
             // The MLP itself, in f64 over the dequantized rows and the activations as the
             // kernels see them (quantized): what is left is rounding, of the f32 sums and, for
@@ -314,6 +338,15 @@ fn swiglu_rows_equals_its_steps() {
             assert!(
                 err <= if ty == QuantType::Q4_1 { 5e-3 } else { 1e-3 } * scale,
                 "{ty} runs {runs:?}: error {err} of {scale}"
+            );
+            // With 8-bit coefficients: each errs by at most half of 1/127 of its block's largest.
+            let err_il = want_il
+                .iter()
+                .zip(&exact)
+                .fold(0f64, |m, (&a, b)| m.max((a as f64 - b).abs()));
+            assert!(
+                err_il <= 5e-3 * scale,
+                "{ty} runs {runs:?}: error {err_il} of {scale} with 8-bit coefficients"
             );
         }
     }

@@ -211,6 +211,11 @@ fn tiled_kernels_equal_single_row_bit_for_bit() {
 
 /// 16 random rows of `n` values in format `ty` (row `k` of the shape `kind(k)` of `support::row`)
 /// and the group `pack` makes of them: the input of the interleaved kernels' tests.
+/// The f16 at the start of `b` (a block's scale) as f32.
+fn f16_at(b: &[u8]) -> f32 {
+    tomoe_quant::blocks::float::read_f16(b, 0)
+}
+
 fn random_group(
     rng: &mut rand_chacha::ChaCha8Rng,
     ty: QuantType,
@@ -361,9 +366,11 @@ fn axpy_kernels_equal_scalar_bit_for_bit() {
     }
 }
 
-/// Every row-interleaved weighted row sum equals the scalar axpy over the same rows bit for bit,
-/// on odd block counts (the kernels take four blocks at a time), zero coefficients, and a part of
-/// the group's rows.
+/// Every row-interleaved weighted row sum equals its scalar definition
+/// (`scalar::axpy16_q8_0_quantized`: coefficients quantized per block) bit for bit, on odd block
+/// counts, zero coefficients, a part of the group's rows, blocks whose products all vanish and
+/// one that is not finite; and stays within the 8-bit coefficients' rounding of the exact sum
+/// (the scalar f32 axpy).
 #[test]
 fn interleaved_axpy_kernels_equal_scalar_bit_for_bit() {
     let mut rng = support::rng(61);
@@ -371,34 +378,89 @@ fn interleaved_axpy_kernels_equal_scalar_bit_for_bit() {
     let mut checked = 0;
     for set in available_sets() {
         for ty in QuantType::ALL {
-            let (Some(il), Some(reference)) = (set.interleaved_axpy(ty), scalar.axpy(ty)) else {
+            let (Some(il), Some(exact)) = (set.interleaved_axpy(ty), scalar.axpy(ty)) else {
                 continue;
             };
+            assert_eq!(ty, QuantType::Q8_0, "the quantized definition is Q8_0's");
             for blocks in [1usize, 2, 3, 5, 18, 33] {
                 let n = blocks * ty.block_size();
                 let rb = ty.row_bytes(n).unwrap();
                 let (rows, group) = random_group(&mut rng, ty, n, |k| 3 + k % 5, il.pack);
                 let mut coeffs: [f32; 16] = support::dense_row(&mut rng, 16).try_into().unwrap();
                 coeffs[blocks % 16] = 0.0;
-                for lanes in [0..16, 3..11, 15..16, 5..5] {
+                let cases: [(std::ops::Range<usize>, [f32; 16]); 6] = [
+                    (0..16, coeffs),
+                    (3..11, coeffs),
+                    (15..16, coeffs),
+                    (5..5, coeffs),
+                    (0..16, [0.0; 16]),
+                    (0..16, std::array::from_fn(|r| coeffs[r] * 1e-39)),
+                ];
+                for (lanes, c) in cases {
                     let start = support::dense_row(&mut rng, n);
-                    let (mut got, mut want) = (start.clone(), start);
+                    let (mut got, mut want, mut f32_sum) = (start.clone(), start.clone(), start);
                     let idx: Vec<usize> = lanes.clone().collect();
                     // SAFETY: the set runs on this CPU; the kernels check the lengths and rows.
                     unsafe {
-                        let next = if blocks % 2 == 0 { group.as_ptr() } else { std::ptr::null() };
-                        (il.axpy16)(n, &group, &coeffs, lanes.clone(), &mut got, next);
-                        reference(n, &rows, rb, &idx, &coeffs[lanes.clone()], &mut want);
+                        let next = if blocks % 2 == 0 {
+                            group.as_ptr()
+                        } else {
+                            std::ptr::null()
+                        };
+                        (il.axpy16)(n, &group, &c, lanes.clone(), &mut got, next);
+                        exact(n, &rows, rb, &idx, &c[lanes.clone()], &mut f32_sum);
                     }
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(
-                        bits(&got),
-                        bits(&want),
-                        "{} {ty} interleaved axpy, {blocks} blocks, lanes {lanes:?}",
-                        set.name
+                    tomoe_quant::kernels::scalar::axpy16_q8_0_quantized(
+                        n,
+                        &rows,
+                        &c,
+                        lanes.clone(),
+                        &mut want,
                     );
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    let what = format!("{} {ty}, {blocks} blocks, lanes {lanes:?}", set.name);
+                    assert_eq!(bits(&got), bits(&want), "{what}");
+                    // Each block's coefficient errs by at most half a step of max |c·d| / 127.
+                    for b in 0..blocks {
+                        let d = |r: usize| f16_at(&rows[r * rb + 34 * b..]);
+                        let step = idx
+                            .iter()
+                            .map(|&r| (c[r] * d(r)).abs())
+                            .fold(0f32, f32::max)
+                            / 127.0;
+                        let q_sum: f32 = (0..32)
+                            .map(|col| {
+                                idx.iter()
+                                    .map(|&r| (rows[r * rb + 34 * b + 2 + col] as i8 as f32).abs())
+                                    .sum::<f32>()
+                            })
+                            .fold(0f32, f32::max);
+                        for col in 32 * b..32 * (b + 1) {
+                            let err = (got[col] - f32_sum[col]).abs();
+                            assert!(
+                                err <= 0.5 * step * q_sum * 1.01
+                                    + 1e-5 * f32_sum[col].abs()
+                                    + 1e-30,
+                                "{what}: column {col} off by {err} (step {step})"
+                            );
+                        }
+                    }
                     checked += 1;
                 }
+                // A coefficient that is not finite: NaN in its blocks, as the definition says.
+                let mut bad = coeffs;
+                bad[2] = f32::INFINITY;
+                let (mut got, mut want) = (vec![0f32; n], vec![0f32; n]);
+                // SAFETY: as above.
+                unsafe { (il.axpy16)(n, &group, &bad, 0..16, &mut got, std::ptr::null()) };
+                tomoe_quant::kernels::scalar::axpy16_q8_0_quantized(
+                    n,
+                    &rows,
+                    &bad,
+                    0..16,
+                    &mut want,
+                );
+                assert!(got.iter().all(|v| v.is_nan()) && want.iter().all(|v| v.is_nan()));
             }
         }
     }

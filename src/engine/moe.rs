@@ -126,7 +126,7 @@ pub fn mlp_one(
 /// 1.4-1.5× as long (session 6), and by a cost without the start 1.5-1.7× (session 7).
 fn split_by_cost(runs: &[std::ops::Range<usize>], parts: usize, bounds: &mut Vec<usize>) {
     let all = 0..runs.iter().map(|r| r.len()).sum();
-    let pieces = || run_pieces(runs, all.clone()).map(|(rows, cost)| (rows.len(), cost));
+    let pieces = || run_pieces(runs, all.clone()).map(|p| (p.rows.len(), p.cost));
     let total: usize = pieces().map(|(_, c)| c).sum();
     bounds.clear();
     bounds.push(0);
@@ -331,8 +331,8 @@ mod tests {
         let mut pieces = Vec::new();
         let mut base = 0;
         for r in &runs {
-            for (p, c) in run_pieces(std::slice::from_ref(r), 0..r.len()) {
-                pieces.push((base + p.start - r.start, base + p.end - r.start, c));
+            for p in run_pieces(std::slice::from_ref(r), 0..r.len()) {
+                pieces.push((base + p.rows.start - r.start, base + p.rows.end - r.start, p.cost));
             }
             base += r.len();
         }

@@ -61,11 +61,15 @@ pub fn pack_q8_0(cols: usize, rows: &[u8], out: &mut [u8]) {
     })
 }
 
-/// Q8_0 for the weighted row sums (`InterleavedAxpy16`): per block, the 32 quants of rows 0..16
-/// one row after another (512 bytes), then the 16 `d`.
+/// Q8_0 for the weighted row sums (`InterleavedAxpy16`): per block, for each quad of rows
+/// `4k..4k + 4`, the 32 columns' four quants (one per row, plus 128 as unsigned bytes: 128
+/// bytes, a column per dword, for `vpdpbusd`), then the 16 `d`.
 pub fn pack_q8_0_axpy(cols: usize, rows: &[u8], out: &mut [u8]) {
     for_each_block(QuantType::Q8_0, cols, rows, out, |o, r, src| {
-        o[32 * r..32 * r + 32].copy_from_slice(&src[2..34]);
+        let (k, j) = (r / 4, r % 4);
+        for c in 0..QK {
+            o[128 * k + 4 * c + j] = src[2 + c] ^ 0x80;
+        }
         o[512 + 2 * r..514 + 2 * r].copy_from_slice(&src[0..2]);
     })
 }

@@ -71,10 +71,11 @@ pub type Dot16Fn = unsafe fn(usize, &[u8], &[u8], &[f32], &mut [f32; 16], *const
 
 /// Weighted sums of rows interleaved in groups of 16 (a MoE expert's transposed down projection,
 /// see [`AxpyFn`]), in a layout of their own: `pack(cols, rows, group)` rearranges 16 consecutive
-/// rows as for [`Interleaved16`]; `axpy16(cols, group, coeffs, lanes, y, next)` adds
-/// `Σ_{r ∈ lanes} coeffs[r] · row r` to `y[..cols]`, rows in order, each element as
-/// `y = fma(coeff · d, q, y)`: **bit-identical** to the set's [`AxpyFn`] over the same rows.
-/// `next` as for [`Interleaved16`]. Unsafe as [`DotFn`]; `axpy16` checks the lengths.
+/// rows; `axpy16(cols, group, coeffs, lanes, y, next)` adds `Σ_{r ∈ lanes} coeffs[r] · row r`
+/// to `y[..cols]` with each block's coefficients quantized to 8 bits, so that the sums over the
+/// rows are integer dot products, exactly as [`scalar::axpy16_q8_0_quantized`] defines it (the
+/// same bits); as ggml quantizes the activations of its matrix products. `next` as for
+/// [`Interleaved16`]. Unsafe as [`DotFn`]; `axpy16` checks the lengths.
 #[derive(Copy, Clone)]
 pub struct InterleavedAxpy16 {
     pub pack: fn(usize, &[u8], &mut [u8]),

@@ -386,3 +386,58 @@ pub fn axpy_q8_0(
         }
     }
 }
+
+/// The weighted row sums of the interleaved Q8_0 kernels (`InterleavedAxpy16`), on 16 rows in
+/// their row-major blocks: `y += Σ_{r ∈ lanes} coeffs[r] · row r`, with each block's 16
+/// products `s_r = coeffs[r] · d_r` (0 outside `lanes`) quantized to 8 bits as ggml quantizes
+/// activations to Q8_0 ([`axpy_coeff_scale`]: `T = max |s_r| / 127`, `t_r = s_r · (1 / T)`
+/// rounded to even), so that the sums over the rows are integer dot products:
+/// `y[c] = fma(T, Σ_r t_r · q_r[c], y[c])`. A block whose `T` is zero or below the normal range
+/// adds nothing; one with a product that is not finite adds NaN.
+///
+/// # Panics
+/// If `rows` does not hold 16 rows of `cols` values, `y` is shorter than `cols`, or `lanes`
+/// reaches past 16.
+pub fn axpy16_q8_0_quantized(
+    cols: usize,
+    rows: &[u8],
+    coeffs: &[f32; 16],
+    lanes: std::ops::Range<usize>,
+    y: &mut [f32],
+) {
+    let (nb, rb) = (cols / QK, cols / QK * 34);
+    assert!(
+        cols % QK == 0 && rows.len() >= 16 * rb && y.len() >= cols && lanes.end <= 16,
+        "q8_0 quantized axpy: rows or output too short for {cols} values, or lanes {lanes:?}"
+    );
+    for b in 0..nb {
+        let block = |r: usize| &rows[r * rb + 34 * b..r * rb + 34 * (b + 1)];
+        let s: [f32; 16] = std::array::from_fn(|r| {
+            let c = if lanes.contains(&r) { coeffs[r] } else { 0.0 };
+            c * read_f16(block(r), 0)
+        });
+        let y = &mut y[QK * b..QK * (b + 1)];
+        if s.iter().any(|v| !v.is_finite()) {
+            y.iter_mut().for_each(|v| *v += f32::NAN);
+            continue;
+        }
+        let amax = s.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let Some((t_scale, id)) = axpy_coeff_scale(amax) else {
+            continue;
+        };
+        let t = s.map(|v| (v * id).round_ties_even() as i32);
+        for (c, v) in y.iter_mut().enumerate() {
+            let sum: i32 = (0..16).map(|r| t[r] * block(r)[2 + c] as i8 as i32).sum();
+            *v = t_scale.mul_add(sum as f32, *v);
+        }
+    }
+}
+
+/// The scale `T = amax / 127` of a block's 8-bit coefficients in [`axpy16_q8_0_quantized`] and
+/// its inverse `1 / T`; `None` when `T` is zero or below the normal range (the block adds
+/// nothing). The SIMD kernels take it from here, so the scales are the same bits.
+#[inline(always)]
+pub fn axpy_coeff_scale(amax: f32) -> Option<(f32, f32)> {
+    let t_scale = amax / 127.0;
+    (t_scale >= f32::MIN_POSITIVE).then(|| (t_scale, 1.0 / t_scale))
+}
