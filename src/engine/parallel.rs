@@ -83,8 +83,16 @@ pub fn matvec_fused(jobs: &mut [MatJob]) {
     let n_jobs = jobs.len();
     let total = starts[n_jobs];
     let (outs, mats, starts) = (&outs, &mats, &starts);
+    // A cut between two threads' parts, moved to the nearest multiple of 16 rows of the matrix
+    // it falls in (monotonic, 0 and `total` fixed), so that no group of the interleaved copies
+    // is split: its rows would be read one by one on both sides.
+    let cut = |c: usize| {
+        let i = (0..n_jobs).find(|&i| c < starts[i + 1]).unwrap_or(n_jobs.saturating_sub(1));
+        let rows = starts[i + 1] - starts[i];
+        starts[i] + ((c - starts[i] + 8) / 16 * 16).min(rows)
+    };
     for_each_part(|p, parts| {
-        let (lo, hi) = (p * total / parts, (p + 1) * total / parts);
+        let (lo, hi) = (cut(p * total / parts), cut((p + 1) * total / parts));
         for (i, &(w, x)) in mats[..n_jobs].iter().flatten().enumerate() {
             let (a, b) = (lo.max(starts[i]), hi.min(starts[i + 1]));
             if a >= b {
@@ -118,4 +126,76 @@ pub fn matvec_masked(w: &MatRef, x: &QuantizedInput, mask: &[f32], y: &mut [f32]
         let yr = unsafe { std::slice::from_raw_parts_mut(out.0.add(rows.start), rows.len()) };
         matvec_kept(w, rows, |r| mask[r % hd] != 0.0, x, yr);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{matvec_fused, matvec_masked, MatJob};
+    use tomoe_quant::{matvec_rows, MatRef, QuantType, QuantizedInput};
+
+    fn matrix(rows: usize, cols: usize, seed: usize) -> Vec<u8> {
+        let rb = QuantType::Q8_0.row_bytes(cols).unwrap();
+        let mut data = vec![0u8; rows * rb];
+        for (r, row) in data.chunks_exact_mut(rb).enumerate() {
+            let x: Vec<f32> = (0..cols).map(|c| (((r * 31 + c * 17 + seed) % 97) as f32 - 48.0) / 50.0).collect();
+            tomoe_quant::quantize_row(QuantType::Q8_0, &x, row);
+        }
+        data
+    }
+
+    /// Whatever the thread count, and so wherever the parts are cut (moved to whole groups of
+    /// 16), the fused products and the masked one equal `matvec_rows` over each whole matrix,
+    /// bit for bit: the shapes of a pruned ToMoE layer (V-mask head input, Q, K: 128, 468, 156
+    /// rows), with and without the interleaved copies.
+    #[test]
+    fn fused_and_masked_products_do_not_depend_on_the_cuts() {
+        let cols = 96;
+        let shapes = [128usize, 468, 156];
+        let data: Vec<Vec<u8>> = shapes.iter().enumerate().map(|(i, &r)| matrix(r, cols, i)).collect();
+        let plain: Vec<MatRef> =
+            data.iter().zip(shapes).map(|(d, r)| MatRef::new(QuantType::Q8_0, r, cols, d).unwrap()).collect();
+        let copies: Vec<Option<Vec<u8>>> = plain.iter().map(|m| m.interleave()).collect();
+        let il: Vec<MatRef> =
+            plain.iter().zip(&copies).map(|(m, c)| c.as_ref().map_or(*m, |c| m.with_interleaved(c).unwrap())).collect();
+        let x: Vec<f32> = (0..cols).map(|c| ((c * 7 % 13) as f32 - 6.0) / 7.0).collect();
+        let mut xq = QuantizedInput::new();
+        xq.quantize(QuantType::Q8_0, &x, cols);
+        let want: Vec<Vec<f32>> = plain
+            .iter()
+            .map(|m| {
+                let mut y = vec![0f32; m.rows()];
+                matvec_rows(m, 0..m.rows(), &xq, &mut y);
+                y
+            })
+            .collect();
+        let mask: Vec<f32> = (0..52).map(|d| if d % 3 == 0 || d > 40 { 1.0 } else { 0.0 }).collect();
+        for threads in [1, 2, 3, 5] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            for mats in [&plain, &il] {
+                let mut ys: Vec<Vec<f32>> = shapes.iter().map(|&r| vec![f32::NAN; r]).collect();
+                pool.install(|| {
+                    let [a, b, c] = &mut ys[..] else { unreachable!() };
+                    matvec_fused(&mut [
+                        MatJob { w: &mats[0], x: &xq, y: a },
+                        MatJob { w: &mats[1], x: &xq, y: b },
+                        MatJob { w: &mats[2], x: &xq, y: c },
+                    ]);
+                });
+                for (y, w) in ys.iter().zip(&want) {
+                    assert_eq!(
+                        y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        w.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{threads} threads"
+                    );
+                }
+                // The masked product of the 468-row matrix (9 heads of 52 dims).
+                let mut y = vec![f32::NAN; 468];
+                pool.install(|| matvec_masked(&mats[1], &xq, &mask, &mut y));
+                for (r, (&got, &all)) in y.iter().zip(&want[1]).enumerate() {
+                    let expect = if mask[r % 52] != 0.0 { all } else { 0.0 };
+                    assert_eq!(got.to_bits(), expect.to_bits(), "{threads} threads, masked row {r}");
+                }
+            }
+        }
+    }
 }
