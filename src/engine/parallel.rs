@@ -86,10 +86,9 @@ pub fn matvec_fused(jobs: &mut [MatJob]) {
     // A cut between two threads' parts, moved to the nearest multiple of 16 rows of the matrix
     // it falls in (monotonic, 0 and `total` fixed), so that no group of the interleaved copies
     // is split: its rows would be read one by one on both sides.
-    let cut = |c: usize| {
-        let i = (0..n_jobs).find(|&i| c < starts[i + 1]).unwrap_or(n_jobs.saturating_sub(1));
-        let rows = starts[i + 1] - starts[i];
-        starts[i] + ((c - starts[i] + 8) / 16 * 16).min(rows)
+    let cut = |c: usize| match (0..n_jobs).find(|&i| c < starts[i + 1]) {
+        Some(i) => starts[i] + ((c - starts[i] + 8) / 16 * 16).min(starts[i + 1] - starts[i]),
+        None => total,
     };
     for_each_part(|p, parts| {
         let (lo, hi) = (cut(p * total / parts), cut((p + 1) * total / parts));
@@ -145,8 +144,8 @@ mod tests {
 
     /// Whatever the thread count, and so wherever the parts are cut (moved to whole groups of
     /// 16), the fused products and the masked one equal `matvec_rows` over each whole matrix,
-    /// bit for bit: the shapes of a pruned ToMoE layer (V-mask head input, Q, K: 128, 468, 156
-    /// rows), with and without the interleaved copies.
+    /// bit for bit, every row written: the shapes of a pruned ToMoE layer (V-mask head input, Q,
+    /// K: 128, 468, 156 rows), with and without the interleaved copies, and a matrix of 259 rows.
     #[test]
     fn fused_and_masked_products_do_not_depend_on_the_cuts() {
         let cols = 96;
@@ -169,6 +168,9 @@ mod tests {
             })
             .collect();
         let mask: Vec<f32> = (0..52).map(|d| if d % 3 == 0 || d > 40 { 1.0 } else { 0.0 }).collect();
+        let tail_data = matrix(259, cols, 9);
+        let mut want_tail = vec![0f32; 259];
+        matvec_rows(&MatRef::new(QuantType::Q8_0, 259, cols, &tail_data).unwrap(), 0..259, &xq, &mut want_tail);
         for threads in [1, 2, 3, 5] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             for mats in [&plain, &il] {
@@ -188,6 +190,15 @@ mod tests {
                         "{threads} threads"
                     );
                 }
+                // One matrix whose rows end inside a group (a tiny vocabulary's output).
+                let mut y = vec![f32::NAN; 259];
+                let (out, out_x) = (MatRef::new(QuantType::Q8_0, 259, cols, &tail_data).unwrap(), &xq);
+                pool.install(|| matvec_fused(&mut [MatJob { w: &out, x: out_x, y: &mut y }]));
+                assert_eq!(
+                    y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want_tail.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{threads} threads, 259 rows"
+                );
                 // The masked product of the 468-row matrix (9 heads of 52 dims).
                 let mut y = vec![f32::NAN; 468];
                 pool.install(|| matvec_masked(&mats[1], &xq, &mask, &mut y));
