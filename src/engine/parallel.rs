@@ -5,6 +5,7 @@
 
 use super::team::{self, Team};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tomoe_quant::{matvec_kept, matvec_rows, MatRef, QuantizedInput};
 
 /// Runs `f(part, parts)` for every `part in 0..parts`, one part per thread of the current team
@@ -68,7 +69,11 @@ unsafe impl Sync for OutPtr {}
 
 const MAX_JOBS: usize = 4;
 
-/// Runs every job, splitting the union of their rows into one contiguous part per thread.
+/// Rows of a chunk of `matvec_fused`'s shared last quarter: four groups of 16.
+const CHUNK_ROWS: usize = 64;
+
+/// Runs every job over the union of their rows: a contiguous share per thread, then chunks that
+/// the threads take as they finish.
 pub fn matvec_fused(jobs: &mut [MatJob]) {
     assert!(jobs.len() <= MAX_JOBS, "at most {MAX_JOBS} matrices per fused region");
     let mut outs = [OutPtr(std::ptr::null_mut()); MAX_JOBS];
@@ -90,8 +95,7 @@ pub fn matvec_fused(jobs: &mut [MatJob]) {
         Some(i) => starts[i] + ((c - starts[i] + 8) / 16 * 16).min(starts[i + 1] - starts[i]),
         None => total,
     };
-    for_each_part(|p, parts| {
-        let (lo, hi) = (cut(p * total / parts), cut((p + 1) * total / parts));
+    let run = |lo: usize, hi: usize| {
         for (i, &(w, x)) in mats[..n_jobs].iter().flatten().enumerate() {
             let (a, b) = (lo.max(starts[i]), hi.min(starts[i + 1]));
             if a >= b {
@@ -100,10 +104,29 @@ pub fn matvec_fused(jobs: &mut [MatJob]) {
             let rows = a - starts[i]..b - starts[i];
             // SAFETY: `outs[i]` points to job i's `y`, `w.rows()` floats long, mutably borrowed
             // by `jobs` for this whole call and not otherwise touched meanwhile; `rows` is
-            // within it, and the parts [lo, hi) of different threads are disjoint, so no two
-            // threads write the same float.
+            // within it, and the ranges [lo, hi) run (the static shares and the chunks, each
+            // chunk taken once through `next`) are disjoint, so no two threads write the same
+            // float.
             let y = unsafe { std::slice::from_raw_parts_mut(outs[i].0.add(rows.start), rows.len()) };
             matvec_rows(w, rows, x, y);
+        }
+    };
+    // Each thread streams its share of the first three quarters; the last quarter goes in chunks
+    // to whichever thread is free, since the threads do not run at the same speed (this VM's two
+    // vCPUs differ by 10-15 %, and a share's first bytes may be in cache or not). Measured at two
+    // threads (BENCHMARKS.md, session 8): ToMoE +0.5-10 %, dense +1-6 % over fixed shares.
+    let static_rows = total * 3 / 4;
+    let next = AtomicUsize::new(0);
+    let n_chunks = (total - static_rows).div_ceil(CHUNK_ROWS);
+    for_each_part(|p, parts| {
+        run(cut(p * static_rows / parts), cut((p + 1) * static_rows / parts));
+        loop {
+            let c = next.fetch_add(1, Ordering::Relaxed);
+            if c >= n_chunks {
+                break;
+            }
+            let lo = static_rows + c * CHUNK_ROWS;
+            run(cut(lo), cut((lo + CHUNK_ROWS).min(total)));
         }
     });
 }
