@@ -239,6 +239,7 @@ fn swiglu_rows_equals_its_steps() {
         xg.quantize(ty, &x, cols);
         xu.quantize(ty, &x, cols);
         // Single runs, and experts of several runs (across groups, within one, out of order).
+        #[allow(clippy::single_range_in_vec_init)] // an expert of one run is a slice of one range
         let experts: [&[std::ops::Range<usize>]; 10] = [
             &[0..77],
             &[5..70],
