@@ -703,9 +703,14 @@ pub fn swiglu_rows(
         let (k, lo, n) = (r / GROUP, r % GROUP, piece.len());
         // Lanes past `n` stay 0: silu(0) · 0 = 0, never read.
         let (mut g, mut u) = ([0f32; GROUP], [0f32; GROUP]);
-        // A piece of `n` rows of group k: from the interleaved copies if it is long enough.
+        // A piece of `n` rows of group k: from the interleaved copies if it is long enough, and
+        // then `next` is the group these streams read after it.
         let next = if grouped {
-            let next = next_group(pieces.clone(), k);
+            next_group(pieces.clone(), k)
+        } else {
+            None
+        };
+        if grouped {
             // The rows of a piece read alone next come from the row-major data, a short read
             // each that the kernels' prefetch does not reach: ask for them now. (Measured:
             // ToMoE decode +1-4 % at p = 0.7, +3-7 % at p = 0.5, BENCHMARKS.md session 8.)
@@ -717,15 +722,13 @@ pub fn swiglu_rows(
             }
             dg.group_lanes(gate, k, lo..lo + n, 0, &mut g[..n], next);
             du.group_lanes(up, k, lo..lo + n, 0, &mut u[..n], next);
-            Some(next)
         } else {
             dg.plain_rows(gate, r..end, 0, &mut g[..n]);
             du.plain_rows(up, r..end, 0, &mut u[..n]);
-            None
-        };
+        }
         // All 16 lanes take the vector formula, as in `swiglu_lanes`.
         vecmath::swiglu(&mut g, &u);
-        down.piece(r, &g[..n], next, y);
+        down.piece(r, &g[..n], grouped, next, y);
     }
 }
 
@@ -747,8 +750,12 @@ pub fn axpy_runs(down_t: &MatRef, runs: &[std::ops::Range<usize>], coeffs: &[f32
     let mut pieces = run_pieces(runs, 0..total);
     let mut i = 0;
     while let Some(Piece { rows, grouped, .. }) = pieces.next() {
-        let next = grouped.then(|| next_group(pieces.clone(), rows.start / GROUP));
-        down.piece(rows.start, &coeffs[i..i + rows.len()], next, y);
+        let next = if grouped {
+            next_group(pieces.clone(), rows.start / GROUP)
+        } else {
+            None
+        };
+        down.piece(rows.start, &coeffs[i..i + rows.len()], grouped, next, y);
         i += rows.len();
     }
 }
@@ -769,12 +776,12 @@ impl<'a> GroupAxpy<'a> {
     }
 
     /// `y += Σ_i c[i] · W[r + i]` for a piece of rows within one group of 16: through the
-    /// group's copy when `next` is `Some` (the piece is read as a group; `next` is the group
-    /// read after it, to prefetch) and the copy holds the group, else row by row.
-    fn piece(&self, r: usize, c: &[f32], next: Option<Option<usize>>, y: &mut [f32]) {
+    /// group's copy when the piece is `grouped` and the copy holds the group (`next`: the group
+    /// read after it, to prefetch), else row by row.
+    fn piece(&self, r: usize, c: &[f32], grouped: bool, next: Option<usize>, y: &mut [f32]) {
         let (k, lo, n) = (r / GROUP, r % GROUP, c.len());
-        match (self.group, next) {
-            (Some((f, data)), Some(next)) if k < self.w.rows / GROUP => {
+        match self.group {
+            Some((f, data)) if grouped && k < self.w.rows / GROUP => {
                 let gb = GROUP * self.w.row_bytes;
                 // The kernel takes the group's coefficients by lane.
                 let mut lanes = [0f32; GROUP];
