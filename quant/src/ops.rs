@@ -384,11 +384,6 @@ impl<'x> RowDot<'x> {
         self.group_lanes(w, g, 0..GROUP, v, out, Some(g + 1))
     }
 
-    /// Whether group `g` of `w` is in its interleaved copy, for the group kernel.
-    fn has_group(&self, w: &MatRef, g: usize) -> bool {
-        self.x16.is_some() && w.interleaved.is_some() && g < w.rows / GROUP
-    }
-
     /// `out[i] = W[16g + lanes.start + i] · x[v]`: the whole group `g` through the interleaved
     /// kernel where the copy holds it (the other lanes computed and dropped: streaming the group
     /// costs less than a few rows' scattered reads), else row by row. `next`: the group read
@@ -501,56 +496,6 @@ fn check_rows(w: &MatRef, rows: &std::ops::Range<usize>, x: &QuantizedInput, y: 
 pub fn matvec_rows(w: &MatRef, rows: std::ops::Range<usize>, x: &QuantizedInput, y: &mut [f32]) {
     check_rows(w, &rows, x, y);
     RowDot::new(w, x).rows(w, rows, 0, y);
-}
-
-/// `y[i] = W[rows.start + i] · x` for the rows `keep` selects, 0 for the others (a sparse set
-/// of rows, e.g. those a dynamic mask keeps); single-threaded, as [`matvec_rows`]. Rows go in
-/// pieces cut at multiples of 16: a piece that keeps at least `PARTIAL_GROUP_MIN` rows is read
-/// whole through its group's interleaved copy where the matrix has one (streaming the group
-/// costs less than the kept rows' scattered reads), the others' kept rows row by row. Each kept
-/// output is [`matvec_rows`]'s bits either way.
-///
-/// # Panics
-/// As [`matvec_rows`].
-pub fn matvec_kept(
-    w: &MatRef,
-    rows: std::ops::Range<usize>,
-    keep: impl Fn(usize) -> bool,
-    x: &QuantizedInput,
-    y: &mut [f32],
-) {
-    check_rows(w, &rows, x, y);
-    let rd = RowDot::new(w, x);
-    let mut r = rows.start;
-    while r < rows.end {
-        let end = ((r / GROUP + 1) * GROUP).min(rows.end);
-        let out = &mut y[r - rows.start..end - rows.start];
-        out.fill(0.0);
-        let k = r / GROUP;
-        if rd.has_group(w, k) && (r..end).filter(|&i| keep(i)).count() >= PARTIAL_GROUP_MIN {
-            let lanes = r % GROUP..r % GROUP + (end - r);
-            let mut all = [0f32; GROUP];
-            rd.group_lanes(w, k, lanes, 0, &mut all[..end - r], Some(k + 1));
-            for (i, (o, v)) in out.iter_mut().zip(all).enumerate() {
-                if keep(r + i) {
-                    *o = v;
-                }
-            }
-        } else {
-            // Each run of kept rows, four rows at a time where the set can.
-            let mut i = r;
-            while i < end {
-                if !keep(i) {
-                    i += 1;
-                    continue;
-                }
-                let run_end = (i..end).find(|&j| !keep(j)).unwrap_or(end);
-                rd.plain_rows(w, i..run_end, 0, &mut out[i - r..run_end - r]);
-                i = run_end;
-            }
-        }
-        r = end;
-    }
 }
 
 /// y = W · x for one activation vector, parallel over rows.

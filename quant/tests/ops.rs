@@ -5,8 +5,8 @@ mod support;
 
 use tomoe_quant::kernels::scalar::axpy16_q8_0_quantized;
 use tomoe_quant::{
-    axpy_rows, axpy_runs, matmul, matvec, matvec_kept, matvec_rows, run_pieces, swiglu_rows,
-    vec_dot, vecmath, MatRef, QuantError, QuantType, QuantizedInput,
+    axpy_rows, axpy_runs, matmul, matvec, matvec_rows, run_pieces, swiglu_rows, vec_dot, vecmath,
+    MatRef, QuantError, QuantType, QuantizedInput,
 };
 
 fn random_matrix(ty: QuantType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
@@ -81,49 +81,6 @@ fn matvec_and_matmul_equal_rowwise_dots() {
                     assert_eq!(bits(&part), bits(&yv[range.clone()]), "{ty} rows {range:?}");
                 }
                 assert!(w.with_interleaved(&il[1..]).is_err());
-            }
-        }
-    }
-}
-
-/// The products of a mask's kept rows equal `matvec_rows`' bits, and the other rows are 0 (so
-/// never left stale), with and without the interleaved copy: for masks sparse enough to go row
-/// by row, dense enough to go through the group kernels, and cut at every kind of edge.
-#[test]
-fn matvec_kept_equals_matvec_rows_on_the_kept_rows() {
-    let (rows, cols) = (77usize, 256usize);
-    for ty in [QuantType::Q8_0, QuantType::Q4_1, QuantType::Q4_K] {
-        let data = random_matrix(ty, rows, cols, 80 + ty as u64);
-        let w = MatRef::new(ty, rows, cols, &data).unwrap();
-        let il = w.interleave();
-        let wi = il.as_ref().map_or(w, |c| w.with_interleaved(c).unwrap());
-        let mut rng = support::rng(81);
-        let mut x = QuantizedInput::new();
-        x.quantize(ty, &support::dense_row(&mut rng, cols), cols);
-        let mut all = vec![0f32; rows];
-        matvec_rows(&w, 0..rows, &x, &mut all);
-        // Every 7th row; all but every 5th; the rows of a 64-wide head's odd dims; none; all.
-        let masks: [&dyn Fn(usize) -> bool; 5] = [
-            &|r| r % 7 == 0,
-            &|r| r % 5 != 0,
-            &|r| r % 64 % 2 == 1,
-            &|_| false,
-            &|_| true,
-        ];
-        for (m, keep) in masks.iter().enumerate() {
-            for range in [0..77, 5..70, 16..48, 3..9, 60..77] {
-                for w in [w, wi] {
-                    let mut got = vec![f32::NAN; range.len()];
-                    matvec_kept(&w, range.clone(), keep, &x, &mut got);
-                    for (i, r) in range.clone().enumerate() {
-                        let want = if keep(r) { all[r] } else { 0.0 };
-                        assert_eq!(
-                            got[i].to_bits(),
-                            want.to_bits(),
-                            "{ty} mask {m} rows {range:?} row {r}"
-                        );
-                    }
-                }
             }
         }
     }

@@ -6,7 +6,7 @@
 use super::kv_cache::KvCache;
 use super::moe::{self, MoeScratch};
 use super::ops::{rms_norm, rms_norm_inplace, rope, rope_table};
-use super::parallel::{for_each_chunk_pair, matvec_fused, matvec_masked, MatJob};
+use super::parallel::{for_each_chunk_pair, matvec_fused, MatJob};
 use crate::model::{Activation, Model, ModelConfig};
 use rayon::prelude::*;
 use tomoe_quant::{dequantize_row, matmul, vecmath, MatRef, QuantType, QuantizedInput};
@@ -169,17 +169,20 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
             let (xq, xk) = (s.inputs.get(l.wq.ty()), s.inputs.get(l.wk.ty()));
             match vmask {
                 Some(vm) => {
-                    // The V-mask head's input layer beside Q and K (one parallel region), the
-                    // mask, then only the V rows it keeps.
+                    // The V-mask head's input layer beside Q, K and V (one parallel region),
+                    // then the mask, which zeroes the V rows it drops. V is read whole: most of
+                    // its groups of 16 keep enough rows to be streamed whole anyway, and a region
+                    // of its own after the mask cost more than the rows it skipped (session 9:
+                    // whole V 0-4 % faster on the SmolLM2 conversions).
                     let a = &mut s.moe.vmask_in;
                     a.resize(vm.hidden, 0.0);
                     matvec_fused(&mut [
                         MatJob { w: &vm.w_a, x: s.inputs.get(head_ty), y: &mut a[..] },
                         MatJob { w: &l.wq, x: xq, y: q },
                         MatJob { w: &l.wk, x: xk, y: k },
+                        MatJob { w: &l.wv, x: s.inputs.get(l.wv.ty()), y: &mut s.v[..kvd] },
                     ]);
                     moe::v_mask(vm, a, &mut s.vmask[..hd], &mut s.moe.vmask);
-                    matvec_masked(&l.wv, s.inputs.get(l.wv.ty()), &s.vmask[..hd], &mut s.v[..kvd]);
                 }
                 None => matvec_fused(&mut [
                     MatJob { w: &l.wq, x: xq, y: q },

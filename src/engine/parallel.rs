@@ -6,7 +6,7 @@
 use super::team::{self, Team};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tomoe_quant::{matvec_kept, matvec_rows, MatRef, QuantizedInput};
+use tomoe_quant::{matvec_rows, MatRef, QuantizedInput};
 
 /// Runs `f(part, parts)` for every `part in 0..parts`, one part per thread of the current team
 /// (or of rayon's current pool).
@@ -131,28 +131,9 @@ pub fn matvec_fused(jobs: &mut [MatJob]) {
     });
 }
 
-/// `y[r] = W[r]·x` for the rows whose position within their head (`r % mask.len()`) the mask
-/// keeps, 0 for the others (a ToMoE layer's dynamic V mask). Each thread takes a share of the
-/// groups of 16 rows; `matvec_kept` reads a group whole when it keeps enough of its rows, else
-/// only the kept rows.
-pub fn matvec_masked(w: &MatRef, x: &QuantizedInput, mask: &[f32], y: &mut [f32]) {
-    assert_eq!(y.len(), w.rows(), "output length must equal the matrix rows");
-    let hd = mask.len();
-    let groups = w.rows().div_ceil(16);
-    let out = OutPtr(y.as_mut_ptr());
-    let out = &out;
-    for_each_part(|p, parts| {
-        let rows = (p * groups / parts * 16).min(w.rows())..((p + 1) * groups / parts * 16).min(w.rows());
-        // SAFETY: `rows` lies within `0..w.rows() == y.len()`, and the parts' row ranges are
-        // disjoint, so no two threads write the same float.
-        let yr = unsafe { std::slice::from_raw_parts_mut(out.0.add(rows.start), rows.len()) };
-        matvec_kept(w, rows, |r| mask[r % hd] != 0.0, x, yr);
-    });
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{matvec_fused, matvec_masked, MatJob};
+    use super::{matvec_fused, MatJob};
     use tomoe_quant::{matvec_rows, MatRef, QuantType, QuantizedInput};
 
     fn matrix(rows: usize, cols: usize, seed: usize) -> Vec<u8> {
@@ -166,11 +147,11 @@ mod tests {
     }
 
     /// Whatever the thread count, and so wherever the parts are cut (moved to whole groups of
-    /// 16), the fused products and the masked one equal `matvec_rows` over each whole matrix,
+    /// 16), the fused products equal `matvec_rows` over each whole matrix,
     /// bit for bit, every row written: the shapes of a pruned ToMoE layer (V-mask head input, Q,
     /// K: 128, 468, 156 rows), with and without the interleaved copies, and a matrix of 259 rows.
     #[test]
-    fn fused_and_masked_products_do_not_depend_on_the_cuts() {
+    fn fused_products_do_not_depend_on_the_cuts() {
         let cols = 96;
         let shapes = [128usize, 468, 156];
         let data: Vec<Vec<u8>> = shapes.iter().enumerate().map(|(i, &r)| matrix(r, cols, i)).collect();
@@ -190,7 +171,6 @@ mod tests {
                 y
             })
             .collect();
-        let mask: Vec<f32> = (0..52).map(|d| if d % 3 == 0 || d > 40 { 1.0 } else { 0.0 }).collect();
         let tail_data = matrix(259, cols, 9);
         let mut want_tail = vec![0f32; 259];
         matvec_rows(&MatRef::new(QuantType::Q8_0, 259, cols, &tail_data).unwrap(), 0..259, &xq, &mut want_tail);
@@ -222,13 +202,6 @@ mod tests {
                     want_tail.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                     "{threads} threads, 259 rows"
                 );
-                // The masked product of the 468-row matrix (9 heads of 52 dims).
-                let mut y = vec![f32::NAN; 468];
-                pool.install(|| matvec_masked(&mats[1], &xq, &mask, &mut y));
-                for (r, (&got, &all)) in y.iter().zip(&want[1]).enumerate() {
-                    let expect = if mask[r % 52] != 0.0 { all } else { 0.0 };
-                    assert_eq!(got.to_bits(), expect.to_bits(), "{threads} threads, masked row {r}");
-                }
             }
         }
     }
