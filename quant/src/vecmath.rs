@@ -231,14 +231,19 @@ pub fn dot_chunks32(a: &[f32], stride: usize, b: &[f32], gemm_order: bool) -> f3
 
 /// The scalar reference of [`dot_chunks32`].
 pub fn dot_chunks32_scalar(a: &[f32], stride: usize, b: &[f32], gemm_order: bool) -> f32 {
+    chunks32_by(|e| a[e / 32 * stride + e % 32], b, gemm_order)
+}
+
+/// [`dot_chunks32_scalar`] with element `e` of `a` given by `a(e)`.
+#[inline(always)]
+fn chunks32_by(a: impl Fn(usize) -> f32, b: &[f32], gemm_order: bool) -> f32 {
     let mut acc = [[0f32; 8]; 4];
     for (k, bc) in b.chunks_exact(32).enumerate() {
-        let ac = &a[k * stride..k * stride + 32];
         for q in 0..4 {
             // gemm order: one accumulator for every group of 8; dot order: four.
             let r = if gemm_order { 0 } else { q };
             for l in 0..8 {
-                acc[r][l] = ac[8 * q + l].mul_add(bc[8 * q + l], acc[r][l]);
+                acc[r][l] = a(32 * k + 8 * q + l).mul_add(bc[8 * q + l], acc[r][l]);
             }
         }
     }
@@ -370,36 +375,10 @@ pub fn dot_chunks32_rows_gemm(
     }
 }
 
-/// Keys laid out for [`dot16_transposed`]: rows `keys[j·row_stride..][..len]` for `j < n`, in
-/// blocks of 16 keys, element `e` of key `16i + l` at `out[(i·len + e)·16 + l]` (zeros past `n`).
-///
-/// # Panics
-/// If the last row runs past the end of `keys`, or `out` is not `⌈n/16⌉·16·len` long.
-pub fn transpose_keys16(keys: &[f32], row_stride: usize, n: usize, len: usize, out: &mut [f32]) {
-    if let Some(last) = n.checked_sub(1) {
-        assert!(
-            last * row_stride + len <= keys.len(),
-            "transpose_keys16: rows past the end"
-        );
-    }
-    assert_eq!(
-        out.len(),
-        n.div_ceil(16) * 16 * len,
-        "transpose_keys16: output size"
-    );
-    out.fill(0.0);
-    for j in 0..n {
-        let (block, l) = (j / 16, j % 16);
-        let row = &keys[j * row_stride..j * row_stride + len];
-        for (e, &v) in row.iter().enumerate() {
-            out[(block * len + e) * 16 + l] = v;
-        }
-    }
-}
-
-/// `out[l] = dot(key l, b)` for the 16 keys of one block of [`transpose_keys16`] (`kt`: at least
-/// `16 · b.len()` values), each exactly [`dot`]'s result: a batch's attention scores with one SIMD
-/// lane per key, so each key element is loaded once and no dot product needs its own reduction.
+/// `out[l] = dot(key l, b)` for a block of 16 keys stored transposed (`kt`: at least
+/// `16 · b.len()` values, element `e` of key `l` at `kt[16e + l]`), each exactly [`dot`]'s result:
+/// attention scores with one SIMD lane per key, so each key element is loaded once and no dot
+/// product needs its own reduction.
 ///
 /// # Panics
 /// If `kt` is shorter than `16 · b.len()`.
@@ -419,9 +398,22 @@ pub fn dot16_transposed(kt: &[f32], b: &[f32], out: &mut [f32; 16]) {
             return unsafe { avx2::dot16_transposed(kt, b, out) };
         }
     }
+    dot16_transposed_scalar(kt, b, out)
+}
+
+/// The scalar reference of [`dot16_transposed`]: per key, [`dot_scalar`]'s order.
+pub fn dot16_transposed_scalar(kt: &[f32], b: &[f32], out: &mut [f32; 16]) {
+    assert!(
+        kt.len() >= 16 * b.len(),
+        "dot16_transposed: block too short"
+    );
+    let np = b.len() / 32 * 32;
     for (l, o) in out.iter_mut().enumerate() {
-        let key: Vec<f32> = (0..b.len()).map(|e| kt[16 * e + l]).collect();
-        *o = dot_scalar(&key, b);
+        let mut sum = chunks32_by(|e| kt[16 * e + l], &b[..np], false);
+        for e in np..b.len() {
+            sum = kt[16 * e + l].mul_add(b[e], sum);
+        }
+        *o = sum;
     }
 }
 
@@ -1288,6 +1280,33 @@ mod tests {
         }
     }
 
+    /// Keys laid out for [`dot16_transposed`]: rows `keys[j·row_stride..][..len]` for `j < n`, in
+    /// blocks of 16 keys, element `e` of key `16i + l` at `out[(i·len + e)·16 + l]` (zeros past `n`).
+    ///
+    /// # Panics
+    /// If the last row runs past the end of `keys`, or `out` is not `⌈n/16⌉·16·len` long.
+    fn transpose_keys16(keys: &[f32], row_stride: usize, n: usize, len: usize, out: &mut [f32]) {
+        if let Some(last) = n.checked_sub(1) {
+            assert!(
+                last * row_stride + len <= keys.len(),
+                "transpose_keys16: rows past the end"
+            );
+        }
+        assert_eq!(
+            out.len(),
+            n.div_ceil(16) * 16 * len,
+            "transpose_keys16: output size"
+        );
+        out.fill(0.0);
+        for j in 0..n {
+            let (block, l) = (j / 16, j % 16);
+            let row = &keys[j * row_stride..j * row_stride + len];
+            for (e, &v) in row.iter().enumerate() {
+                out[(block * len + e) * 16 + l] = v;
+            }
+        }
+    }
+
     /// Scores of transposed key blocks equal `dot` per key bit for bit, with partial blocks and
     /// lengths with and without a tail past the chunks of 32.
     #[test]
@@ -1298,6 +1317,8 @@ mod tests {
             (16, 64, 192),
             (37, 256, 300),
             (20, 70, 70),
+            (45, 46, 138),
+            (3, 5, 9),
         ] {
             let keys: Vec<f32> = (0..n * stride).map(val).collect();
             let b: Vec<f32> = (0..len).map(|i| val(i + 11) * 0.3).collect();
@@ -1315,6 +1336,13 @@ mod tests {
                         "key {j} of {n}, length {len}"
                     );
                 }
+                let mut o1 = [0f32; 16];
+                dot16_transposed_scalar(&kt[block * 16 * len..], &b, &mut o1);
+                assert_eq!(
+                    o1.map(f32::to_bits),
+                    out.map(f32::to_bits),
+                    "scalar block {block}"
+                );
                 #[cfg(target_arch = "x86_64")]
                 if avx2::available() {
                     let mut o2 = [0f32; 16];

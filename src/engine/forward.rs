@@ -3,7 +3,7 @@
 //! the logits. One token takes the matrix-vector path with fused parallel regions; several
 //! tokens take the matrix-matrix path (weights read once per batch).
 
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, KEY_BLOCK};
 use super::moe::{self, MoeScratch};
 use super::ops::{rms_norm, rms_norm_inplace, rope, rope_table};
 use super::parallel::{for_each_chunk_pair, matvec_fused, MatJob};
@@ -435,12 +435,13 @@ fn attention(
         Some(w) => (p + 1).saturating_sub(w),
         None => 0,
     };
-    // Queries `ts` of head `h` into `out_h` (their rows), with `sc` for ATTN_GROUP score rows and,
-    // for a batch, `kt` the head's keys transposed in blocks of 16 (one key per SIMD lane: see
-    // `vecmath::dot16_transposed`). Queries go in groups whose probability rows have the same
-    // length (the same block of 32 positions), so a batch's value sums read the cached values once
-    // per group.
-    let attend = |h: usize, ts: std::ops::Range<usize>, out_h: &mut [f32], sc: &mut [f32], kt: &[f32]| {
+    // Queries `ts` of head `h` into `out_h` (their rows), with `sc` for ATTN_GROUP score rows.
+    // The cached keys come in blocks of 16 positions, one per SIMD lane (see
+    // `vecmath::dot16_transposed`): the head's keys of block `b` are `16 · kd` values at
+    // `(b · kvd_k + kh) · 16`. Queries go in groups whose probability rows have the same length
+    // (the same block of 32 positions), so a batch's value sums read the cached values once per
+    // group.
+    let attend = |h: usize, ts: std::ops::Range<usize>, out_h: &mut [f32], sc: &mut [f32]| {
         let (kh, vh) = ((h / group) * kd, (h / group) * hd);
         let query = |t: usize| &q[t * qd + h * kd..t * qd + (h + 1) * kd];
         let out_row = |t: usize| (t - ts.start) * hd..(t - ts.start + 1) * hd;
@@ -451,21 +452,19 @@ fn attention(
             for t in t0..t1 {
                 sc[(t - t0) * row_len..][..len].fill(f32::NEG_INFINITY);
             }
-            if gemm_order {
-                let mut s16 = [0f32; 16];
-                for block in lo_of(pos0 + t0) / 16..=(pos0 + t1 - 1) / 16 {
-                    let kb = &kt[block * 16 * kd..(block + 1) * 16 * kd];
-                    for t in t0..t1 {
-                        let (p, j0) = (pos0 + t, 16 * block);
-                        let keep = lo_of(p).max(j0)..(p + 1).min(j0 + 16);
-                        if keep.is_empty() {
-                            continue;
-                        }
-                        vecmath::dot16_transposed(kb, query(t), &mut s16);
-                        let row = &mut sc[(t - t0) * row_len..];
-                        for j in keep {
-                            row[j] = s16[j - j0] * kq_scale;
-                        }
+            let mut s16 = [0f32; 16];
+            for block in lo_of(pos0 + t0) / KEY_BLOCK..=(pos0 + t1 - 1) / KEY_BLOCK {
+                let kb = &keys[(block * kvd_k + kh) * KEY_BLOCK..][..KEY_BLOCK * kd];
+                for t in t0..t1 {
+                    let (p, j0) = (pos0 + t, KEY_BLOCK * block);
+                    let keep = lo_of(p).max(j0)..(p + 1).min(j0 + KEY_BLOCK);
+                    if keep.is_empty() {
+                        continue;
+                    }
+                    vecmath::dot16_transposed(kb, query(t), &mut s16);
+                    let row = &mut sc[(t - t0) * row_len..];
+                    for j in keep {
+                        row[j] = s16[j - j0] * kq_scale;
                     }
                 }
             }
@@ -473,10 +472,6 @@ fn attention(
                 let p = pos0 + t;
                 let lo = lo_of(p);
                 let row = &mut sc[(t - t0) * row_len..][..len];
-                if !gemm_order {
-                    vecmath::dot_rows(&keys[lo * kvd_k + kh..], kvd_k, query(t), &mut row[lo..=p]);
-                    row[lo..=p].iter_mut().for_each(|s| *s *= kq_scale);
-                }
                 let max = row[lo..=p].iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let inv = (1.0 / vecmath::exp_sub_sum(row, max)) as f32;
                 row.iter_mut().for_each(|v| *v *= inv);
@@ -499,34 +494,24 @@ fn attention(
     };
     if n == 1 {
         // One token: heads in parallel on the decoding team.
-        for_each_chunk_pair(out, hd, scores, row_len, c.n_head, |h, out_h, sc| attend(h, 0..1, out_h, sc, &[]));
+        for_each_chunk_pair(out, hd, scores, row_len, c.n_head, |h, out_h, sc| attend(h, 0..1, out_h, sc));
         return;
     }
-    // A batch: each key/value head's keys transposed once (in parallel), then (head, 64 queries)
-    // pieces in parallel, which balance the threads whatever the number of heads.
-    let n_keys = pos0 + n;
-    let per_kv = n_keys.div_ceil(16) * 16 * kd;
-    let mut kt = KEYS_T.take();
-    kt.resize(c.n_head_kv * per_kv, 0.0);
-    kt.par_chunks_mut(per_kv)
-        .enumerate()
-        .for_each(|(g, out)| vecmath::transpose_keys16(&keys[g * kd..], kvd_k, n_keys, kd, out));
+    // A batch: (head, 64 queries) pieces in parallel, which balance the threads whatever the
+    // number of heads.
     const PIECE: usize = 64;
     out[..c.n_head * n * hd].par_chunks_mut(n * hd).enumerate().for_each(|(h, out_h)| {
         out_h.par_chunks_mut(PIECE * hd).enumerate().for_each(|(i, o)| {
             let ts = i * PIECE..((i + 1) * PIECE).min(n);
             let mut sc = SCORES.take();
             sc.resize(ATTN_GROUP * row_len, 0.0);
-            attend(h, ts, o, &mut sc, &kt[(h / group) * per_kv..(h / group + 1) * per_kv]);
+            attend(h, ts, o, &mut sc);
             SCORES.set(sc);
         })
     });
-    KEYS_T.set(kt);
 }
 
 thread_local! {
-    /// The transposed keys of a batch (see `attention`), and each thread's score rows, reused
-    /// from call to call.
-    static KEYS_T: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Each thread's score rows of a batch, reused from call to call.
     static SCORES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }

@@ -1,6 +1,7 @@
 //! The key/value cache of one sequence, allocated once when the context is created. Per layer:
-//! keys position-major (`n_ctx` rows of the layer's key width: ToMoE layers cache only their
-//! kept Q/K dims); values transposed as llama.cpp keeps them
+//! keys transposed in blocks of 16 positions (`KEY_BLOCK`), so that attention scores 16
+//! positions per SIMD vector with no reduction per position (`vecmath::dot16_transposed`; ToMoE
+//! layers cache only their kept Q/K dims); values transposed as llama.cpp keeps them
 //! without flash attention, so that each output of the probability-weighted sum is a dot
 //! product over positions summed in ggml's order, but in blocks of 32 positions (block `b`
 //! holds, for each of the `kv_dim` dimensions, positions `32b .. 32b + 32`), so that storing
@@ -11,6 +12,9 @@
 //! (and the cache holds, when the mask is capped at `top_k` dims) only the kept values.
 
 pub const BLOCK: usize = 32;
+
+/// Positions per block of the transposed keys.
+pub const KEY_BLOCK: usize = 16;
 
 pub struct KvCache {
     n_ctx: usize,
@@ -90,7 +94,7 @@ impl KvCache {
         KvCache {
             n_ctx,
             kv_dim,
-            k: k_dims.iter().map(|&kd| vec![0f32; n_ctx * kd]).collect(),
+            k: k_dims.iter().map(|&kd| vec![0f32; n_ctx.next_multiple_of(KEY_BLOCK) * kd]).collect(),
             v: compact
                 .iter()
                 .map(|cv| match cv {
@@ -118,12 +122,19 @@ impl KvCache {
         BLOCK * self.kv_dim
     }
 
-    /// Writes the keys and values of `n` consecutive positions from `pos0` (rows of `kv_dim`).
-    /// A compact layer needs each position's V mask (`masks`, rows of `head_dim`, 1 = kept):
+    /// Writes the keys (rows of the layer's key width) and values (rows of `kv_dim`) of `n`
+    /// consecutive positions from `pos0`. A compact layer needs each position's V mask (`masks`, rows of `head_dim`, 1 = kept):
     /// it stores only the kept dims (the first `cap` of them).
     pub fn store(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32], masks: Option<&[f32]>) {
-        let a = pos0 * self.k_dims[layer];
-        self.k[layer][a..a + k.len()].copy_from_slice(k);
+        let kd = self.k_dims[layer];
+        let keys = &mut self.k[layer];
+        for (t, kt) in k.chunks_exact(kd).enumerate() {
+            let p = pos0 + t;
+            let block = &mut keys[(p / KEY_BLOCK) * KEY_BLOCK * kd..][..KEY_BLOCK * kd];
+            for (i, &x) in kt.iter().enumerate() {
+                block[i * KEY_BLOCK + p % KEY_BLOCK] = x;
+            }
+        }
         if let Some(cv) = &mut self.compact[layer] {
             let masks = masks.expect("a compact V cache layer stores values with their masks");
             let (hd, cap) = (cv.head_dim, cv.cap);
@@ -155,9 +166,10 @@ impl KvCache {
         }
     }
 
-    /// Keys of `layer` (position-major) and its values: dimension `i`'s values for positions
+    /// Keys of `layer` and its values. Key dim `i` (of the layer's key width `k_dim`) of positions
+    /// `16b .. 16b + 16` is at `(b · k_dim + i) · 16`; dimension `i`'s values for positions
     /// `32b .. 32b + 32` are at `b · value_block_stride() + 32 i`. Positions not yet stored are 0
-    /// (or stale from a cleared sequence: callers weight them by 0).
+    /// (or stale from a cleared sequence: callers ignore their scores and weight them by 0).
     pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
         (&self.k[layer], &self.v[layer])
     }
