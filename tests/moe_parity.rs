@@ -99,7 +99,8 @@ fn check(t: &Tiny, name: &str, seed: u64, output_mask: bool, scale_pruned: bool)
 /// The conversion `convert(head_dim)` of a random tiny model, exported as `ty`: batch and
 /// decoded logits within 1e-3 (relative) of each other and, given `tol`, of the reference forward
 /// (an f32 export; quantized weights can flip the router's and the V mask's discrete choices).
-/// Returns how many expert runs hold a whole group of 16 storage rows.
+/// Returns how many expert runs hold a whole group of 16 storage rows, and how many experts
+/// decoding reads with their scattered rows gathered into extra groups.
 fn check_with(
     t: &Tiny,
     name: &str,
@@ -107,7 +108,7 @@ fn check_with(
     convert: impl Fn(usize) -> ConvertedModel,
     ty: QuantType,
     tol: Option<f32>,
-) -> usize {
+) -> (usize, usize) {
     let dir = scratch(name);
     write_hf(&dir, t, seed, 1);
     let model = load_hf(&dir, &Device::Cpu).unwrap();
@@ -135,6 +136,14 @@ fn check_with(
         .flat_map(|m| m.expert_runs.iter().flatten())
         .filter(|r| r.end / 16 * 16 > r.start.next_multiple_of(16))
         .count();
+    let gathered = rt
+        .weights()
+        .layers
+        .iter()
+        .filter_map(|l| l.moe.as_ref())
+        .flat_map(|m| &m.read_order)
+        .filter(|o| !o.is_empty())
+        .count();
     let mut ctx = Context::new(rt.clone(), ContextParams { n_ctx: 128, n_threads: 2, n_batch: 128 }).unwrap();
     let mut batch = Vec::new();
     ctx.eval_all_logits(&tokens, &mut batch).unwrap();
@@ -160,7 +169,7 @@ fn check_with(
         one.expert_counts()[0]
     );
     std::fs::remove_dir_all(&dir).ok();
-    whole_group_runs
+    (whole_group_runs, gathered)
 }
 
 #[test]
@@ -180,9 +189,14 @@ fn tiny_qwen2_sparse_matches_reference() {
 
 /// Q8_0 weights with experts of long runs: the decode path reads whole groups of 16 rows from the
 /// interleaved copies (gate, up and the transposed down projection, where the CPU's kernel set
-/// has them) and the other rows from the file, and agrees with the batch path.
+/// has them), the experts' other rows gathered into extra groups of the copies (or, without the
+/// copies, from the file), and agrees with the batch path.
 #[test]
 fn tiny_llama_q8_0_long_runs_decode_matches_batch() {
-    let runs = check_with(&LLAMA, "moe-llama-q8", 14, |hd| run_conversion(&LLAMA, hd, 14), QuantType::Q8_0, None);
+    let (runs, gathered) =
+        check_with(&LLAMA, "moe-llama-q8", 14, |hd| run_conversion(&LLAMA, hd, 14), QuantType::Q8_0, None);
     assert!(runs > 0, "no expert run holds a whole group of 16 rows: the test would not reach the group kernels");
+    if tomoe_quant::kernel_name() == "avx512-vnni" {
+        assert!(gathered > 0, "the set interleaves Q8_0 both ways, yet no expert was gathered");
+    }
 }

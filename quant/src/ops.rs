@@ -10,6 +10,10 @@ use crate::formats::QuantType;
 use crate::kernels::interleave::GROUP;
 use crate::vecmath;
 
+/// The rows of an extra group of an interleaved copy ([`MatRef::interleave_extra`]): rows of
+/// the matrix, `None` for a row of zeros.
+pub type ExtraGroup = [Option<usize>; GROUP];
+
 /// A borrowed row-major quantized matrix: `rows` rows of `cols` elements, each row
 /// `ty.row_bytes(cols)` bytes.
 #[derive(Copy, Clone, Debug)]
@@ -20,7 +24,8 @@ pub struct MatRef<'a> {
     row_bytes: usize,
     data: &'a [u8],
     /// The whole groups of 16 rows again, interleaved for the kernel set's `Interleaved16`
-    /// (see [`MatRef::interleave`]); matrix-vector products then read these instead.
+    /// (see [`MatRef::interleave`]); matrix-vector products then read these instead. Possibly
+    /// followed by extra groups of gathered rows ([`MatRef::interleave_extra`]).
     interleaved: Option<&'a [u8]>,
     /// The same for `InterleavedAxpy16` (see [`MatRef::interleave_for_axpy`]); weighted row sums
     /// ([`swiglu_rows`]) then read these instead.
@@ -73,26 +78,72 @@ impl<'a> MatRef<'a> {
     /// Decoding then runs a few instructions per weight quad for 16 rows at once instead of a
     /// dozen per row; the results are bit-identical.
     pub fn interleave(&self) -> Option<Vec<u8>> {
-        self.interleave_with(kernels().interleaved(self.ty)?.pack)
+        self.interleave_extra(&[])
+    }
+
+    /// [`MatRef::interleave`], followed by `extra` groups of gathered rows: each lists the
+    /// matrix rows it holds, `None` for a row of zeros. With extra groups, the matrix's last
+    /// group comes whole too, padded with zero rows. Once attached, the copy's group `k` holds
+    /// rows `16k..16k + 16`, the extra groups' rows counting on from the end of the last group
+    /// (`rows` rounded up to 16): [`swiglu_rows`] and [`axpy_runs`] read those as whole groups
+    /// (a MoE expert's scattered rows, packed to stream in one run).
+    ///
+    /// # Panics
+    /// If an extra row is out of range.
+    pub fn interleave_extra(&self, extra: &[ExtraGroup]) -> Option<Vec<u8>> {
+        self.interleave_with(kernels().interleaved(self.ty)?.pack, extra)
     }
 
     /// The matrix's whole groups of 16 rows interleaved for the running kernel set's weighted
     /// row sums (`kernels::InterleavedAxpy16`), or `None` as for [`MatRef::interleave`]. Attach
     /// it with [`MatRef::with_axpy_interleaved`]; for a transposed down projection read by rows.
     pub fn interleave_for_axpy(&self) -> Option<Vec<u8>> {
-        self.interleave_with(kernels().interleaved_axpy(self.ty)?.pack)
+        self.interleave_for_axpy_extra(&[])
     }
 
-    fn interleave_with(&self, pack: fn(usize, &[u8], &mut [u8])) -> Option<Vec<u8>> {
-        let groups = self.rows / GROUP;
-        if groups == 0 {
+    /// [`MatRef::interleave_for_axpy`] with extra groups, as [`MatRef::interleave_extra`].
+    ///
+    /// # Panics
+    /// As [`MatRef::interleave_extra`].
+    pub fn interleave_for_axpy_extra(&self, extra: &[ExtraGroup]) -> Option<Vec<u8>> {
+        self.interleave_with(kernels().interleaved_axpy(self.ty)?.pack, extra)
+    }
+
+    fn interleave_with(
+        &self,
+        pack: fn(usize, &[u8], &mut [u8]),
+        extra: &[ExtraGroup],
+    ) -> Option<Vec<u8>> {
+        let whole = self.rows / GROUP;
+        if whole == 0 {
             return None;
         }
+        // With extra groups, the last partial group as one of them (its own rows, then zeros).
+        let last: Option<ExtraGroup> = (!extra.is_empty() && self.rows % GROUP != 0)
+            .then(|| std::array::from_fn(|l| Some(whole * GROUP + l).filter(|&r| r < self.rows)));
+        let extra: Vec<&ExtraGroup> = last.iter().chain(extra).collect();
         let group_bytes = GROUP * self.row_bytes;
-        let mut out = vec![0u8; groups * group_bytes];
-        out.par_chunks_mut(group_bytes)
-            .zip(self.data.par_chunks(group_bytes))
+        let mut out = vec![0u8; (whole + extra.len()) * group_bytes];
+        let (own, gathered) = out.split_at_mut(whole * group_bytes);
+        own.par_chunks_mut(group_bytes)
+            .zip(self.data.par_chunks_exact(group_bytes))
             .for_each(|(o, rows)| pack(self.cols, rows, o));
+        gathered
+            .par_chunks_mut(group_bytes)
+            .zip(extra)
+            .for_each_init(
+                || vec![0u8; group_bytes],
+                |rows, (o, g)| {
+                    for (dst, src) in rows.chunks_exact_mut(self.row_bytes).zip(g) {
+                        match src {
+                            Some(r) => dst.copy_from_slice(self.row(*r)),
+                            // All-zero bytes are zero rows in every format (scales of 0).
+                            None => dst.fill(0),
+                        }
+                    }
+                    pack(self.cols, rows, o);
+                },
+            );
         Some(out)
     }
 
@@ -121,9 +172,13 @@ impl<'a> MatRef<'a> {
         })
     }
 
+    /// A copy must hold the matrix's whole groups, then any number of extra ones (the first
+    /// the last partial group, if any).
     fn check_groups_len(&self, data: &[u8]) -> Result<(), QuantError> {
         let expected = self.rows / GROUP * GROUP * self.row_bytes;
-        if data.len() != expected {
+        let extra_ok = data.len() >= expected
+            && (data.len() - expected) % (GROUP * self.row_bytes).max(1) == 0;
+        if data.len() != expected && !extra_ok {
             return Err(QuantError::DataLength {
                 ty: self.ty,
                 rows: self.rows,
@@ -133,6 +188,13 @@ impl<'a> MatRef<'a> {
             });
         }
         Ok(())
+    }
+
+    /// The rows of the matrix and of the extra groups of `copy` (one of its copies): rows past
+    /// `rows` are readable only as whole groups of that copy.
+    fn rows_with_extra(&self, copy: Option<&[u8]>) -> usize {
+        let groups = copy.map_or(0, |c| c.len() / (GROUP * self.row_bytes).max(1));
+        self.rows.max(groups * GROUP)
     }
 
     pub fn ty(&self) -> QuantType {
@@ -398,15 +460,14 @@ impl<'x> RowDot<'x> {
         out: &mut [f32],
         next: Option<usize>,
     ) {
+        let gb = GROUP * w.row_bytes;
         let (k, data) = match (self.x16, w.interleaved) {
-            (Some(k), Some(data)) if g < w.rows / GROUP => (k, data),
+            (Some(k), Some(data)) if (g + 1) * gb <= data.len() => (k, data),
             _ => return self.plain_rows(w, g * GROUP + lanes.start..g * GROUP + lanes.end, v, out),
         };
-        let gb = GROUP * w.row_bytes;
         let mut all = [0f32; GROUP];
-        // SAFETY: the set's kernel runs on this CPU; group g lies in `data` (`with_interleaved`
-        // checked its size against the matrix's whole groups, and g is one of them), and the
-        // vector and its sums are sized for `cols` (the kernel checks). `next` is only
+        // SAFETY: the set's kernel runs on this CPU; group g lies in `data` (checked above), and
+        // the vector and its sums are sized for `cols` (the kernel checks). `next` is only
         // prefetched.
         unsafe {
             (k.dot16)(
@@ -628,7 +689,13 @@ pub fn swiglu_rows(
         up.rows,
         down_t.rows
     );
-    let total = runs_rows(runs, gate.rows);
+    let total = runs_rows(
+        runs,
+        gate.rows,
+        gate.rows_with_extra(gate.interleaved)
+            .min(up.rows_with_extra(up.interleaved))
+            .min(down_t.rows_with_extra(down_t.axpy_interleaved)),
+    );
     assert!(
         rows.start <= rows.end && rows.end <= total,
         "rows {rows:?} beyond the runs' {total} rows"
@@ -688,7 +755,11 @@ pub fn swiglu_rows(
 /// If `coeffs` does not hold one value per row of the runs, a run is out of range, or
 /// `y.len() != down_t.cols()`.
 pub fn axpy_runs(down_t: &MatRef, runs: &[std::ops::Range<usize>], coeffs: &[f32], y: &mut [f32]) {
-    let total = runs_rows(runs, down_t.rows);
+    let total = runs_rows(
+        runs,
+        down_t.rows,
+        down_t.rows_with_extra(down_t.axpy_interleaved),
+    );
     assert_eq!(coeffs.len(), total, "one coefficient per row of the runs");
     assert_eq!(y.len(), down_t.cols, "output length");
     let down = GroupAxpy::new(down_t);
@@ -726,14 +797,14 @@ impl<'a> GroupAxpy<'a> {
     fn piece(&self, r: usize, c: &[f32], grouped: bool, next: Option<usize>, y: &mut [f32]) {
         let (k, lo, n) = (r / GROUP, r % GROUP, c.len());
         match self.group {
-            Some((f, data)) if grouped && k < self.w.rows / GROUP => {
+            Some((f, data)) if grouped && (k + 1) * GROUP * self.w.row_bytes <= data.len() => {
                 let gb = GROUP * self.w.row_bytes;
                 // The kernel takes the group's coefficients by lane.
                 let mut lanes = [0f32; GROUP];
                 lanes[lo..lo + n].copy_from_slice(c);
-                // SAFETY: the set's kernel runs on this CPU; group k is a whole group of the
-                // matrix, inside the copy `with_axpy_interleaved` checked; the kernel checks `y`
-                // against `cols` and the lanes; `next` is only prefetched.
+                // SAFETY: the set's kernel runs on this CPU; group k lies in the copy (checked
+                // above); the kernel checks `y` against `cols` and the lanes; `next` is only
+                // prefetched.
                 unsafe {
                     f(
                         self.w.cols,
@@ -753,15 +824,21 @@ impl<'a> GroupAxpy<'a> {
     }
 }
 
-/// The rows of an expert's `runs` of a matrix of `rows` rows, in all.
+/// The rows of an expert's `runs` of a matrix of `rows` rows, in all; rows past `rows` (to
+/// `extended`) are the extra groups of its copies, which runs may cover in whole groups.
 ///
 /// # Panics
-/// If a run is out of range.
-fn runs_rows(runs: &[std::ops::Range<usize>], rows: usize) -> usize {
+/// If a run is out of range, or covers extra rows but not in whole groups.
+fn runs_rows(runs: &[std::ops::Range<usize>], rows: usize, extended: usize) -> usize {
     for run in runs {
         assert!(
-            run.start <= run.end && run.end <= rows,
-            "run {run:?} out of range ({rows} rows)"
+            run.start <= run.end && run.end <= extended,
+            "run {run:?} out of range ({rows} rows, {extended} with the copies' extra groups)"
+        );
+        assert!(
+            run.end <= rows
+                || (run.start >= rows && run.start % GROUP == 0 && run.end % GROUP == 0),
+            "run {run:?} covers the extra rows past {rows} but not in whole groups"
         );
     }
     runs.iter().map(|r| r.len()).sum()

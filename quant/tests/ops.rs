@@ -6,7 +6,7 @@ mod support;
 use tomoe_quant::kernels::scalar::axpy16_q8_0_quantized;
 use tomoe_quant::{
     axpy_rows, axpy_runs, matmul, matvec, matvec_rows, run_pieces, swiglu_rows, vec_dot, vecmath,
-    MatRef, QuantError, QuantType, QuantizedInput,
+    ExtraGroup, MatRef, QuantError, QuantType, QuantizedInput,
 };
 
 fn random_matrix(ty: QuantType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
@@ -307,5 +307,125 @@ fn swiglu_rows_equals_its_steps() {
                 "{ty} runs {runs:?}: error {err_il} of {scale} with 8-bit coefficients"
             );
         }
+    }
+}
+
+/// Extra groups of gathered rows (`interleave_extra`): an expert's runs over them give the bits
+/// of the same runs over a matrix whose rows are those gathered rows (the same groups, so the
+/// same kernels and the same quantized coefficients), through `swiglu_rows` and `axpy_runs`, and
+/// a zero row adds nothing; for a matrix of whole groups and one whose last group is partial
+/// (which the copy then holds whole, padded). Runs into the extra rows other than in whole
+/// groups, or into a partial group's padding, are refused.
+#[test]
+#[allow(clippy::single_range_in_vec_init)] // runs of one range: slices of one range, on purpose
+fn extra_groups_read_as_the_gathered_rows() {
+    let (cols, ty) = (96usize, QuantType::Q8_0);
+    let rb = ty.row_bytes(cols).unwrap();
+    for rows in [64usize, 56] {
+        let (gd, ud, dd) = (
+            random_matrix(ty, rows, cols, 90),
+            random_matrix(ty, rows, cols, 91),
+            random_matrix(ty, rows, cols, 92),
+        );
+        let mats = [&gd, &ud, &dd].map(|d| MatRef::new(ty, rows, cols, d).unwrap());
+        // Two extra groups: scattered rows, the second padded with zero rows.
+        let picked = [
+            3, 4, 9, 17, 18, 19, 30, 31, 33, 40, 41, 47, 50, 51, 52, 55, 1, 2, 53,
+        ];
+        let slot = |i: usize| picked.get(i).copied();
+        let extra: Vec<ExtraGroup> = (0..2)
+            .map(|j| std::array::from_fn(|l| slot(16 * j + l)))
+            .collect();
+        // The reference: a matrix made of the gathered rows (zeros for the padding).
+        let gathered = |d: &[u8]| -> Vec<u8> {
+            (0..32)
+                .flat_map(|i| match slot(i) {
+                    Some(r) => d[r * rb..(r + 1) * rb].to_vec(),
+                    None => vec![0u8; rb],
+                })
+                .collect()
+        };
+        let (gg, gu, gdn) = (gathered(&gd), gathered(&ud), gathered(&dd));
+        let refs = [&gg, &gu, &gdn].map(|d| MatRef::new(ty, 32, cols, d).unwrap());
+        let (Some(c0), Some(c1), Some(c2)) = (
+            mats[0].interleave_extra(&extra),
+            mats[1].interleave_extra(&extra),
+            mats[2].interleave_for_axpy_extra(&extra),
+        ) else {
+            // No interleaved kernels for Q8_0 in this set: nothing reads extra groups.
+            assert!(tomoe_quant::kernel_name() != "avx512-vnni");
+            return;
+        };
+        assert_eq!(c0.len(), (rows.div_ceil(16) + 2) * 16 * rb, "{rows} rows");
+        let (r0, r1, r2) = (
+            refs[0].interleave().unwrap(),
+            refs[1].interleave().unwrap(),
+            refs[2].interleave_for_axpy().unwrap(),
+        );
+        let (gate, up, down) = (
+            mats[0].with_interleaved(&c0).unwrap(),
+            mats[1].with_interleaved(&c1).unwrap(),
+            mats[2].with_axpy_interleaved(&c2).unwrap(),
+        );
+        let (rgate, rup, rdown) = (
+            refs[0].with_interleaved(&r0).unwrap(),
+            refs[1].with_interleaved(&r1).unwrap(),
+            refs[2].with_axpy_interleaved(&r2).unwrap(),
+        );
+        let mut rng = support::rng(93);
+        let x = support::dense_row(&mut rng, cols);
+        let mut xq = QuantizedInput::new();
+        xq.quantize(ty, &x, cols);
+        let start = support::dense_row(&mut rng, cols);
+        // A group of the matrix, then both extra groups.
+        let e0 = rows.next_multiple_of(16);
+        let runs = [16..32, e0..e0 + 32];
+        let (mut got, mut want) = (start.clone(), start.clone());
+        swiglu_rows(&gate, &up, &down, &runs, 0..48, &xq, &xq, &mut got);
+        // The reference in two calls: the matrix's group, then the gathered matrix.
+        swiglu_rows(&gate, &up, &down, &[16..32], 0..16, &xq, &xq, &mut want);
+        swiglu_rows(&rgate, &rup, &rdown, &[0..32], 0..32, &xq, &xq, &mut want);
+        assert_eq!(bits(&got), bits(&want), "{rows} rows");
+        // A thread's share that starts at the extra groups.
+        let mut share = start.clone();
+        swiglu_rows(&gate, &up, &down, &runs, 16..48, &xq, &xq, &mut share);
+        let mut share_ref = start.clone();
+        swiglu_rows(
+            &rgate,
+            &rup,
+            &rdown,
+            &[0..32],
+            0..32,
+            &xq,
+            &xq,
+            &mut share_ref,
+        );
+        assert_eq!(bits(&share), bits(&share_ref), "{rows} rows");
+        // The down projection alone, with coefficients for the padding rows too (which add 0).
+        let coeffs: Vec<f32> = (0..48).map(|i| (i as f32 * 0.37).sin()).collect();
+        let (mut a, mut b) = (start.clone(), start.clone());
+        axpy_runs(&down, &runs, &coeffs, &mut a);
+        axpy_runs(&down, &[16..32], &coeffs[..16], &mut b);
+        axpy_runs(&rdown, &[0..32], &coeffs[16..], &mut b);
+        assert_eq!(bits(&a), bits(&b), "{rows} rows");
+        // Refused: runs into the extra rows not in whole groups, into the padding, or past them.
+        let mut bad = vec![e0 - 4..e0 + 8, e0..e0 + 8, e0 + 32..e0 + 48];
+        if rows % 16 != 0 {
+            bad.push(rows..e0);
+        }
+        for run in bad {
+            let r = std::panic::catch_unwind(|| {
+                let mut y = start.clone();
+                axpy_runs(
+                    &down,
+                    std::slice::from_ref(&run),
+                    &vec![1.0; run.len()],
+                    &mut y,
+                );
+            });
+            assert!(r.is_err(), "{rows} rows: run {run:?}");
+        }
+        // A copy that is not a whole number of groups is refused.
+        assert!(mats[0].with_interleaved(&c0[..c0.len() - rb]).is_err());
     }
 }

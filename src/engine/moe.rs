@@ -24,6 +24,8 @@ pub struct MoeScratch {
     run_out: Vec<f32>,
     /// A batch's down projections, one row per token of the expert's group.
     down: Vec<f32>,
+    /// The activations of an expert's group in the order decoding reads its rows.
+    coeffs: Vec<f32>,
     xq: QuantizedInput,
     /// llama.cpp MoE: the token quantized for the up projection's format.
     xu: QuantizedInput,
@@ -94,7 +96,7 @@ pub fn mlp_one(
 ) {
     let d = proj.len();
     proj.fill(0.0);
-    let runs = &m.expert_runs[expert];
+    let runs = &m.read_runs[expert];
     if runs.is_empty() {
         return;
     }
@@ -191,12 +193,25 @@ pub fn mlp_batch(
         }
         vecmath::swiglu_lanes(&mut s.gate[..ne * nr], &s.up[..ne * nr]);
         // Each token's down projection (the expert's transposed rows, weighted by its
-        // activations), the tokens in parallel, then into their rows of `proj`.
-        let (act, runs) = (&s.gate, &m.expert_runs[e]);
+        // activations), the tokens in parallel, then into their rows of `proj`. The rows go as
+        // decoding reads them (`read_runs`, so that both sum alike), the activations taken in
+        // that order.
+        let order = &m.read_order[e];
+        let (act, nc) = if order.is_empty() {
+            (&s.gate, nr)
+        } else {
+            s.coeffs.clear();
+            for v in 0..ne {
+                let a = &s.gate[v * nr..(v + 1) * nr];
+                s.coeffs.extend(order.iter().map(|i| i.map_or(0.0, |i| a[i as usize])));
+            }
+            (&s.coeffs, order.len())
+        };
+        let runs = &m.read_runs[e];
         s.down.resize(ne * d, 0.0);
         s.down[..ne * d].par_chunks_mut(d).enumerate().for_each(|(v, y)| {
             y.fill(0.0);
-            axpy_runs(down_t, runs, &act[v * nr..(v + 1) * nr], y);
+            axpy_runs(down_t, runs, &act[v * nc..(v + 1) * nc], y);
         });
         for (v, &t) in s.group.iter().enumerate() {
             proj[t * d..(t + 1) * d].copy_from_slice(&s.down[v * d..(v + 1) * d]);

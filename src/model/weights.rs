@@ -5,7 +5,7 @@ use super::config::ModelConfig;
 use super::tomoe::{self, MoeLayer};
 use super::ModelError;
 use crate::gguf::GgufFile;
-use tomoe_quant::{dequantize_row, MatRef, QuantType};
+use tomoe_quant::{dequantize_row, ExtraGroup, MatRef, QuantType};
 
 /// Which optional per-layer tensors an architecture requires.
 #[derive(Copy, Clone, Debug)]
@@ -166,12 +166,13 @@ impl<'a> Weights<'a> {
     /// interleaved copy, and returns the copies, which must outlive `self` (the matrices view
     /// them). Matrix-vector products (decoding) then run on the copies, bit-identically and with a
     /// fraction of the instructions; batches keep reading the mapped file. The ToMoE down
-    /// projections (read by rows) get the layout of the weighted row sums instead; stacked
-    /// experts keep the file's layout only.
+    /// projections (read by rows) get the layout of the weighted row sums instead, and a ToMoE
+    /// layer's MLP copies get its experts' scattered rows gathered into extra groups
+    /// (`MoeLayer::gather_plan`); stacked experts keep the file's layout only.
     pub(crate) fn interleave(&mut self) -> Vec<Vec<u8>> {
         let mut copies = Vec::new();
-        let mut attach = |m: &mut MatRef<'a>, for_axpy: bool| {
-            let copy = if for_axpy { m.interleave_for_axpy() } else { m.interleave() };
+        let mut attach = |m: &mut MatRef<'a>, for_axpy: bool, extra: &[ExtraGroup]| {
+            let copy = if for_axpy { m.interleave_for_axpy_extra(extra) } else { m.interleave_extra(extra) };
             if let Some(copy) = copy {
                 // SAFETY: the copy's heap buffer never moves or changes: it is pushed into
                 // `copies`, which the caller keeps alive (unmutated) for as long as `self`.
@@ -181,17 +182,31 @@ impl<'a> Weights<'a> {
                 copies.push(copy);
             }
         };
+        let set = tomoe_quant::dispatch::kernels();
         for l in &mut self.layers {
             for m in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo] {
-                attach(m, false);
+                attach(m, false, &[]);
             }
             if l.experts.is_none() {
-                attach(&mut l.gate, false);
-                attach(&mut l.up, false);
-                attach(&mut l.down, l.moe.is_some());
+                // A ToMoE layer's experts read whole groups only, their scattered rows gathered
+                // into extra groups, where all three copies can hold them.
+                let gathers = set.interleaved(l.gate.ty()).is_some()
+                    && set.interleaved(l.up.ty()).is_some()
+                    && set.interleaved_axpy(l.down.ty()).is_some();
+                let extra = match &mut l.moe {
+                    Some(moe) if gathers => {
+                        let plan = moe.gather_plan(l.gate.rows());
+                        (moe.read_runs, moe.read_order) = (plan.read_runs, plan.read_order);
+                        plan.extra
+                    }
+                    _ => Vec::new(),
+                };
+                attach(&mut l.gate, false, &extra);
+                attach(&mut l.up, false, &extra);
+                attach(&mut l.down, l.moe.is_some(), &extra);
             }
         }
-        attach(&mut self.output, false);
+        attach(&mut self.output, false, &[]);
         copies
     }
 
