@@ -256,7 +256,8 @@ fn chunks32_by(a: impl Fn(usize) -> f32, b: &[f32], gemm_order: bool) -> f32 {
 }
 
 /// `out[i] = dot(&a[i·row_stride..][..b.len()], b)` for every `i < out.len()`: many rows
-/// against one vector (the attention scores of one query), each exactly [`dot`]'s result.
+/// against one vector (a router's logits, a V-mask head's outputs), each exactly [`dot`]'s
+/// result.
 ///
 /// # Panics
 /// If the last row runs past the end of `a`.
@@ -667,8 +668,7 @@ mod avx2 {
         let np = b.len() / 32 * 32;
         dot_chunks32_rows(a, row_stride, 32, &b[..np], false, out);
         // The tail element by element, eight rows at a time: each row's FMAs in the same order
-        // (the same bits), but eight independent chains instead of one at a time (a pruned
-        // ToMoE key of 52 dims leaves a tail of 20 per position).
+        // (the same bits), but eight independent chains instead of one at a time.
         for (c, o) in out.chunks_mut(8).enumerate() {
             let row0 = 8 * c * row_stride;
             for e in np..b.len() {
