@@ -88,6 +88,8 @@ pub type Axpy16Fn =
 
 /// Activation vectors packed by a [`GemmKernel`]'s `pack`, in a layout private to its set; a
 /// reusable buffer.
+// Only the x86 sets have tiled kernels that read the fields.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[derive(Clone, Debug, Default)]
 pub struct PackedActs {
     pub(crate) bytes: Vec<u8>,
@@ -193,6 +195,8 @@ pub(crate) const PREFETCH_AHEAD: usize = 2048;
 /// +15 %, ToMoE p0.7/p0.5 +6/+8 %, Gemma 3 +12 % (both ways with the row kernels' prefetch into
 /// L2); two threads, dense +7 %, ToMoE p0.7 even. 4 and 16 KiB into L2 were a little slower
 /// than 8. (Session 7 had measured L1 prefetch only: 3-4 KiB best.)
+// Only the x86 sets have interleaved kernels.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) const IL_PREFETCH_AHEAD: usize = 8192;
 
 /// Rows longer than this are left to the hardware prefetcher, which follows long streams well:
