@@ -438,18 +438,88 @@ pub fn expand_weighted_sum(
     out: &mut [f32],
 ) {
     check_expand(a, bits, packed, slot, head, out);
+    expand_checked(a, bits, packed, slot, head, out)
+}
+
+/// [`expand_weighted_sum`] once its shapes are checked (`check_expand`, or
+/// `check_expand_positions` over every position `bits` holds): the SIMD paths rely on that.
+fn expand_checked(
+    a: &[f32],
+    bits: &[u64],
+    packed: &[f32],
+    slot: usize,
+    head: usize,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if avx512::available() {
-            // SAFETY: AVX-512F detected at run time; the shapes were checked above.
+            // SAFETY: AVX-512F detected at run time; the shapes were checked (see above).
             return unsafe { avx512::expand_weighted_sum(a, bits, packed, slot, head, out) };
         }
         if avx2::available() {
-            // SAFETY: AVX2 detected at run time; the shapes were checked above.
+            // SAFETY: AVX2 detected at run time; the shapes were checked (see above).
             return unsafe { avx2::expand_weighted_sum(a, bits, packed, slot, head, out) };
         }
     }
     expand_scalar(a, bits, packed, slot, head, out)
+}
+
+/// [`expand_weighted_sum`] for several queries over the same cached positions (a batch's queries
+/// of one head): with `(first, a) = queries[q]`, row `q` of `out` (`width` values at `q·width`)
+/// gets `Σ_j a[j] · v_{first + j}`, exactly `expand_weighted_sum(a, bits[first·words..],
+/// packed[first·slot..], slot, head, row)`, position `p`'s bits being `bits[p·words..][..words]`
+/// (`words` = `width` / 64 rounded up). The AVX-512 path reads each position's values once for up
+/// to four queries.
+///
+/// # Panics
+/// If `out` is not `queries.len()` rows of `width`, `bits` is not whole positions, a query runs
+/// past them, or a position's bits lie beyond `width` or its values beyond its slot or `packed`.
+pub fn expand_weighted_sums(
+    queries: &[(usize, &[f32])],
+    bits: &[u64],
+    packed: &[f32],
+    slot: usize,
+    head: usize,
+    width: usize,
+    out: &mut [f32],
+) {
+    assert_eq!(
+        out.len(),
+        queries.len() * width,
+        "expand_weighted_sums: output rows"
+    );
+    let words = width.div_ceil(64);
+    if words == 0 {
+        return;
+    }
+    assert_eq!(
+        bits.len() % words,
+        0,
+        "expand_weighted_sums: bits of whole positions"
+    );
+    let n = bits.len() / words;
+    for &(first, a) in queries {
+        assert!(
+            first <= n && a.len() <= n - first,
+            "expand_weighted_sums: query past the {n} positions"
+        );
+    }
+    // Every position once (each query's are among them).
+    check_expand_positions(n, bits, packed, slot, head, width);
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() && queries.len() > 1 {
+        for (qs, rows) in queries.chunks(4).zip(out.chunks_mut(4 * width)) {
+            // SAFETY: AVX-512F detected at run time; the shapes were checked above.
+            unsafe { avx512::expand_weighted_sums(qs, bits, packed, slot, head, width, rows) };
+        }
+        return;
+    }
+    for (&(first, a), row) in queries.iter().zip(out.chunks_exact_mut(width)) {
+        // Checked above with every position: a query's are among them, each at its own slot.
+        let b = &bits[first * words..(first + a.len()) * words];
+        expand_checked(a, b, &packed[first * slot..], slot, head, row);
+    }
 }
 
 /// The shape check of [`expand_weighted_sum`]; the SIMD paths rely on it to stay in bounds.
@@ -462,11 +532,25 @@ fn check_expand(a: &[f32], bits: &[u64], packed: &[f32], slot: usize, head: usiz
         bits.len(),
         a.len()
     );
-    if words == 0 {
+    check_expand_positions(a.len(), bits, packed, slot, head, out.len());
+}
+
+/// The per-position part of [`check_expand`]: `n` positions' bits within `width` outputs and
+/// their values within their slots and `packed`.
+fn check_expand_positions(
+    n: usize,
+    bits: &[u64],
+    packed: &[f32],
+    slot: usize,
+    head: usize,
+    width: usize,
+) {
+    let words = width.div_ceil(64);
+    if words == 0 || n == 0 {
         return;
     }
-    let tail = out.len() % 64;
-    for (j, b) in bits.chunks_exact(words).enumerate() {
+    let tail = width % 64;
+    for (j, b) in bits.chunks_exact(words).take(n).enumerate() {
         let m = b.iter().map(|w| w.count_ones() as usize).sum::<usize>();
         let end = (head + 1).checked_mul(m).filter(|&e| e <= slot);
         let end = end.and_then(|e| j.checked_mul(slot)?.checked_add(e));
@@ -476,8 +560,7 @@ fn check_expand(a: &[f32], bits: &[u64], packed: &[f32], slot: usize, head: usiz
         );
         assert!(
             tail == 0 || b[words - 1] >> tail == 0,
-            "expand_weighted_sum: position {j} keeps an entry beyond {} outputs",
-            out.len()
+            "expand_weighted_sum: position {j} keeps an entry beyond {width} outputs"
         );
     }
 }
@@ -1037,6 +1120,97 @@ mod avx512 {
             }
         }
     }
+
+    /// [`super::expand_weighted_sums`] for up to four queries (`out`: their rows of `width`): per
+    /// word of 64 outputs, each position's kept values expanded once, then added into the rows
+    /// of the queries that span it, each row as `expand_weighted_sum` adds it.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn expand_weighted_sums(
+        queries: &[(usize, &[f32])],
+        bits: &[u64],
+        packed: &[f32],
+        slot: usize,
+        head: usize,
+        width: usize,
+        out: &mut [f32],
+    ) {
+        // The query count as a constant, so that the accumulators stay in registers.
+        match queries.len() {
+            1 => sums::<1>(queries, bits, packed, slot, head, width, out),
+            2 => sums::<2>(queries, bits, packed, slot, head, width, out),
+            3 => sums::<3>(queries, bits, packed, slot, head, width, out),
+            4 => sums::<4>(queries, bits, packed, slot, head, width, out),
+            n => unreachable!("{n} queries at once"),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn sums<const Q: usize>(
+        queries: &[(usize, &[f32])],
+        bits: &[u64],
+        packed: &[f32],
+        slot: usize,
+        head: usize,
+        width: usize,
+        out: &mut [f32],
+    ) {
+        debug_assert!(queries.len() == Q && out.len() == Q * width);
+        let words = width.div_ceil(64);
+        let lo = queries.iter().map(|q| q.0).min().unwrap_or(0);
+        let hi = queries.iter().map(|q| q.0 + q.1.len()).max().unwrap_or(0);
+        let (pp, op) = (packed.as_ptr(), out.as_mut_ptr());
+        for w in 0..words {
+            let n_out = (width - 64 * w).min(64);
+            let valid: [u16; 4] = std::array::from_fn(|c| {
+                ((1u32 << n_out.saturating_sub(16 * c).min(16)) - 1) as u16
+            });
+            let row = |q: usize, c: usize| op.add(q * width + 64 * w + 16 * c);
+            let mut acc = [[_mm512_setzero_ps(); 4]; Q];
+            for q in 0..Q {
+                for c in 0..4 {
+                    acc[q][c] = _mm512_maskz_loadu_ps(valid[c], row(q, c));
+                }
+            }
+            for p in lo..hi {
+                let b = &bits[p * words..(p + 1) * words];
+                if b[w] == 0 {
+                    continue;
+                }
+                let m = b.iter().map(|x| x.count_ones() as usize).sum::<usize>();
+                let before = b[..w]
+                    .iter()
+                    .map(|x| x.count_ones() as usize)
+                    .sum::<usize>();
+                let mut k = p * slot + head * m + before;
+                let mut v = [_mm512_setzero_ps(); 4];
+                let mut mk = [0u16; 4];
+                for c in 0..4 {
+                    mk[c] = (b[w] >> (16 * c)) as u16;
+                    // SAFETY: the caller checked that position p's values lie in `packed`: the
+                    // expand reads packed[k..k + popcount(mk)] only.
+                    v[c] = _mm512_maskz_expandloadu_ps(mk[c], pp.add(k));
+                    k += mk[c].count_ones() as usize;
+                }
+                for q in 0..Q {
+                    let (first, a) = queries[q];
+                    if p < first || p >= first + a.len() {
+                        continue;
+                    }
+                    let va = _mm512_set1_ps(a[p - first]);
+                    for c in 0..4 {
+                        let x = _mm512_mul_ps(va, v[c]);
+                        acc[q][c] = _mm512_mask_add_ps(acc[q][c], mk[c], acc[q][c], x);
+                    }
+                }
+            }
+            for q in 0..Q {
+                for c in 0..4 {
+                    _mm512_mask_storeu_ps(row(q, c), valid[c], acc[q][c]);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1117,6 +1291,85 @@ mod tests {
                 "softmax len {len}"
             );
         }
+    }
+
+    /// Several queries at once equal each query alone (`expand_weighted_sum_scalar` over its
+    /// positions) bit for bit: queries over different, overlapping, empty and full ranges, more
+    /// than four (taken in fours), one and several words of outputs, rows starting with -0.0.
+    #[test]
+    fn expand_weighted_sums_equal_one_query_at_a_time() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for width in [5usize, 48, 64, 130] {
+            let words = width.div_ceil(64);
+            let (n_pos, n_heads) = (37, 3);
+            let slot = n_heads * width;
+            let mut bits = vec![0u64; n_pos * words];
+            for j in 0..n_pos {
+                for i in 0..width {
+                    if next() % 3 == 0 {
+                        bits[j * words + i / 64] |= 1 << (i % 64);
+                    }
+                }
+            }
+            let packed: Vec<f32> = (0..n_pos * slot)
+                .map(|_| (next() % 2000) as f32 / 77.0 - 13.0)
+                .collect();
+            let probs: Vec<Vec<f32>> = (0..6)
+                .map(|_| {
+                    (0..n_pos)
+                        .map(|_| (next() % 100) as f32 / 37.0 - 1.3)
+                        .collect()
+                })
+                .collect();
+            let ranges = [
+                (0usize, 37usize),
+                (3, 20),
+                (10, 10),
+                (36, 37),
+                (0, 1),
+                (5, 30),
+            ];
+            for n_q in 1..=6 {
+                let head = (next() % 3) as usize;
+                let queries: Vec<(usize, &[f32])> = ranges[..n_q]
+                    .iter()
+                    .zip(&probs)
+                    .map(|(&(a, b), p)| (a, &p[a..b]))
+                    .collect();
+                let mut base: Vec<f32> = (0..n_q * width)
+                    .map(|_| (next() % 1000) as f32 / 31.0 - 16.0)
+                    .collect();
+                base[0] = -0.0;
+                let mut got = base.clone();
+                expand_weighted_sums(&queries, &bits, &packed, slot, head, width, &mut got);
+                let mut want = base.clone();
+                for (&(first, a), row) in queries.iter().zip(want.chunks_exact_mut(width)) {
+                    let b = &bits[first * words..(first + a.len()) * words];
+                    expand_weighted_sum_scalar(a, b, &packed[first * slot..], slot, head, row);
+                }
+                assert_eq!(
+                    got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    "width {width}, {n_q} queries"
+                );
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "query past the")]
+    fn expand_weighted_sums_refuses_a_query_past_the_positions() {
+        let bits = [1u64; 4];
+        let packed = [1f32; 4];
+        let a = [1f32; 3];
+        let mut out = [0f32; 64];
+        expand_weighted_sums(&[(2, &a)], &bits, &packed, 1, 0, 64, &mut out);
     }
 
     #[test]

@@ -475,17 +475,23 @@ fn attention(
                 let max = row[lo..=p].iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let inv = (1.0 / vecmath::exp_sub_sum(row, max)) as f32;
                 row.iter_mut().for_each(|v| *v *= inv);
-                if let Some(cv) = &compact {
-                    // Each position adds its kept values only (the others were masked to zero).
-                    let o = &mut out_h[out_row(t)];
-                    o.fill(0.0);
-                    cv.weighted_sum(&row[lo..=p], lo, h / group, o);
-                } else if !gemm_order {
+                if compact.is_none() && !gemm_order {
                     let o = &mut out_h[out_row(t)];
                     vecmath::dot_chunks32_rows(&values[vh * 32..], 32, block_stride, row, false, o);
                 }
             }
-            if compact.is_none() && gemm_order {
+            if let Some(cv) = &compact {
+                // Each position adds its kept values only (the others were masked to zero), read
+                // once for the group's queries, each query over its own positions.
+                let mut queries = [(0usize, &[][..]); ATTN_GROUP];
+                for t in t0..t1 {
+                    let (p, lo) = (pos0 + t, lo_of(pos0 + t));
+                    queries[t - t0] = (lo, &sc[(t - t0) * row_len..][lo..=p]);
+                }
+                let o = &mut out_h[out_row(t0).start..out_row(t1 - 1).end];
+                o.fill(0.0);
+                cv.weighted_sums(&queries[..t1 - t0], h / group, o);
+            } else if gemm_order {
                 let (a, o) = (&values[vh * 32..], &mut out_h[out_row(t0).start..out_row(t1 - 1).end]);
                 vecmath::dot_chunks32_rows_gemm(a, 32, block_stride, hd, sc, row_len, t1 - t0, len, o, hd);
             }

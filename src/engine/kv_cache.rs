@@ -60,12 +60,15 @@ impl<'a> CompactValues<'a> {
         &self.v[p * self.n_kv_heads * self.cv.cap + g * m..][..m]
     }
 
-    /// `out += Σ_j a[j] · V_{first + j}` for KV head `g`: the attention output of one query head
-    /// over positions `first..first + a.len()`, reading only the kept values.
-    pub fn weighted_sum(&self, a: &[f32], first: usize, g: usize, out: &mut [f32]) {
+    /// For each `(first, a)` of `queries`, its row of `out` (rows of `head_dim`) `+= Σ_j a[j] ·
+    /// V_{first + j}` for KV head `g`: the attention outputs of a query head for several queries,
+    /// each over its positions `first..first + a.len()`, reading only the kept values, once for
+    /// all the queries.
+    pub fn weighted_sums(&self, queries: &[(usize, &[f32])], g: usize, out: &mut [f32]) {
         let (w, slot) = (self.cv.words, self.n_kv_heads * self.cv.cap);
-        let bits = &self.cv.kept[first * w..(first + a.len()) * w];
-        tomoe_quant::vecmath::expand_weighted_sum(a, bits, &self.v[first * slot..], slot, g, out);
+        let n = queries.iter().map(|(first, a)| first + a.len()).max().unwrap_or(0);
+        let bits = &self.cv.kept[..n * w];
+        tomoe_quant::vecmath::expand_weighted_sums(queries, bits, &self.v, slot, g, self.cv.head_dim, out);
     }
 }
 
@@ -200,10 +203,11 @@ mod tests {
         assert_eq!(cv.kept(1), &[0b100]);
         assert_eq!(cv.values(1, 0), &[10.]);
         assert_eq!(cv.values(1, 1), &[14.]);
-        // Attention's weighted sums over both positions, per KV head.
-        let mut out = [0f32; 4];
-        cv.weighted_sum(&[0.25, 0.5], 0, 1, &mut out);
-        assert_eq!(out, [0., 0.25 * 5., 0.5 * 14., 0.25 * 7.]);
+        // Attention's weighted sums over both positions, per KV head; and a second query over
+        // the second position only.
+        let mut out = [0f32; 8];
+        cv.weighted_sums(&[(0, &[0.25, 0.5]), (1, &[2.0])], 1, &mut out);
+        assert_eq!(out, [0., 0.25 * 5., 0.5 * 14., 0.25 * 7., 0., 0., 2. * 14., 0.]);
         assert!(kv.compact_values(0).is_none());
         // The capped layer holds 2 of 4 value dims per position.
         let dense = KvCache::new(vec![kvd, kvd], &[None, None], n_ctx, kvd, hd);
