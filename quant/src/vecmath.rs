@@ -625,13 +625,17 @@ fn for_each_kept_word(
         if b[w] == 0 {
             continue;
         }
-        let m = b.iter().map(|x| x.count_ones() as usize).sum::<usize>();
-        let before = b[..w]
-            .iter()
-            .map(|x| x.count_ones() as usize)
-            .sum::<usize>();
-        f(aj, b[w], j * slot + head * m + before);
+        f(aj, b[w], kept_word_start(b, w, j, slot, head));
     }
+}
+
+/// Where the values of word `w` of position `j` (its bits `b`) start in the packed values: its
+/// slot, the head's offset (the position's kept count per head), the words before `w`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn kept_word_start(b: &[u64], w: usize, j: usize, slot: usize, head: usize) -> usize {
+    let count = |x: &[u64]| x.iter().map(|x| x.count_ones() as usize).sum::<usize>();
+    j * slot + head * count(b) + count(&b[..w])
 }
 
 /// The horizontal add of an 8-lane vector as `_mm256` code does it: halves, pairs, last two.
@@ -1177,12 +1181,7 @@ mod avx512 {
                 if b[w] == 0 {
                     continue;
                 }
-                let m = b.iter().map(|x| x.count_ones() as usize).sum::<usize>();
-                let before = b[..w]
-                    .iter()
-                    .map(|x| x.count_ones() as usize)
-                    .sum::<usize>();
-                let mut k = p * slot + head * m + before;
+                let mut k = super::kept_word_start(b, w, p, slot, head);
                 let mut v = [_mm512_setzero_ps(); 4];
                 let mut mk = [0u16; 4];
                 for c in 0..4 {
