@@ -1170,12 +1170,9 @@ mod avx512 {
                 ((1u32 << n_out.saturating_sub(16 * c).min(16)) - 1) as u16
             });
             let row = |q: usize, c: usize| op.add(q * width + 64 * w + 16 * c);
-            let mut acc = [[_mm512_setzero_ps(); 4]; Q];
-            for q in 0..Q {
-                for c in 0..4 {
-                    acc[q][c] = _mm512_maskz_loadu_ps(valid[c], row(q, c));
-                }
-            }
+            let mut acc: [[__m512; 4]; Q] = std::array::from_fn(|q| {
+                std::array::from_fn(|c| _mm512_maskz_loadu_ps(valid[c], row(q, c)))
+            });
             for p in lo..hi {
                 let b = &bits[p * words..(p + 1) * words];
                 if b[w] == 0 {
@@ -1191,21 +1188,20 @@ mod avx512 {
                     v[c] = _mm512_maskz_expandloadu_ps(mk[c], pp.add(k));
                     k += mk[c].count_ones() as usize;
                 }
-                for q in 0..Q {
-                    let (first, a) = queries[q];
+                for (acc, &(first, a)) in acc.iter_mut().zip(queries) {
                     if p < first || p >= first + a.len() {
                         continue;
                     }
                     let va = _mm512_set1_ps(a[p - first]);
                     for c in 0..4 {
                         let x = _mm512_mul_ps(va, v[c]);
-                        acc[q][c] = _mm512_mask_add_ps(acc[q][c], mk[c], acc[q][c], x);
+                        acc[c] = _mm512_mask_add_ps(acc[c], mk[c], acc[c], x);
                     }
                 }
             }
-            for q in 0..Q {
-                for c in 0..4 {
-                    _mm512_mask_storeu_ps(row(q, c), valid[c], acc[q][c]);
+            for (q, acc) in acc.iter().enumerate() {
+                for (c, acc) in acc.iter().enumerate() {
+                    _mm512_mask_storeu_ps(row(q, c), valid[c], *acc);
                 }
             }
         }
