@@ -6,7 +6,7 @@
 use super::kv_cache::{KvCache, KEY_BLOCK};
 use super::moe::{self, MoeScratch};
 use super::ops::{rms_norm, rms_norm_inplace, rope, rope_table};
-use super::parallel::{for_each_chunk_pair, matvec_fused, MatJob};
+use super::parallel::{for_each_chunk_range, matvec_fused, MatJob};
 use crate::model::{Activation, Model, ModelConfig};
 use rayon::prelude::*;
 use tomoe_quant::{dequantize_row, matmul, vecmath, MatRef, QuantType, QuantizedInput};
@@ -440,8 +440,9 @@ fn attention(
     // `vecmath::dot16_transposed`): the head's keys of block `b` are `16 · kd` values at
     // `(b · kvd_k + kh) · 16`. Queries go in groups whose probability rows have the same length
     // (the same block of 32 positions), so a batch's value sums read the cached values once per
-    // group.
-    let attend = |h: usize, ts: std::ops::Range<usize>, out_h: &mut [f32], sc: &mut [f32]| {
+    // group. `compact_values`: whether to sum a compact layer's values here (decoding sums them
+    // after, for the heads of a KV group together).
+    let attend = |h: usize, ts: std::ops::Range<usize>, out_h: &mut [f32], sc: &mut [f32], compact_values: bool| {
         let (kh, vh) = ((h / group) * kd, (h / group) * hd);
         let query = |t: usize| &q[t * qd + h * kd..t * qd + (h + 1) * kd];
         let out_row = |t: usize| (t - ts.start) * hd..(t - ts.start + 1) * hd;
@@ -480,7 +481,7 @@ fn attention(
                     vecmath::dot_chunks32_rows(&values[vh * 32..], 32, block_stride, row, false, o);
                 }
             }
-            if let Some(cv) = &compact {
+            if let Some(cv) = compact.as_ref().filter(|_| compact_values) {
                 // Each position adds its kept values only (the others were masked to zero), read
                 // once for the group's queries, each query over its own positions.
                 let mut queries = [(0usize, &[][..]); ATTN_GROUP];
@@ -491,7 +492,7 @@ fn attention(
                 let o = &mut out_h[out_row(t0).start..out_row(t1 - 1).end];
                 o.fill(0.0);
                 cv.weighted_sums(&queries[..t1 - t0], h / group, o);
-            } else if gemm_order {
+            } else if compact.is_none() && gemm_order {
                 let (a, o) = (&values[vh * 32..], &mut out_h[out_row(t0).start..out_row(t1 - 1).end]);
                 vecmath::dot_chunks32_rows_gemm(a, 32, block_stride, hd, sc, row_len, t1 - t0, len, o, hd);
             }
@@ -499,8 +500,30 @@ fn attention(
         }
     };
     if n == 1 {
-        // One token: heads in parallel on the decoding team.
-        for_each_chunk_pair(out, hd, scores, row_len, c.n_head, |h, out_h, sc| attend(h, 0..1, out_h, sc));
+        // One token: a run of heads per thread of the decoding team. A compact layer's heads of
+        // one KV group then sum its kept values together, reading each position's once for up to
+        // ATTN_GROUP heads (the same bits as one head at a time).
+        for_each_chunk_range(out, hd, scores, row_len, c.n_head, |heads, out_p, sc_p| {
+            for (i, h) in heads.clone().enumerate() {
+                let (o, sc) = (&mut out_p[i * hd..(i + 1) * hd], &mut sc_p[i * row_len..(i + 1) * row_len]);
+                attend(h, 0..1, o, sc, false);
+            }
+            let Some(cv) = &compact else { return };
+            let (p, lo) = (pos0, lo_of(pos0));
+            let mut queries = [(0usize, &[][..]); ATTN_GROUP];
+            let mut h0 = heads.start;
+            while h0 < heads.end {
+                let g = h0 / group;
+                let h1 = (h0 + ATTN_GROUP).min((g + 1) * group).min(heads.end);
+                for h in h0..h1 {
+                    queries[h - h0] = (lo, &sc_p[(h - heads.start) * row_len..][lo..=p]);
+                }
+                let o = &mut out_p[(h0 - heads.start) * hd..(h1 - heads.start) * hd];
+                o.fill(0.0);
+                cv.weighted_sums(&queries[..h1 - h0], g, o);
+                h0 = h1;
+            }
+        });
         return;
     }
     // A batch: (head, 64 queries) pieces in parallel, which balance the threads whatever the
@@ -511,7 +534,7 @@ fn attention(
             let ts = i * PIECE..((i + 1) * PIECE).min(n);
             let mut sc = SCORES.take();
             sc.resize(ATTN_GROUP * row_len, 0.0);
-            attend(h, ts, o, &mut sc);
+            attend(h, ts, o, &mut sc, true);
             SCORES.set(sc);
         })
     });

@@ -23,32 +23,31 @@ pub fn part_count() -> usize {
     team::with_current(|t| t.map_or_else(|| rayon::current_num_threads().max(1), Team::size))
 }
 
-/// `f(i, &mut a[i*a_len..][..a_len], &mut b[i*b_len..][..b_len])` for every `i in 0..count`, in
-/// parallel (contiguous ranges of `i` per thread).
-pub fn for_each_chunk_pair(
+/// `f(r, &mut a[r.start*a_len..r.end*a_len], &mut b[r.start*b_len..r.end*b_len])` for one
+/// contiguous range `r` of `0..count` per thread, in parallel (the ranges cover `0..count`).
+pub fn for_each_chunk_range(
     a: &mut [f32],
     a_len: usize,
     b: &mut [f32],
     b_len: usize,
     count: usize,
-    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
+    f: impl Fn(std::ops::Range<usize>, &mut [f32], &mut [f32]) + Sync,
 ) {
     assert!(a.len() >= count * a_len && b.len() >= count * b_len, "chunks out of range");
     let (pa, pb) = (OutPtr(a.as_mut_ptr()), OutPtr(b.as_mut_ptr()));
     let (pa, pb) = (&pa, &pb);
     for_each_part(|p, parts| {
-        for i in p * count / parts..(p + 1) * count / parts {
-            // SAFETY: chunk `i` of `a` and of `b` is in bounds (asserted above); every `i` goes
-            // to exactly one part, so no two threads touch the same chunk, and both slices stay
-            // mutably borrowed for the whole call.
-            let (ca, cb) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(pa.0.add(i * a_len), a_len),
-                    std::slice::from_raw_parts_mut(pb.0.add(i * b_len), b_len),
-                )
-            };
-            f(i, ca, cb);
-        }
+        let r = p * count / parts..(p + 1) * count / parts;
+        // SAFETY: chunks `r` of `a` and of `b` are in bounds (asserted above); the parts' ranges
+        // are disjoint, so no two threads touch the same chunk, and both slices stay mutably
+        // borrowed for the whole call.
+        let (ca, cb) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(pa.0.add(r.start * a_len), r.len() * a_len),
+                std::slice::from_raw_parts_mut(pb.0.add(r.start * b_len), r.len() * b_len),
+            )
+        };
+        f(r, ca, cb);
     });
 }
 
