@@ -1288,33 +1288,51 @@ mod tests {
         }
     }
 
+    /// A xorshift generator: reproducible test data without a dependency.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    /// A compact cache's bits (each of `width` entries kept with odds 1 in `one_in`) and packed
+    /// values (`slot` per position) for `n_pos` positions.
+    fn compact_values(
+        next: &mut impl FnMut() -> u64,
+        n_pos: usize,
+        width: usize,
+        slot: usize,
+        one_in: u64,
+    ) -> (Vec<u64>, Vec<f32>) {
+        let words = width.div_ceil(64);
+        let mut bits = vec![0u64; n_pos * words];
+        for j in 0..n_pos {
+            for i in 0..width {
+                if next() % one_in == 0 {
+                    bits[j * words + i / 64] |= 1 << (i % 64);
+                }
+            }
+        }
+        let packed = (0..n_pos * slot)
+            .map(|_| (next() % 2000) as f32 / 77.0 - 13.0)
+            .collect();
+        (bits, packed)
+    }
+
     /// Several queries at once equal each query alone (`expand_weighted_sum_scalar` over its
     /// positions) bit for bit: queries over different, overlapping, empty and full ranges, more
     /// than four (taken in fours), one and several words of outputs, rows starting with -0.0.
     #[test]
     fn expand_weighted_sums_equal_one_query_at_a_time() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         for width in [5usize, 48, 64, 130] {
             let words = width.div_ceil(64);
             let (n_pos, n_heads) = (37, 3);
             let slot = n_heads * width;
-            let mut bits = vec![0u64; n_pos * words];
-            for j in 0..n_pos {
-                for i in 0..width {
-                    if next() % 3 == 0 {
-                        bits[j * words + i / 64] |= 1 << (i % 64);
-                    }
-                }
-            }
-            let packed: Vec<f32> = (0..n_pos * slot)
-                .map(|_| (next() % 2000) as f32 / 77.0 - 13.0)
-                .collect();
+            let (bits, packed) = compact_values(&mut next, n_pos, width, slot, 3);
             let probs: Vec<Vec<f32>> = (0..6)
                 .map(|_| {
                     (0..n_pos)
@@ -1369,30 +1387,14 @@ mod tests {
 
     #[test]
     fn expand_weighted_sum_equals_scalar_bit_for_bit() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         for len in [1usize, 3, 8, 17, 63, 64, 80, 128, 200] {
             for density in [0u32, 1, 2, 3] {
                 let words = len.div_ceil(64);
                 let (n_pos, n_heads, head) = (5, 3, (next() % 3) as usize);
                 let slot = n_heads * len;
-                let mut bits = vec![0u64; n_pos * words];
-                for j in 0..n_pos {
-                    for i in 0..len {
-                        // density 0: every bit; else about one in 2^density.
-                        if next() % (1 << density) == 0 {
-                            bits[j * words + i / 64] |= 1 << (i % 64);
-                        }
-                    }
-                }
-                let packed: Vec<f32> = (0..n_pos * slot)
-                    .map(|_| (next() % 2000) as f32 / 77.0 - 13.0)
-                    .collect();
+                // density 0: every bit; else about one in 2^density.
+                let (bits, packed) = compact_values(&mut next, n_pos, len, slot, 1 << density);
                 let mut base: Vec<f32> = (0..len)
                     .map(|_| (next() % 1000) as f32 / 31.0 - 16.0)
                     .collect();
