@@ -195,10 +195,17 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// The scalar reference of [`dot`].
 pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
-    let np = a.len() / 32 * 32;
-    let mut sum = dot_chunks32_scalar(a, 32, &b[..np], false);
-    for i in np..a.len() {
-        sum = a[i].mul_add(b[i], sum);
+    dot_by(|e| a[e], &b[..a.len()])
+}
+
+/// [`dot_scalar`] with element `e` of `a` given by `a(e)`: the chunks of 32 in
+/// [`dot_chunks32`]'s dot order, then the tail one element at a time.
+#[inline(always)]
+fn dot_by(a: impl Fn(usize) -> f32, b: &[f32]) -> f32 {
+    let np = b.len() / 32 * 32;
+    let mut sum = chunks32_by(&a, &b[..np], false);
+    for (e, &be) in b.iter().enumerate().skip(np) {
+        sum = a(e).mul_add(be, sum);
     }
     sum
 }
@@ -408,13 +415,8 @@ pub fn dot16_transposed_scalar(kt: &[f32], b: &[f32], out: &mut [f32; 16]) {
         kt.len() >= 16 * b.len(),
         "dot16_transposed: block too short"
     );
-    let np = b.len() / 32 * 32;
     for (l, o) in out.iter_mut().enumerate() {
-        let mut sum = chunks32_by(|e| kt[16 * e + l], &b[..np], false);
-        for e in np..b.len() {
-            sum = kt[16 * e + l].mul_add(b[e], sum);
-        }
-        *o = sum;
+        *o = dot_by(|e| kt[16 * e + l], b);
     }
 }
 
