@@ -68,7 +68,7 @@ impl<'a> CompactValues<'a> {
         let (w, slot) = (self.cv.words, self.n_kv_heads * self.cv.cap);
         let n = queries.iter().map(|(first, a)| first + a.len()).max().unwrap_or(0);
         let bits = &self.cv.kept[..n * w];
-        tomoe_quant::vecmath::expand_weighted_sums(queries, bits, &self.v, slot, g, self.cv.head_dim, out);
+        tomoe_quant::vecmath::expand_weighted_sums(queries, bits, self.v, slot, g, self.cv.head_dim, out);
     }
 }
 
@@ -126,18 +126,11 @@ impl KvCache {
     }
 
     /// Writes the keys (rows of the layer's key width) and values (rows of `kv_dim`) of `n`
-    /// consecutive positions from `pos0`. A compact layer needs each position's V mask (`masks`, rows of `head_dim`, 1 = kept):
-    /// it stores only the kept dims (the first `cap` of them).
+    /// consecutive positions from `pos0`. A compact layer needs each position's V mask
+    /// (`masks`, rows of `head_dim`, 1 = kept): it stores only the kept dims (the first `cap` of
+    /// them).
     pub fn store(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32], masks: Option<&[f32]>) {
-        let kd = self.k_dims[layer];
-        let keys = &mut self.k[layer];
-        for (t, kt) in k.chunks_exact(kd).enumerate() {
-            let p = pos0 + t;
-            let block = &mut keys[(p / KEY_BLOCK) * KEY_BLOCK * kd..][..KEY_BLOCK * kd];
-            for (i, &x) in kt.iter().enumerate() {
-                block[i * KEY_BLOCK + p % KEY_BLOCK] = x;
-            }
-        }
+        store_transposed(&mut self.k[layer], KEY_BLOCK, self.k_dims[layer], pos0, k);
         if let Some(cv) = &mut self.compact[layer] {
             let masks = masks.expect("a compact V cache layer stores values with their masks");
             let (hd, cap) = (cv.head_dim, cv.cap);
@@ -159,14 +152,7 @@ impl KvCache {
             }
             return;
         }
-        let values = &mut self.v[layer];
-        for (t, vt) in v.chunks_exact(self.kv_dim).enumerate() {
-            let p = pos0 + t;
-            let block = &mut values[(p / BLOCK) * BLOCK * self.kv_dim..][..BLOCK * self.kv_dim];
-            for (i, &x) in vt.iter().enumerate() {
-                block[i * BLOCK + p % BLOCK] = x;
-            }
-        }
+        store_transposed(&mut self.v[layer], BLOCK, self.kv_dim, pos0, v);
     }
 
     /// Keys of `layer` and its values. Key dim `i` (of the layer's key width `k_dim`) of positions
@@ -179,6 +165,18 @@ impl KvCache {
 
     pub fn bytes(&self) -> usize {
         self.k.iter().chain(&self.v).map(|b| b.len() * 4).sum()
+    }
+}
+
+/// Writes `rows` (rows of `width`, positions `pos0..`) into `cache`, transposed in blocks of
+/// `block` positions: element `i` of position `p` at `(p / block · width + i) · block + p % block`.
+fn store_transposed(cache: &mut [f32], block: usize, width: usize, pos0: usize, rows: &[f32]) {
+    for (t, row) in rows.chunks_exact(width).enumerate() {
+        let p = pos0 + t;
+        let b = &mut cache[(p / block) * block * width..][..block * width];
+        for (i, &x) in row.iter().enumerate() {
+            b[i * block + p % block] = x;
+        }
     }
 }
 
