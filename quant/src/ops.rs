@@ -176,9 +176,9 @@ impl<'a> MatRef<'a> {
     /// the last partial group, if any).
     fn check_groups_len(&self, data: &[u8]) -> Result<(), QuantError> {
         let expected = self.rows / GROUP * GROUP * self.row_bytes;
-        let extra_ok = data.len() >= expected
+        let whole_groups = data.len() >= expected
             && (data.len() - expected) % (GROUP * self.row_bytes).max(1) == 0;
-        if data.len() != expected && !extra_ok {
+        if !whole_groups {
             return Err(QuantError::DataLength {
                 ty: self.ty,
                 rows: self.rows,

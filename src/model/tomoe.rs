@@ -6,10 +6,8 @@ use super::weights::matrix;
 use super::ModelError;
 use crate::gguf::{GgufFile, Value};
 use std::ops::Range;
+use tomoe_quant::kernels::interleave::GROUP;
 use tomoe_quant::{ExtraGroup, MatRef};
-
-/// Rows per group of the interleaved copies.
-const GROUP: usize = 16;
 
 /// File-wide switches of the ToMoE semantics.
 #[derive(Clone, Debug)]
