@@ -10,6 +10,16 @@ use crate::formats::QuantType;
 use crate::kernels::interleave::GROUP;
 use crate::vecmath;
 
+/// Which kernel a row-interleaved copy of a matrix is laid out for.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum CopyLayout {
+    /// Matrix-vector products (`kernels::Interleaved16`): [`MatRef::interleave`].
+    MatVec,
+    /// Weighted row sums (`kernels::InterleavedAxpy16`), for a transposed matrix read by rows:
+    /// [`MatRef::interleave_for_axpy`].
+    Axpy,
+}
+
 /// The rows of an extra group of an interleaved copy ([`MatRef::interleave_extra`]): rows of
 /// the matrix, `None` for a row of zeros.
 pub type ExtraGroup = [Option<usize>; GROUP];
@@ -91,7 +101,7 @@ impl<'a> MatRef<'a> {
     /// # Panics
     /// If an extra row is out of range.
     pub fn interleave_extra(&self, extra: &[ExtraGroup]) -> Option<Vec<u8>> {
-        self.interleave_with(kernels().interleaved(self.ty)?.pack, extra)
+        self.interleave_to_vec(CopyLayout::MatVec, extra)
     }
 
     /// The matrix's whole groups of 16 rows interleaved for the running kernel set's weighted
@@ -106,24 +116,48 @@ impl<'a> MatRef<'a> {
     /// # Panics
     /// As [`MatRef::interleave_extra`].
     pub fn interleave_for_axpy_extra(&self, extra: &[ExtraGroup]) -> Option<Vec<u8>> {
-        self.interleave_with(kernels().interleaved_axpy(self.ty)?.pack, extra)
+        self.interleave_to_vec(CopyLayout::Axpy, extra)
     }
 
-    fn interleave_with(
-        &self,
-        pack: fn(usize, &[u8], &mut [u8]),
-        extra: &[ExtraGroup],
-    ) -> Option<Vec<u8>> {
+    fn interleave_to_vec(&self, layout: CopyLayout, extra: &[ExtraGroup]) -> Option<Vec<u8>> {
+        let mut out = vec![0u8; self.copy_len(layout, extra.len())?];
+        self.interleave_into(layout, extra, &mut out)?;
+        Some(out)
+    }
+
+    /// Bytes of the `layout` copy with `n_extra` extra groups ([`MatRef::interleave_extra`]), or
+    /// `None` where there is no such copy (no kernel in the running set, or no whole group): so a
+    /// caller can lay many copies out in one buffer before writing them.
+    pub fn copy_len(&self, layout: CopyLayout, n_extra: usize) -> Option<usize> {
+        self.pack_fn(layout)?;
         let whole = self.rows / GROUP;
         if whole == 0 {
             return None;
         }
+        let last = usize::from(n_extra > 0 && self.rows % GROUP != 0);
+        Some((whole + last + n_extra) * GROUP * self.row_bytes)
+    }
+
+    /// Writes the `layout` copy with `extra` groups into `out`, which must be
+    /// [`MatRef::copy_len`] bytes; `None` (nothing written) where there is no such copy.
+    ///
+    /// # Panics
+    /// If `out` is not that size, or an extra row is out of range.
+    pub fn interleave_into(
+        &self,
+        layout: CopyLayout,
+        extra: &[ExtraGroup],
+        out: &mut [u8],
+    ) -> Option<()> {
+        let len = self.copy_len(layout, extra.len())?;
+        assert_eq!(out.len(), len, "the copy's buffer is not copy_len bytes");
+        let pack = self.pack_fn(layout)?;
+        let whole = self.rows / GROUP;
         // With extra groups, the last partial group as one of them (its own rows, then zeros).
         let last: Option<ExtraGroup> = (!extra.is_empty() && self.rows % GROUP != 0)
             .then(|| std::array::from_fn(|l| Some(whole * GROUP + l).filter(|&r| r < self.rows)));
         let extra: Vec<&ExtraGroup> = last.iter().chain(extra).collect();
         let group_bytes = GROUP * self.row_bytes;
-        let mut out = vec![0u8; (whole + extra.len()) * group_bytes];
         let (own, gathered) = out.split_at_mut(whole * group_bytes);
         own.par_chunks_mut(group_bytes)
             .zip(self.data.par_chunks_exact(group_bytes))
@@ -144,7 +178,27 @@ impl<'a> MatRef<'a> {
                     pack(self.cols, rows, o);
                 },
             );
-        Some(out)
+        Some(())
+    }
+
+    fn pack_fn(&self, layout: CopyLayout) -> Option<fn(usize, &[u8], &mut [u8])> {
+        let set = kernels();
+        match layout {
+            CopyLayout::MatVec => set.interleaved(self.ty).map(|k| k.pack),
+            CopyLayout::Axpy => set.interleaved_axpy(self.ty).map(|k| k.pack),
+        }
+    }
+
+    /// This matrix with `data` as its `layout` copy: [`MatRef::with_interleaved`] or
+    /// [`MatRef::with_axpy_interleaved`].
+    ///
+    /// # Errors
+    /// As those.
+    pub fn with_copy(self, layout: CopyLayout, data: &'a [u8]) -> Result<Self, QuantError> {
+        match layout {
+            CopyLayout::MatVec => self.with_interleaved(data),
+            CopyLayout::Axpy => self.with_axpy_interleaved(data),
+        }
     }
 
     /// This matrix with `data` (from [`MatRef::interleave`]) as its interleaved copy.

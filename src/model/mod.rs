@@ -2,6 +2,7 @@
 //! into the memory-mapped file.
 
 mod config;
+mod copies;
 mod gemma3;
 mod llama;
 mod qwen2;
@@ -15,6 +16,7 @@ use crate::chat::{ChatError, ChatTemplate};
 use crate::gguf::{GgufError, GgufFile};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use config::Meta;
+use copies::CopyArena;
 use std::path::Path;
 
 /// Why a model could not be loaded. Each variant names the key or tensor at fault.
@@ -42,6 +44,10 @@ pub enum ModelError {
     Tokenizer(#[from] TokenizerError),
     #[error("chat template: {0}")]
     Chat(#[from] ChatError),
+    #[error(
+        "could not map memory for the weights' interleaved copies ({0}); set TOMOE_NO_INTERLEAVE=1 to run without them"
+    )]
+    CopyMemory(std::io::Error),
 }
 
 /// A loaded model: configuration, weights (views into the mapped file), tokenizer and chat
@@ -51,7 +57,7 @@ pub struct Model {
     weights: Weights<'static>,
     /// Row-interleaved copies of the dense matrices (see `tomoe_quant::MatRef::interleave`),
     /// viewed by `weights`; declared after it, so dropped after it.
-    interleaved: Vec<Vec<u8>>,
+    interleaved: CopyArena,
     config: ModelConfig,
     tokenizer: Tokenizer,
     chat_template: Option<ChatTemplate>,
@@ -104,8 +110,11 @@ impl Model {
         // hands them out bounded by `&self`.
         let file_ref: &'static GgufFile = unsafe { &*(&*file as *const GgufFile) };
         let mut weights = Weights::load(file_ref, &config, tensors)?;
-        let interleaved =
-            if std::env::var_os("TOMOE_NO_INTERLEAVE").is_some() { Vec::new() } else { weights.interleave() };
+        let interleaved = if std::env::var_os("TOMOE_NO_INTERLEAVE").is_some() {
+            CopyArena::empty()
+        } else {
+            weights.interleave().map_err(ModelError::CopyMemory)?
+        };
         Ok(Model { weights, interleaved, config, tokenizer, chat_template, file })
     }
 
@@ -121,9 +130,9 @@ impl Model {
     /// Bytes of the row-interleaved copies made at load (0 with `TOMOE_NO_INTERLEAVE` set, or
     /// where the kernel set has no interleaved kernels).
     pub fn interleaved_bytes(&self) -> usize {
-        self.interleaved.iter().map(Vec::len).sum()
+        self.interleaved.len()
     }
-        pub fn weights(&self) -> &Weights<'_> {
+    pub fn weights(&self) -> &Weights<'_> {
         &self.weights
     }
     /// The underlying file (metadata and tensor table).

@@ -2,10 +2,11 @@
 //! file maps them; the small vectors (norm weights, biases) are converted to f32 at load.
 
 use super::config::ModelConfig;
+use super::copies::CopyArena;
 use super::tomoe::{self, MoeLayer};
 use super::ModelError;
 use crate::gguf::GgufFile;
-use tomoe_quant::{dequantize_row, ExtraGroup, MatRef, QuantType};
+use tomoe_quant::{dequantize_row, CopyLayout, ExtraGroup, MatRef, QuantType};
 
 /// Which optional per-layer tensors an architecture requires.
 #[derive(Copy, Clone, Debug)]
@@ -163,51 +164,64 @@ impl<'a> Weights<'a> {
     }
 
     /// Gives every dense matrix that the kernel set can interleave (`MatRef::interleave`) its
-    /// interleaved copy, and returns the copies, which must outlive `self` (the matrices view
-    /// them). Matrix-vector products (decoding) then run on the copies, bit-identically and with a
+    /// interleaved copy, all in one arena that must outlive `self` (the matrices view it).
+    /// Matrix-vector products (decoding) then run on the copies, bit-identically and with a
     /// fraction of the instructions; batches keep reading the mapped file. The ToMoE down
     /// projections (read by rows) get the layout of the weighted row sums instead, and a ToMoE
     /// layer's MLP copies get its experts' scattered rows gathered into extra groups
     /// (`MoeLayer::gather_plan`); stacked experts keep the file's layout only.
-    pub(crate) fn interleave(&mut self) -> Vec<Vec<u8>> {
-        let mut copies = Vec::new();
-        let mut attach = |m: &mut MatRef<'a>, for_axpy: bool, extra: &[ExtraGroup]| {
-            let copy = if for_axpy { m.interleave_for_axpy_extra(extra) } else { m.interleave_extra(extra) };
-            if let Some(copy) = copy {
-                // SAFETY: the copy's heap buffer never moves or changes: it is pushed into
-                // `copies`, which the caller keeps alive (unmutated) for as long as `self`.
-                let view: &'a [u8] = unsafe { &*(copy.as_slice() as *const [u8]) };
-                let with = if for_axpy { m.with_axpy_interleaved(view) } else { m.with_interleaved(view) };
-                *m = with.expect("the copy is the size interleave made it");
-                copies.push(copy);
-            }
-        };
+    pub(super) fn interleave(&mut self) -> std::io::Result<CopyArena> {
         let set = tomoe_quant::dispatch::kernels();
-        for l in &mut self.layers {
-            for m in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo] {
-                attach(m, false, &[]);
-            }
-            if l.experts.is_none() {
-                // A ToMoE layer's experts read whole groups only, their scattered rows gathered
-                // into extra groups, where all three copies can hold them.
-                let gathers = set.interleaved(l.gate.ty()).is_some()
+        // A ToMoE layer's experts read whole groups only, their scattered rows gathered into
+        // extra groups, where all three copies can hold them.
+        let extras: Vec<Vec<ExtraGroup>> = self
+            .layers
+            .iter_mut()
+            .map(|l| {
+                let gathers = l.experts.is_none()
+                    && set.interleaved(l.gate.ty()).is_some()
                     && set.interleaved(l.up.ty()).is_some()
                     && set.interleaved_axpy(l.down.ty()).is_some();
-                let extra = match &mut l.moe {
+                match &mut l.moe {
                     Some(moe) if gathers => {
                         let plan = moe.gather_plan(l.gate.rows());
                         (moe.read_runs, moe.read_order) = (plan.read_runs, plan.read_order);
                         plan.extra
                     }
                     _ => Vec::new(),
-                };
-                attach(&mut l.gate, false, &extra);
-                attach(&mut l.up, false, &extra);
-                attach(&mut l.down, l.moe.is_some(), &extra);
+                }
+            })
+            .collect();
+        let mut targets: Vec<(&mut MatRef<'a>, CopyLayout, &[ExtraGroup])> = Vec::new();
+        for (l, extra) in self.layers.iter_mut().zip(&extras) {
+            for m in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo] {
+                targets.push((m, CopyLayout::MatVec, &[]));
+            }
+            if l.experts.is_none() {
+                let down = if l.moe.is_some() { CopyLayout::Axpy } else { CopyLayout::MatVec };
+                targets.push((&mut l.gate, CopyLayout::MatVec, extra));
+                targets.push((&mut l.up, CopyLayout::MatVec, extra));
+                targets.push((&mut l.down, down, extra));
             }
         }
-        attach(&mut self.output, false, &[]);
-        copies
+        targets.push((&mut self.output, CopyLayout::MatVec, &[]));
+        let lens: Vec<Option<usize>> = targets.iter().map(|(m, lay, ex)| m.copy_len(*lay, ex.len())).collect();
+        let (mut arena, offsets) = CopyArena::new(&lens.iter().map(|l| l.unwrap_or(0)).collect::<Vec<_>>())?;
+        let buf = arena.buffer_mut();
+        for ((m, lay, ex), (&len, &off)) in targets.iter().zip(lens.iter().zip(&offsets)) {
+            if let Some(len) = len {
+                m.interleave_into(*lay, ex, &mut buf[off..off + len]).expect("copy_len said the set has the kernel");
+            }
+        }
+        // SAFETY: the arena's mapping never moves or changes once written; the caller keeps the
+        // arena alive (unmutated) for as long as `self`.
+        let buf: &'a [u8] = unsafe { &*(arena.buffer() as *const [u8]) };
+        for ((m, lay, _), (&len, &off)) in targets.into_iter().zip(lens.iter().zip(&offsets)) {
+            if let Some(len) = len {
+                *m = m.with_copy(lay, &buf[off..off + len]).expect("the copy is copy_len bytes");
+            }
+        }
+        Ok(arena)
     }
 
     /// Bytes of weights one decoded token reads: every matrix once, the embedding table one row
