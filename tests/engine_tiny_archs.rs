@@ -13,7 +13,7 @@ use oracle_eval::{max_rel_diff, GgmlKernels, LlamaOracle};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tomoe::engine::{Context, ContextParams};
-use tomoe::gguf::{GgufWriter, QuantType, Value};
+use tomoe::gguf::{GgufFile, GgufWriter, QuantType, Value};
 use tomoe::model::Model;
 use tomoe_quant::quantize_row;
 
@@ -165,4 +165,34 @@ fn tiny_qwen2_matches_llama_cpp() {
 fn tiny_llama_gqa_matches_llama_cpp() {
     check("llama", QuantType::F32, 1e-4);
     check("llama", QuantType::Q8_0, 1e-6);
+}
+
+/// A mapped file's matrices are read from the copies made at load: interleaved where the kernel
+/// set has kernels for them, plain (on huge pages) where the system has transparent huge pages;
+/// a file in memory gets no plain copies. Every logit is the same bits either way.
+#[test]
+fn copies_give_the_bits_of_the_file() {
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|mode| mode.contains("[always]") || mode.contains("[madvise]"));
+    for (arch, ty) in [("qwen2", QuantType::F32), ("llama", QuantType::Q8_0)] {
+        let path = tiny_model(arch, ty, 7);
+        let mapped = Arc::new(Model::load(&path).unwrap());
+        let file = GgufFile::from_bytes(std::fs::read(&path).unwrap()).unwrap();
+        let in_memory = Arc::new(Model::from_gguf(file).unwrap());
+        if ty == QuantType::F32 {
+            // No kernel set interleaves f32: only plain copies, of a mapped file only.
+            assert_eq!(in_memory.copies_bytes(), 0);
+            assert_eq!(mapped.copies_bytes() > 0, thp, "{arch} {ty}: plain copies where THP is on");
+        }
+        let logits = |model: Arc<Model>| {
+            let mut ctx = Context::new(model, ContextParams { n_ctx: 64, n_threads: 2, n_batch: 64 }).unwrap();
+            let mut all = Vec::new();
+            ctx.eval_all_logits(&[257, 97, 98, 99, 32, 100], &mut all).unwrap();
+            for t in [101, 102, 103] {
+                all.extend_from_slice(ctx.eval(&[t]).unwrap());
+            }
+            all.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        assert_eq!(logits(mapped), logits(in_memory), "{arch} {ty}: the copies change the logits");
+    }
 }

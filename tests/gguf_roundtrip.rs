@@ -385,3 +385,55 @@ fn gguf_file_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<GgufFile>();
 }
+
+#[test]
+fn released_bytes_read_the_same() {
+    let dir = temp_dir("release");
+    let path = dir.join("big.gguf");
+    let mut w = GgufWriter::new();
+    // 1 MiB of f32s, so that whole 64 KiB pages lie inside the tensor.
+    let data: Vec<u8> = (0..1u32 << 18).flat_map(|i| (i * 7).to_le_bytes()).collect();
+    w.add_tensor("t", vec![1 << 18], QuantType::F32, data.clone()).unwrap();
+    w.write_atomic(&path).unwrap();
+    let f = GgufFile::open(&path).unwrap();
+    assert!(f.is_mapped());
+    let t = f.tensor("t").unwrap().data;
+    assert_eq!(t, &data[..]);
+    let before = mapped_rss_kib(&path);
+    f.release(t);
+    let after = mapped_rss_kib(&path);
+    #[cfg(target_os = "linux")]
+    assert!(
+        after + 896 <= before,
+        "release drops the tensor's whole pages: {before} -> {after} KiB resident"
+    );
+    assert_eq!(t, &data[..], "after release, the pages are read again from the file");
+    f.release(&t[12_345..900_001]);
+    f.release(&data); // not part of the file: nothing happens
+    assert_eq!(t, &data[..]);
+    let in_memory = GgufFile::from_bytes(std::fs::read(&path).unwrap()).unwrap();
+    assert!(!in_memory.is_mapped());
+    let t = in_memory.tensor("t").unwrap().data;
+    in_memory.release(t);
+    assert_eq!(t, &data[..]);
+    drop(f);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// KiB of `path`'s mappings resident in this process (0 off Linux).
+fn mapped_rss_kib(path: &std::path::Path) -> u64 {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return 0;
+    };
+    let name = path.to_string_lossy();
+    let mut ours = false;
+    let mut total = 0;
+    for line in smaps.lines() {
+        if line.contains('-') && line.split_whitespace().count() >= 5 && !line.ends_with(" kB") {
+            ours = line.ends_with(&*name);
+        } else if let Some(kb) = line.strip_prefix("Rss:").filter(|_| ours) {
+            total += kb.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap();
+        }
+    }
+    total
+}

@@ -421,11 +421,11 @@ fn bench(a: BenchArgs) -> Res<()> {
     let pp = a.n_prompt as f64 / best_pp;
     let tg = a.n_gen as f64 / best_tg;
     println!(
-        "model: {} ({}, {:.1} MiB of weights; {:.1} MiB interleaved copies for decoding)",
+        "model: {} ({}, {:.1} MiB of weights; {:.1} MiB of copies for decoding)",
         a.model.display(),
         model.config().arch.name(),
         weight_bytes as f64 / 1048576.0,
-        model.interleaved_bytes() as f64 / 1048576.0
+        model.copies_bytes() as f64 / 1048576.0
     );
     println!("threads: {}  kernels: {}", ctx.params().n_threads, tomoe_quant::kernel_name());
     println!("pp{}: {:.1} tokens/s", a.n_prompt, pp);

@@ -153,6 +153,38 @@ impl GgufFile {
         self.version
     }
 
+    /// Whether the bytes are a mapped file ([`GgufFile::open`]), not a buffer in memory.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.storage, Storage::Mapped(_))
+    }
+
+    /// Drops the whole pages of `bytes` (part of this file's bytes, e.g. a tensor's data that
+    /// was copied) from the process's resident memory: the kernel keeps them in its page cache
+    /// and maps them again if they are read. Only lowers the resident set; the bytes read the
+    /// same. Does nothing for a buffer in memory, for bytes outside the file, or off unix.
+    pub fn release(&self, bytes: &[u8]) {
+        #[cfg(unix)]
+        if let Storage::Mapped(map) = &self.storage {
+            // 64 KiB is a multiple of every common page size (4, 16 and 64 KiB).
+            const PAGES: usize = 64 << 10;
+            let base = map.as_ptr() as usize;
+            let (start, end) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
+            if start < base || end > base + map.len() {
+                return;
+            }
+            let (first, last) = ((start - base).next_multiple_of(PAGES), (end - base) / PAGES * PAGES);
+            if first < last {
+                // SAFETY: the map is a read-only shared mapping of the file (`Mmap::map`), so
+                // after MADV_DONTNEED its pages are filled again from the file on the next read:
+                // borrowed slices keep reading the same bytes (the file is not modified while
+                // mapped, the assumption of the whole mapping; see `open`).
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first) };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = bytes;
+    }
+
     /// `general.alignment`, or 32 when absent.
     pub fn alignment(&self) -> u64 {
         self.alignment

@@ -1,11 +1,13 @@
-//! One anonymous mapping that holds every row-interleaved copy of a model's matrices
-//! (`tomoe_quant::MatRef::interleave_into`), on transparent huge pages where Linux offers them.
+//! One anonymous mapping that holds every copy of a model's matrices (row-interleaved ones,
+//! `tomoe_quant::MatRef::interleave_into`, and plain ones), on transparent huge pages where
+//! Linux offers them.
 //!
-//! Decoding streams the copies, ~100 MiB per token on SmolLM2. On 4 KiB pages every page is a
-//! TLB miss and a stop for the hardware prefetchers; on 2 MiB pages the streams run on. With the
-//! kernel's THP mode `madvise` (a common default) only a region advised `MADV_HUGEPAGE` gets
-//! them, and a heap allocation per copy (each under 2 MiB) never could. Measured on SmolLM2
-//! Q8_0 decoding, one thread: +10-25 % (BENCHMARKS.md, session 10).
+//! Decoding streams the weights, ~100 MiB per token on SmolLM2. On 4 KiB pages (a mapped file's
+//! always are) every page is a TLB miss and a stop for the hardware prefetchers; on 2 MiB pages
+//! the streams run on. With the kernel's THP mode `madvise` (a common default) only a region
+//! advised `MADV_HUGEPAGE` gets them, and a heap allocation per copy (each under 2 MiB) never
+//! could. Measured on SmolLM2 Q8_0 decoding, one thread: +20-40 % with the interleaved kernels,
+//! +60 % with the AVX2 ones (BENCHMARKS.md, session 10).
 
 use memmap2::MmapMut;
 
@@ -14,6 +16,21 @@ const HUGE_PAGE: usize = 2 << 20;
 
 /// Each copy starts on a cache line.
 const ALIGN: usize = 64;
+
+/// Whether anonymous memory advised `MADV_HUGEPAGE` gets transparent huge pages here: the
+/// kernel's THP mode is `always` or `madvise`. Elsewhere (other systems, THP `never`) a plain
+/// copy of a matrix would read no faster than the mapped file.
+pub(super) fn huge_pages() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|mode| mode.contains("[always]") || mode.contains("[madvise]"))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
 
 /// The buffer of a model's copies: `len` bytes starting at `start` in `map` (the first huge
 /// page boundary), or nothing.

@@ -45,7 +45,7 @@ pub enum ModelError {
     #[error("chat template: {0}")]
     Chat(#[from] ChatError),
     #[error(
-        "could not map memory for the weights' interleaved copies ({0}); set TOMOE_NO_INTERLEAVE=1 to run without them"
+        "could not map memory for the weights' copies ({0}); set TOMOE_NO_COPIES=1 to run from the mapped file alone"
     )]
     CopyMemory(std::io::Error),
 }
@@ -55,9 +55,9 @@ pub enum ModelError {
 pub struct Model {
     // Declared before `file`: views into it, dropped first.
     weights: Weights<'static>,
-    /// Row-interleaved copies of the dense matrices (see `tomoe_quant::MatRef::interleave`),
-    /// viewed by `weights`; declared after it, so dropped after it.
-    interleaved: CopyArena,
+    /// The matrices' decoding copies (see `Weights::make_copies`), viewed by `weights`;
+    /// declared after it, so dropped after it.
+    copies: CopyArena,
     config: ModelConfig,
     tokenizer: Tokenizer,
     chat_template: Option<ChatTemplate>,
@@ -110,12 +110,15 @@ impl Model {
         // hands them out bounded by `&self`.
         let file_ref: &'static GgufFile = unsafe { &*(&*file as *const GgufFile) };
         let mut weights = Weights::load(file_ref, &config, tensors)?;
-        let interleaved = if std::env::var_os("TOMOE_NO_INTERLEAVE").is_some() {
+        let copies = if std::env::var_os("TOMOE_NO_COPIES").is_some() {
             CopyArena::empty()
         } else {
-            weights.interleave().map_err(ModelError::CopyMemory)?
+            // Plain copies only of a mapped file: a buffer in memory is not worth a second copy.
+            let plain = file_ref.is_mapped() && copies::huge_pages();
+            // Copying a matrix reads its bytes in; nothing reads them again.
+            weights.make_copies(plain, |bytes| file_ref.release(bytes)).map_err(ModelError::CopyMemory)?
         };
-        Ok(Model { weights, interleaved, config, tokenizer, chat_template, file })
+        Ok(Model { weights, copies, config, tokenizer, chat_template, file })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -127,10 +130,10 @@ impl Model {
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
         self.chat_template.as_ref()
     }
-    /// Bytes of the row-interleaved copies made at load (0 with `TOMOE_NO_INTERLEAVE` set, or
-    /// where the kernel set has no interleaved kernels).
-    pub fn interleaved_bytes(&self) -> usize {
-        self.interleaved.len()
+    /// Bytes of the matrices' copies made at load: interleaved where the kernel set has
+    /// interleaved kernels, plain where the system has huge pages (0 with `TOMOE_NO_COPIES` set).
+    pub fn copies_bytes(&self) -> usize {
+        self.copies.len()
     }
     pub fn weights(&self) -> &Weights<'_> {
         &self.weights

@@ -163,14 +163,21 @@ impl<'a> Weights<'a> {
         Ok(Weights { token_embd, layers, output_norm, output, rope_freqs })
     }
 
-    /// Gives every dense matrix that the kernel set can interleave (`MatRef::interleave`) its
-    /// interleaved copy, all in one arena that must outlive `self` (the matrices view it).
-    /// Matrix-vector products (decoding) then run on the copies, bit-identically and with a
-    /// fraction of the instructions; batches keep reading the mapped file. The ToMoE down
-    /// projections (read by rows) get the layout of the weighted row sums instead, and a ToMoE
-    /// layer's MLP copies get its experts' scattered rows gathered into extra groups
-    /// (`MoeLayer::gather_plan`); stacked experts keep the file's layout only.
-    pub(super) fn interleave(&mut self) -> std::io::Result<CopyArena> {
+    /// Gives the matrices their decoding copies, all in one arena (on huge pages where the
+    /// kernel has them) that must outlive `self` (the matrices view it):
+    /// - every matrix the kernel set can interleave (`MatRef::interleave`) its interleaved copy.
+    ///   Matrix-vector products (decoding) then run on the copies, bit-identically and with a
+    ///   fraction of the instructions; batches keep reading the mapped file. The ToMoE down
+    ///   projections (read by rows) get the layout of the weighted row sums instead, and a ToMoE
+    ///   layer's MLP copies get its experts' scattered rows gathered into extra groups
+    ///   (`MoeLayer::gather_plan`);
+    /// - with `plain`, every other matrix (stacked experts included) a copy of its bytes, which
+    ///   it then reads instead of the file (decoding and batches alike): only huge pages make
+    ///   that worth its memory.
+    ///
+    /// `release` gets each matrix's file bytes once a plain copy has replaced them (nothing
+    /// reads them again).
+    pub(super) fn make_copies(&mut self, plain: bool, release: impl Fn(&[u8])) -> std::io::Result<CopyArena> {
         let set = tomoe_quant::dispatch::kernels();
         // A ToMoE layer's experts read whole groups only, their scattered rows gathered into
         // extra groups, where all three copies can hold them.
@@ -192,34 +199,55 @@ impl<'a> Weights<'a> {
                 }
             })
             .collect();
-        let mut targets: Vec<(&mut MatRef<'a>, CopyLayout, &[ExtraGroup])> = Vec::new();
+        // Each matrix with the interleaved layout it may have (None: stacked experts) and the
+        // extra groups that copy holds.
+        let mut targets: Vec<(&mut MatRef<'a>, Option<CopyLayout>, &[ExtraGroup])> = Vec::new();
         for (l, extra) in self.layers.iter_mut().zip(&extras) {
             for m in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo] {
-                targets.push((m, CopyLayout::MatVec, &[]));
+                targets.push((m, Some(CopyLayout::MatVec), &[]));
             }
-            if l.experts.is_none() {
-                let down = if l.moe.is_some() { CopyLayout::Axpy } else { CopyLayout::MatVec };
-                targets.push((&mut l.gate, CopyLayout::MatVec, extra));
-                targets.push((&mut l.up, CopyLayout::MatVec, extra));
-                targets.push((&mut l.down, down, extra));
-            }
+            let (mlp, down) = match (&l.experts, &l.moe) {
+                (Some(_), _) => (None, None),
+                (None, Some(_)) => (Some(CopyLayout::MatVec), Some(CopyLayout::Axpy)),
+                (None, None) => (Some(CopyLayout::MatVec), Some(CopyLayout::MatVec)),
+            };
+            targets.push((&mut l.gate, mlp, extra));
+            targets.push((&mut l.up, mlp, extra));
+            targets.push((&mut l.down, down, extra));
         }
-        targets.push((&mut self.output, CopyLayout::MatVec, &[]));
-        let lens: Vec<Option<usize>> = targets.iter().map(|(m, lay, ex)| m.copy_len(*lay, ex.len())).collect();
-        let (mut arena, offsets) = CopyArena::new(&lens.iter().map(|l| l.unwrap_or(0)).collect::<Vec<_>>())?;
+        targets.push((&mut self.output, Some(CopyLayout::MatVec), &[]));
+        let copies: Vec<Option<MatCopy>> = targets
+            .iter()
+            .map(|(m, lay, ex)| match lay.and_then(|lay| Some((lay, m.copy_len(lay, ex.len())?))) {
+                Some((lay, len)) => Some(MatCopy { interleaved: Some(lay), len }),
+                None => plain.then(|| MatCopy { interleaved: None, len: m.data().len() }),
+            })
+            .collect();
+        let (mut arena, offsets) =
+            CopyArena::new(&copies.iter().map(|c| c.as_ref().map_or(0, |c| c.len)).collect::<Vec<_>>())?;
         let buf = arena.buffer_mut();
-        for ((m, lay, ex), (&len, &off)) in targets.iter().zip(lens.iter().zip(&offsets)) {
-            if let Some(len) = len {
-                m.interleave_into(*lay, ex, &mut buf[off..off + len]).expect("copy_len said the set has the kernel");
+        for ((m, _, ex), (c, &off)) in targets.iter().zip(copies.iter().zip(&offsets)) {
+            let Some(c) = c else { continue };
+            let out = &mut buf[off..off + c.len];
+            match c.interleaved {
+                Some(lay) => m.interleave_into(lay, ex, out).expect("copy_len said the set has the kernel"),
+                None => {
+                    out.copy_from_slice(m.data());
+                    release(m.data());
+                }
             }
         }
         // SAFETY: the arena's mapping never moves or changes once written; the caller keeps the
         // arena alive (unmutated) for as long as `self`.
         let buf: &'a [u8] = unsafe { &*(arena.buffer() as *const [u8]) };
-        for ((m, lay, _), (&len, &off)) in targets.into_iter().zip(lens.iter().zip(&offsets)) {
-            if let Some(len) = len {
-                *m = m.with_copy(lay, &buf[off..off + len]).expect("the copy is copy_len bytes");
+        for ((m, _, _), (c, &off)) in targets.into_iter().zip(copies.iter().zip(&offsets)) {
+            let Some(c) = c else { continue };
+            let data = &buf[off..off + c.len];
+            *m = match c.interleaved {
+                Some(lay) => m.with_copy(lay, data),
+                None => MatRef::new(m.ty(), m.rows(), m.cols(), data),
             }
+            .expect("the copy is the size it was made");
         }
         Ok(arena)
     }
@@ -354,4 +382,10 @@ fn vector(f: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> 
     let mut out = vec![0f32; len];
     dequantize_row(ty, t.data, &mut out);
     Ok(out)
+}
+
+/// A matrix's copy: interleaved in a layout, or its bytes as they are (`None`).
+struct MatCopy {
+    interleaved: Option<CopyLayout>,
+    len: usize,
 }
