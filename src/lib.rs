@@ -14,5 +14,6 @@ pub mod chat;
 pub mod convert;
 pub mod engine;
 pub mod gguf;
+mod huge_pages;
 pub mod model;
 pub mod tokenizer;

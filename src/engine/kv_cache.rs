@@ -11,6 +11,9 @@
 //! indices of its kept head dims and, for each KV head, only those values. Attention then reads
 //! (and the cache holds, when the mask is capped at `top_k` dims) only the kept values.
 
+use crate::huge_pages::HugeBuf;
+use std::ops::Range;
+
 pub const BLOCK: usize = 32;
 
 /// Positions per block of the transposed keys.
@@ -21,10 +24,14 @@ pub struct KvCache {
     kv_dim: usize,
     /// Per layer, the key width (`kv_dim`, or fewer in a ToMoE layer with pruned Q/K dims).
     k_dims: Vec<usize>,
-    k: Vec<Vec<f32>>,
-    /// Dense layers: the blocked, transposed values. Compact layers: per position a slot of
-    /// `n_kv_heads · cap` values, head `g`'s kept values at `g · count` (count: the kept dims).
-    v: Vec<Vec<f32>>,
+    /// Every layer's keys, layer `l`'s at `k_at[l]`; on huge pages, as attention streams them.
+    k: HugeBuf<f32>,
+    k_at: Vec<Range<usize>>,
+    /// Every layer's values, at `v_at`. Dense layers: the blocked, transposed values. Compact
+    /// layers: per position a slot of `n_kv_heads · cap` values, head `g`'s kept values at
+    /// `g · count` (count: the kept dims).
+    v: HugeBuf<f32>,
+    v_at: Vec<Range<usize>>,
     /// Per layer, `Some` if its values are cached compactly.
     compact: Vec<Option<CompactV>>,
 }
@@ -82,7 +89,7 @@ impl KvCache {
         n_ctx: usize,
         kv_dim: usize,
         head_dim: usize,
-    ) -> KvCache {
+    ) -> std::io::Result<KvCache> {
         let v_len = n_ctx.next_multiple_of(BLOCK) * kv_dim;
         let n_kv_heads = kv_dim / head_dim.max(1);
         let compact: Vec<Option<CompactV>> = (0..k_dims.len())
@@ -94,26 +101,20 @@ impl KvCache {
                 })
             })
             .collect();
-        KvCache {
-            n_ctx,
-            kv_dim,
-            k: k_dims.iter().map(|&kd| vec![0f32; n_ctx.next_multiple_of(KEY_BLOCK) * kd]).collect(),
-            v: compact
-                .iter()
-                .map(|cv| match cv {
-                    Some(cv) => vec![0f32; n_ctx * n_kv_heads * cv.cap],
-                    None => vec![0f32; v_len],
-                })
-                .collect(),
-            compact,
-            k_dims,
-        }
+        let k_lens = k_dims.iter().map(|&kd| n_ctx.next_multiple_of(KEY_BLOCK) * kd);
+        let v_lens = compact.iter().map(|cv| match cv {
+            Some(cv) => n_ctx * n_kv_heads * cv.cap,
+            None => v_len,
+        });
+        let (k, k_at) = layers_buffer(k_lens)?;
+        let (v, v_at) = layers_buffer(v_lens)?;
+        Ok(KvCache { n_ctx, kv_dim, k, k_at, v, v_at, compact, k_dims })
     }
 
     /// The compact values of `layer`, if it caches them compactly.
     pub fn compact_values(&self, layer: usize) -> Option<CompactValues<'_>> {
         let cv = self.compact[layer].as_ref()?;
-        Some(CompactValues { cv, v: &self.v[layer], n_kv_heads: self.kv_dim / cv.head_dim })
+        Some(CompactValues { cv, v: &self.v[self.v_at[layer].clone()], n_kv_heads: self.kv_dim / cv.head_dim })
     }
 
     pub fn n_ctx(&self) -> usize {
@@ -130,12 +131,12 @@ impl KvCache {
     /// (`masks`, rows of `head_dim`, 1 = kept): it stores only the kept dims (the first `cap` of
     /// them).
     pub fn store(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32], masks: Option<&[f32]>) {
-        store_transposed(&mut self.k[layer], KEY_BLOCK, self.k_dims[layer], pos0, k);
+        store_transposed(&mut self.k[self.k_at[layer].clone()], KEY_BLOCK, self.k_dims[layer], pos0, k);
         if let Some(cv) = &mut self.compact[layer] {
             let masks = masks.expect("a compact V cache layer stores values with their masks");
             let (hd, cap) = (cv.head_dim, cv.cap);
             let n_kv = self.kv_dim / hd;
-            let values = &mut self.v[layer];
+            let values = &mut self.v[self.v_at[layer].clone()];
             for (t, (vt, mt)) in v.chunks_exact(self.kv_dim).zip(masks.chunks_exact(hd)).enumerate() {
                 let p = pos0 + t;
                 let kept = &mut cv.kept[p * cv.words..(p + 1) * cv.words];
@@ -152,7 +153,7 @@ impl KvCache {
             }
             return;
         }
-        store_transposed(&mut self.v[layer], BLOCK, self.kv_dim, pos0, v);
+        store_transposed(&mut self.v[self.v_at[layer].clone()], BLOCK, self.kv_dim, pos0, v);
     }
 
     /// Keys of `layer` and its values. Key dim `i` (of the layer's key width `k_dim`) of positions
@@ -160,12 +161,25 @@ impl KvCache {
     /// `32b .. 32b + 32` are at `b · value_block_stride() + 32 i`. Positions not yet stored are 0
     /// (or stale from a cleared sequence: callers ignore their scores and weight them by 0).
     pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
-        (&self.k[layer], &self.v[layer])
+        (&self.k[self.k_at[layer].clone()], &self.v[self.v_at[layer].clone()])
     }
 
     pub fn bytes(&self) -> usize {
-        self.k.iter().chain(&self.v).map(|b| b.len() * 4).sum()
+        (self.k.len() + self.v.len()) * 4
     }
+}
+
+/// One buffer for every layer's part of `lens`, each part on a cache line: the buffer and the
+/// parts' ranges.
+fn layers_buffer(lens: impl Iterator<Item = usize>) -> std::io::Result<(HugeBuf<f32>, Vec<Range<usize>>)> {
+    let mut at = Vec::new();
+    let mut end = 0usize;
+    for len in lens {
+        let start = end.next_multiple_of(16);
+        end = start.checked_add(len).ok_or(std::io::ErrorKind::OutOfMemory)?;
+        at.push(start..end);
+    }
+    Ok((HugeBuf::zeroed(end)?, at))
 }
 
 /// Writes `rows` (rows of `width`, positions `pos0..`) into `cache`, transposed in blocks of
@@ -188,7 +202,7 @@ mod tests {
     fn compact_layer_keeps_only_masked_in_values() {
         // 2 KV heads of 4 dims; layer 0 dense, layer 1 compact with at most 2 dims per position.
         let (hd, kvd, n_ctx) = (4, 8, 3);
-        let mut kv = KvCache::new(vec![kvd, kvd], &[None, Some(2)], n_ctx, kvd, hd);
+        let mut kv = KvCache::new(vec![kvd, kvd], &[None, Some(2)], n_ctx, kvd, hd).unwrap();
         let k = vec![0.5f32; 2 * kvd];
         let v: Vec<f32> = (0..2 * kvd).map(|i| i as f32).collect();
         // Position 0 keeps dims 1 and 3; position 1 keeps dim 2 only.
@@ -208,7 +222,7 @@ mod tests {
         assert_eq!(out, [0., 0.25 * 5., 0.5 * 14., 0.25 * 7., 0., 0., 2. * 14., 0.]);
         assert!(kv.compact_values(0).is_none());
         // The capped layer holds 2 of 4 value dims per position.
-        let dense = KvCache::new(vec![kvd, kvd], &[None, None], n_ctx, kvd, hd);
+        let dense = KvCache::new(vec![kvd, kvd], &[None, None], n_ctx, kvd, hd).unwrap();
         assert!(kv.bytes() < dense.bytes());
     }
 }

@@ -28,6 +28,8 @@ pub enum EngineError {
     BadParams(String),
     #[error("could not start the thread pool: {0}")]
     ThreadPool(String),
+    #[error("could not map memory for the KV cache ({0}); try a smaller context (-c)")]
+    KvMemory(std::io::Error),
 }
 
 /// Parameters of one context.
@@ -87,7 +89,7 @@ impl Context {
                 Some(if vm.top_k > 0 { vm.top_k } else { c.head_dim })
             })
             .collect();
-        let kv = KvCache::new(k_dims, &caps, p.n_ctx, c.kv_dim(), c.head_dim);
+        let kv = KvCache::new(k_dims, &caps, p.n_ctx, c.kv_dim(), c.head_dim).map_err(EngineError::KvMemory)?;
         let scratch = Scratch::new(c, nb, p.n_ctx);
         Ok(Context { model, params: ContextParams { n_batch: nb, ..p }, pool, team, kv, scratch, pos: 0 })
     }

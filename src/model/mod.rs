@@ -114,7 +114,7 @@ impl Model {
             CopyArena::empty()
         } else {
             // Plain copies only of a mapped file: a buffer in memory is not worth a second copy.
-            let plain = file_ref.is_mapped() && copies::huge_pages();
+            let plain = file_ref.is_mapped() && crate::huge_pages::available();
             // Copying a matrix reads its bytes in; nothing reads them again.
             weights.make_copies(plain, |bytes| file_ref.release(bytes)).map_err(ModelError::CopyMemory)?
         };
