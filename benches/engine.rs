@@ -30,6 +30,7 @@ use rayon::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
 use tomoe::engine::{Context, ContextParams};
+use tomoe::huge_pages::HugeBuf;
 use tomoe::model::Model;
 
 const N_PROMPT: usize = 512;
@@ -47,9 +48,11 @@ fn tokens(n: usize, n_vocab: u32) -> Vec<u32> {
     (0..n as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % n_vocab).collect()
 }
 
-/// Read bandwidth of `threads` threads summing a 1 GiB buffer (best of 3), in GB/s.
+/// Read bandwidth of `threads` threads summing a 1 GiB buffer (best of 3), in GB/s. The buffer
+/// is on huge pages where the system has them, as the weights' copies and the KV cache are.
 fn bandwidth_probe(threads: usize) -> f64 {
-    let buf = vec![1f32; 1 << 28];
+    let mut buf = HugeBuf::<f32>::zeroed(1 << 28).unwrap();
+    buf.fill(1.0);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     let mut best = f64::MAX;
     for _ in 0..3 {

@@ -18,7 +18,7 @@ const HUGE_PAGE: usize = 2 << 20;
 /// Whether anonymous memory advised `MADV_HUGEPAGE` gets transparent huge pages here: the
 /// kernel's THP mode is `always` or `madvise`. Elsewhere (other systems, THP `never`) a
 /// [`HugeBuf`] is an ordinary zeroed mapping.
-pub(crate) fn available() -> bool {
+pub fn available() -> bool {
     #[cfg(target_os = "linux")]
     {
         std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
@@ -34,7 +34,7 @@ pub(crate) fn available() -> bool {
 ///
 /// # Safety
 /// Implement only for such types (no padding, no invalid bit patterns).
-pub(crate) unsafe trait Plain: Copy {}
+pub unsafe trait Plain: Copy {}
 // SAFETY: integers and floats: every bit pattern is a value.
 unsafe impl Plain for u8 {}
 // SAFETY: as above.
@@ -42,7 +42,7 @@ unsafe impl Plain for f32 {}
 
 /// `len` zeroed `T`s starting on a huge-page boundary of an anonymous mapping advised
 /// `MADV_HUGEPAGE` (nothing mapped when empty).
-pub(crate) struct HugeBuf<T: Plain> {
+pub struct HugeBuf<T: Plain> {
     map: Option<MmapMut>,
     start: usize,
     len: usize,
@@ -50,7 +50,7 @@ pub(crate) struct HugeBuf<T: Plain> {
 }
 
 impl<T: Plain> HugeBuf<T> {
-    pub(crate) fn zeroed(len: usize) -> std::io::Result<HugeBuf<T>> {
+    pub fn zeroed(len: usize) -> std::io::Result<HugeBuf<T>> {
         let bytes = len.checked_mul(size_of::<T>()).ok_or(std::io::ErrorKind::OutOfMemory)?;
         if bytes == 0 {
             return Ok(HugeBuf { map: None, start: 0, len: 0, _values: PhantomData });

@@ -7,6 +7,7 @@
 //! - [`tokenizer`], [`chat`]: text in and out: BPE/SentencePiece, chat templates, sampling.
 //! - `convert` (feature `convert`): dense model → trained routers and masks → MoE GGUF.
 //! - [`capi`]: the C ABI.
+//! - [`huge_pages`]: buffers on transparent huge pages, for the weights' copies and the KV cache.
 
 pub mod capi;
 pub mod chat;
@@ -14,6 +15,6 @@ pub mod chat;
 pub mod convert;
 pub mod engine;
 pub mod gguf;
-mod huge_pages;
+pub mod huge_pages;
 pub mod model;
 pub mod tokenizer;
