@@ -14,10 +14,11 @@
 //! its MoE conversions at the same quantization): per file the bytes one decoded token reads
 //! (experts weighted by the routing of the run), tg/pp tokens/s, the decode speedup over the first
 //! file beside the ratio of bytes, and llama.cpp on every file it can load (not `tomoe-*` ones).
-//! Files take turns: each repetition of pp512 runs every file (and the probe), and decoding is cut
-//! into bursts of 16 tokens: each round runs every file's burst (in an order that turns from round
-//! to round), then llama.cpp's, then pauses for llama.cpp's threads to settle; its speed is the
-//! mean over all bursts (not the best run), so the drift of a shared machine hits every file alike.
+//! Each run (tomoe or llama.cpp on one file: pp512, then tg128) is a process of its own, the
+//! files taking turns in an order that changes each repetition, and each keeps its best of
+//! `TOMOE_BENCH_REPS`: a user runs one model per process, and models sharing a process evict
+//! each other from the last-level cache (on the bench machine, whose L3 held a whole SmolLM2,
+//! two p = 0.5 contexts in one process decoded at 126-128 tokens/s, one alone at 134-145).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -30,14 +31,13 @@ use rayon::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
 use tomoe::engine::{Context, ContextParams};
+use tomoe::gguf::GgufFile;
 use tomoe::huge_pages::HugeBuf;
 use tomoe::model::Model;
 
 const N_PROMPT: usize = 512;
 const N_GEN: usize = 128;
 const N_CTX: usize = 1024;
-/// Pause after llama.cpp's bursts, for its spinning threads to go to sleep (see `bench_files`).
-const LLAMA_SETTLE_MS: u64 = 50;
 
 fn env_list(key: &str, default: &str) -> Vec<String> {
     std::env::var(key).unwrap_or_else(|_| default.into()).split(',').map(|s| s.trim().to_string()).collect()
@@ -48,34 +48,46 @@ fn tokens(n: usize, n_vocab: u32) -> Vec<u32> {
     (0..n as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % n_vocab).collect()
 }
 
-/// Read bandwidth of `threads` threads summing a 1 GiB buffer (best of 3), in GB/s. The buffer
-/// is on huge pages where the system has them, as the weights' copies and the KV cache are.
-fn bandwidth_probe(threads: usize) -> f64 {
-    let mut buf = HugeBuf::<f32>::zeroed(1 << 28).unwrap();
+/// The read-bandwidth ceiling for decoding a model of `model_bytes` with `threads` threads, in
+/// GB/s: the better of summing a 1 GiB buffer (memory) and summing, over and over, a buffer of
+/// the model's size (which a large last-level cache may hold, as it may hold the model).
+fn bandwidth_probe(threads: usize, model_bytes: usize) -> f64 {
+    read_bandwidth(threads, 1 << 30).max(read_bandwidth(threads, model_bytes))
+}
+
+/// Read bandwidth of `threads` threads summing a buffer of `bytes` as many times as it takes to
+/// read 1 GiB (best of 3), in GB/s. The buffer is on huge pages where the system has them, as
+/// the weights' copies and the KV cache are.
+fn read_bandwidth(threads: usize, bytes: usize) -> f64 {
+    let mut buf = HugeBuf::<f32>::zeroed(bytes.div_ceil(1 << 18) << 16).unwrap();
     buf.fill(1.0);
+    let passes = (1usize << 30).div_ceil(buf.len() * 4);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     let mut best = f64::MAX;
     for _ in 0..3 {
         let t = Instant::now();
-        let s: f32 = pool.install(|| {
-            buf.par_chunks(1 << 16)
-                .map(|c| {
-                    let mut acc = [0f32; 16];
-                    for v in c.chunks_exact(16) {
-                        for i in 0..16 {
-                            acc[i] += v[i];
+        for _ in 0..passes {
+            let s: f32 = pool.install(|| {
+                buf.par_chunks(1 << 16)
+                    .map(|c| {
+                        let mut acc = [0f32; 16];
+                        for v in c.chunks_exact(16) {
+                            for i in 0..16 {
+                                acc[i] += v[i];
+                            }
                         }
-                    }
-                    acc.iter().sum::<f32>()
-                })
-                .sum()
-        });
-        std::hint::black_box(s);
+                        acc.iter().sum::<f32>()
+                    })
+                    .sum()
+            });
+            std::hint::black_box(s);
+        }
         best = best.min(t.elapsed().as_secs_f64());
     }
-    (buf.len() * 4) as f64 / best / 1e9
+    (passes * buf.len() * 4) as f64 / best / 1e9
 }
 
+#[derive(Clone, Copy)]
 struct Speeds {
     pp: f64,
     tg: f64,
@@ -109,6 +121,41 @@ fn bench_llama(o: &mut LlamaOracle, prompt: &[u32], gen: &[u32], best: &mut Spee
     best.tg = best.tg.max((gen.len() - 1) as f64 / t.elapsed().as_secs_f64());
 }
 
+/// One engine on one file in this process (a child of `bench_files`): prints `pp tg bytes`,
+/// prompt processing and decoding tokens/s and, for tomoe, the bytes a decoded token read.
+fn bench_child(engine: &str, file: &str, threads: usize) {
+    let path = std::path::PathBuf::from(file);
+    let (mut speeds, bytes) = (Speeds { pp: 0.0, tg: 0.0 }, &mut 0u64);
+    if engine == "tomoe" {
+        let model = Arc::new(Model::load(&path).unwrap_or_else(|e| panic!("{file}: {e}")));
+        let all = tokens(N_PROMPT + N_GEN + 1, model.config().n_vocab as u32);
+        let params = ContextParams { n_ctx: N_CTX, n_threads: threads, n_batch: N_PROMPT };
+        let mut ctx = Context::new(model.clone(), params).unwrap();
+        bench_tomoe(&mut ctx, &all[..N_PROMPT], &all[N_PROMPT..], &mut speeds);
+        *bytes = model.weights().bytes_per_token(ctx.expert_counts());
+    } else {
+        let file = GgufFile::open(&path).unwrap();
+        let n_vocab = file.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).expect("a vocabulary").len();
+        let all = tokens(N_PROMPT + N_GEN + 1, n_vocab as u32);
+        let mut oracle = LlamaOracle::load(&path, N_CTX, threads);
+        bench_llama(&mut oracle, &all[..N_PROMPT], &all[N_PROMPT..], &mut speeds);
+    }
+    println!("{} {} {bytes}", speeds.pp, speeds.tg);
+}
+
+/// Runs `bench_child` in a process of its own and returns its `(pp, tg, bytes)`.
+fn run_child(engine: &str, file: &str, threads: usize) -> (f64, f64, u64) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("TOMOE_BENCH_CHILD", format!("{engine},{threads},{file}"))
+        .stderr(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{engine} on {file} failed");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let f: Vec<&str> = text.split_whitespace().collect();
+    (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].parse().unwrap())
+}
+
 /// `TOMOE_BENCH_FILES`: each file against the first (see the file comment).
 fn bench_files(files: &[String], threads: &[usize], reps: usize) {
     println!(
@@ -116,109 +163,53 @@ fn bench_files(files: &[String], threads: &[usize], reps: usize) {
          | tg llama.cpp | tomoe / llama.cpp | pp tomoe | pp llama.cpp |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    // llama.cpp runs every file but ours (`tomoe-*` architectures).
+    let llama: Vec<bool> = files
+        .iter()
+        .map(|f| {
+            let file = GgufFile::open(std::path::Path::new(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+            !file.get("general.architecture").and_then(|v| v.as_str()).is_some_and(|a| a.starts_with("tomoe-"))
+        })
+        .collect();
+    let first_len = std::fs::metadata(&files[0]).unwrap().len() as usize;
     for &t in threads {
-        // Every file loaded at once, then each repetition runs them all in turn (and the probe),
-        // so that the machine's drift over minutes hits every file alike.
-        let runs: Vec<_> = files
-            .iter()
-            .map(|file| {
-                let path = std::path::PathBuf::from(file);
-                let model = Arc::new(Model::load(&path).unwrap_or_else(|e| panic!("{file}: {e}")));
-                let ctx = Context::new(model.clone(), ContextParams { n_ctx: N_CTX, n_threads: t, n_batch: N_PROMPT })
-                    .unwrap();
-                let oracle = model.config().tomoe.is_none().then(|| LlamaOracle::load(&path, N_CTX, t));
-                (path, model, ctx, oracle, Speeds { pp: 0.0, tg: 0.0 }, Speeds { pp: 0.0, tg: 0.0 })
-            })
-            .collect();
-        let mut runs = runs;
+        let mut ours = vec![(Speeds { pp: 0.0, tg: 0.0 }, 0u64); files.len()];
+        let mut theirs: Vec<Speeds> = files.iter().map(|_| Speeds { pp: 0.0, tg: 0.0 }).collect();
         let mut probe = 0f64;
-        // Prompt processing: best of `reps`, the files in turn.
-        for _ in 0..reps {
-            probe = probe.max(bandwidth_probe(t));
-            for (_, model, ctx, oracle, ours, theirs) in runs.iter_mut() {
-                let prompt = tokens(N_PROMPT, model.config().n_vocab as u32);
-                ctx.clear();
-                let s = Instant::now();
-                ctx.eval(&prompt).unwrap();
-                ours.pp = ours.pp.max(N_PROMPT as f64 / s.elapsed().as_secs_f64());
-                if let Some(o) = oracle.as_mut() {
-                    o.clear();
-                    let s = Instant::now();
-                    std::hint::black_box(o.eval(&prompt, 0, false));
-                    theirs.pp = theirs.pp.max(N_PROMPT as f64 / s.elapsed().as_secs_f64());
+        for rep in 0..reps {
+            probe = probe.max(bandwidth_probe(t, first_len));
+            // Each run in a process of its own, the files in an order that turns each
+            // repetition: so that no file always follows the same one.
+            for j in 0..files.len() {
+                let i = (j + rep) % files.len();
+                let (pp, tg, bytes) = run_child("tomoe", &files[i], t);
+                let best = &mut ours[i];
+                (best.0.pp, best.0.tg, best.1) = (best.0.pp.max(pp), best.0.tg.max(tg), bytes);
+                if llama[i] {
+                    let (pp, tg, _) = run_child("llama", &files[i], t);
+                    (theirs[i].pp, theirs[i].tg) = (theirs[i].pp.max(pp), theirs[i].tg.max(tg));
                 }
             }
         }
-        // Decoding: `reps` passes of tg128, each cut into bursts of 16 tokens that take turns
-        // between the files (then llama.cpp): a slow spell of the shared machine, seconds long,
-        // then slows every file alike instead of one file's whole run. tokens/s over all bursts.
-        const BURST: usize = 16;
-        let mut time = vec![(0f64, 0f64); runs.len()];
-        for _ in 0..reps {
-            for (_, _, ctx, oracle, _, _) in runs.iter_mut() {
-                ctx.clear();
-                ctx.eval(&[1]).unwrap();
-                if let Some(o) = oracle.as_mut() {
-                    o.clear();
-                    o.eval(&[1], 0, false);
-                }
-            }
-            for b in 0..N_GEN / BURST {
-                // The files' bursts, in an order that turns each round so that no file always
-                // runs after the same one; then llama.cpp's, apart, since its worker threads spin
-                // for a while after each graph. (ToMoE p = 0.7 at two threads runs at 0.5-0.6 of
-                // its speed alone in this bench in some runs, before and after this change; the
-                // cause is not known.)
-                for j in 0..runs.len() {
-                    let i = (j + b) % runs.len();
-                    let (_, model, ctx, _, _, _) = &mut runs[i];
-                    let gen = tokens(N_GEN + 1, model.config().n_vocab as u32);
-                    let burst = &gen[1 + b * BURST..1 + (b + 1) * BURST];
-                    let s = Instant::now();
-                    for &tok in burst {
-                        std::hint::black_box(ctx.eval(&[tok]).unwrap());
-                    }
-                    time[i].0 += s.elapsed().as_secs_f64();
-                }
-                for (i, (_, model, _, oracle, _, _)) in runs.iter_mut().enumerate() {
-                    if let Some(o) = oracle.as_mut() {
-                        let gen = tokens(N_GEN + 1, model.config().n_vocab as u32);
-                        let burst = &gen[1 + b * BURST..1 + (b + 1) * BURST];
-                        let s = Instant::now();
-                        for (k, &tok) in burst.iter().enumerate() {
-                            std::hint::black_box(o.eval(&[tok], 1 + b * BURST + k, false));
-                        }
-                        time[i].1 += s.elapsed().as_secs_f64();
-                    }
-                }
-                std::thread::sleep(std::time::Duration::from_millis(LLAMA_SETTLE_MS));
-            }
-        }
-        for (run, (ours, theirs)) in runs.iter_mut().zip(&time) {
-            let n = (reps * N_GEN / BURST * BURST) as f64;
-            run.4.tg = n / ours;
-            run.5.tg = if *theirs > 0.0 { n / theirs } else { 0.0 };
-        }
-        let mut first: Option<(f64, f64)> = None;
-        for (path, model, ctx, oracle, ours, theirs) in &runs {
-            let bytes = model.weights().bytes_per_token(ctx.expert_counts()) as f64;
-            let (b0, tg0) = *first.get_or_insert((bytes, ours.tg));
-            let gbs = ours.tg * bytes / 1e9;
-            let name = path.file_name().unwrap().to_string_lossy();
-            let (ltg, lpp, ratio) = match oracle {
-                Some(_) => {
-                    (format!("{:.1}", theirs.tg), format!("{:.1}", theirs.pp), format!("{:.2}", ours.tg / theirs.tg))
-                }
-                None => ("–".into(), "–".into(), "–".into()),
+        let (b0, tg0) = (ours[0].1 as f64, ours[0].0.tg);
+        for (i, file) in files.iter().enumerate() {
+            let ((speeds, bytes), theirs) = (&ours[i], &theirs[i]);
+            let bytes = *bytes as f64;
+            let gbs = speeds.tg * bytes / 1e9;
+            let name = std::path::Path::new(file).file_name().unwrap().to_string_lossy();
+            let (ltg, lpp, ratio) = if llama[i] {
+                (format!("{:.1}", theirs.tg), format!("{:.1}", theirs.pp), format!("{:.2}", speeds.tg / theirs.tg))
+            } else {
+                ("–".into(), "–".into(), "–".into())
             };
             println!(
                 "| {name} | {t} | {:.1} | {:.2} | {:.1} | {:.2} | {gbs:.2} | {probe:.1} | {:.0}% | {ltg} | {ratio} | {:.1} | {lpp} |",
                 bytes / 1048576.0,
                 b0 / bytes,
-                ours.tg,
-                ours.tg / tg0,
+                speeds.tg,
+                speeds.tg / tg0,
                 100.0 * gbs / probe,
-                ours.pp,
+                speeds.pp,
             );
         }
     }
@@ -226,6 +217,11 @@ fn bench_files(files: &[String], threads: &[usize], reps: usize) {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
+    if let Ok(child) = std::env::var("TOMOE_BENCH_CHILD") {
+        let mut f = child.splitn(3, ',');
+        let (engine, threads, file) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+        return bench_child(engine, file, threads.parse().unwrap());
+    }
     let reps: usize = std::env::var("TOMOE_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let threads: Vec<usize> = env_list("TOMOE_BENCH_THREADS", "1,2").iter().map(|s| s.parse().unwrap()).collect();
     println!("kernels: {}, reps: {reps}", tomoe_quant::kernel_name());
@@ -260,7 +256,7 @@ fn main() {
                 bench_llama(&mut oracle, prompt, gen, &mut theirs);
             }
             drop(oracle);
-            let probe = bandwidth_probe(t);
+            let probe = bandwidth_probe(t, std::fs::metadata(&path).unwrap().len() as usize);
             let gbs = ours.tg * bytes as f64 / 1e9;
             println!(
                 "| {name} | {t} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.2} | {gbs:.2} | {probe:.1} | {:.0}% |",
