@@ -20,6 +20,9 @@ pub enum CopyLayout {
     Axpy,
 }
 
+/// A kernel set's packing of 16 rows (of `cols` columns) into an interleaved group.
+type PackFn = fn(usize, &[u8], &mut [u8]);
+
 /// The rows of an extra group of an interleaved copy ([`MatRef::interleave_extra`]): rows of
 /// the matrix, `None` for a row of zeros.
 pub type ExtraGroup = [Option<usize>; GROUP];
@@ -181,7 +184,7 @@ impl<'a> MatRef<'a> {
         Some(())
     }
 
-    fn pack_fn(&self, layout: CopyLayout) -> Option<fn(usize, &[u8], &mut [u8])> {
+    fn pack_fn(&self, layout: CopyLayout) -> Option<PackFn> {
         let set = kernels();
         match layout {
             CopyLayout::MatVec => set.interleaved(self.ty).map(|k| k.pack),

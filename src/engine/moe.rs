@@ -327,7 +327,7 @@ fn erf(x: f64) -> f64 {
 /// exact), and e^r by its Taylor series to r^13 (the next term is below 5e-18).
 #[inline]
 fn exp_neg(z: f64) -> f64 {
-    const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
     const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     let w = -z.min(700.0);
     let k = (w * std::f64::consts::LOG2_E).round();

@@ -1,5 +1,5 @@
 //! Model configuration from GGUF metadata, one file per architecture, and the weights as views
-//! into the memory-mapped file.
+//! into the memory-mapped file or into the copies made at load (`copies`, on huge pages).
 
 mod config;
 mod copies;
