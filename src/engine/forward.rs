@@ -6,7 +6,7 @@
 use super::kv_cache::{KvCache, KEY_BLOCK};
 use super::moe::{self, MoeScratch};
 use super::ops::{rms_norm, rms_norm_inplace, rope, rope_table};
-use super::parallel::{for_each_chunk_range, matvec_fused, MatJob};
+use super::parallel::{for_each_chunk_range, join2, matvec_fused, MatJob};
 use crate::model::{Activation, Model, ModelConfig};
 use rayon::prelude::*;
 use tomoe_quant::{dequantize_row, matmul, vecmath, MatRef, QuantType, QuantizedInput};
@@ -182,7 +182,6 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
                         MatJob { w: &l.wk, x: xk, y: k },
                         MatJob { w: &l.wv, x: s.inputs.get(l.wv.ty()), y: &mut s.v[..kvd] },
                     ]);
-                    moe::v_mask(vm, a, &mut s.vmask[..hd], &mut s.moe.vmask);
                 }
                 None => matvec_fused(&mut [
                     MatJob { w: &l.wq, x: xq, y: q },
@@ -208,15 +207,17 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
         let b = if c.swa_layers[il] && n_bases == 2 { 1 } else { 0 };
         // Per token: biases, the V mask, q/k norms, RoPE (a pruned head's stored pairs rotate at
         // their original pairs' frequencies, gathered into `cos_l`/`sin_l`).
-        let (vmask_all, rope_cos, rope_sin) = (&s.vmask, &s.rope_cos[b], &s.rope_sin[b]);
-        let token = |t: usize, qt: &mut [f32], kt: &mut [f32], vt: &mut [f32], cos_l: &mut [f32], sin_l: &mut [f32]| {
-            add_bias(qt, l.bq.as_deref());
-            add_bias(kt, l.bk.as_deref());
+        let (rope_cos, rope_sin) = (&s.rope_cos[b], &s.rope_sin[b]);
+        let token_v = |t: usize, vt: &mut [f32], vmask_all: &[f32]| {
             add_bias(vt, l.bv.as_deref());
             if vmask.is_some() {
                 let mt = &vmask_all[t * hd..(t + 1) * hd];
                 vt.chunks_exact_mut(hd).for_each(|h| h.iter_mut().zip(mt).for_each(|(v, m)| *v *= m));
             }
+        };
+        let token_qk = |t: usize, qt: &mut [f32], kt: &mut [f32], cos_l: &mut [f32], sin_l: &mut [f32]| {
+            add_bias(qt, l.bq.as_deref());
+            add_bias(kt, l.bk.as_deref());
             let (mut cos, mut sin) = (&rope_cos[t * pairs..(t + 1) * pairs], &rope_sin[t * pairs..(t + 1) * pairs]);
             if let Some(m) = moe {
                 for (k, &i) in m.qk_pairs.iter().enumerate() {
@@ -242,15 +243,38 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
             }
         };
         if n == 1 {
-            token(0, &mut s.q[..qd_l], &mut s.k[..kvd_k], &mut s.v[..kvd], &mut s.rope_cos_l, &mut s.rope_sin_l);
+            // Two serial chains that do not depend on each other, on two threads: the V mask
+            // (a ToMoE layer's head), V's bias and mask, V's store; Q's and K's biases, norms
+            // and rotations, K's store.
+            let (mut keys, mut values) = kv.stores(il);
+            let (q, k, v) = (&mut s.q[..qd_l], &mut s.k[..kvd_k], &mut s.v[..kvd]);
+            let (vmask_one, vm_scratch, vm_in) = (&mut s.vmask[..hd], &mut s.moe.vmask, &s.moe.vmask_in);
+            let (cos_l, sin_l) = (&mut s.rope_cos_l, &mut s.rope_sin_l);
+            join2(
+                || {
+                    if let Some(vm) = vmask {
+                        moe::v_mask(vm, vm_in, vmask_one, vm_scratch);
+                    }
+                    token_v(0, v, vmask_one);
+                    values.store(pos0, v, vmask.map(|_| &vmask_one[..]));
+                },
+                || {
+                    token_qk(0, q, k, cos_l, sin_l);
+                    keys.store(pos0, k);
+                },
+            );
         } else {
             let (q, k, v) = (&mut s.q[..n * qd_l], &mut s.k[..n * kvd_k], &mut s.v[..n * kvd]);
+            let vmask_all = &s.vmask;
             q.par_chunks_mut(qd_l).zip(k.par_chunks_mut(kvd_k)).zip(v.par_chunks_mut(kvd)).enumerate().for_each_init(
                 || (vec![0f32; pairs], vec![0f32; pairs]),
-                |(cos_l, sin_l), (t, ((qt, kt), vt))| token(t, qt, kt, vt, cos_l, sin_l),
+                |(cos_l, sin_l), (t, ((qt, kt), vt))| {
+                    token_v(t, vt, vmask_all);
+                    token_qk(t, qt, kt, cos_l, sin_l);
+                },
             );
+            kv.store(il, pos0, &s.k[..n * kvd_k], &s.v[..n * kvd], vmask.map(|_| &s.vmask[..n * hd]));
         }
-        kv.store(il, pos0, &s.k[..n * kvd_k], &s.v[..n * kvd], vmask.map(|_| &s.vmask[..n * hd]));
         let window = if c.swa_layers[il] { c.sliding_window } else { None };
         let kq_scale = match (&c.tomoe, c.scale_q) {
             (_, true) => 1.0,

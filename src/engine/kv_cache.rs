@@ -131,29 +131,22 @@ impl KvCache {
     /// (`masks`, rows of `head_dim`, 1 = kept): it stores only the kept dims (the first `cap` of
     /// them).
     pub fn store(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32], masks: Option<&[f32]>) {
-        store_transposed(&mut self.k[self.k_at[layer].clone()], KEY_BLOCK, self.k_dims[layer], pos0, k);
-        if let Some(cv) = &mut self.compact[layer] {
-            let masks = masks.expect("a compact V cache layer stores values with their masks");
-            let (hd, cap) = (cv.head_dim, cv.cap);
-            let n_kv = self.kv_dim / hd;
-            let values = &mut self.v[self.v_at[layer].clone()];
-            for (t, (vt, mt)) in v.chunks_exact(self.kv_dim).zip(masks.chunks_exact(hd)).enumerate() {
-                let p = pos0 + t;
-                let kept = &mut cv.kept[p * cv.words..(p + 1) * cv.words];
-                kept.fill(0);
-                let dims = || mt.iter().enumerate().filter(|(_, &on)| on != 0.0).map(|(j, _)| j).take(cap);
-                let m = dims().count();
-                let slot = &mut values[p * n_kv * cap..(p + 1) * n_kv * cap];
-                for (k, j) in dims().enumerate() {
-                    kept[j / 64] |= 1 << (j % 64);
-                    for g in 0..n_kv {
-                        slot[g * m + k] = vt[g * hd + j];
-                    }
-                }
-            }
-            return;
-        }
-        store_transposed(&mut self.v[self.v_at[layer].clone()], BLOCK, self.kv_dim, pos0, v);
+        let (mut keys, mut values) = self.stores(layer);
+        keys.store(pos0, k);
+        values.store(pos0, v, masks);
+    }
+
+    /// The writers of `layer`'s keys and of its values, apart, so that two threads can store
+    /// them at once.
+    pub fn stores(&mut self, layer: usize) -> (KeyStore<'_>, ValueStore<'_>) {
+        (
+            KeyStore { k: &mut self.k[self.k_at[layer].clone()], k_dim: self.k_dims[layer] },
+            ValueStore {
+                v: &mut self.v[self.v_at[layer].clone()],
+                compact: self.compact[layer].as_mut(),
+                kv_dim: self.kv_dim,
+            },
+        )
     }
 
     /// Keys of `layer` and its values. Key dim `i` (of the layer's key width `k_dim`) of positions
@@ -166,6 +159,54 @@ impl KvCache {
 
     pub fn bytes(&self) -> usize {
         (self.k.len() + self.v.len()) * 4
+    }
+}
+
+/// One layer's keys, for [`KvCache::stores`].
+pub struct KeyStore<'a> {
+    k: &'a mut [f32],
+    k_dim: usize,
+}
+
+impl KeyStore<'_> {
+    /// Writes the keys (rows of the layer's key width) of consecutive positions from `pos0`.
+    pub fn store(&mut self, pos0: usize, k: &[f32]) {
+        store_transposed(self.k, KEY_BLOCK, self.k_dim, pos0, k);
+    }
+}
+
+/// One layer's values, for [`KvCache::stores`].
+pub struct ValueStore<'a> {
+    v: &'a mut [f32],
+    compact: Option<&'a mut CompactV>,
+    kv_dim: usize,
+}
+
+impl ValueStore<'_> {
+    /// Writes the values (rows of `kv_dim`) of consecutive positions from `pos0`; a compact
+    /// layer only the kept dims of each position's V mask (`masks`, rows of `head_dim`, 1 =
+    /// kept; the first `cap` of them).
+    pub fn store(&mut self, pos0: usize, v: &[f32], masks: Option<&[f32]>) {
+        let Some(cv) = &mut self.compact else {
+            return store_transposed(self.v, BLOCK, self.kv_dim, pos0, v);
+        };
+        let masks = masks.expect("a compact V cache layer stores values with their masks");
+        let (hd, cap) = (cv.head_dim, cv.cap);
+        let n_kv = self.kv_dim / hd;
+        for (t, (vt, mt)) in v.chunks_exact(self.kv_dim).zip(masks.chunks_exact(hd)).enumerate() {
+            let p = pos0 + t;
+            let kept = &mut cv.kept[p * cv.words..(p + 1) * cv.words];
+            kept.fill(0);
+            let dims = || mt.iter().enumerate().filter(|(_, &on)| on != 0.0).map(|(j, _)| j).take(cap);
+            let m = dims().count();
+            let slot = &mut self.v[p * n_kv * cap..(p + 1) * n_kv * cap];
+            for (k, j) in dims().enumerate() {
+                kept[j / 64] |= 1 << (j % 64);
+                for g in 0..n_kv {
+                    slot[g * m + k] = vt[g * hd + j];
+                }
+            }
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 use super::team::{self, Team};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use tomoe_quant::{matvec_rows, MatRef, QuantizedInput};
 
 /// Runs `f(part, parts)` for every `part in 0..parts`, one part per thread of the current team
@@ -16,6 +17,24 @@ pub fn for_each_part(f: impl Fn(usize, usize) + Sync) {
         Some(t) => t.run(&|p| f(p, parts)),
         None => (0..parts).into_par_iter().for_each(|p| f(p, parts)),
     })
+}
+
+/// Runs `a` and `b`: on two threads of the current team (or of rayon's pool) where it has two,
+/// else `a` then `b`. For two short serial tasks that do not depend on each other.
+pub fn join2(a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
+    let (a, b) = (Mutex::new(Some(a)), Mutex::new(Some(b)));
+    for_each_part(|p, parts| {
+        if p == 0 {
+            if let Some(a) = a.lock().unwrap().take() {
+                a();
+            }
+        }
+        if p == 1 % parts {
+            if let Some(b) = b.lock().unwrap().take() {
+                b();
+            }
+        }
+    });
 }
 
 /// The number of parts [`for_each_part`] splits work into on this thread.
@@ -132,8 +151,25 @@ pub fn matvec_fused(jobs: &mut [MatJob]) {
 
 #[cfg(test)]
 mod tests {
-    use super::{matvec_fused, MatJob};
+    use super::{join2, matvec_fused, MatJob};
+    use crate::engine::team::{self, Team};
     use tomoe_quant::{matvec_rows, MatRef, QuantType, QuantizedInput};
+
+    /// Both tasks run once, whatever the threads: a team of one (one after the other), of two
+    /// (one each) or of three, and rayon's pool.
+    #[test]
+    fn join2_runs_both_tasks_once() {
+        let check = || {
+            let (mut a, mut b) = (0, 0);
+            join2(|| a += 1, || b += 1);
+            assert_eq!((a, b), (1, 1));
+        };
+        for n in 1..=3 {
+            let t = Team::new(n).unwrap();
+            team::install(&t, check);
+        }
+        check();
+    }
 
     fn matrix(rows: usize, cols: usize, seed: usize) -> Vec<u8> {
         let rb = QuantType::Q8_0.row_bytes(cols).unwrap();
