@@ -10,7 +10,9 @@
 //! +18-25 % (BENCHMARKS.md, session 10).
 
 use memmap2::MmapMut;
+use std::io::ErrorKind;
 use std::marker::PhantomData;
+use std::ops::Range;
 
 /// Huge pages are 2 MiB on x86-64 and on 4 KiB-page aarch64 kernels.
 const HUGE_PAGE: usize = 2 << 20;
@@ -51,12 +53,12 @@ pub struct HugeBuf<T: Plain> {
 
 impl<T: Plain> HugeBuf<T> {
     pub fn zeroed(len: usize) -> std::io::Result<HugeBuf<T>> {
-        let bytes = len.checked_mul(size_of::<T>()).ok_or(std::io::ErrorKind::OutOfMemory)?;
+        let bytes = len.checked_mul(size_of::<T>()).ok_or(ErrorKind::OutOfMemory)?;
         if bytes == 0 {
             return Ok(HugeBuf { map: None, start: 0, len: 0, _values: PhantomData });
         }
         // One huge page more than needed, so that the buffer can start on a boundary.
-        let map = MmapMut::map_anon(bytes.checked_add(HUGE_PAGE).ok_or(std::io::ErrorKind::OutOfMemory)?)?;
+        let map = MmapMut::map_anon(bytes.checked_add(HUGE_PAGE).ok_or(ErrorKind::OutOfMemory)?)?;
         let start = (map.as_ptr() as usize).next_multiple_of(HUGE_PAGE) - map.as_ptr() as usize;
         #[cfg(target_os = "linux")]
         {
@@ -65,6 +67,24 @@ impl<T: Plain> HugeBuf<T> {
             let _ = map.advise_range(memmap2::Advice::HugePage, start, advised);
         }
         Ok(HugeBuf { map: Some(map), start, len, _values: PhantomData })
+    }
+}
+
+impl<T: Plain> HugeBuf<T> {
+    /// One zeroed buffer for parts of `lens` values laid out one after the other, each starting
+    /// on a cache line (and the buffer's length rounded up to one): the buffer and each part's
+    /// range in it.
+    pub fn parts(lens: impl IntoIterator<Item = usize>) -> std::io::Result<(HugeBuf<T>, Vec<Range<usize>>)> {
+        let line = (64 / size_of::<T>()).max(1);
+        let mut at = Vec::new();
+        let mut end = 0usize;
+        for len in lens {
+            let start = end;
+            end =
+                start.checked_add(len).and_then(|e| e.checked_next_multiple_of(line)).ok_or(ErrorKind::OutOfMemory)?;
+            at.push(start..start + len);
+        }
+        Ok((HugeBuf::zeroed(end)?, at))
     }
 }
 
@@ -107,5 +127,21 @@ mod tests {
         let mut empty = HugeBuf::<u8>::zeroed(0).unwrap();
         assert!(empty.map.is_none() && empty.is_empty() && empty.iter_mut().next().is_none());
         assert!(HugeBuf::<f32>::zeroed(usize::MAX / 2).is_err());
+    }
+
+    #[test]
+    fn parts_start_on_cache_lines() {
+        let (buf, at) = HugeBuf::<u8>::parts([100, 0, 64, 7]).unwrap();
+        assert_eq!(at.iter().map(|r| r.start).collect::<Vec<_>>(), [0, 128, 128, 192]);
+        assert_eq!(at[0], 0..100);
+        assert_eq!(buf.len(), 256);
+        assert!(buf.iter().all(|&b| b == 0));
+        // In floats, a cache line is 16 of them.
+        let (buf, at) = HugeBuf::<f32>::parts([20, 16, 1]).unwrap();
+        assert_eq!(at, [0..20, 32..48, 48..49]);
+        assert_eq!(buf.len(), 64);
+        let (buf, at) = HugeBuf::<u8>::parts([0, 0]).unwrap();
+        assert_eq!((at, buf.len()), (vec![0..0, 0..0], 0));
+        assert!(HugeBuf::<f32>::parts([usize::MAX - 3]).is_err());
     }
 }

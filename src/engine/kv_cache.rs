@@ -106,8 +106,8 @@ impl KvCache {
             Some(cv) => n_ctx * n_kv_heads * cv.cap,
             None => v_len,
         });
-        let (k, k_at) = layers_buffer(k_lens)?;
-        let (v, v_at) = layers_buffer(v_lens)?;
+        let (k, k_at) = HugeBuf::parts(k_lens)?;
+        let (v, v_at) = HugeBuf::parts(v_lens)?;
         Ok(KvCache { n_ctx, kv_dim, k, k_at, v, v_at, compact, k_dims })
     }
 
@@ -208,19 +208,6 @@ impl ValueStore<'_> {
             }
         }
     }
-}
-
-/// One buffer for every layer's part of `lens`, each part on a cache line: the buffer and the
-/// parts' ranges.
-fn layers_buffer(lens: impl Iterator<Item = usize>) -> std::io::Result<(HugeBuf<f32>, Vec<Range<usize>>)> {
-    let mut at = Vec::new();
-    let mut end = 0usize;
-    for len in lens {
-        let start = end.next_multiple_of(16);
-        end = start.checked_add(len).ok_or(std::io::ErrorKind::OutOfMemory)?;
-        at.push(start..end);
-    }
-    Ok((HugeBuf::zeroed(end)?, at))
 }
 
 /// Writes `rows` (rows of `width`, positions `pos0..`) into `cache`, transposed in blocks of

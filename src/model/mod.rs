@@ -1,8 +1,7 @@
 //! Model configuration from GGUF metadata, one file per architecture, and the weights as views
-//! into the memory-mapped file or into the copies made at load (`copies`, on huge pages).
+//! into the memory-mapped file or into the copies made at load (on huge pages).
 
 mod config;
-mod copies;
 mod gemma3;
 mod llama;
 mod qwen2;
@@ -14,9 +13,9 @@ pub use weights::{DenseExperts, LayerWeights, Weights};
 
 use crate::chat::{ChatError, ChatTemplate};
 use crate::gguf::{GgufError, GgufFile};
+use crate::huge_pages::HugeBuf;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use config::Meta;
-use copies::CopyArena;
 use std::path::Path;
 
 /// Why a model could not be loaded. Each variant names the key or tensor at fault.
@@ -57,7 +56,7 @@ pub struct Model {
     weights: Weights<'static>,
     /// The matrices' decoding copies (see `Weights::make_copies`), viewed by `weights`;
     /// declared after it, so dropped after it.
-    copies: CopyArena,
+    copies: HugeBuf<u8>,
     config: ModelConfig,
     tokenizer: Tokenizer,
     chat_template: Option<ChatTemplate>,
@@ -111,7 +110,7 @@ impl Model {
         let file_ref: &'static GgufFile = unsafe { &*(&*file as *const GgufFile) };
         let mut weights = Weights::load(file_ref, &config, tensors)?;
         let copies = if std::env::var_os("TOMOE_NO_COPIES").is_some() {
-            CopyArena::empty()
+            HugeBuf::zeroed(0).map_err(ModelError::CopyMemory)?
         } else {
             // Plain copies only of a mapped file: a buffer in memory is not worth a second copy.
             let plain = file_ref.is_mapped() && crate::huge_pages::available();

@@ -2,10 +2,10 @@
 //! file maps them; the small vectors (norm weights, biases) are converted to f32 at load.
 
 use super::config::ModelConfig;
-use super::copies::CopyArena;
 use super::tomoe::{self, MoeLayer};
 use super::ModelError;
 use crate::gguf::GgufFile;
+use crate::huge_pages::HugeBuf;
 use tomoe_quant::{dequantize_row, CopyLayout, ExtraGroup, MatRef, QuantType};
 
 /// Which optional per-layer tensors an architecture requires.
@@ -177,7 +177,7 @@ impl<'a> Weights<'a> {
     ///
     /// `release` gets each matrix's file bytes once a plain copy has replaced them (nothing
     /// reads them again).
-    pub(super) fn make_copies(&mut self, plain: bool, release: impl Fn(&[u8])) -> std::io::Result<CopyArena> {
+    pub(super) fn make_copies(&mut self, plain: bool, release: impl Fn(&[u8])) -> std::io::Result<HugeBuf<u8>> {
         let set = tomoe_quant::dispatch::kernels();
         // A ToMoE layer's experts read whole groups only, their scattered rows gathered into
         // extra groups, where all three copies can hold them.
@@ -223,12 +223,10 @@ impl<'a> Weights<'a> {
                 None => plain.then(|| MatCopy { interleaved: None, len: m.data().len() }),
             })
             .collect();
-        let (mut arena, offsets) =
-            CopyArena::new(&copies.iter().map(|c| c.as_ref().map_or(0, |c| c.len)).collect::<Vec<_>>())?;
-        let buf = arena.buffer_mut();
-        for ((m, _, ex), (c, &off)) in targets.iter().zip(copies.iter().zip(&offsets)) {
+        let (mut buf, at) = HugeBuf::<u8>::parts(copies.iter().map(|c| c.as_ref().map_or(0, |c| c.len)))?;
+        for ((m, _, ex), (c, r)) in targets.iter().zip(copies.iter().zip(&at)) {
             let Some(c) = c else { continue };
-            let out = &mut buf[off..off + c.len];
+            let out = &mut buf[r.clone()];
             match c.interleaved {
                 Some(lay) => m.interleave_into(lay, ex, out).expect("copy_len said the set has the kernel"),
                 None => {
@@ -237,19 +235,19 @@ impl<'a> Weights<'a> {
                 }
             }
         }
-        // SAFETY: the arena's mapping never moves or changes once written; the caller keeps the
-        // arena alive (unmutated) for as long as `self`.
-        let buf: &'a [u8] = unsafe { &*(arena.buffer() as *const [u8]) };
-        for ((m, _, _), (c, &off)) in targets.into_iter().zip(copies.iter().zip(&offsets)) {
+        // SAFETY: the buffer's mapping never moves or changes once written; the caller keeps the
+        // buffer alive (unmutated) for as long as `self`.
+        let view: &'a [u8] = unsafe { &*(&*buf as *const [u8]) };
+        for ((m, _, _), (c, r)) in targets.into_iter().zip(copies.iter().zip(&at)) {
             let Some(c) = c else { continue };
-            let data = &buf[off..off + c.len];
+            let data = &view[r.clone()];
             *m = match c.interleaved {
                 Some(lay) => m.with_copy(lay, data),
                 None => MatRef::new(m.ty(), m.rows(), m.cols(), data),
             }
             .expect("the copy is the size it was made");
         }
-        Ok(arena)
+        Ok(buf)
     }
 
     /// Bytes of weights one decoded token reads: every matrix once, the embedding table one row
