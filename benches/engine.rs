@@ -125,14 +125,14 @@ fn bench_llama(o: &mut LlamaOracle, prompt: &[u32], gen: &[u32], best: &mut Spee
 /// prompt processing and decoding tokens/s and, for tomoe, the bytes a decoded token read.
 fn bench_child(engine: &str, file: &str, threads: usize) {
     let path = std::path::PathBuf::from(file);
-    let (mut speeds, bytes) = (Speeds { pp: 0.0, tg: 0.0 }, &mut 0u64);
+    let (mut speeds, mut bytes) = (Speeds { pp: 0.0, tg: 0.0 }, 0u64);
     if engine == "tomoe" {
         let model = Arc::new(Model::load(&path).unwrap_or_else(|e| panic!("{file}: {e}")));
         let all = tokens(N_PROMPT + N_GEN + 1, model.config().n_vocab as u32);
         let params = ContextParams { n_ctx: N_CTX, n_threads: threads, n_batch: N_PROMPT };
         let mut ctx = Context::new(model.clone(), params).unwrap();
         bench_tomoe(&mut ctx, &all[..N_PROMPT], &all[N_PROMPT..], &mut speeds);
-        *bytes = model.weights().bytes_per_token(ctx.expert_counts());
+        bytes = model.weights().bytes_per_token(ctx.expert_counts());
     } else {
         let file = GgufFile::open(&path).unwrap();
         let n_vocab = file.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).expect("a vocabulary").len();
