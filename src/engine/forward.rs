@@ -9,6 +9,7 @@ use super::ops::{rms_norm, rms_norm_inplace, rope, rope_table};
 use super::parallel::{for_each_chunk_range, join2, matvec_fused, MatJob};
 use crate::model::{Activation, Model, ModelConfig};
 use rayon::prelude::*;
+use tomoe_quant::kernels::prefetch_floats;
 use tomoe_quant::{dequantize_row, matmul, vecmath, MatRef, QuantType, QuantizedInput};
 
 /// Quantized copies of one activation, one per activation format its consumers need
@@ -176,6 +177,10 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
                     // whole V 0-4 % faster on the SmolLM2 conversions).
                     let a = &mut s.moe.vmask_in;
                     a.resize(vm.hidden, 0.0);
+                    // The head's small tables, for its serial step after this region.
+                    for t in [&vm.w_dec[..], &vm.b, &vm.ln_w, &vm.ln_b] {
+                        prefetch_floats(t);
+                    }
                     matvec_fused(&mut [
                         MatJob { w: &vm.w_a, x: s.inputs.get(head_ty), y: &mut a[..] },
                         MatJob { w: &l.wq, x: xq, y: q },
@@ -304,6 +309,10 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
             &s.att[..n * qd]
         };
         s.inputs.prepare(&[l.wo.ty()], att_in, qd);
+        if let (Some(m), 1) = (moe, n) {
+            // The router, for the serial route after this region.
+            prefetch_floats(&m.router);
+        }
         project(&l.wo, s.inputs.get(l.wo.ty()), &mut s.proj[..n * d], n);
         residual(&mut s.x[..n * d], &mut s.proj[..n * d], l.post_attn_norm.as_deref(), d, c.rms_eps);
 
