@@ -66,8 +66,10 @@ impl DenseConfig {
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dim {} must be even for RoPE", self.head_dim));
         }
-        if !(self.rms_eps > 0.0) || !(self.rope_theta > 0.0) {
-            return bad("rms_norm_eps and rope_theta must be positive".into());
+        // NaN and infinity fail too.
+        let positive = |x: f32| x.is_finite() && x > 0.0;
+        if !positive(self.rms_eps) || !positive(self.rope_theta) {
+            return bad("rms_norm_eps and rope_theta must be positive and finite".into());
         }
         Ok(())
     }
@@ -199,4 +201,37 @@ pub(crate) fn assemble(
         tokenizer_meta,
         name,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Arch, DenseConfig};
+
+    #[test]
+    fn validate_refuses_eps_and_theta_that_are_not_positive_and_finite() {
+        let ok = DenseConfig {
+            arch: Arch::Llama,
+            n_layers: 2,
+            d: 8,
+            m: 16,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 4,
+            vocab: 10,
+            rms_eps: 1e-5,
+            rope_theta: 10_000.0,
+            context_length: 64,
+            tied_embeddings: true,
+        };
+        assert!(ok.validate().is_ok());
+        for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            for c in [
+                DenseConfig { rms_eps: bad, ..ok.clone() },
+                DenseConfig { rope_theta: bad, ..ok.clone() },
+            ] {
+                let e = c.validate().expect_err("a bad eps or theta");
+                assert!(e.to_string().contains("positive and finite"), "{e}");
+            }
+        }
+    }
 }
