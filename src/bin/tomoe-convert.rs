@@ -5,7 +5,7 @@
 
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tomoe::convert::converted::{
     calibrate, decode, mean_pairwise_jaccard, measure_active, ConvertedModel, Routing,
@@ -132,7 +132,7 @@ fn parse_args() -> Result<Option<Args>> {
     Ok(Some(a))
 }
 
-fn load(input: &PathBuf, dev: &Device) -> Result<DenseModel> {
+fn load(input: &Path, dev: &Device) -> Result<DenseModel> {
     if input.is_dir() {
         hf::load_hf(input, dev)
     } else {
