@@ -141,14 +141,14 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
     let pairs = c.n_rot / 2;
     let bases = [c.rope_base, c.rope_base_swa];
     let n_bases = if c.swa_layers.iter().any(|&b| b) && c.rope_base_swa != c.rope_base { 2 } else { 1 };
-    for b in 0..n_bases {
+    for (b, &base) in bases.iter().enumerate().take(n_bases) {
         for t in 0..n {
             let r = t * pairs..(t + 1) * pairs;
             rope_table(
                 &mut s.rope_cos[b][r.clone()],
                 &mut s.rope_sin[b][r],
                 pos0 + t,
-                bases[b],
+                base,
                 c.rope_freq_scale,
                 w.rope_freqs.as_deref(),
             );
