@@ -1,0 +1,139 @@
+//! `tomoe-run`: chat with, generate from, score and benchmark GGUF models on the CPU.
+//! Thin: parses llama.cpp-style flags and drives the library.
+
+mod bench;
+mod chat;
+mod info;
+mod perplexity;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tomoe::chat::{Sampler, SamplerParams};
+use tomoe::engine::{Context, ContextParams};
+use tomoe::model::Model;
+
+#[derive(Parser)]
+#[command(
+    name = "tomoe-run",
+    version,
+    about = "Run GGUF language models on the CPU (llama, qwen2, gemma3).",
+    long_about = "Run GGUF language models on the CPU (llama, qwen2, gemma3).\n\n\
+        tomoe-run MODEL.gguf                 interactive chat (chat template from the file)\n\
+        tomoe-run MODEL.gguf -p TEXT -n N    one-shot generation to stdout\n\
+        tomoe-run perplexity -m MODEL -f TEXT -c 512\n\
+        tomoe-run bench -m MODEL -t 2\n\
+        tomoe-run info MODEL",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    generate: chat::GenerateArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Perplexity of a text file, by llama-perplexity's method (non-overlapping chunks of -c
+    /// tokens, the second half of each scored).
+    Perplexity(perplexity::PerplexityArgs),
+    /// Prompt-processing and generation speed (tokens/s) and effective weight bandwidth.
+    Bench(bench::BenchArgs),
+    /// Metadata and tensor table of a GGUF file.
+    Info {
+        /// The GGUF file.
+        model: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct ModelArgs {
+    /// Threads for compute (default: all cores).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+    /// Context length in tokens.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
+    pub ctx_size: usize,
+    /// Tokens per batch in prompt processing.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    pub batch_size: usize,
+}
+
+#[derive(Args)]
+pub struct SamplingArgs {
+    /// Temperature; 0 is greedy.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temp: f32,
+    /// Top-k (0: off).
+    #[arg(long = "top-k", default_value_t = 40)]
+    pub top_k: usize,
+    /// Top-p (1: off).
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Min-p (0: off).
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Repetition penalty (1: off).
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Tokens the repetition penalty looks back at.
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Random seed (the same seed gives the same output).
+    #[arg(short = 's', long, default_value_t = 0xFFFF_FFFF)]
+    pub seed: u64,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Perplexity(a)) => perplexity::run(a),
+        Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::Info { model }) => info::run(&model),
+        None => chat::run(cli.generate),
+    };
+    if let Err(e) = result {
+        // A closed pipe (`tomoe-run info m.gguf | head`) is not an error worth reporting.
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return;
+        }
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+pub fn load(path: &Path) -> Res<Arc<Model>> {
+    let model = Model::load(path).map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+    Ok(Arc::new(model))
+}
+
+pub fn context(model: &Arc<Model>, a: &ModelArgs) -> Res<Context> {
+    let mut p = ContextParams {
+        n_ctx: a.ctx_size,
+        n_batch: a.batch_size,
+        ..ContextParams::default()
+    };
+    if let Some(t) = a.threads {
+        p.n_threads = t;
+    }
+    Ok(Context::new(model.clone(), p)?)
+}
+
+pub fn sampler(model: &Model, s: &SamplingArgs) -> Sampler {
+    let p = SamplerParams {
+        temperature: s.temp,
+        top_k: s.top_k,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repeat_penalty: s.repeat_penalty,
+        repeat_last_n: s.repeat_last_n,
+        seed: s.seed,
+    };
+    Sampler::new(p, model.config().n_vocab)
+}
