@@ -5,6 +5,7 @@
 //! - [`model`]: model configuration from metadata and one file per architecture.
 //! - [`engine`]: KV cache, forward pass, batch and single-token paths over `tomoe_quant` kernels.
 //! - [`tokenizer`], [`chat`]: text in and out: BPE/SentencePiece, chat templates, sampling.
+//! - [`generate`]: prompt tokens → sampled text, with stop conditions (used by every front end).
 //! - `convert` (feature `convert`): dense model → trained routers and masks → MoE GGUF.
 //! - [`capi`]: the C ABI.
 //! - [`huge_pages`]: buffers on transparent huge pages, for the weights' copies and the KV cache.
@@ -14,6 +15,7 @@ pub mod chat;
 #[cfg(feature = "convert")]
 pub mod convert;
 pub mod engine;
+pub mod generate;
 pub mod gguf;
 pub mod huge_pages;
 pub mod model;

@@ -108,6 +108,11 @@ impl Context {
     pub fn clear(&mut self) {
         self.pos = 0;
     }
+    /// Forgets all but the first `n` tokens of the sequence (nothing if it holds fewer); the
+    /// next evaluation continues at position `n`.
+    pub fn truncate(&mut self, n: usize) {
+        self.pos = self.pos.min(n);
+    }
     /// Per layer and expert of a ToMoE model, the tokens routed there so far (empty rows for a
     /// dense model).
     pub fn expert_counts(&self) -> &[Vec<u64>] {
