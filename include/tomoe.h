@@ -109,7 +109,7 @@ typedef struct tomoe_context_params {
     // Maximum number of tokens the context holds (prompt plus generated); 0 = the model's
     // training context length. The KV cache is sized for it up front.
     uint32_t n_ctx;
-    // Worker threads for evaluation; 0 = one per available CPU.
+    // Worker threads for evaluation; 0 = one per physical core (big cores on a hybrid CPU).
     uint32_t n_threads;
     // Most prompt tokens evaluated in one batch; 0 = the default (512).
     uint32_t n_batch;

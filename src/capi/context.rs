@@ -19,7 +19,7 @@ pub struct tomoe_context_params {
     /// Maximum number of tokens the context holds (prompt plus generated); 0 = the model's
     /// training context length. The KV cache is sized for it up front.
     pub n_ctx: u32,
-    /// Worker threads for evaluation; 0 = one per available CPU.
+    /// Worker threads for evaluation; 0 = one per physical core (big cores on a hybrid CPU).
     pub n_threads: u32,
     /// Most prompt tokens evaluated in one batch; 0 = the default (512).
     pub n_batch: u32,
@@ -233,7 +233,7 @@ impl ContextState {
         let tokenizer = model.tokenizer();
         // BOS only at the start of a sequence; special-token text is parsed because prompts
         // come from chat templates.
-        let prompt_tokens = tokenizer.encode(prompt, self.pos() == 0, true);
+        let prompt_tokens = tokenizer.encode_prompt(prompt, self.pos() == 0);
         self.eval(&prompt_tokens)?;
         let mut result = tomoe_generate_result {
             n_prompt_tokens: prompt_tokens.len() as u32,
@@ -363,7 +363,7 @@ pub unsafe extern "C" fn tomoe_context_new(
             n => n,
         } as usize;
         let n_threads = match params.n_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => crate::engine::default_threads(),
             n => n as usize,
         };
         let n_batch = match params.n_batch {

@@ -1,6 +1,7 @@
 //! The forward pass: KV cache, single-token (matrix-vector) and batch (matrix-matrix) paths,
 //! one thread pool per context.
 
+mod cpus;
 mod forward;
 mod kv_cache;
 mod moe;
@@ -11,6 +12,7 @@ mod team;
 
 use crate::model::Model;
 use forward::{forward, Logits, Scratch};
+pub use cpus::default_threads;
 use kv_cache::KvCache;
 use std::sync::Arc;
 use team::Team;
@@ -37,7 +39,8 @@ pub enum EngineError {
 pub struct ContextParams {
     /// Tokens the KV cache holds.
     pub n_ctx: usize,
-    /// Threads used for compute (the whole process's compute threads).
+    /// Threads used for compute (the whole process's compute threads); by default one per
+    /// physical core ([`default_threads`]).
     pub n_threads: usize,
     /// Tokens per forward batch in prompt processing.
     pub n_batch: usize,
@@ -45,8 +48,7 @@ pub struct ContextParams {
 
 impl Default for ContextParams {
     fn default() -> Self {
-        let n_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        ContextParams { n_ctx: 4096, n_threads, n_batch: 512 }
+        ContextParams { n_ctx: 4096, n_threads: default_threads(), n_batch: 512 }
     }
 }
 
