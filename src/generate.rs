@@ -108,7 +108,7 @@ pub enum GenerateError {
     #[error("the prompt is empty")]
     EmptyPrompt,
     #[error(
-        "the prompt has {n_prompt} tokens but the context holds {n_ctx}: use a larger context (-c) or a shorter prompt"
+        "the prompt has {n_prompt} tokens but the context holds {n_ctx}: use a larger -c or a shorter prompt"
     )]
     PromptTooLong { n_prompt: usize, n_ctx: usize },
     #[error(transparent)]
@@ -285,23 +285,15 @@ impl<'a> StopMatcher<'a> {
     }
 }
 
-/// The tokens of a conversation rendered with `template`. When the tokenizer adds BOS itself
-/// and the template also starts with it (Llama 3's and Gemma's templates write
-/// `{{ bos_token }}`), the template's is dropped, so the prompt starts with exactly one.
+/// The tokens of a conversation rendered with `template`, starting with exactly one BOS where
+/// the model has one (see [`Tokenizer::encode_prompt`]).
 pub fn chat_tokens(
     tokenizer: &Tokenizer,
     template: &ChatTemplate,
     messages: &[ChatMessage],
     add_generation_prompt: bool,
 ) -> Result<Vec<u32>, ChatError> {
-    let text = template.render(messages, add_generation_prompt)?;
-    let mut tokens = tokenizer.encode(&text, true, true);
-    if let Some(bos) = tokenizer.bos().filter(|_| tokenizer.adds_bos()) {
-        if tokens.len() >= 2 && tokens[0] == bos && tokens[1] == bos {
-            tokens.remove(0);
-        }
-    }
-    Ok(tokens)
+    Ok(tokenizer.encode_prompt(&template.render(messages, add_generation_prompt)?, true))
 }
 
 #[cfg(test)]
@@ -352,6 +344,6 @@ mod tests {
     fn the_earliest_stop_string_wins() {
         let (_, hit, text) = run(&["b", "abc"], &["xxabc"]);
         assert!(hit);
-        assert_eq!(text, "xxa");
+        assert_eq!(text, "xx");
     }
 }

@@ -67,7 +67,50 @@ fn describe(e: &Error) -> String {
     s
 }
 
+/// Built-in templates by name (the names llama.cpp's `--chat-template` uses), for models whose
+/// own template is missing or broken.
+const BUILTIN: [(&str, &str); 4] = [
+    (
+        "chatml",
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}\
+         {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+    ),
+    (
+        "llama3",
+        "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n\
+         {{ m['content'] | trim }}<|eot_id|>{% endfor %}\
+         {% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
+    ),
+    (
+        // Gemma has no system role: the system text opens the first user turn.
+        "gemma",
+        "{{ bos_token }}{% set ns = namespace(sys='') %}{% for m in messages %}\
+         {% if m['role'] == 'system' %}{% set ns.sys = m['content'] | trim + '\n\n' %}\
+         {% else %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n\
+         {% if m['role'] == 'user' %}{{ ns.sys }}{% set ns.sys = '' %}{% endif %}\
+         {{ m['content'] | trim }}<end_of_turn>\n{% endif %}{% endfor %}\
+         {% if add_generation_prompt %}<start_of_turn>model\n{% endif %}",
+    ),
+    (
+        "llama2",
+        "{% set ns = namespace(sys='') %}{% for m in messages %}\
+         {% if m['role'] == 'system' %}{% set ns.sys = '<<SYS>>\n' + m['content'] | trim + '\n<</SYS>>\n\n' %}\
+         {% elif m['role'] == 'user' %}{{ bos_token }}[INST] {{ ns.sys }}{{ m['content'] | trim }} [/INST]{% set ns.sys = '' %}\
+         {% else %} {{ m['content'] | trim }} {{ eos_token }}{% endif %}{% endfor %}",
+    ),
+];
+
 impl ChatTemplate {
+    /// The names of the built-in templates.
+    pub fn builtin_names() -> impl Iterator<Item = &'static str> {
+        BUILTIN.iter().map(|(name, _)| *name)
+    }
+
+    /// The source of a built-in template, by name.
+    pub fn builtin(name: &str) -> Option<&'static str> {
+        BUILTIN.iter().find(|(n, _)| *n == name).map(|(_, source)| *source)
+    }
+
     /// The file's chat template, or `Ok(None)` if it has none (then the caller falls back to
     /// plain completion).
     pub fn from_gguf(f: &GgufFile) -> Result<Option<ChatTemplate>, ChatError> {
@@ -78,6 +121,11 @@ impl ChatTemplate {
             key: TEMPLATE_KEY,
             expected: "string",
         })?;
+        ChatTemplate::with_file_tokens(f, source).map(Some)
+    }
+
+    /// Compiles `source` with the BOS and EOS texts of the file's vocabulary.
+    pub fn with_file_tokens(f: &GgufFile, source: &str) -> Result<ChatTemplate, ChatError> {
         let token_text = |key: &str| -> String {
             let id = f.get(key).and_then(|v| v.as_u64());
             let tokens = f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array());
@@ -92,7 +140,7 @@ impl ChatTemplate {
         };
         let bos = token_text("tokenizer.ggml.bos_token_id");
         let eos = token_text("tokenizer.ggml.eos_token_id");
-        ChatTemplate::new(source, bos, eos).map(Some)
+        ChatTemplate::new(source, bos, eos)
     }
 
     /// Compiles a template; `bos_token` / `eos_token` are the texts the template may insert.
@@ -304,6 +352,46 @@ mod tests {
             .unwrap(),
             "    a\n    b\n"
         );
+    }
+
+    #[test]
+    fn builtin_templates_render() {
+        let msgs = [
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Hi"),
+            ChatMessage::new("assistant", "Hello."),
+            ChatMessage::new("user", "Bye"),
+        ];
+        let render = |name: &str| {
+            ChatTemplate::new(ChatTemplate::builtin(name).unwrap(), "<s>", "</s>")
+                .unwrap()
+                .render(&msgs, true)
+                .unwrap()
+        };
+        assert_eq!(
+            render("chatml"),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
+             <|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(
+            render("llama3"),
+            "<s><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>\
+             <|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>\
+             <|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|>\
+             <|start_header_id|>user<|end_header_id|>\n\nBye<|eot_id|>\
+             <|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+        assert_eq!(
+            render("gemma"),
+            "<s><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n\
+             <start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+        );
+        assert_eq!(
+            render("llama2"),
+            "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello. </s><s>[INST] Bye [/INST]"
+        );
+        assert_eq!(ChatTemplate::builtin_names().count(), 4);
+        assert!(ChatTemplate::builtin("nope").is_none());
     }
 
     #[test]

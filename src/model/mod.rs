@@ -60,6 +60,8 @@ pub struct Model {
     config: ModelConfig,
     tokenizer: Tokenizer,
     chat_template: Option<ChatTemplate>,
+    /// Why the file's own template was replaced by ChatML, if it was.
+    template_warning: Option<String>,
     file: Box<GgufFile>,
 }
 
@@ -102,7 +104,16 @@ impl Model {
             config.tomoe = Some(tomoe::config(&file, arch)?);
         }
         let tokenizer = Tokenizer::from_gguf(&file)?;
-        let chat_template = ChatTemplate::from_gguf(&file)?;
+        // A template that does not parse (or has the wrong type) must not make the model
+        // unusable: chat falls back to ChatML, as llama.cpp does, and says so.
+        let (chat_template, template_warning) = match ChatTemplate::from_gguf(&file) {
+            Ok(t) => (t, None),
+            Err(e) => {
+                let chatml = ChatTemplate::builtin("chatml").expect("built in");
+                let warning = format!("the model's chat template cannot be used ({e}); using ChatML instead");
+                (Some(ChatTemplate::with_file_tokens(&file, chatml)?), Some(warning))
+            }
+        };
         // SAFETY: the views borrow the GgufFile inside `file`, a Box that this Model owns, never
         // mutates, never moves out of, and drops after `weights` (field order); its heap
         // address is stable when the Model moves. The 'static lifetime never escapes: `weights()`
@@ -117,7 +128,7 @@ impl Model {
             // Copying a matrix reads its bytes in; nothing reads them again.
             weights.make_copies(plain, |bytes| file_ref.release(bytes)).map_err(ModelError::CopyMemory)?
         };
-        Ok(Model { weights, copies, config, tokenizer, chat_template, file })
+        Ok(Model { weights, copies, config, tokenizer, chat_template, template_warning, file })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -126,8 +137,14 @@ impl Model {
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
+    /// The chat template: the file's own, ChatML if the file's could not be used (see
+    /// [`Model::chat_template_warning`]), `None` if the file has none.
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
         self.chat_template.as_ref()
+    }
+    /// Set when the file's chat template does not parse and ChatML replaced it: the reason.
+    pub fn chat_template_warning(&self) -> Option<&str> {
+        self.template_warning.as_deref()
     }
     /// Bytes of the matrices' copies made at load: interleaved where the kernel set has
     /// interleaved kernels, plain where the system has huge pages (0 with `TOMOE_NO_COPIES` set).

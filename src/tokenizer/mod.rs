@@ -298,6 +298,20 @@ impl Tokenizer {
         self.encode_bytes(text.as_bytes(), add_bos, parse_special)
     }
 
+    /// Tokenizes a prompt (control-token text parsed, as chat templates write it). At the start
+    /// of a sequence BOS is added where the model asks for it, and a BOS the text itself starts
+    /// with (`{{ bos_token }}` in Llama 3's and Gemma's templates) is then dropped, so the
+    /// prompt starts with exactly one.
+    pub fn encode_prompt(&self, text: &str, at_start: bool) -> Vec<u32> {
+        let mut tokens = self.encode(text, at_start, true);
+        if let Some(bos) = self.bos().filter(|_| at_start && self.adds_bos()) {
+            if tokens.len() >= 2 && tokens[0] == bos && tokens[1] == bos {
+                tokens.remove(0);
+            }
+        }
+        tokens
+    }
+
     /// As [`Tokenizer::encode`], for text that may not be valid UTF-8 (invalid bytes are
     /// handled as llama.cpp handles them).
     pub fn encode_bytes(&self, text: &[u8], add_bos: bool, parse_special: bool) -> Vec<u32> {
