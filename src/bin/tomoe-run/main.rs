@@ -5,6 +5,8 @@ mod bench;
 mod chat;
 mod info;
 mod perplexity;
+#[cfg(feature = "server")]
+mod serve;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -23,7 +25,8 @@ use tomoe::model::Model;
         tomoe-run MODEL.gguf -p TEXT -n N    one-shot generation to stdout\n\
         tomoe-run perplexity -m MODEL -f TEXT -c 512\n\
         tomoe-run bench -m MODEL -t 2\n\
-        tomoe-run info MODEL",
+        tomoe-run info MODEL\n\
+        tomoe-run serve -m MODEL --port 8080   OpenAI-compatible HTTP server (feature `server`)",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
@@ -46,11 +49,15 @@ enum Command {
         /// The GGUF file.
         model: PathBuf,
     },
+    /// Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,
+    /// /v1/models, /health).
+    #[cfg(feature = "server")]
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Args)]
 pub struct ModelArgs {
-    /// Threads for compute (default: all cores).
+    /// Threads for compute (default: one per physical core, big cores only on a hybrid CPU).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
     /// Context length in tokens.
@@ -86,12 +93,25 @@ pub struct SamplingArgs {
     pub seed: u64,
 }
 
+/// llama.cpp's multi-letter short flags, which clap cannot declare, as their long forms.
+fn llama_style_args() -> Vec<std::ffi::OsString> {
+    std::env::args_os()
+        .map(|a| match a.to_str() {
+            Some("-sys") => "--system".into(),
+            Some("-np") => "--parallel".into(),
+            _ => a,
+        })
+        .collect()
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(llama_style_args());
     let result = match cli.command {
         Some(Command::Perplexity(a)) => perplexity::run(a),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::Info { model }) => info::run(&model),
+        #[cfg(feature = "server")]
+        Some(Command::Serve(a)) => serve::run(a),
         None => chat::run(cli.generate),
     };
     if let Err(e) = result {
