@@ -39,17 +39,37 @@ fn a_template_starting_with_bos_gives_one_bos() {
         assert!(rendered.starts_with("<s>[user]hi"), "{rendered}");
         // Tokenized naively, the tokenizer's BOS and the template's make two.
         let naive = tok.encode(&rendered, true, true);
-        assert_eq!(naive.iter().take_while(|&&t| t == BOS).count(), if add_bos { 2 } else { 1 });
+        assert_eq!(
+            naive.iter().take_while(|&&t| t == BOS).count(),
+            if add_bos { 2 } else { 1 }
+        );
         let tokens = chat_tokens(tok, template, &msgs, true).unwrap();
         assert_eq!(tokens[0], BOS, "add_bos {add_bos}");
-        assert_eq!(tokens.iter().filter(|&&t| t == BOS).count(), 1, "add_bos {add_bos}: {tokens:?}");
+        assert_eq!(
+            tokens.iter().filter(|&&t| t == BOS).count(),
+            1,
+            "add_bos {add_bos}: {tokens:?}"
+        );
         assert_eq!(&tokens[1..], &naive[naive.len() - tokens.len() + 1..]);
 
         // The generator evaluates exactly that prompt.
-        let ctx = Context::new(model.clone(), ContextParams { n_ctx: 64, n_threads: 1, n_batch: 64 }).unwrap();
-        let greedy = SamplerParams { temperature: 0.0, ..SamplerParams::default() };
+        let ctx = Context::new(
+            model.clone(),
+            ContextParams {
+                n_ctx: 64,
+                n_threads: 1,
+                n_batch: 64,
+            },
+        )
+        .unwrap();
+        let greedy = SamplerParams {
+            temperature: 0.0,
+            ..SamplerParams::default()
+        };
         let mut gen = Generator::new(ctx, Sampler::new(greedy, model.config().n_vocab));
-        let out = gen.generate(&tokens, &GenerateOptions::max_tokens(3), |_| true).unwrap();
+        let out = gen
+            .generate(&tokens, &GenerateOptions::max_tokens(3), |_| true)
+            .unwrap();
         assert_eq!(out.n_prompt, tokens.len());
         assert_eq!(&gen.tokens()[..tokens.len()], &tokens[..]);
     }
@@ -66,10 +86,18 @@ fn text_not_at_the_start_keeps_its_bos() {
 
 #[test]
 fn a_template_that_does_not_parse_falls_back_to_chatml() {
-    let model = model_with("{% for m in messages %}{{ m.content }", true, "tiny-broken-template.gguf");
+    let model = model_with(
+        "{% for m in messages %}{{ m.content }",
+        true,
+        "tiny-broken-template.gguf",
+    );
     let warning = model.chat_template_warning().expect("a warning");
     assert!(warning.contains("ChatML"), "{warning}");
-    let rendered = model.chat_template().unwrap().render(&[ChatMessage::new("user", "hi")], true).unwrap();
+    let rendered = model
+        .chat_template()
+        .unwrap()
+        .render(&[ChatMessage::new("user", "hi")], true)
+        .unwrap();
     assert_eq!(rendered, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
 
     // The CLI chats with it, saying why; a built-in template chosen by name silences that.
@@ -91,7 +119,10 @@ fn a_template_that_does_not_parse_falls_back_to_chatml() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let err = run(&[]);
-    assert!(err.contains("warning: the model's chat template cannot be used"), "{err}");
+    assert!(
+        err.contains("warning: the model's chat template cannot be used"),
+        "{err}"
+    );
     assert!(err.contains("tokens/s"), "{err}");
     let err = run(&["--chat-template", "llama3"]);
     assert!(!err.contains("warning"), "{err}");
@@ -102,5 +133,8 @@ fn a_template_that_does_not_parse_falls_back_to_chatml() {
         .unwrap();
     assert_eq!(err.status.code(), Some(1));
     let msg = String::from_utf8_lossy(&err.stderr);
-    assert!(msg.contains("not a built-in template (chatml, llama3, gemma, llama2)"), "{msg}");
+    assert!(
+        msg.contains("not a built-in template (chatml, llama3, gemma, llama2)"),
+        "{msg}"
+    );
 }
