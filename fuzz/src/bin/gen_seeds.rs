@@ -1,5 +1,6 @@
-//! Writes small valid GGUF files into corpus/gguf_reader/ to seed the fuzzer: every value type,
-//! arrays, custom alignment, several tensor types and shapes.
+//! Writes small GGUF files into corpus/gguf_reader/ to seed the fuzzer: valid ones (every value
+//! type, arrays, custom alignment, several tensor types and shapes) and near-valid ones that the
+//! reader must refuse (two tensors of one name).
 
 use tomoe::gguf::{GgufWriter, QuantType, Value};
 
@@ -60,5 +61,18 @@ fn main() {
         w.write_to(&mut bytes).unwrap();
         std::fs::write(dir.join(format!("seed{i}.gguf")), bytes).unwrap();
     }
-    println!("wrote {} seeds to {}", seeds.len(), dir.display());
+
+    // Two tensors named alike, which the writer refuses: written as "ta" and "tb", then renamed
+    // in the bytes (names are stored in full, so "tb" occurs once, in the tensor table).
+    let mut w = GgufWriter::new();
+    for name in ["ta", "tb"] {
+        w.add_tensor(name, vec![8], QuantType::F32, vec![0; 32]).unwrap();
+    }
+    let mut bytes = Vec::new();
+    w.write_to(&mut bytes).unwrap();
+    let at = bytes.windows(2).position(|b| b == b"tb").unwrap();
+    bytes[at + 1] = b'a';
+    assert!(tomoe::gguf::GgufFile::from_bytes(bytes.clone()).is_err());
+    std::fs::write(dir.join("duplicate-tensor-name.gguf"), bytes).unwrap();
+    println!("wrote {} seeds to {}", seeds.len() + 1, dir.display());
 }
