@@ -40,8 +40,9 @@ for m in "${methods[@]}"; do
     --eval "$a/persuasion.txt" --eval-chunks "$chunks" 2>&1 | tr '\r' '\n' | grep --line-buffered -v '^$' > "$out/$name.log"
   echo "wall $((SECONDS - start)) s (conversion and evaluation)" >> "$out/$name.log"
   grep -E "active fraction|eval|wall" "$out/$name.log" >&2
-  "$bin/tomoe-run" perplexity -m "$out/$name.gguf" -f "$a/persuasion.txt" -c 512 --chunks "$chunks" 2>&1 \
-    | tr '\r' '\n' | grep -i "perplexity" | tail -1 | tee "$out/$name.ppl" >&2
+  # llama-perplexity's last line: "Final estimate: PPL = 12.3456 +/- 0.12345".
+  "$bin/tomoe-run" perplexity -m "$out/$name.gguf" -f "$a/persuasion.txt" -c 512 --chunks "$chunks" \
+    | grep "^Final estimate: PPL = " | tail -1 | tee "$out/$name.ppl" >&2
   : > "$out/$name.chat"
   for q in "${questions[@]}"; do
     printf '> %s\n' "$q" >> "$out/$name.chat"

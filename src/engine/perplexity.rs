@@ -8,14 +8,40 @@ use super::{Context, EngineError};
 /// Running result.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PerplexityState {
+    /// Sum of the scored tokens' negative log-likelihoods (natural log).
     pub nll_sum: f64,
+    /// Sum of their squares (for [`PerplexityState::ppl_error`]).
+    pub nll2_sum: f64,
+    /// Tokens scored.
     pub count: usize,
     pub chunks: usize,
 }
 
 impl PerplexityState {
+    /// exp(mean nll).
     pub fn ppl(&self) -> f64 {
         (self.nll_sum / self.count.max(1) as f64).exp()
+    }
+
+    /// Adds one scored token's negative log-likelihood.
+    pub fn add(&mut self, nll: f64) {
+        self.nll_sum += nll;
+        self.nll2_sum += nll * nll;
+        self.count += 1;
+    }
+
+    /// The standard error of [`PerplexityState::ppl`], as llama-perplexity computes it (the
+    /// "+/-" of its final estimate): ppl · sqrt((mean(nll²) − mean(nll)²) / (count − 1)).
+    /// `None` with fewer than two tokens scored. Rounding can make the variance of (nearly)
+    /// equal values slightly negative; it counts as 0.
+    pub fn ppl_error(&self) -> Option<f64> {
+        if self.count < 2 {
+            return None;
+        }
+        let n = self.count as f64;
+        let mean = self.nll_sum / n;
+        let var = (self.nll2_sum / n - mean * mean).max(0.0);
+        Some(self.ppl() * (var / (n - 1.0)).sqrt())
     }
 }
 
@@ -46,8 +72,7 @@ pub fn score_chunk(
     ctx.clear();
     ctx.eval_all_logits(chunk, logits)?;
     for j in n_ctx / 2..n_ctx - 1 {
-        state.nll_sum -= log_softmax_at(&logits[j * nv..(j + 1) * nv], chunk[j + 1] as usize);
-        state.count += 1;
+        state.add(-log_softmax_at(&logits[j * nv..(j + 1) * nv], chunk[j + 1] as usize));
     }
     state.chunks += 1;
     Ok(())
@@ -58,4 +83,35 @@ pub fn log_softmax_at(row: &[f32], target: usize) -> f64 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
     row[target] as f64 - max - sum.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PerplexityState;
+
+    #[test]
+    fn ppl_error_is_llama_perplexity_formula() {
+        let nll = [2.0, 3.0, 1.5, 2.5, 4.0];
+        let mut s = PerplexityState::default();
+        assert_eq!(s.ppl_error(), None);
+        nll.iter().for_each(|&x| s.add(x));
+        assert_eq!(s.count, 5);
+        // mean 2.6, mean of squares 37.5 / 5 = 7.5, variance 7.5 - 6.76 = 0.74,
+        // error = e^2.6 * sqrt(0.74 / 4).
+        let ppl = 2.6f64.exp();
+        assert!((s.ppl() - ppl).abs() < 1e-12 * ppl);
+        let want = ppl * (0.74f64 / 4.0).sqrt();
+        let got = s.ppl_error().unwrap();
+        assert!((got - want).abs() < 1e-9 * want, "{got} vs {want}");
+        // The same as the sample standard deviation of nll over sqrt(n), times ppl.
+        let sd = (nll.iter().map(|x| (x - 2.6) * (x - 2.6)).sum::<f64>() / 4.0).sqrt();
+        assert!((got - ppl * sd / 5f64.sqrt()).abs() < 1e-9 * want);
+        // One token: no error; equal values: zero (up to rounding).
+        let mut one = PerplexityState::default();
+        one.add(1.0);
+        assert_eq!(one.ppl_error(), None);
+        let mut same = PerplexityState::default();
+        (0..4).for_each(|_| same.add(0.1));
+        assert!(same.ppl_error().unwrap() < 1e-6);
+    }
 }

@@ -1,7 +1,12 @@
-//! `tomoe-run perplexity`.
+//! `tomoe-run perplexity`: llama-perplexity's method and output. On stdout: the running
+//! perplexity after each chunk (`[1]12.3456,[2]11.9876,...`), then
+//! `Final estimate: PPL = 12.3456 +/- 0.12345` (the error as llama.cpp computes it, see
+//! [`PerplexityState::ppl_error`]), then a summary line
+//! `perplexity: 12.3456 (N tokens scored, C chunks of n_ctx, T s)`. Progress goes to stderr.
 
 use crate::{context, load, ModelArgs, Res};
 use clap::Args;
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 use tomoe::engine::perplexity::{n_chunks, score_chunk, PerplexityState};
@@ -42,28 +47,49 @@ pub fn run(a: PerplexityArgs) -> Res<()> {
     }
     let mut ctx = context(&model, &a.model_args)?;
     let bos = if tok.adds_bos() { tok.bos() } else { None };
-    eprintln!("{} tokens, {chunks} chunks of {n_ctx}", tokens.len());
+    eprintln!(
+        "perplexity: calculating perplexity over {chunks} chunks, n_ctx={n_ctx}, batch_size={}, {} tokens",
+        ctx.params().n_batch,
+        tokens.len()
+    );
     let (mut chunk, mut logits, mut state) = (Vec::new(), Vec::new(), PerplexityState::default());
+    let mut out = std::io::stdout().lock();
     let start = Instant::now();
     for i in 0..chunks {
         score_chunk(&mut ctx, &tokens, i, bos, &mut chunk, &mut logits, &mut state)?;
-        let done = i + 1;
-        let eta = start.elapsed().as_secs_f64() / done as f64 * (chunks - done) as f64;
-        let width = 30 * done / chunks;
-        eprint!(
-            "\r[{}{}] {done}/{chunks}  ppl {:.4}  ETA {:.0}s ",
-            "#".repeat(width),
-            " ".repeat(30 - width),
-            state.ppl(),
-            eta
-        );
+        if i == 0 {
+            let per_pass = start.elapsed().as_secs_f64();
+            eprintln!(
+                "perplexity: {per_pass:.2} seconds per pass - ETA {}",
+                eta(per_pass * chunks as f64)
+            );
+        }
+        // llama-perplexity's running output: the perplexity over the chunks scored so far.
+        write!(out, "[{}]{:.4},", i + 1, state.ppl())?;
+        out.flush()?;
     }
-    eprintln!();
-    println!(
+    writeln!(out)?;
+    match state.ppl_error() {
+        Some(err) => writeln!(out, "Final estimate: PPL = {:.4} +/- {err:.5}", state.ppl())?,
+        None => writeln!(out, "Final estimate: PPL = {:.4}", state.ppl())?,
+    }
+    writeln!(
+        out,
         "perplexity: {:.4} ({} tokens scored, {chunks} chunks of {n_ctx}, {:.1}s)",
         state.ppl(),
         state.count,
         start.elapsed().as_secs_f64()
-    );
+    )?;
     Ok(())
+}
+
+/// "1 hours 2.50 minutes" or "2.50 minutes", as llama-perplexity prints its ETA.
+fn eta(seconds: f64) -> String {
+    let hours = (seconds / 3600.0).floor();
+    let minutes = (seconds - hours * 3600.0) / 60.0;
+    if hours > 0.0 {
+        format!("{hours:.0} hours {minutes:.2} minutes")
+    } else {
+        format!("{minutes:.2} minutes")
+    }
 }
