@@ -7,6 +7,7 @@
 //! - [`tokenizer`], [`chat`]: text in and out: BPE/SentencePiece, chat templates, sampling.
 //! - [`generate`]: prompt tokens → sampled text, with stop conditions (used by every front end).
 //! - `convert` (feature `convert`): dense model → trained routers and masks → MoE GGUF.
+//! - `server` (feature `server`): an OpenAI-compatible HTTP server over [`generate`].
 //! - [`capi`]: the C ABI.
 //! - [`huge_pages`]: buffers on transparent huge pages, for the weights' copies and the KV cache.
 
@@ -19,4 +20,6 @@ pub mod generate;
 pub mod gguf;
 pub mod huge_pages;
 pub mod model;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod tokenizer;
