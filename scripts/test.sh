@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The test suite: everything on x86-64 (kernels, formats, tokenizer and logits against llama.cpp,
-# real models, the converter, the C ABI), the quant kernels on aarch64 under qemu (the NEON paths),
-# the C example natively and under valgrind and on aarch64, and the iOS/Android static libraries.
+# real models, the converter, the HTTP server against curl and the openai client, the C ABI), the
+# quant kernels on aarch64 under qemu (the NEON paths), the C example natively and under valgrind
+# and on aarch64, and the iOS/Android static libraries.
 # Expects what .ci/run installs (apt packages, rustup targets, models in ~/.cache/tomoe/models).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tomoe/target}"
 
-cargo test --workspace --release --features convert
+cargo test --workspace --release --features convert,server
 scripts/test-aarch64.sh
 scripts/test-capi.sh
 scripts/build-mobile.sh
