@@ -41,7 +41,7 @@ pub struct BenchArgs {
     /// Generation lengths, comma-separated: a tgN test for each N > 0.
     #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128", value_parser = count)]
     n_gen: Vec<usize>,
-    /// Thread counts, comma-separated: every test runs at each (default: all cores).
+    /// Thread counts, comma-separated: every test runs at each (default: one per physical core).
     #[arg(short = 't', long, value_delimiter = ',', value_parser = positive)]
     threads: Vec<usize>,
     /// Timed repetitions of each test (after one untimed warm-up run).
