@@ -557,3 +557,29 @@ fn a_client_that_disconnects_frees_its_slot() {
     let log = server.log();
     assert_eq!(log.matches("the client went away").count(), 2, "{log}");
 }
+
+/// `--chat-template chatml` replaces SmolLM2's own template, which adds a default system message:
+/// the same question then takes fewer prompt tokens.
+#[test]
+fn a_chat_template_chosen_by_name_replaces_the_models() {
+    let prompt_tokens = |args: &[&str]| {
+        let server = Server::start(args);
+        let (status, body) = server.post("/v1/chat/completions", &chat_request("Hi", 4));
+        assert_eq!(status, 200, "{body}");
+        check_chat(&body);
+        body["usage"]["prompt_tokens"].as_u64().unwrap()
+    };
+    let own = prompt_tokens(&[]);
+    let chatml = prompt_tokens(&["--chat-template", "chatml"]);
+    assert!(chatml + 10 < own, "own template {own} tokens, chatml {chatml}");
+    let out = Command::new(env!("CARGO_BIN_EXE_tomoe-run"))
+        .arg("serve")
+        .arg("-m")
+        .arg(common::model_path(common::RealModel::SmolLm2))
+        .args(["--port", "0", "--chat-template", "/nonexistent.jinja"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a built-in template"), "{err}");
+}

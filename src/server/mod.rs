@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub seed: Option<u64>,
     /// The largest request body read, in bytes.
     pub max_body_bytes: usize,
+    /// A chat template (Jinja source) to use instead of the model's own.
+    pub chat_template: Option<String>,
 }
 
 impl ServerConfig {
@@ -78,6 +80,7 @@ impl ServerConfig {
             sampling: SamplerParams::default(),
             seed: None,
             max_body_bytes: 8 << 20,
+            chat_template: None,
         }
     }
 }
@@ -91,7 +94,7 @@ pub enum ServerError {
     NoChatMl,
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error("the ChatML fallback template: {0}")]
+    #[error("the chat template: {0}")]
     Template(#[from] ChatError),
     #[error("cannot start a slot's thread: {0}")]
     Io(#[from] std::io::Error),
@@ -106,8 +109,9 @@ struct AppState {
     model: Arc<Model>,
     id: String,
     pool: Pool,
-    /// ChatML, when the model has no template of its own.
-    fallback_template: Option<ChatTemplate>,
+    /// The template chosen with the server (`ServerConfig::chat_template`), else ChatML when
+    /// the model has no template of its own; `None`: the model's.
+    template: Option<ChatTemplate>,
     sampling: SamplerParams,
     seed: Option<u64>,
     max_body: usize,
@@ -123,9 +127,10 @@ impl Server {
         let contexts = (0..config.n_parallel)
             .map(|_| Context::new(model.clone(), config.context.clone()))
             .collect::<Result<Vec<_>, _>>()?;
-        let fallback_template = match model.chat_template() {
-            Some(_) => None,
-            None => {
+        let template = match (&config.chat_template, model.chat_template()) {
+            (Some(source), _) => Some(ChatTemplate::with_file_tokens(model.gguf(), source)?),
+            (None, Some(_)) => None,
+            (None, None) => {
                 let chatml = ChatTemplate::builtin("chatml").ok_or(ServerError::NoChatMl)?;
                 Some(ChatTemplate::with_file_tokens(model.gguf(), chatml)?)
             }
@@ -134,7 +139,7 @@ impl Server {
             pool: Pool::new(contexts)?,
             model,
             id: config.model_id,
-            fallback_template,
+            template,
             sampling: config.sampling,
             seed: config.seed,
             max_body: config.max_body_bytes,
@@ -143,9 +148,10 @@ impl Server {
         Ok(Server { state: Arc::new(state) })
     }
 
-    /// Whether the model brings its own chat template (else chat uses ChatML).
+    /// Whether chat uses the model's own template (not one given in the config, nor ChatML
+    /// for a model without one).
     pub fn has_own_template(&self) -> bool {
-        self.state.fallback_template.is_none()
+        self.state.template.is_none()
     }
 
     /// The routes, for serving or for embedding in a larger router.
@@ -224,10 +230,9 @@ impl AppState {
 
     fn chat_prompt(&self, conversation: &[(String, String)]) -> Result<Vec<u32>, ApiError> {
         let messages: Vec<ChatMessage> = conversation.iter().map(|(r, c)| ChatMessage::new(r, c)).collect();
-        let template = match (self.model.chat_template(), &self.fallback_template) {
-            (Some(t), _) => t,
-            (None, Some(t)) => t,
-            (None, None) => return Err(ApiError::internal("no chat template")),
+        let template = match self.template.as_ref().or(self.model.chat_template()) {
+            Some(t) => t,
+            None => return Err(ApiError::internal("no chat template")),
         };
         chat_tokens(self.model.tokenizer(), template, &messages, true).map_err(|e| {
             ApiError::invalid(

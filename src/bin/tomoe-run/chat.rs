@@ -1,9 +1,9 @@
 //! Interactive chat and one-shot generation.
 
-use crate::{context, load, sampler, ModelArgs, Res, SamplingArgs};
+use crate::{context, load, sampler, template_source, ModelArgs, Res, SamplingArgs};
 use clap::Args;
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tomoe::chat::{ChatMessage, ChatTemplate};
 use tomoe::generate::{chat_tokens, GenerateOptions, Generation, Generator, StopReason};
@@ -48,10 +48,16 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static GENERATING: AtomicBool = AtomicBool::new(false);
 
 pub fn run(a: GenerateArgs) -> Res<()> {
-    let path = a.model.or(a.model_flag).ok_or("no model given: tomoe-run MODEL.gguf (see --help)")?;
+    let path = a
+        .model
+        .or(a.model_flag)
+        .ok_or("no model given: tomoe-run MODEL.gguf (see --help)")?;
     let model = load(&path)?;
     let template = match &a.chat_template {
-        Some(t) => Some(template_from_arg(&model, t)?),
+        Some(t) => Some(
+            ChatTemplate::with_file_tokens(model.gguf(), &template_source(t)?)
+                .map_err(|e| format!("--chat-template {t}: {e}"))?,
+        ),
         None => None,
     };
     let ctx = context(&model, &a.model_args)?;
@@ -77,7 +83,10 @@ pub fn run(a: GenerateArgs) -> Res<()> {
         Some(p) => {
             let tokens = model.tokenizer().encode_prompt(&p, true);
             let mut out = std::io::stdout().lock();
-            let opts = GenerateOptions { max_tokens, stop: Vec::new() };
+            let opts = GenerateOptions {
+                max_tokens,
+                stop: Vec::new(),
+            };
             let mut failed = None;
             let g = gen.generate(&tokens, &opts, |piece| {
                 failed = out.write_all(piece.as_bytes()).and_then(|()| out.flush()).err();
@@ -107,18 +116,6 @@ pub fn run(a: GenerateArgs) -> Res<()> {
             chat.run()
         }
     }
-}
-
-/// `--chat-template`: a built-in name, else a file.
-fn template_from_arg(model: &Model, arg: &str) -> Res<ChatTemplate> {
-    let source = match ChatTemplate::builtin(arg) {
-        Some(s) => s.to_string(),
-        None => std::fs::read_to_string(Path::new(arg)).map_err(|e| {
-            let names: Vec<&str> = ChatTemplate::builtin_names().collect();
-            format!("--chat-template {arg}: not a built-in template ({}) and not a readable file: {e}", names.join(", "))
-        })?,
-    };
-    Ok(ChatTemplate::with_file_tokens(model.gguf(), &source).map_err(|e| format!("--chat-template {arg}: {e}"))?)
 }
 
 /// One line of speed statistics.
@@ -158,7 +155,15 @@ impl<'a> Chat<'a> {
     ) -> Self {
         let messages: Vec<ChatMessage> = system.into_iter().map(|s| ChatMessage::new("system", s)).collect();
         let n_system = messages.len();
-        Chat { model, gen, template, messages, n_system, text: Vec::new(), max_tokens }
+        Chat {
+            model,
+            gen,
+            template,
+            messages,
+            n_system,
+            text: Vec::new(),
+            max_tokens,
+        }
     }
 
     fn run(&mut self) -> Res<()> {
@@ -225,7 +230,10 @@ impl<'a> Chat<'a> {
                 eprintln!("\n[the answer fills the context of {n_ctx} tokens: stopped]");
                 break;
             };
-            let opts = GenerateOptions { max_tokens: self.max_tokens.map(|m| m - n_generated), stop: Vec::new() };
+            let opts = GenerateOptions {
+                max_tokens: self.max_tokens.map(|m| m - n_generated),
+                stop: Vec::new(),
+            };
             let mut failed = None;
             let g = self.gen.generate(&prompt, &opts, |piece| {
                 reply.push_str(piece);
@@ -272,7 +280,8 @@ impl<'a> Chat<'a> {
                 let bos = tok.bos().filter(|&b| tok.adds_bos() && self.text.first() == Some(&b));
                 let keep = n_ctx / 2;
                 let cut = self.text.len().saturating_sub(keep);
-                self.text.drain(usize::from(bos.is_some())..cut.max(usize::from(bos.is_some())));
+                self.text
+                    .drain(usize::from(bos.is_some())..cut.max(usize::from(bos.is_some())));
                 eprint!("\n[context full: the oldest text was dropped]");
             }
             return Ok((self.text.len() < n_ctx).then(|| self.text.clone()));

@@ -157,3 +157,18 @@ pub fn sampler(model: &Model, s: &SamplingArgs) -> Sampler {
     };
     Sampler::new(p, model.config().n_vocab)
 }
+
+/// The Jinja source that `--chat-template` names: a built-in template, else a file.
+pub fn template_source(arg: &str) -> Res<String> {
+    match tomoe::chat::ChatTemplate::builtin(arg) {
+        Some(s) => Ok(s.to_string()),
+        None => std::fs::read_to_string(Path::new(arg)).map_err(|e| {
+            let names: Vec<&str> = tomoe::chat::ChatTemplate::builtin_names().collect();
+            format!(
+                "--chat-template {arg}: not a built-in template ({}) and not a readable file: {e}",
+                names.join(", ")
+            )
+            .into()
+        }),
+    }
+}

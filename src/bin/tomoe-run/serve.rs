@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// The model's id in /v1/models and in answers (default: the file's name).
     #[arg(long)]
     pub alias: Option<String>,
+    /// Chat template: a Jinja file, or a built-in name (chatml, llama3, gemma, llama2); default:
+    /// the model's own.
+    #[arg(long = "chat-template", value_name = "FILE|NAME")]
+    pub chat_template: Option<String>,
     #[command(flatten)]
     pub model_args: ModelArgs,
     /// Defaults for the sampling fields a request leaves out. -s: the seed of requests that give
@@ -39,7 +43,7 @@ pub struct ServeArgs {
 
 pub fn run(a: ServeArgs) -> Res<()> {
     let model = load(&a.model)?;
-    if let Some(w) = model.chat_template_warning() {
+    if let (Some(w), None) = (model.chat_template_warning(), &a.chat_template) {
         eprintln!("tomoe-run serve: warning: {w}");
     }
     let n_parallel = a.parallel as usize;
@@ -73,10 +77,11 @@ pub fn run(a: ServeArgs) -> Res<()> {
             seed: s.seed,
         },
         seed: (s.seed != RANDOM_SEED).then_some(s.seed),
+        chat_template: a.chat_template.as_deref().map(crate::template_source).transpose()?,
         ..ServerConfig::new(id.clone())
     };
     let server = Server::new(model, config)?;
-    if !server.has_own_template() {
+    if !server.has_own_template() && a.chat_template.is_none() {
         eprintln!("tomoe-run serve: the model has no chat template; chat uses ChatML");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
