@@ -6,8 +6,7 @@
 //! of keys and values. On 4 KiB pages every page is a TLB miss and a stop for the hardware
 //! prefetchers; on 2 MiB pages the streams run on. With the kernel's THP mode `madvise` (a
 //! common default) only a region advised `MADV_HUGEPAGE` gets them, and heap allocations never
-//! are. Measured on SmolLM2 Q8_0, one thread: weights +20-60 %, a 1536-token context's cache
-//! +18-25 % (BENCHMARKS.md, session 10).
+//! are. Both the weights' copies and the KV cache decode faster on them (BENCHMARKS.md).
 
 use memmap2::MmapMut;
 use std::io::ErrorKind;

@@ -781,8 +781,8 @@ pub fn swiglu_rows(
         };
         if grouped {
             // The rows of a piece read alone next come from the row-major data, a short read
-            // each that the kernels' prefetch does not reach: ask for them now. (Measured:
-            // ToMoE decode +1-4 % at p = 0.7, +3-7 % at p = 0.5, BENCHMARKS.md session 8.)
+            // each that the kernels' prefetch does not reach: ask for them now (faster ToMoE
+            // decoding, BENCHMARKS.md).
             if let Some(p) = pieces.clone().next().filter(|p| !p.grouped) {
                 for w in [gate, up, down_t] {
                     let rb = w.row_bytes;
@@ -979,15 +979,15 @@ fn run_share_pieces(rows: std::ops::Range<usize>) -> impl Iterator<Item = Piece>
 }
 
 /// The time a run of rows takes to start (the first bytes of its three streams come at memory
-/// latency, before the kernels' prefetch runs ahead), in streamed rows. Measured on the SmolLM2
-/// conversions at two threads (session 7): without it the thread given the short runs took
-/// 1.5-1.7× as long as the one given the long runs; with 16 to 24 the two finished within 5-10 %.
+/// latency, before the kernels' prefetch runs ahead), in streamed rows. Without it the thread
+/// given the short runs of a ToMoE expert finishes far behind; 16 to 24 even the threads
+/// (BENCHMARKS.md).
 const STREAM_START_COST: usize = 20;
 
 /// The time of a row read alone (four-row kernels, from the row-major data) relative to a row
-/// streamed in its group through the interleaved kernels. Measured in session 6 (BENCHMARKS.md):
-/// splitting a ToMoE expert's rows between two threads by count, the thread given the short runs
-/// took 1.4-1.5× as long; weighing their rows 3 evened the threads then.
+/// streamed in its group through the interleaved kernels: splitting a ToMoE expert's rows
+/// between threads by count leaves the thread given the short runs behind; weighing those rows 3
+/// evens them (BENCHMARKS.md).
 const SCATTERED_ROW_COST: usize = 3;
 
 /// The fewest rows of a group that [`swiglu_rows`] reads through the group's interleaved copies

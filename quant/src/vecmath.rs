@@ -641,9 +641,8 @@ fn for_each_kept_word(
 }
 
 /// How many positions ahead the expand loops prefetch the kept values. Each position's values
-/// start where its kept count puts them, a pattern the hardware prefetchers do not follow: the
-/// expand-loads missed (perf, session 11: 71 % of the AVX-512 kernel's samples on the
-/// instruction after them, 41 % with this prefetch).
+/// start where its kept count puts them, a pattern the hardware prefetchers do not follow, and
+/// without it perf puts most of the kernel's samples right after the expand-loads (BENCHMARKS.md).
 #[cfg(target_arch = "x86_64")]
 const KEPT_PREFETCH_AHEAD: usize = 16;
 

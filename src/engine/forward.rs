@@ -173,8 +173,7 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
                     // The V-mask head's input layer beside Q, K and V (one parallel region),
                     // then the mask, which zeroes the V rows it drops. V is read whole: most of
                     // its groups of 16 keep enough rows to be streamed whole anyway, and a region
-                    // of its own after the mask cost more than the rows it skipped (session 9:
-                    // whole V 0-4 % faster on the SmolLM2 conversions).
+                    // of its own after the mask cost more than the rows it skipped (BENCHMARKS.md).
                     let a = &mut s.moe.vmask_in;
                     a.resize(vm.hidden, 0.0);
                     // The head's small tables, for its serial step after this region.

@@ -124,8 +124,8 @@ pub fn mlp_one(
 /// ends of the pieces `run_pieces` times (a run's cut at multiples of 16):
 /// `bounds[p]..bounds[p + 1]` is share `p`. Each cut goes to the piece end nearest its target,
 /// so a share is off by at most half a piece's cost. Long runs stream through the interleaved
-/// kernels; short ones pay the memory latency at every start: a thread given them by count took
-/// 1.4-1.5× as long (session 6), and by a cost without the start 1.5-1.7× (session 7).
+/// kernels; short ones pay the memory latency at every start, so shares by row count, or by a
+/// cost without the start, leave one thread far behind (BENCHMARKS.md).
 fn split_by_cost(runs: &[std::ops::Range<usize>], parts: usize, bounds: &mut Vec<usize>) {
     let all = 0..runs.iter().map(|r| r.len()).sum();
     let pieces = || run_pieces(runs, all.clone()).map(|p| (p.rows.len(), p.cost));

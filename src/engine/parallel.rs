@@ -130,9 +130,9 @@ pub fn matvec_fused(jobs: &mut [MatJob]) {
         }
     };
     // Each thread streams its share of the first three quarters; the last quarter goes in chunks
-    // to whichever thread is free, since the threads do not run at the same speed (this VM's two
-    // vCPUs differ by 10-15 %, and a share's first bytes may be in cache or not). Measured at two
-    // threads (BENCHMARKS.md, session 8): ToMoE +0.5-10 %, dense +1-6 % over fixed shares.
+    // to whichever thread is free, since threads do not run at the same speed (cores, even
+    // virtual ones, differ, and a share's first bytes may be in cache or not); faster than fixed
+    // shares at two threads (BENCHMARKS.md).
     let static_rows = total * 3 / 4;
     let next = AtomicUsize::new(0);
     let n_chunks = (total - static_rows).div_ceil(CHUNK_ROWS);

@@ -80,9 +80,8 @@ impl MoeLayer<'_> {
     /// experts), then its other rows (the runs' ends within a group, the runs shorter than one)
     /// gathered, in order, into extra groups of its own, padded with zero rows, which the copies
     /// hold as the rows past `rows` rounded up to 16. An expert is then read as whole groups, in
-    /// a few long runs, with no byte read for another expert's rows: on the SmolLM2 conversions
-    /// (session 9, BENCHMARKS.md) decoding went 5-16 % faster at p = 0.5 and 5-21 % at p = 0.7,
-    /// one thread, for copies 54 % and 42 % larger.
+    /// a few long runs, with no byte read for another expert's rows: faster decoding for larger
+    /// copies (BENCHMARKS.md, "Sparse ToMoE decoding").
     pub fn gather_plan(&self, rows: usize) -> GatherPlan {
         let mut plan = GatherPlan { extra: Vec::new(), read_runs: Vec::new(), read_order: Vec::new() };
         for runs in &self.expert_runs {

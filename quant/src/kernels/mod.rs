@@ -189,12 +189,8 @@ pub(crate) const PREFETCH_AHEAD: usize = 2048;
 
 /// How far ahead of the block being multiplied the interleaved kernels (`avx512_il`) prefetch,
 /// a block's lines at a time, into L2: so the loads spread over the arithmetic, and more lines
-/// are in flight than L1's few line-fill buffers allow. Measured on decode (BENCHMARKS.md,
-/// session 8: one process per file, the two ways taking turns in 32-token bursts, the order
-/// turning each round): against 4 KiB into L1, one thread, SmolLM2 dense Q8_0 +10 %, Q4_1
-/// +15 %, ToMoE p0.7/p0.5 +6/+8 %, Gemma 3 +12 % (both ways with the row kernels' prefetch into
-/// L2); two threads, dense +7 %, ToMoE p0.7 even. 4 and 16 KiB into L2 were a little slower
-/// than 8. (Session 7 had measured L1 prefetch only: 3-4 KiB best.)
+/// are in flight than L1's few line-fill buffers allow. 8 KiB into L2 decoded faster than 4 KiB
+/// into L1 and than 4 or 16 KiB into L2 (BENCHMARKS.md).
 // Only the x86 sets have interleaved kernels.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) const IL_PREFETCH_AHEAD: usize = 8192;
@@ -206,10 +202,8 @@ pub(crate) const PREFETCH_MAX_ROW_BYTES: usize = 2048;
 /// Matrices larger than this are prefetched into L2 only, not L1, on Arm: they stream from
 /// DRAM, and L1 prefetches hold its few line-fill buffers for the whole memory latency. (Measured
 /// on x86 with Gemma 3's 178 MiB Q8_0 output matrix: 10 % faster into L2.) x86 prefetches every
-/// matrix into L2, as the interleaved kernels do: for the row-by-row reads it made no clear
-/// difference in session 8 (Gemma 3 -1 %, ToMoE p0.7 +3 %, p0.5 +1 %, measured as for
-/// `IL_PREFETCH_AHEAD`; session 6 had measured L2 3 % slower, one file per process on a noisy
-/// machine). Not measured on Arm.
+/// matrix into L2, as the interleaved kernels do: for the row-by-row reads L1 or L2 made no
+/// clear difference (BENCHMARKS.md). Not measured on Arm.
 pub(crate) const PREFETCH_L2_ONLY_BYTES: usize = 64 << 20;
 
 /// Hints the CPU to start loading the cache lines of `bytes[range]` (clipped to the slice): into
