@@ -3,6 +3,7 @@
 
 mod cpus;
 mod forward;
+pub mod kl_divergence;
 mod kv_cache;
 mod moe;
 pub mod ops;

@@ -1,7 +1,8 @@
 //! Perplexity by llama-perplexity's method: the text is cut into non-overlapping chunks of
 //! `n_ctx` tokens, each evaluated from an empty context and starting with BOS when the model
 //! adds one (it replaces the chunk's first token), and only the second half of each chunk is
-//! scored, so every scored token has at least n_ctx/2 tokens of context.
+//! scored, so every scored token has at least n_ctx/2 tokens of context. The KL divergence from
+//! a base model over the same chunks is in [`super::kl_divergence`].
 
 use super::{Context, EngineError};
 
@@ -51,8 +52,30 @@ pub fn n_chunks(n_tokens: usize, n_ctx: usize, max_chunks: Option<usize>) -> usi
     max_chunks.map_or(n, |m| n.min(m))
 }
 
+/// Evaluates chunk `i` of `tokens` (the whole text, tokenized) with `ctx`, whose n_ctx is the
+/// chunk size, from an empty context: `chunk` receives the tokens evaluated (`bos`, if the model
+/// adds one, replaces the first), `logits` the logits after every one of them.
+pub fn eval_chunk(
+    ctx: &mut Context,
+    tokens: &[u32],
+    i: usize,
+    bos: Option<u32>,
+    chunk: &mut Vec<u32>,
+    logits: &mut Vec<f32>,
+) -> Result<(), EngineError> {
+    let n_ctx = ctx.params().n_ctx;
+    chunk.clear();
+    chunk.extend_from_slice(&tokens[i * n_ctx..(i + 1) * n_ctx]);
+    if let Some(b) = bos {
+        chunk[0] = b;
+    }
+    ctx.clear();
+    ctx.eval_all_logits(chunk, logits)
+}
+
 /// Scores chunk `i` of `tokens` (the whole text, tokenized) with `ctx`, whose n_ctx is the
 /// chunk size. `bos`: the token that replaces each chunk's first one, if the model adds BOS.
+/// Leaves the chunk evaluated in `chunk` and its logits in `logits` (see [`eval_chunk`]).
 pub fn score_chunk(
     ctx: &mut Context,
     tokens: &[u32],
@@ -64,13 +87,7 @@ pub fn score_chunk(
 ) -> Result<(), EngineError> {
     let n_ctx = ctx.params().n_ctx;
     let nv = ctx.model().config().n_vocab;
-    chunk.clear();
-    chunk.extend_from_slice(&tokens[i * n_ctx..(i + 1) * n_ctx]);
-    if let Some(b) = bos {
-        chunk[0] = b;
-    }
-    ctx.clear();
-    ctx.eval_all_logits(chunk, logits)?;
+    eval_chunk(ctx, tokens, i, bos, chunk, logits)?;
     for j in n_ctx / 2..n_ctx - 1 {
         state.add(-log_softmax_at(&logits[j * nv..(j + 1) * nv], chunk[j + 1] as usize));
     }
