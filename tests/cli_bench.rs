@@ -131,6 +131,14 @@ fn bench_markdown_table() {
         }
     }
     assert!(stdout.contains("MiB of copies for decoding"), "{stdout}");
+    // The peak resident set holds at least the copies SmolLM2 decodes from (or the mapped file).
+    let peak = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("peak resident memory: "))
+        .and_then(|v| v.strip_suffix(" MiB"))
+        .unwrap_or_else(|| panic!("no peak memory line: {stdout}"));
+    let peak: f64 = peak.parse().unwrap();
+    assert!(peak > 80.0 && peak < 2048.0, "{stdout}");
 }
 
 /// Per record of a JSON array (checked and flattened by python3's json module): file name,

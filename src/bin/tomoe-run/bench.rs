@@ -335,7 +335,7 @@ fn size_label(n_params: u64) -> String {
     }
 }
 
-/// The decoding copies' size and, for a MoE model, how its tokens were routed.
+/// The decoding copies' size, the peak memory and, for a MoE model, how its tokens were routed.
 fn summary(out: &mut dyn Write, model: &Model, info: &Info, usage: &[Vec<u64>]) -> Res<()> {
     writeln!(
         out,
@@ -366,8 +366,20 @@ fn summary(out: &mut dyn Write, model: &Model, info: &Info, usage: &[Vec<u64>]) 
             writeln!(out, "  layer {il:>2} %: {}", row.join(" "))?;
         }
     }
+    if let Some(peak) = peak_resident_bytes() {
+        writeln!(out, "peak resident memory: {:.1} MiB", peak as f64 / 1048576.0)?;
+    }
     writeln!(out, "build: tomoe {}", env!("CARGO_PKG_VERSION"))?;
     Ok(())
+}
+
+/// The process's peak resident set (Linux's VmHWM): the memory the model, its copies, the KV
+/// caches and the scratch buffers held at once.
+fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// A field of a JSON or CSV record.
