@@ -12,3 +12,4 @@ cargo test --workspace --release --features convert,server
 scripts/test-aarch64.sh
 scripts/test-capi.sh
 scripts/build-mobile.sh
+scripts/build-cuda.sh --check # the cuda feature compiles (its tests need a GPU: compile only)

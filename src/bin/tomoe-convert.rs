@@ -12,7 +12,7 @@ use tomoe::convert::converted::{
 };
 use tomoe::convert::data::{read_documents, Calibration};
 use tomoe::convert::dense::DenseModel;
-use tomoe::convert::train::{train, CheckpointPlan, MaskInit, TrainParams};
+use tomoe::convert::train::{train_until, CheckpointPlan, MaskInit, TrainParams};
 use tomoe::convert::{baselines, eval, export, gguf_in, hf, tokenize, ConvertError, Result};
 
 const HELP: &str = "tomoe-convert: convert a dense llama/qwen2 model into a ToMoE Mixture-of-Experts GGUF
@@ -35,10 +35,14 @@ const HELP: &str = "tomoe-convert: convert a dense llama/qwen2 model into a ToMo
   --checkpoint FILE       checkpoint file (safetensors + .json sidecar)
   --checkpoint-every N    checkpoint period in steps (default 50)
   --resume                continue from --checkpoint if it exists
+  --train-seconds N       stop training after the step that ends past N seconds of training (a time
+                          budget; the rest of the conversion follows; with --checkpoint, a later
+                          --resume finishes the steps)
   --eval FILE             after converting, report perplexity on FILE (dense, converted, random routing)
   --eval-ctx N            perplexity window (default 512)
   --eval-chunks N         at most N windows (default all)
-  --device D              cpu (default) | cuda | cuda:N  (CUDA needs a build with --features cuda)
+  --device D              cpu (default) | cuda | cuda:N  (CUDA needs a build with --features cuda:
+                          scripts/build-cuda.sh)
 ";
 
 struct Args {
@@ -54,6 +58,7 @@ struct Args {
     eval_ctx: usize,
     eval_chunks: usize,
     device: String,
+    train_seconds: Option<f64>,
 }
 
 fn parse_args() -> Result<Option<Args>> {
@@ -75,6 +80,7 @@ fn parse_args() -> Result<Option<Args>> {
         eval_ctx: 512,
         eval_chunks: usize::MAX,
         device: "cpu".into(),
+        train_seconds: None,
     };
     let bad = |m: String| ConvertError::InvalidArg(m);
     fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T> {
@@ -110,6 +116,13 @@ fn parse_args() -> Result<Option<Args>> {
             "--checkpoint-every" => a.plan.every = num(&flag, it.next())?,
             "--eval-ctx" => a.eval_ctx = num(&flag, it.next())?,
             "--eval-chunks" => a.eval_chunks = num(&flag, it.next())?,
+            "--train-seconds" => {
+                let v: f64 = num(&flag, it.next())?;
+                if !(v > 0.0 && v.is_finite()) {
+                    return Err(bad(format!("--train-seconds {v} must be positive")));
+                }
+                a.train_seconds = Some(v);
+            }
             other => return Err(bad(format!("unknown option {other} (see --help)"))),
         }
     }
@@ -176,14 +189,15 @@ fn run(a: Args) -> Result<()> {
     let encode = |t: &str| tok.encode(t, true, false);
     let calib = Calibration::new(&docs, &encode, a.tp.seq_len, 0.05)?;
     eprintln!(
-        "model {} ({:?}, {} layers, d {}, ffn {}), {} training / {} held-out tokens",
+        "model {} ({:?}, {} layers, d {}, ffn {}), {} training / {} held-out tokens, device {}",
         model.name,
         model.config.arch,
         model.config.n_layers,
         model.config.d,
         model.config.m,
         calib.train.len(),
-        calib.held_out.len()
+        calib.held_out.len(),
+        device_name(&dev)
     );
     let held = calib.held_out_windows(a.tp.seq_len, 4);
     let cm: ConvertedModel = match a.method.as_str() {
@@ -197,23 +211,45 @@ fn run(a: Args) -> Result<()> {
             );
             // Without a terminal the bar is hidden: log a line every 10 steps instead.
             let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let hn = train(&model, &calib, &a.tp, &a.plan, &mut |step, s| {
-                let msg = format!(
-                    "loss {:.3} kd {:.3} R_param {:.3} R_union {:.3} bal {:.3} active {:.3}",
-                    s.loss, s.kd, s.r_param, s.r_union, s.balance, s.ratio
-                );
-                pb.set_position(step + 1);
-                if !tty && (step % 10 == 0 || step + 1 == a.tp.steps) {
-                    eprintln!(
-                        "step {}/{} [{:.0} s] {msg}",
-                        step + 1,
-                        a.tp.steps,
-                        t0.elapsed().as_secs_f64()
+            let deadline = a
+                .train_seconds
+                .map(|s| std::time::Instant::now() + std::time::Duration::from_secs_f64(s));
+            let mut rate = TrainRate::new(a.tp.seq_len);
+            let (hn, done) =
+                train_until(&model, &calib, &a.tp, &a.plan, deadline, &mut |step, s| {
+                    rate.step_done(step);
+                    let msg = format!(
+                        "loss {:.3} kd {:.3} R_param {:.3} R_union {:.3} bal {:.3} active {:.3}{}",
+                        s.loss,
+                        s.kd,
+                        s.r_param,
+                        s.r_union,
+                        s.balance,
+                        s.ratio,
+                        rate.tokens_per_s()
+                            .map(|r| format!(" | {r:.0} tok/s"))
+                            .unwrap_or_default()
                     );
-                }
-                pb.set_message(msg);
-            })?;
+                    pb.set_position(step + 1);
+                    if !tty && (step % 10 == 0 || step + 1 == a.tp.steps) {
+                        eprintln!(
+                            "step {}/{} [{:.0} s] {msg}",
+                            step + 1,
+                            a.tp.steps,
+                            t0.elapsed().as_secs_f64()
+                        );
+                    }
+                    pb.set_message(msg);
+                })?;
             pb.finish();
+            eprintln!("{}", rate.summary(&a.device));
+            if done < a.tp.steps {
+                eprintln!(
+                    "stopped training after {done} of {} steps: --train-seconds {} ran out",
+                    a.tp.steps,
+                    a.train_seconds.unwrap_or_default()
+                );
+            }
             let plain = decode(&model, &hn, 0.0, a.tp.p, a.tp.mlp_only)?;
             let plain_p = measure_active(&model, &plain, &held)?;
             let (cm, shift) = calibrate(&model, &hn, a.tp.p, a.tp.mlp_only, &held, 30)?;
@@ -286,6 +322,69 @@ fn run(a: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn device_name(dev: &Device) -> String {
+    match dev.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// Training speed: tokens of the training sequences per second of training steps. The set-up
+/// (hypernetwork, importance init) and the first step (GPU warm-up, kernel loading) are timed apart.
+struct TrainRate {
+    seq_len: usize,
+    start: std::time::Instant,
+    first: Option<(u64, std::time::Instant)>,
+    last: Option<(u64, std::time::Instant)>,
+}
+
+impl TrainRate {
+    fn new(seq_len: usize) -> TrainRate {
+        TrainRate {
+            seq_len,
+            start: std::time::Instant::now(),
+            first: None,
+            last: None,
+        }
+    }
+
+    fn step_done(&mut self, step: u64) {
+        let now = std::time::Instant::now();
+        self.first.get_or_insert((step, now));
+        self.last = Some((step, now));
+    }
+
+    /// Over the steps after the first; None until two steps are done.
+    fn tokens_per_s(&self) -> Option<f64> {
+        let ((s0, t0), (s1, t1)) = (self.first?, self.last?);
+        let secs = (t1 - t0).as_secs_f64();
+        (s1 > s0 && secs > 0.0).then(|| (s1 - s0) as f64 * self.seq_len as f64 / secs)
+    }
+
+    fn summary(&self, device: &str) -> String {
+        let Some(((s0, t0), (s1, _))) = self.first.zip(self.last) else {
+            return "training: no step run".into();
+        };
+        let steps = s1 - s0 + 1;
+        let secs = self
+            .last
+            .map_or(0.0, |(_, t)| (t - self.start).as_secs_f64());
+        format!(
+            "training: {steps} steps of {} tokens in {secs:.1} s on {device} (set-up and first step {:.2} s); {}",
+            self.seq_len,
+            (t0 - self.start).as_secs_f64(),
+            match self.tokens_per_s() {
+                Some(r) => format!("training tokens/s: {r:.1} (steps after the first)"),
+                None => format!(
+                    "training tokens/s: {:.1} (one step)",
+                    self.seq_len as f64 / (t0 - self.start).as_secs_f64().max(1e-9)
+                ),
+            }
+        )
+    }
 }
 
 /// Calibration windows for the baselines' activation statistics (consecutive, from the training part).

@@ -64,14 +64,37 @@ impl candle_core::CustomOp1 for FrozenLinearGrad {
         Ok((candle_core::CpuStorage::F32(v), self.y.shape().clone()))
     }
 
+    /// On the GPU the product stays there: the output is a device-to-device copy of it (the op
+    /// cannot hand out `y`'s own buffer).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (storage, layout) = self.y.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cuda(s) => Ok((s.try_clone(layout)?, self.y.shape().clone())),
+            _ => candle_core::bail!("frozen-linear: the product is not on the CUDA device"),
+        }
+    }
+
     fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(grad.matmul(&self.w)?))
     }
 }
 
+/// Whether `frozen_linear`'s custom op runs on this device (CPU, and CUDA in a `cuda` build); on
+/// others it falls back to a plain matmul, whose backward also computes the unused `∂L/∂w`.
+fn frozen_op_on(dev: &Device) -> bool {
+    dev.is_cpu() || (cfg!(feature = "cuda") && dev.is_cuda())
+}
+
 /// `x · wᵀ (+ b)` for the frozen model's weights: no gradient is computed for `w` (or `b`).
 pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let y = if x.track_op() && x.device().is_cpu() && x.rank() == 2 && x.dtype() == DType::F32 {
+    let y = if x.track_op() && frozen_op_on(x.device()) && x.rank() == 2 && x.dtype() == DType::F32
+    {
         let y = x.detach().matmul(&w.t()?)?;
         x.apply_op1(FrozenLinearGrad { y, w: w.detach() })?
     } else {

@@ -485,6 +485,9 @@ pub struct CheckpointPlan {
 
 /// Trains the hypernetwork for `tp.steps` steps (continuing from a checkpoint if asked).
 /// `on_step` receives each step's statistics (the CLI draws its progress bar from them).
+/// Training runs on the device of `model`'s tensors (CPU or CUDA): the hypernetwork, the optimizer
+/// state and a resumed checkpoint are put there, and the random draws are made on the host, so a
+/// seed draws the same data windows and noise on every device.
 pub fn train(
     model: &DenseModel,
     calib: &Calibration,
@@ -492,6 +495,20 @@ pub fn train(
     plan: &CheckpointPlan,
     on_step: &mut dyn FnMut(u64, &StepStats),
 ) -> Result<HyperNet> {
+    Ok(train_until(model, calib, tp, plan, None, on_step)?.0)
+}
+
+/// [`train`] that also stops after the first step ending past `deadline` (a time budget): the
+/// steps then done (`< tp.steps`) are returned beside the hypernetwork, and a checkpoint is written
+/// there when the plan checkpoints, so `--resume` can finish the run later.
+pub fn train_until(
+    model: &DenseModel,
+    calib: &Calibration,
+    tp: &TrainParams,
+    plan: &CheckpointPlan,
+    deadline: Option<std::time::Instant>,
+    on_step: &mut dyn FnMut(u64, &StepStats),
+) -> Result<(HyperNet, u64)> {
     tp.validate()?;
     if calib.train.len() < tp.seq_len {
         return Err(ConvertError::Data(format!(
@@ -521,7 +538,17 @@ pub fn train(
             start = load_checkpoint(path, model, &hn, &mut opt, tp)?;
         }
     }
+    let mut done = start;
     for step in start..tp.steps {
+        if step > start && deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            if let Some(path) = &plan.path {
+                // The step before wrote one when `step` is a multiple of the period.
+                if plan.every > 0 && step % plan.every != 0 {
+                    save_checkpoint(path, model, &hn, &opt, tp, step)?;
+                }
+            }
+            break;
+        }
         let tokens = calib.window(tp.seed, step, tp.seq_len);
         let out = compute_loss(model, &hn, tokens, tp, step, true)?;
         if !out.stats.loss.is_finite() {
@@ -537,6 +564,7 @@ pub fn train(
                 save_checkpoint(path, model, &hn, &opt, tp, step + 1)?;
             }
         }
+        done = step + 1;
     }
-    Ok(hn)
+    Ok((hn, done))
 }
