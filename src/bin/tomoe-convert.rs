@@ -1,9 +1,10 @@
 //! tomoe-convert: dense model (HF folder or GGUF) + calibration text → ToMoE (or baseline) MoE GGUF.
 //!
-//! tomoe-convert --input MODEL --calib FILE [--calib FILE ...] --output OUT.gguf [options]
-//! See `--help` and docs/CONVERSION.md.
+//! tomoe-convert -m MODEL --calib FILE [--calib FILE ...] -o OUT.gguf [options] (clap; the long
+//! flags --input and --output stay). See `--help` and docs/CONVERSION.md.
 
 use candle_core::Device;
+use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,35 +16,90 @@ use tomoe::convert::dense::DenseModel;
 use tomoe::convert::train::{train_until, CheckpointPlan, MaskInit, TrainParams};
 use tomoe::convert::{baselines, eval, export, gguf_in, hf, tokenize, ConvertError, Result};
 
-const HELP: &str = "tomoe-convert: convert a dense llama/qwen2 model into a ToMoE Mixture-of-Experts GGUF
-
-  --input PATH            Hugging Face folder (config.json, *.safetensors, tokenizer.json) or dense .gguf
-  --calib FILE            calibration text (.txt) or JSONL (strings or {\"text\": ...}); repeatable
-  --output FILE           output GGUF (written atomically)
-  --method M              tomoe (default) | static-prune | moefication
-  --p F                   active fraction of block parameters, in (0, 1] (default 0.5)
-  --experts N             experts per MLP layer (default 8)
-  --steps N               training steps (default 400)
-  --seq-len N             tokens per training sequence (default 512)
-  --lr F                  AdamW learning rate (default 1e-3)
-  --seed N                seed of everything random (default 0)
-  --outtype T             f32 | f16 | q8_0 | q4_0 | q4_1 | q4_k | q6_k (default f16)
-  --init I                importance (default): start every expert at static pruning's neurons with
-                          attention on | all-on: every mask on, random routers (the reference code)
-  --mlp-only              convert only the MLP; attention stays dense
-  --llama-cpp-compat      MLP-only conversion written as a plain llama MoE GGUF for llama.cpp
-  --checkpoint FILE       checkpoint file (safetensors + .json sidecar)
-  --checkpoint-every N    checkpoint period in steps (default 50)
-  --resume                continue from --checkpoint if it exists
-  --train-seconds N       stop training after the step that ends past N seconds of training (a time
-                          budget; the rest of the conversion follows; with --checkpoint, a later
-                          --resume finishes the steps)
-  --eval FILE             after converting, report perplexity on FILE (dense, converted, random routing)
-  --eval-ctx N            perplexity window (default 512)
-  --eval-chunks N         at most N windows (default all)
-  --device D              cpu (default) | cuda | cuda:N  (CUDA needs a build with --features cuda:
-                          scripts/build-cuda.sh)
-";
+/// Convert a dense llama/qwen2 model into a ToMoE Mixture-of-Experts GGUF.
+#[derive(Parser)]
+#[command(
+    name = "tomoe-convert",
+    version,
+    // A flag given again replaces its value (scripts add overrides to a base command line);
+    // --calib still accumulates.
+    args_override_self = true,
+    about = "Convert a dense llama/qwen2 model into a ToMoE Mixture-of-Experts GGUF (docs/CONVERSION.md).",
+    long_about = "Convert a dense llama/qwen2 model into a ToMoE Mixture-of-Experts GGUF: trains routers and \
+        expert masks against the frozen model on calibration text, then exports one quantized file.\n\n\
+        tomoe-convert -m MODEL --calib TEXT -o OUT.gguf --p 0.5 --outtype q8_0\n\n\
+        See docs/CONVERSION.md."
+)]
+struct Cli {
+    /// Hugging Face folder (config.json, *.safetensors, tokenizer.json) or dense .gguf.
+    #[arg(short = 'm', long = "input", visible_alias = "model", value_name = "PATH")]
+    input: PathBuf,
+    /// Calibration text (.txt) or JSONL (strings or {"text": ...}); repeatable.
+    #[arg(long, value_name = "FILE", required = true)]
+    calib: Vec<PathBuf>,
+    /// Output GGUF (written atomically).
+    #[arg(short = 'o', long, value_name = "FILE")]
+    output: PathBuf,
+    /// Conversion method.
+    #[arg(long, default_value = "tomoe", value_parser = ["tomoe", "static-prune", "moefication"])]
+    method: String,
+    /// Active fraction of block parameters, in (0, 1].
+    #[arg(long = "p", default_value_t = TrainParams::default().p)]
+    p: f64,
+    /// Experts per MLP layer.
+    #[arg(long, default_value_t = TrainParams::default().experts)]
+    experts: usize,
+    /// Training steps.
+    #[arg(long, default_value_t = TrainParams::default().steps)]
+    steps: u64,
+    /// Tokens per training sequence.
+    #[arg(long = "seq-len", default_value_t = TrainParams::default().seq_len)]
+    seq_len: usize,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = TrainParams::default().lr)]
+    lr: f64,
+    /// Seed of everything random.
+    #[arg(short = 's', long, default_value_t = TrainParams::default().seed)]
+    seed: u64,
+    /// Output type: f32 | f16 | q8_0 | q4_0 | q4_1 | q4_k | q6_k.
+    #[arg(long, default_value = "f16")]
+    outtype: String,
+    /// importance: start every expert at static pruning's neurons with attention on; all-on: every
+    /// mask on, random routers (the reference code).
+    #[arg(long, default_value = "importance")]
+    init: String,
+    /// Convert only the MLP; attention stays dense.
+    #[arg(long = "mlp-only")]
+    mlp_only: bool,
+    /// MLP-only conversion written as a plain llama MoE GGUF for llama.cpp.
+    #[arg(long = "llama-cpp-compat")]
+    compat: bool,
+    /// Checkpoint file (safetensors + .json sidecar).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+    /// Checkpoint period in steps.
+    #[arg(long = "checkpoint-every", default_value_t = 50)]
+    checkpoint_every: u64,
+    /// Continue from --checkpoint if it exists.
+    #[arg(long, requires = "checkpoint")]
+    resume: bool,
+    /// Stop training after the step that ends past N seconds of training (a time budget; the rest
+    /// of the conversion follows; with --checkpoint, a later --resume finishes the steps).
+    #[arg(long = "train-seconds", value_name = "N")]
+    train_seconds: Option<f64>,
+    /// After converting, report perplexity on FILE (dense, converted, random routing).
+    #[arg(long, value_name = "FILE")]
+    eval: Option<PathBuf>,
+    /// Perplexity window.
+    #[arg(long = "eval-ctx", default_value_t = 512)]
+    eval_ctx: usize,
+    /// At most N windows (default all).
+    #[arg(long = "eval-chunks", value_name = "N")]
+    eval_chunks: Option<usize>,
+    /// cpu | cuda | cuda:N (CUDA needs a build with --features cuda: scripts/build-cuda.sh).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
 
 struct Args {
     input: PathBuf,
@@ -61,88 +117,41 @@ struct Args {
     train_seconds: Option<f64>,
 }
 
-fn parse_args() -> Result<Option<Args>> {
-    let mut it = std::env::args().skip(1);
-    let mut a = Args {
-        input: PathBuf::new(),
-        calib: Vec::new(),
-        output: PathBuf::new(),
-        method: "tomoe".into(),
-        tp: TrainParams::default(),
-        outtype: "f16".into(),
-        compat: false,
-        plan: CheckpointPlan {
-            path: None,
-            every: 50,
-            resume: false,
-        },
-        eval: None,
-        eval_ctx: 512,
-        eval_chunks: usize::MAX,
-        device: "cpu".into(),
-        train_seconds: None,
-    };
-    let bad = |m: String| ConvertError::InvalidArg(m);
-    fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T> {
-        let v = v.ok_or_else(|| ConvertError::InvalidArg(format!("{flag} needs a value")))?;
-        v.parse()
-            .map_err(|_| ConvertError::InvalidArg(format!("{flag} {v}: not a number")))
-    }
-    while let Some(flag) = it.next() {
-        let mut val = || {
-            it.next()
-                .ok_or_else(|| bad(format!("{flag} needs a value")))
-        };
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--input" => a.input = val()?.into(),
-            "--calib" => a.calib.push(val()?.into()),
-            "--output" => a.output = val()?.into(),
-            "--method" => a.method = val()?,
-            "--outtype" => a.outtype = val()?,
-            "--llama-cpp-compat" => a.compat = true,
-            "--mlp-only" => a.tp.mlp_only = true,
-            "--device" => a.device = val()?,
-            "--init" => a.tp.init = MaskInit::parse(&val()?)?,
-            "--resume" => a.plan.resume = true,
-            "--checkpoint" => a.plan.path = Some(val()?.into()),
-            "--eval" => a.eval = Some(val()?.into()),
-            "--p" => a.tp.p = num(&flag, it.next())?,
-            "--experts" => a.tp.experts = num(&flag, it.next())?,
-            "--steps" => a.tp.steps = num(&flag, it.next())?,
-            "--seq-len" => a.tp.seq_len = num(&flag, it.next())?,
-            "--lr" => a.tp.lr = num(&flag, it.next())?,
-            "--seed" => a.tp.seed = num(&flag, it.next())?,
-            "--checkpoint-every" => a.plan.every = num(&flag, it.next())?,
-            "--eval-ctx" => a.eval_ctx = num(&flag, it.next())?,
-            "--eval-chunks" => a.eval_chunks = num(&flag, it.next())?,
-            "--train-seconds" => {
-                let v: f64 = num(&flag, it.next())?;
-                if !(v > 0.0 && v.is_finite()) {
-                    return Err(bad(format!("--train-seconds {v} must be positive")));
-                }
-                a.train_seconds = Some(v);
-            }
-            other => return Err(bad(format!("unknown option {other} (see --help)"))),
+/// The flags, checked beyond what clap checks.
+fn args(c: Cli) -> Result<Args> {
+    let bad = ConvertError::InvalidArg;
+    if let Some(v) = c.train_seconds {
+        if !(v > 0.0 && v.is_finite()) {
+            return Err(bad(format!("--train-seconds {v} must be positive")));
         }
     }
-    if a.input.as_os_str().is_empty() || a.output.as_os_str().is_empty() || a.calib.is_empty() {
-        return Err(bad(
-            "--input, --calib and --output are required (see --help)".into(),
-        ));
-    }
-    if !["tomoe", "static-prune", "moefication"].contains(&a.method.as_str()) {
-        return Err(bad(format!(
-            "--method {}: expected tomoe, static-prune or moefication",
-            a.method
-        )));
-    }
-    if a.plan.resume && a.plan.path.is_none() {
-        return Err(bad("--resume needs --checkpoint".into()));
-    }
-    a.tp.mlp_only |= a.compat;
-    a.tp.validate()?;
-    Ok(Some(a))
+    let tp = TrainParams {
+        p: c.p,
+        experts: c.experts,
+        steps: c.steps,
+        seq_len: c.seq_len,
+        lr: c.lr,
+        seed: c.seed,
+        init: MaskInit::parse(&c.init)?,
+        mlp_only: c.mlp_only || c.compat,
+        ..TrainParams::default()
+    };
+    tp.validate()?;
+    Ok(Args {
+        input: c.input,
+        calib: c.calib,
+        output: c.output,
+        method: c.method,
+        tp,
+        outtype: c.outtype,
+        compat: c.compat,
+        plan: CheckpointPlan { path: c.checkpoint, every: c.checkpoint_every, resume: c.resume },
+        eval: c.eval,
+        eval_ctx: c.eval_ctx,
+        eval_chunks: c.eval_chunks.unwrap_or(usize::MAX),
+        device: c.device,
+        train_seconds: c.train_seconds,
+    })
 }
 
 fn load(input: &Path, dev: &Device) -> Result<DenseModel> {
@@ -389,12 +398,8 @@ impl TrainRate {
 
 /// Calibration windows for the baselines' activation statistics (consecutive, from the training part).
 fn main() -> ExitCode {
-    match parse_args() {
-        Ok(None) => {
-            print!("{HELP}");
-            ExitCode::SUCCESS
-        }
-        Ok(Some(a)) => match run(a) {
+    match args(Cli::parse()) {
+        Ok(a) => match run(a) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tomoe-convert: {e}");
@@ -405,5 +410,31 @@ fn main() -> ExitCode {
             eprintln!("tomoe-convert: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_flags_overrides_and_repeated_calibration_files() {
+        let cli = Cli::try_parse_from([
+            "tomoe-convert", "-m", "in.gguf", "--calib", "a.txt", "-o", "out.gguf", "--calib", "b.txt", "--p", "0.3",
+            "--p", "0.7", "--resume", "--checkpoint", "ck",
+        ])
+        .unwrap();
+        let a = args(cli).unwrap();
+        assert_eq!((a.input.to_str(), a.output.to_str()), (Some("in.gguf"), Some("out.gguf")));
+        assert_eq!(a.calib, [PathBuf::from("a.txt"), PathBuf::from("b.txt")]);
+        assert_eq!(a.tp.p, 0.7);
+        assert!(a.plan.resume);
+        let long = Cli::try_parse_from(["tomoe-convert", "--input", "x", "--output", "y", "--calib", "c"]).unwrap();
+        assert_eq!(args(long).unwrap().tp.steps, TrainParams::default().steps);
+        assert!(Cli::try_parse_from(["tomoe-convert", "-m", "x", "-o", "y"]).is_err(), "--calib is required");
+        let no_ck = Cli::try_parse_from(["tomoe-convert", "-m", "x", "-o", "y", "--calib", "c", "--resume"]);
+        assert!(no_ck.is_err(), "--resume needs --checkpoint");
+        let bad = Cli::try_parse_from(["tomoe-convert", "-m", "x", "-o", "y", "--calib", "c", "--train-seconds", "0"]);
+        assert!(args(bad.unwrap()).is_err());
     }
 }
