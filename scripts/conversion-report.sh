@@ -3,7 +3,8 @@
 # active fraction P with ToMoE and both baselines, calibrated on the five Austen novels other than
 # Persuasion, and reports for each: perplexity on persuasion.txt (16 windows of 512, as
 # llama-perplexity), active fraction, expert overlap, random-routing perplexity, wall time, the
-# runtime's perplexity of the exported file, and a few greedy chat answers.
+# runtime's perplexity of the exported file, its KL divergence to the dense file and top-1
+# agreement ("same top", llama-perplexity's --kl-divergence), and a few greedy chat answers.
 #
 # Usage: scripts/conversion-report.sh P [METHOD ...]   (methods: tomoe static-prune moefication;
 #        default all three). Outputs and logs in $OUT (default ~/.cache/tomoe/conversions).
@@ -27,6 +28,11 @@ for book in emma mansfieldpark northangerabbey prideprejudice sensesensibility; 
   calib+=(--calib "$a/$book.txt")
 done
 questions=("What is the capital of France?" "Write one sentence about the sea." "Who was Jane Austen?")
+# The dense file's log-probabilities on the evaluation windows, which each conversion is compared
+# against (about 25 MB per window).
+base="$out/dense-persuasion-c512-x$chunks.kld"
+"$bin/tomoe-run" perplexity -m "$model" -f "$a/persuasion.txt" -c 512 --chunks "$chunks" \
+  --kl-divergence-base "$base" | grep "^Final estimate: PPL = " | sed 's/^/dense: /' >&2
 
 for m in "${methods[@]}"; do
   name="$m-p$p"
@@ -43,6 +49,8 @@ for m in "${methods[@]}"; do
   # llama-perplexity's last line: "Final estimate: PPL = 12.3456 +/- 0.12345".
   "$bin/tomoe-run" perplexity -m "$out/$name.gguf" -f "$a/persuasion.txt" -c 512 --chunks "$chunks" \
     | grep "^Final estimate: PPL = " | tail -1 | tee "$out/$name.ppl" >&2
+  "$bin/tomoe-run" perplexity -m "$out/$name.gguf" --kl-divergence --kl-divergence-base "$base" \
+    | grep "^kl-divergence: " | tee "$out/$name.kld" >&2
   : > "$out/$name.chat"
   for q in "${questions[@]}"; do
     printf '> %s\n' "$q" >> "$out/$name.chat"
