@@ -145,8 +145,8 @@ pub fn context(model: &Arc<Model>, a: &ModelArgs) -> Res<Context> {
     Ok(Context::new(model.clone(), p)?)
 }
 
-pub fn sampler(model: &Model, s: &SamplingArgs) -> Sampler {
-    let p = SamplerParams {
+pub fn sampler_params(s: &SamplingArgs) -> SamplerParams {
+    SamplerParams {
         temperature: s.temp,
         top_k: s.top_k,
         top_p: s.top_p,
@@ -154,8 +154,11 @@ pub fn sampler(model: &Model, s: &SamplingArgs) -> Sampler {
         repeat_penalty: s.repeat_penalty,
         repeat_last_n: s.repeat_last_n,
         seed: s.seed,
-    };
-    Sampler::new(p, model.config().n_vocab)
+    }
+}
+
+pub fn sampler(model: &Model, s: &SamplingArgs) -> Sampler {
+    Sampler::new(sampler_params(s), model.config().n_vocab)
 }
 
 /// The Jinja source that `--chat-template` names: a built-in template, else a file.

@@ -3,7 +3,6 @@
 use crate::{load, ModelArgs, Res, SamplingArgs};
 use clap::Args;
 use std::path::PathBuf;
-use tomoe::chat::SamplerParams;
 use tomoe::engine::ContextParams;
 use tomoe::server::{Server, ServerConfig};
 
@@ -67,15 +66,7 @@ pub fn run(a: ServeArgs) -> Res<()> {
             n_threads: per_slot,
             n_batch: a.model_args.batch_size,
         },
-        sampling: SamplerParams {
-            temperature: s.temp,
-            top_k: s.top_k,
-            top_p: s.top_p,
-            min_p: s.min_p,
-            repeat_penalty: s.repeat_penalty,
-            repeat_last_n: s.repeat_last_n,
-            seed: s.seed,
-        },
+        sampling: crate::sampler_params(s),
         seed: (s.seed != RANDOM_SEED).then_some(s.seed),
         chat_template: a.chat_template.as_deref().map(crate::template_source).transpose()?,
         ..ServerConfig::new(id.clone())
