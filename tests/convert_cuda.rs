@@ -16,7 +16,6 @@ use convert_util::*;
 use std::path::PathBuf;
 use tomoe::convert::data::Calibration;
 use tomoe::convert::dense::DenseModel;
-use tomoe::convert::hf::load_hf;
 use tomoe::convert::hyper::HyperNet;
 use tomoe::convert::train::{train, train_until, CheckpointPlan, StepStats, TrainParams};
 
@@ -54,25 +53,13 @@ fn text() -> String {
         .collect()
 }
 
-/// The same tiny model (a random GQA llama written as an HF folder) loaded onto `dev`.
+/// The same tiny model loaded onto `dev`.
 fn tiny(name: &str, dev: &Device) -> (DenseModel, Calibration) {
-    let dir = scratch(name);
-    write_hf(&dir, &LLAMA_GQA, 3, 1);
-    let model = load_hf(&dir, dev).unwrap();
-    std::fs::remove_dir_all(&dir).ok();
-    let calib = Calibration::new(&[text()], &byte_tokens, 64, 0.1).unwrap();
-    (model, calib)
+    tiny_training(name, dev, text())
 }
 
 fn params(steps: u64) -> TrainParams {
-    TrainParams {
-        p: 0.5,
-        steps,
-        seq_len: 64,
-        lr: 5e-3,
-        seed: 11,
-        ..TrainParams::default()
-    }
+    tiny_train_params(steps)
 }
 
 /// Trains and returns the hypernetwork with each step's (index, statistics).

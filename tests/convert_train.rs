@@ -10,30 +10,16 @@ use convert_util::*;
 use tomoe::convert::converted::{calibrate, mean_pairwise_jaccard, measure_active};
 use tomoe::convert::data::Calibration;
 use tomoe::convert::dense::DenseModel;
-use tomoe::convert::hf::load_hf;
 use tomoe::convert::hyper::HyperNet;
 use tomoe::convert::train::{train, CheckpointPlan, MaskInit, StepStats, TrainParams};
 use tomoe::convert::ConvertError;
 
 fn tiny(name: &str) -> (DenseModel, Calibration) {
-    let dir = scratch(name);
-    write_hf(&dir, &LLAMA_GQA, 3, 1);
-    let model = load_hf(&dir, &Device::Cpu).unwrap();
-    std::fs::remove_dir_all(&dir).ok();
-    let text: String = common::austen("emma.txt").chars().take(30_000).collect();
-    let calib = Calibration::new(&[text], &byte_tokens, 64, 0.1).unwrap();
-    (model, calib)
+    tiny_training(name, &Device::Cpu, common::austen("emma.txt").chars().take(30_000).collect())
 }
 
 fn params(steps: u64) -> TrainParams {
-    TrainParams {
-        p: 0.5,
-        steps,
-        seq_len: 64,
-        lr: 5e-3,
-        seed: 11,
-        ..TrainParams::default()
-    }
+    tiny_train_params(steps)
 }
 
 /// Trains without checkpoints and returns the hypernetwork with every step's statistics.

@@ -503,22 +503,10 @@ async fn chat_inner(s: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<
     s.check_model(req.model.as_deref())?;
     let sampling = req.sampling()?;
     let conversation = req.conversation()?;
-    let stream = req.stream.unwrap_or(false);
-    let include_usage = req
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
+    let (stream, include_usage) = (req.stream.unwrap_or(false), wants_usage(&req.stream_options));
     let state = s.clone();
     let prompt = blocking(move || state.chat_prompt(&conversation)).await?;
-    s.check_length(prompt.len(), sampling.max_tokens, "messages")?;
-    let rx = s.submit(prompt, sampling, stream);
-    let meta = Meta::new(Kind::Chat, &s.id);
-    if stream {
-        Ok(streamed(meta, rx, include_usage))
-    } else {
-        whole(meta, rx).await
-    }
+    answer(&s, Kind::Chat, prompt, sampling, stream, include_usage).await
 }
 
 async fn completions(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
@@ -532,17 +520,31 @@ async fn completions_inner(s: Arc<AppState>, headers: HeaderMap, body: Body) -> 
     let mut req: CompletionRequest = api::parse(&bytes)?;
     s.check_model(req.model.as_deref())?;
     let sampling = req.sampling()?;
-    let stream = req.stream.unwrap_or(false);
-    let include_usage = req
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
+    let (stream, include_usage) = (req.stream.unwrap_or(false), wants_usage(&req.stream_options));
     let state = s.clone();
     let prompt = blocking(move || state.completion_prompt(req.prompt)).await?;
-    s.check_length(prompt.len(), sampling.max_tokens, "prompt")?;
+    answer(&s, Kind::Completion, prompt, sampling, stream, include_usage).await
+}
+
+/// `stream_options.include_usage`: whether a stream ends with a usage chunk.
+fn wants_usage(options: &Option<api::StreamOptions>) -> bool {
+    options.as_ref().and_then(|o| o.include_usage).unwrap_or(false)
+}
+
+/// Checks that the prompt and the completion fit the context, queues the generation and answers
+/// it whole or streamed.
+async fn answer(
+    s: &AppState,
+    kind: Kind,
+    prompt: Vec<u32>,
+    sampling: Sampling,
+    stream: bool,
+    include_usage: bool,
+) -> Result<Response, ApiError> {
+    let what = if kind == Kind::Chat { "messages" } else { "prompt" };
+    s.check_length(prompt.len(), sampling.max_tokens, what)?;
     let rx = s.submit(prompt, sampling, stream);
-    let meta = Meta::new(Kind::Completion, &s.id);
+    let meta = Meta::new(kind, &s.id);
     if stream {
         Ok(streamed(meta, rx, include_usage))
     } else {

@@ -6,6 +6,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use tomoe::convert::data::Calibration;
+use tomoe::convert::dense::DenseModel;
+use tomoe::convert::hf::load_hf;
+use tomoe::convert::train::TrainParams;
 
 pub struct Tiny {
     pub model_type: &'static str,
@@ -275,4 +279,20 @@ pub fn rand_uniform(rng: &mut ChaCha8Rng, shape: &[usize], scale: f32) -> Tensor
 pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// A random GQA llama (written as an HF folder, loaded onto `dev`) and `text` cut into training
+/// sequences of 64 byte tokens: the setup of the training tests.
+pub fn tiny_training(name: &str, dev: &Device, text: String) -> (DenseModel, Calibration) {
+    let dir = scratch(name);
+    write_hf(&dir, &LLAMA_GQA, 3, 1);
+    let model = load_hf(&dir, dev).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let calib = Calibration::new(&[text], &byte_tokens, 64, 0.1).unwrap();
+    (model, calib)
+}
+
+/// The training tests' settings: p = 0.5, sequences of 64, a fixed seed.
+pub fn tiny_train_params(steps: u64) -> TrainParams {
+    TrainParams { p: 0.5, steps, seq_len: 64, lr: 5e-3, seed: 11, ..TrainParams::default() }
 }
