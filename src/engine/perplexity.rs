@@ -4,6 +4,7 @@
 //! scored, so every scored token has at least n_ctx/2 tokens of context. The KL divergence from
 //! a base model over the same chunks is in [`super::kl_divergence`].
 
+use super::kl_divergence::{mean_and_error, LogSoftmax};
 use super::{Context, EngineError};
 
 /// Running result.
@@ -36,13 +37,7 @@ impl PerplexityState {
     /// `None` with fewer than two tokens scored. Rounding can make the variance of (nearly)
     /// equal values slightly negative; it counts as 0.
     pub fn ppl_error(&self) -> Option<f64> {
-        if self.count < 2 {
-            return None;
-        }
-        let n = self.count as f64;
-        let mean = self.nll_sum / n;
-        let var = (self.nll2_sum / n - mean * mean).max(0.0);
-        Some(self.ppl() * (var / (n - 1.0)).sqrt())
+        (self.count >= 2).then(|| self.ppl() * mean_and_error(self.nll_sum, self.nll2_sum, self.count).error)
     }
 }
 
@@ -97,9 +92,7 @@ pub fn score_chunk(
 
 /// log(softmax(row)[target]), in f64.
 pub fn log_softmax_at(row: &[f32], target: usize) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
-    row[target] as f64 - max - sum.ln()
+    LogSoftmax::new(row).log_prob(row[target])
 }
 
 #[cfg(test)]
