@@ -33,8 +33,8 @@ pub fn kernel_set() -> Option<KernelSet> {
         ]),
         axpys: crate::dispatch::q8_0_axpy(axpy_q8_0),
         gemms: [None; 14],
-        interleaved: [None; 14],
-        interleaved_axpys: [None; 14],
+        interleaved: super::avx2_il::kernels(),
+        interleaved_axpys: super::avx2_il::axpy_kernels(),
         quantize_q8_0_acts,
     })
 }

@@ -57,33 +57,6 @@ unsafe fn reduce(acc: [__m512; 8], summ: Option<__m512>, out: &mut [f32; 16]) {
     _mm512_storeu_ps(out.as_mut_ptr(), sum);
 }
 
-/// Prefetches into L2 the lines of the `len` bytes `IL_PREFETCH_AHEAD` past offset `at` of a
-/// group of `group_len` bytes at `group`: called once per block (or few), so the stream's next
-/// bytes come in while this block computes. Past the group's end the stream goes on at `next`,
-/// the group its reader takes next (the following group of a run, or the first of the next run:
-/// so a run's start is in cache when it comes, and nothing past its end is fetched for nothing);
-/// a null `next` ends the stream there. A prefetch never faults, so `next` is never checked.
-#[inline(always)]
-unsafe fn prefetch_ahead(
-    group: *const u8,
-    group_len: usize,
-    at: usize,
-    len: usize,
-    next: *const u8,
-) {
-    let ahead = at + super::IL_PREFETCH_AHEAD;
-    let p = if ahead < group_len {
-        group.wrapping_add(ahead)
-    } else if next.is_null() {
-        return;
-    } else {
-        next.wrapping_add(ahead - group_len)
-    };
-    for k in 0..len.div_ceil(64) + 1 {
-        _mm_prefetch(p.wrapping_add(64 * k) as *const i8, _MM_HINT_T1);
-    }
-}
-
 /// The 16 f16 values at `p` as f32.
 #[inline(always)]
 unsafe fn f16x16(p: *const u8) -> __m512 {
@@ -124,7 +97,7 @@ pub unsafe fn dot16_q4_1(
     let mut summ = _mm512_setzero_ps();
     for b in 0..nb {
         let (g, bx) = (gp.add(320 * b), xp.add(34 * b));
-        prefetch_ahead(gp, 320 * nb, 320 * b, 320, next);
+        super::prefetch_group_ahead(gp, 320 * nb, 320 * b, 320, next);
         let scale = _mm512_mul_ps(f16x16(g.add(256)), _mm512_set1_ps(f16_at(bx)));
         for i in 0..4 {
             let d = _mm512_loadu_si512(g.add(64 * i) as *const _);
@@ -167,7 +140,7 @@ pub unsafe fn dot16_q8_0(
     let mut acc = [_mm512_setzero_ps(); 8];
     for b in 0..nb {
         let (g, bx) = (gp.add(544 * b), xp.add(34 * b));
-        prefetch_ahead(gp, 544 * nb, 544 * b, 544, next);
+        super::prefetch_group_ahead(gp, 544 * nb, 544 * b, 544, next);
         let scale = _mm512_mul_ps(f16x16(g.add(512)), _mm512_set1_ps(f16_at(bx)));
         let y = _mm256_loadu_si256(bx.add(2) as *const __m256i);
         let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1), y);
@@ -215,7 +188,7 @@ pub unsafe fn axpy16_q8_0(
     );
     for b in 0..nb {
         let (g, yb) = (gp.add(544 * b), yp.add(32 * b));
-        prefetch_ahead(gp, 544 * nb, 544 * b, 544, next);
+        super::prefetch_group_ahead(gp, 544 * nb, 544 * b, 544, next);
         let s = _mm512_mul_ps(c, f16x16(g.add(512)));
         let a = _mm512_abs_ps(s);
         // Not finite (or NaN): the block adds NaN, as the scalar definition does.

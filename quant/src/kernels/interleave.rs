@@ -10,13 +10,7 @@ pub const GROUP: usize = 16;
 /// The loop both layouts share: checks the sizes, then calls `f(group_block, r, row_block)` for
 /// every block of every row, with `group_block` that block's bytes in the group.
 #[inline(always)]
-fn for_each_block(
-    ty: QuantType,
-    cols: usize,
-    rows: &[u8],
-    out: &mut [u8],
-    f: impl Fn(&mut [u8], usize, &[u8]),
-) {
+fn for_each_block(ty: QuantType, cols: usize, rows: &[u8], out: &mut [u8], f: impl Fn(&mut [u8], usize, &[u8])) {
     let row_bytes = ty.row_bytes(cols).expect("whole blocks");
     assert!(
         cols % QK == 0 && rows.len() == GROUP * row_bytes && out.len() == rows.len(),
@@ -27,13 +21,20 @@ fn for_each_block(
     for b in 0..cols / QK {
         let o = &mut out[gb * b..gb * (b + 1)];
         for r in 0..GROUP {
-            f(
-                o,
-                r,
-                &rows[r * row_bytes + ts * b..r * row_bytes + ts * (b + 1)],
-            );
+            f(o, r, &rows[r * row_bytes + ts * b..r * row_bytes + ts * (b + 1)]);
         }
     }
+}
+
+/// Q4_0 (blocks of d, 16 bytes of nibbles): per block, dword `i` of the nibbles of rows 0..16
+/// for `i = 0..4` (256 bytes), then the 16 `d` (f16 each).
+pub fn pack_q4_0(cols: usize, rows: &[u8], out: &mut [u8]) {
+    for_each_block(QuantType::Q4_0, cols, rows, out, |o, r, src| {
+        for i in 0..4 {
+            o[64 * i + 4 * r..64 * i + 4 * r + 4].copy_from_slice(&src[2 + 4 * i..6 + 4 * i]);
+        }
+        o[256 + 2 * r..258 + 2 * r].copy_from_slice(&src[0..2]);
+    })
 }
 
 /// Q4_1 (blocks of d, m, 16 bytes of nibbles): per block, dword `i` of the nibbles of rows
@@ -49,12 +50,21 @@ pub fn pack_q4_1(cols: usize, rows: &[u8], out: &mut [u8]) {
 }
 
 /// Q8_0 (blocks of d, 32 signed quants): per block, quad `l` of rows 0..16 for `l = 0..8`,
-/// each quant plus 128 as an unsigned byte (512 bytes), then the 16 `d`.
+/// each quant plus 128 as an unsigned byte (512 bytes, for `vpdpbusd`), then the 16 `d`.
 pub fn pack_q8_0(cols: usize, rows: &[u8], out: &mut [u8]) {
+    pack_q8_0_quads(cols, rows, out, 0x80)
+}
+
+/// [`pack_q8_0`] with the quants as they are (signed): for the sign trick of `vpmaddubsw`.
+pub fn pack_q8_0_signed(cols: usize, rows: &[u8], out: &mut [u8]) {
+    pack_q8_0_quads(cols, rows, out, 0)
+}
+
+fn pack_q8_0_quads(cols: usize, rows: &[u8], out: &mut [u8], flip: u8) {
     for_each_block(QuantType::Q8_0, cols, rows, out, |o, r, src| {
         for l in 0..8 {
             for k in 0..4 {
-                o[64 * l + 4 * r + k] = src[2 + 4 * l + k] ^ 0x80;
+                o[64 * l + 4 * r + k] = src[2 + 4 * l + k] ^ flip;
             }
         }
         o[512 + 2 * r..514 + 2 * r].copy_from_slice(&src[0..2]);
@@ -65,10 +75,19 @@ pub fn pack_q8_0(cols: usize, rows: &[u8], out: &mut [u8]) {
 /// `4k..4k + 4`, the 32 columns' four quants (one per row, plus 128 as unsigned bytes: 128
 /// bytes, a column per dword, for `vpdpbusd`), then the 16 `d`.
 pub fn pack_q8_0_axpy(cols: usize, rows: &[u8], out: &mut [u8]) {
+    pack_q8_0_columns(cols, rows, out, 0x80)
+}
+
+/// [`pack_q8_0_axpy`] with the quants as they are (signed): for the sign trick of `vpmaddubsw`.
+pub fn pack_q8_0_axpy_signed(cols: usize, rows: &[u8], out: &mut [u8]) {
+    pack_q8_0_columns(cols, rows, out, 0)
+}
+
+fn pack_q8_0_columns(cols: usize, rows: &[u8], out: &mut [u8], flip: u8) {
     for_each_block(QuantType::Q8_0, cols, rows, out, |o, r, src| {
         let (k, j) = (r / 4, r % 4);
         for c in 0..QK {
-            o[128 * k + 4 * c + j] = src[2 + c] ^ 0x80;
+            o[128 * k + 4 * c + j] = src[2 + c] ^ flip;
         }
         o[512 + 2 * r..514 + 2 * r].copy_from_slice(&src[0..2]);
     })

@@ -5,6 +5,8 @@ pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
+pub mod avx2_il;
+#[cfg(target_arch = "x86_64")]
 pub mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_gemm;
@@ -194,6 +196,35 @@ pub(crate) const PREFETCH_AHEAD: usize = 2048;
 // Only the x86 sets have interleaved kernels.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) const IL_PREFETCH_AHEAD: usize = 8192;
+
+/// Prefetches into L2 the lines of the `len` bytes `IL_PREFETCH_AHEAD` past offset `at` of a
+/// group of `group_len` bytes at `group`: called once per block (or few), so the stream's next
+/// bytes come in while this block computes. Past the group's end the stream goes on at `next`,
+/// the group its reader takes next (the following group of a run, or the first of the next run:
+/// so a run's start is in cache when it comes, and nothing past its end is fetched for nothing);
+/// a null `next` ends the stream there. A prefetch never faults, so `next` is never checked.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn prefetch_group_ahead(
+    group: *const u8,
+    group_len: usize,
+    at: usize,
+    len: usize,
+    next: *const u8,
+) {
+    let ahead = at + IL_PREFETCH_AHEAD;
+    let p = if ahead < group_len {
+        group.wrapping_add(ahead)
+    } else if next.is_null() {
+        return;
+    } else {
+        next.wrapping_add(ahead - group_len)
+    };
+    for k in 0..len.div_ceil(64) + 1 {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        _mm_prefetch(p.wrapping_add(64 * k) as *const i8, _MM_HINT_T1);
+    }
+}
 
 /// Rows longer than this are left to the hardware prefetcher, which follows long streams well:
 /// on 4096-column matrices software prefetch slowed the Q8_0 matvec by a third (BENCHMARKS.md).

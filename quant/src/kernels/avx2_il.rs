@@ -1,0 +1,266 @@
+//! Matrix-vector kernels of the "avx2" set over weights **interleaved in groups of 16 rows**
+//! (`kernels::Interleaved16`), for CPUs without AVX-512: a ymm register holds 8 rows, one lane
+//! each, so a group is two halves of 8 rows, each taken over the whole group in turn (the second
+//! half finds the group's lines in cache). Per block of 8 rows the scale costs one f16
+//! conversion instead of eight, and the final sums one reduction per 8 rows instead of per row.
+//!
+//! Each row's result is **bit-identical** to the set's single-row kernel: lane `r` of register
+//! `l` holds what that kernel's lane `l` holds for row `r` (quad `l` of each block's products,
+//! scaled by `d_w · d_x` and accumulated by FMA), and the final sum adds the lanes in the order of
+//! its `hsum_ps`. Products are `vpmaddubsw` + `vpmaddwd` as there, Q8_0 with the same sign trick,
+//! so even a saturating pair saturates alike. The weighted row sums (`axpy16`) follow
+//! `scalar::axpy16_q8_0_quantized` exactly (integer sums of 8-bit coefficients).
+#![allow(clippy::missing_safety_doc)] // the contracts of `Interleaved16` / `InterleavedAxpy16`
+
+use std::arch::x86_64::*;
+
+use super::avx2::{dot_us8_avx2, f16_at, load};
+use super::interleave::{pack_q4_0, pack_q4_1, pack_q8_0_axpy_signed, pack_q8_0_signed};
+use super::{prefetch_group_ahead, Interleaved16, InterleavedAxpy16};
+use crate::formats::{QuantType, QK};
+
+/// The kernels of the set, by format.
+pub fn kernels() -> [Option<Interleaved16>; 14] {
+    let mut t = [None; 14];
+    t[QuantType::Q4_0 as usize] = Some(Interleaved16 {
+        pack: pack_q4_0,
+        dot16: dot16_q4_0,
+    });
+    t[QuantType::Q4_1 as usize] = Some(Interleaved16 {
+        pack: pack_q4_1,
+        dot16: dot16_q4_1,
+    });
+    t[QuantType::Q8_0 as usize] = Some(Interleaved16 {
+        pack: pack_q8_0_signed,
+        dot16: dot16_q8_0,
+    });
+    t
+}
+
+/// The weighted row sums of the set, by format.
+pub fn axpy_kernels() -> [Option<InterleavedAxpy16>; 14] {
+    let mut t = [None; 14];
+    t[QuantType::Q8_0 as usize] = Some(InterleavedAxpy16 {
+        pack: pack_q8_0_axpy_signed,
+        axpy16: axpy16_q8_0,
+    });
+    t
+}
+
+/// Lanes `0..8` at `out` from the eight quad accumulators, as the single-row kernels' `hsum_ps`:
+/// ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)), plus `summ` for the offset formats.
+#[inline(always)]
+unsafe fn reduce(acc: [__m256; 8], summ: Option<__m256>, out: &mut [f32]) {
+    let t: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(acc[i], acc[i + 4]));
+    let mut sum = _mm256_add_ps(_mm256_add_ps(t[0], t[2]), _mm256_add_ps(t[1], t[3]));
+    if let Some(m) = summ {
+        sum = _mm256_add_ps(sum, m);
+    }
+    _mm256_storeu_ps(out[..8].as_mut_ptr(), sum);
+}
+
+/// The 8 f16 values at `p` as f32.
+#[inline(always)]
+unsafe fn f16x8(p: *const u8) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
+/// The i32 at `p` in every lane: an activation quad for all 8 rows.
+#[inline(always)]
+unsafe fn quad(p: *const u8) -> __m256i {
+    _mm256_set1_epi32((p as *const i32).read_unaligned())
+}
+
+#[inline(always)]
+fn check(ty: QuantType, cols: usize, group: &[u8], x: &[u8]) {
+    let nb = cols / QK;
+    assert!(
+        cols % QK == 0 && group.len() >= 16 * nb * ty.type_size() && x.len() >= nb * 34,
+        "{ty} interleaved dot: group or vector too short for {cols} values"
+    );
+}
+
+/// Q4_0 group block (`pack_q4_0`): dword `i` of the nibbles of rows 0..16 for `i = 0..4`, then
+/// the rows' `d`; half `h` is bytes `32h..32h + 32` of each. Dword `i`'s low nibbles are
+/// elements `4i..4i+4`, its high nibbles `16+4i..`: quads `i` and `i + 4`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot16_q4_0(cols: usize, group: &[u8], x: &[u8], _sums: &[f32], out: &mut [f32; 16], next: *const u8) {
+    check(QuantType::Q4_0, cols, group, x);
+    let nb = cols / QK;
+    let (gp, xp) = (group.as_ptr(), x.as_ptr());
+    let (low, eight) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(8));
+    for h in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for b in 0..nb {
+            let (g, bx) = (gp.add(288 * b), xp.add(34 * b));
+            if h == 0 {
+                prefetch_group_ahead(gp, 288 * nb, 288 * b, 288, next);
+            }
+            let scale = _mm256_mul_ps(f16x8(g.add(256 + 16 * h)), _mm256_set1_ps(f16_at(bx)));
+            for i in 0..4 {
+                let d = load(g.add(64 * i + 32 * h));
+                let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
+                for (k, q) in quads.into_iter().enumerate() {
+                    let l = i + 4 * k;
+                    let (q, y) = (_mm256_sub_epi8(q, eight), quad(bx.add(2 + 4 * l)));
+                    // |q| · sign(y, q), as the single-row kernel's `dot_ss8`.
+                    let p = dot_us8_avx2(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q));
+                    acc[l] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[l]);
+                }
+            }
+        }
+        reduce(acc, None, &mut out[8 * h..]);
+    }
+}
+
+/// Q4_1 group block (`pack_q4_1`): dword `i` of the nibbles of rows 0..16 for `i = 0..4`, then
+/// the rows' `d`, then their `m`; half `h` is bytes `32h..32h + 32` of each. Dword `i`'s low
+/// nibbles are elements `4i..4i+4`, its high nibbles `16+4i..`: quads `i` and `i + 4`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot16_q4_1(cols: usize, group: &[u8], x: &[u8], sums: &[f32], out: &mut [f32; 16], next: *const u8) {
+    check(QuantType::Q4_1, cols, group, x);
+    let nb = cols / QK;
+    assert!(
+        sums.len() >= nb,
+        "q4_1 interleaved dot: {} block sums for {nb} blocks",
+        sums.len()
+    );
+    let (gp, xp) = (group.as_ptr(), x.as_ptr());
+    let low = _mm256_set1_epi8(0x0F);
+    for h in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut summ = _mm256_setzero_ps();
+        for b in 0..nb {
+            let (g, bx) = (gp.add(320 * b), xp.add(34 * b));
+            if h == 0 {
+                prefetch_group_ahead(gp, 320 * nb, 320 * b, 320, next);
+            }
+            let scale = _mm256_mul_ps(f16x8(g.add(256 + 16 * h)), _mm256_set1_ps(f16_at(bx)));
+            for i in 0..4 {
+                let d = load(g.add(64 * i + 32 * h));
+                let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
+                for (k, q) in quads.into_iter().enumerate() {
+                    let l = i + 4 * k;
+                    let p = dot_us8_avx2(q, quad(bx.add(2 + 4 * l)));
+                    acc[l] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[l]);
+                }
+            }
+            // Fused, as the single-row kernels' `summ = m.mul_add(s, summ)`.
+            summ = _mm256_fmadd_ps(f16x8(g.add(288 + 16 * h)), _mm256_set1_ps(*sums.get_unchecked(b)), summ);
+        }
+        reduce(acc, Some(summ), &mut out[8 * h..]);
+    }
+}
+
+/// Q8_0 group block (`pack_q8_0_signed`): quad `l` of the 16 rows (signed) for `l = 0..8`, then
+/// the rows' `d`; half `h` is bytes `32h..32h + 32` of each.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot16_q8_0(cols: usize, group: &[u8], x: &[u8], _sums: &[f32], out: &mut [f32; 16], next: *const u8) {
+    check(QuantType::Q8_0, cols, group, x);
+    let nb = cols / QK;
+    let (gp, xp) = (group.as_ptr(), x.as_ptr());
+    for h in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for b in 0..nb {
+            let (g, bx) = (gp.add(544 * b), xp.add(34 * b));
+            if h == 0 {
+                prefetch_group_ahead(gp, 544 * nb, 544 * b, 544, next);
+            }
+            let scale = _mm256_mul_ps(f16x8(g.add(512 + 16 * h)), _mm256_set1_ps(f16_at(bx)));
+            for (l, acc) in acc.iter_mut().enumerate() {
+                let q = load(g.add(64 * l + 32 * h));
+                let y = quad(bx.add(2 + 4 * l));
+                // |q| · sign(y, q), as the single-row kernel's `dot_ss8`.
+                let p = dot_us8_avx2(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q));
+                *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), *acc);
+            }
+        }
+        reduce(acc, None, &mut out[8 * h..]);
+    }
+}
+
+/// Q8_0 weighted row sums over a group packed by `pack_q8_0_axpy_signed`: `y += Σ_{r ∈ lanes}
+/// coeffs[r] · row r` as `scalar::axpy16_q8_0_quantized` defines it (the same bits): per block,
+/// the 16 rows' `coeff · d` quantized to 8 bits `t`, then per column the integer sums
+/// `Σ t · q` as `|t| · sign(q, t)` (at most 127 · 128 per product, so no pair saturates), and one
+/// FMA of each sum by the block's scale.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy16_q8_0(
+    cols: usize,
+    group: &[u8],
+    coeffs: &[f32; 16],
+    lanes: std::ops::Range<usize>,
+    y: &mut [f32],
+    next: *const u8,
+) {
+    let nb = cols / QK;
+    assert!(
+        cols % QK == 0 && group.len() >= 16 * nb * 34 && y.len() >= cols && lanes.end <= 16,
+        "q8_0 interleaved axpy: group or output too short for {cols} values, or lanes {lanes:?}"
+    );
+    let (gp, yp) = (group.as_ptr(), y.as_mut_ptr());
+    // The coefficients, 0 outside `lanes`.
+    let masked: [f32; 16] = std::array::from_fn(|r| if lanes.contains(&r) { coeffs[r] } else { 0.0 });
+    let c = [
+        _mm256_loadu_ps(masked.as_ptr()),
+        _mm256_loadu_ps(masked.as_ptr().add(8)),
+    ];
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
+    for b in 0..nb {
+        let (g, yb) = (gp.add(544 * b), yp.add(32 * b));
+        prefetch_group_ahead(gp, 544 * nb, 544 * b, 544, next);
+        let s = [
+            _mm256_mul_ps(c[0], f16x8(g.add(512))),
+            _mm256_mul_ps(c[1], f16x8(g.add(528))),
+        ];
+        let a = s.map(|s| _mm256_and_ps(s, abs_mask));
+        // Not finite (or NaN): the block adds NaN, as the scalar definition does.
+        let big = _mm256_set1_ps(f32::MAX);
+        let bad = _mm256_or_ps(
+            _mm256_cmp_ps(a[0], big, _CMP_NLE_UQ),
+            _mm256_cmp_ps(a[1], big, _CMP_NLE_UQ),
+        );
+        if _mm256_movemask_ps(bad) != 0 {
+            for k in 0..4 {
+                let v = _mm256_loadu_ps(yb.add(8 * k));
+                _mm256_storeu_ps(yb.add(8 * k), _mm256_add_ps(v, _mm256_set1_ps(f32::NAN)));
+            }
+            continue;
+        }
+        let Some((t_scale, id)) = super::scalar::axpy_coeff_scale(hmax(_mm256_max_ps(a[0], a[1]))) else {
+            continue;
+        };
+        // Rounded to even (the default MXCSR mode), as `round_ties_even`; |t| ≤ 127.
+        let t = s.map(|s| _mm256_cvtps_epi32(_mm256_mul_ps(s, _mm256_set1_ps(id))));
+        // i8 lanes: per 128-bit half, t0..3 t8..11 (low half) and t4..7 t12..15 (high half).
+        let t8 = _mm256_packs_epi16(_mm256_packs_epi32(t[0], t[1]), _mm256_setzero_si256());
+        let quads = [
+            _mm256_extract_epi32::<0>(t8),
+            _mm256_extract_epi32::<4>(t8),
+            _mm256_extract_epi32::<1>(t8),
+            _mm256_extract_epi32::<5>(t8),
+        ];
+        let mut acc = [_mm256_setzero_si256(); 4];
+        for (k, &tq) in quads.iter().enumerate() {
+            let tk = _mm256_set1_epi32(tq);
+            let ak = _mm256_sign_epi8(tk, tk);
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let q = load(g.add(128 * k + 32 * j));
+                *acc = _mm256_add_epi32(*acc, dot_us8_avx2(ak, _mm256_sign_epi8(q, tk)));
+            }
+        }
+        let ts = _mm256_set1_ps(t_scale);
+        for (j, acc) in acc.iter().enumerate() {
+            let v = _mm256_loadu_ps(yb.add(8 * j));
+            _mm256_storeu_ps(yb.add(8 * j), _mm256_fmadd_ps(ts, _mm256_cvtepi32_ps(*acc), v));
+        }
+    }
+}
+
+/// The largest of the 8 lanes.
+#[inline(always)]
+unsafe fn hmax(v: __m256) -> f32 {
+    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
+}
