@@ -14,8 +14,8 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{dot_us8_avx2, f16_at, load};
-use super::interleave::{pack_q4_0, pack_q4_1, pack_q8_0_axpy_signed, pack_q8_0_signed};
+use super::avx2::{bits_32, dot_us8_avx2, f16_at, load};
+use super::interleave::{pack_q4_0, pack_q4_1, pack_q5_0, pack_q8_0_axpy_signed, pack_q8_0_signed};
 use super::{prefetch_group_ahead, Interleaved16, InterleavedAxpy16};
 use crate::formats::{QuantType, QK};
 
@@ -25,6 +25,10 @@ pub fn kernels() -> [Option<Interleaved16>; 14] {
     t[QuantType::Q4_0 as usize] = Some(Interleaved16 {
         pack: pack_q4_0,
         dot16: dot16_q4_0,
+    });
+    t[QuantType::Q5_0 as usize] = Some(Interleaved16 {
+        pack: pack_q5_0,
+        dot16: dot16_q5_0,
     });
     t[QuantType::Q4_1 as usize] = Some(Interleaved16 {
         pack: pack_q4_1,
@@ -103,6 +107,41 @@ pub unsafe fn dot16_q4_0(cols: usize, group: &[u8], x: &[u8], _sums: &[f32], out
                 for (k, q) in quads.into_iter().enumerate() {
                     let l = i + 4 * k;
                     let (q, y) = (_mm256_sub_epi8(q, eight), quad(bx.add(2 + 4 * l)));
+                    // |q| · sign(y, q), as the single-row kernel's `dot_ss8`.
+                    let p = dot_us8_avx2(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q));
+                    acc[l] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[l]);
+                }
+            }
+        }
+        reduce(acc, None, &mut out[8 * h..]);
+    }
+}
+
+/// Q5_0 group block (`pack_q5_0`): the nibbles as Q4_0's, then per quad `l` and half `h` the
+/// high bits of the half's 8 rows as one u32, then the rows' `d`. A missing high bit means the
+/// value minus 16: the byte's high nibble set, as the single-row kernel does.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot16_q5_0(cols: usize, group: &[u8], x: &[u8], _sums: &[f32], out: &mut [f32; 16], next: *const u8) {
+    check(QuantType::Q5_0, cols, group, x);
+    let nb = cols / QK;
+    let (gp, xp) = (group.as_ptr(), x.as_ptr());
+    let (low, high) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0xF0u8 as i8));
+    for h in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for b in 0..nb {
+            let (g, bx) = (gp.add(352 * b), xp.add(34 * b));
+            if h == 0 {
+                prefetch_group_ahead(gp, 352 * nb, 352 * b, 352, next);
+            }
+            let scale = _mm256_mul_ps(f16x8(g.add(320 + 16 * h)), _mm256_set1_ps(f16_at(bx)));
+            for i in 0..4 {
+                let d = load(g.add(64 * i + 32 * h));
+                let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
+                for (k, q) in quads.into_iter().enumerate() {
+                    let l = i + 4 * k;
+                    let bits = (g.add(256 + 8 * l + 4 * h) as *const u32).read_unaligned();
+                    let q = _mm256_or_si256(q, _mm256_andnot_si256(bits_32(bits), high));
+                    let y = quad(bx.add(2 + 4 * l));
                     // |q| · sign(y, q), as the single-row kernel's `dot_ss8`.
                     let p = dot_us8_avx2(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q));
                     acc[l] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[l]);

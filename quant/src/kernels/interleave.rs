@@ -37,6 +37,30 @@ pub fn pack_q4_0(cols: usize, rows: &[u8], out: &mut [u8]) {
     })
 }
 
+/// Q5_0 (blocks of d, 32 high bits, 16 bytes of nibbles): per block, dword `i` of the nibbles of
+/// rows 0..16 for `i = 0..4` (256 bytes); then for each quad `l = 0..8` of elements and each
+/// half `h` of the rows (8 rows) one u32 whose bit `4r + k` is the high bit of element `4l + k`
+/// of row `8h + r` (64 bytes: one vector compare makes them a byte mask); then the 16 `d`.
+pub fn pack_q5_0(cols: usize, rows: &[u8], out: &mut [u8]) {
+    for_each_block(QuantType::Q5_0, cols, rows, out, |o, r, src| {
+        for i in 0..4 {
+            o[64 * i + 4 * r..64 * i + 4 * r + 4].copy_from_slice(&src[6 + 4 * i..10 + 4 * i]);
+        }
+        let qh = u32::from_le_bytes([src[2], src[3], src[4], src[5]]);
+        let (h, rr) = (r / 8, r % 8);
+        for l in 0..8 {
+            let at = 256 + 8 * l + 4 * h;
+            // Rows come in order: the half's first row starts the word (`out` may hold anything).
+            let word = match rr {
+                0 => 0,
+                _ => u32::from_le_bytes([o[at], o[at + 1], o[at + 2], o[at + 3]]),
+            } | ((qh >> (4 * l)) & 0xF) << (4 * rr);
+            o[at..at + 4].copy_from_slice(&word.to_le_bytes());
+        }
+        o[320 + 2 * r..322 + 2 * r].copy_from_slice(&src[0..2]);
+    })
+}
+
 /// Q4_1 (blocks of d, m, 16 bytes of nibbles): per block, dword `i` of the nibbles of rows
 /// 0..16 for `i = 0..4` (256 bytes), then the 16 `d`, then the 16 `m` (f16 each).
 pub fn pack_q4_1(cols: usize, rows: &[u8], out: &mut [u8]) {
