@@ -280,6 +280,18 @@ impl<'a> MatRef<'a> {
     pub fn data(&self) -> &'a [u8] {
         self.data
     }
+
+    /// The row-major bytes that [`matvec`], [`matmul`] and [`matvec_rows`] over whole groups no
+    /// longer read now that the matrix has its interleaved copy: its whole groups of 16 rows,
+    /// when the running set takes batches through the interleaved kernel too (it has no tiled
+    /// kernel for the format, whose batches read the row-major data). `None` otherwise. A
+    /// loader may give those bytes back to the system; other readers (a row lookup, the rows of
+    /// a MoE expert) still read them.
+    pub fn bytes_replaced_by_copy(&self) -> Option<&'a [u8]> {
+        let set = kernels();
+        (self.interleaved.is_some() && set.interleaved(self.ty).is_some() && set.gemm(self.ty).is_none())
+            .then(|| &self.data[..self.rows / GROUP * GROUP * self.row_bytes])
+    }
 }
 
 /// Activation vectors quantized for one weight format (to its `vec_dot_type`); a reusable
@@ -621,7 +633,11 @@ pub fn matvec(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
     check_compatible(w, x);
     assert_eq!(x.n_vecs, 1, "matvec takes one vector, got {}", x.n_vecs);
     assert_eq!(y.len(), w.rows, "output length");
-    let chunk = rows_per_task(w.rows);
+    // Whole groups per task over an interleaved copy, so that none is split into rows.
+    let chunk = match w.interleaved {
+        Some(_) => rows_per_task(w.rows).next_multiple_of(GROUP),
+        None => rows_per_task(w.rows),
+    };
     y.par_chunks_mut(chunk).enumerate().for_each(|(i, ys)| {
         let start = i * chunk;
         matvec_rows(w, start..start + ys.len(), x, ys);
@@ -640,7 +656,14 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
         return matmul_tiled(gemm, w, x, y);
     }
     let row_dot = RowDot::new(w, x);
-    let chunk = rows_per_task(w.rows);
+    // Over an interleaved copy the tasks take whole groups, each read from the copy for every
+    // vector while it is in cache: fewer instructions than four plain rows at a time, and the
+    // matrix's row-major bytes are then never read (see `MatRef::batches_read_copy`).
+    let grouped = row_dot.x16.is_some() && w.interleaved.is_some();
+    let chunk = match grouped {
+        true => rows_per_task(w.rows).next_multiple_of(GROUP),
+        false => rows_per_task(w.rows),
+    };
     let n_chunks = w.rows.div_ceil(chunk);
     // Each task produces its rows for every vector; results are scattered afterwards so the
     // tasks never alias `y`.
@@ -650,10 +673,14 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
             let rows = c * chunk..((c + 1) * chunk).min(w.rows);
             let n = rows.len();
             let mut out = vec![0.0f32; n * x.n_vecs];
-            // Four rows at a time, each group for every vector while its rows are in cache.
+            // A group of 16 (or four rows) at a time, for every vector while its rows are in
+            // cache.
             let mut r = rows.start;
             while r < rows.end {
-                let g = (rows.end - r).min(4);
+                let g = match grouped && r % GROUP == 0 && r + GROUP <= rows.end {
+                    true => GROUP,
+                    false => (rows.end - r).min(4),
+                };
                 for v in 0..x.n_vecs {
                     let o = v * n + (r - rows.start);
                     row_dot.rows(w, r..r + g, v, &mut out[o..o + g]);

@@ -75,6 +75,15 @@ fn matvec_and_matmul_equal_rowwise_dots() {
                 let mut yi = vec![0f32; rows];
                 matvec(&wi, &x1, &mut yi);
                 assert_eq!(bits(&yi), bits(&yv), "{ty} interleaved matvec");
+                if v == 0 {
+                    // Batches over the copy (whole groups where the set has no tiled kernel).
+                    let mut ym = vec![0f32; rows * n_vecs];
+                    matmul(&wi, &xq, &mut ym);
+                    assert_eq!(bits(&ym), bits(&y), "{ty} interleaved matmul");
+                    if let Some(b) = wi.bytes_replaced_by_copy() {
+                        assert_eq!(b.len(), rows / 16 * 16 * w.row_bytes(), "{ty} replaced bytes");
+                    }
+                }
                 for range in [5..70, 16..48, 3..9, 60..77] {
                     let mut part = vec![0f32; range.len()];
                     matvec_rows(&wi, range.clone(), &x1, &mut part);
