@@ -7,6 +7,7 @@ use super::dense::{Arch, DenseModel};
 use super::gguf_in::adjacent_of_half;
 use super::{ConvertError, Result};
 use crate::gguf::{GgufWriter, QuantType, Value};
+use crate::model::tomoe_schema as schema;
 use candle_core::Tensor;
 use std::path::Path;
 
@@ -119,8 +120,8 @@ fn base_metadata(
     w.add_metadata(format!("{arch}.rope.freq_base"), Value::F32(c.rope_theta));
     w.add_metadata(format!("{arch}.rope.dimension_count"), u(c.head_dim));
     w.add_metadata(format!("{arch}.vocab_size"), u(c.vocab));
-    w.add_metadata(format!("{arch}.expert_count"), u(n_experts));
-    w.add_metadata(format!("{arch}.expert_used_count"), u(1));
+    w.add_metadata(schema::arch_key(arch, schema::EXPERT_COUNT), u(n_experts));
+    w.add_metadata(schema::arch_key(arch, schema::EXPERT_USED_COUNT), u(1));
     for (k, v) in &model.tokenizer_meta {
         w.add_metadata(k.clone(), v.clone());
     }
@@ -171,8 +172,8 @@ pub fn build_tomoe(
 ) -> Result<GgufWriter> {
     let c = &model.config;
     let arch = match c.arch {
-        Arch::Llama => "tomoe-llama",
-        Arch::Qwen2 => "tomoe-qwen2",
+        Arch::Llama => schema::ARCH_LLAMA,
+        Arch::Qwen2 => schema::ARCH_QWEN2,
     };
     let n_experts = cm.layers.first().map_or(1, |l| l.experts.len());
     let mut w = GgufWriter::new();
@@ -184,31 +185,25 @@ pub fn build_tomoe(
         n_experts,
         &format!(" (ToMoE {} p={})", cm.method.name(), cm.target_p),
     );
-    w.add_metadata("tomoe.format_version", Value::U32(1));
     w.add_metadata(
-        "tomoe.base_architecture",
+        schema::FORMAT_VERSION_KEY,
+        Value::U32(schema::FORMAT_VERSION),
+    );
+    w.add_metadata(
+        schema::BASE_ARCHITECTURE,
         Value::String(c.arch.gguf_name().into()),
     );
-    w.add_metadata("tomoe.method", Value::String(cm.method.name().into()));
+    w.add_metadata(schema::METHOD, Value::String(cm.method.name().into()));
+    let pairing = schema::rope_pairing(arch).expect("a ToMoE architecture");
+    w.add_metadata(schema::ROPE_PAIRING, Value::String(pairing.into()));
+    w.add_metadata(schema::OUTPUT_MASK, Value::Bool(cm.output_mask));
+    w.add_metadata(schema::SCALE_PRUNED, Value::Bool(cm.scale_pruned));
     w.add_metadata(
-        "tomoe.rope_pairing",
-        Value::String(
-            if c.arch == Arch::Llama {
-                "adjacent"
-            } else {
-                "half"
-            }
-            .into(),
-        ),
-    );
-    w.add_metadata("tomoe.attention.output_mask", Value::Bool(cm.output_mask));
-    w.add_metadata("tomoe.attention.scale_pruned", Value::Bool(cm.scale_pruned));
-    w.add_metadata(
-        "tomoe.vmask.hidden_size",
+        schema::VMASK_HIDDEN_SIZE,
         Value::U32(super::hyper::VMASK_HIDDEN as u32),
     );
     w.add_metadata(
-        "tomoe.vmask.layer_norm_epsilon",
+        schema::VMASK_LAYER_NORM_EPSILON,
         Value::F32(super::hyper::LN_EPS as f32),
     );
     let offsets: Vec<Value> = cm
@@ -216,9 +211,9 @@ pub fn build_tomoe(
         .iter()
         .map(|l| Value::F32(l.vmask.as_ref().map_or(0.0, |v| v.offset)))
         .collect();
-    w.add_metadata("tomoe.vmask.offset", Value::Array(offsets));
+    w.add_metadata(schema::VMASK_OFFSET, Value::Array(offsets));
     w.add_metadata(
-        "tomoe.vmask.top_k",
+        schema::VMASK_TOP_K,
         u32_array(
             cm.layers
                 .iter()
@@ -226,10 +221,10 @@ pub fn build_tomoe(
         ),
     );
     w.add_metadata(
-        "tomoe.target_active_fraction",
+        schema::TARGET_ACTIVE_FRACTION,
         Value::F32(cm.target_p as f32),
     );
-    w.add_metadata("tomoe.active_fraction", Value::F32(cm.measured_p as f32));
+    w.add_metadata(schema::ACTIVE_FRACTION, Value::F32(cm.measured_p as f32));
     global_tensors(&mut w, model, outtype)?;
     for (l, (lw, cl)) in model.layers.iter().zip(&cm.layers).enumerate() {
         if cl.experts.len() != n_experts {
@@ -239,12 +234,13 @@ pub fn build_tomoe(
             )));
         }
         let p = format!("blk.{l}");
+        let name = |suffix: &str| schema::layer_tensor(l, suffix);
         add_f32(&mut w, &format!("{p}.attn_norm.weight"), &lw.attn_norm)?;
         let full_qk = cl.qk_keep.len() == c.head_dim;
         let (qr, qk_index) = qk_rows(model, &cl.qk_keep, c.n_heads);
         let (kr, _) = qk_rows(model, &cl.qk_keep, c.n_kv_heads);
         if !full_qk {
-            w.add_metadata(format!("tomoe.{p}.qk_index"), u32_array(qk_index));
+            w.add_metadata(schema::qk_index(l), u32_array(qk_index));
         }
         add_matrix(
             &mut w,
@@ -274,14 +270,14 @@ pub fn build_tomoe(
                 QuantType::F32 | QuantType::F16 => outtype,
                 _ => QuantType::Q8_0,
             };
-            add_matrix(&mut w, &format!("{p}.vmask_in.weight"), &vm.w_a, head_ty)?;
-            add_f32(&mut w, &format!("{p}.vmask_in.bias"), &vm.b_state)?;
-            add_f32(&mut w, &format!("{p}.vmask_norm.weight"), &vm.ln_w)?;
-            add_f32(&mut w, &format!("{p}.vmask_norm.bias"), &vm.ln_b)?;
-            add_f32(&mut w, &format!("{p}.vmask_out.weight"), &vm.w_dec)?;
+            add_matrix(&mut w, &name(schema::VMASK_IN_WEIGHT), &vm.w_a, head_ty)?;
+            add_f32(&mut w, &name(schema::VMASK_IN_BIAS), &vm.b_state)?;
+            add_f32(&mut w, &name(schema::VMASK_NORM_WEIGHT), &vm.ln_w)?;
+            add_f32(&mut w, &name(schema::VMASK_NORM_BIAS), &vm.ln_b)?;
+            add_f32(&mut w, &name(schema::VMASK_OUT_WEIGHT), &vm.w_dec)?;
         }
         add_f32(&mut w, &format!("{p}.ffn_norm.weight"), &lw.ffn_norm)?;
-        add_f32(&mut w, &format!("{p}.ffn_gate_inp.weight"), &cl.router)?;
+        add_f32(&mut w, &name(schema::ROUTER), &cl.router)?;
         if cl.union.is_empty() {
             return Err(ConvertError::InvalidArg(format!(
                 "layer {l} kept no MLP neuron; GGUF tensors cannot be empty"
@@ -302,7 +298,7 @@ pub fn build_tomoe(
         let down_t = lw.w_down.t()?.contiguous()?;
         add_matrix(
             &mut w,
-            &format!("{p}.ffn_down_t.weight"),
+            &name(schema::FFN_DOWN_T),
             &rows_of(&down_t, &cl.union)?,
             outtype,
         )?;
@@ -313,8 +309,8 @@ pub fn build_tomoe(
             flat.extend(r.iter().flat_map(|&(s, n)| [s, n]));
             offs.push(offs.last().copied().unwrap_or(0) + r.len());
         }
-        w.add_metadata(format!("tomoe.{p}.expert_runs"), u32_array(flat));
-        w.add_metadata(format!("tomoe.{p}.expert_offsets"), u32_array(offs));
+        w.add_metadata(schema::expert_runs(l), u32_array(flat));
+        w.add_metadata(schema::expert_offsets(l), u32_array(offs));
     }
     Ok(w)
 }

@@ -6,6 +6,7 @@ mod gemma3;
 mod llama;
 mod qwen2;
 pub mod tomoe;
+pub mod tomoe_schema;
 mod weights;
 
 pub use config::{Activation, Arch, ModelConfig, RopeStyle};

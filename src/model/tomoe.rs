@@ -2,6 +2,7 @@
 //! that the forward pass can index without checks: per layer the kept Q/K dims, the experts' row
 //! runs, the router and the optional dynamic V-mask head.
 
+use super::tomoe_schema as schema;
 use super::weights::matrix;
 use super::ModelError;
 use crate::gguf::{GgufFile, Value};
@@ -17,7 +18,7 @@ pub struct TomoeConfig {
     pub output_mask: bool,
     /// Softmax scale `1/sqrt(dq)` instead of `1/sqrt(hd)`.
     pub scale_pruned: bool,
-    /// The converter's measured active fraction (`tomoe.active_fraction`), if present.
+    /// The converter's measured active fraction ([`super::tomoe_schema::ACTIVE_FRACTION`]), if present.
     pub active_fraction: Option<f32>,
 }
 
@@ -152,23 +153,30 @@ fn f32_array(f: &GgufFile, key: &str, len: usize) -> Result<Vec<f32>, ModelError
 /// The file-wide part, checked against the architecture (`tomoe-llama` pairs RoPE dims
 /// adjacently, `tomoe-qwen2` by halves).
 pub(crate) fn config(f: &GgufFile, arch: &str) -> Result<TomoeConfig, ModelError> {
-    match f.get("tomoe.format_version").and_then(Value::as_u64) {
-        Some(1) => {}
-        Some(v) => return Err(ModelError::Unsupported(format!("ToMoE format version {v} (this runtime reads 1)"))),
-        None => return Err(ModelError::MissingMetadata("tomoe.format_version".into())),
+    match f.get(schema::FORMAT_VERSION_KEY).and_then(Value::as_u64) {
+        Some(v) if v == u64::from(schema::FORMAT_VERSION) => {}
+        Some(v) => {
+            return Err(ModelError::Unsupported(format!(
+                "ToMoE format version {v} (this runtime reads {})",
+                schema::FORMAT_VERSION
+            )))
+        }
+        None => return Err(ModelError::MissingMetadata(schema::FORMAT_VERSION_KEY.into())),
     }
-    let pairing = f.get("tomoe.rope_pairing").and_then(Value::as_str);
-    let want = if arch == "tomoe-llama" { "adjacent" } else { "half" };
+    let pairing = f.get(schema::ROPE_PAIRING).and_then(Value::as_str);
+    let want = schema::rope_pairing(arch).unwrap_or(schema::ROPE_PAIRING_HALF);
     if pairing != Some(want) {
-        return Err(bad("tomoe.rope_pairing", if arch == "tomoe-llama" { "\"adjacent\"" } else { "\"half\"" }));
+        let expected = if want == schema::ROPE_PAIRING_ADJACENT { "\"adjacent\"" } else { "\"half\"" };
+        return Err(bad(schema::ROPE_PAIRING, expected));
     }
+    let count_key = schema::arch_key(arch, schema::EXPERT_COUNT);
     let n_expert = f
-        .get(&format!("{arch}.expert_count"))
+        .get(&count_key)
         .and_then(Value::as_u64)
         .and_then(|x| usize::try_from(x).ok())
         .filter(|&e| e > 0 && e <= 4096)
-        .ok_or_else(|| bad(&format!("{arch}.expert_count"), "an expert count in 1..=4096"))?;
-    if let Some(u) = f.get(&format!("{arch}.expert_used_count")).and_then(Value::as_u64) {
+        .ok_or_else(|| bad(&count_key, "an expert count in 1..=4096"))?;
+    if let Some(u) = f.get(&schema::arch_key(arch, schema::EXPERT_USED_COUNT)).and_then(Value::as_u64) {
         if u != 1 {
             return Err(ModelError::Unsupported(format!("ToMoE files route to one expert, this one to {u}")));
         }
@@ -176,9 +184,9 @@ pub(crate) fn config(f: &GgufFile, arch: &str) -> Result<TomoeConfig, ModelError
     let flag = |k: &str| f.get(k).and_then(Value::as_bool).unwrap_or(false);
     Ok(TomoeConfig {
         n_expert,
-        output_mask: flag("tomoe.attention.output_mask"),
-        scale_pruned: flag("tomoe.attention.scale_pruned"),
-        active_fraction: f.get("tomoe.active_fraction").and_then(Value::as_f32),
+        output_mask: flag(schema::OUTPUT_MASK),
+        scale_pruned: flag(schema::SCALE_PRUNED),
+        active_fraction: f.get(schema::ACTIVE_FRACTION).and_then(Value::as_f32),
     })
 }
 
@@ -190,7 +198,7 @@ pub(crate) struct LayerShape {
 
 /// Layer `il`'s kept Q/K dims (`tomoe.blk.N.qk_index`, all when absent), as stored pairs.
 pub(crate) fn qk_shape(f: &GgufFile, il: usize, head_dim: usize, adjacent: bool) -> Result<LayerShape, ModelError> {
-    let key = format!("tomoe.blk.{il}.qk_index");
+    let key = schema::qk_index(il);
     let half = head_dim / 2;
     let Some(idx) = u32_array(f, &key)? else {
         return Ok(LayerShape { dq: head_dim, qk_pairs: (0..half).collect() });
@@ -226,8 +234,8 @@ pub(crate) fn layer<'a>(
     union: usize,
     tensor: impl Fn(&str, &[usize]) -> Result<Vec<f32>, ModelError>,
 ) -> Result<MoeLayer<'a>, ModelError> {
-    let runs_key = format!("tomoe.blk.{il}.expert_runs");
-    let offs_key = format!("tomoe.blk.{il}.expert_offsets");
+    let runs_key = schema::expert_runs(il);
+    let offs_key = schema::expert_offsets(il);
     let runs = u32_array(f, &runs_key)?.ok_or_else(|| ModelError::MissingMetadata(runs_key.clone()))?;
     let offs = u32_array(f, &offs_key)?.ok_or_else(|| ModelError::MissingMetadata(offs_key.clone()))?;
     if runs.len() % 2 != 0 {
@@ -254,25 +262,26 @@ pub(crate) fn layer<'a>(
         expert_rows.push(rs.iter().flat_map(|r| r.clone()).collect());
         expert_runs.push(rs);
     }
-    let router = tensor(&format!("blk.{il}.ffn_gate_inp.weight"), &[d, e])?;
-    let vmask = if f.tensor(&format!("blk.{il}.vmask_in.weight")).is_some() {
+    let name = |suffix: &str| schema::layer_tensor(il, suffix);
+    let router = tensor(&name(schema::ROUTER), &[d, e])?;
+    let vmask = if f.tensor(&name(schema::VMASK_IN_WEIGHT)).is_some() {
         let hidden = f
-            .get("tomoe.vmask.hidden_size")
+            .get(schema::VMASK_HIDDEN_SIZE)
             .and_then(Value::as_u64)
             .and_then(|x| usize::try_from(x).ok())
             .filter(|&h| h > 0 && h <= 65536)
-            .ok_or_else(|| bad("tomoe.vmask.hidden_size", "a positive width"))?;
-        let offset = *f32_array(f, "tomoe.vmask.offset", n_layer)?.get(il).expect("one per layer");
-        let top_k = u32_array(f, "tomoe.vmask.top_k")?.and_then(|v| v.get(il).copied()).unwrap_or(0);
-        let ln_eps = f.get("tomoe.vmask.layer_norm_epsilon").and_then(Value::as_f32).unwrap_or(1e-5);
+            .ok_or_else(|| bad(schema::VMASK_HIDDEN_SIZE, "a positive width"))?;
+        let offset = *f32_array(f, schema::VMASK_OFFSET, n_layer)?.get(il).expect("one per layer");
+        let top_k = u32_array(f, schema::VMASK_TOP_K)?.and_then(|v| v.get(il).copied()).unwrap_or(0);
+        let ln_eps = f.get(schema::VMASK_LAYER_NORM_EPSILON).and_then(Value::as_f32).unwrap_or(1e-5);
         Some(VMask {
             hidden,
-            w_a: matrix(f, &format!("blk.{il}.vmask_in.weight"), hidden, d)?,
-            b: tensor(&format!("blk.{il}.vmask_in.bias"), &[hidden])?,
-            ln_w: tensor(&format!("blk.{il}.vmask_norm.weight"), &[hidden])?,
-            ln_b: tensor(&format!("blk.{il}.vmask_norm.bias"), &[hidden])?,
+            w_a: matrix(f, &name(schema::VMASK_IN_WEIGHT), hidden, d)?,
+            b: tensor(&name(schema::VMASK_IN_BIAS), &[hidden])?,
+            ln_w: tensor(&name(schema::VMASK_NORM_WEIGHT), &[hidden])?,
+            ln_b: tensor(&name(schema::VMASK_NORM_BIAS), &[hidden])?,
             ln_eps,
-            w_dec: tensor(&format!("blk.{il}.vmask_out.weight"), &[hidden, head_dim])?,
+            w_dec: tensor(&name(schema::VMASK_OUT_WEIGHT), &[hidden, head_dim])?,
             offset,
             top_k,
         })
