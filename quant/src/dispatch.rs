@@ -164,3 +164,51 @@ pub fn kernels() -> &'static KernelSet {
         sets.pop().expect("the scalar set is always present")
     })
 }
+
+/// Why [`select_kernels`] did not choose the named kernel set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectKernelsError {
+    /// No set of that name runs on this CPU.
+    #[error("kernel set {name:?} is not available on this CPU (available: {})", available.join(", "))]
+    NotAvailable {
+        name: String,
+        /// The names of [`available_sets`].
+        available: Vec<&'static str>,
+    },
+    /// The process already uses another set (chosen by an earlier call, or at the first use of
+    /// [`kernels`]).
+    #[error(
+        "kernel set {requested:?} cannot be chosen: this process already uses {chosen:?} (the set is chosen once per process)"
+    )]
+    AlreadyChosen {
+        requested: String,
+        chosen: &'static str,
+    },
+}
+
+/// Chooses the process-wide kernel set by name (one of [`available_sets`]' names) and returns it.
+///
+/// The set is global and chosen once per process, as ggml's CPU backend picks its kernels: by
+/// the first call of this function, or else at the first use of [`kernels`] (the set named by
+/// `TOMOE_KERNELS`, or the best). Call it before anything computes; a later call naming the set
+/// in use succeeds, one naming another fails with [`SelectKernelsError::AlreadyChosen`].
+pub fn select_kernels(name: &str) -> Result<&'static KernelSet, SelectKernelsError> {
+    let mut sets = available_sets();
+    let Some(i) = sets.iter().position(|s| s.name == name) else {
+        let available = sets.iter().map(|s| s.name).collect();
+        return Err(SelectKernelsError::NotAvailable {
+            name: name.to_string(),
+            available,
+        });
+    };
+    let wanted = sets.swap_remove(i);
+    let chosen = BEST.get_or_init(|| wanted);
+    if chosen.name == name {
+        Ok(chosen)
+    } else {
+        Err(SelectKernelsError::AlreadyChosen {
+            requested: name.to_string(),
+            chosen: chosen.name,
+        })
+    }
+}
