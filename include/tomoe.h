@@ -153,6 +153,23 @@ typedef struct tomoe_generate_result {
     tomoe_stop_reason stop_reason;
 } tomoe_generate_result;
 
+// How `tomoe_model_load_with_params` loads a model; start from `tomoe_model_default_params()`.
+typedef struct tomoe_model_params {
+    // `sizeof(tomoe_model_params)` in the caller's build, as `tomoe_model_default_params()`
+    // sets it: later versions only append fields, and read those the caller's size covers.
+    size_t size;
+    // Copy the matrices that decoding reads into one buffer at load: faster decoding for more
+    // memory; false runs from the file alone. Default: true, false when the environment
+    // variable TOMOE_NO_COPIES is set.
+    bool copies;
+    // The kernel set by name ("scalar", "avx2", "avx512-vnni", "neon", "neon-dotprod"; see
+    // `tomoe_kernel_name()`), or NULL: TOMOE_KERNELS, else the set the process uses. The set is
+    // process-wide and chosen once, by the first load that names one or else at the first
+    // computation: a name this CPU lacks, or other than the set in use, gives
+    // `TOMOE_ERR_INVALID_ARGUMENT`.
+    const char *kernels;
+} tomoe_model_params;
+
 // What a model is: filled by `tomoe_model_get_info`.
 typedef struct tomoe_model_info {
     // `general.architecture` of the file ("llama", "gemma3", ...), NUL-terminated (truncated to
@@ -287,6 +304,21 @@ tomoe_status tomoe_generate(struct tomoe_context *ctx,
 // # Safety
 // `path` is NULL or a NUL-terminated string; `out_model` is NULL or writable.
 tomoe_status tomoe_model_load(const char *path, struct tomoe_model **out_model);
+
+// Default model parameters: `size` set, copies unless TOMOE_NO_COPIES is set, `kernels` NULL.
+struct tomoe_model_params tomoe_model_default_params(void);
+
+// Loads a GGUF model file as `params` says (NULL: the defaults, as `tomoe_model_load`). On
+// success `*out_model` is a new handle, to be released with `tomoe_model_free`; on failure it
+// is set to NULL.
+//
+// # Safety
+// `path` is NULL or a NUL-terminated string; `params` is NULL or points to a
+// `tomoe_model_params` filled in from `tomoe_model_default_params()`; `out_model` is NULL or
+// writable.
+tomoe_status tomoe_model_load_with_params(const char *path,
+                                          const struct tomoe_model_params *params,
+                                          struct tomoe_model **out_model);
 
 // Loads a model from a GGUF file image in memory. The bytes are copied: the caller may free
 // `data` as soon as this returns. On failure `*out_model` is set to NULL.

@@ -8,7 +8,8 @@ use super::args::{out_arg, slice_arg, str_arg, write_out};
 use super::handles::{self, tomoe_model};
 use super::status::{guard, tomoe_status, CapiError};
 use crate::gguf::GgufFile;
-use crate::model::Model;
+use crate::model::tomoe_schema as schema;
+use crate::model::{LoadOptions, Model};
 
 /// Length of `tomoe_model_info::architecture`, NUL included.
 pub const TOMOE_ARCH_NAME_LEN: usize = 32;
@@ -44,6 +45,26 @@ pub struct tomoe_model_info {
     /// decoder-block projections count by the file's measured `tomoe.active_fraction` (an average
     /// over tokens) of the dense model's.
     pub n_active_params: u64,
+}
+
+/// How `tomoe_model_load_with_params` loads a model; start from `tomoe_model_default_params()`.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+#[allow(non_camel_case_types)]
+pub struct tomoe_model_params {
+    /// `sizeof(tomoe_model_params)` in the caller's build, as `tomoe_model_default_params()`
+    /// sets it: later versions only append fields, and read those the caller's size covers.
+    pub size: usize,
+    /// Copy the matrices that decoding reads into one buffer at load: faster decoding for more
+    /// memory; false runs from the file alone. Default: true, false when the environment
+    /// variable TOMOE_NO_COPIES is set.
+    pub copies: bool,
+    /// The kernel set by name ("scalar", "avx2", "avx512-vnni", "neon", "neon-dotprod"; see
+    /// `tomoe_kernel_name()`), or NULL: TOMOE_KERNELS, else the set the process uses. The set is
+    /// process-wide and chosen once, by the first load that names one or else at the first
+    /// computation: a name this CPU lacks, or other than the set in use, gives
+    /// `TOMOE_ERR_INVALID_ARGUMENT`.
+    pub kernels: *const c_char,
 }
 
 /// A loaded model and its description, as kept in the handle registry.
@@ -122,18 +143,25 @@ fn active_params(
     // A ToMoE file (docs/FORMAT.md) records the active share of the decoder-block projections,
     // measured by the converter against the dense model's block projections; everything else
     // (embeddings, norms, routers, V-mask heads) is read for every token.
-    let fraction = file.get("tomoe.active_fraction").and_then(|v| v.as_f32());
-    if let (true, Some(fraction)) = (arch.starts_with("tomoe-"), fraction) {
+    let fraction = file.get(schema::ACTIVE_FRACTION).and_then(|v| v.as_f32());
+    if let (true, Some(fraction)) = (arch.starts_with(schema::ARCH_PREFIX), fraction) {
         const PROJECTIONS: [&str; 7] = [
-            ".attn_q.weight",
-            ".attn_k.weight",
-            ".attn_v.weight",
-            ".attn_output.weight",
-            ".ffn_gate.weight",
-            ".ffn_up.weight",
-            ".ffn_down_t.weight",
+            "attn_q.weight",
+            "attn_k.weight",
+            "attn_v.weight",
+            "attn_output.weight",
+            "ffn_gate.weight",
+            "ffn_up.weight",
+            schema::FFN_DOWN_T,
         ];
-        let stored = sum_where(&|name| PROJECTIONS.iter().any(|p| name.ends_with(p)));
+        // `blk.N.<projection>`
+        let is_projection = |name: &str| {
+            PROJECTIONS.iter().any(|p| {
+                name.strip_suffix(p)
+                    .is_some_and(|layer| layer.ends_with('.'))
+            })
+        };
+        let stored = sum_where(&is_projection);
         let key = |suffix: &str| format!("{arch}.{suffix}");
         let get = |suffix: &str| u64::from(meta_u32(file, &key(suffix)));
         let (d, m, layers) = (
@@ -163,10 +191,10 @@ fn active_params(
     }
 }
 
-fn load(file: GgufFile) -> Result<ModelState, CapiError> {
+fn load(file: GgufFile, opts: &LoadOptions) -> Result<ModelState, CapiError> {
     // The description is taken before the model takes ownership of the file.
     let info_without_vocab = describe(&file, 0);
-    let model = Model::from_gguf(file).map_err(|e| {
+    let model = Model::from_gguf_with(file, opts).map_err(|e| {
         CapiError::from_error(tomoe_status::TOMOE_ERR_MODEL_LOAD, "loading the model", &e)
     })?;
     let n_vocab = model.tokenizer().vocab_size();
@@ -202,7 +230,82 @@ pub unsafe extern "C" fn tomoe_model_load(
         let path = unsafe { str_arg(path, "path") }?;
         let file = GgufFile::open(Path::new(path))
             .map_err(|e| load_error(&format!("opening {path}"), &e))?;
-        let handle = handles::insert_model(load(file)?)?;
+        let handle = handles::insert_model(load(file, &LoadOptions::default())?)?;
+        // SAFETY: checked output pointer.
+        unsafe { write_out(out_model, handle) };
+        Ok(())
+    })
+}
+
+/// Default model parameters: `size` set, copies unless TOMOE_NO_COPIES is set, `kernels` NULL.
+#[no_mangle]
+pub extern "C" fn tomoe_model_default_params() -> tomoe_model_params {
+    tomoe_model_params {
+        size: std::mem::size_of::<tomoe_model_params>(),
+        copies: LoadOptions::default().copies,
+        kernels: std::ptr::null(),
+    }
+}
+
+/// The load options of a caller's parameters (NULL: the defaults).
+///
+/// # Safety
+/// `params` is NULL or points to a `tomoe_model_params` of the size its `size` field says, whose
+/// `kernels` is NULL or a NUL-terminated string.
+unsafe fn load_options(params: *const tomoe_model_params) -> Result<LoadOptions, CapiError> {
+    let mut opts = LoadOptions::default();
+    if params.is_null() {
+        return Ok(opts);
+    }
+    // SAFETY: the size field comes first in every version; read unaligned so a packed caller
+    // struct is no problem.
+    let size = unsafe { params.cast::<usize>().read_unaligned() };
+    let ours = std::mem::size_of::<tomoe_model_params>();
+    if size != ours {
+        return Err(CapiError::invalid(format!(
+            "params->size is {size}, this library's tomoe_model_params has {ours} bytes: \
+             start from tomoe_model_default_params() and build against this library's tomoe.h"
+        )));
+    }
+    // SAFETY: a whole struct of this version, by the size check and the caller's contract.
+    let p = unsafe { params.read_unaligned() };
+    opts.copies = p.copies;
+    if !p.kernels.is_null() {
+        // SAFETY: NUL-terminated by contract.
+        let name = unsafe { str_arg(p.kernels, "params->kernels") }?;
+        // Checked here, before the file is read, to report a bad argument as one.
+        tomoe_quant::dispatch::select_kernels(name)
+            .map_err(|e| CapiError::invalid(format!("params->kernels: {e}")))?;
+        opts.kernels = Some(name.to_string());
+    }
+    Ok(opts)
+}
+
+/// Loads a GGUF model file as `params` says (NULL: the defaults, as `tomoe_model_load`). On
+/// success `*out_model` is a new handle, to be released with `tomoe_model_free`; on failure it
+/// is set to NULL.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string; `params` is NULL or points to a
+/// `tomoe_model_params` filled in from `tomoe_model_default_params()`; `out_model` is NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn tomoe_model_load_with_params(
+    path: *const c_char,
+    params: *const tomoe_model_params,
+    out_model: *mut *mut tomoe_model,
+) -> tomoe_status {
+    guard(|| {
+        let out_model = out_arg(out_model, "out_model")?;
+        // SAFETY: checked output pointer.
+        unsafe { write_out(out_model, std::ptr::null_mut()) };
+        // SAFETY: NUL-terminated by contract.
+        let path = unsafe { str_arg(path, "path") }?;
+        // SAFETY: by contract.
+        let opts = unsafe { load_options(params) }?;
+        let file = GgufFile::open(Path::new(path))
+            .map_err(|e| load_error(&format!("opening {path}"), &e))?;
+        let handle = handles::insert_model(load(file, &opts)?)?;
         // SAFETY: checked output pointer.
         unsafe { write_out(out_model, handle) };
         Ok(())
@@ -231,7 +334,7 @@ pub unsafe extern "C" fn tomoe_model_load_from_memory(
         let bytes = unsafe { slice_arg(data, len, "data") }?;
         let file = GgufFile::from_bytes(bytes.to_vec())
             .map_err(|e| load_error("reading the GGUF image in memory", &e))?;
-        let handle = handles::insert_model(load(file)?)?;
+        let handle = handles::insert_model(load(file, &LoadOptions::default())?)?;
         // SAFETY: checked output pointer.
         unsafe { write_out(out_model, handle) };
         Ok(())

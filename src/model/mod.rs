@@ -45,9 +45,39 @@ pub enum ModelError {
     #[error("chat template: {0}")]
     Chat(#[from] ChatError),
     #[error(
-        "could not map memory for the weights' copies ({0}); set TOMOE_NO_COPIES=1 to run from the mapped file alone"
+        "could not map memory for the weights' copies ({0}); load without copies (`--no-copies`, \
+         TOMOE_NO_COPIES=1) to run from the mapped file alone"
     )]
     CopyMemory(std::io::Error),
+    #[error(transparent)]
+    Kernels(#[from] tomoe_quant::dispatch::SelectKernelsError),
+}
+
+/// How [`Model::load_with`] loads a model. `LoadOptions::default()` takes each option from its
+/// environment variable, so that programs without the option still offer it: `TOMOE_NO_COPIES`
+/// (set: `copies: false`) and `TOMOE_KERNELS` (a kernel set name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Copy the matrices that decoding reads into one buffer at load: row-interleaved where the
+    /// kernel set has interleaved kernels, plain (on huge pages) for a mapped file. Faster
+    /// decoding for more memory; `false` runs from the mapped file alone
+    /// ([`Model::copies_bytes`] is 0).
+    pub copies: bool,
+    /// The kernel set, by name ("scalar", "avx2", "avx512-vnni", "neon", "neon-dotprod": those
+    /// of `tomoe_quant::dispatch::available_sets()`); `None`: the set the process uses
+    /// (chosen at its first use: `TOMOE_KERNELS`, else the best this CPU runs). The set is
+    /// process-wide and chosen once (`tomoe_quant::dispatch::select_kernels`): a name this CPU
+    /// lacks, or other than the set already in use, fails the load with [`ModelError::Kernels`].
+    pub kernels: Option<String>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            copies: std::env::var_os("TOMOE_NO_COPIES").is_none(),
+            kernels: std::env::var("TOMOE_KERNELS").ok().filter(|name| !name.is_empty()),
+        }
+    }
 }
 
 /// A loaded model: configuration, weights (views into the mapped file), tokenizer and chat
@@ -67,12 +97,28 @@ pub struct Model {
 }
 
 impl Model {
-    /// Opens (memory-maps) and validates `path`.
+    /// Opens (memory-maps) and validates `path`, with the default [`LoadOptions`] (those of the
+    /// environment).
     pub fn load(path: &Path) -> Result<Model, ModelError> {
-        Model::from_gguf(GgufFile::open(path)?)
+        Model::load_with(path, &LoadOptions::default())
     }
 
+    /// Opens (memory-maps) and validates `path`, as `opts` says.
+    pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Model, ModelError> {
+        Model::from_gguf_with(GgufFile::open(path)?, opts)
+    }
+
+    /// Validates an opened file, with the default [`LoadOptions`].
     pub fn from_gguf(f: GgufFile) -> Result<Model, ModelError> {
+        Model::from_gguf_with(f, &LoadOptions::default())
+    }
+
+    /// Validates an opened file, as `opts` says.
+    pub fn from_gguf_with(f: GgufFile, opts: &LoadOptions) -> Result<Model, ModelError> {
+        // First: the copies' layout depends on the kernel set.
+        if let Some(name) = &opts.kernels {
+            tomoe_quant::dispatch::select_kernels(name)?;
+        }
         let file = Box::new(f);
         let arch_name = file.get("general.architecture").and_then(|v| v.as_str()).ok_or(ModelError::MissingArch)?;
         let (arch, tensors): (&'static str, _) = match arch_name {
@@ -121,7 +167,7 @@ impl Model {
         // hands them out bounded by `&self`.
         let file_ref: &'static GgufFile = unsafe { &*(&*file as *const GgufFile) };
         let mut weights = Weights::load(file_ref, &config, tensors)?;
-        let copies = if std::env::var_os("TOMOE_NO_COPIES").is_some() {
+        let copies = if !opts.copies {
             HugeBuf::zeroed(0).map_err(ModelError::CopyMemory)?
         } else {
             // Plain copies only of a mapped file: a buffer in memory is not worth a second copy.
@@ -148,7 +194,8 @@ impl Model {
         self.template_warning.as_deref()
     }
     /// Bytes of the matrices' copies made at load: interleaved where the kernel set has
-    /// interleaved kernels, plain where the system has huge pages (0 with `TOMOE_NO_COPIES` set).
+    /// interleaved kernels, plain where the system has huge pages (0 without copies:
+    /// [`LoadOptions::copies`]).
     pub fn copies_bytes(&self) -> usize {
         self.copies.len()
     }

@@ -10,7 +10,7 @@
 //! expert usage; `-o json`, `-o jsonl` and `-o csv` print llama-bench-like records (the extra
 //! lines go to stderr there).
 
-use crate::{context, load, ModelArgs, Res};
+use crate::{context, load, LoadArgs, ModelArgs, Res};
 use clap::{Args, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
@@ -56,6 +56,8 @@ pub struct BenchArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Md)]
     output: Output,
+    #[command(flatten)]
+    load: LoadArgs,
 }
 
 fn count(s: &str) -> Result<usize, String> {
@@ -142,7 +144,7 @@ pub fn run(a: BenchArgs) -> Res<()> {
     } else {
         a.threads.clone()
     };
-    let model = load(&a.model)?;
+    let model = load(&a.model, &a.load)?;
     let largest = pp.iter().chain(&tg).copied().max().unwrap_or(1);
     let n_ctx = a.ctx_size.unwrap_or(0).max(largest);
     let n_vocab = model.config().n_vocab as u32;

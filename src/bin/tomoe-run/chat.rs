@@ -1,6 +1,6 @@
 //! Interactive chat and one-shot generation.
 
-use crate::{context, load, sampler, template_source, ModelArgs, Res, SamplingArgs};
+use crate::{context, load, sampler, template_source, LoadArgs, ModelArgs, Res, SamplingArgs};
 use clap::Args;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -39,6 +39,8 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub model_args: ModelArgs,
     #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
     pub sampling: SamplingArgs,
 }
 
@@ -52,7 +54,7 @@ pub fn run(a: GenerateArgs) -> Res<()> {
         .model
         .or(a.model_flag)
         .ok_or("no model given: tomoe-run MODEL.gguf (see --help)")?;
-    let model = load(&path)?;
+    let model = load(&path, &a.load)?;
     let template = match &a.chat_template {
         Some(t) => Some(
             ChatTemplate::with_file_tokens(model.gguf(), &template_source(t)?)

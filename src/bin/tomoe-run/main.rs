@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tomoe::chat::{Sampler, SamplerParams};
 use tomoe::engine::{Context, ContextParams};
-use tomoe::model::Model;
+use tomoe::model::{LoadOptions, Model};
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +66,33 @@ pub struct ModelArgs {
     /// Tokens per batch in prompt processing.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     pub batch_size: usize,
+}
+
+/// How the model is loaded (every subcommand that loads one takes these).
+#[derive(Args)]
+pub struct LoadArgs {
+    /// Kernel set of the matrix products: scalar, avx2 or avx512-vnni (x86-64), neon or
+    /// neon-dotprod (aarch64), those this CPU runs (default: TOMOE_KERNELS, else the best).
+    /// Traces a numerical difference to the kernels.
+    #[arg(long, value_name = "NAME", value_parser = kernel_set)]
+    pub kernels: Option<String>,
+    /// Run from the mapped file alone: no copies of the weights at load (about half the weight
+    /// memory, slower decoding; also TOMOE_NO_COPIES=1).
+    #[arg(long = "no-copies")]
+    pub no_copies: bool,
+}
+
+/// A `--kernels` value: the name of a kernel set this CPU runs.
+fn kernel_set(name: &str) -> Result<String, String> {
+    let names: Vec<&str> = tomoe_quant::dispatch::available_sets().iter().map(|s| s.name).collect();
+    if names.contains(&name) {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "no kernel set `{name}` on this CPU (available: {})",
+            names.join(", ")
+        ))
+    }
 }
 
 #[derive(Args)]
@@ -128,8 +155,16 @@ fn main() {
 
 pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-pub fn load(path: &Path) -> Res<Arc<Model>> {
-    let model = Model::load(path).map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+pub fn load(path: &Path, a: &LoadArgs) -> Res<Arc<Model>> {
+    // The flags override the environment's defaults.
+    let mut opts = LoadOptions::default();
+    if let Some(name) = &a.kernels {
+        opts.kernels = Some(name.clone());
+    }
+    if a.no_copies {
+        opts.copies = false;
+    }
+    let model = Model::load_with(path, &opts).map_err(|e| format!("cannot load {}: {e}", path.display()))?;
     Ok(Arc::new(model))
 }
 

@@ -12,7 +12,7 @@
 //! `kl-divergence: mean KLD x, same top n/N (p %), PPL(Q) q, PPL(base) b (N positions, ...)`.
 //! The computations and the file format are in [`tomoe::engine::kl_divergence`].
 
-use crate::{context, load, ModelArgs, Res};
+use crate::{context, load, LoadArgs, ModelArgs, Res};
 use clap::Args;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -49,6 +49,8 @@ pub struct PerplexityArgs {
     kl_divergence: bool,
     #[command(flatten)]
     model_args: ModelArgs,
+    #[command(flatten)]
+    load: LoadArgs,
 }
 
 pub fn run(a: PerplexityArgs) -> Res<()> {
@@ -56,7 +58,7 @@ pub fn run(a: PerplexityArgs) -> Res<()> {
         return run_kl_divergence(a);
     }
     let file = a.file.as_ref().expect("clap requires -f without --kl-divergence");
-    let model = load(&a.model)?;
+    let model = load(&a.model, &a.load)?;
     let text = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let text = String::from_utf8(text).map_err(|e| format!("{} is not valid UTF-8: {e}", file.display()))?;
     let tok = model.tokenizer();
@@ -151,7 +153,7 @@ fn run_kl_divergence(a: PerplexityArgs) -> Res<()> {
         .expect("clap requires --kl-divergence-base");
     let mut base = BaseReader::open(path)?;
     let h = base.header();
-    let model = load(&a.model)?;
+    let model = load(&a.model, &a.load)?;
     let nv = model.config().n_vocab;
     if nv != h.n_vocab {
         return Err(format!(

@@ -1,6 +1,6 @@
 //! `tomoe-run serve`: the OpenAI-compatible HTTP server (`tomoe::server`, feature `server`).
 
-use crate::{load, ModelArgs, Res, SamplingArgs};
+use crate::{load, LoadArgs, ModelArgs, Res, SamplingArgs};
 use clap::Args;
 use std::path::PathBuf;
 use tomoe::engine::ContextParams;
@@ -34,6 +34,8 @@ pub struct ServeArgs {
     pub chat_template: Option<String>,
     #[command(flatten)]
     pub model_args: ModelArgs,
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// Defaults for the sampling fields a request leaves out. -s: the seed of requests that give
     /// none (the default, 4294967295, draws a new seed for each).
     #[command(flatten)]
@@ -41,7 +43,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> Res<()> {
-    let model = load(&a.model)?;
+    let model = load(&a.model, &a.load)?;
     if let (Some(w), None) = (model.chat_template_warning(), &a.chat_template) {
         eprintln!("tomoe-run serve: warning: {w}");
     }
