@@ -18,6 +18,24 @@ use crate::huge_pages::HugeBuf;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use config::Meta;
 use std::path::Path;
+use weights::LayerTensors;
+
+/// A supported architecture: its `general.architecture` name, how its configuration reads the
+/// metadata, the layer tensors it requires, and whether its files are ToMoE conversions.
+struct ArchEntry {
+    name: &'static str,
+    config: fn(&Meta, usize) -> Result<ModelConfig, ModelError>,
+    tensors: LayerTensors,
+    tomoe: bool,
+}
+
+static ARCHS: [ArchEntry; 5] = [
+    ArchEntry { name: "llama", config: llama::config, tensors: llama::TENSORS, tomoe: false },
+    ArchEntry { name: "qwen2", config: qwen2::config, tensors: qwen2::TENSORS, tomoe: false },
+    ArchEntry { name: "gemma3", config: gemma3::config, tensors: gemma3::TENSORS, tomoe: false },
+    ArchEntry { name: "tomoe-llama", config: llama::config, tensors: llama::TENSORS, tomoe: true },
+    ArchEntry { name: "tomoe-qwen2", config: qwen2::config, tensors: qwen2::TENSORS, tomoe: true },
+];
 
 /// Why a model could not be loaded. Each variant names the key or tensor at fault.
 #[derive(Debug, thiserror::Error)]
@@ -121,14 +139,11 @@ impl Model {
         }
         let file = Box::new(f);
         let arch_name = file.get("general.architecture").and_then(|v| v.as_str()).ok_or(ModelError::MissingArch)?;
-        let (arch, tensors): (&'static str, _) = match arch_name {
-            "llama" => ("llama", llama::TENSORS),
-            "qwen2" => ("qwen2", qwen2::TENSORS),
-            "gemma3" => ("gemma3", gemma3::TENSORS),
-            "tomoe-llama" => ("tomoe-llama", llama::TENSORS),
-            "tomoe-qwen2" => ("tomoe-qwen2", qwen2::TENSORS),
-            other => return Err(ModelError::UnknownArch(other.to_string())),
-        };
+        let entry = ARCHS
+            .iter()
+            .find(|a| a.name == arch_name)
+            .ok_or_else(|| ModelError::UnknownArch(arch_name.to_string()))?;
+        let (arch, tensors) = (entry.name, entry.tensors);
         let n_vocab = match file.tensor("token_embd.weight") {
             Some(t) if t.info.dims.len() == 2 => usize::try_from(t.info.dims[1]).map_err(|_| {
                 ModelError::BadTensor { name: "token_embd.weight".into(), reason: "too many rows".into() }
@@ -142,12 +157,8 @@ impl Model {
             None => return Err(ModelError::MissingTensor("token_embd.weight".into())),
         };
         let meta = Meta { file: &file, arch };
-        let mut config = match arch {
-            "llama" | "tomoe-llama" => llama::config(&meta, n_vocab)?,
-            "qwen2" | "tomoe-qwen2" => qwen2::config(&meta, n_vocab)?,
-            _ => gemma3::config(&meta, n_vocab)?,
-        };
-        if arch.starts_with("tomoe-") {
+        let mut config = (entry.config)(&meta, n_vocab)?;
+        if entry.tomoe {
             config.tomoe = Some(tomoe::config(&file, arch)?);
         }
         let tokenizer = Tokenizer::from_gguf(&file)?;
