@@ -132,7 +132,7 @@ fn check_with(
         .weights()
         .layers
         .iter()
-        .filter_map(|l| l.moe.as_ref())
+        .filter_map(|l| l.mlp.tomoe())
         .flat_map(|m| m.expert_runs.iter().flatten())
         .filter(|r| r.end / 16 * 16 > r.start.next_multiple_of(16))
         .count();
@@ -140,7 +140,7 @@ fn check_with(
         .weights()
         .layers
         .iter()
-        .filter_map(|l| l.moe.as_ref())
+        .filter_map(|l| l.mlp.tomoe())
         .flat_map(|m| &m.read_order)
         .filter(|o| !o.is_empty())
         .count();

@@ -7,7 +7,8 @@ use super::kv_cache::{KvCache, KEY_BLOCK};
 use super::moe::{self, MoeScratch};
 use super::ops::{rms_norm, rms_norm_inplace, rope, rope_table};
 use super::parallel::{for_each_chunk_range, join2, matvec_fused, MatJob};
-use crate::model::{Activation, Model, ModelConfig};
+use crate::model::tomoe::TomoeMlp;
+use crate::model::{Activation, Attention, DenseMlp, LayerWeights, Mlp, Model, ModelConfig, Weights};
 use rayon::prelude::*;
 use tomoe_quant::kernels::prefetch_floats;
 use tomoe_quant::{dequantize_row, matmul, vecmath, MatRef, QuantType, QuantizedInput};
@@ -122,13 +123,21 @@ pub enum Logits<'o> {
 /// Runs `tokens` (at most `nb`, already checked against the vocabulary and the context) at
 /// positions `pos0..`, storing their keys and values in `kv`.
 pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32], pos0: usize, logits: Logits) {
-    let c = model.config();
-    let w = model.weights();
+    let (c, w) = (model.config(), model.weights());
     let n = tokens.len();
     debug_assert!(n > 0 && n <= s.nb && pos0 + n <= kv.n_ctx());
-    let (d, qd, kvd, ff, hd) = (c.d_model, c.q_dim(), c.kv_dim(), c.n_ff, c.head_dim);
+    embed(c, w, s, tokens);
+    rope_tables(c, w, s, pos0, n);
+    for (il, l) in w.layers.iter().enumerate() {
+        attention_block(c, l, il, kv, s, pos0, n);
+        mlp_block(c, l, il, s, n);
+    }
+    output_logits(c, w, s, n, logits);
+}
 
-    // Embeddings.
+/// The tokens' embeddings into `s.x` (scaled where the architecture scales them).
+fn embed(c: &ModelConfig, w: &Weights, s: &mut Scratch, tokens: &[u32]) {
+    let d = c.d_model;
     for (t, &tok) in tokens.iter().enumerate() {
         let xt = &mut s.x[t * d..(t + 1) * d];
         dequantize_row(w.token_embd.ty(), w.token_embd.row(tok as usize), xt);
@@ -136,234 +145,310 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
             xt.iter_mut().for_each(|v| *v *= scale);
         }
     }
+}
 
-    // RoPE tables for this batch's positions, per base in use.
+/// Whether the sliding-window layers rotate with a RoPE base of their own (a second table).
+fn swa_rope_table(c: &ModelConfig) -> bool {
+    c.swa_layers.iter().any(|&b| b) && c.rope_base_swa != c.rope_base
+}
+
+/// The cos/sin tables of positions `pos0..pos0 + n`, per RoPE base in use.
+fn rope_tables(c: &ModelConfig, w: &Weights, s: &mut Scratch, pos0: usize, n: usize) {
     let pairs = c.n_rot / 2;
-    let bases = [c.rope_base, c.rope_base_swa];
-    let n_bases = if c.swa_layers.iter().any(|&b| b) && c.rope_base_swa != c.rope_base { 2 } else { 1 };
-    for (b, &base) in bases.iter().enumerate().take(n_bases) {
+    let n_bases = if swa_rope_table(c) { 2 } else { 1 };
+    for (b, base) in [c.rope_base, c.rope_base_swa].into_iter().enumerate().take(n_bases) {
         for t in 0..n {
             let r = t * pairs..(t + 1) * pairs;
-            rope_table(
-                &mut s.rope_cos[b][r.clone()],
-                &mut s.rope_sin[b][r],
-                pos0 + t,
-                base,
-                c.rope_freq_scale,
-                w.rope_freqs.as_deref(),
-            );
+            let (cos, sin) = (&mut s.rope_cos[b][r.clone()], &mut s.rope_sin[b][r]);
+            rope_table(cos, sin, pos0 + t, base, c.rope_freq_scale, w.rope_freqs.as_deref());
         }
     }
+}
 
-    for (il, l) in w.layers.iter().enumerate() {
-        let moe = l.moe.as_ref();
-        // Query/key head width: pruned in a ToMoE layer (values keep `hd`).
-        let kd = moe.map_or(hd, |m| m.dq);
-        let (qd_l, kvd_k) = (c.n_head * kd, c.n_head_kv * kd);
-        // Attention block.
-        norm_rows(&mut s.xn[..n * d], &s.x[..n * d], &l.attn_norm, c.rms_eps);
-        let vmask = moe.and_then(|m| m.vmask.as_ref());
-        let head_ty = vmask.map_or(l.wv.ty(), |vm| vm.w_a.ty());
-        s.inputs.prepare(&[l.wq.ty(), l.wk.ty(), l.wv.ty(), head_ty], &s.xn[..n * d], d);
-        if n == 1 {
-            let (q, k) = (&mut s.q[..qd_l], &mut s.k[..kvd_k]);
-            let (xq, xk) = (s.inputs.get(l.wq.ty()), s.inputs.get(l.wk.ty()));
-            match vmask {
-                Some(vm) => {
-                    // The V-mask head's input layer beside Q, K and V (one parallel region),
-                    // then the mask, which zeroes the V rows it drops. V is read whole: most of
-                    // its groups of 16 keep enough rows to be streamed whole anyway, and a region
-                    // of its own after the mask cost more than the rows it skipped (BENCHMARKS.md).
-                    let a = &mut s.moe.vmask_in;
-                    a.resize(vm.hidden, 0.0);
-                    // The head's small tables, for its serial step after this region.
-                    for t in [&vm.w_dec[..], &vm.b, &vm.ln_w, &vm.ln_b] {
-                        prefetch_floats(t);
-                    }
-                    matvec_fused(&mut [
-                        MatJob { w: &vm.w_a, x: s.inputs.get(head_ty), y: &mut a[..] },
-                        MatJob { w: &l.wq, x: xq, y: q },
-                        MatJob { w: &l.wk, x: xk, y: k },
-                        MatJob { w: &l.wv, x: s.inputs.get(l.wv.ty()), y: &mut s.v[..kvd] },
-                    ]);
-                }
-                None => matvec_fused(&mut [
-                    MatJob { w: &l.wq, x: xq, y: q },
-                    MatJob { w: &l.wk, x: xk, y: k },
-                    MatJob { w: &l.wv, x: s.inputs.get(l.wv.ty()), y: &mut s.v[..kvd] },
-                ]),
-            }
-        } else {
-            if let Some(vm) = vmask {
-                // The V-mask head's input layer for every token, then each token's mask.
-                let hid = vm.hidden;
-                let a = &mut s.moe.vmask_in;
-                a.resize(n * hid, 0.0);
-                matmul(&vm.w_a, s.inputs.get(head_ty), &mut a[..n * hid]);
-                for t in 0..n {
-                    moe::v_mask(vm, &a[t * hid..(t + 1) * hid], &mut s.vmask[t * hd..(t + 1) * hd], &mut s.moe.vmask);
-                }
-            }
-            matmul(&l.wq, s.inputs.get(l.wq.ty()), &mut s.q[..n * qd_l]);
-            matmul(&l.wk, s.inputs.get(l.wk.ty()), &mut s.k[..n * kvd_k]);
-            matmul(&l.wv, s.inputs.get(l.wv.ty()), &mut s.v[..n * kvd]);
-        }
-        let b = if c.swa_layers[il] && n_bases == 2 { 1 } else { 0 };
-        // Per token: biases, the V mask, q/k norms, RoPE (a pruned head's stored pairs rotate at
-        // their original pairs' frequencies, gathered into `cos_l`/`sin_l`).
-        let (rope_cos, rope_sin) = (&s.rope_cos[b], &s.rope_sin[b]);
-        let token_v = |t: usize, vt: &mut [f32], vmask_all: &[f32]| {
-            add_bias(vt, l.bv.as_deref());
-            if vmask.is_some() {
-                let mt = &vmask_all[t * hd..(t + 1) * hd];
-                vt.chunks_exact_mut(hd).for_each(|h| h.iter_mut().zip(mt).for_each(|(v, m)| *v *= m));
-            }
-        };
-        let token_qk = |t: usize, qt: &mut [f32], kt: &mut [f32], cos_l: &mut [f32], sin_l: &mut [f32]| {
-            add_bias(qt, l.bq.as_deref());
-            add_bias(kt, l.bk.as_deref());
-            let (mut cos, mut sin) = (&rope_cos[t * pairs..(t + 1) * pairs], &rope_sin[t * pairs..(t + 1) * pairs]);
-            if let Some(m) = moe {
-                for (k, &i) in m.qk_pairs.iter().enumerate() {
-                    cos_l[k] = cos[i];
-                    sin_l[k] = sin[i];
-                }
-                (cos, sin) = (&cos_l[..m.qk_pairs.len()], &sin_l[..m.qk_pairs.len()]);
-            }
-            for h in qt.chunks_exact_mut(kd) {
-                if let Some(nw) = &l.q_norm {
-                    rms_norm_inplace(h, nw, c.rms_eps);
-                }
-                rope(h, cos, sin, c.rope_style);
-                if c.scale_q {
-                    h.iter_mut().for_each(|v| *v *= c.attn_scale);
-                }
-            }
-            for h in kt.chunks_exact_mut(kd) {
-                if let Some(nw) = &l.k_norm {
-                    rms_norm_inplace(h, nw, c.rms_eps);
-                }
-                rope(h, cos, sin, c.rope_style);
-            }
-        };
-        if n == 1 {
-            // Two serial chains that do not depend on each other, on two threads: the V mask
-            // (a ToMoE layer's head), V's bias and mask, V's store; Q's and K's biases, norms
-            // and rotations, K's store.
-            let (mut keys, mut values) = kv.stores(il);
-            let (q, k, v) = (&mut s.q[..qd_l], &mut s.k[..kvd_k], &mut s.v[..kvd]);
-            let (vmask_one, vm_scratch, vm_in) = (&mut s.vmask[..hd], &mut s.moe.vmask, &s.moe.vmask_in);
-            let (cos_l, sin_l) = (&mut s.rope_cos_l, &mut s.rope_sin_l);
-            join2(
-                || {
-                    if let Some(vm) = vmask {
-                        moe::v_mask(vm, vm_in, vmask_one, vm_scratch);
-                    }
-                    token_v(0, v, vmask_one);
-                    values.store(pos0, v, vmask.map(|_| &vmask_one[..]));
-                },
-                || {
-                    token_qk(0, q, k, cos_l, sin_l);
-                    keys.store(pos0, k);
-                },
-            );
-        } else {
-            let (q, k, v) = (&mut s.q[..n * qd_l], &mut s.k[..n * kvd_k], &mut s.v[..n * kvd]);
-            let vmask_all = &s.vmask;
-            q.par_chunks_mut(qd_l).zip(k.par_chunks_mut(kvd_k)).zip(v.par_chunks_mut(kvd)).enumerate().for_each_init(
-                || (vec![0f32; pairs], vec![0f32; pairs]),
-                |(cos_l, sin_l), (t, ((qt, kt), vt))| {
-                    token_v(t, vt, vmask_all);
-                    token_qk(t, qt, kt, cos_l, sin_l);
-                },
-            );
-            kv.store(il, pos0, &s.k[..n * kvd_k], &s.v[..n * kvd], vmask.map(|_| &s.vmask[..n * hd]));
-        }
-        let window = if c.swa_layers[il] { c.sliding_window } else { None };
-        let kq_scale = match (&c.tomoe, c.scale_q) {
-            (_, true) => 1.0,
-            (Some(tc), _) if tc.scale_pruned => 1.0 / (kd as f32).sqrt(),
-            _ => c.attn_scale,
-        };
-        let shape = AttnShape { kd, kq_scale, window };
-        attention(c, kv, il, &s.q[..n * qd_l], &mut s.att_heads[..n * qd], &mut s.scores, n, pos0, shape);
-        if let (Some(tc), Some(_)) = (&c.tomoe, vmask) {
-            if tc.output_mask {
-                // Each head's output times the query token's V mask.
-                for (h_t, o) in s.att_heads[..n * qd].chunks_exact_mut(hd).enumerate() {
-                    let t = h_t % n;
-                    o.iter_mut().zip(&s.vmask[t * hd..(t + 1) * hd]).for_each(|(v, m)| *v *= m);
-                }
-            }
-        }
-        let att_in: &[f32] = if n == 1 {
-            &s.att_heads[..qd]
-        } else {
-            let heads = &s.att_heads;
-            s.att[..n * qd].par_chunks_mut(qd).enumerate().for_each(|(t, row)| {
-                for (h, out) in row.chunks_exact_mut(hd).enumerate() {
-                    out.copy_from_slice(&heads[(h * n + t) * hd..(h * n + t + 1) * hd]);
-                }
-            });
-            &s.att[..n * qd]
-        };
-        s.inputs.prepare(&[l.wo.ty()], att_in, qd);
-        if let (Some(m), 1) = (moe, n) {
-            // The router, for the serial route after this region.
-            prefetch_floats(&m.router);
-        }
-        project(&l.wo, s.inputs.get(l.wo.ty()), &mut s.proj[..n * d], n);
-        residual(&mut s.x[..n * d], &mut s.proj[..n * d], l.post_attn_norm.as_deref(), d, c.rms_eps);
+/// Layer `il`'s attention block: `x += post_norm(W_o · attention(norm(x)))`, the tokens' keys
+/// and values stored in the cache.
+fn attention_block(
+    c: &ModelConfig,
+    l: &LayerWeights,
+    il: usize,
+    kv: &mut KvCache,
+    s: &mut Scratch,
+    pos0: usize,
+    n: usize,
+) {
+    let (d, a) = (c.d_model, &l.attn);
+    let shape = AttnShape::of(c, a, il);
+    norm_rows(&mut s.xn[..n * d], &s.x[..n * d], &l.attn_norm, c.rms_eps);
+    let head_ty = a.vmask.as_ref().map_or(a.wv.ty(), |vm| vm.w_a.ty());
+    s.inputs.prepare(&[a.wq.ty(), a.wk.ty(), a.wv.ty(), head_ty], &s.xn[..n * d], d);
+    if n == 1 {
+        attention_one(c, l, il, kv, s, pos0, shape);
+    } else {
+        attention_batch(c, a, il, kv, s, pos0, n, shape);
+    }
+    project(&a.wo, s.inputs.get(a.wo.ty()), &mut s.proj[..n * d], n);
+    residual(&mut s.x[..n * d], &mut s.proj[..n * d], l.post_attn_norm.as_deref(), d, c.rms_eps);
+}
 
-        // Feed-forward block.
-        norm_rows(&mut s.xn[..n * d], &s.x[..n * d], &l.ffn_norm, c.rms_eps);
-        if let Some(x) = &l.experts {
-            moe::mlp_llama_experts(x, &s.xn[..n * d], &mut s.proj[..n * d], &mut s.moe);
-            residual(&mut s.x[..n * d], &mut s.proj[..n * d], l.post_ffn_norm.as_deref(), d, c.rms_eps);
-            continue;
-        }
-        if let Some(m) = moe {
-            moe::route(m, &s.xn[..n * d], d, &mut s.moe.choice);
-            for &e in &s.moe.choice {
-                s.expert_counts[il][e] += 1;
+/// One token's attention, up to its output quantized in `s.inputs` for `W_o`: the projections
+/// in one parallel region, then two independent serial chains (V; Q and K) on two threads, then
+/// attention over the heads on the decoding team.
+fn attention_one(
+    c: &ModelConfig,
+    l: &LayerWeights,
+    il: usize,
+    kv: &mut KvCache,
+    s: &mut Scratch,
+    pos0: usize,
+    shape: AttnShape,
+) {
+    let a = &l.attn;
+    let (qd, kvd, hd, pairs) = (c.q_dim(), c.kv_dim(), c.head_dim, c.n_rot / 2);
+    let (qd_l, kvd_k) = (c.n_head * shape.kd, c.n_head_kv * shape.kd);
+    let (q, k, v) = (&mut s.q[..qd_l], &mut s.k[..kvd_k], &mut s.v[..kvd]);
+    let (xq, xk, xv) = (s.inputs.get(a.wq.ty()), s.inputs.get(a.wk.ty()), s.inputs.get(a.wv.ty()));
+    match &a.vmask {
+        Some(vm) => {
+            // The V-mask head's input layer beside Q, K and V (one parallel region), then the
+            // mask, which zeroes the V rows it drops. V is read whole: most of its groups of 16
+            // keep enough rows to be streamed whole anyway, and a region of its own after the
+            // mask cost more than the rows it skipped (BENCHMARKS.md).
+            let h = &mut s.moe.vmask_in;
+            h.resize(vm.hidden, 0.0);
+            // The head's small tables, for its serial step after this region.
+            for t in [&vm.w_dec[..], &vm.b, &vm.ln_w, &vm.ln_b] {
+                prefetch_floats(t);
             }
-            if n == 1 {
-                s.inputs.prepare(&[l.gate.ty(), l.up.ty()], &s.xn[..d], d);
-                let e = s.moe.choice[0];
-                let (xg, xu) = (s.inputs.get(l.gate.ty()), s.inputs.get(l.up.ty()));
-                moe::mlp_one(m, e, &l.gate, &l.up, &l.down, xg, xu, &mut s.proj[..d], &mut s.moe);
-            } else {
-                moe::mlp_batch(m, &l.gate, &l.up, &l.down, &s.xn[..n * d], &mut s.proj[..n * d], &mut s.moe);
-            }
-            residual(&mut s.x[..n * d], &mut s.proj[..n * d], l.post_ffn_norm.as_deref(), d, c.rms_eps);
-            continue;
-        }
-        s.inputs.prepare(&[l.gate.ty(), l.up.ty()], &s.xn[..n * d], d);
-        if n == 1 {
             matvec_fused(&mut [
-                MatJob { w: &l.gate, x: s.inputs.get(l.gate.ty()), y: &mut s.gate[..ff] },
-                MatJob { w: &l.up, x: s.inputs.get(l.up.ty()), y: &mut s.up[..ff] },
+                MatJob { w: &vm.w_a, x: s.inputs.get(vm.w_a.ty()), y: &mut h[..] },
+                MatJob { w: &a.wq, x: xq, y: q },
+                MatJob { w: &a.wk, x: xk, y: k },
+                MatJob { w: &a.wv, x: xv, y: v },
             ]);
-        } else {
-            matmul(&l.gate, s.inputs.get(l.gate.ty()), &mut s.gate[..n * ff]);
-            matmul(&l.up, s.inputs.get(l.up.ty()), &mut s.up[..n * ff]);
         }
-        let glu = match c.activation {
-            Activation::Silu => vecmath::swiglu,
-            Activation::GeluTanh => vecmath::geglu,
-        };
-        if n == 1 {
-            glu(&mut s.gate[..ff], &s.up[..ff]);
-        } else {
-            // Element-wise: rows in parallel give the same values.
-            s.gate[..n * ff].par_chunks_mut(ff).zip(s.up[..n * ff].par_chunks(ff)).for_each(|(g, u)| glu(g, u));
-        }
-        s.inputs.prepare(&[l.down.ty()], &s.gate[..n * ff], ff);
-        project(&l.down, s.inputs.get(l.down.ty()), &mut s.proj[..n * d], n);
-        residual(&mut s.x[..n * d], &mut s.proj[..n * d], l.post_ffn_norm.as_deref(), d, c.rms_eps);
+        None => matvec_fused(&mut [
+            MatJob { w: &a.wq, x: xq, y: q },
+            MatJob { w: &a.wk, x: xk, y: k },
+            MatJob { w: &a.wv, x: xv, y: v },
+        ]),
     }
+    // The V chain: the V mask (a ToMoE layer's head), V's bias and mask, V's store. The Q/K
+    // chain: their biases, norms and rotations, K's store.
+    let (mut keys, mut values) = kv.stores(il);
+    let (q, k, v) = (&mut s.q[..qd_l], &mut s.k[..kvd_k], &mut s.v[..kvd]);
+    let (mask, vm_scratch, vm_in) = (&mut s.vmask[..hd], &mut s.moe.vmask, &s.moe.vmask_in);
+    let rope = (&s.rope_cos[shape.rope][..pairs], &s.rope_sin[shape.rope][..pairs]);
+    let rope_l = (&mut s.rope_cos_l[..], &mut s.rope_sin_l[..]);
+    join2(
+        || {
+            if let Some(vm) = &a.vmask {
+                moe::v_mask(vm, vm_in, mask, vm_scratch);
+            }
+            let mask = a.vmask.as_ref().map(|_| &mask[..]);
+            finish_v(a, v, mask, hd);
+            values.store(pos0, v, mask);
+        },
+        || {
+            finish_qk(c, a, q, k, rope, rope_l);
+            keys.store(pos0, k);
+        },
+    );
+    attention(c, kv, il, &s.q[..qd_l], &mut s.att_heads[..qd], &mut s.scores, 1, pos0, shape);
+    output_mask(c, a, &mut s.att_heads[..qd], &s.vmask, 1);
+    s.inputs.prepare(&[a.wo.ty()], &s.att_heads[..qd], qd);
+    if let Mlp::Tomoe(m) = &l.mlp {
+        // The MLP block's router, for its serial route after W_o's parallel region.
+        prefetch_floats(&m.router);
+    }
+}
 
-    // Logits.
+/// A batch's attention, up to its output quantized in `s.inputs` for `W_o`: matrix-matrix
+/// projections, each token's biases, masks, norms and rotations in parallel, attention over
+/// (head, queries) pieces.
+#[allow(clippy::too_many_arguments)]
+fn attention_batch(
+    c: &ModelConfig,
+    a: &Attention,
+    il: usize,
+    kv: &mut KvCache,
+    s: &mut Scratch,
+    pos0: usize,
+    n: usize,
+    shape: AttnShape,
+) {
+    let (qd, kvd, hd, pairs) = (c.q_dim(), c.kv_dim(), c.head_dim, c.n_rot / 2);
+    let (qd_l, kvd_k) = (c.n_head * shape.kd, c.n_head_kv * shape.kd);
+    if let Some(vm) = &a.vmask {
+        // The V-mask head's input layer for every token, then each token's mask.
+        let hid = vm.hidden;
+        let h = &mut s.moe.vmask_in;
+        h.resize(n * hid, 0.0);
+        matmul(&vm.w_a, s.inputs.get(vm.w_a.ty()), &mut h[..n * hid]);
+        for t in 0..n {
+            moe::v_mask(vm, &h[t * hid..(t + 1) * hid], &mut s.vmask[t * hd..(t + 1) * hd], &mut s.moe.vmask);
+        }
+    }
+    matmul(&a.wq, s.inputs.get(a.wq.ty()), &mut s.q[..n * qd_l]);
+    matmul(&a.wk, s.inputs.get(a.wk.ty()), &mut s.k[..n * kvd_k]);
+    matmul(&a.wv, s.inputs.get(a.wv.ty()), &mut s.v[..n * kvd]);
+    let (q, k, v) = (&mut s.q[..n * qd_l], &mut s.k[..n * kvd_k], &mut s.v[..n * kvd]);
+    let (masks, cos, sin) = (&s.vmask, &s.rope_cos[shape.rope], &s.rope_sin[shape.rope]);
+    q.par_chunks_mut(qd_l).zip(k.par_chunks_mut(kvd_k)).zip(v.par_chunks_mut(kvd)).enumerate().for_each_init(
+        || (vec![0f32; pairs], vec![0f32; pairs]),
+        |(cos_l, sin_l), (t, ((qt, kt), vt))| {
+            finish_v(a, vt, a.vmask.as_ref().map(|_| &masks[t * hd..(t + 1) * hd]), hd);
+            let r = t * pairs..(t + 1) * pairs;
+            finish_qk(c, a, qt, kt, (&cos[r.clone()], &sin[r]), (cos_l, sin_l));
+        },
+    );
+    kv.store(il, pos0, &s.k[..n * kvd_k], &s.v[..n * kvd], a.vmask.as_ref().map(|_| &s.vmask[..n * hd]));
+    attention(c, kv, il, &s.q[..n * qd_l], &mut s.att_heads[..n * qd], &mut s.scores, n, pos0, shape);
+    output_mask(c, a, &mut s.att_heads[..n * qd], &s.vmask, n);
+    // Head-major to token-major, the input of the output projection.
+    let heads = &s.att_heads;
+    s.att[..n * qd].par_chunks_mut(qd).enumerate().for_each(|(t, row)| {
+        for (h, out) in row.chunks_exact_mut(hd).enumerate() {
+            out.copy_from_slice(&heads[(h * n + t) * hd..(h * n + t + 1) * hd]);
+        }
+    });
+    s.inputs.prepare(&[a.wo.ty()], &s.att[..n * qd], qd);
+}
+
+/// One token's values: the bias, then each head times the token's V `mask` (ToMoE).
+fn finish_v(a: &Attention, vt: &mut [f32], mask: Option<&[f32]>, hd: usize) {
+    add_bias(vt, a.bv.as_deref());
+    if let Some(mt) = mask {
+        vt.chunks_exact_mut(hd).for_each(|h| h.iter_mut().zip(mt).for_each(|(v, m)| *v *= m));
+    }
+}
+
+/// One token's queries and keys: the biases, then per head the Q/K norm, RoPE at the token's
+/// `(cos, sin)` row and Gemma's query scale. A pruned head's stored pairs rotate at their
+/// original pairs' frequencies, gathered into `rope_l`.
+fn finish_qk(
+    c: &ModelConfig,
+    a: &Attention,
+    qt: &mut [f32],
+    kt: &mut [f32],
+    (mut cos, mut sin): (&[f32], &[f32]),
+    (cos_l, sin_l): (&mut [f32], &mut [f32]),
+) {
+    let kd = a.qk_width(c.head_dim);
+    add_bias(qt, a.bq.as_deref());
+    add_bias(kt, a.bk.as_deref());
+    if let Some(p) = &a.pruned_qk {
+        for (k, &i) in p.qk_pairs.iter().enumerate() {
+            cos_l[k] = cos[i];
+            sin_l[k] = sin[i];
+        }
+        (cos, sin) = (&cos_l[..p.qk_pairs.len()], &sin_l[..p.qk_pairs.len()]);
+    }
+    for h in qt.chunks_exact_mut(kd) {
+        if let Some(nw) = &a.q_norm {
+            rms_norm_inplace(h, nw, c.rms_eps);
+        }
+        rope(h, cos, sin, c.rope_style);
+        if c.scale_q {
+            h.iter_mut().for_each(|v| *v *= c.attn_scale);
+        }
+    }
+    for h in kt.chunks_exact_mut(kd) {
+        if let Some(nw) = &a.k_norm {
+            rms_norm_inplace(h, nw, c.rms_eps);
+        }
+        rope(h, cos, sin, c.rope_style);
+    }
+}
+
+/// A ToMoE layer whose file sets `output_mask`: each head's output times its query token's V
+/// mask. `heads`: head-major outputs of `n` tokens; `masks`: token-major.
+fn output_mask(c: &ModelConfig, a: &Attention, heads: &mut [f32], masks: &[f32], n: usize) {
+    if a.vmask.is_none() || !c.tomoe.as_ref().is_some_and(|tc| tc.output_mask) {
+        return;
+    }
+    let hd = c.head_dim;
+    for (h_t, o) in heads.chunks_exact_mut(hd).enumerate() {
+        let t = h_t % n;
+        o.iter_mut().zip(&masks[t * hd..(t + 1) * hd]).for_each(|(v, m)| *v *= m);
+    }
+}
+
+/// Layer `il`'s MLP block: `x += post_norm(mlp(norm(x)))`.
+fn mlp_block(c: &ModelConfig, l: &LayerWeights, il: usize, s: &mut Scratch, n: usize) {
+    let d = c.d_model;
+    norm_rows(&mut s.xn[..n * d], &s.x[..n * d], &l.ffn_norm, c.rms_eps);
+    match &l.mlp {
+        Mlp::Dense(m) if n == 1 => dense_one(c, m, s),
+        Mlp::Dense(m) => dense_batch(c, m, s, n),
+        Mlp::Stacked(x) => moe::mlp_llama_experts(x, &s.xn[..n * d], &mut s.proj[..n * d], &mut s.moe),
+        Mlp::Tomoe(m) if n == 1 => tomoe_one(c, m, il, s),
+        Mlp::Tomoe(m) => tomoe_batch(c, m, il, s, n),
+    }
+    residual(&mut s.x[..n * d], &mut s.proj[..n * d], l.post_ffn_norm.as_deref(), d, c.rms_eps);
+}
+
+/// The gated activation of the architecture: `act(gate) · up` into `gate`.
+fn glu(c: &ModelConfig) -> fn(&mut [f32], &[f32]) {
+    match c.activation {
+        Activation::Silu => vecmath::swiglu,
+        Activation::GeluTanh => vecmath::geglu,
+    }
+}
+
+/// One token's dense MLP: gate and up in one parallel region, the GLU, down.
+fn dense_one(c: &ModelConfig, m: &DenseMlp, s: &mut Scratch) {
+    let (d, ff) = (c.d_model, c.n_ff);
+    s.inputs.prepare(&[m.gate.ty(), m.up.ty()], &s.xn[..d], d);
+    matvec_fused(&mut [
+        MatJob { w: &m.gate, x: s.inputs.get(m.gate.ty()), y: &mut s.gate[..ff] },
+        MatJob { w: &m.up, x: s.inputs.get(m.up.ty()), y: &mut s.up[..ff] },
+    ]);
+    glu(c)(&mut s.gate[..ff], &s.up[..ff]);
+    s.inputs.prepare(&[m.down.ty()], &s.gate[..ff], ff);
+    matvec_fused(&mut [MatJob { w: &m.down, x: s.inputs.get(m.down.ty()), y: &mut s.proj[..d] }]);
+}
+
+/// A batch's dense MLP: matrix-matrix products, the GLU row-parallel.
+fn dense_batch(c: &ModelConfig, m: &DenseMlp, s: &mut Scratch, n: usize) {
+    let (d, ff) = (c.d_model, c.n_ff);
+    s.inputs.prepare(&[m.gate.ty(), m.up.ty()], &s.xn[..n * d], d);
+    matmul(&m.gate, s.inputs.get(m.gate.ty()), &mut s.gate[..n * ff]);
+    matmul(&m.up, s.inputs.get(m.up.ty()), &mut s.up[..n * ff]);
+    let glu = glu(c);
+    // Element-wise: rows in parallel give the same values.
+    s.gate[..n * ff].par_chunks_mut(ff).zip(s.up[..n * ff].par_chunks(ff)).for_each(|(g, u)| glu(g, u));
+    s.inputs.prepare(&[m.down.ty()], &s.gate[..n * ff], ff);
+    matmul(&m.down, s.inputs.get(m.down.ty()), &mut s.proj[..n * d]);
+}
+
+/// The expert of each of the `n` tokens into `s.moe.choice`, counted in `s.expert_counts`.
+fn route(c: &ModelConfig, m: &TomoeMlp, il: usize, s: &mut Scratch, n: usize) {
+    moe::route(m, &s.xn[..n * c.d_model], c.d_model, &mut s.moe.choice);
+    for &e in &s.moe.choice {
+        s.expert_counts[il][e] += 1;
+    }
+}
+
+/// One token's ToMoE MLP: its expert's rows only (see `moe::mlp_one`).
+fn tomoe_one(c: &ModelConfig, m: &TomoeMlp, il: usize, s: &mut Scratch) {
+    let d = c.d_model;
+    route(c, m, il, s, 1);
+    s.inputs.prepare(&[m.gate.ty(), m.up.ty()], &s.xn[..d], d);
+    let (xg, xu) = (s.inputs.get(m.gate.ty()), s.inputs.get(m.up.ty()));
+    moe::mlp_one(m, s.moe.choice[0], xg, xu, &mut s.proj[..d], &mut s.moe);
+}
+
+/// A batch's ToMoE MLP: the tokens grouped by expert (see `moe::mlp_batch`).
+fn tomoe_batch(c: &ModelConfig, m: &TomoeMlp, il: usize, s: &mut Scratch, n: usize) {
+    let d = c.d_model;
+    route(c, m, il, s, n);
+    moe::mlp_batch(m, &s.xn[..n * d], &mut s.proj[..n * d], &mut s.moe);
+}
+
+/// The logits `logits` asks for: the final norm, the output projection, the soft cap where the
+/// architecture has one.
+fn output_logits(c: &ModelConfig, w: &Weights, s: &mut Scratch, n: usize, logits: Logits) {
+    let d = c.d_model;
     let (first, out): (usize, &mut [f32]) = match logits {
         Logits::None => return,
         Logits::Last => (n - 1, &mut s.logits[..]),
@@ -422,12 +507,28 @@ fn norm_rows(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
 }
 
 /// The per-layer shape of attention: the query/key head width (pruned in ToMoE layers), the
-/// scale of the scores, the sliding window.
+/// RoPE table (0: the global base, 1: the sliding-window base), the scale of the scores, the
+/// sliding window.
 #[derive(Copy, Clone)]
 struct AttnShape {
     kd: usize,
+    rope: usize,
     kq_scale: f32,
     window: Option<usize>,
+}
+
+impl AttnShape {
+    fn of(c: &ModelConfig, a: &Attention, il: usize) -> AttnShape {
+        let kd = a.qk_width(c.head_dim);
+        let kq_scale = match (&c.tomoe, c.scale_q) {
+            (_, true) => 1.0,
+            (Some(tc), _) if tc.scale_pruned => 1.0 / (kd as f32).sqrt(),
+            _ => c.attn_scale,
+        };
+        let rope = usize::from(c.swa_layers[il] && swa_rope_table(c));
+        let window = if c.swa_layers[il] { c.sliding_window } else { None };
+        AttnShape { kd, rope, kq_scale, window }
+    }
 }
 
 /// Causal (optionally sliding-window) attention of `n` queries at positions `pos0..` over the
@@ -453,7 +554,7 @@ fn attention(
     pos0: usize,
     shape: AttnShape,
 ) {
-    let AttnShape { kd, kq_scale, window } = shape;
+    let AttnShape { kd, kq_scale, window, .. } = shape;
     let hd = c.head_dim;
     let (qd, kvd_k) = (c.n_head * kd, c.n_head_kv * kd);
     let group = c.n_head / c.n_head_kv;

@@ -83,12 +83,12 @@ impl Context {
         let c = model.config();
         let nb = p.n_batch.min(p.n_ctx);
         let layers = &model.weights().layers;
-        let k_dims = layers.iter().map(|l| l.wk.rows()).collect();
+        let k_dims = layers.iter().map(|l| l.attn.wk.rows()).collect();
         // ToMoE layers with a V mask cache only the kept value dims (at most top_k of them).
         let caps: Vec<Option<usize>> = layers
             .iter()
             .map(|l| {
-                let vm = l.moe.as_ref()?.vmask.as_ref()?;
+                let vm = l.attn.vmask.as_ref()?;
                 Some(if vm.top_k > 0 { vm.top_k } else { c.head_dim })
             })
             .collect();

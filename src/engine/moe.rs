@@ -4,8 +4,8 @@
 //! group runs matrix-matrix products over the expert's row runs.
 
 use super::parallel::{for_each_part, matvec_fused, part_count, MatJob};
-use crate::model::tomoe::{MoeLayer, VMask};
-use crate::model::DenseExperts;
+use crate::model::tomoe::{TomoeMlp, VMask};
+use crate::model::StackedExperts;
 use rayon::prelude::*;
 use tomoe_quant::{axpy_runs, matmul, run_pieces, swiglu_rows, vecmath, MatRef, QuantizedInput};
 
@@ -58,7 +58,7 @@ unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
 /// The expert of each token: argmax of the router logits (the lowest index on ties).
-pub fn route(m: &MoeLayer, h2: &[f32], d: usize, out: &mut Vec<usize>) {
+pub fn route(m: &TomoeMlp, h2: &[f32], d: usize, out: &mut Vec<usize>) {
     out.clear();
     let mut logits = [0f32; 64];
     let n = m.router.len() / d;
@@ -82,18 +82,15 @@ pub fn route(m: &MoeLayer, h2: &[f32], d: usize, out: &mut Vec<usize>) {
 /// expert's rows only, the rows split between the threads, each thread reading its rows' gate,
 /// up and down weights together (`swiglu_rows`) into a partial sum. `xg`/`xu`: `h2` quantized for
 /// the gate/up formats.
-#[allow(clippy::too_many_arguments)]
 pub fn mlp_one(
-    m: &MoeLayer,
+    m: &TomoeMlp,
     expert: usize,
-    gate: &MatRef,
-    up: &MatRef,
-    down_t: &MatRef,
     xg: &QuantizedInput,
     xu: &QuantizedInput,
     proj: &mut [f32],
     s: &mut MoeScratch,
 ) {
+    let (gate, up, down_t) = (&m.gate, &m.up, &m.down_t);
     let d = proj.len();
     proj.fill(0.0);
     let runs = &m.read_runs[expert];
@@ -148,15 +145,8 @@ fn split_by_cost(runs: &[std::ops::Range<usize>], parts: usize, bounds: &mut Vec
 
 /// A batch's MLP: tokens grouped by expert; per group, gate and up as matrix-matrix products
 /// over the expert's row runs, then each token's transposed down rows. `h2`: `n` rows of `d`.
-pub fn mlp_batch(
-    m: &MoeLayer,
-    gate: &MatRef,
-    up: &MatRef,
-    down_t: &MatRef,
-    h2: &[f32],
-    proj: &mut [f32],
-    s: &mut MoeScratch,
-) {
+pub fn mlp_batch(m: &TomoeMlp, h2: &[f32], proj: &mut [f32], s: &mut MoeScratch) {
+    let (gate, up, down_t) = (&m.gate, &m.up, &m.down_t);
     let d = gate.cols();
     let n = h2.len() / d;
     proj[..n * d].fill(0.0);
@@ -229,7 +219,7 @@ fn expert_rows<'a>(w: &MatRef<'a>, e: usize, n: usize) -> MatRef<'a> {
 /// A llama.cpp MoE MLP for each of the `h2.len() / d` tokens, as llama.cpp computes it: softmax
 /// over the router logits, the `n_used` most probable experts (the lower index first on ties),
 /// their probabilities renormalised to sum to 1, `Σ weight_e · down_e(swiglu(gate_e·h, up_e·h))`.
-pub fn mlp_llama_experts(x: &DenseExperts, h2: &[f32], proj: &mut [f32], s: &mut MoeScratch) {
+pub fn mlp_llama_experts(x: &StackedExperts, h2: &[f32], proj: &mut [f32], s: &mut MoeScratch) {
     let d = x.gate.cols();
     let w = x.width;
     s.gate.resize(w, 0.0);

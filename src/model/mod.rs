@@ -10,7 +10,7 @@ pub mod tomoe_schema;
 mod weights;
 
 pub use config::{Activation, Arch, ModelConfig, RopeStyle};
-pub use weights::{DenseExperts, LayerWeights, Weights};
+pub use weights::{Attention, DenseMlp, LayerWeights, Mlp, StackedExperts, Weights};
 
 use crate::chat::{ChatError, ChatTemplate};
 use crate::gguf::{GgufError, GgufFile};

@@ -40,13 +40,25 @@ pub struct VMask<'a> {
     pub top_k: usize,
 }
 
-/// The ToMoE structure of one layer.
+/// The kept Q/K dims of one layer's heads (all of them when the file prunes none).
 #[derive(Clone, Debug)]
-pub struct MoeLayer<'a> {
+pub struct PrunedQk {
     /// Q/K dims kept per head.
     pub dq: usize,
     /// For each stored RoPE pair, the original pair whose frequency it rotates with.
     pub qk_pairs: Vec<usize>,
+}
+
+/// The MLP of one ToMoE layer: the union of its experts' rows and the router that picks one
+/// expert per token.
+#[derive(Clone, Debug)]
+pub struct TomoeMlp<'a> {
+    /// `union` rows of `d_model` each.
+    pub gate: MatRef<'a>,
+    pub up: MatRef<'a>,
+    /// The transposed down projection (`ffn_down_t`): one row of `d_model` output weights per
+    /// storage row of gate/up.
+    pub down_t: MatRef<'a>,
     /// Router: `n_expert` rows of `d_model`.
     pub router: Vec<f32>,
     /// Per expert, its storage-row runs (disjoint, sorted).
@@ -57,16 +69,15 @@ pub struct MoeLayer<'a> {
     pub union: usize,
     /// Per expert, the runs decoding reads: `expert_runs`, until the model gathers each
     /// expert's scattered rows into extra groups of its MLP matrices' interleaved copies (see
-    /// [`MoeLayer::gather_plan`]).
+    /// [`TomoeMlp::gather_plan`]).
     pub read_runs: Vec<Vec<Range<usize>>>,
     /// Per expert, for each row of `read_runs` in order, its index in `expert_rows` (`None`: a
     /// zero row padding an extra group); empty while its `read_runs` are its `expert_runs`.
     pub read_order: Vec<Vec<Option<u32>>>,
-    pub vmask: Option<VMask<'a>>,
 }
 
 /// How decoding reads a layer's experts from its MLP matrices' interleaved copies (see
-/// [`MoeLayer::gather_plan`]).
+/// [`TomoeMlp::gather_plan`]).
 pub struct GatherPlan {
     /// The extra groups to append to the copies, every expert's in turn.
     pub extra: Vec<ExtraGroup>,
@@ -74,7 +85,7 @@ pub struct GatherPlan {
     pub read_order: Vec<Vec<Option<u32>>>,
 }
 
-impl MoeLayer<'_> {
+impl TomoeMlp<'_> {
     /// Where each expert's rows are read from when decoding, for MLP matrices of `rows` rows
     /// whose interleaved copies get the plan's extra groups (`MatRef::interleave_extra`): the
     /// whole groups of 16 inside the expert's runs from the copies' own groups (shared by the
@@ -190,18 +201,12 @@ pub(crate) fn config(f: &GgufFile, arch: &str) -> Result<TomoeConfig, ModelError
     })
 }
 
-/// Shapes the layer loader needs before reading the matrices.
-pub(crate) struct LayerShape {
-    pub dq: usize,
-    pub qk_pairs: Vec<usize>,
-}
-
 /// Layer `il`'s kept Q/K dims (`tomoe.blk.N.qk_index`, all when absent), as stored pairs.
-pub(crate) fn qk_shape(f: &GgufFile, il: usize, head_dim: usize, adjacent: bool) -> Result<LayerShape, ModelError> {
+pub(crate) fn qk_shape(f: &GgufFile, il: usize, head_dim: usize, adjacent: bool) -> Result<PrunedQk, ModelError> {
     let key = schema::qk_index(il);
     let half = head_dim / 2;
     let Some(idx) = u32_array(f, &key)? else {
-        return Ok(LayerShape { dq: head_dim, qk_pairs: (0..half).collect() });
+        return Ok(PrunedQk { dq: head_dim, qk_pairs: (0..half).collect() });
     };
     let dq = idx.len();
     let valid_order = idx.windows(2).all(|w| w[0] < w[1]) || !adjacent;
@@ -218,22 +223,23 @@ pub(crate) fn qk_shape(f: &GgufFile, il: usize, head_dim: usize, adjacent: bool)
         lo.iter().zip(hi).map(|(&a, &b)| (ascending && a < half && b == a + half).then_some(a)).collect()
     };
     let qk_pairs = pairs.ok_or_else(|| bad(&key, "whole RoPE pairs in the file's pairing"))?;
-    Ok(LayerShape { dq, qk_pairs })
+    Ok(PrunedQk { dq, qk_pairs })
 }
 
-/// Layer `il`'s experts (runs over `union` storage rows), router and V-mask head.
+/// Layer `il`'s MLP (its experts as runs over the storage rows of `[gate, up, down_t]`, its
+/// router) and its V-mask head.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layer<'a>(
     f: &'a GgufFile,
     il: usize,
     n_layer: usize,
-    shape: LayerShape,
     tc: &TomoeConfig,
     d: usize,
     head_dim: usize,
-    union: usize,
+    [gate, up, down_t]: [MatRef<'a>; 3],
     tensor: impl Fn(&str, &[usize]) -> Result<Vec<f32>, ModelError>,
-) -> Result<MoeLayer<'a>, ModelError> {
+) -> Result<(TomoeMlp<'a>, Option<VMask<'a>>), ModelError> {
+    let union = gate.rows();
     let runs_key = schema::expert_runs(il);
     let offs_key = schema::expert_offsets(il);
     let runs = u32_array(f, &runs_key)?.ok_or_else(|| ModelError::MissingMetadata(runs_key.clone()))?;
@@ -288,22 +294,24 @@ pub(crate) fn layer<'a>(
     } else {
         None
     };
-    Ok(MoeLayer {
-        dq: shape.dq,
-        qk_pairs: shape.qk_pairs,
+    let mlp = TomoeMlp {
+        gate,
+        up,
+        down_t,
         router,
         read_runs: expert_runs.clone(),
         read_order: vec![Vec::new(); expert_runs.len()],
         expert_runs,
         expert_rows,
         union,
-        vmask,
-    })
+    };
+    Ok((mlp, vmask))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::MoeLayer;
+    use super::TomoeMlp;
+    use tomoe_quant::{MatRef, QuantType};
 
     /// An expert's whole groups stay in place; its other rows (a run's end inside a group, a run
     /// shorter than a group) go, in order, to extra groups of its own past the matrix's rows
@@ -311,16 +319,18 @@ mod tests {
     #[test]
     fn gather_plan_keeps_whole_groups_and_gathers_the_rest() {
         let runs = vec![vec![0..40, 45..47, 64..96], vec![50..53], vec![]];
-        let m = MoeLayer {
-            dq: 2,
-            qk_pairs: vec![0],
+        let bytes = [0u8; 400];
+        let w = MatRef::new(QuantType::F32, 100, 1, &bytes).unwrap();
+        let m = TomoeMlp {
+            gate: w,
+            up: w,
+            down_t: w,
             router: Vec::new(),
             expert_rows: runs.iter().map(|r| r.iter().flat_map(|r| r.clone()).collect()).collect(),
             read_runs: runs.clone(),
             read_order: vec![Vec::new(); 3],
             expert_runs: runs,
             union: 100,
-            vmask: None,
         };
         let plan = m.gather_plan(100);
         // Expert 0: groups 0..32 and 64..96 in place, rows 32..40 and 45..47 in one extra group.

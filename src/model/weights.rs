@@ -2,7 +2,7 @@
 //! file maps them; the small vectors (norm weights, biases) are converted to f32 at load.
 
 use super::config::ModelConfig;
-use super::tomoe::{self, MoeLayer};
+use super::tomoe::{self, PrunedQk, TomoeMlp, VMask};
 use super::ModelError;
 use crate::gguf::GgufFile;
 use crate::huge_pages::HugeBuf;
@@ -19,36 +19,77 @@ pub(crate) struct LayerTensors {
     pub post_norms: bool,
 }
 
-/// One transformer block.
+/// One transformer block: `x += attention(x)`, then `x += mlp(x)`, each block with its own
+/// input norm and (Gemma) norm of its output.
 pub struct LayerWeights<'a> {
     pub attn_norm: Vec<f32>,
+    pub attn: Attention<'a>,
+    pub post_attn_norm: Option<Vec<f32>>,
+    pub ffn_norm: Vec<f32>,
+    pub mlp: Mlp<'a>,
+    pub post_ffn_norm: Option<Vec<f32>>,
+}
+
+/// The self-attention of one layer.
+pub struct Attention<'a> {
+    /// `n_head · dq` rows of `d_model` (`dq`: the pruned head width, else `head_dim`).
     pub wq: MatRef<'a>,
+    /// `n_head_kv · dq` rows of `d_model`.
     pub wk: MatRef<'a>,
     pub wv: MatRef<'a>,
     pub wo: MatRef<'a>,
     pub bq: Option<Vec<f32>>,
     pub bk: Option<Vec<f32>>,
     pub bv: Option<Vec<f32>>,
+    /// RMS norms over each Q/K head (Gemma 3).
     pub q_norm: Option<Vec<f32>>,
     pub k_norm: Option<Vec<f32>>,
-    pub post_attn_norm: Option<Vec<f32>>,
-    pub ffn_norm: Vec<f32>,
+    /// ToMoE: the Q/K dims each head keeps.
+    pub pruned_qk: Option<PrunedQk>,
+    /// ToMoE: the dynamic V mask, which zeroes each token's dropped value dims.
+    pub vmask: Option<VMask<'a>>,
+}
+
+impl Attention<'_> {
+    /// The width of a query/key head: the kept dims of a pruned layer, else `head_dim`.
+    pub fn qk_width(&self, head_dim: usize) -> usize {
+        self.pruned_qk.as_ref().map_or(head_dim, |p| p.dq)
+    }
+}
+
+/// The feed-forward network of one layer, one variant per kind of MLP.
+pub enum Mlp<'a> {
+    /// A gated MLP of `n_ff` neurons.
+    Dense(DenseMlp<'a>),
+    /// A llama.cpp MoE MLP (`ffn_*_exps`).
+    Stacked(StackedExperts<'a>),
+    /// A ToMoE MLP: one expert per token, each a subset of the layer's rows.
+    Tomoe(TomoeMlp<'a>),
+}
+
+impl<'a> Mlp<'a> {
+    /// The ToMoE MLP, if this is one.
+    pub fn tomoe(&self) -> Option<&TomoeMlp<'a>> {
+        match self {
+            Mlp::Tomoe(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// `down · act(gate · x) ⊙ (up · x)`.
+pub struct DenseMlp<'a> {
+    /// `n_ff` rows of `d_model`.
     pub gate: MatRef<'a>,
     pub up: MatRef<'a>,
-    /// `n_ff` rows of `d_model`; in a ToMoE layer the transposed down projection
-    /// (`ffn_down_t`): one row of `d_model` output weights per storage row of gate/up.
+    /// `d_model` rows of `n_ff`.
     pub down: MatRef<'a>,
-    pub post_ffn_norm: Option<Vec<f32>>,
-    /// The ToMoE structure (experts, router, pruned Q/K, V mask), in a `tomoe-*` file.
-    pub moe: Option<MoeLayer<'a>>,
-    /// A llama.cpp-style MoE MLP (`ffn_*_exps`), instead of `gate`/`up`/`down`.
-    pub experts: Option<DenseExperts<'a>>,
 }
 
 /// A llama MoE MLP as llama.cpp defines it (Mixtral; also tomoe-convert's `--llama-cpp-compat`
 /// output): softmax over the router logits, the `n_used` most probable experts, their weights
 /// renormalised to sum to 1, each a SwiGLU MLP of `width` neurons.
-pub struct DenseExperts<'a> {
+pub struct StackedExperts<'a> {
     pub n_expert: usize,
     pub n_used: usize,
     pub width: usize,
@@ -75,7 +116,7 @@ pub struct Weights<'a> {
 
 impl<'a> Weights<'a> {
     pub(crate) fn load(f: &'a GgufFile, c: &ModelConfig, req: LayerTensors) -> Result<Weights<'a>, ModelError> {
-        let (d, q, kv, ff) = (c.d_model, c.q_dim(), c.kv_dim(), c.n_ff);
+        let (d, kv, ff) = (c.d_model, c.kv_dim(), c.n_ff);
         let token_embd = matrix(f, "token_embd.weight", c.n_vocab, d)?;
         let output = match f.tensor("output.weight") {
             Some(_) => matrix(f, "output.weight", c.n_vocab, d)?,
@@ -96,42 +137,35 @@ impl<'a> Weights<'a> {
                     Ok(None)
                 }
             };
-            // ToMoE: pruned Q/K rows, `u` union rows in gate/up, the transposed down projection.
-            let (shape, q, kv_k, ff, down_name, down_rows, down_cols) = match &c.tomoe {
-                Some(_) => {
-                    let shape = tomoe::qk_shape(f, il, c.head_dim, c.rope_style == super::RopeStyle::Adjacent)?;
-                    let gate = f
-                        .tensor(&n("ffn_gate.weight"))
-                        .ok_or_else(|| ModelError::MissingTensor(n("ffn_gate.weight")))?;
-                    let u = match gate.info.dims[..] {
-                        [cols, rows] if cols == d as u64 && rows <= ff as u64 => rows as usize,
-                        _ => {
-                            return Err(ModelError::BadTensorShape {
-                                name: n("ffn_gate.weight"),
-                                expected: vec![d as u64, ff as u64],
-                                found: gate.info.dims.clone(),
-                            })
-                        }
-                    };
-                    let (qr, kr) = (c.n_head * shape.dq, c.n_head_kv * shape.dq);
-                    (Some(shape), qr, kr, u, "ffn_down_t.weight", u, d)
-                }
-                None => (None, q, kv, ff, "ffn_down.weight", d, ff),
-            };
-            // llama.cpp MoE: the gate/up/down fields hold the stacked experts.
-            let experts = match c.n_expert.filter(|_| c.tomoe.is_none()) {
-                Some(ne) => Some(dense_experts(f, il, c, ne)?),
+            // ToMoE: pruned Q/K rows, a V mask, the experts' union of rows in gate/up and the
+            // transposed down projection.
+            let pruned_qk = match &c.tomoe {
+                Some(_) => Some(tomoe::qk_shape(f, il, c.head_dim, c.rope_style == super::RopeStyle::Adjacent)?),
                 None => None,
             };
-            let moe = match (shape, &c.tomoe) {
-                (Some(shape), Some(tc)) => {
+            let kd = pruned_qk.as_ref().map_or(c.head_dim, |p| p.dq);
+            let (q, kv_k) = (c.n_head * kd, c.n_head_kv * kd);
+            let (mlp, vmask) = match (&c.tomoe, c.n_expert) {
+                (Some(tc), _) => {
+                    let u = union_rows(f, il, d, ff)?;
+                    let mats = [
+                        matrix(f, &n("ffn_gate.weight"), u, d)?,
+                        matrix(f, &n("ffn_up.weight"), u, d)?,
+                        matrix(f, &n("ffn_down_t.weight"), u, d)?,
+                    ];
                     let load = |name: &str, dims: &[usize]| tensor_f32(f, name, dims);
-                    Some(tomoe::layer(f, il, c.n_layer, shape, tc, d, c.head_dim, ff, load)?)
+                    let (m, vmask) = tomoe::layer(f, il, c.n_layer, tc, d, c.head_dim, mats, load)?;
+                    (Mlp::Tomoe(m), vmask)
                 }
-                _ => None,
+                (None, Some(ne)) => (Mlp::Stacked(stacked_experts(f, il, c, ne)?), None),
+                (None, None) => {
+                    let gate = matrix(f, &n("ffn_gate.weight"), ff, d)?;
+                    let up = matrix(f, &n("ffn_up.weight"), ff, d)?;
+                    let down = matrix(f, &n("ffn_down.weight"), d, ff)?;
+                    (Mlp::Dense(DenseMlp { gate, up, down }), None)
+                }
             };
-            layers.push(LayerWeights {
-                attn_norm: vector(f, &n("attn_norm.weight"), d)?,
+            let attn = Attention {
                 wq: matrix(f, &n("attn_q.weight"), q, d)?,
                 wk: matrix(f, &n("attn_k.weight"), kv_k, d)?,
                 wv: matrix(f, &n("attn_v.weight"), kv, d)?,
@@ -141,23 +175,16 @@ impl<'a> Weights<'a> {
                 bv: opt_vec(n("attn_v.bias"), kv, req.qkv_bias_required)?,
                 q_norm: opt_vec(n("attn_q_norm.weight"), c.head_dim, req.qk_norm)?.filter(|_| req.qk_norm),
                 k_norm: opt_vec(n("attn_k_norm.weight"), c.head_dim, req.qk_norm)?.filter(|_| req.qk_norm),
+                pruned_qk,
+                vmask,
+            };
+            layers.push(LayerWeights {
+                attn_norm: vector(f, &n("attn_norm.weight"), d)?,
+                attn,
                 post_attn_norm: opt_vec(n("post_attention_norm.weight"), d, req.post_norms)?.filter(|_| req.post_norms),
                 ffn_norm: vector(f, &n("ffn_norm.weight"), d)?,
-                gate: match &experts {
-                    Some(x) => x.gate,
-                    None => matrix(f, &n("ffn_gate.weight"), ff, d)?,
-                },
-                up: match &experts {
-                    Some(x) => x.up,
-                    None => matrix(f, &n("ffn_up.weight"), ff, d)?,
-                },
-                down: match &experts {
-                    Some(x) => x.down,
-                    None => matrix(f, &n(down_name), down_rows, down_cols)?,
-                },
+                mlp,
                 post_ffn_norm: opt_vec(n("post_ffw_norm.weight"), d, req.post_norms)?.filter(|_| req.post_norms),
-                moe,
-                experts,
             });
         }
         Ok(Weights { token_embd, layers, output_norm, output, rope_freqs })
@@ -170,7 +197,7 @@ impl<'a> Weights<'a> {
     ///   fraction of the instructions; batches keep reading the mapped file. The ToMoE down
     ///   projections (read by rows) get the layout of the weighted row sums instead, and a ToMoE
     ///   layer's MLP copies get its experts' scattered rows gathered into extra groups
-    ///   (`MoeLayer::gather_plan`);
+    ///   ([`TomoeMlp::gather_plan`]);
     /// - with `plain`, every other matrix (stacked experts included) a copy of its bytes, which
     ///   it then reads instead of the file (decoding and batches alike): only huge pages make
     ///   that worth its memory.
@@ -184,36 +211,39 @@ impl<'a> Weights<'a> {
         let extras: Vec<Vec<ExtraGroup>> = self
             .layers
             .iter_mut()
-            .map(|l| {
-                let gathers = l.experts.is_none()
-                    && set.interleaved(l.gate.ty()).is_some()
-                    && set.interleaved(l.up.ty()).is_some()
-                    && set.interleaved_axpy(l.down.ty()).is_some();
-                match &mut l.moe {
-                    Some(moe) if gathers => {
-                        let plan = moe.gather_plan(l.gate.rows());
-                        (moe.read_runs, moe.read_order) = (plan.read_runs, plan.read_order);
-                        plan.extra
-                    }
-                    _ => Vec::new(),
+            .map(|l| match &mut l.mlp {
+                Mlp::Tomoe(m)
+                    if set.interleaved(m.gate.ty()).is_some()
+                        && set.interleaved(m.up.ty()).is_some()
+                        && set.interleaved_axpy(m.down_t.ty()).is_some() =>
+                {
+                    let plan = m.gather_plan(m.gate.rows());
+                    (m.read_runs, m.read_order) = (plan.read_runs, plan.read_order);
+                    plan.extra
                 }
+                _ => Vec::new(),
             })
             .collect();
         // Each matrix with the interleaved layout it may have (None: stacked experts) and the
         // extra groups that copy holds.
         let mut targets: Vec<(&mut MatRef<'a>, Option<CopyLayout>, &[ExtraGroup])> = Vec::new();
         for (l, extra) in self.layers.iter_mut().zip(&extras) {
-            for m in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo] {
+            let a = &mut l.attn;
+            for m in [&mut a.wq, &mut a.wk, &mut a.wv, &mut a.wo] {
                 targets.push((m, Some(CopyLayout::MatVec), &[]));
             }
-            let (mlp, down) = match (&l.experts, &l.moe) {
-                (Some(_), _) => (None, None),
-                (None, Some(_)) => (Some(CopyLayout::MatVec), Some(CopyLayout::Axpy)),
-                (None, None) => (Some(CopyLayout::MatVec), Some(CopyLayout::MatVec)),
+            let (gate, up, down, mlp, down_lay) = match &mut l.mlp {
+                Mlp::Dense(m) => {
+                    (&mut m.gate, &mut m.up, &mut m.down, Some(CopyLayout::MatVec), Some(CopyLayout::MatVec))
+                }
+                Mlp::Stacked(x) => (&mut x.gate, &mut x.up, &mut x.down, None, None),
+                Mlp::Tomoe(m) => {
+                    (&mut m.gate, &mut m.up, &mut m.down_t, Some(CopyLayout::MatVec), Some(CopyLayout::Axpy))
+                }
             };
-            targets.push((&mut l.gate, mlp, extra));
-            targets.push((&mut l.up, mlp, extra));
-            targets.push((&mut l.down, down, extra));
+            targets.push((gate, mlp, extra));
+            targets.push((up, mlp, extra));
+            targets.push((down, down_lay, extra));
         }
         targets.push((&mut self.output, Some(CopyLayout::MatVec), &[]));
         let copies: Vec<Option<MatCopy>> = targets
@@ -258,27 +288,31 @@ impl<'a> Weights<'a> {
         let m = |w: &MatRef| (w.rows() * w.row_bytes()) as u64;
         let mut total = m(&self.output) + self.token_embd.row_bytes() as u64;
         for (il, l) in self.layers.iter().enumerate() {
-            total += m(&l.wq) + m(&l.wk) + m(&l.wv) + m(&l.wo);
-            let rb = (l.gate.row_bytes() + l.up.row_bytes() + l.down.row_bytes()) as f64;
-            if let Some(moe) = &l.moe {
-                let counts = usage.get(il).filter(|c| c.iter().sum::<u64>() > 0);
-                let rows: f64 = match counts {
-                    Some(c) => {
-                        let n: u64 = c.iter().sum();
-                        moe.expert_rows.iter().zip(c).map(|(r, &k)| r.len() as f64 * k as f64).sum::<f64>() / n as f64
-                    }
-                    None => moe.expert_rows.iter().map(|r| r.len() as f64).sum::<f64>() / moe.n_expert() as f64,
-                };
-                total += (rows * rb) as u64 + 4 * moe.router.len() as u64;
-                if let Some(v) = &moe.vmask {
-                    total += v.w_a.data().len() as u64 + 4 * v.w_dec.len() as u64;
+            let a = &l.attn;
+            total += m(&a.wq) + m(&a.wk) + m(&a.wv) + m(&a.wo);
+            if let Some(v) = &a.vmask {
+                total += v.w_a.data().len() as u64 + 4 * v.w_dec.len() as u64;
+            }
+            match &l.mlp {
+                Mlp::Dense(x) => total += m(&x.gate) + m(&x.up) + m(&x.down),
+                Mlp::Stacked(x) => {
+                    total += (x.n_used * x.width * (x.gate.row_bytes() + x.up.row_bytes())) as u64
+                        + (x.n_used * self.token_embd.cols() * x.down.row_bytes()) as u64
+                        + 4 * x.router.len() as u64;
                 }
-            } else if let Some(x) = &l.experts {
-                total += (x.n_used * x.width * (l.gate.row_bytes() + l.up.row_bytes())) as u64
-                    + (x.n_used * self.token_embd.cols() * l.down.row_bytes()) as u64
-                    + 4 * x.router.len() as u64;
-            } else {
-                total += m(&l.gate) + m(&l.up) + m(&l.down);
+                Mlp::Tomoe(moe) => {
+                    let rb = (moe.gate.row_bytes() + moe.up.row_bytes() + moe.down_t.row_bytes()) as f64;
+                    let counts = usage.get(il).filter(|c| c.iter().sum::<u64>() > 0);
+                    let rows: f64 = match counts {
+                        Some(c) => {
+                            let n: u64 = c.iter().sum();
+                            moe.expert_rows.iter().zip(c).map(|(r, &k)| r.len() as f64 * k as f64).sum::<f64>()
+                                / n as f64
+                        }
+                        None => moe.expert_rows.iter().map(|r| r.len() as f64).sum::<f64>() / moe.n_expert() as f64,
+                    };
+                    total += (rows * rb) as u64 + 4 * moe.router.len() as u64;
+                }
             }
         }
         total
@@ -310,8 +344,25 @@ fn matrix_dims<'a>(
         .map_err(|e| ModelError::BadTensor { name: name.to_string(), reason: e.to_string() })
 }
 
+/// The storage rows of layer `il`'s ToMoE MLP: the rows of its `ffn_gate` (at most `ff`).
+fn union_rows(f: &GgufFile, il: usize, d: usize, ff: usize) -> Result<usize, ModelError> {
+    let name = format!("blk.{il}.ffn_gate.weight");
+    let gate = f.tensor(&name).ok_or_else(|| ModelError::MissingTensor(name.clone()))?;
+    match gate.info.dims[..] {
+        [cols, rows] if cols == d as u64 && rows <= ff as u64 => Ok(rows as usize),
+        _ => {
+            Err(ModelError::BadTensorShape { name, expected: vec![d as u64, ff as u64], found: gate.info.dims.clone() })
+        }
+    }
+}
+
 /// Layer `il`'s llama.cpp MoE MLP (`ffn_gate_inp`, `ffn_{gate,up,down}_exps`) of `ne` experts.
-fn dense_experts<'a>(f: &'a GgufFile, il: usize, c: &ModelConfig, ne: usize) -> Result<DenseExperts<'a>, ModelError> {
+fn stacked_experts<'a>(
+    f: &'a GgufFile,
+    il: usize,
+    c: &ModelConfig,
+    ne: usize,
+) -> Result<StackedExperts<'a>, ModelError> {
     let (d, ff) = (c.d_model, c.n_ff);
     let n = |s: &str| format!("blk.{il}.{s}");
     let gate_exps =
@@ -327,7 +378,7 @@ fn dense_experts<'a>(f: &'a GgufFile, il: usize, c: &ModelConfig, ne: usize) -> 
         }
     };
     let (w64, d64, e64) = (width as u64, d as u64, ne as u64);
-    Ok(DenseExperts {
+    Ok(StackedExperts {
         n_expert: ne,
         n_used: c.n_expert_used,
         width,

@@ -4,7 +4,7 @@ use crate::Res;
 use std::io::Write;
 use std::path::Path;
 use tomoe::gguf::{GgufFile, Value};
-use tomoe::model::Model;
+use tomoe::model::{Mlp, Model};
 
 /// The experts of a ToMoE or llama.cpp MoE model: per layer, union width and expert sizes, and
 /// the parameters a token uses.
@@ -31,7 +31,7 @@ fn moe_info(out: &mut impl Write, model: &Model) -> Res<()> {
         let (d, hd) = (c.d_model as f64, c.head_dim as f64);
         let heads = (c.n_head + c.n_head_kv) as f64;
         for (il, l) in w.layers.iter().enumerate() {
-            let Some(m) = &l.moe else { continue };
+            let (Some(m), Some(qk)) = (l.mlp.tomoe(), &l.attn.pruned_qk) else { continue };
             let sizes: Vec<usize> = m.expert_rows.iter().map(Vec::len).collect();
             let mean = sizes.iter().sum::<usize>() as f64 / sizes.len().max(1) as f64;
             writeln!(
@@ -41,13 +41,13 @@ fn moe_info(out: &mut impl Write, model: &Model) -> Res<()> {
                 sizes.iter().min().unwrap_or(&0),
                 mean,
                 sizes.iter().max().unwrap_or(&0),
-                m.dq,
+                qk.dq,
                 c.head_dim,
-                if m.vmask.is_some() { "dynamic" } else { "none" }
+                if l.attn.vmask.is_some() { "dynamic" } else { "none" }
             )?;
             // Attention q,k at the kept dims and v,o counted whole (the V mask is per token);
             // MLP: three rows per neuron of the mean expert.
-            block += d * heads * m.dq as f64 + d * heads * hd + 3.0 * d * mean;
+            block += d * heads * qk.dq as f64 + d * heads * hd + 3.0 * d * mean;
             dense += 2.0 * d * heads * hd + 3.0 * d * c.n_ff as f64;
         }
         writeln!(
@@ -69,7 +69,10 @@ fn moe_info(out: &mut impl Write, model: &Model) -> Res<()> {
             "MoE (llama.cpp layout): {n} experts per layer, {} used per token",
             c.n_expert_used
         )?;
-        if let Some(x) = w.layers.iter().find_map(|l| l.experts.as_ref()) {
+        if let Some(x) = w.layers.iter().find_map(|l| match &l.mlp {
+            Mlp::Stacked(x) => Some(x),
+            _ => None,
+        }) {
             writeln!(out, "  expert width {} neurons (dense {})", x.width, c.n_ff)?;
         }
     }
