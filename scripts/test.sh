@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tomoe/target}"
 
 cargo test --workspace --release --features convert,server
+# The avx2 kernel set again where the CPU would pick a better one (most laptops have no AVX-512):
+# batches and decoding over its interleaved copies, bit for bit against llama.cpp.
+TOMOE_KERNELS=avx2 cargo test --workspace --release --features convert,server --test ops --test moe_parity
+TOMOE_KERNELS=avx2 cargo test --workspace --release --features convert,server --test engine_parity -- quantized batch
 scripts/test-aarch64.sh
 scripts/test-capi.sh
 scripts/build-mobile.sh
