@@ -124,7 +124,7 @@ impl<'a> MatRef<'a> {
 
     fn interleave_to_vec(&self, layout: CopyLayout, extra: &[ExtraGroup]) -> Option<Vec<u8>> {
         let mut out = vec![0u8; self.copy_len(layout, extra.len())?];
-        self.interleave_into(layout, extra, &mut out)?;
+        self.interleave_into(layout, extra, &mut out, |_| {})?;
         Some(out)
     }
 
@@ -142,7 +142,10 @@ impl<'a> MatRef<'a> {
     }
 
     /// Writes the `layout` copy with `extra` groups into `out`, which must be
-    /// [`MatRef::copy_len`] bytes; `None` (nothing written) where there is no such copy.
+    /// [`MatRef::copy_len`] bytes; `None` (nothing written) where there is no such copy. The
+    /// whole groups go in slices of a few MiB, after each of which `packed` gets the row-major
+    /// bytes packed so far (a prefix of [`MatRef::data`]): a loader can give them back as it
+    /// goes, so that a large matrix and its copy are never both resident.
     ///
     /// # Panics
     /// If `out` is not that size, or an extra row is out of range.
@@ -151,6 +154,7 @@ impl<'a> MatRef<'a> {
         layout: CopyLayout,
         extra: &[ExtraGroup],
         out: &mut [u8],
+        mut packed: impl FnMut(&'a [u8]),
     ) -> Option<()> {
         let len = self.copy_len(layout, extra.len())?;
         assert_eq!(out.len(), len, "the copy's buffer is not copy_len bytes");
@@ -162,9 +166,14 @@ impl<'a> MatRef<'a> {
         let extra: Vec<&ExtraGroup> = last.iter().chain(extra).collect();
         let group_bytes = GROUP * self.row_bytes;
         let (own, gathered) = out.split_at_mut(whole * group_bytes);
-        own.par_chunks_mut(group_bytes)
-            .zip(self.data.par_chunks_exact(group_bytes))
-            .for_each(|(o, rows)| pack(self.cols, rows, o));
+        let slice = (8 << 20) / group_bytes.max(1) * group_bytes + group_bytes;
+        for (i, o) in own.chunks_mut(slice).enumerate() {
+            let src = &self.data[i * slice..i * slice + o.len()];
+            o.par_chunks_mut(group_bytes)
+                .zip(src.par_chunks_exact(group_bytes))
+                .for_each(|(o, rows)| pack(self.cols, rows, o));
+            packed(&self.data[..i * slice + o.len()]);
+        }
         gathered
             .par_chunks_mut(group_bytes)
             .zip(extra)
@@ -282,14 +291,14 @@ impl<'a> MatRef<'a> {
     }
 
     /// The row-major bytes that [`matvec`], [`matmul`] and [`matvec_rows`] over whole groups no
-    /// longer read now that the matrix has its interleaved copy: its whole groups of 16 rows,
-    /// when the running set takes batches through the interleaved kernel too (it has no tiled
-    /// kernel for the format, whose batches read the row-major data). `None` otherwise. A
-    /// loader may give those bytes back to the system; other readers (a row lookup, the rows of
-    /// a MoE expert) still read them.
-    pub fn bytes_replaced_by_copy(&self) -> Option<&'a [u8]> {
+    /// longer read once the matrix has its interleaved copy ([`MatRef::with_interleaved`]): its
+    /// whole groups of 16 rows, when the running set takes batches through the interleaved
+    /// kernel too (it has one for the format and no tiled kernel, whose batches read the
+    /// row-major data). `None` otherwise. A loader may give those bytes back to the system;
+    /// other readers (a row lookup, the rows of a MoE expert) still read them.
+    pub fn bytes_a_copy_replaces(&self) -> Option<&'a [u8]> {
         let set = kernels();
-        (self.interleaved.is_some() && set.interleaved(self.ty).is_some() && set.gemm(self.ty).is_none())
+        (set.interleaved(self.ty).is_some() && set.gemm(self.ty).is_none())
             .then(|| &self.data[..self.rows / GROUP * GROUP * self.row_bytes])
     }
 }
@@ -658,7 +667,7 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
     let row_dot = RowDot::new(w, x);
     // Over an interleaved copy the tasks take whole groups, each read from the copy for every
     // vector while it is in cache: fewer instructions than four plain rows at a time, and the
-    // matrix's row-major bytes are then never read (see `MatRef::batches_read_copy`).
+    // matrix's row-major bytes are then never read (see `MatRef::bytes_a_copy_replaces`).
     let grouped = row_dot.x16.is_some() && w.interleaved.is_some();
     let chunk = match grouped {
         true => rows_per_task(w.rows).next_multiple_of(GROUP),

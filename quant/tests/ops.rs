@@ -80,7 +80,7 @@ fn matvec_and_matmul_equal_rowwise_dots() {
                     let mut ym = vec![0f32; rows * n_vecs];
                     matmul(&wi, &xq, &mut ym);
                     assert_eq!(bits(&ym), bits(&y), "{ty} interleaved matmul");
-                    if let Some(b) = wi.bytes_replaced_by_copy() {
+                    if let Some(b) = wi.bytes_a_copy_replaces() {
                         assert_eq!(b.len(), rows / 16 * 16 * w.row_bytes(), "{ty} replaced bytes");
                     }
                 }

@@ -151,7 +151,7 @@ impl<'a> Weights<'a> {
                     let mats = [
                         matrix(f, &n("ffn_gate.weight"), u, d)?,
                         matrix(f, &n("ffn_up.weight"), u, d)?,
-                        matrix(f, &n("ffn_down_t.weight"), u, d)?,
+                        matrix(f, &n(super::tomoe_schema::FFN_DOWN_T), u, d)?,
                     ];
                     let load = |name: &str, dims: &[usize]| tensor_f32(f, name, dims);
                     let (m, vmask) = tomoe::layer(f, il, c.n_layer, tc, d, c.head_dim, mats, load)?;
@@ -225,12 +225,16 @@ impl<'a> Weights<'a> {
             })
             .collect();
         // Each matrix with the interleaved layout it may have (None: stacked experts) and the
-        // extra groups that copy holds.
+        // extra groups that copy holds; the matrices only products read also give back the file
+        // bytes their copy replaces (a ToMoE expert's rows are read from the file too).
         let mut targets: Vec<(&mut MatRef<'a>, Option<CopyLayout>, &[ExtraGroup])> = Vec::new();
+        let mut products_only: Vec<bool> = Vec::new();
         for (l, extra) in self.layers.iter_mut().zip(&extras) {
+            let dense = matches!(l.mlp, Mlp::Dense(_));
             let a = &mut l.attn;
             for m in [&mut a.wq, &mut a.wk, &mut a.wv, &mut a.wo] {
                 targets.push((m, Some(CopyLayout::MatVec), &[]));
+                products_only.push(true);
             }
             let (gate, up, down, mlp, down_lay) = match &mut l.mlp {
                 Mlp::Dense(m) => {
@@ -244,8 +248,10 @@ impl<'a> Weights<'a> {
             targets.push((gate, mlp, extra));
             targets.push((up, mlp, extra));
             targets.push((down, down_lay, extra));
+            products_only.extend([dense; 3]);
         }
         targets.push((&mut self.output, Some(CopyLayout::MatVec), &[]));
+        products_only.push(true);
         let copies: Vec<Option<MatCopy>> = targets
             .iter()
             .map(|(m, lay, ex)| match lay.and_then(|lay| Some((lay, m.copy_len(lay, ex.len())?))) {
@@ -254,11 +260,21 @@ impl<'a> Weights<'a> {
             })
             .collect();
         let (mut buf, at) = HugeBuf::<u8>::parts(copies.iter().map(|c| c.as_ref().map_or(0, |c| c.len)))?;
-        for ((m, _, ex), (c, r)) in targets.iter().zip(copies.iter().zip(&at)) {
+        for (((m, _, ex), (c, r)), &products_only) in targets.iter().zip(copies.iter().zip(&at)).zip(&products_only) {
             let Some(c) = c else { continue };
             let out = &mut buf[r.clone()];
             match c.interleaved {
-                Some(lay) => m.interleave_into(lay, ex, out).expect("copy_len said the set has the kernel"),
+                Some(lay) => {
+                    // Given back as the copy is written, so that the file and the copies are
+                    // never both resident.
+                    let gives_back = products_only && lay == CopyLayout::MatVec && m.bytes_a_copy_replaces().is_some();
+                    m.interleave_into(lay, ex, out, |done| {
+                        if gives_back {
+                            release(done)
+                        }
+                    })
+                    .expect("copy_len said the set has the kernel");
+                }
                 None => {
                     out.copy_from_slice(m.data());
                     release(m.data());
