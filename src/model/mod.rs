@@ -37,6 +37,11 @@ static ARCHS: [ArchEntry; 5] = [
     ArchEntry { name: "tomoe-qwen2", config: qwen2::config, tensors: qwen2::TENSORS, tomoe: true },
 ];
 
+/// The names of [`ARCHS`], comma-separated, for [`ModelError::UnknownArch`]'s message.
+fn supported_archs() -> String {
+    ARCHS.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+}
+
 /// Why a model could not be loaded. Each variant names the key or tensor at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -44,7 +49,7 @@ pub enum ModelError {
     Gguf(#[from] GgufError),
     #[error("the file has no `general.architecture` key")]
     MissingArch,
-    #[error("unknown architecture {0:?} (supported: llama, qwen2, gemma3, tomoe-llama, tomoe-qwen2)")]
+    #[error("unknown architecture {0:?} (supported: {})", supported_archs())]
     UnknownArch(String),
     #[error("metadata key `{0}` is missing")]
     MissingMetadata(String),
@@ -216,5 +221,19 @@ impl Model {
     /// The underlying file (metadata and tensor table).
     pub fn gguf(&self) -> &GgufFile {
         &self.file
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_arch_lists_every_supported_name() {
+        let msg = ModelError::UnknownArch("gpt2".into()).to_string();
+        assert!(msg.starts_with("unknown architecture \"gpt2\" (supported: llama, "), "{msg}");
+        for a in &ARCHS {
+            assert!(msg.contains(a.name), "{msg} lacks {}", a.name);
+        }
     }
 }
