@@ -55,7 +55,13 @@ pub fn axpy_kernels() -> [Option<InterleavedAxpy16>; 14] {
 /// ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)), plus `summ` for the offset formats.
 #[inline(always)]
 unsafe fn reduce(acc: [__m256; 8], summ: Option<__m256>, out: &mut [f32]) {
-    let t: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(acc[i], acc[i + 4]));
+    // No closures here: a closure does not carry its caller's target features.
+    let t = [
+        _mm256_add_ps(acc[0], acc[4]),
+        _mm256_add_ps(acc[1], acc[5]),
+        _mm256_add_ps(acc[2], acc[6]),
+        _mm256_add_ps(acc[3], acc[7]),
+    ];
     let mut sum = _mm256_add_ps(_mm256_add_ps(t[0], t[2]), _mm256_add_ps(t[1], t[3]));
     if let Some(m) = summ {
         sum = _mm256_add_ps(sum, m);
@@ -252,7 +258,7 @@ pub unsafe fn axpy16_q8_0(
             _mm256_mul_ps(c[0], f16x8(g.add(512))),
             _mm256_mul_ps(c[1], f16x8(g.add(528))),
         ];
-        let a = s.map(|s| _mm256_and_ps(s, abs_mask));
+        let a = [_mm256_and_ps(s[0], abs_mask), _mm256_and_ps(s[1], abs_mask)];
         // Not finite (or NaN): the block adds NaN, as the scalar definition does.
         let big = _mm256_set1_ps(f32::MAX);
         let bad = _mm256_or_ps(
@@ -270,7 +276,11 @@ pub unsafe fn axpy16_q8_0(
             continue;
         };
         // Rounded to even (the default MXCSR mode), as `round_ties_even`; |t| ≤ 127.
-        let t = s.map(|s| _mm256_cvtps_epi32(_mm256_mul_ps(s, _mm256_set1_ps(id))));
+        let id = _mm256_set1_ps(id);
+        let t = [
+            _mm256_cvtps_epi32(_mm256_mul_ps(s[0], id)),
+            _mm256_cvtps_epi32(_mm256_mul_ps(s[1], id)),
+        ];
         // i8 lanes: per 128-bit half, t0..3 t8..11 (low half) and t4..7 t12..15 (high half).
         let t8 = _mm256_packs_epi16(_mm256_packs_epi32(t[0], t[1]), _mm256_setzero_si256());
         let quads = [

@@ -139,11 +139,15 @@ unsafe fn run(
     if rows == 0 || n_vecs == 0 {
         return;
     }
-    PANEL.with_borrow_mut(|panel| {
-        tiles(
-            nb, ts, w, rows, row_bytes, packed, out, out_stride, with_sums, unpack, panel,
-        )
-    })
+    // The buffer is taken out of the thread-local and put back, rather than used inside a
+    // closure: a closure does not carry this function's target features, so whether the tiles'
+    // intrinsics were inlined depended on LLVM inlining the closure (when it did not, every
+    // intrinsic became a call and the product ran 40x slower).
+    let mut panel = PANEL.take();
+    tiles(
+        nb, ts, w, rows, row_bytes, packed, out, out_stride, with_sums, unpack, &mut panel,
+    );
+    PANEL.set(panel);
 }
 
 thread_local! {

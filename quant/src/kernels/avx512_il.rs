@@ -49,7 +49,13 @@ pub fn axpy_kernels() -> [Option<InterleavedAxpy16>; 14] {
 /// `hsum_ps`: ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)), plus `summ` for the offset formats.
 #[inline(always)]
 unsafe fn reduce(acc: [__m512; 8], summ: Option<__m512>, out: &mut [f32; 16]) {
-    let t: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(acc[i], acc[i + 4]));
+    // No closures here: a closure does not carry its caller's target features.
+    let t = [
+        _mm512_add_ps(acc[0], acc[4]),
+        _mm512_add_ps(acc[1], acc[5]),
+        _mm512_add_ps(acc[2], acc[6]),
+        _mm512_add_ps(acc[3], acc[7]),
+    ];
     let mut sum = _mm512_add_ps(_mm512_add_ps(t[0], t[2]), _mm512_add_ps(t[1], t[3]));
     if let Some(m) = summ {
         sum = _mm512_add_ps(sum, m);
