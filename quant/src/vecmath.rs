@@ -723,7 +723,12 @@ mod avx2 {
     pub fn available() -> bool {
         use std::sync::OnceLock;
         static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+        // The kernel set in use decides (TOMOE_KERNELS=scalar reaches these helpers too).
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && crate::dispatch::kernels().name != "scalar"
+        })
     }
 
     #[inline(always)]
@@ -1104,7 +1109,10 @@ mod avx512 {
     pub fn available() -> bool {
         use std::sync::OnceLock;
         static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
+        // Only under an AVX-512 kernel set, so that the avx2 set measures an AVX2-only CPU.
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx512f") && crate::dispatch::kernels().name.starts_with("avx512")
+        })
     }
 
     /// [`super::dot16_transposed`], one key per lane (as the AVX2 version, sixteen lanes).
