@@ -2,7 +2,8 @@
 //! conditions a chat front end needs (end of generation, a token budget, stop strings, a full
 //! context, the caller's cancel). One [`Generator`] owns one [`Context`] and reuses the longest
 //! prefix it already holds, so a chat's next turn evaluates only its new tokens. `tomoe-run`,
-//! the C ABI and the HTTP server all generate through it.
+//! the C ABI and the HTTP server all generate through it (the C ABI's token-by-token calls
+//! too, through [`Generator::eval`] and [`Generator::sample`]).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -121,12 +122,18 @@ pub struct Generator {
     sampler: Sampler,
     /// The tokens whose keys and values the context holds, in order.
     tokens: Vec<u32>,
+    /// The logits after the last of `tokens`, as the engine produced them; empty when the
+    /// context holds no tokens.
     logits: Vec<f32>,
+    /// The copy of `logits` the sampler modifies.
+    scratch: Vec<f32>,
 }
 
 impl Generator {
-    pub fn new(ctx: Context, sampler: Sampler) -> Self {
-        Generator { ctx, sampler, tokens: Vec::new(), logits: Vec::new() }
+    /// A generator over an empty context: [`Context::new`]'s, or one the caller cleared.
+    pub fn new(mut ctx: Context, sampler: Sampler) -> Self {
+        ctx.clear();
+        Generator { ctx, sampler, tokens: Vec::new(), logits: Vec::new(), scratch: Vec::new() }
     }
 
     pub fn context(&self) -> &Context {
@@ -148,6 +155,39 @@ impl Generator {
     pub fn clear(&mut self) {
         self.ctx.clear();
         self.tokens.clear();
+        self.logits.clear();
+    }
+
+    /// The logits after the last token the context holds, as the engine produced them
+    /// (sampling does not change them); empty when the context holds no tokens.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+
+    /// Appends `tokens` to what the context holds and evaluates them, for callers that drive
+    /// the context token by token (the C ABI's `tomoe_context_eval`). A failed evaluation
+    /// leaves the context as it was.
+    pub fn eval(&mut self, tokens: &[u32]) -> Result<(), GenerateError> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let logits = self.ctx.eval(tokens)?;
+        self.logits.clear();
+        self.logits.extend_from_slice(logits);
+        self.tokens.extend_from_slice(tokens);
+        Ok(())
+    }
+
+    /// Samples a token from [`Generator::logits`] (which stay unchanged) with the context's
+    /// tokens as the sampler's history, without adding it to the context; `None` when the
+    /// context holds no tokens.
+    pub fn sample(&mut self) -> Option<u32> {
+        if self.logits.is_empty() {
+            return None;
+        }
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&self.logits);
+        Some(self.sampler.sample(&mut self.scratch, &self.tokens))
     }
 
     /// Makes the context hold exactly `prompt`, evaluating only what follows the prefix it
@@ -182,6 +222,18 @@ impl Generator {
         opts: &GenerateOptions,
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<Generation, GenerateError> {
+        self.generate_tokens(prompt, opts, |_, piece| on_text(piece))
+    }
+
+    /// [`Generator::generate`] with each generated token's id beside its piece of text; the
+    /// text released after the last token (held back by an incomplete character or a possible
+    /// stop string) comes with `None`, and the callback's answer to it is ignored.
+    pub fn generate_tokens(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(Option<u32>, &str) -> bool,
+    ) -> Result<Generation, GenerateError> {
         let t0 = Instant::now();
         let n_reused = self.load_prompt(prompt)?;
         let prompt_time = t0.elapsed();
@@ -195,13 +247,15 @@ impl Generator {
             if opts.max_tokens == Some(0) {
                 break StopReason::MaxTokens;
             }
-            let id = self.sampler.sample(&mut self.logits, &self.tokens);
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&self.logits);
+            let id = self.sampler.sample(&mut self.scratch, &self.tokens);
             if tok.is_eog(id) {
                 break StopReason::EndOfGeneration;
             }
             tokens.push(id);
             let (piece, hit) = stops.push(&decoder.push(tok, id));
-            if !on_text(&piece) {
+            if !on_token(Some(id), &piece) {
                 break StopReason::Cancelled;
             }
             if hit {
@@ -222,7 +276,7 @@ impl Generator {
             let (rest, _) = stops.push(&decoder.flush());
             let rest = rest + &stops.finish();
             if !rest.is_empty() {
-                on_text(&rest);
+                on_token(None, &rest);
             }
         }
         Ok(Generation {

@@ -473,3 +473,55 @@ fn bad_sampling_parameters_are_refused() {
     };
     assert_eq!(st, tomoe_status::TOMOE_ERR_INVALID_ARGUMENT);
 }
+
+#[test]
+fn a_prompt_that_fills_the_context_generates_nothing() {
+    let m = CModel::load(&smollm2());
+    let prompt_len = m.tokenize(PROMPT, true, true).len();
+    let c = CContext::new(&m, prompt_len as u32, 2, 0);
+    c.greedy();
+    let (got, res) = c.generate(PROMPT, 4);
+    assert_eq!(res.stop_reason, tomoe_stop_reason::TOMOE_STOP_CONTEXT_FULL);
+    assert!(got.tokens.is_empty());
+    assert_eq!(res.n_prompt_tokens as usize, prompt_len);
+    assert_eq!(c.pos(), prompt_len, "the prompt was evaluated");
+
+    // max_tokens 0 evaluates the prompt and generates nothing.
+    let c = CContext::new(&m, 256, 2, 0);
+    let (got, res) = c.generate(PROMPT, 0);
+    assert_eq!(res.stop_reason, tomoe_stop_reason::TOMOE_STOP_MAX_TOKENS);
+    assert!(got.tokens.is_empty());
+    assert_eq!(c.pos(), prompt_len);
+}
+
+#[test]
+fn generating_after_eval_continues_from_its_logits() {
+    let m = CModel::load(&smollm2());
+    let whole = {
+        let c = CContext::new(&m, 512, 2, 0);
+        c.greedy();
+        c.generate(STORY, 8).0.tokens
+    };
+    let c = CContext::new(&m, 512, 2, 0);
+    c.greedy();
+    let ids = m.tokenize(STORY, true, true);
+    check(c.eval(&ids));
+    let n_vocab = m.info().n_vocab as usize;
+    let before = c.logits(n_vocab);
+    let (got, res) = c.generate("", 8);
+    assert_eq!(res.n_prompt_tokens, 0);
+    assert_eq!(got.tokens, whole);
+    assert_eq!(c.pos(), ids.len() + 8);
+    // The callback saw every token's id with its piece; the ids decode to the streamed text.
+    assert_eq!(
+        String::from_utf8(got.text).unwrap(),
+        m.detokenize(&got.tokens)
+    );
+
+    // Sampling leaves the logits as the engine produced them.
+    c.clear();
+    check(c.eval(&ids));
+    let t = c.sample();
+    assert_eq!(c.logits(n_vocab), before);
+    assert_eq!(t, whole[0]);
+}

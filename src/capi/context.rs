@@ -9,6 +9,7 @@ use super::status::{guard, tomoe_status, CapiError};
 use super::text::{check_tokens, TOMOE_TOKEN_NONE};
 use crate::chat::{Sampler, SamplerParams};
 use crate::engine::{Context, ContextParams};
+use crate::generate::{GenerateError, GenerateOptions, Generator, StopReason};
 use crate::model::Model;
 
 /// Parameters of a new context; start from `tomoe_context_default_params()`.
@@ -93,24 +94,18 @@ pub type tomoe_token_callback = Option<
 const DEFAULT_N_CTX: u32 = 2048;
 const DEFAULT_N_BATCH: u32 = 512;
 
-/// A context as kept in the handle registry.
+/// A context as kept in the handle registry: the public [`Generator`] (context, sampler, the
+/// tokens evaluated and their logits) plus the C ABI's lazily evaluated last token.
 pub(crate) struct ContextState {
     model: Arc<Model>,
-    ctx: Context,
+    gen: Generator,
     n_ctx: usize,
     seed: u64,
     sampling: tomoe_sampling_params,
-    sampler: Sampler,
-    /// Every token in the context, in order (the repeat penalty's history); includes `pending`.
-    history: Vec<u32>,
     /// The last generated token: already given to the caller and part of the context, but not
-    /// evaluated yet. Evaluating it lazily saves a forward pass when generation stops.
+    /// evaluated yet (the generator keeps the last token it samples out of its context).
+    /// Evaluating it lazily saves a forward pass when generation stops.
     pending: Option<u32>,
-    /// Logits after the last evaluated token; `logits_valid` is false before the first eval.
-    logits: Vec<f32>,
-    logits_valid: bool,
-    /// Scratch copy the sampler may modify, so `logits` stays as the engine produced it.
-    scratch: Vec<f32>,
     /// The callback's piece plus its NUL.
     piece: Vec<u8>,
 }
@@ -146,82 +141,49 @@ fn check_sampling(p: &tomoe_sampling_params) -> Result<(), CapiError> {
 impl ContextState {
     /// The number of tokens in the context, the pending one included.
     fn pos(&self) -> usize {
-        self.ctx.pos() + usize::from(self.pending.is_some())
+        self.gen.tokens().len() + usize::from(self.pending.is_some())
     }
 
-    /// Evaluates the pending token (if any) followed by `tokens`, all or nothing.
-    fn eval(&mut self, tokens: &[u32]) -> Result<(), CapiError> {
-        let n = tokens.len() + usize::from(self.pending.is_some());
-        if n == 0 {
-            return Ok(());
-        }
-        if self.ctx.pos() + n > self.n_ctx {
+    /// `TOMOE_ERR_CONTEXT_FULL` unless `n` more tokens fit in the context.
+    fn check_room(&self, n: usize) -> Result<(), CapiError> {
+        if self.pos() + n > self.n_ctx {
             return Err(CapiError::new(
                 tomoe_status::TOMOE_ERR_CONTEXT_FULL,
                 format!(
-                    "{} tokens do not fit: the context holds {} of {}",
-                    tokens.len(),
+                    "{n} tokens do not fit: the context holds {} of {}",
                     self.pos(),
                     self.n_ctx
                 ),
             ));
         }
-        let input: Vec<u32> = self
-            .pending
-            .iter()
-            .copied()
-            .chain(tokens.iter().copied())
-            .collect();
-        let logits = self.ctx.eval(&input).map_err(|e| {
-            CapiError::from_error(tomoe_status::TOMOE_ERR_ENGINE, "evaluating tokens", &e)
-        })?;
-        self.logits.clear();
-        self.logits.extend_from_slice(logits);
-        self.logits_valid = true;
+        Ok(())
+    }
+
+    /// Evaluates the pending token (if any) followed by `tokens`, all or nothing.
+    fn eval(&mut self, tokens: &[u32]) -> Result<(), CapiError> {
+        self.check_room(tokens.len())?;
+        let input: Vec<u32> = self.pending.iter().chain(tokens).copied().collect();
+        self.gen.eval(&input).map_err(engine_error)?;
         self.pending = None;
-        self.history.extend_from_slice(tokens);
         Ok(())
     }
 
     /// Samples the next token from the current logits (which it leaves unchanged).
     fn sample(&mut self) -> Result<u32, CapiError> {
         self.eval(&[])?;
-        if !self.logits_valid {
-            return Err(CapiError::invalid(
-                "the context is empty: evaluate a prompt first",
-            ));
-        }
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&self.logits);
-        Ok(self.sampler.sample(&mut self.scratch, &self.history))
+        self.gen.sample().ok_or_else(empty_context)
     }
 
     fn clear(&mut self) {
-        self.ctx.clear();
-        self.history.clear();
+        self.gen.clear();
         self.pending = None;
-        self.logits_valid = false;
     }
 
-    /// Calls the callback with `piece`; returns its answer.
-    fn emit(
-        &mut self,
-        callback: tomoe_token_callback,
-        user_data: *mut c_void,
-        token: u32,
-        piece: &str,
-    ) -> bool {
-        let Some(callback) = callback else {
-            return true;
-        };
-        self.piece.clear();
-        self.piece.extend_from_slice(piece.as_bytes());
-        self.piece.push(0);
-        // SAFETY: the callback and `user_data` come from the caller, who guarantees the function
-        // is callable with them; the piece buffer is NUL-terminated and outlives the call.
-        unsafe { callback(user_data, token, self.piece.as_ptr().cast(), piece.len()) }
-    }
-
+    /// Appends `prompt` and generates with [`Generator::generate_tokens`]: the sequence handed
+    /// to it is what the context holds (the pending token included) followed by the prompt's
+    /// tokens, so it evaluates only the pending token and the prompt. Its token budget is capped
+    /// by the room left in the context, which keeps every generated token in the context
+    /// (evaluated, or pending for the last one); reaching that cap is `TOMOE_STOP_CONTEXT_FULL`.
     fn generate(
         &mut self,
         prompt: &str,
@@ -229,44 +191,110 @@ impl ContextState {
         callback: tomoe_token_callback,
         user_data: *mut c_void,
     ) -> Result<tomoe_generate_result, CapiError> {
-        let model = Arc::clone(&self.model);
-        let tokenizer = model.tokenizer();
         // BOS only at the start of a sequence; special-token text is parsed because prompts
         // come from chat templates.
-        let prompt_tokens = tokenizer.encode_prompt(prompt, self.pos() == 0);
-        self.eval(&prompt_tokens)?;
+        let prompt_tokens = self
+            .model
+            .tokenizer()
+            .encode_prompt(prompt, self.pos() == 0);
+        self.check_room(prompt_tokens.len())?;
         let mut result = tomoe_generate_result {
             n_prompt_tokens: prompt_tokens.len() as u32,
             n_generated: 0,
             stop_reason: tomoe_stop_reason::TOMOE_STOP_MAX_TOKENS,
         };
-        let mut decoder = crate::tokenizer::StreamDecoder::new();
-        result.stop_reason = loop {
-            if result.n_generated >= max_tokens {
-                break tomoe_stop_reason::TOMOE_STOP_MAX_TOKENS;
+        let n_seq = self.pos() + prompt_tokens.len();
+        let room = self.n_ctx - n_seq;
+        if n_seq == 0 || room == 0 {
+            // No token to generate from, or no room for one: the generator takes neither an
+            // empty sequence nor one that fills the context. Evaluate the prompt all the same.
+            self.eval(&prompt_tokens)?;
+            result.stop_reason = match (max_tokens, n_seq) {
+                (0, _) => tomoe_stop_reason::TOMOE_STOP_MAX_TOKENS,
+                (_, 0) => return Err(empty_context()),
+                _ => tomoe_stop_reason::TOMOE_STOP_CONTEXT_FULL,
+            };
+            return Ok(result);
+        }
+        let seq: Vec<u32> = self
+            .gen
+            .tokens()
+            .iter()
+            .chain(&self.pending)
+            .chain(&prompt_tokens)
+            .copied()
+            .collect();
+        let budget_is_room = room < max_tokens as usize;
+        let opts = GenerateOptions::max_tokens(room.min(max_tokens as usize));
+        let ContextState { gen, piece, .. } = self;
+        let out = gen.generate_tokens(&seq, &opts, |token, text| {
+            emit(
+                piece,
+                callback,
+                user_data,
+                token.unwrap_or(TOMOE_TOKEN_NONE),
+                text,
+            )
+        });
+        // The sequence's tokens are all evaluated now, unless evaluating them failed.
+        self.pending = None;
+        let out = out.map_err(|e| match e {
+            GenerateError::Engine(e) => engine_error(e),
+            GenerateError::EmptyPrompt => empty_context(),
+            e @ GenerateError::PromptTooLong { .. } => {
+                CapiError::new(tomoe_status::TOMOE_ERR_CONTEXT_FULL, e.to_string())
             }
-            // The next token needs a slot after the pending one.
-            if self.pos() >= self.n_ctx {
-                break tomoe_stop_reason::TOMOE_STOP_CONTEXT_FULL;
-            }
-            let token = self.sample()?;
-            if tokenizer.is_eog(token) {
-                break tomoe_stop_reason::TOMOE_STOP_EOG;
-            }
-            self.pending = Some(token);
-            self.history.push(token);
-            result.n_generated += 1;
-            let piece = decoder.push(tokenizer, token);
-            if !self.emit(callback, user_data, token, &piece) {
-                break tomoe_stop_reason::TOMOE_STOP_CALLBACK;
+        })?;
+        result.n_generated = out.tokens.len() as u32;
+        result.stop_reason = match out.stop {
+            StopReason::EndOfGeneration => tomoe_stop_reason::TOMOE_STOP_EOG,
+            StopReason::MaxTokens if budget_is_room => tomoe_stop_reason::TOMOE_STOP_CONTEXT_FULL,
+            StopReason::MaxTokens => tomoe_stop_reason::TOMOE_STOP_MAX_TOKENS,
+            StopReason::ContextFull => tomoe_stop_reason::TOMOE_STOP_CONTEXT_FULL,
+            // No stop strings are given: only the callback stops it otherwise.
+            StopReason::Cancelled | StopReason::StopString => {
+                tomoe_stop_reason::TOMOE_STOP_CALLBACK
             }
         };
-        let rest = decoder.flush();
-        if !rest.is_empty() {
-            self.emit(callback, user_data, TOMOE_TOKEN_NONE, &rest);
+        // The generator keeps the last token it sampled (not an end-of-generation one) out of
+        // its context: it is the pending token.
+        if out.stop != StopReason::EndOfGeneration {
+            self.pending = out.tokens.last().copied();
         }
         Ok(result)
     }
+}
+
+/// A failed evaluation: `TOMOE_ERR_ENGINE`.
+fn engine_error(e: impl Into<GenerateError>) -> CapiError {
+    CapiError::from_error(
+        tomoe_status::TOMOE_ERR_ENGINE,
+        "evaluating tokens",
+        &e.into(),
+    )
+}
+
+fn empty_context() -> CapiError {
+    CapiError::invalid("the context is empty: evaluate a prompt first")
+}
+
+/// Calls the callback (if any) with `text` as its piece; returns its answer.
+fn emit(
+    piece: &mut Vec<u8>,
+    callback: tomoe_token_callback,
+    user_data: *mut c_void,
+    token: u32,
+    text: &str,
+) -> bool {
+    let Some(callback) = callback else {
+        return true;
+    };
+    piece.clear();
+    piece.extend_from_slice(text.as_bytes());
+    piece.push(0);
+    // SAFETY: the callback and `user_data` come from the caller, who guarantees the function is
+    // callable with them; the piece buffer is NUL-terminated and outlives the call.
+    unsafe { callback(user_data, token, piece.as_ptr().cast(), text.len()) }
 }
 
 /// Locks a context for one call. A context used by another call gives `TOMOE_ERR_BUSY` rather
@@ -383,18 +411,14 @@ pub unsafe extern "C" fn tomoe_context_new(
         })?;
         let sampling = tomoe_sampling_default_params();
         let vocab = model.model.tokenizer().vocab_size();
+        let sampler = Sampler::new(sampler_params(&sampling, params.seed), vocab);
         let state = ContextState {
             model: Arc::clone(&model.model),
-            ctx,
+            gen: Generator::new(ctx, sampler),
             n_ctx,
             seed: params.seed,
             sampling,
-            sampler: Sampler::new(sampler_params(&sampling, params.seed), vocab),
-            history: Vec::with_capacity(n_ctx),
             pending: None,
-            logits: Vec::with_capacity(vocab),
-            logits_valid: false,
-            scratch: Vec::with_capacity(vocab),
             piece: Vec::new(),
         };
         let handle = handles::insert_context(state)?;
@@ -438,7 +462,9 @@ pub unsafe extern "C" fn tomoe_context_set_sampling(
         with_context(ctx, |state| {
             let vocab = state.model.tokenizer().vocab_size();
             state.sampling = params;
-            state.sampler = Sampler::new(sampler_params(&params, state.seed), vocab);
+            state
+                .gen
+                .set_sampler(Sampler::new(sampler_params(&params, state.seed), vocab));
             Ok(())
         })
     })
@@ -454,7 +480,9 @@ pub extern "C" fn tomoe_context_clear(ctx: *mut tomoe_context) -> tomoe_status {
         state.clear();
         let vocab = state.model.tokenizer().vocab_size();
         let (sampling, seed) = (state.sampling, state.seed);
-        state.sampler = Sampler::new(sampler_params(&sampling, seed), vocab);
+        state
+            .gen
+            .set_sampler(Sampler::new(sampler_params(&sampling, seed), vocab));
         Ok(())
     })
 }
@@ -512,23 +540,22 @@ pub unsafe extern "C" fn tomoe_context_logits(
     guard(|| {
         with_context(ctx, |state| {
             state.eval(&[])?;
-            if !state.logits_valid {
-                return Err(CapiError::invalid(
-                    "the context is empty: evaluate a prompt first",
-                ));
+            let values = state.gen.logits();
+            if values.is_empty() {
+                return Err(empty_context());
             }
-            if capacity < state.logits.len() {
+            if capacity < values.len() {
                 return Err(CapiError::new(
                     tomoe_status::TOMOE_ERR_BUFFER_TOO_SMALL,
                     format!(
                         "logits need {} floats; the buffer holds {capacity}",
-                        state.logits.len()
+                        values.len()
                     ),
                 ));
             }
             // SAFETY: `capacity` writable floats by contract.
             let out = unsafe { out_slice_arg(logits, capacity, "logits") }?;
-            out[..state.logits.len()].copy_from_slice(&state.logits);
+            out[..values.len()].copy_from_slice(values);
             Ok(())
         })
     })
