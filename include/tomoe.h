@@ -171,6 +171,10 @@ typedef struct tomoe_model_params {
 } tomoe_model_params;
 
 // What a model is: filled by `tomoe_model_get_info`.
+//
+// Fields are only ever appended: `copies_bytes` and `file_bytes` came last. The struct has no
+// size field, so a program must be built against the header of the library it runs with (one
+// built against an older header passes a smaller struct).
 typedef struct tomoe_model_info {
     // `general.architecture` of the file ("llama", "gemma3", ...), NUL-terminated (truncated to
     // fit if longer).
@@ -198,6 +202,13 @@ typedef struct tomoe_model_info {
     // decoder-block projections count by the file's measured `tomoe.active_fraction` (an average
     // over tokens) of the dense model's.
     uint64_t n_active_params;
+    // Bytes the model holds in memory beyond the file: the copies of the matrices that decoding
+    // reads, made at load (`tomoe_model_params::copies`); 0 without copies.
+    uint64_t copies_bytes;
+    // Size of the GGUF file in bytes: mapped for `tomoe_model_load*` (resident as its pages are
+    // read), a copy in memory for `tomoe_model_load_from_memory`. A model's memory is about
+    // `file_bytes + copies_bytes`, plus each context's KV cache.
+    uint64_t file_bytes;
 } tomoe_model_info;
 
 // One chat message for `tomoe_chat_apply`.
@@ -334,7 +345,7 @@ tomoe_status tomoe_model_load_from_memory(const uint8_t *data,
 // gives `TOMOE_ERR_INVALID_HANDLE`.
 tomoe_status tomoe_model_free(struct tomoe_model *model);
 
-// Describes a model (architecture, sizes, experts, parameters).
+// Describes a model (architecture, sizes, experts, parameters, memory).
 //
 // # Safety
 // `out_info` is NULL or points to a writable `tomoe_model_info`.

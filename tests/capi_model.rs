@@ -97,6 +97,30 @@ fn model_info_describes_the_file() {
     );
 }
 
+#[test]
+fn model_info_reports_the_memory_beyond_the_mapped_file() {
+    let info = CModel::load(&smollm2()).info();
+    let bytes = std::fs::read(smollm2()).unwrap();
+    assert_eq!(info.file_bytes, bytes.len() as u64);
+    // The decoding copies are those the Rust API makes with the same (default) options.
+    let rust = Model::load(&smollm2()).unwrap();
+    assert_eq!(info.copies_bytes, rust.copies_bytes() as u64);
+    drop(rust);
+    let from_memory = CModel::from_memory(&bytes).info();
+    assert_eq!(from_memory.file_bytes, bytes.len() as u64);
+
+    // Without copies the model holds nothing beyond the file.
+    let path = CString::new(smollm2().to_str().unwrap()).unwrap();
+    let mut params = tomoe_model_default_params();
+    params.copies = false;
+    let mut model = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated path, a valid parameter struct and output pointer.
+    check(unsafe { tomoe_model_load_with_params(path.as_ptr(), &params, &mut model) });
+    let m = CModel(model);
+    assert_eq!(m.info().copies_bytes, 0);
+    assert_eq!(m.info().file_bytes, bytes.len() as u64);
+}
+
 /// llama.cpp is the oracle for the parameter count (sum of all tensor elements).
 #[cfg(target_arch = "x86_64")]
 #[test]

@@ -193,6 +193,8 @@ int main(int argc, char **argv) {
             tomoe_version(), tomoe_kernel_name(), info.architecture, info.n_layer,
             (unsigned long long)info.n_params, (unsigned long long)info.n_active_params,
             info.n_expert);
+    fprintf(stderr, "memory: %.1f MiB file, %.1f MiB decoding copies\n",
+            (double)info.file_bytes / (1 << 20), (double)info.copies_bytes / (1 << 20));
     if ((st = tomoe_context_new(model, &cparams, &ctx)) != TOMOE_OK) {
         rc = fail("creating the context", st);
         goto done;

@@ -15,6 +15,10 @@ use crate::model::{LoadOptions, Model};
 pub const TOMOE_ARCH_NAME_LEN: usize = 32;
 
 /// What a model is: filled by `tomoe_model_get_info`.
+///
+/// Fields are only ever appended: `copies_bytes` and `file_bytes` came last. The struct has no
+/// size field, so a program must be built against the header of the library it runs with (one
+/// built against an older header passes a smaller struct).
 #[repr(C)]
 #[derive(Copy, Clone, Debug)]
 #[allow(non_camel_case_types)]
@@ -45,6 +49,13 @@ pub struct tomoe_model_info {
     /// decoder-block projections count by the file's measured `tomoe.active_fraction` (an average
     /// over tokens) of the dense model's.
     pub n_active_params: u64,
+    /// Bytes the model holds in memory beyond the file: the copies of the matrices that decoding
+    /// reads, made at load (`tomoe_model_params::copies`); 0 without copies.
+    pub copies_bytes: u64,
+    /// Size of the GGUF file in bytes: mapped for `tomoe_model_load*` (resident as its pages are
+    /// read), a copy in memory for `tomoe_model_load_from_memory`. A model's memory is about
+    /// `file_bytes + copies_bytes`, plus each context's KV cache.
+    pub file_bytes: u64,
 }
 
 /// How `tomoe_model_load_with_params` loads a model; start from `tomoe_model_default_params()`.
@@ -122,6 +133,8 @@ fn describe(file: &GgufFile, n_vocab: usize) -> tomoe_model_info {
         n_expert_used,
         n_params,
         n_active_params,
+        copies_bytes: 0,
+        file_bytes: 0,
     }
 }
 
@@ -191,7 +204,8 @@ fn active_params(
     }
 }
 
-fn load(file: GgufFile, opts: &LoadOptions) -> Result<ModelState, CapiError> {
+/// Loads `file`, whose size is `file_bytes`.
+fn load(file: GgufFile, file_bytes: u64, opts: &LoadOptions) -> Result<ModelState, CapiError> {
     // The description is taken before the model takes ownership of the file.
     let info_without_vocab = describe(&file, 0);
     let model = Model::from_gguf_with(file, opts).map_err(|e| {
@@ -200,12 +214,19 @@ fn load(file: GgufFile, opts: &LoadOptions) -> Result<ModelState, CapiError> {
     let n_vocab = model.tokenizer().vocab_size();
     let info = tomoe_model_info {
         n_vocab: u32::try_from(n_vocab).unwrap_or(u32::MAX),
+        copies_bytes: model.copies_bytes() as u64,
+        file_bytes,
         ..info_without_vocab
     };
     Ok(ModelState {
         model: Arc::new(model),
         info,
     })
+}
+
+/// The size of the file at `path`, just opened (0 if it cannot be read again).
+fn file_size(path: &str) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 fn load_error(what: &str, e: &crate::gguf::GgufError) -> CapiError {
@@ -230,7 +251,8 @@ pub unsafe extern "C" fn tomoe_model_load(
         let path = unsafe { str_arg(path, "path") }?;
         let file = GgufFile::open(Path::new(path))
             .map_err(|e| load_error(&format!("opening {path}"), &e))?;
-        let handle = handles::insert_model(load(file, &LoadOptions::default())?)?;
+        let opts = LoadOptions::default();
+        let handle = handles::insert_model(load(file, file_size(path), &opts)?)?;
         // SAFETY: checked output pointer.
         unsafe { write_out(out_model, handle) };
         Ok(())
@@ -305,7 +327,7 @@ pub unsafe extern "C" fn tomoe_model_load_with_params(
         let opts = unsafe { load_options(params) }?;
         let file = GgufFile::open(Path::new(path))
             .map_err(|e| load_error(&format!("opening {path}"), &e))?;
-        let handle = handles::insert_model(load(file, &opts)?)?;
+        let handle = handles::insert_model(load(file, file_size(path), &opts)?)?;
         // SAFETY: checked output pointer.
         unsafe { write_out(out_model, handle) };
         Ok(())
@@ -334,7 +356,7 @@ pub unsafe extern "C" fn tomoe_model_load_from_memory(
         let bytes = unsafe { slice_arg(data, len, "data") }?;
         let file = GgufFile::from_bytes(bytes.to_vec())
             .map_err(|e| load_error("reading the GGUF image in memory", &e))?;
-        let handle = handles::insert_model(load(file, &LoadOptions::default())?)?;
+        let handle = handles::insert_model(load(file, len as u64, &LoadOptions::default())?)?;
         // SAFETY: checked output pointer.
         unsafe { write_out(out_model, handle) };
         Ok(())
@@ -355,7 +377,7 @@ pub extern "C" fn tomoe_model_free(model: *mut tomoe_model) -> tomoe_status {
     })
 }
 
-/// Describes a model (architecture, sizes, experts, parameters).
+/// Describes a model (architecture, sizes, experts, parameters, memory).
 ///
 /// # Safety
 /// `out_info` is NULL or points to a writable `tomoe_model_info`.
