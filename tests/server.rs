@@ -83,6 +83,19 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// The server's stderr once `ok` holds for it (or after 10 s): a thread reads the pipe, so a
+    /// line the server wrote before answering may reach the log a moment after the answer.
+    fn log_once(&self, ok: impl Fn(&str) -> bool) -> String {
+        let t0 = Instant::now();
+        loop {
+            let log = self.log();
+            if ok(&log) || t0.elapsed() > Duration::from_secs(10) {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -249,13 +262,9 @@ fn curl_gets_whole_and_streamed_answers() {
         .all(|c| c["choices"][0]["finish_reason"].is_null()));
     // The slot held the first request's prompt: the second evaluated only its last token.
     let n_prompt = body["usage"]["prompt_tokens"].as_u64().unwrap();
-    assert!(
-        server
-            .log()
-            .contains(&format!("prompt {n_prompt} tokens ({} reused", n_prompt - 1)),
-        "{}",
-        server.log()
-    );
+    let reused = format!("prompt {n_prompt} tokens ({} reused", n_prompt - 1);
+    let log = server.log_once(|log| log.contains(&reused));
+    assert!(log.contains(&reused), "{log}");
 
     // A stop string cuts the answer before it, with finish_reason "stop".
     let words: Vec<&str> = text.split_whitespace().collect();
@@ -554,7 +563,7 @@ fn a_client_that_disconnects_frees_its_slot() {
         &json!({"prompt": "Hello", "max_tokens": 8, "temperature": 0}),
     );
     assert_eq!(s, 200, "{b}");
-    let log = server.log();
+    let log = server.log_once(|log| log.matches("the client went away").count() >= 2);
     assert_eq!(log.matches("the client went away").count(), 2, "{log}");
 }
 
