@@ -224,17 +224,15 @@ impl<'a> Weights<'a> {
                 _ => Vec::new(),
             })
             .collect();
-        // Each matrix with the interleaved layout it may have (None: stacked experts) and the
-        // extra groups that copy holds; the matrices only products read also give back the file
-        // bytes their copy replaces (a ToMoE expert's rows are read from the file too).
-        let mut targets: Vec<(&mut MatRef<'a>, Option<CopyLayout>, &[ExtraGroup])> = Vec::new();
-        let mut products_only: Vec<bool> = Vec::new();
+        // Each matrix with the interleaved layout it may have (None: stacked experts), the extra
+        // groups that copy holds, and whether only products read it, so that it can give back
+        // the file bytes its copy replaces (a ToMoE expert's rows are read from the file too).
+        let mut targets: Vec<(&mut MatRef<'a>, Option<CopyLayout>, &[ExtraGroup], bool)> = Vec::new();
         for (l, extra) in self.layers.iter_mut().zip(&extras) {
             let dense = matches!(l.mlp, Mlp::Dense(_));
             let a = &mut l.attn;
             for m in [&mut a.wq, &mut a.wk, &mut a.wv, &mut a.wo] {
-                targets.push((m, Some(CopyLayout::MatVec), &[]));
-                products_only.push(true);
+                targets.push((m, Some(CopyLayout::MatVec), &[], true));
             }
             let (gate, up, down, mlp, down_lay) = match &mut l.mlp {
                 Mlp::Dense(m) => {
@@ -245,29 +243,27 @@ impl<'a> Weights<'a> {
                     (&mut m.gate, &mut m.up, &mut m.down_t, Some(CopyLayout::MatVec), Some(CopyLayout::Axpy))
                 }
             };
-            targets.push((gate, mlp, extra));
-            targets.push((up, mlp, extra));
-            targets.push((down, down_lay, extra));
-            products_only.extend([dense; 3]);
+            targets.push((gate, mlp, extra, dense));
+            targets.push((up, mlp, extra, dense));
+            targets.push((down, down_lay, extra, dense));
         }
-        targets.push((&mut self.output, Some(CopyLayout::MatVec), &[]));
-        products_only.push(true);
+        targets.push((&mut self.output, Some(CopyLayout::MatVec), &[], true));
         let copies: Vec<Option<MatCopy>> = targets
             .iter()
-            .map(|(m, lay, ex)| match lay.and_then(|lay| Some((lay, m.copy_len(lay, ex.len())?))) {
+            .map(|(m, lay, ex, _)| match lay.and_then(|lay| Some((lay, m.copy_len(lay, ex.len())?))) {
                 Some((lay, len)) => Some(MatCopy { interleaved: Some(lay), len }),
                 None => plain.then(|| MatCopy { interleaved: None, len: m.data().len() }),
             })
             .collect();
         let (mut buf, at) = HugeBuf::<u8>::parts(copies.iter().map(|c| c.as_ref().map_or(0, |c| c.len)))?;
-        for (((m, _, ex), (c, r)), &products_only) in targets.iter().zip(copies.iter().zip(&at)).zip(&products_only) {
+        for ((m, _, ex, products_only), (c, r)) in targets.iter().zip(copies.iter().zip(&at)) {
             let Some(c) = c else { continue };
             let out = &mut buf[r.clone()];
             match c.interleaved {
                 Some(lay) => {
                     // Given back as the copy is written, so that the file and the copies are
                     // never both resident.
-                    let gives_back = products_only && lay == CopyLayout::MatVec && m.bytes_a_copy_replaces().is_some();
+                    let gives_back = *products_only && m.bytes_a_copy_replaces().is_some();
                     m.interleave_into(lay, ex, out, |done| {
                         if gives_back {
                             release(done)
@@ -284,7 +280,7 @@ impl<'a> Weights<'a> {
         // SAFETY: the buffer's mapping never moves or changes once written; the caller keeps the
         // buffer alive (unmutated) for as long as `self`.
         let view: &'a [u8] = unsafe { &*(&*buf as *const [u8]) };
-        for ((m, _, _), (c, r)) in targets.into_iter().zip(copies.iter().zip(&at)) {
+        for ((m, _, _, _), (c, r)) in targets.into_iter().zip(copies.iter().zip(&at)) {
             let Some(c) = c else { continue };
             let data = &view[r.clone()];
             *m = match c.interleaved {
