@@ -243,20 +243,8 @@ pub unsafe extern "C" fn tomoe_model_load(
     path: *const c_char,
     out_model: *mut *mut tomoe_model,
 ) -> tomoe_status {
-    guard(|| {
-        let out_model = out_arg(out_model, "out_model")?;
-        // SAFETY: checked output pointer.
-        unsafe { write_out(out_model, std::ptr::null_mut()) };
-        // SAFETY: NUL-terminated by contract.
-        let path = unsafe { str_arg(path, "path") }?;
-        let file = GgufFile::open(Path::new(path))
-            .map_err(|e| load_error(&format!("opening {path}"), &e))?;
-        let opts = LoadOptions::default();
-        let handle = handles::insert_model(load(file, file_size(path), &opts)?)?;
-        // SAFETY: checked output pointer.
-        unsafe { write_out(out_model, handle) };
-        Ok(())
-    })
+    // SAFETY: the same contract, with the default parameters (NULL).
+    unsafe { tomoe_model_load_with_params(path, std::ptr::null(), out_model) }
 }
 
 /// Default model parameters: `size` set, copies unless TOMOE_NO_COPIES is set, `kernels` NULL.
