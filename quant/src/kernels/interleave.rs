@@ -116,3 +116,67 @@ fn pack_q8_0_columns(cols: usize, rows: &[u8], out: &mut [u8], flip: u8) {
         o[512 + 2 * r..514 + 2 * r].copy_from_slice(&src[0..2]);
     })
 }
+
+/// The order in which the plain-NEON kernels (`smull` + pairwise adds) sum each 16 elements:
+/// their i32 lane `l` holds elements `2l, 2l + 1, 8 + 2l, 9 + 2l`. The `_pairs` packs store each
+/// half-block's elements in this order, so that dword `l` of a half feeds lane `l` as it does in
+/// the single-row kernel, and the kernels permute the activations alike (one `tbl`).
+pub const PAIR_ORDER: [u8; 16] = [0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15];
+
+/// A copy of `rows` (whole rows of format `ty`) with each block's elements reordered: new
+/// element `e` is old element `16 (e / 16) + PAIR_ORDER[e % 16]`, in the quants and (Q5_0) the
+/// high bits; scales and minimums stay.
+fn in_pair_order(ty: QuantType, rows: &[u8]) -> Vec<u8> {
+    let mut out = rows.to_vec();
+    let ts = ty.type_size();
+    assert!(rows.len() % ts == 0, "{ty} pair order: not whole blocks");
+    let (qs, qh) = match ty {
+        QuantType::Q4_0 => (2, None),
+        QuantType::Q4_1 => (4, None),
+        QuantType::Q5_0 => (6, Some(2)),
+        QuantType::Q8_0 => (2, None),
+        _ => panic!("{ty} has no pair-order layout"),
+    };
+    for (src, dst) in rows.chunks_exact(ts).zip(out.chunks_exact_mut(ts)) {
+        if ty == QuantType::Q8_0 {
+            for e in 0..QK {
+                dst[qs + e] = src[qs + 16 * (e / 16) + PAIR_ORDER[e % 16] as usize];
+            }
+        } else {
+            // Byte j holds elements j (low nibble) and 16 + j (high nibble): moving the byte
+            // moves both as the order says.
+            for j in 0..16 {
+                dst[qs + j] = src[qs + PAIR_ORDER[j] as usize];
+            }
+        }
+        if let Some(h) = qh {
+            let old = u32::from_le_bytes([src[h], src[h + 1], src[h + 2], src[h + 3]]);
+            let new = (0..QK).fold(0u32, |acc, e| {
+                let from = 16 * (e / 16) + PAIR_ORDER[e % 16] as usize;
+                acc | ((old >> from) & 1) << e
+            });
+            dst[h..h + 4].copy_from_slice(&new.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// [`pack_q4_0`] of the rows in [`PAIR_ORDER`] (the plain-NEON kernels').
+pub fn pack_q4_0_pairs(cols: usize, rows: &[u8], out: &mut [u8]) {
+    pack_q4_0(cols, &in_pair_order(QuantType::Q4_0, rows), out)
+}
+
+/// [`pack_q4_1`] of the rows in [`PAIR_ORDER`] (the plain-NEON kernels').
+pub fn pack_q4_1_pairs(cols: usize, rows: &[u8], out: &mut [u8]) {
+    pack_q4_1(cols, &in_pair_order(QuantType::Q4_1, rows), out)
+}
+
+/// [`pack_q5_0`] of the rows in [`PAIR_ORDER`] (the plain-NEON kernels').
+pub fn pack_q5_0_pairs(cols: usize, rows: &[u8], out: &mut [u8]) {
+    pack_q5_0(cols, &in_pair_order(QuantType::Q5_0, rows), out)
+}
+
+/// [`pack_q8_0_signed`] of the rows in [`PAIR_ORDER`] (the plain-NEON kernels').
+pub fn pack_q8_0_signed_pairs(cols: usize, rows: &[u8], out: &mut [u8]) {
+    pack_q8_0_signed(cols, &in_pair_order(QuantType::Q8_0, rows), out)
+}

@@ -15,6 +15,8 @@ pub mod avx512_il;
 pub mod interleave;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
+#[cfg(target_arch = "aarch64")]
+pub mod neon_il;
 
 /// `dot(n, w_row, x_row)`: `n` elements; `w_row` in the weight format, `x_row` in its
 /// `vec_dot_type`. Unsafe because SIMD versions require their CPU features; callers get them

@@ -32,8 +32,8 @@ pub fn kernel_set(dotprod: bool) -> Option<KernelSet> {
             dots_x4: [None; 14],
             axpys: crate::dispatch::q8_0_axpy(axpy_q8_0),
             gemms: [None; 14],
-            interleaved: [None; 14],
-            interleaved_axpys: [None; 14],
+            interleaved: super::neon_il::with_dotprod::kernels(),
+            interleaved_axpys: super::neon_il::with_dotprod::axpy_kernels(),
             quantize_q8_0_acts: super::scalar::quantize_q8_0_acts,
         });
     }
@@ -44,8 +44,8 @@ pub fn kernel_set(dotprod: bool) -> Option<KernelSet> {
         dots_x4: [None; 14],
         axpys: crate::dispatch::q8_0_axpy(axpy_q8_0),
         gemms: [None; 14],
-        interleaved: [None; 14],
-        interleaved_axpys: [None; 14],
+        interleaved: super::neon_il::plain::kernels(),
+        interleaved_axpys: super::neon_il::plain::axpy_kernels(),
         quantize_q8_0_acts: super::scalar::quantize_q8_0_acts,
     })
 }

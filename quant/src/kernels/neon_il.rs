@@ -1,0 +1,470 @@
+//! Matrix-vector kernels of the NEON sets over weights **interleaved in groups of 16 rows**
+//! (`kernels::Interleaved16`). A 128-bit register holds four rows' four weights that one i32
+//! lane of the single-row kernel sums, so one i8 dot product against a broadcast activation
+//! quad (`sdot`, or `smull` + pairwise adds on plain NEON) gives four rows' partial sums, and
+//! one FMA scales and accumulates four rows at once.
+//!
+//! Each row's result is **bit-identical** to the same set's single-row kernel (`neon.rs`): lane
+//! `r` of accumulator `[q][l]` holds what that kernel's lane `l` holds for row `4q + r`: the
+//! integer sum of the same eight products, converted and added by the same FMA with the same
+//! `d_w · d_x`, and the final sum adds the lanes as its `vaddvq_f32`, ((l0 + l1) + (l2 + l3)).
+//! Which elements an i32 lane sums differs between the sets (`sdot`: quads `l` and `l + 4`;
+//! `smull` + `sadalp`: elements `2l, 2l+1, 8+2l, 9+2l` of each half), so the plain set packs
+//! the rows in `interleave::PAIR_ORDER` and permutes the activations alike; its lanes then sum
+//! quads too. The integer sums are exact, so only which products meet in a lane matters.
+//! The weighted row sums (`axpy16`) follow `scalar::axpy16_q8_0_quantized` exactly.
+#![allow(clippy::missing_safety_doc)] // the contracts of `Interleaved16` / `InterleavedAxpy16`
+
+use std::arch::aarch64::*;
+use std::arch::asm;
+
+use super::interleave::{
+    pack_q4_0, pack_q4_0_pairs, pack_q4_1, pack_q4_1_pairs, pack_q5_0, pack_q5_0_pairs, pack_q8_0_axpy_signed,
+    pack_q8_0_signed, pack_q8_0_signed_pairs, PAIR_ORDER,
+};
+use super::scalar::axpy_coeff_scale;
+use super::{Interleaved16, InterleavedAxpy16, IL_PREFETCH_AHEAD};
+use crate::blocks::float::f16_to_f32;
+use crate::formats::{QuantType, QK};
+
+/// `acc` + per i32 lane the sums of the four i8·i8 products of lane-quads `a1·b1` and `a2·b2`
+/// (two `sdot`; only inside dotprod functions).
+#[inline(always)]
+unsafe fn quads2_sdot(acc: int32x4_t, a1: int8x16_t, b1: int8x16_t, a2: int8x16_t, b2: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    // SAFETY: register-only instructions; callers are compiled with the dotprod feature and
+    // only dispatched when the CPU has it.
+    asm!("sdot {0:v}.4s, {1:v}.16b, {2:v}.16b",
+         "sdot {0:v}.4s, {3:v}.16b, {4:v}.16b",
+         inout(vreg) acc, in(vreg) a1, in(vreg) b1, in(vreg) a2, in(vreg) b2,
+         options(pure, nomem, nostack));
+    acc
+}
+
+/// [`quads2_sdot`] on plain NEON: widening products, then pairwise widening adds (exact for
+/// any bytes, as the single-row kernel's `sadalp`).
+#[inline(always)]
+unsafe fn quads2_plain(acc: int32x4_t, a1: int8x16_t, b1: int8x16_t, a2: int8x16_t, b2: int8x16_t) -> int32x4_t {
+    let lo = vpadalq_s16(
+        vpaddlq_s16(vmull_s8(vget_low_s8(a1), vget_low_s8(b1))),
+        vmull_s8(vget_low_s8(a2), vget_low_s8(b2)),
+    );
+    let hi = vpadalq_s16(vpaddlq_s16(vmull_high_s8(a1, b1)), vmull_high_s8(a2, b2));
+    vaddq_s32(acc, vpaddq_s32(lo, hi))
+}
+
+/// The 32 activation quants of the block at `bx`, as the `sdot` kernels sum them.
+#[inline(always)]
+unsafe fn acts_sdot(bx: *const u8) -> [int8x16_t; 2] {
+    [ld(bx.add(2)), ld(bx.add(18))]
+}
+
+/// The 32 activation quants of the block at `bx`, each half in `PAIR_ORDER`.
+#[inline(always)]
+unsafe fn acts_pairs(bx: *const u8) -> [int8x16_t; 2] {
+    let order = vld1q_u8(PAIR_ORDER.as_ptr());
+    [vqtbl1q_s8(ld(bx.add(2)), order), vqtbl1q_s8(ld(bx.add(18)), order)]
+}
+
+#[inline(always)]
+unsafe fn ld(p: *const u8) -> int8x16_t {
+    vld1q_s8(p as *const i8)
+}
+
+/// Quad `l` (0..8) of the 32 activations `y` in every i32 lane.
+#[inline(always)]
+unsafe fn quad(y: &[int8x16_t; 2], l: usize) -> int8x16_t {
+    let v = vreinterpretq_s32_s8(y[l / 4]);
+    vreinterpretq_s8_s32(match l % 4 {
+        0 => vdupq_laneq_s32::<0>(v),
+        1 => vdupq_laneq_s32::<1>(v),
+        2 => vdupq_laneq_s32::<2>(v),
+        _ => vdupq_laneq_s32::<3>(v),
+    })
+}
+
+/// The 16 f16 values at `p` as four f32 vectors (rows 4q..4q+4 in vector q).
+#[inline(always)]
+unsafe fn f16x16(p: *const u8) -> [float32x4_t; 4] {
+    let (h0, h1) = (vld1q_u16(p as *const u16), vld1q_u16(p.add(16) as *const u16));
+    let (a, b, c, d): (float32x4_t, float32x4_t, float32x4_t, float32x4_t);
+    // SAFETY: register-only conversions (half-precision `fcvtl` is base AArch64 SIMD); exact
+    // for every finite, infinite or subnormal f16, as `f16_to_f32`.
+    asm!("fcvtl {a:v}.4s, {h0:v}.4h",
+         "fcvtl2 {b:v}.4s, {h0:v}.8h",
+         "fcvtl {c:v}.4s, {h1:v}.4h",
+         "fcvtl2 {d:v}.4s, {h1:v}.8h",
+         h0 = in(vreg) h0, h1 = in(vreg) h1,
+         a = out(vreg) a, b = out(vreg) b, c = out(vreg) c, d = out(vreg) d,
+         options(pure, nomem, nostack));
+    [a, b, c, d]
+}
+
+/// The f16 at `p` as f32 (the activation block's scale).
+#[inline(always)]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    f16_to_f32(u16::from_le_bytes([*p, *p.add(1)]))
+}
+
+/// The final sums of rows 4q..4q+4 into `out`: ((l0 + l1) + (l2 + l3)) per row, as the
+/// single-row kernels' `vaddvq_f32` (`faddp`, `faddp`), plus `summ` where given.
+#[inline(always)]
+unsafe fn reduce(acc: &[[float32x4_t; 4]; 4], summ: Option<&[float32x4_t; 4]>, out: &mut [f32; 16]) {
+    for (q, a) in acc.iter().enumerate() {
+        let mut s = vaddq_f32(vaddq_f32(a[0], a[1]), vaddq_f32(a[2], a[3]));
+        if let Some(m) = summ {
+            s = vaddq_f32(s, m[q]);
+        }
+        vst1q_f32(out.as_mut_ptr().add(4 * q), s);
+    }
+}
+
+/// Prefetches into L2 the lines of the `len` bytes `IL_PREFETCH_AHEAD` past offset `at` of the
+/// group at `group` (`group_len` bytes), then on from `next` past the group's end (nothing for a
+/// null `next`): the rule of the x86 `kernels::prefetch_group_ahead`, with `prfm`.
+#[inline(always)]
+unsafe fn prefetch_group_ahead(group: *const u8, group_len: usize, at: usize, len: usize, next: *const u8) {
+    let ahead = at + IL_PREFETCH_AHEAD;
+    let p = if ahead < group_len {
+        group.wrapping_add(ahead)
+    } else if next.is_null() {
+        return;
+    } else {
+        next.wrapping_add(ahead - group_len)
+    };
+    for k in 0..len.div_ceil(64) + 1 {
+        // SAFETY: `prfm` only hints the memory system and never faults, whatever the address.
+        asm!("prfm pldl2keep, [{0}]", in(reg) p.wrapping_add(64 * k),
+             options(nostack, readonly, preserves_flags));
+    }
+}
+
+#[inline(always)]
+fn check(ty: QuantType, cols: usize, group: &[u8], x: &[u8]) {
+    let nb = cols / QK;
+    assert!(
+        cols % QK == 0 && group.len() >= 16 * nb * ty.type_size() && x.len() >= nb * 34,
+        "{ty} interleaved dot: group or vector too short for {cols} values"
+    );
+}
+
+/// The 16 bytes 0xFF/0x00 of bits `16 * half .. 16 * half + 16` of `bits`.
+#[inline(always)]
+unsafe fn bits_16(bits: u32, half: usize) -> uint8x16_t {
+    let b0 = vdup_n_u8((bits >> (16 * half)) as u8);
+    let b1 = vdup_n_u8((bits >> (16 * half + 8)) as u8);
+    let mask = vld1q_u8([1u8, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128].as_ptr());
+    vtstq_u8(vcombine_u8(b0, b1), mask)
+}
+
+macro_rules! neon_il_kernels {
+    ($modname:ident, $tf:literal, $quads2:path, $acts:path,
+     $pack_q4_0:path, $pack_q4_1:path, $pack_q5_0:path, $pack_q8_0:path) => {
+        pub mod $modname {
+            use super::*;
+
+            /// The kernels of the set, by format.
+            pub fn kernels() -> [Option<Interleaved16>; 14] {
+                let mut t = [None; 14];
+                t[QuantType::Q4_0 as usize] = Some(Interleaved16 {
+                    pack: $pack_q4_0,
+                    dot16: dot16_q4_0,
+                });
+                t[QuantType::Q4_1 as usize] = Some(Interleaved16 {
+                    pack: $pack_q4_1,
+                    dot16: dot16_q4_1,
+                });
+                t[QuantType::Q5_0 as usize] = Some(Interleaved16 {
+                    pack: $pack_q5_0,
+                    dot16: dot16_q5_0,
+                });
+                t[QuantType::Q8_0 as usize] = Some(Interleaved16 {
+                    pack: $pack_q8_0,
+                    dot16: dot16_q8_0,
+                });
+                t
+            }
+
+            /// The weighted row sums of the set, by format.
+            pub fn axpy_kernels() -> [Option<InterleavedAxpy16>; 14] {
+                let mut t = [None; 14];
+                t[QuantType::Q8_0 as usize] = Some(InterleavedAxpy16 {
+                    pack: pack_q8_0_axpy_signed,
+                    axpy16: axpy16_q8_0,
+                });
+                t
+            }
+
+            /// Q4_0 group block (`pack_q4_0`, in the set's order): dword `l` of the nibbles of
+            /// rows 0..16 for `l = 0..4`, then the rows' `d`. Dword `l`'s low nibbles are quad
+            /// `l`, its high nibbles quad `l + 4`: lane `l` of the single-row kernel.
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot16_q4_0(
+                cols: usize,
+                group: &[u8],
+                x: &[u8],
+                _sums: &[f32],
+                out: &mut [f32; 16],
+                next: *const u8,
+            ) {
+                check(QuantType::Q4_0, cols, group, x);
+                let nb = cols / QK;
+                let (gp, xp) = (group.as_ptr(), x.as_ptr());
+                let (m4, s8) = (vdupq_n_u8(0x0F), vdupq_n_s8(8));
+                let mut acc = [[vdupq_n_f32(0.0); 4]; 4];
+                for b in 0..nb {
+                    let (g, bx) = (gp.add(288 * b), xp.add(34 * b));
+                    prefetch_group_ahead(gp, 288 * nb, 288 * b, 288, next);
+                    let dw = f16x16(g.add(256));
+                    let dx = f16_at(bx);
+                    let y = $acts(bx);
+                    for l in 0..4 {
+                        let (ylo, yhi) = (quad(&y, l), quad(&y, l + 4));
+                        for q in 0..4 {
+                            let v = vld1q_u8(g.add(64 * l + 16 * q));
+                            let lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, m4)), s8);
+                            let hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)), s8);
+                            let p = $quads2(vdupq_n_s32(0), lo, ylo, hi, yhi);
+                            acc[q][l] = vfmaq_f32(acc[q][l], vcvtq_f32_s32(p), vmulq_n_f32(dw[q], dx));
+                        }
+                    }
+                }
+                reduce(&acc, None, out);
+            }
+
+            /// Q4_1 group block (`pack_q4_1`, in the set's order): the nibbles as Q4_0's, then
+            /// the rows' `d`, then their `m`.
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot16_q4_1(
+                cols: usize,
+                group: &[u8],
+                x: &[u8],
+                sums: &[f32],
+                out: &mut [f32; 16],
+                next: *const u8,
+            ) {
+                check(QuantType::Q4_1, cols, group, x);
+                let nb = cols / QK;
+                assert!(
+                    sums.len() >= nb,
+                    "q4_1 interleaved dot: {} block sums for {nb} blocks",
+                    sums.len()
+                );
+                let (gp, xp) = (group.as_ptr(), x.as_ptr());
+                let m4 = vdupq_n_u8(0x0F);
+                let mut acc = [[vdupq_n_f32(0.0); 4]; 4];
+                let mut summ = [vdupq_n_f32(0.0); 4];
+                for b in 0..nb {
+                    let (g, bx) = (gp.add(320 * b), xp.add(34 * b));
+                    prefetch_group_ahead(gp, 320 * nb, 320 * b, 320, next);
+                    let (dw, mw) = (f16x16(g.add(256)), f16x16(g.add(288)));
+                    let dx = f16_at(bx);
+                    let y = $acts(bx);
+                    for l in 0..4 {
+                        let (ylo, yhi) = (quad(&y, l), quad(&y, l + 4));
+                        for q in 0..4 {
+                            let v = vld1q_u8(g.add(64 * l + 16 * q));
+                            let lo = vreinterpretq_s8_u8(vandq_u8(v, m4));
+                            let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v));
+                            let p = $quads2(vdupq_n_s32(0), lo, ylo, hi, yhi);
+                            acc[q][l] = vfmaq_f32(acc[q][l], vcvtq_f32_s32(p), vmulq_n_f32(dw[q], dx));
+                        }
+                    }
+                    // Not fused, as the single-row kernel's `summ += m * s`.
+                    let s = *sums.get_unchecked(b);
+                    for q in 0..4 {
+                        summ[q] = vaddq_f32(summ[q], vmulq_n_f32(mw[q], s));
+                    }
+                }
+                reduce(&acc, Some(&summ), out);
+            }
+
+            /// Q5_0 group block (`pack_q5_0`, in the set's order): the nibbles as Q4_0's, then
+            /// per quad `l` and half `h` of the rows one u32 of the high bits (bit `4r + k`:
+            /// element `4l + k` of row `8h + r`), then the rows' `d`. The single-row kernel
+            /// adds `isum · d` per block to a scalar sum, so here the lanes hold whole rows.
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot16_q5_0(
+                cols: usize,
+                group: &[u8],
+                x: &[u8],
+                _sums: &[f32],
+                out: &mut [f32; 16],
+                next: *const u8,
+            ) {
+                check(QuantType::Q5_0, cols, group, x);
+                let nb = cols / QK;
+                let (gp, xp) = (group.as_ptr(), x.as_ptr());
+                let (m4, m16, s16) = (vdupq_n_u8(0x0F), vdupq_n_u8(0x10), vdupq_n_s8(16));
+                let mut sum = [vdupq_n_f32(0.0); 4];
+                for b in 0..nb {
+                    let (g, bx) = (gp.add(352 * b), xp.add(34 * b));
+                    prefetch_group_ahead(gp, 352 * nb, 352 * b, 352, next);
+                    let dw = f16x16(g.add(320));
+                    let dx = f16_at(bx);
+                    let y = $acts(bx);
+                    let mut isum = [vdupq_n_s32(0); 4];
+                    for l in 0..4 {
+                        let (ylo, yhi) = (quad(&y, l), quad(&y, l + 4));
+                        for q in 0..4 {
+                            let v = vld1q_u8(g.add(64 * l + 16 * q));
+                            let word = |l: usize| (g.add(256 + 8 * l + 4 * (q / 2)) as *const u32).read_unaligned();
+                            let (hlo, hhi) = (word(l), word(l + 4));
+                            let lo = vorrq_u8(vandq_u8(v, m4), vandq_u8(bits_16(hlo, q % 2), m16));
+                            let hi = vorrq_u8(vshrq_n_u8::<4>(v), vandq_u8(bits_16(hhi, q % 2), m16));
+                            let lo = vsubq_s8(vreinterpretq_s8_u8(lo), s16);
+                            let hi = vsubq_s8(vreinterpretq_s8_u8(hi), s16);
+                            isum[q] = $quads2(isum[q], lo, ylo, hi, yhi);
+                        }
+                    }
+                    // Not fused, as the single-row kernel's `sum += isum as f32 * (d_w * d_x)`.
+                    for q in 0..4 {
+                        let d = vmulq_n_f32(dw[q], dx);
+                        sum[q] = vaddq_f32(sum[q], vmulq_f32(vcvtq_f32_s32(isum[q]), d));
+                    }
+                }
+                for (q, s) in sum.iter().enumerate() {
+                    vst1q_f32(out.as_mut_ptr().add(4 * q), *s);
+                }
+            }
+
+            /// Q8_0 group block (`pack_q8_0_signed`, in the set's order): quad `l` of the 16
+            /// rows for `l = 0..8`, then the rows' `d`. Lane `l` sums quads `l` and `l + 4`.
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot16_q8_0(
+                cols: usize,
+                group: &[u8],
+                x: &[u8],
+                _sums: &[f32],
+                out: &mut [f32; 16],
+                next: *const u8,
+            ) {
+                check(QuantType::Q8_0, cols, group, x);
+                let nb = cols / QK;
+                let (gp, xp) = (group.as_ptr(), x.as_ptr());
+                let mut acc = [[vdupq_n_f32(0.0); 4]; 4];
+                for b in 0..nb {
+                    let (g, bx) = (gp.add(544 * b), xp.add(34 * b));
+                    prefetch_group_ahead(gp, 544 * nb, 544 * b, 544, next);
+                    let dw = f16x16(g.add(512));
+                    let dx = f16_at(bx);
+                    let y = $acts(bx);
+                    for l in 0..4 {
+                        let (ylo, yhi) = (quad(&y, l), quad(&y, l + 4));
+                        for q in 0..4 {
+                            let lo = ld(g.add(64 * l + 16 * q));
+                            let hi = ld(g.add(64 * (l + 4) + 16 * q));
+                            let p = $quads2(vdupq_n_s32(0), lo, ylo, hi, yhi);
+                            acc[q][l] = vfmaq_f32(acc[q][l], vcvtq_f32_s32(p), vmulq_n_f32(dw[q], dx));
+                        }
+                    }
+                }
+                reduce(&acc, None, out);
+            }
+
+            /// Q8_0 weighted row sums over a group packed by `pack_q8_0_axpy_signed` (rows
+            /// `4k..4k + 4` of column `c` in dword `c` of chunk `k`): per block the 16 rows'
+            /// `coeff · d` quantized to 8 bits `t`, the integer sums `Σ t · q` per column by
+            /// i8 dot products against `t`'s quad `k`, and one FMA by the block's scale, as
+            /// `scalar::axpy16_q8_0_quantized` defines it.
+            #[target_feature(enable = $tf)]
+            pub unsafe fn axpy16_q8_0(
+                cols: usize,
+                group: &[u8],
+                coeffs: &[f32; 16],
+                lanes: std::ops::Range<usize>,
+                y: &mut [f32],
+                next: *const u8,
+            ) {
+                let nb = cols / QK;
+                assert!(
+                    cols % QK == 0 && group.len() >= 16 * nb * 34 && y.len() >= cols && lanes.end <= 16,
+                    "q8_0 interleaved axpy: group or output too short for {cols} values, or lanes {lanes:?}"
+                );
+                let (gp, yp) = (group.as_ptr(), y.as_mut_ptr());
+                // The coefficients, 0 outside `lanes`.
+                let mut masked = [0f32; 16];
+                for r in lanes {
+                    masked[r] = coeffs[r];
+                }
+                let mut c = [vdupq_n_f32(0.0); 4];
+                for (k, c) in c.iter_mut().enumerate() {
+                    *c = vld1q_f32(masked.as_ptr().add(4 * k));
+                }
+                let big = vdupq_n_f32(f32::MAX);
+                for b in 0..nb {
+                    let (g, yb) = (gp.add(544 * b), yp.add(32 * b));
+                    prefetch_group_ahead(gp, 544 * nb, 544 * b, 544, next);
+                    let d = f16x16(g.add(512));
+                    let mut s = [vdupq_n_f32(0.0); 4];
+                    let mut finite = vdupq_n_u32(u32::MAX);
+                    let mut amax = vdupq_n_f32(0.0);
+                    for k in 0..4 {
+                        s[k] = vmulq_f32(c[k], d[k]);
+                        let a = vabsq_f32(s[k]);
+                        // False for NaN too.
+                        finite = vandq_u32(finite, vcleq_f32(a, big));
+                        amax = vmaxq_f32(amax, a);
+                    }
+                    // Not finite (or NaN): the block adds NaN, as the scalar definition does.
+                    if vminvq_u32(finite) == 0 {
+                        for j in 0..8 {
+                            let v = vld1q_f32(yb.add(4 * j));
+                            vst1q_f32(yb.add(4 * j), vaddq_f32(v, vdupq_n_f32(f32::NAN)));
+                        }
+                        continue;
+                    }
+                    // The maximum of finite non-negative values is exact in any order.
+                    let Some((t_scale, id)) = axpy_coeff_scale(vmaxvq_f32(amax)) else {
+                        continue;
+                    };
+                    // Rounded to nearest even (`fcvtns`), as `round_ties_even`; |t| ≤ 127.
+                    let mut t = [vdupq_n_s32(0); 4];
+                    for k in 0..4 {
+                        t[k] = vcvtnq_s32_f32(vmulq_n_f32(s[k], id));
+                    }
+                    let t16 = [
+                        vcombine_s16(vmovn_s32(t[0]), vmovn_s32(t[1])),
+                        vcombine_s16(vmovn_s32(t[2]), vmovn_s32(t[3])),
+                    ];
+                    let t8 = [vcombine_s8(vmovn_s16(t16[0]), vmovn_s16(t16[1])), vdupq_n_s8(0)];
+                    let mut acc = [vdupq_n_s32(0); 8];
+                    for k in (0..4).step_by(2) {
+                        let (t1, t2) = (quad(&t8, k), quad(&t8, k + 1));
+                        for (j, acc) in acc.iter_mut().enumerate() {
+                            let q1 = ld(g.add(128 * k + 16 * j));
+                            let q2 = ld(g.add(128 * (k + 1) + 16 * j));
+                            *acc = $quads2(*acc, q1, t1, q2, t2);
+                        }
+                    }
+                    let ts = vdupq_n_f32(t_scale);
+                    for (j, acc) in acc.iter().enumerate() {
+                        let v = vld1q_f32(yb.add(4 * j));
+                        vst1q_f32(yb.add(4 * j), vfmaq_f32(v, vcvtq_f32_s32(*acc), ts));
+                    }
+                }
+            }
+        }
+    };
+}
+
+neon_il_kernels!(
+    plain,
+    "neon",
+    quads2_plain,
+    acts_pairs,
+    pack_q4_0_pairs,
+    pack_q4_1_pairs,
+    pack_q5_0_pairs,
+    pack_q8_0_signed_pairs
+);
+neon_il_kernels!(
+    with_dotprod,
+    "neon,dotprod",
+    quads2_sdot,
+    acts_sdot,
+    pack_q4_0,
+    pack_q4_1,
+    pack_q5_0,
+    pack_q8_0_signed
+);
