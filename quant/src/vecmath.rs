@@ -420,6 +420,242 @@ pub fn dot16_transposed_scalar(kt: &[f32], b: &[f32], out: &mut [f32; 16]) {
     }
 }
 
+/// `x` as IEEE half-precision bits, rounded to nearest, ties to even: F16C's `vcvtps2ph` with
+/// rounding control 0, which is ggml's `GGML_CPU_FP32_TO_FP16` (the f16 KV cache's stores and
+/// the f16 copies of queries and probabilities). Overflow gives ±inf; values below half the
+/// smallest subnormal give ±0; a NaN stays a quiet NaN with the top bits of its payload.
+pub fn f32_to_f16(x: f32) -> u16 {
+    let b = x.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let exp = ((b >> 23) & 0xff) as i32;
+    let man = b & 0x7f_ffff;
+    if exp == 0xff {
+        let nan = if man != 0 { 0x0200 | (man >> 13) as u16 } else { 0 };
+        return sign | 0x7c00 | nan;
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    if e <= 0 {
+        // A subnormal half (or zero): the significand with its implicit bit, shifted right.
+        let shift = 14 - e;
+        if shift > 24 {
+            return sign;
+        }
+        let m = man | 0x80_0000;
+        let half = m >> shift;
+        let round = 1u32 << (shift - 1);
+        // Round up past the halfway point, or at it when the result is odd.
+        let up = m & round != 0 && m & (3 * round - 1) != 0;
+        return sign | (half + up as u32) as u16;
+    }
+    let bits = ((e as u32) << 10) | (man >> 13);
+    let up = man & 0x1000 != 0 && man & (3 * 0x1000 - 1) != 0;
+    // A carry out of the significand steps the exponent (up to inf), as the hardware does.
+    sign | (bits + up as u32) as u16
+}
+
+/// Half-precision bits as f32 (exact).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h & 0x8000) as u32) << 16;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let man = (h & 0x3ff) as u32;
+    match exp {
+        0x1f => f32::from_bits(sign | 0x7f80_0000 | (man << 13)),
+        0 => {
+            // Zero or subnormal: man · 2^-24, exact in f32.
+            let v = man as f32 * f32::from_bits(0x3380_0000);
+            f32::from_bits(v.to_bits() | sign)
+        }
+        _ => f32::from_bits(sign | ((exp + 112) << 23) | (man << 13)),
+    }
+}
+
+/// `dst[i] = f32_to_f16(src[i])`.
+///
+/// # Panics
+/// If the lengths differ.
+pub fn f32_to_f16_slice(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "f32_to_f16_slice: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if avx2::f16c_available() {
+        // SAFETY: F16C detected at run time; the lengths are equal (checked).
+        return unsafe { avx2::f32_to_f16_slice(src, dst) };
+    }
+    f32_to_f16_slice_scalar(src, dst)
+}
+
+/// The scalar reference of [`f32_to_f16_slice`].
+pub fn f32_to_f16_slice_scalar(src: &[f32], dst: &mut [u16]) {
+    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = f32_to_f16(s));
+}
+
+/// Each value rounded to the nearest half-precision value (kept as f32, exactly): what ggml's
+/// f16 matrix products see of an f32 operand, converted to f16 first.
+pub fn round_f16(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::f16c_available() {
+        // SAFETY: F16C detected at run time.
+        return unsafe { avx2::round_f16(x) };
+    }
+    round_f16_scalar(x)
+}
+
+/// The scalar reference of [`round_f16`].
+pub fn round_f16_scalar(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = f16_to_f32(f32_to_f16(*v)));
+}
+
+/// [`dot16_transposed`] over keys cached as f16 bits (`kt`, the same layout), with `b` already
+/// rounded to f16 values ([`round_f16`]), in one of the two orders of ggml's f16 products:
+/// `gemm_order == false`, `ggml_vec_dot_f16` (one query: [`dot`]'s four accumulators over the
+/// chunks of 32 and their reduction, then the tail added in f64 and the sum rounded to f32);
+/// `gemm_order == true`, llamafile's tinyBLAS (a batch: one 8-lane accumulator over chunks of
+/// 8, a partial last chunk padded with zeros, then the horizontal add of [`dot_chunks32`]'s gemm
+/// order). Products of two f16 values are exact in f32, so these are the f16 kernels' results.
+///
+/// # Panics
+/// If `kt` is shorter than `16 · b.len()`.
+pub fn dot16_transposed_f16(kt: &[u16], b: &[f32], gemm_order: bool, out: &mut [f32; 16]) {
+    assert!(
+        kt.len() >= 16 * b.len(),
+        "dot16_transposed_f16: block too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx512::available() {
+            // SAFETY: AVX-512F detected at run time; the block holds 16 · b.len() values.
+            return unsafe { avx512::dot16_transposed_f16(kt, b, gemm_order, out) };
+        }
+        if avx2::f16c_available() {
+            // SAFETY: AVX2, FMA and F16C detected at run time; as above.
+            return unsafe { avx2::dot16_transposed_f16(kt, b, gemm_order, out) };
+        }
+    }
+    dot16_transposed_f16_scalar(kt, b, gemm_order, out)
+}
+
+/// The scalar reference of [`dot16_transposed_f16`].
+pub fn dot16_transposed_f16_scalar(kt: &[u16], b: &[f32], gemm_order: bool, out: &mut [f32; 16]) {
+    assert!(
+        kt.len() >= 16 * b.len(),
+        "dot16_transposed_f16: block too short"
+    );
+    for (l, o) in out.iter_mut().enumerate() {
+        let key = |e: usize| f16_to_f32(kt[16 * e + l]);
+        *o = if gemm_order {
+            let mut acc = [0f32; 8];
+            for e in 0..b.len().next_multiple_of(8) {
+                let (k, q) = if e < b.len() { (key(e), b[e]) } else { (0.0, 0.0) };
+                acc[e % 8] = k.mul_add(q, acc[e % 8]);
+            }
+            hsum8(acc)
+        } else {
+            let np = b.len() / 32 * 32;
+            let mut sum = chunks32_by(key, &b[..np], false) as f64;
+            for (e, &be) in b.iter().enumerate().skip(np) {
+                sum += (key(e) * be) as f64;
+            }
+            sum as f32
+        };
+    }
+}
+
+/// [`dot_chunks32_rows`] in the dot order over values cached as f16 bits (`a`), with `b`
+/// already rounded to f16 values: `ggml_vec_dot_f16` of a whole number of chunks of 32 (no
+/// tail), the value sums of one query over an f16 cache.
+///
+/// # Panics
+/// As [`dot_chunks32_rows`].
+pub fn dot_chunks32_rows_f16(
+    a: &[u16],
+    row_stride: usize,
+    stride: usize,
+    b: &[f32],
+    out: &mut [f32],
+) {
+    assert!(
+        b.len() % 32 == 0,
+        "dot_chunks32_rows_f16: length {} is not a multiple of 32",
+        b.len()
+    );
+    if let (Some(last), Some(last_chunk)) =
+        (out.len().checked_sub(1), (b.len() / 32).checked_sub(1))
+    {
+        assert!(
+            last * row_stride + last_chunk * stride + 32 <= a.len(),
+            "dot_chunks32_rows_f16: vectors too short"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2::f16c_available() {
+        // SAFETY: AVX2, FMA and F16C detected at run time; every chunk is in bounds (checked).
+        return unsafe { avx2::dot_chunks32_rows_f16(a, row_stride, stride, b, out) };
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        let row = &a[i * row_stride..];
+        *o = chunks32_by(|e| f16_to_f32(row[e / 32 * stride + e % 32]), b, false);
+    }
+}
+
+/// [`dot_chunks32_rows_gemm`] over values cached as f16 bits (`a`), with the vectors `b`
+/// already rounded to f16 values: tinyBLAS's f16 order (the same as its f32 order on the
+/// converted values), the value sums of a batch over an f16 cache.
+///
+/// # Panics
+/// As [`dot_chunks32_rows_gemm`].
+#[allow(clippy::too_many_arguments)]
+pub fn dot_chunks32_rows_gemm_f16(
+    a: &[u16],
+    row_stride: usize,
+    stride: usize,
+    rows: usize,
+    b: &[f32],
+    b_stride: usize,
+    n_b: usize,
+    len: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    assert!(
+        len % 32 == 0,
+        "dot_chunks32_rows_gemm_f16: length {len} is not a multiple of 32"
+    );
+    if rows == 0 || n_b == 0 {
+        return;
+    }
+    let fits = |n: usize, stride: usize, width: usize, have: usize| {
+        (n - 1)
+            .checked_mul(stride)
+            .and_then(|o| o.checked_add(width))
+            .is_some_and(|e| e <= have)
+    };
+    let a_width = (len / 32).checked_sub(1).map_or(0, |c| c * stride + 32);
+    assert!(
+        fits(rows, row_stride, a_width, a.len())
+            && fits(n_b, b_stride, len, b.len())
+            && fits(n_b, out_stride, rows, out.len()),
+        "dot_chunks32_rows_gemm_f16: shapes exceed the slices"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx2::f16c_available() {
+        // SAFETY: AVX2, FMA and F16C detected at run time; every access is in bounds (checked).
+        return unsafe {
+            avx2::dot_chunks32_rows_gemm_f16(
+                a, row_stride, stride, rows, b, b_stride, n_b, len, out, out_stride,
+            )
+        };
+    }
+    for q in 0..n_b {
+        let bq = &b[q * b_stride..q * b_stride + len];
+        for i in 0..rows {
+            let row = &a[i * row_stride..];
+            let v = chunks32_by(|e| f16_to_f32(row[e / 32 * stride + e % 32]), bq, true);
+            out[q * out_stride + i] = v;
+        }
+    }
+}
 /// `out[i] += Σ_j a[j] · v_j[i]` over positions `j` in order, where `v_j` is stored without its
 /// masked-out entries (the values of a compact V cache): its kept entries are the set bits of
 /// `bits[j·words..(j + 1)·words]` (bit `i % 64` of word `i / 64`; `words = out.len()` / 64
@@ -715,6 +951,58 @@ macro_rules! dot_transposed_lanes {
 #[cfg(target_arch = "x86_64")]
 use dot_transposed_lanes;
 
+/// [`dot_transposed_lanes`] over keys cached as f16 bits (`$load` widens `$w` of them), in the
+/// two orders of [`dot16_transposed_f16`]: the dot order with its tail added in f64 per lane
+/// (rare: only key widths that are not a multiple of 32), or the gemm order's eight chains,
+/// the chunk past the end padded with zeros, summed as [`hsum8`].
+#[cfg(target_arch = "x86_64")]
+macro_rules! dot_transposed_lanes_f16 {
+    ($kp:expr, $b:expr, $gemm:expr, $out:expr, $load:ident, $set1:ident, $fmadd:ident, $add:ident,
+     $zero:ident, $store:ident, $w:expr) => {{
+        let (kp, b, out) = ($kp, $b, $out);
+        let (len, np) = (b.len(), b.len() / 32 * 32);
+        let key = |e: usize| $load(kp.add(16 * e));
+        let q = |e: usize| $set1(*b.get_unchecked(e));
+        if $gemm {
+            let mut x = [$zero(); 8];
+            for e in 0..len {
+                x[e % 8] = $fmadd(key(e), q(e), x[e % 8]);
+            }
+            for e in len..len.next_multiple_of(8) {
+                // tinyBLAS's zero-padded last chunk: + 0·0 (which turns a -0 sum into +0).
+                x[e % 8] = $add(x[e % 8], $zero());
+            }
+            let t: [_; 4] = std::array::from_fn(|i| $add(x[i + 4], x[i]));
+            $store(out, $add($add(t[0], t[2]), $add(t[1], t[3])));
+        } else {
+            let x: [_; 8] = std::array::from_fn(|l| {
+                let mut acc = [$zero(); 4];
+                for k in 0..np / 32 {
+                    for (c, acc) in acc.iter_mut().enumerate() {
+                        let e = 32 * k + 8 * c + l;
+                        *acc = $fmadd(key(e), q(e), *acc);
+                    }
+                }
+                $add($add(acc[0], acc[2]), $add(acc[1], acc[3]))
+            });
+            let t: [_; 4] = std::array::from_fn(|i| $add(x[i], x[i + 4]));
+            $store(out, $add($add(t[0], t[1]), $add(t[2], t[3])));
+            if np < len {
+                for l in 0..$w {
+                    let mut sum = *out.add(l) as f64;
+                    for e in np..len {
+                        let k = super::f16_to_f32(*kp.add(16 * e + l));
+                        sum += (k * *b.get_unchecked(e)) as f64;
+                    }
+                    *out.add(l) = sum as f32;
+                }
+            }
+        }
+    }};
+}
+#[cfg(target_arch = "x86_64")]
+use dot_transposed_lanes_f16;
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::*;
@@ -729,6 +1017,33 @@ mod avx2 {
                 && is_x86_feature_detected!("fma")
                 && crate::dispatch::kernels().name != "scalar"
         })
+    }
+
+    /// [`available`] and F16C: the f16 KV cache's kernels.
+    pub fn f16c_available() -> bool {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| available() && is_x86_feature_detected!("f16c"))
+    }
+
+    /// An element of cached keys or values: f32, or f16 bits widened on load (exactly).
+    pub trait Lanes: Copy {
+        /// Eight elements from `p` as f32.
+        unsafe fn load8(p: *const Self) -> __m256;
+    }
+
+    impl Lanes for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+    }
+
+    impl Lanes for u16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const u16) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        }
     }
 
     #[inline(always)]
@@ -788,7 +1103,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_chunks32(a: &[f32], stride: usize, b: &[f32], gemm_order: bool) -> f32 {
         let mut out = [0f32];
-        chunks32_rows::<1>(a.as_ptr(), 0, stride, b, gemm_order, &mut out);
+        chunks32_rows::<1, f32>(a.as_ptr(), 0, stride, b, gemm_order, &mut out);
         out[0]
     }
 
@@ -827,7 +1142,7 @@ mod avx2 {
         let whole = out.len() / 2 * 2;
         let (head, tail) = out.split_at_mut(whole);
         for (g, o) in head.chunks_exact_mut(2).enumerate() {
-            chunks32_rows::<2>(
+            chunks32_rows::<2, f32>(
                 a.as_ptr().add(2 * g * row_stride),
                 row_stride,
                 stride,
@@ -838,7 +1153,7 @@ mod avx2 {
         }
         for (i, o) in tail.iter_mut().enumerate() {
             let ap = a.as_ptr().add((whole + i) * row_stride);
-            chunks32_rows::<1>(ap, row_stride, stride, b, false, std::slice::from_mut(o));
+            chunks32_rows::<1, f32>(ap, row_stride, stride, b, false, std::slice::from_mut(o));
         }
     }
 
@@ -861,12 +1176,115 @@ mod avx2 {
         }
     }
 
+    /// [`super::dot_chunks32_rows_f16`]: the dot order's rows in pairs, then the last one.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_chunks32_rows_f16(
+        a: &[u16],
+        row_stride: usize,
+        stride: usize,
+        b: &[f32],
+        out: &mut [f32],
+    ) {
+        let whole = out.len() / 2 * 2;
+        let (head, tail) = out.split_at_mut(whole);
+        for (g, o) in head.chunks_exact_mut(2).enumerate() {
+            let ap = a.as_ptr().add(2 * g * row_stride);
+            chunks32_rows::<2, u16>(ap, row_stride, stride, b, false, o);
+        }
+        for (i, o) in tail.iter_mut().enumerate() {
+            let ap = a.as_ptr().add((whole + i) * row_stride);
+            chunks32_rows::<1, u16>(ap, row_stride, stride, b, false, std::slice::from_mut(o));
+        }
+    }
+
+    /// [`super::dot16_transposed_f16`] in two halves of eight keys (one per lane).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot16_transposed_f16(kt: &[u16], b: &[f32], gemm_order: bool, out: &mut [f32; 16]) {
+        let load = |p: *const u16| u16::load8(p);
+        for half in 0..2 {
+            let (kp, o) = (kt.as_ptr().add(8 * half), out.as_mut_ptr().add(8 * half));
+            super::dot_transposed_lanes_f16!(
+                kp,
+                b,
+                gemm_order,
+                o,
+                load,
+                _mm256_set1_ps,
+                _mm256_fmadd_ps,
+                _mm256_add_ps,
+                _mm256_setzero_ps,
+                _mm256_storeu_ps,
+                8
+            );
+        }
+    }
+
+    /// [`super::f32_to_f16_slice`], eight values per `vcvtps2ph`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn f32_to_f16_slice(src: &[f32], dst: &mut [u16]) {
+        let full = src.len() / 8 * 8;
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        for i in (0..full).step_by(8) {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(sp.add(i)));
+            _mm_storeu_si128(dp.add(i) as *mut __m128i, h);
+        }
+        super::f32_to_f16_slice_scalar(&src[full..], &mut dst[full..]);
+    }
+
+    /// [`super::round_f16`], eight values per conversion there and back.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn round_f16(x: &mut [f32]) {
+        let full = x.len() / 8 * 8;
+        let p = x.as_mut_ptr();
+        for i in (0..full).step_by(8) {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(p.add(i)));
+            _mm256_storeu_ps(p.add(i), _mm256_cvtph_ps(h));
+        }
+        super::round_f16_scalar(&mut x[full..]);
+    }
+
     /// Rows in pairs and vectors in fours (then the rest), each pair of rows × group of vectors
     /// reading its chunks of `a` once; the caller checked every access.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn dot_chunks32_rows_gemm(
         a: &[f32],
+        row_stride: usize,
+        stride: usize,
+        rows: usize,
+        b: &[f32],
+        b_stride: usize,
+        n_b: usize,
+        len: usize,
+        out: &mut [f32],
+        out_stride: usize,
+    ) {
+        rows_gemm(a, row_stride, stride, rows, b, b_stride, n_b, len, out, out_stride)
+    }
+
+    /// [`dot_chunks32_rows_gemm`] over values cached as f16 bits.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn dot_chunks32_rows_gemm_f16(
+        a: &[u16],
+        row_stride: usize,
+        stride: usize,
+        rows: usize,
+        b: &[f32],
+        b_stride: usize,
+        n_b: usize,
+        len: usize,
+        out: &mut [f32],
+        out_stride: usize,
+    ) {
+        rows_gemm(a, row_stride, stride, rows, b, b_stride, n_b, len, out, out_stride)
+    }
+
+    /// The body of [`dot_chunks32_rows_gemm`] for either element type.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows_gemm<T: Lanes>(
+        a: &[T],
         row_stride: usize,
         stride: usize,
         rows: usize,
@@ -889,14 +1307,14 @@ mod avx2 {
                 let o0 = op.add(q0 * out_stride + r0);
                 let args = (a0, row_stride, stride, b0, b_stride, nc, o0, out_stride);
                 match (nr, nq) {
-                    (2, 4) => rows_vectors::<2, 4>(args),
-                    (2, 3) => rows_vectors::<2, 3>(args),
-                    (2, 2) => rows_vectors::<2, 2>(args),
-                    (2, _) => rows_vectors::<2, 1>(args),
-                    (_, 4) => rows_vectors::<1, 4>(args),
-                    (_, 3) => rows_vectors::<1, 3>(args),
-                    (_, 2) => rows_vectors::<1, 2>(args),
-                    _ => rows_vectors::<1, 1>(args),
+                    (2, 4) => rows_vectors::<2, 4, T>(args),
+                    (2, 3) => rows_vectors::<2, 3, T>(args),
+                    (2, 2) => rows_vectors::<2, 2, T>(args),
+                    (2, _) => rows_vectors::<2, 1, T>(args),
+                    (_, 4) => rows_vectors::<1, 4, T>(args),
+                    (_, 3) => rows_vectors::<1, 3, T>(args),
+                    (_, 2) => rows_vectors::<1, 2, T>(args),
+                    _ => rows_vectors::<1, 1, T>(args),
                 }
                 r0 += nr;
             }
@@ -904,8 +1322,8 @@ mod avx2 {
         }
     }
 
-    type RowsVectors = (
-        *const f32,
+    type RowsVectors<T> = (
+        *const T,
         usize,
         usize,
         *const f32,
@@ -918,13 +1336,13 @@ mod avx2 {
     /// `R` rows × `Q` vectors of `dot_chunks32` in the gemm order (one accumulator chain each,
     /// the single product's operations in its order).
     #[inline(always)]
-    unsafe fn rows_vectors<const R: usize, const Q: usize>(args: RowsVectors) {
+    unsafe fn rows_vectors<const R: usize, const Q: usize, T: Lanes>(args: RowsVectors<T>) {
         let (ap, row_stride, stride, bp, b_stride, nc, op, out_stride) = args;
         let mut acc = [[_mm256_setzero_ps(); Q]; R];
         for k in 0..nc {
             for (r, acc) in acc.iter_mut().enumerate() {
                 let ac = ap.add(r * row_stride + k * stride);
-                let av = [0, 1, 2, 3].map(|c| _mm256_loadu_ps(ac.add(8 * c)));
+                let av = [0, 1, 2, 3].map(|c| T::load8(ac.add(8 * c)));
                 for (q, acc) in acc.iter_mut().enumerate() {
                     let bc = bp.add(q * b_stride + 32 * k);
                     for (c, &ac) in av.iter().enumerate() {
@@ -950,8 +1368,8 @@ mod avx2 {
 
     /// `R` rows of `dot_chunks32` at once, each with exactly the single row's operations.
     #[inline(always)]
-    unsafe fn chunks32_rows<const R: usize>(
-        ap: *const f32,
+    unsafe fn chunks32_rows<const R: usize, T: Lanes>(
+        ap: *const T,
         row_stride: usize,
         stride: usize,
         b: &[f32],
@@ -968,7 +1386,7 @@ mod avx2 {
                 for (q, &bq) in bv.iter().enumerate() {
                     // gemm order: one accumulator for every group of 8; dot order: four.
                     let s = if gemm_order { 0 } else { q };
-                    acc[s] = _mm256_fmadd_ps(_mm256_loadu_ps(ac.add(8 * q)), bq, acc[s]);
+                    acc[s] = _mm256_fmadd_ps(T::load8(ac.add(8 * q)), bq, acc[s]);
                 }
             }
         }
@@ -1128,6 +1546,25 @@ mod avx512 {
             _mm512_add_ps,
             _mm512_setzero_ps,
             _mm512_storeu_ps
+        );
+    }
+
+    /// [`super::dot16_transposed_f16`], one key per lane.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot16_transposed_f16(kt: &[u16], b: &[f32], gemm_order: bool, out: &mut [f32; 16]) {
+        let load = |p: *const u16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+        super::dot_transposed_lanes_f16!(
+            kt.as_ptr(),
+            b,
+            gemm_order,
+            out.as_mut_ptr(),
+            load,
+            _mm512_set1_ps,
+            _mm512_fmadd_ps,
+            _mm512_add_ps,
+            _mm512_setzero_ps,
+            _mm512_storeu_ps,
+            16
         );
     }
 
@@ -1772,5 +2209,200 @@ mod tests {
         assert_eq!(g[0], 0.0);
         assert_eq!(g[2], 6.0);
         assert_eq!(g[1], gelu_f16_table(0.5) * 3.0);
+    }
+
+    /// xorshift64*: deterministic random bits for the f16 tests.
+    struct Bits(u64);
+
+    impl Bits {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        /// Any f32 bit pattern, weighted toward the half-precision range and its edges.
+        fn f32_any(&mut self) -> f32 {
+            let r = self.next();
+            match r % 4 {
+                0 => f32::from_bits((r >> 32) as u32),
+                // Exponents around the half range: subnormal halves to overflow.
+                1 => f32::from_bits(((r >> 32) as u32 & 0x807f_ffff) | (((r >> 8) % 48 + 88) as u32) << 23),
+                // Exact halfway cases and their neighbours (low 13 bits 0x1000 ± 1).
+                2 => {
+                    let b = ((r >> 32) as u32 & !0x1fff) | (0x0fff + (r >> 16) as u32 % 3);
+                    f32::from_bits((b & 0x807f_ffff) | (((r >> 8) % 40 + 100) as u32) << 23)
+                }
+                _ => ((r >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0,
+            }
+        }
+
+        /// A value of moderate size, rounded to f16.
+        fn f16_val(&mut self, scale: f32) -> f32 {
+            let x = ((self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale;
+            f16_to_f32(f32_to_f16(x))
+        }
+    }
+
+    fn same_f32(a: f32, b: f32) -> bool {
+        a.to_bits() == b.to_bits()
+    }
+
+    /// The conversions against the `half` crate's and the hardware's, on every half and on
+    /// random floats (ties, subnormals, overflow, inf and NaN included).
+    #[test]
+    fn f16_conversions_round_to_nearest_even() {
+        for h in 0..=u16::MAX {
+            let want = half::f16::from_bits(h).to_f32();
+            let got = f16_to_f32(h);
+            assert!(same_f32(got, want) || (got.is_nan() && want.is_nan()), "half {h:#06x}");
+            if !got.is_nan() {
+                assert_eq!(f32_to_f16(got), h, "half {h:#06x} back");
+            }
+        }
+        let cases: [(f32, u16); 12] = [
+            (1.0 + 2f32.powi(-11), 0x3c00),     // tie, even below
+            (1.0 + 3.0 * 2f32.powi(-11), 0x3c02), // tie, even above
+            (1.0 + 2f32.powi(-11) + 2f32.powi(-20), 0x3c01),
+            (2f32.powi(-24), 0x0001),
+            (2f32.powi(-25), 0x0000),          // tie between 0 and the smallest subnormal
+            (1.5 * 2f32.powi(-25), 0x0001),
+            (3.0 * 2f32.powi(-25), 0x0002),    // tie between 1 and 2 ulps: even
+            (-2f32.powi(-26), 0x8000),
+            (65504.0, 0x7bff),
+            (65520.0, 0x7c00),                 // tie between 65504 and 2^16: even is inf
+            (f32::NEG_INFINITY, 0xfc00),
+            (f32::from_bits(1), 0x0000),       // an f32 subnormal
+        ];
+        for (x, h) in cases {
+            assert_eq!(f32_to_f16(x), h, "{x:e}");
+        }
+        let mut r = Bits(0x1234_5678_9abc_def1);
+        for len in [1usize, 3, 7, 9, 17, 31, 1001, 4099] {
+            let src: Vec<f32> = (0..len).map(|_| r.f32_any()).collect();
+            let (mut simd, mut scalar) = (vec![0u16; len], vec![0u16; len]);
+            f32_to_f16_slice(&src, &mut simd);
+            f32_to_f16_slice_scalar(&src, &mut scalar);
+            for (i, &x) in src.iter().enumerate() {
+                let want = half::f16::from_f32(x).to_bits();
+                assert_eq!(scalar[i], want, "{x:e} ({:#010x})", x.to_bits());
+                assert_eq!(simd[i], want, "F16C {x:e} ({:#010x})", x.to_bits());
+            }
+            let (mut a, mut b) = (src.clone(), src.clone());
+            round_f16(&mut a);
+            round_f16_scalar(&mut b);
+            for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                assert!(same_f32(*p, *q) || (p.is_nan() && q.is_nan()), "round_f16 {:e}", src[i]);
+            }
+        }
+    }
+
+    /// `ggml_vec_dot_f16` as written in ggml (AVX2 with F16C): four 8-lane accumulators over
+    /// steps of 32, reduced pairwise, then the leftovers in double.
+    fn ggml_vec_dot_f16(x: &[u16], y: &[u16]) -> f32 {
+        let n = x.len();
+        let np = n & !31;
+        let mut sum = [[0f32; 8]; 4];
+        for i in (0..np).step_by(32) {
+            for (j, s) in sum.iter_mut().enumerate() {
+                for l in 0..8 {
+                    let e = i + 8 * j + l;
+                    s[l] = f16_to_f32(x[e]).mul_add(f16_to_f32(y[e]), s[l]);
+                }
+            }
+        }
+        let s0: [f32; 8] = std::array::from_fn(|l| sum[0][l] + sum[2][l]);
+        let s1: [f32; 8] = std::array::from_fn(|l| sum[1][l] + sum[3][l]);
+        let v: [f32; 8] = std::array::from_fn(|l| s0[l] + s1[l]);
+        let t0: [f32; 4] = std::array::from_fn(|l| v[l] + v[l + 4]);
+        let mut sumf = ((t0[0] + t0[1]) + (t0[2] + t0[3])) as f64;
+        for i in np..n {
+            sumf += (f16_to_f32(x[i]) * f16_to_f32(y[i])) as f64;
+        }
+        sumf as f32
+    }
+
+    /// tinyBLAS's f16 dot of one output (AVX2): one accumulator over chunks of 8, the last one
+    /// loaded partially (zeros past the end), then `hsum`.
+    fn tinyblas_dot_f16(x: &[u16], y: &[u16]) -> f32 {
+        let mut acc = [0f32; 8];
+        for c in 0..x.len().div_ceil(8) {
+            for l in 0..8 {
+                let e = 8 * c + l;
+                let (a, b) = if e < x.len() { (f16_to_f32(x[e]), f16_to_f32(y[e])) } else { (0.0, 0.0) };
+                acc[l] = a.mul_add(b, acc[l]);
+            }
+        }
+        let h: [f32; 4] = std::array::from_fn(|i| acc[i + 4] + acc[i]);
+        (h[0] + h[2]) + (h[1] + h[3])
+    }
+
+    /// Scores over transposed f16 key blocks equal ggml's f16 dot (one query) and tinyBLAS's
+    /// (a batch) per key, on every path, with and without tails.
+    #[test]
+    fn transposed_f16_key_scores_equal_ggml() {
+        let mut r = Bits(0x9e37_79b9_7f4a_7c15);
+        for (n, len) in [(16usize, 64usize), (37, 256), (20, 70), (45, 46), (3, 5), (16, 33), (5, 1)] {
+            let keys: Vec<u16> = (0..n * len).map(|_| f32_to_f16(r.f16_val(6.0))).collect();
+            let q: Vec<f32> = (0..len).map(|_| r.f16_val(3.0)).collect();
+            let qh: Vec<u16> = q.iter().map(|&v| f32_to_f16(v)).collect();
+            let mut kt = vec![0u16; n.div_ceil(16) * 16 * len];
+            for j in 0..n {
+                for e in 0..len {
+                    kt[((j / 16) * len + e) * 16 + j % 16] = keys[j * len + e];
+                }
+            }
+            for gemm in [false, true] {
+                for block in 0..n.div_ceil(16) {
+                    let kb = &kt[block * 16 * len..];
+                    let (mut out, mut o1) = ([0f32; 16], [0f32; 16]);
+                    dot16_transposed_f16(kb, &q, gemm, &mut out);
+                    dot16_transposed_f16_scalar(kb, &q, gemm, &mut o1);
+                    assert_eq!(o1.map(f32::to_bits), out.map(f32::to_bits), "scalar, {n}×{len} gemm {gemm}");
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2::f16c_available() {
+                        let mut o2 = [0f32; 16];
+                        // SAFETY: AVX2, FMA and F16C detected; the block holds 16 · len values.
+                        unsafe { avx2::dot16_transposed_f16(kb, &q, gemm, &mut o2) };
+                        assert_eq!(o2.map(f32::to_bits), out.map(f32::to_bits), "avx2, {n}×{len} gemm {gemm}");
+                    }
+                    for (l, got) in out.iter().enumerate().take(n - 16 * block) {
+                        let j = 16 * block + l;
+                        let row = &keys[j * len..(j + 1) * len];
+                        let want = if gemm { tinyblas_dot_f16(row, &qh) } else { ggml_vec_dot_f16(row, &qh) };
+                        assert!(same_f32(*got, want), "key {j} of {n}×{len}, gemm {gemm}: {got} {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Value sums over f16 values in blocks of 32 positions equal ggml's f16 dot (one query)
+    /// and tinyBLAS's (several), on every path.
+    #[test]
+    fn f16_value_sums_equal_ggml() {
+        let mut r = Bits(0xdead_beef_cafe_f00d);
+        // 3 rows (dims) of 96 positions in blocks of 32: dim i of block k at k·stride + 32 i.
+        let (rows, len, stride) = (5usize, 96usize, 5 * 32 + 8);
+        let a: Vec<u16> = (0..(len / 32) * stride).map(|_| f32_to_f16(r.f16_val(4.0))).collect();
+        let nb = 3;
+        let b: Vec<f32> = (0..nb * len).map(|_| r.f16_val(1.0).abs()).collect();
+        let row_of = |i: usize| -> Vec<u16> { (0..len).map(|e| a[e / 32 * stride + 32 * i + e % 32]).collect() };
+        let bh = |q: usize| -> Vec<u16> { b[q * len..(q + 1) * len].iter().map(|&v| f32_to_f16(v)).collect() };
+        let mut out = vec![0f32; rows];
+        dot_chunks32_rows_f16(&a, 32, stride, &b[..len], &mut out);
+        for (i, o) in out.iter().enumerate() {
+            let want = ggml_vec_dot_f16(&row_of(i), &bh(0));
+            assert!(same_f32(*o, want), "dot order row {i}: {o} {want}");
+        }
+        let mut g = vec![0f32; nb * rows];
+        dot_chunks32_rows_gemm_f16(&a, 32, stride, rows, &b, len, nb, len, &mut g, rows);
+        for q in 0..nb {
+            for i in 0..rows {
+                let want = tinyblas_dot_f16(&row_of(i), &bh(q));
+                assert!(same_f32(g[q * rows + i], want), "gemm order query {q} row {i}");
+            }
+        }
     }
 }
