@@ -256,10 +256,29 @@ fn interleaved_kernels_equal_single_row_bit_for_bit() {
                 continue;
             };
             let mut checked = 0;
-            for blocks in [1usize, 3, 18, 33] {
+            // `raw`: every quant byte random (Q8_0's -128 included, which no quantizer
+            // writes), so a kernel whose i16 sums could saturate would differ.
+            let cases = [
+                (1usize, false),
+                (3, false),
+                (18, false),
+                (33, false),
+                (3, true),
+                (33, true),
+            ];
+            for (blocks, raw) in cases {
                 let n = blocks * ty.block_size();
                 let rb = ty.row_bytes(n).unwrap();
-                let (rows, group) = random_group(&mut rng, ty, n, |k| 5 + k % 3, il.pack);
+                let (mut rows, mut group) =
+                    random_group(&mut rng, ty, n, |k| 5 + k % 3, il.pack);
+                if raw {
+                    // The scale (and Q4_1's minimum) stay: finite f16 from the quantizer.
+                    let (ts, head) = (ty.type_size(), if ty == QuantType::Q4_1 { 4 } else { 2 });
+                    for block in rows.chunks_exact_mut(ts) {
+                        rand::Rng::fill(&mut rng, &mut block[head..]);
+                    }
+                    (il.pack)(n, &rows, &mut group);
+                }
                 let mut xq = tomoe_quant::QuantizedInput::new();
                 xq.quantize(ty, &support::dense_row(&mut rng, n), n);
                 let (x, sums) = (xq.vector(0), xq.block_sums(0));
@@ -281,7 +300,7 @@ fn interleaved_kernels_equal_single_row_bit_for_bit() {
                     assert_eq!(
                         out[r].to_bits(),
                         want.to_bits(),
-                        "{} {ty} interleaved row {r}, {blocks} blocks",
+                        "{} {ty} interleaved row {r}, {blocks} blocks, raw bytes {raw}",
                         set.name
                     );
                     checked += 1;
