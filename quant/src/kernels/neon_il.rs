@@ -24,7 +24,6 @@ use super::interleave::{
 };
 use super::scalar::axpy_coeff_scale;
 use super::{Interleaved16, InterleavedAxpy16, IL_PREFETCH_AHEAD};
-use crate::blocks::float::f16_to_f32;
 use crate::formats::{QuantType, QK};
 
 /// `acc` + per i32 lane the sums of the four i8·i8 products of lane-quads `a1·b1` and `a2·b2`
@@ -86,7 +85,7 @@ unsafe fn quad(y: &[int8x16_t; 2], l: usize) -> int8x16_t {
 /// The 16 f16 values at `p` as four f32 vectors (rows 4q..4q+4 in vector q).
 #[inline(always)]
 unsafe fn f16x16(p: *const u8) -> [float32x4_t; 4] {
-    let (h0, h1) = (vld1q_u16(p as *const u16), vld1q_u16(p.add(16) as *const u16));
+    let (h0, h1) = (vld1q_u8(p), vld1q_u8(p.add(16)));
     let (a, b, c, d): (float32x4_t, float32x4_t, float32x4_t, float32x4_t);
     // SAFETY: register-only conversions (half-precision `fcvtl` is base AArch64 SIMD); exact
     // for every finite, infinite or subnormal f16, as `f16_to_f32`.
@@ -100,10 +99,27 @@ unsafe fn f16x16(p: *const u8) -> [float32x4_t; 4] {
     [a, b, c, d]
 }
 
-/// The f16 at `p` as f32 (the activation block's scale).
+/// The f16 at `p` (the activation block's scale) as f32 in every lane. `fcvtl` rather than
+/// `f16_to_f32`, whose run-time dispatch is a call that spills every accumulator.
 #[inline(always)]
-unsafe fn f16_at(p: *const u8) -> f32 {
-    f16_to_f32(u16::from_le_bytes([*p, *p.add(1)]))
+unsafe fn f16_bcast(p: *const u8) -> float32x4_t {
+    let h = vdup_n_u16(u16::from_le_bytes([*p, *p.add(1)]));
+    let v: float32x4_t;
+    // SAFETY: a register-only conversion, as in `f16x16`.
+    asm!("fcvtl {v:v}.4s, {h:v}.4h", h = in(vreg) h, v = out(vreg) v,
+         options(pure, nomem, nostack));
+    v
+}
+
+/// Each row's `d_w · d_x`, as the single-row kernels round it.
+#[inline(always)]
+unsafe fn times(dw: [float32x4_t; 4], dx: float32x4_t) -> [float32x4_t; 4] {
+    [
+        vmulq_f32(dw[0], dx),
+        vmulq_f32(dw[1], dx),
+        vmulq_f32(dw[2], dx),
+        vmulq_f32(dw[3], dx),
+    ]
 }
 
 /// The final sums of rows 4q..4q+4 into `out`: ((l0 + l1) + (l2 + l3)) per row, as the
@@ -216,7 +232,7 @@ macro_rules! neon_il_kernels {
                     let (g, bx) = (gp.add(288 * b), xp.add(34 * b));
                     prefetch_group_ahead(gp, 288 * nb, 288 * b, 288, next);
                     let dw = f16x16(g.add(256));
-                    let dx = f16_at(bx);
+                    let d = times(dw, f16_bcast(bx));
                     let y = $acts(bx);
                     for l in 0..4 {
                         let (ylo, yhi) = (quad(&y, l), quad(&y, l + 4));
@@ -225,7 +241,7 @@ macro_rules! neon_il_kernels {
                             let lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, m4)), s8);
                             let hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)), s8);
                             let p = $quads2(vdupq_n_s32(0), lo, ylo, hi, yhi);
-                            acc[q][l] = vfmaq_f32(acc[q][l], vcvtq_f32_s32(p), vmulq_n_f32(dw[q], dx));
+                            acc[q][l] = vfmaq_f32(acc[q][l], vcvtq_f32_s32(p), d[q]);
                         }
                     }
                 }
@@ -258,7 +274,7 @@ macro_rules! neon_il_kernels {
                     let (g, bx) = (gp.add(320 * b), xp.add(34 * b));
                     prefetch_group_ahead(gp, 320 * nb, 320 * b, 320, next);
                     let (dw, mw) = (f16x16(g.add(256)), f16x16(g.add(288)));
-                    let dx = f16_at(bx);
+                    let d = times(dw, f16_bcast(bx));
                     let y = $acts(bx);
                     for l in 0..4 {
                         let (ylo, yhi) = (quad(&y, l), quad(&y, l + 4));
@@ -267,7 +283,7 @@ macro_rules! neon_il_kernels {
                             let lo = vreinterpretq_s8_u8(vandq_u8(v, m4));
                             let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v));
                             let p = $quads2(vdupq_n_s32(0), lo, ylo, hi, yhi);
-                            acc[q][l] = vfmaq_f32(acc[q][l], vcvtq_f32_s32(p), vmulq_n_f32(dw[q], dx));
+                            acc[q][l] = vfmaq_f32(acc[q][l], vcvtq_f32_s32(p), d[q]);
                         }
                     }
                     // Not fused, as the single-row kernel's `summ += m * s`.
@@ -301,7 +317,7 @@ macro_rules! neon_il_kernels {
                     let (g, bx) = (gp.add(352 * b), xp.add(34 * b));
                     prefetch_group_ahead(gp, 352 * nb, 352 * b, 352, next);
                     let dw = f16x16(g.add(320));
-                    let dx = f16_at(bx);
+                    let d = times(dw, f16_bcast(bx));
                     let y = $acts(bx);
                     let mut isum = [vdupq_n_s32(0); 4];
                     for l in 0..4 {
@@ -319,8 +335,7 @@ macro_rules! neon_il_kernels {
                     }
                     // Not fused, as the single-row kernel's `sum += isum as f32 * (d_w * d_x)`.
                     for q in 0..4 {
-                        let d = vmulq_n_f32(dw[q], dx);
-                        sum[q] = vaddq_f32(sum[q], vmulq_f32(vcvtq_f32_s32(isum[q]), d));
+                        sum[q] = vaddq_f32(sum[q], vmulq_f32(vcvtq_f32_s32(isum[q]), d[q]));
                     }
                 }
                 for (q, s) in sum.iter().enumerate() {
@@ -347,7 +362,7 @@ macro_rules! neon_il_kernels {
                     let (g, bx) = (gp.add(544 * b), xp.add(34 * b));
                     prefetch_group_ahead(gp, 544 * nb, 544 * b, 544, next);
                     let dw = f16x16(g.add(512));
-                    let dx = f16_at(bx);
+                    let d = times(dw, f16_bcast(bx));
                     let y = $acts(bx);
                     for l in 0..4 {
                         let (ylo, yhi) = (quad(&y, l), quad(&y, l + 4));
@@ -355,7 +370,7 @@ macro_rules! neon_il_kernels {
                             let lo = ld(g.add(64 * l + 16 * q));
                             let hi = ld(g.add(64 * (l + 4) + 16 * q));
                             let p = $quads2(vdupq_n_s32(0), lo, ylo, hi, yhi);
-                            acc[q][l] = vfmaq_f32(acc[q][l], vcvtq_f32_s32(p), vmulq_n_f32(dw[q], dx));
+                            acc[q][l] = vfmaq_f32(acc[q][l], vcvtq_f32_s32(p), d[q]);
                         }
                     }
                 }

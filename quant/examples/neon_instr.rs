@@ -1,0 +1,80 @@
+//! Calls each NEON matrix-vector kernel (single-row, row-interleaved, interleaved axpy) once on
+//! 64 and once on 128 blocks of 32 weights, between calls of a marker function, so that an
+//! instruction trace (`scripts/neon-instr-table.sh`: `qemu-aarch64 -d in_asm,exec,nochain`)
+//! gives the instructions each kernel executes per block: the difference of the two calls over
+//! 64 blocks, free of the per-call work. Prints one line per measured pair of calls, in order:
+//! `label rows` (rows per call: 1 or 16).
+
+#[cfg(target_arch = "aarch64")]
+fn main() {
+    use std::hint::black_box;
+    use tomoe_quant::dispatch::available_sets;
+    use tomoe_quant::{quantize_row, QuantType, QuantizedInput};
+
+    /// The trace's delimiter: every call of it starts or ends a measured call.
+    #[inline(never)]
+    fn mark() {
+        black_box(());
+    }
+
+    println!("mark {:#x}", mark as fn() as usize);
+    let formats = [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q5_0, QuantType::Q8_0];
+    for set in available_sets().iter().filter(|s| s.name.starts_with("neon")) {
+        for ty in formats {
+            for blocks in [64usize, 128] {
+                let n = 32 * blocks;
+                let rb = ty.row_bytes(n).unwrap();
+                let wf: Vec<f32> = (0..16 * n).map(|i| ((i * 7919 % 997) as f32 - 498.0) * 1e-3).collect();
+                let mut rows = vec![0u8; 16 * rb];
+                for (r, row) in rows.chunks_exact_mut(rb).enumerate() {
+                    quantize_row(ty, &wf[r * n..(r + 1) * n], row);
+                }
+                let xf: Vec<f32> = (0..n).map(|i| ((i * 104_729 % 1009) as f32 - 504.0) * 1e-3).collect();
+                let mut xq = QuantizedInput::new();
+                xq.quantize(ty, &xf, n);
+                let (x, sums) = (xq.vector(0), xq.block_sums(0));
+                let label = |what: &str| format!("{}/{ty}/{what}", set.name);
+                let single = set.dot_with_sums(ty);
+                mark();
+                // SAFETY: the set runs on this CPU; row, vector and sums hold n values.
+                unsafe {
+                    match single {
+                        Some(f) => black_box(f(n, &rows[..rb], x, sums)),
+                        None => black_box(set.dot(ty)(n, &rows[..rb], x)),
+                    };
+                }
+                mark();
+                println!("{} 1 {blocks}", label("dot"));
+                if let Some(il) = set.interleaved(ty) {
+                    let mut group = vec![0u8; 16 * rb];
+                    (il.pack)(n, &rows, &mut group);
+                    let mut out = [0f32; 16];
+                    mark();
+                    // SAFETY: as above; the group holds 16 rows of n values; `next` is only
+                    // prefetched (given, so that every block prefetches as in a stream).
+                    unsafe { (il.dot16)(n, &group, x, sums, &mut out, group.as_ptr()) };
+                    mark();
+                    black_box(out);
+                    println!("{} 16 {blocks}", label("dot16"));
+                }
+                if let Some(ax) = set.interleaved_axpy(ty) {
+                    let mut group = vec![0u8; 16 * rb];
+                    (ax.pack)(n, &rows, &mut group);
+                    let coeffs: [f32; 16] = std::array::from_fn(|r| 0.25 + r as f32 * 0.1);
+                    let mut y = vec![0f32; n];
+                    mark();
+                    // SAFETY: as above; y holds n values.
+                    unsafe { (ax.axpy16)(n, &group, &coeffs, 0..16, &mut y, group.as_ptr()) };
+                    mark();
+                    black_box(&y);
+                    println!("{} 16 {blocks}", label("axpy16"));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+fn main() {
+    eprintln!("neon_instr: aarch64 only");
+}
