@@ -16,6 +16,8 @@ pub mod interleave;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 #[cfg(target_arch = "aarch64")]
+pub mod neon_gemm;
+#[cfg(target_arch = "aarch64")]
 pub mod neon_il;
 
 /// `dot(n, w_row, x_row)`: `n` elements; `w_row` in the weight format, `x_row` in its
@@ -92,8 +94,8 @@ pub type Axpy16Fn =
 
 /// Activation vectors packed by a [`GemmKernel`]'s `pack`, in a layout private to its set; a
 /// reusable buffer.
-// Only the x86 sets have tiled kernels that read the fields.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+// Only the x86 and Arm sets have tiled kernels that read the fields.
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
 #[derive(Clone, Debug, Default)]
 pub struct PackedActs {
     pub(crate) bytes: Vec<u8>,
@@ -195,8 +197,8 @@ pub(crate) const PREFETCH_AHEAD: usize = 2048;
 /// a block's lines at a time, into L2: so the loads spread over the arithmetic, and more lines
 /// are in flight than L1's few line-fill buffers allow. 8 KiB into L2 decoded faster than 4 KiB
 /// into L1 and than 4 or 16 KiB into L2 (BENCHMARKS.md).
-// Only the x86 sets have interleaved kernels.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+// Only the x86 and Arm sets have interleaved kernels.
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
 pub(crate) const IL_PREFETCH_AHEAD: usize = 8192;
 
 /// Prefetches into L2 the lines of the `len` bytes `IL_PREFETCH_AHEAD` past offset `at` of a

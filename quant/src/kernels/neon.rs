@@ -31,7 +31,12 @@ pub fn kernel_set(dotprod: bool) -> Option<KernelSet> {
             ),
             dots_x4: [None; 14],
             axpys: crate::dispatch::q8_0_axpy(axpy_q8_0),
-            gemms: [None; 14],
+            // smmla tiles where the CPU has the int8 matrix multiply extension.
+            gemms: if std::arch::is_aarch64_feature_detected!("i8mm") {
+                super::neon_gemm::kernels()
+            } else {
+                [None; 14]
+            },
             interleaved: super::neon_il::with_dotprod::kernels(),
             interleaved_axpys: super::neon_il::with_dotprod::axpy_kernels(),
             quantize_q8_0_acts: super::scalar::quantize_q8_0_acts,

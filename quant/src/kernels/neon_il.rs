@@ -166,7 +166,7 @@ fn check(ty: QuantType, cols: usize, group: &[u8], x: &[u8]) {
 
 /// The 16 bytes 0xFF/0x00 of bits `16 * half .. 16 * half + 16` of `bits`.
 #[inline(always)]
-unsafe fn bits_16(bits: u32, half: usize) -> uint8x16_t {
+pub(super) unsafe fn bits_16(bits: u32, half: usize) -> uint8x16_t {
     let b0 = vdup_n_u8((bits >> (16 * half)) as u8);
     let b1 = vdup_n_u8((bits >> (16 * half + 8)) as u8);
     let mask = vld1q_u8([1u8, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128].as_ptr());
