@@ -131,4 +131,11 @@ for ty in ["q4_0", "q4_1", "q5_0", "q8_0"]:
     print(f"| {ty} | {cell(f'neon/{ty}/dot')} | {cell(f'neon/{ty}/dot16')} | {cell(f'ggml-neon/{ty}/dot')} "
           f"| {cell(f'neon-dotprod/{ty}/dot')} | {cell(f'neon-dotprod/{ty}/dot16')} | {cell(f'ggml-dotprod/{ty}/dot')} |")
 print(f"| q8_0 axpy16 | | {cell('neon/q8_0/axpy16')} | | | {cell('neon-dotprod/q8_0/axpy16')} | |")
+print()
+print("Tiled smmla kernels (neon-dotprod where the CPU has i8mm), per 32 weights per (row, vector),")
+print("16 rows by 16 vectors per call, the activations packed beforehand:")
+print()
+print("| format | " + " | ".join(["q4_0", "q4_1", "q5_0", "q5_1", "q8_0"]) + " |")
+print("|---|---|---|---|---|---|")
+print("| neon-dotprod gemm | " + " | ".join(cell(f"neon-dotprod/{t}/gemm") for t in ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0"]) + " |")
 EOF

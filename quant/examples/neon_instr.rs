@@ -1,9 +1,10 @@
-//! Calls each NEON matrix-vector kernel (single-row, row-interleaved, interleaved axpy) once on
+//! Calls each NEON matrix-vector kernel (single-row, row-interleaved, interleaved axpy, and the
+//! tiled matrix-matrix kernel on 16 rows by 16 vectors) once on
 //! 64 and once on 128 blocks of 32 weights, between calls of a marker function, so that an
 //! instruction trace (`scripts/neon-instr-table.sh`: `qemu-aarch64 -d in_asm,exec,nochain`)
 //! gives the instructions each kernel executes per block: the difference of the two calls over
 //! 64 blocks, free of the per-call work. Prints one line per measured pair of calls, in order:
-//! `label rows` (rows per call: 1 or 16).
+//! `label rows blocks` (rows, or (row, vector) pairs, per call: 1, 16 or 256).
 
 #[cfg(target_arch = "aarch64")]
 fn main() {
@@ -18,7 +19,13 @@ fn main() {
     }
 
     println!("mark {:#x}", mark as fn() as usize);
-    let formats = [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q5_0, QuantType::Q8_0];
+    let formats = [
+        QuantType::Q4_0,
+        QuantType::Q4_1,
+        QuantType::Q5_0,
+        QuantType::Q5_1,
+        QuantType::Q8_0,
+    ];
     for set in available_sets().iter().filter(|s| s.name.starts_with("neon")) {
         for ty in formats {
             for blocks in [64usize, 128] {
@@ -56,6 +63,21 @@ fn main() {
                     mark();
                     black_box(out);
                     println!("{} 16 {blocks}", label("dot16"));
+                }
+                if let Some(gemm) = set.gemm(ty) {
+                    // 16 rows by 16 vectors (the activation row, repeated): per (row, vector).
+                    let xs: Vec<u8> = x.iter().copied().cycle().take(16 * x.len()).collect();
+                    let ss: Vec<f32> = sums.iter().copied().cycle().take(16 * sums.len()).collect();
+                    let mut packed = tomoe_quant::kernels::PackedActs::default();
+                    let mut out = vec![0f32; 16 * 16];
+                    // SAFETY: as above; 16 vectors of n values, and their block sums.
+                    unsafe { (gemm.pack)(n, &xs, x.len(), &ss, &mut packed) };
+                    mark();
+                    // SAFETY: as above; `out` holds 16 vectors' results for 16 rows.
+                    unsafe { (gemm.run)(n, &rows, rb, &packed, out.as_mut_ptr(), 16) };
+                    mark();
+                    black_box(&out);
+                    println!("{} 256 {blocks}", label("gemm"));
                 }
                 if let Some(ax) = set.interleaved_axpy(ty) {
                     let mut group = vec![0u8; 16 * rb];
