@@ -270,6 +270,7 @@ unsafe fn tiles(
                     }
                 }
                 let mut total = [[vdupq_n_s32(0); 2]; 2];
+                #[allow(clippy::needless_range_loop)] // l indexes the operands and acc[i][j]
                 for l in 0..4 {
                     let a = wb.map(|p| vld1q_s8(p.add(16 * l) as *const i8));
                     let x = xb.map(|p| vld1q_s8(p.add(16 * l) as *const i8));
