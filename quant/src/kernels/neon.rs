@@ -9,7 +9,7 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::scalar::{self, q8k_bsum, q8k_d};
-use crate::blocks::float::read_f16;
+use crate::blocks::float::read_u16;
 use crate::blocks::kquants::{layout::*, q3_k_scales, scale_min_k4};
 use crate::dispatch::KernelSet;
 use crate::formats::{QuantType, QK, QK_K};
@@ -53,6 +53,18 @@ pub fn kernel_set(dotprod: bool) -> Option<KernelSet> {
         interleaved_axpys: super::neon_il::plain::axpy_kernels(),
         quantize_q8_0_acts: super::scalar::quantize_q8_0_acts,
     })
+}
+
+/// The f16 at byte `i` of `b` as f32, by `fcvt`: the value of `blocks::float::read_f16`, whose
+/// run-time dispatch of the conversion costs a call (and the registers it clobbers) per scale.
+#[inline(always)]
+fn read_f16(b: &[u8], i: usize) -> f32 {
+    let h = read_u16(b, i) as i16;
+    let v: f32;
+    // SAFETY: a register-only conversion, base AArch64 floating point; exact for every finite,
+    // infinite or subnormal f16.
+    unsafe { asm!("fcvt {0:s}, {1:h}", out(vreg) v, in(vreg) h, options(pure, nomem, nostack)) };
+    v
 }
 
 /// Panics unless both rows hold `n` elements (once per row; keeps the loads in bounds).
