@@ -164,6 +164,34 @@ fn check(ty: QuantType, cols: usize, group: &[u8], x: &[u8]) {
     );
 }
 
+/// The high bits of a Q5_0 group block (`pack_q5_0`: at `p`, per quad `l` and half `h` of the
+/// rows one u32, whose bits `16 (q % 2)..` belong to rows `4q..4q + 4`), as four vectors: u16
+/// lane `l` of vector `q` holds the bits of quad `l` of rows `4q..4q + 4` (bit `4r + k`: element
+/// `4l + k` of row `4q + r`). They are the u16 at `4l + q`, so two rounds of `uzp` sort them.
+#[inline(always)]
+unsafe fn high_bits(p: *const u8) -> [uint8x16_t; 4] {
+    let r = [0, 16, 32, 48].map(|o| vreinterpretq_u16_u8(vld1q_u8(p.add(o))));
+    let (a, b) = (vuzp1q_u16(r[0], r[1]), vuzp2q_u16(r[0], r[1]));
+    let (c, d) = (vuzp1q_u16(r[2], r[3]), vuzp2q_u16(r[2], r[3]));
+    [vuzp1q_u16(a, c), vuzp1q_u16(b, d), vuzp2q_u16(a, c), vuzp2q_u16(b, d)].map(|v| vreinterpretq_u8_u16(v))
+}
+
+/// `tbl` indices that spread u16 lane `l` of a vector over 16 bytes: its low byte to bytes
+/// 0..8, its high byte to bytes 8..16 (then byte `j` tests bit `j % 8`, i.e. bit `j` of the u16).
+static SPREAD: [[u8; 16]; 8] = {
+    let mut t = [[0u8; 16]; 8];
+    let mut l = 0;
+    while l < 8 {
+        let mut j = 0;
+        while j < 16 {
+            t[l][j] = (2 * l + j / 8) as u8;
+            j += 1;
+        }
+        l += 1;
+    }
+    t
+};
+
 /// The 16 bytes 0xFF/0x00 of bits `16 * half .. 16 * half + 16` of `bits`.
 #[inline(always)]
 pub(super) unsafe fn bits_16(bits: u32, half: usize) -> uint8x16_t {
@@ -311,7 +339,8 @@ macro_rules! neon_il_kernels {
                 check(QuantType::Q5_0, cols, group, x);
                 let nb = cols / QK;
                 let (gp, xp) = (group.as_ptr(), x.as_ptr());
-                let (m4, m16, s16) = (vdupq_n_u8(0x0F), vdupq_n_u8(0x10), vdupq_n_s8(16));
+                let (m4, f0) = (vdupq_n_u8(0x0F), vdupq_n_u8(0xF0));
+                let bit = vld1q_u8([1u8, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128].as_ptr());
                 let mut sum = [vdupq_n_f32(0.0); 4];
                 for b in 0..nb {
                     let (g, bx) = (gp.add(352 * b), xp.add(34 * b));
@@ -319,18 +348,21 @@ macro_rules! neon_il_kernels {
                     let dw = f16x16(g.add(320));
                     let d = times(dw, f16_bcast(bx));
                     let y = $acts(bx);
+                    let hb = high_bits(g.add(256));
                     let mut isum = [vdupq_n_s32(0); 4];
                     for l in 0..4 {
-                        let (ylo, yhi) = (quad(&y, l), quad(&y, l + 4));
+                        let (ilo, ihi) = (vld1q_u8(SPREAD[l].as_ptr()), vld1q_u8(SPREAD[l + 4].as_ptr()));
                         for q in 0..4 {
                             let v = vld1q_u8(g.add(64 * l + 16 * q));
-                            let word = |l: usize| (g.add(256 + 8 * l + 4 * (q / 2)) as *const u32).read_unaligned();
-                            let (hlo, hhi) = (word(l), word(l + 4));
-                            let lo = vorrq_u8(vandq_u8(v, m4), vandq_u8(bits_16(hlo, q % 2), m16));
-                            let hi = vorrq_u8(vshrq_n_u8::<4>(v), vandq_u8(bits_16(hhi, q % 2), m16));
-                            let lo = vsubq_s8(vreinterpretq_s8_u8(lo), s16);
-                            let hi = vsubq_s8(vreinterpretq_s8_u8(hi), s16);
-                            isum[q] = $quads2(isum[q], lo, ylo, hi, yhi);
+                            // A clear fifth bit makes the value 16 less: the nibble's byte with
+                            // its high four bits set, as an i8.
+                            let (mlo, mhi) = (
+                                vtstq_u8(vqtbl1q_u8(hb[q], ilo), bit),
+                                vtstq_u8(vqtbl1q_u8(hb[q], ihi), bit),
+                            );
+                            let lo = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(v, m4), vbicq_u8(f0, mlo)));
+                            let hi = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8::<4>(v), vbicq_u8(f0, mhi)));
+                            isum[q] = $quads2(isum[q], lo, quad(&y, l), hi, quad(&y, l + 4));
                         }
                     }
                     // Not fused, as the single-row kernel's `sum += isum as f32 * (d_w * d_x)`.
