@@ -14,3 +14,11 @@ cargo test --release -p tomoe-quant --target aarch64-unknown-linux-gnu "$@" -- -
 # set); a CPU without dotprod must still dispatch to plain NEON:
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu cortex-a53" \
     cargo test --release -p tomoe-quant --target aarch64-unknown-linux-gnu --test simd_vs_scalar "$@" -- --nocapture
+# The engine on the NEON sets: SmolLM2's logits over the interleaved copies (and smmla tiles for
+# the prompt where the CPU has i8mm) equal those of the single-row kernels over the mapped file,
+# bit for bit, with dotprod + i8mm (`max`) and with plain NEON (`cortex-a53`). The tests that
+# start tomoe-run as a child process are x86-only in effect (no binfmt runner here): skipped by name.
+for cpu in max cortex-a53; do
+  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu $cpu" \
+    cargo test --release --target aarch64-unknown-linux-gnu --test load_options "$@" -- --skip cli_
+done
