@@ -40,6 +40,8 @@ pub unsafe trait Plain: Copy {}
 unsafe impl Plain for u8 {}
 // SAFETY: as above.
 unsafe impl Plain for f32 {}
+// SAFETY: as above.
+unsafe impl Plain for u16 {}
 
 /// `len` zeroed `T`s starting on a huge-page boundary of an anonymous mapping advised
 /// `MADV_HUGEPAGE` (nothing mapped when empty).

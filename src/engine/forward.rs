@@ -3,7 +3,7 @@
 //! the logits. One token takes the matrix-vector path with fused parallel regions; several
 //! tokens take the matrix-matrix path (weights read once per batch).
 
-use super::kv_cache::{KvCache, KEY_BLOCK};
+use super::kv_cache::{Cached, KvCache, KvType, KEY_BLOCK};
 use super::moe::{self, MoeScratch};
 use super::ops::{rms_norm, rms_norm_inplace, rope, rope_table};
 use super::parallel::{for_each_chunk_range, join2, matvec_fused, MatJob};
@@ -234,6 +234,7 @@ fn attention_one(
     }
     // The V chain: the V mask (a ToMoE layer's head), V's bias and mask, V's store. The Q/K
     // chain: their biases, norms and rotations, K's store.
+    let f16_keys = kv.types().0 == KvType::F16;
     let (mut keys, mut values) = kv.stores(il);
     let (q, k, v) = (&mut s.q[..qd_l], &mut s.k[..kvd_k], &mut s.v[..kvd]);
     let (mask, vm_scratch, vm_in) = (&mut s.vmask[..hd], &mut s.moe.vmask, &s.moe.vmask_in);
@@ -251,6 +252,10 @@ fn attention_one(
         || {
             finish_qk(c, a, q, k, rope, rope_l);
             keys.store(pos0, k);
+            if f16_keys {
+                // ggml converts the queries to f16 for its f16 product with the keys.
+                vecmath::round_f16(q);
+            }
         },
     );
     attention(c, kv, il, &s.q[..qd_l], &mut s.att_heads[..qd], &mut s.scores, 1, pos0, shape);
@@ -293,12 +298,16 @@ fn attention_batch(
     matmul(&a.wv, s.inputs.get(a.wv.ty()), &mut s.v[..n * kvd]);
     let (q, k, v) = (&mut s.q[..n * qd_l], &mut s.k[..n * kvd_k], &mut s.v[..n * kvd]);
     let (masks, cos, sin) = (&s.vmask, &s.rope_cos[shape.rope], &s.rope_sin[shape.rope]);
+    let f16_keys = kv.types().0 == KvType::F16;
     q.par_chunks_mut(qd_l).zip(k.par_chunks_mut(kvd_k)).zip(v.par_chunks_mut(kvd)).enumerate().for_each_init(
         || (vec![0f32; pairs], vec![0f32; pairs]),
         |(cos_l, sin_l), (t, ((qt, kt), vt))| {
             finish_v(a, vt, a.vmask.as_ref().map(|_| &masks[t * hd..(t + 1) * hd]), hd);
             let r = t * pairs..(t + 1) * pairs;
             finish_qk(c, a, qt, kt, (&cos[r.clone()], &sin[r]), (cos_l, sin_l));
+            if f16_keys {
+                vecmath::round_f16(qt);
+            }
         },
     );
     kv.store(il, pos0, &s.k[..n * kvd_k], &s.v[..n * kvd], a.vmask.as_ref().map(|_| &s.vmask[..n * hd]));
@@ -542,6 +551,11 @@ impl AttnShape {
 /// output is a dot product of the probabilities with one dimension's cached values over the
 /// positions rounded up to 32 (zero weights past the query), in the order of ggml's vector dot
 /// for one query and of its matrix kernel for a batch.
+///
+/// An f16 cache rounds as llama.cpp's graph with that cache (no flash attention): the queries
+/// (rounded to f16 by the caller) and the probabilities converted to f16, each score and output
+/// in the order of ggml's f16 vector dot for one query and of tinyBLAS's f16 kernel for a batch
+/// (`vecmath::dot16_transposed_f16` and the `_f16` value sums).
 #[allow(clippy::too_many_arguments)]
 fn attention(
     c: &ModelConfig,
@@ -562,6 +576,7 @@ fn attention(
     let block_stride = kv.value_block_stride();
     let (keys, values) = kv.layer(il);
     let compact = kv.compact_values(il);
+    let f16_values = matches!(values, Cached::F16(_));
     // llama.cpp sums one query's values in its vector-dot order, a batch's in its matrix order.
     let gemm_order = n > 1;
     let lo_of = |p: usize| match window {
@@ -588,14 +603,20 @@ fn attention(
             }
             let mut s16 = [0f32; 16];
             for block in lo_of(pos0 + t0) / KEY_BLOCK..=(pos0 + t1 - 1) / KEY_BLOCK {
-                let kb = &keys[(block * kvd_k + kh) * KEY_BLOCK..][..KEY_BLOCK * kd];
+                let at = (block * kvd_k + kh) * KEY_BLOCK;
                 for t in t0..t1 {
                     let (p, j0) = (pos0 + t, KEY_BLOCK * block);
                     let keep = lo_of(p).max(j0)..(p + 1).min(j0 + KEY_BLOCK);
                     if keep.is_empty() {
                         continue;
                     }
-                    vecmath::dot16_transposed(kb, query(t), &mut s16);
+                    match keys {
+                        Cached::F32(k) => vecmath::dot16_transposed(&k[at..][..KEY_BLOCK * kd], query(t), &mut s16),
+                        Cached::F16(k) => {
+                            let kb = &k[at..][..KEY_BLOCK * kd];
+                            vecmath::dot16_transposed_f16(kb, query(t), gemm_order, &mut s16)
+                        }
+                    }
                     let row = &mut sc[(t - t0) * row_len..];
                     for j in keep {
                         row[j] = s16[j - j0] * kq_scale;
@@ -609,9 +630,16 @@ fn attention(
                 let max = row[lo..=p].iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let inv = (1.0 / vecmath::exp_sub_sum(row, max)) as f32;
                 row.iter_mut().for_each(|v| *v *= inv);
+                if f16_values {
+                    // ggml converts the probabilities to f16 for its f16 product with the values.
+                    vecmath::round_f16(row);
+                }
                 if compact.is_none() && !gemm_order {
                     let o = &mut out_h[out_row(t)];
-                    vecmath::dot_chunks32_rows(&values[vh * 32..], 32, block_stride, row, false, o);
+                    match values {
+                        Cached::F32(v) => vecmath::dot_chunks32_rows(&v[vh * 32..], 32, block_stride, row, false, o),
+                        Cached::F16(v) => vecmath::dot_chunks32_rows_f16(&v[vh * 32..], 32, block_stride, row, o),
+                    }
                 }
             }
             if let Some(cv) = compact.as_ref().filter(|_| compact_values) {
@@ -626,8 +654,16 @@ fn attention(
                 o.fill(0.0);
                 cv.weighted_sums(&queries[..t1 - t0], h / group, o);
             } else if compact.is_none() && gemm_order {
-                let (a, o) = (&values[vh * 32..], &mut out_h[out_row(t0).start..out_row(t1 - 1).end]);
-                vecmath::dot_chunks32_rows_gemm(a, 32, block_stride, hd, sc, row_len, t1 - t0, len, o, hd);
+                let (nq, o) = (t1 - t0, &mut out_h[out_row(t0).start..out_row(t1 - 1).end]);
+                let bs = block_stride;
+                match values {
+                    Cached::F32(v) => {
+                        vecmath::dot_chunks32_rows_gemm(&v[vh * 32..], 32, bs, hd, sc, row_len, nq, len, o, hd)
+                    }
+                    Cached::F16(v) => {
+                        vecmath::dot_chunks32_rows_gemm_f16(&v[vh * 32..], 32, bs, hd, sc, row_len, nq, len, o, hd)
+                    }
+                }
             }
             t0 = t1;
         }

@@ -15,6 +15,7 @@ use crate::model::Model;
 use forward::{forward, Logits, Scratch};
 pub use cpus::default_threads;
 use kv_cache::KvCache;
+pub use kv_cache::KvType;
 use std::sync::Arc;
 use team::Team;
 
@@ -53,6 +54,29 @@ impl Default for ContextParams {
     }
 }
 
+/// The element types of a context's KV cache (llama.cpp's `--cache-type-k` and
+/// `--cache-type-v`), apart from [`ContextParams`] so that its struct literals stay valid. With
+/// f16, attention rounds as llama.cpp's CPU backend does with an f16 cache and no flash
+/// attention. A ToMoE layer with compactly cached values keeps those values in f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CacheTypes {
+    pub k: KvType,
+    pub v: KvType,
+}
+
+impl CacheTypes {
+    /// Both keys and values of one type.
+    pub const fn both(ty: KvType) -> CacheTypes {
+        CacheTypes { k: ty, v: ty }
+    }
+}
+
+impl Default for CacheTypes {
+    fn default() -> Self {
+        CacheTypes::both(KvType::F32)
+    }
+}
+
 /// One sequence being evaluated: the KV cache, the scratch buffers and the thread pool. Nothing
 /// is allocated per token.
 pub struct Context {
@@ -68,6 +92,11 @@ pub struct Context {
 
 impl Context {
     pub fn new(model: Arc<Model>, p: ContextParams) -> Result<Context, EngineError> {
+        Context::with_cache_types(model, p, CacheTypes::default())
+    }
+
+    /// [`Context::new`] with a KV cache of the given element types.
+    pub fn with_cache_types(model: Arc<Model>, p: ContextParams, types: CacheTypes) -> Result<Context, EngineError> {
         if p.n_ctx == 0 || p.n_threads == 0 || p.n_batch == 0 {
             return Err(EngineError::BadParams(format!(
                 "n_ctx ({}), n_threads ({}) and n_batch ({}) must be positive",
@@ -92,7 +121,8 @@ impl Context {
                 Some(if vm.top_k > 0 { vm.top_k } else { c.head_dim })
             })
             .collect();
-        let kv = KvCache::new(k_dims, &caps, p.n_ctx, c.kv_dim(), c.head_dim).map_err(EngineError::KvMemory)?;
+        let kv = KvCache::new(k_dims, &caps, p.n_ctx, c.kv_dim(), c.head_dim, (types.k, types.v))
+            .map_err(EngineError::KvMemory)?;
         let scratch = Scratch::new(c, nb, p.n_ctx);
         Ok(Context { model, params: ContextParams { n_batch: nb, ..p }, pool, team, kv, scratch, pos: 0 })
     }
@@ -124,6 +154,12 @@ impl Context {
     /// Bytes held by the KV cache.
     pub fn kv_bytes(&self) -> usize {
         self.kv.bytes()
+    }
+    /// The element types of the KV cache (values f32 where a ToMoE layer caches them
+    /// compactly, whatever was asked).
+    pub fn cache_types(&self) -> CacheTypes {
+        let (k, v) = self.kv.types();
+        CacheTypes { k, v }
     }
 
     /// Appends `tokens` to the sequence; returns the logits after the last one.

@@ -58,6 +58,29 @@ fn init_backend(kernels: GgmlKernels) {
     assert_eq!(chosen, kernels, "one test binary loads the oracle with one kernel choice");
 }
 
+/// The KV cache of the oracle's context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OracleKv {
+    /// llama.cpp's defaults: an f16 cache, flash attention as llama.cpp chooses.
+    Default,
+    /// An f32 cache and no flash attention: attention rounds nothing to f16.
+    F32,
+    /// An f16 cache and no flash attention: the f16 products of ggml's matrix kernels, which
+    /// the engine's f16 cache mirrors.
+    F16,
+}
+
+/// `true`: [`OracleKv::F32`] (exact comparisons); `false`: [`OracleKv::Default`].
+impl From<bool> for OracleKv {
+    fn from(f32_kv: bool) -> OracleKv {
+        if f32_kv {
+            OracleKv::F32
+        } else {
+            OracleKv::Default
+        }
+    }
+}
+
 /// A llama.cpp model with one context (one sequence).
 pub struct LlamaOracle {
     model: *mut sys::llama_model,
@@ -75,9 +98,16 @@ impl LlamaOracle {
         LlamaOracle::load_with(path, n_ctx, n_threads, false, GgmlKernels::Default)
     }
 
-    /// As `load`; `f32_kv`: an f32 KV cache and no flash attention, so that llama.cpp's
-    /// attention rounds nothing to f16 (for exact comparisons); `kernels`: see `GgmlKernels`.
-    pub fn load_with(path: &Path, n_ctx: usize, n_threads: usize, f32_kv: bool, kernels: GgmlKernels) -> LlamaOracle {
+    /// As `load`; `kv`: the KV cache (see `OracleKv`; `true` is an f32 cache without flash
+    /// attention, for exact comparisons); `kernels`: see `GgmlKernels`.
+    pub fn load_with(
+        path: &Path,
+        n_ctx: usize,
+        n_threads: usize,
+        kv: impl Into<OracleKv>,
+        kernels: GgmlKernels,
+    ) -> LlamaOracle {
+        let kv = kv.into();
         init_backend(kernels);
         let cpath = CString::new(path.to_str().expect("model path is UTF-8")).unwrap();
         // SAFETY: plain C calls with valid arguments; every returned pointer is checked for null
@@ -96,9 +126,14 @@ impl LlamaOracle {
             cp.n_threads = n_threads as i32;
             cp.n_threads_batch = n_threads as i32;
             cp.no_perf = true;
-            if f32_kv {
-                cp.type_k = sys::GGML_TYPE_F32;
-                cp.type_v = sys::GGML_TYPE_F32;
+            let exact = match kv {
+                OracleKv::Default => None,
+                OracleKv::F32 => Some(sys::GGML_TYPE_F32),
+                OracleKv::F16 => Some(sys::GGML_TYPE_F16),
+            };
+            if let Some(ty) = exact {
+                cp.type_k = ty;
+                cp.type_v = ty;
                 cp.flash_attn_type = sys::LLAMA_FLASH_ATTN_TYPE_DISABLED;
             }
             let ctx = sys::llama_init_from_model(model, cp);
