@@ -182,6 +182,117 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// `softmax(scale · x + causal)` over the last dim of a contiguous F32 CPU tensor [.., T, T]
+/// (row r of each [T, T] block sees columns 0..=r), with its own backward: one parallel pass each
+/// way instead of candle's composed softmax (about ten single-threaded passes and their
+/// temporaries, the largest elementwise cost of a training step).
+struct ScaledCausalSoftmax {
+    scale: f32,
+}
+
+/// The F32 slice of a contiguous CPU tensor's storage, or None (any other case takes the fallback).
+fn f32_slice<'a>(s: &'a candle_core::CpuStorage, l: &candle_core::Layout) -> Option<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((a, b))) => Some(&v[a..b]),
+        _ => None,
+    }
+}
+
+impl candle_core::CustomOp1 for ScaledCausalSoftmax {
+    fn name(&self) -> &'static str {
+        "scaled-causal-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let x = f32_slice(s, l)
+            .ok_or_else(|| candle_core::Error::Msg("scaled-causal-softmax: not contiguous F32".into()))?;
+        let n = *l.dims().last().unwrap_or(&1);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(n)
+            .zip(x.par_chunks(n))
+            .enumerate()
+            .for_each(|(i, (o, r))| {
+                let seen = (i % n) + 1;
+                let mx = r[..seen]
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
+                let mut sum = 0f32;
+                for (o, &v) in o[..seen].iter_mut().zip(&r[..seen]) {
+                    *o = (v * self.scale - mx).exp();
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                o[..seen].iter_mut().for_each(|o| *o *= inv);
+            });
+        Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad { scale: self.scale })?))
+    }
+}
+
+/// The input gradient of a row softmax `y` with output gradient `g`: `scale · y ⊙ (g - Σ g⊙y)`.
+struct SoftmaxGrad {
+    scale: f32,
+}
+
+impl candle_core::CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ys: &candle_core::CpuStorage,
+        yl: &candle_core::Layout,
+        gs: &candle_core::CpuStorage,
+        gl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (Some(y), Some(g)) = (f32_slice(ys, yl), f32_slice(gs, gl)) else {
+            candle_core::bail!("softmax-grad: not contiguous F32");
+        };
+        let n = *yl.dims().last().unwrap_or(&1);
+        let mut out = vec![0f32; y.len()];
+        out.par_chunks_mut(n)
+            .zip(y.par_chunks(n).zip(g.par_chunks(n)))
+            .for_each(|(o, (y, g))| {
+                let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+                for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                    *o = self.scale * y * (g - dot);
+                }
+            });
+        Ok((candle_core::CpuStorage::F32(out), yl.shape().clone()))
+    }
+}
+
+/// `softmax(scale · scores + causal mask)` over [.., T, T]: the fused op on the CPU, candle's
+/// composed ops elsewhere.
+pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
+    let t = scores.dim(D::Minus1)?;
+    if scores.device().is_cpu() && scores.dtype() == DType::F32 && scores.dim(D::Minus2)? == t {
+        return Ok(scores
+            .contiguous()?
+            .apply_op1(ScaledCausalSoftmax { scale: scale as f32 })?);
+    }
+    let causal = causal_mask(t, scores.device())?;
+    softmax_last(&(scores * scale)?.broadcast_add(&causal)?)
+}
+
+/// Causal attention over [H, T, hd'] q/k and [H, T, hd] v with the given score scale → [T, H·hd].
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let probs = causal_softmax(&q.matmul(&k.t()?)?, scale)?;
+    let out = probs.matmul(v)?; // [H, T, hd]
+    let (h, t, hd) = out.dims3()?;
+    Ok(out.transpose(0, 1)?.contiguous()?.reshape((t, h * hd))?)
+}
+
 /// Causal attention over [H, T, hd'] q/k and [H, T, hd] v with the given score scale → [T, H·hd].
 pub fn attention(
     q: &Tensor,
@@ -205,7 +316,6 @@ pub fn forward(model: &DenseModel, tokens: &[u32], masks: &mut dyn MaskSource) -
     let ids = Tensor::from_vec(tokens.to_vec(), t, dev)?;
     let mut x = model.embed.index_select(&ids, 0)?;
     let (cos, sin) = rope_tables(c, t, dev)?;
-    let causal = causal_mask(t, dev)?;
     let groups = c.n_heads / c.n_kv_heads;
     let scale = 1.0 / (c.head_dim as f64).sqrt();
     for (l, lw) in model.layers.iter().enumerate() {
@@ -229,13 +339,7 @@ pub fn forward(model: &DenseModel, tokens: &[u32], masks: &mut dyn MaskSource) -
         if let Some(m) = &v_mask {
             v = v.broadcast_mul(m)?; // [T, hd] broadcast over KV heads
         }
-        let att = attention(
-            &q,
-            &repeat_kv(&k, groups)?,
-            &repeat_kv(&v, groups)?,
-            scale,
-            &causal,
-        )?;
+        let att = causal_attention(&q, &repeat_kv(&k, groups)?, &repeat_kv(&v, groups)?, scale)?;
         x = (x + frozen_linear(&att, &lw.wo, None)?)?;
         let h2 = rms_norm(&x, &lw.ffn_norm, c.rms_eps)?;
         let mut act = (candle_nn::ops::silu(&frozen_linear(&h2, &lw.w_gate, None)?)?
@@ -247,4 +351,35 @@ pub fn forward(model: &DenseModel, tokens: &[u32], masks: &mut dyn MaskSource) -
     }
     let h = rms_norm(&x, &model.output_norm, c.rms_eps)?;
     Ok(frozen_linear(&h, model.output_weight(), None)?.to_dtype(DType::F32)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{causal_mask, causal_softmax, softmax_last};
+    use candle_core::{Device, Tensor, Var};
+
+    /// The fused causal softmax equals candle's composed one, forward and backward.
+    #[test]
+    fn fused_causal_softmax_matches_the_composed_one() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 2.0, (3, 7, 7), &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (3, 7, 7), &dev).unwrap();
+        let fused = causal_softmax(x.as_tensor(), 0.3).unwrap();
+        let composed = softmax_last(
+            &(x.as_tensor() * 0.3)
+                .unwrap()
+                .broadcast_add(&causal_mask(7, &dev).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        let max_diff = |a: &Tensor, b: &Tensor| {
+            (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+        };
+        assert!(max_diff(&fused, &composed) < 1e-6);
+        let ga = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (composed * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
+        assert!(max_diff(ga, &Tensor::zeros_like(ga).unwrap()) > 1e-3, "no gradient");
+        assert!(max_diff(ga, gb) < 1e-6, "gradients differ by {}", max_diff(ga, gb));
+    }
 }

@@ -13,7 +13,7 @@ use super::hyper::{
     expand_half, gumbel_noise, logistic_noise, st_gumbel_sigmoid, st_gumbel_softmax, HyperNet,
 };
 use super::{io_err, ConvertError, Result};
-use candle_core::{Tensor, Var, D};
+use candle_core::{DType, Tensor, Var, D};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
@@ -200,9 +200,126 @@ impl MaskSource for StudentMasks<'_> {
 
 /// Soft cross-entropy of the student against the teacher distribution, mean over positions.
 fn kd_loss(student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
+    if student.device().is_cpu() && student.dtype() == DType::F32 && teacher.dtype() == DType::F32 {
+        let (s, t) = (student.contiguous()?, teacher.contiguous()?);
+        return Ok(s.apply_op2(&t, KdLoss)?);
+    }
+    kd_loss_composed(student, teacher)
+}
+
+/// [`kd_loss`] from candle's ops (other devices, and the reference of the fused op's test).
+fn kd_loss_composed(student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
     let pt = candle_nn::ops::softmax_last_dim(teacher)?;
     let ls = candle_nn::ops::log_softmax(student, D::Minus1)?;
     Ok((pt * ls)?.sum(D::Minus1)?.mean_all()?.neg()?)
+}
+
+/// The F32 slice of a contiguous CPU tensor's storage.
+fn f32_slice<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("kd-loss: expected contiguous F32 CPU tensors"),
+    }
+}
+
+/// Max and log-sum-exp of a row (f64 sum: a row is the whole vocabulary).
+fn row_max_lse(r: &[f32]) -> (f32, f32) {
+    let mx = r.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum: f64 = r.iter().map(|&v| (v - mx).exp() as f64).sum();
+    (mx, mx + sum.ln() as f32)
+}
+
+/// The fused KD loss over [T, V] student and teacher logits: `mean_t Σ_v p_t,v (lse_s,t - s_t,v)`,
+/// one parallel pass over rows; backward gives the student's gradient `(softmax(s) - p_t) / T` in
+/// one more (the teacher gets none). Candle's composed log-softmax and its backward make about a
+/// dozen single-threaded full-vocabulary passes and as many [T, V] temporaries.
+struct KdLoss;
+
+impl candle_core::CustomOp2 for KdLoss {
+    fn name(&self) -> &'static str {
+        "kd-loss"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ss: &candle_core::CpuStorage,
+        sl: &candle_core::Layout,
+        ts: &candle_core::CpuStorage,
+        tl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (s, t) = (f32_slice(ss, sl)?, f32_slice(ts, tl)?);
+        let (rows, v) = sl.shape().dims2()?;
+        if tl.shape().dims2()? != (rows, v) {
+            candle_core::bail!("kd-loss: student {:?} vs teacher {:?}", sl.dims(), tl.dims());
+        }
+        let total: f64 = s
+            .par_chunks(v)
+            .zip(t.par_chunks(v))
+            .map(|(s, t)| {
+                let (_, lse_s) = row_max_lse(s);
+                let (_, lse_t) = row_max_lse(t);
+                // Σ p_t (lse_s - s), with Σ p_t = 1.
+                let cross: f64 = s
+                    .iter()
+                    .zip(t)
+                    .map(|(&s, &t)| ((t - lse_t).exp() * s) as f64)
+                    .sum();
+                lse_s as f64 - cross
+            })
+            .sum();
+        let mean = (total / rows.max(1) as f64) as f32;
+        Ok((candle_core::CpuStorage::F32(vec![mean]), candle_core::Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        s: &Tensor,
+        t: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        Ok((Some(s.apply_op2_no_bwd(t, &KdGrad { g })?), None))
+    }
+}
+
+/// `g · (softmax(s) - softmax(t)) / T` per row.
+struct KdGrad {
+    g: f32,
+}
+
+impl candle_core::CustomOp2 for KdGrad {
+    fn name(&self) -> &'static str {
+        "kd-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ss: &candle_core::CpuStorage,
+        sl: &candle_core::Layout,
+        ts: &candle_core::CpuStorage,
+        tl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (s, t) = (f32_slice(ss, sl)?, f32_slice(ts, tl)?);
+        let (rows, v) = sl.shape().dims2()?;
+        let k = self.g / rows.max(1) as f32;
+        let mut out = vec![0f32; s.len()];
+        out.par_chunks_mut(v)
+            .zip(s.par_chunks(v).zip(t.par_chunks(v)))
+            .for_each(|(o, (s, t))| {
+                let (_, lse_s) = row_max_lse(s);
+                let (_, lse_t) = row_max_lse(t);
+                for ((o, &s), &t) in o.iter_mut().zip(s).zip(t) {
+                    *o = k * ((s - lse_s).exp() - (t - lse_t).exp());
+                }
+            });
+        Ok((candle_core::CpuStorage::F32(out), sl.shape().clone()))
+    }
 }
 
 /// The hypernetwork's masks for a forward pass of the frozen model: the sampled (training) or
@@ -567,4 +684,29 @@ pub fn train_until(
         done = step + 1;
     }
     Ok((hn, done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{kd_loss, kd_loss_composed};
+    use candle_core::{Device, Tensor, Var};
+
+    /// The fused KD loss matches candle's composed one in value and student gradient, and gives
+    /// the teacher no gradient.
+    #[test]
+    fn fused_kd_loss_matches_the_composed_one() {
+        let dev = Device::Cpu;
+        let s = Var::from_tensor(&(Tensor::randn(0f32, 3.0, (5, 300), &dev).unwrap())).unwrap();
+        let t = Tensor::randn(0f32, 3.0, (5, 300), &dev).unwrap();
+        let fused = kd_loss(s.as_tensor(), &t).unwrap();
+        let reference = kd_loss_composed(s.as_tensor(), &t).unwrap();
+        let (a, b) = (fused.to_scalar::<f32>().unwrap(), reference.to_scalar::<f32>().unwrap());
+        assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+        let ga = (fused * 3.0).unwrap().backward().unwrap();
+        let gb = (reference * 3.0).unwrap().backward().unwrap();
+        let (ga, gb) = (ga.get(s.as_tensor()).unwrap(), gb.get(s.as_tensor()).unwrap());
+        let diff = (ga - gb).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = gb.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(scale > 1e-3 && diff < 1e-5, "gradient differs by {diff} (scale {scale})");
+    }
 }
