@@ -965,12 +965,15 @@ macro_rules! dot_transposed_lanes_f16 {
         let q = |e: usize| $set1(*b.get_unchecked(e));
         if $gemm {
             let mut x = [$zero(); 8];
-            for e in 0..len {
-                x[e % 8] = $fmadd(key(e), q(e), x[e % 8]);
+            let full = len / 8 * 8;
+            for c in (0..full).step_by(8) {
+                for (m, x) in x.iter_mut().enumerate() {
+                    *x = $fmadd(key(c + m), q(c + m), *x);
+                }
             }
-            for e in len..len.next_multiple_of(8) {
-                // tinyBLAS's zero-padded last chunk: + 0·0 (which turns a -0 sum into +0).
-                x[e % 8] = $add(x[e % 8], $zero());
+            for (m, x) in x.iter_mut().enumerate().take(len.next_multiple_of(8) - full) {
+                // tinyBLAS's zero-padded last chunk: + 0·0 past the end (a -0 sum turns +0).
+                *x = if full + m < len { $fmadd(key(full + m), q(full + m), *x) } else { $add(*x, $zero()) };
             }
             let t: [_; 4] = std::array::from_fn(|i| $add(x[i + 4], x[i]));
             $store(out, $add($add(t[0], t[2]), $add(t[1], t[3])));
@@ -1200,7 +1203,6 @@ mod avx2 {
     /// [`super::dot16_transposed_f16`] in two halves of eight keys (one per lane).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot16_transposed_f16(kt: &[u16], b: &[f32], gemm_order: bool, out: &mut [f32; 16]) {
-        let load = |p: *const u16| u16::load8(p);
         for half in 0..2 {
             let (kp, o) = (kt.as_ptr().add(8 * half), out.as_mut_ptr().add(8 * half));
             super::dot_transposed_lanes_f16!(
@@ -1208,7 +1210,7 @@ mod avx2 {
                 b,
                 gemm_order,
                 o,
-                load,
+                load8_f16,
                 _mm256_set1_ps,
                 _mm256_fmadd_ps,
                 _mm256_add_ps,
@@ -1217,6 +1219,14 @@ mod avx2 {
                 8
             );
         }
+    }
+
+    /// Eight f16 values from `p` as f32 (a function with the features of its callers, so that
+    /// it inlines into them, as a closure would not).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8_f16(p: *const u16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
 
     /// [`super::f32_to_f16_slice`], eight values per `vcvtps2ph`.
@@ -1552,13 +1562,12 @@ mod avx512 {
     /// [`super::dot16_transposed_f16`], one key per lane.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot16_transposed_f16(kt: &[u16], b: &[f32], gemm_order: bool, out: &mut [f32; 16]) {
-        let load = |p: *const u16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
         super::dot_transposed_lanes_f16!(
             kt.as_ptr(),
             b,
             gemm_order,
             out.as_mut_ptr(),
-            load,
+            load16_f16,
             _mm512_set1_ps,
             _mm512_fmadd_ps,
             _mm512_add_ps,
@@ -1566,6 +1575,13 @@ mod avx512 {
             _mm512_storeu_ps,
             16
         );
+    }
+
+    /// Sixteen f16 values from `p` as f32 (inlines into its callers, as a closure would not).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16_f16(p: *const u16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
     }
 
     /// [`super::expand_weighted_sum`], 64 outputs at a time in four registers: per position and
