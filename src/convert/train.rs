@@ -139,6 +139,48 @@ pub struct StepStats {
     pub ratio: f32,
 }
 
+/// Seconds spent per phase of a step, summed over the steps since the last report; kept only when
+/// `TOMOE_TRAIN_PROFILE` is set (the throughput section of docs/CONVERSION.md is measured with it).
+#[derive(Clone, Copy, Debug, Default)]
+struct PhaseTimes {
+    teacher: f64,
+    student: f64,
+    loss: f64,
+    backward: f64,
+    update: f64,
+}
+
+static PHASES: std::sync::Mutex<Option<PhaseTimes>> = std::sync::Mutex::new(None);
+
+fn profiling() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("TOMOE_TRAIN_PROFILE").is_some())
+}
+
+/// Adds the time since `*t` to one phase and restarts `*t`.
+fn phase(t: &mut std::time::Instant, f: fn(&mut PhaseTimes) -> &mut f64) {
+    if profiling() {
+        let now = std::time::Instant::now();
+        let mut g = PHASES.lock().unwrap_or_else(|e| e.into_inner());
+        *f(g.get_or_insert_with(PhaseTimes::default)) += (now - *t).as_secs_f64();
+        *t = now;
+    }
+}
+
+/// Candle runs elementwise ops of 64k+ elements on its own pool, whose threads spin at a barrier
+/// for each op; beside rayon's matmul threads on a small (or shared) CPU that spinning took most
+/// of a training step's CPU time. One candle thread runs them inline; the big elementwise passes
+/// of a step are this module's rayon ops. The variable is read when that pool first starts (the
+/// converter's first large elementwise op), so this has to run before any; an explicit setting
+/// is kept.
+pub fn prefer_inline_elementwise() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Set before training starts its threads; rayon's and candle's idle threads never touch
+        // the environment.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 /// The student's masks for one step: sampled once per step for static parts, per token for the rest.
 struct StudentMasks<'a> {
     hn: &'a HyperNet,
@@ -256,7 +298,9 @@ impl candle_core::CustomOp2 for KdLoss {
         if tl.shape().dims2()? != (rows, v) {
             candle_core::bail!("kd-loss: student {:?} vs teacher {:?}", sl.dims(), tl.dims());
         }
-        let total: f64 = s
+        // Per-row values collected in order and summed serially: rayon's own reduction order
+        // follows work stealing, which would make training differ between identical runs.
+        let per_row: Vec<f64> = s
             .par_chunks(v)
             .zip(t.par_chunks(v))
             .map(|(s, t)| {
@@ -270,8 +314,8 @@ impl candle_core::CustomOp2 for KdLoss {
                     .sum();
                 lse_s as f64 - cross
             })
-            .sum();
-        let mean = (total / rows.max(1) as f64) as f32;
+            .collect();
+        let mean = (per_row.iter().sum::<f64>() / rows.max(1) as f64) as f32;
         Ok((candle_core::CpuStorage::F32(vec![mean]), candle_core::Shape::from(())))
     }
 
@@ -340,7 +384,9 @@ pub fn compute_loss(
 ) -> Result<StepOutcome> {
     let c = &model.config;
     let dev = model.embed.device();
+    let mut clock = std::time::Instant::now();
     let teacher = forward(model, tokens, &mut NoMasks)?.detach();
+    phase(&mut clock, |p| &mut p.teacher);
     let mut rng = ChaCha8Rng::seed_from_u64(
         tp.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ step.rotate_left(32) ^ 0x5eed,
     );
@@ -379,6 +425,7 @@ pub fn compute_loss(
         balance_terms: Vec::new(),
     };
     let student = forward(model, tokens, &mut sm)?;
+    phase(&mut clock, |p| &mut p.student);
     let kd = kd_loss(&student, &teacher)?;
 
     // R_param: active block parameters (largest expert, largest per-token V mask) over dense.
@@ -424,6 +471,7 @@ pub fn compute_loss(
         balance: balance.to_scalar()?,
         ratio: r_val as f32,
     };
+    phase(&mut clock, |p| &mut p.loss);
     Ok(StepOutcome { loss, stats })
 }
 
@@ -459,7 +507,9 @@ impl AdamW {
     }
 
     pub fn step(&mut self, vars: &[(String, Var)], loss: &Tensor) -> Result<()> {
+        let mut clock = std::time::Instant::now();
         let grads = loss.backward()?;
+        phase(&mut clock, |p| &mut p.backward);
         self.t += 1;
         let bc1 = 1.0 - BETA1.powi(self.t as i32);
         let bc2 = 1.0 - BETA2.powi(self.t as i32);
@@ -474,6 +524,7 @@ impl AdamW {
             let new = ((theta * (1.0 - self.lr * self.wd))? - (update * self.lr)?)?;
             var.set(&new)?;
         }
+        phase(&mut clock, |p| &mut p.update);
         Ok(())
     }
 }
@@ -627,6 +678,9 @@ pub fn train_until(
     on_step: &mut dyn FnMut(u64, &StepStats),
 ) -> Result<(HyperNet, u64)> {
     tp.validate()?;
+    if model.embed.device().is_cpu() {
+        prefer_inline_elementwise();
+    }
     if calib.train.len() < tp.seq_len {
         return Err(ConvertError::Data(format!(
             "{} training tokens < --seq-len {}",
@@ -675,6 +729,14 @@ pub fn train_until(
             )));
         }
         opt.step(hn.vars(), &out.loss)?;
+        if profiling() {
+            if let Some(p) = PHASES.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                eprintln!(
+                    "step {step} phases (s): teacher {:.2} student {:.2} loss {:.2} backward {:.2} update {:.2}",
+                    p.teacher, p.student, p.loss, p.backward, p.update
+                );
+            }
+        }
         on_step(step, &out.stats);
         if let Some(path) = &plan.path {
             if plan.every > 0 && ((step + 1) % plan.every == 0 || step + 1 == tp.steps) {
