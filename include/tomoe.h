@@ -20,6 +20,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// A KV cache of f32 values (ggml's `GGML_TYPE_F32`).
+#define TOMOE_KV_F32 0
+
+// A KV cache of f16 values (ggml's `GGML_TYPE_F16`): half the memory; attention rounds as
+// llama.cpp's CPU backend with an f16 cache and no flash attention.
+#define TOMOE_KV_F16 1
+
 // Length of `tomoe_model_info::architecture`, NUL included.
 #define TOMOE_ARCH_NAME_LEN 32
 
@@ -115,6 +122,11 @@ typedef struct tomoe_context_params {
     uint32_t n_batch;
     // Seed of the sampler's random stream (same seed, same parameters, same tokens).
     uint64_t seed;
+    // Element type of the cached keys: `TOMOE_KV_F32` or `TOMOE_KV_F16` (llama.cpp's
+    // `type_k`, with ggml's type numbers).
+    uint32_t type_k;
+    // Element type of the cached values, as `type_k`.
+    uint32_t type_v;
 } tomoe_context_params;
 
 // How tokens are chosen from the logits; start from `tomoe_sampling_default_params()` (llama.cpp's
@@ -230,9 +242,10 @@ const char *tomoe_version(void);
 // "neon", "scalar"), static, NUL-terminated.
 const char *tomoe_kernel_name(void);
 
-// Default context parameters: n_ctx 2048, threads = available CPUs, n_batch 512, and the
+// Default context parameters: n_ctx 2048, threads = available CPUs, n_batch 512, the
 // sampler's default seed (llama.cpp's default value 0xFFFFFFFF, used here as an ordinary fixed
-// seed: runs are reproducible unless the caller sets its own).
+// seed: runs are reproducible unless the caller sets its own), and the engine's default KV
+// cache types.
 struct tomoe_context_params tomoe_context_default_params(void);
 
 // Default sampling parameters (llama.cpp's defaults).

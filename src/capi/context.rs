@@ -8,7 +8,7 @@ use super::handles::{self, tomoe_context, tomoe_model};
 use super::status::{guard, tomoe_status, CapiError};
 use super::text::{check_tokens, TOMOE_TOKEN_NONE};
 use crate::chat::{Sampler, SamplerParams};
-use crate::engine::{Context, ContextParams};
+use crate::engine::{CacheTypes, Context, ContextParams, KvType};
 use crate::generate::{GenerateError, GenerateOptions, Generator, StopReason};
 use crate::model::Model;
 
@@ -26,6 +26,34 @@ pub struct tomoe_context_params {
     pub n_batch: u32,
     /// Seed of the sampler's random stream (same seed, same parameters, same tokens).
     pub seed: u64,
+    /// Element type of the cached keys: `TOMOE_KV_F32` or `TOMOE_KV_F16` (llama.cpp's
+    /// `type_k`, with ggml's type numbers).
+    pub type_k: u32,
+    /// Element type of the cached values, as `type_k`.
+    pub type_v: u32,
+}
+
+/// A KV cache of f32 values (ggml's `GGML_TYPE_F32`).
+pub const TOMOE_KV_F32: u32 = 0;
+/// A KV cache of f16 values (ggml's `GGML_TYPE_F16`): half the memory; attention rounds as
+/// llama.cpp's CPU backend with an f16 cache and no flash attention.
+pub const TOMOE_KV_F16: u32 = 1;
+
+fn kv_type(code: u32, which: &str) -> Result<KvType, CapiError> {
+    match code {
+        TOMOE_KV_F32 => Ok(KvType::F32),
+        TOMOE_KV_F16 => Ok(KvType::F16),
+        _ => Err(CapiError::invalid(format!(
+            "{which} {code} is not a KV cache type (TOMOE_KV_F32 or TOMOE_KV_F16)"
+        ))),
+    }
+}
+
+fn kv_code(ty: KvType) -> u32 {
+    match ty {
+        KvType::F32 => TOMOE_KV_F32,
+        KvType::F16 => TOMOE_KV_F16,
+    }
 }
 
 /// How tokens are chosen from the logits; start from `tomoe_sampling_default_params()` (llama.cpp's
@@ -334,16 +362,20 @@ fn with_context<T>(
     body(&mut state)
 }
 
-/// Default context parameters: n_ctx 2048, threads = available CPUs, n_batch 512, and the
+/// Default context parameters: n_ctx 2048, threads = available CPUs, n_batch 512, the
 /// sampler's default seed (llama.cpp's default value 0xFFFFFFFF, used here as an ordinary fixed
-/// seed: runs are reproducible unless the caller sets its own).
+/// seed: runs are reproducible unless the caller sets its own), and the engine's default KV
+/// cache types.
 #[no_mangle]
 pub extern "C" fn tomoe_context_default_params() -> tomoe_context_params {
+    let types = CacheTypes::default();
     tomoe_context_params {
         n_ctx: DEFAULT_N_CTX,
         n_threads: 0,
         n_batch: DEFAULT_N_BATCH,
         seed: SamplerParams::default().seed,
+        type_k: kv_code(types.k),
+        type_v: kv_code(types.v),
     }
 }
 
@@ -398,13 +430,18 @@ pub unsafe extern "C" fn tomoe_context_new(
             0 => DEFAULT_N_BATCH,
             n => n,
         } as usize;
-        let ctx = Context::new(
+        let types = CacheTypes {
+            k: kv_type(params.type_k, "type_k")?,
+            v: kv_type(params.type_v, "type_v")?,
+        };
+        let ctx = Context::with_cache_types(
             Arc::clone(&model.model),
             ContextParams {
                 n_ctx,
                 n_threads,
                 n_batch,
             },
+            types,
         )
         .map_err(|e| {
             CapiError::from_error(tomoe_status::TOMOE_ERR_ENGINE, "creating the context", &e)
@@ -616,4 +653,19 @@ pub unsafe extern "C" fn tomoe_generate(
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_cache_type_codes_are_ggml_type_numbers() {
+        assert_eq!(kv_type(TOMOE_KV_F32, "type_k").unwrap(), KvType::F32);
+        assert_eq!(kv_type(TOMOE_KV_F16, "type_v").unwrap(), KvType::F16);
+        assert!(kv_type(2, "type_k").is_err());
+        let d = tomoe_context_default_params();
+        let types = CacheTypes::default();
+        assert_eq!((d.type_k, d.type_v), (kv_code(types.k), kv_code(types.v)));
+    }
 }

@@ -229,6 +229,7 @@ impl CContext {
             n_threads,
             n_batch: 0,
             seed,
+            ..tomoe_context_default_params()
         };
         let mut c = ptr::null_mut();
         // SAFETY: valid pointers.

@@ -15,7 +15,7 @@ use clap::{Args, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
-use tomoe::engine::{Context, ContextParams};
+use tomoe::engine::{CacheTypes, Context, ContextParams, KvType};
 use tomoe::model::Model;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -53,6 +53,12 @@ pub struct BenchArgs {
     /// Tokens per batch in prompt processing.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512, value_parser = positive)]
     batch_size: usize,
+    /// KV cache type of the keys: f32 or f16 (llama-bench's -ctk).
+    #[arg(long = "cache-type-k", alias = "ctk", value_name = "TYPE", default_value_t = CacheTypes::default().k)]
+    cache_type_k: KvType,
+    /// KV cache type of the values: f32 or f16 (llama-bench's -ctv).
+    #[arg(long = "cache-type-v", alias = "ctv", value_name = "TYPE", default_value_t = CacheTypes::default().v)]
+    cache_type_v: KvType,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Md)]
     output: Output,
@@ -83,6 +89,8 @@ struct Info {
     kernels: &'static str,
     n_batch: usize,
     n_ctx: usize,
+    type_k: KvType,
+    type_v: KvType,
 }
 
 /// One test's measurements: exactly one of `n_prompt` and `n_gen` is positive.
@@ -158,13 +166,18 @@ pub fn run(a: BenchArgs) -> Res<()> {
     printer.header(&mut out)?;
     // Tokens routed to each expert over the whole run (all contexts), per layer.
     let mut usage: Vec<Vec<u64>> = Vec::new();
+    // The KV cache's bytes and types (the same in every context).
+    let mut kv = None;
     for &t in &threads {
         let args = ModelArgs {
             threads: Some(t),
             ctx_size: n_ctx,
             batch_size: a.batch_size,
+            cache_type_k: a.cache_type_k,
+            cache_type_v: a.cache_type_v,
         };
         let mut ctx = context(&model, &args)?;
+        kv = Some((ctx.kv_bytes(), ctx.cache_types()));
         for &n in &pp {
             let samples = measure(a.repetitions, || {
                 ctx.clear();
@@ -206,7 +219,7 @@ pub fn run(a: BenchArgs) -> Res<()> {
         drop(out);
         Box::new(std::io::stderr().lock())
     };
-    summary(&mut extra, &model, &info, &usage)?;
+    summary(&mut extra, &model, &info, &usage, kv)?;
     Ok(())
 }
 
@@ -284,6 +297,8 @@ fn describe(model: &Model, a: &BenchArgs, n_ctx: usize) -> Info {
         kernels,
         n_batch: a.batch_size.min(n_ctx),
         n_ctx,
+        type_k: a.cache_type_k,
+        type_v: a.cache_type_v,
     }
 }
 
@@ -338,7 +353,13 @@ fn size_label(n_params: u64) -> String {
 }
 
 /// The decoding copies' size, the peak memory and, for a MoE model, how its tokens were routed.
-fn summary(out: &mut dyn Write, model: &Model, info: &Info, usage: &[Vec<u64>]) -> Res<()> {
+fn summary(
+    out: &mut dyn Write,
+    model: &Model,
+    info: &Info,
+    usage: &[Vec<u64>],
+    kv: Option<(usize, CacheTypes)>,
+) -> Res<()> {
     writeln!(
         out,
         "\n{}: {:.2} MiB of weights; {:.2} MiB of copies for decoding; context {} tokens",
@@ -347,6 +368,15 @@ fn summary(out: &mut dyn Write, model: &Model, info: &Info, usage: &[Vec<u64>]) 
         model.copies_bytes() as f64 / 1048576.0,
         info.n_ctx
     )?;
+    if let Some((bytes, types)) = kv {
+        writeln!(
+            out,
+            "KV cache: {:.2} MiB (keys {}, values {}) per context",
+            bytes as f64 / 1048576.0,
+            types.k,
+            types.v
+        )?;
+    }
     if usage.iter().any(|l| !l.is_empty()) {
         let n_expert = usage.iter().map(Vec::len).max().unwrap_or(0);
         let mut total = vec![0u64; n_expert];
@@ -413,6 +443,8 @@ fn fields(info: &Info, r: &Row) -> Vec<(&'static str, Val)> {
         ("kernels", Val::Str(info.kernels.into())),
         ("n_batch", Val::Int(info.n_batch as u64)),
         ("n_ctx", Val::Int(info.n_ctx as u64)),
+        ("type_k", Val::Str(info.type_k.name().into())),
+        ("type_v", Val::Str(info.type_v.name().into())),
         ("n_threads", Val::Int(r.threads as u64)),
         ("n_prompt", Val::Int(r.n_prompt as u64)),
         ("n_gen", Val::Int(r.n_gen as u64)),

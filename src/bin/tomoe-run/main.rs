@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tomoe::chat::{Sampler, SamplerParams};
-use tomoe::engine::{Context, ContextParams};
+use tomoe::engine::{CacheTypes, Context, ContextParams, KvType};
 use tomoe::model::{LoadOptions, Model};
 
 #[derive(Parser)]
@@ -55,7 +55,7 @@ enum Command {
     Serve(serve::ServeArgs),
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct ModelArgs {
     /// Threads for compute (default: one per physical core, big cores only on a hybrid CPU).
     #[arg(short = 't', long)]
@@ -66,6 +66,18 @@ pub struct ModelArgs {
     /// Tokens per batch in prompt processing.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     pub batch_size: usize,
+    /// KV cache type of the keys: f32 or f16 (llama.cpp's -ctk).
+    #[arg(long = "cache-type-k", alias = "ctk", value_name = "TYPE", default_value_t = CacheTypes::default().k)]
+    pub cache_type_k: KvType,
+    /// KV cache type of the values: f32 or f16 (llama.cpp's -ctv).
+    #[arg(long = "cache-type-v", alias = "ctv", value_name = "TYPE", default_value_t = CacheTypes::default().v)]
+    pub cache_type_v: KvType,
+}
+
+impl ModelArgs {
+    pub fn cache_types(&self) -> CacheTypes {
+        CacheTypes { k: self.cache_type_k, v: self.cache_type_v }
+    }
 }
 
 /// How the model is loaded (every subcommand that loads one takes these).
@@ -177,7 +189,7 @@ pub fn context(model: &Arc<Model>, a: &ModelArgs) -> Res<Context> {
     if let Some(t) = a.threads {
         p.n_threads = t;
     }
-    Ok(Context::new(model.clone(), p)?)
+    Ok(Context::with_cache_types(model.clone(), p, a.cache_types())?)
 }
 
 pub fn sampler_params(s: &SamplingArgs) -> SamplerParams {

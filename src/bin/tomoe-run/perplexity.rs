@@ -171,9 +171,8 @@ fn run_kl_divergence(a: PerplexityArgs) -> Res<()> {
         return Err("--chunks 0: nothing to compare".into());
     }
     let args = ModelArgs {
-        threads: a.model_args.threads,
         ctx_size: n_ctx,
-        batch_size: a.model_args.batch_size,
+        ..a.model_args.clone()
     };
     let mut ctx = context(&model, &args)?;
     let tok = model.tokenizer();

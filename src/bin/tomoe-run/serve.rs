@@ -3,7 +3,7 @@
 use crate::{load, LoadArgs, ModelArgs, Res, SamplingArgs};
 use clap::Args;
 use std::path::PathBuf;
-use tomoe::engine::ContextParams;
+use tomoe::engine::{CacheTypes, ContextParams};
 use tomoe::server::{Server, ServerConfig};
 
 /// llama.cpp's default seed, which there means "a random seed": requests that give no seed then
@@ -43,6 +43,11 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> Res<()> {
+    if a.model_args.cache_types() != CacheTypes::default() {
+        // The server's slots create their contexts with the default cache types.
+        let d = CacheTypes::default();
+        return Err(format!("serve: --cache-type-k/v are not supported yet (the server's cache is {})", d.k).into());
+    }
     let model = load(&a.model, &a.load)?;
     if let (Some(w), None) = (model.chat_template_warning(), &a.chat_template) {
         eprintln!("tomoe-run serve: warning: {w}");
