@@ -6,8 +6,8 @@
 mod common;
 
 use common::{model_path, RealModel};
-use tomoe::convert::chats::{load_or_generate, pre_query_prompt, render, ChatGenParams};
 use tomoe::chat::ChatTemplate;
+use tomoe::convert::chats::{load_or_generate, pre_query_prompt, render, ChatGenParams};
 use tomoe::model::Model;
 
 fn params(n: usize, seed: u64) -> ChatGenParams {
@@ -71,28 +71,36 @@ fn smollm2_writes_distinct_reproducible_chats_and_the_cache_is_reused() {
     let (d, _) = load_or_generate(&model, &params(6, 12), 2, &dir2, &mut |_, _| {}).unwrap();
     assert_ne!(d, a);
 
-    // A stopped run resumes: keep the header and the first two slots of the partial file.
+    // A stopped run resumes: keep the header and the first two slots, and half a line.
     let dir3 = temp_dir("chats3");
     std::fs::create_dir_all(&dir3).unwrap();
-    let done = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
-    let text = std::fs::read_to_string(&done).unwrap();
+    let file = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    let text = std::fs::read_to_string(&file).unwrap();
     let cut = text.match_indices("{\"next\":2}\n").next().unwrap().0 + "{\"next\":2}\n".len();
-    let partial = dir3.join(
-        done.file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .replace(".jsonl", ".partial.jsonl"),
-    );
-    std::fs::write(&partial, &text[..cut]).unwrap();
+    let copy = dir3.join(file.file_name().unwrap());
+    std::fs::write(&copy, format!("{}{{\"slot\":2,\"us", &text[..cut])).unwrap();
     let (e, stats) = load_or_generate(&model, &params(6, 11), 2, &dir3, &mut |_, _| {}).unwrap();
     assert_eq!(e, a, "a resumed run gives the chats of an uninterrupted one");
     assert!(stats.generated < a.len() && stats.generated >= a.len() - 2);
-    assert!(!partial.exists());
+    assert_eq!(
+        std::fs::read_to_string(&copy).unwrap(),
+        text,
+        "the cut line is replaced"
+    );
+
+    // Fewer chats are the first ones of the set, read from its file; more extend it.
+    let (f, stats) = load_or_generate(&model, &params(3, 11), 2, &dir, &mut |_, _| {}).unwrap();
+    assert_eq!(stats.generated, 0);
+    assert_eq!(f, a.iter().filter(|c| c.slot < 3).cloned().collect::<Vec<_>>());
+    let dir4 = temp_dir("chats4");
+    load_or_generate(&model, &params(3, 11), 2, &dir4, &mut |_, _| {}).unwrap();
+    let (g, stats) = load_or_generate(&model, &params(6, 11), 2, &dir4, &mut |_, _| {}).unwrap();
+    assert_eq!(g, a);
+    assert!(stats.generated > 0 && stats.generated < a.len());
 
     let rendered = render(Model::load(&model).unwrap().chat_template().unwrap(), &a).unwrap();
     assert!(rendered[0].contains("<|im_start|>assistant\n") && rendered[0].contains(&a[0].assistant));
-    for d in [dir, dir2, dir3] {
+    for d in [dir, dir2, dir3, dir4] {
         std::fs::remove_dir_all(d).unwrap();
     }
 }

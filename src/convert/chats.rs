@@ -6,9 +6,10 @@
 //!
 //! Generation is reproducible: chat slot `i` samples with a seed drawn from (seed, i, attempt)
 //! alone, and questions already seen (after normalising case, punctuation and spaces) are
-//! drawn again, up to [`MAX_ATTEMPTS`] times. The chats are cached as JSONL under a name
-//! derived from the model file's bytes and every setting, written as they are made (a
-//! stopped run resumes where it left off) and renamed into place when complete.
+//! drawn again, up to [`MAX_ATTEMPTS`] times, so the first `n` chats of a larger set are the
+//! set of `n`. The chats are cached as JSONL under a name derived from the model file's bytes
+//! and every setting but their number, appended as they are made: a stopped run resumes where
+//! it left off, a smaller set is read from a larger one, and a larger one extends it.
 
 use super::{io_err, ConvertError, Result};
 use crate::chat::{ChatMessage, ChatTemplate, Sampler, SamplerParams};
@@ -97,7 +98,8 @@ pub fn pre_query_prompt(template: &ChatTemplate) -> Result<String> {
 }
 
 /// The key of the chats the model file and the settings make: a hash of both (the model's
-/// bytes, read once, so a changed file with the same name is not mistaken for the old one).
+/// bytes, read once, so a changed file with the same name is not mistaken for the old one),
+/// without the number of chats (sets of any size share one file).
 pub fn cache_key(model_path: &Path, p: &ChatGenParams) -> Result<u64> {
     let mut h = Fnv64::new();
     let mut f =
@@ -111,7 +113,7 @@ pub fn cache_key(model_path: &Path, p: &ChatGenParams) -> Result<u64> {
         let n = buf.len();
         f.consume(n);
     }
-    h.write(format!("v{FORMAT_VERSION} {p:?}").as_bytes());
+    h.write(format!("v{FORMAT_VERSION} {:?}", ChatGenParams { n: 0, ..p.clone() }).as_bytes());
     Ok(h.0)
 }
 
@@ -130,12 +132,9 @@ impl Fnv64 {
     }
 }
 
-/// The cached chats of `key` in `dir` (complete set), and the file a run in progress appends to.
-fn cache_paths(dir: &Path, key: u64) -> (PathBuf, PathBuf) {
-    (
-        dir.join(format!("chats-{key:016x}.jsonl")),
-        dir.join(format!("chats-{key:016x}.partial.jsonl")),
-    )
+/// The cache file of `key` in `dir`.
+fn cache_path(dir: &Path, key: u64) -> PathBuf {
+    dir.join(format!("chats-{key:016x}.jsonl"))
 }
 
 /// The seed of attempt `attempt` at slot `slot` (SplitMix64's finaliser over the three).
@@ -218,8 +217,8 @@ pub struct ChatStats {
     pub path: PathBuf,
 }
 
-/// The chats of `p` for the model at `model_path`: read from `cache_dir` when a complete set is
-/// there, else generated (resuming a stopped run) with `n_threads` threads. `progress(done,
+/// The chats of `p` for the model at `model_path`: read from `cache_dir` as far as the cache
+/// has them, the rest generated (and appended to it) with `n_threads` threads. `progress(done,
 /// total)` is called after each slot.
 pub fn load_or_generate(
     model_path: &Path,
@@ -229,36 +228,42 @@ pub fn load_or_generate(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Vec<Chat>, ChatStats)> {
     let t0 = std::time::Instant::now();
-    let key = cache_key(model_path, p)?;
-    let (done_path, partial_path) = cache_paths(cache_dir, key);
+    let path = cache_path(cache_dir, cache_key(model_path, p)?);
     let mut stats = ChatStats {
         generated: 0,
         rejected: 0,
         tokens: 0,
         seconds: 0.0,
-        path: done_path.clone(),
+        path: path.clone(),
     };
-    if done_path.exists() {
-        let (chats, _) = read_cache(&done_path)?;
+    let (mut chats, mut next) = if path.exists() {
+        read_cache(&path)?
+    } else {
+        (Vec::new(), 0)
+    };
+    if next >= p.n {
+        chats.retain(|c| c.slot < p.n);
         progress(p.n, p.n);
         stats.seconds = t0.elapsed().as_secs_f64();
         return Ok((chats, stats));
     }
     std::fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
-    let (mut chats, mut next) = if partial_path.exists() {
-        read_cache(&partial_path)?
-    } else {
-        (Vec::new(), 0)
-    };
     let mut file = std::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
-        .open(&partial_path)
-        .map_err(io_err(&partial_path))?;
-    if file.metadata().map_err(io_err(&partial_path))?.len() == 0 {
+        .open(&path)
+        .map_err(io_err(&path))?;
+    let text = std::fs::read(&path).map_err(io_err(&path))?;
+    if text.is_empty() {
         // A fresh file: the header says what made the chats.
-        let header = serde_json::json!({"tomoe_chats": FORMAT_VERSION, "model": model_path.display().to_string(), "params": format!("{p:?}")});
-        writeln!(file, "{header}").map_err(io_err(&partial_path))?;
+        let params = format!("{:?}", ChatGenParams { n: 0, ..p.clone() });
+        let header = serde_json::json!({"tomoe_chats": FORMAT_VERSION, "model": model_path.display().to_string(), "params": params});
+        writeln!(file, "{header}").map_err(io_err(&path))?;
+    } else if !text.ends_with(b"\n") {
+        // A line cut short by a stopped run: drop it before appending.
+        let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        file.set_len(keep as u64).map_err(io_err(&path))?;
     }
     let model = Model::load(model_path)
         .map_err(|e| ConvertError::Data(format!("loading {} to generate chats: {e}", model_path.display())))?;
@@ -278,7 +283,7 @@ pub fn load_or_generate(
             stats.tokens += tokens;
             match chat {
                 Some(c) if seen.insert(normalise(&c.user)) => {
-                    writeln!(file, "{}", chat_json(&c)).map_err(io_err(&partial_path))?;
+                    writeln!(file, "{}", chat_json(&c)).map_err(io_err(&path))?;
                     chats.push(c);
                     stats.generated += 1;
                     break;
@@ -288,12 +293,10 @@ pub fn load_or_generate(
         }
         next += 1;
         // Slots left empty are recorded too, so a resumed run does not retry them.
-        writeln!(file, "{{\"next\":{next}}}").map_err(io_err(&partial_path))?;
+        writeln!(file, "{{\"next\":{next}}}").map_err(io_err(&path))?;
         progress(next, p.n);
     }
-    file.sync_all().map_err(io_err(&partial_path))?;
-    drop(file);
-    std::fs::rename(&partial_path, &done_path).map_err(io_err(&done_path))?;
+    file.sync_all().map_err(io_err(&path))?;
     stats.seconds = t0.elapsed().as_secs_f64();
     Ok((chats, stats))
 }
