@@ -1,123 +1,13 @@
 //! Picks the kernel set once, at first use, from the CPU's features (so one binary runs on
-//! any x86-64 or aarch64), and hands out per-format dot-product functions.
+//! any x86-64 or aarch64). The sets themselves are built by the ISA files (`crate::kernels`).
 
 use std::sync::OnceLock;
 
-use crate::formats::QuantType;
-use crate::kernels::{
-    scalar, AxpyFn, Dot4Fn, DotFn, DotSumsFn, GemmKernel, Interleaved16, InterleavedAxpy16,
-    QuantizeActsFn,
-};
-
-/// A named set of dot-product kernels, indexed by `QuantType as usize`.
-pub struct KernelSet {
-    pub name: &'static str,
-    pub dots: [DotFn; 14],
-    /// Faster variants taking precomputed activation block sums (see [`DotSumsFn`]).
-    pub dots_with_sums: [Option<DotSumsFn>; 14],
-    /// Four-row variants (see [`Dot4Fn`]); for Q4_1/Q5_1 they take the block sums.
-    pub dots_x4: [Option<Dot4Fn>; 14],
-    /// Row-scaled accumulation (see [`AxpyFn`]).
-    pub axpys: [Option<AxpyFn>; 14],
-    /// Tiled matrix-matrix products (see [`GemmKernel`]).
-    pub gemms: [Option<GemmKernel>; 14],
-    /// Matrix-vector products over row-interleaved weights (see [`Interleaved16`]).
-    pub interleaved: [Option<Interleaved16>; 14],
-    /// Weighted row sums over row-interleaved weights (see [`InterleavedAxpy16`]).
-    pub interleaved_axpys: [Option<InterleavedAxpy16>; 14],
-    /// The Q8_0 activation quantizer (see [`QuantizeActsFn`]).
-    pub quantize_q8_0_acts: QuantizeActsFn,
-}
-
-impl KernelSet {
-    #[inline(always)]
-    pub fn dot(&self, ty: QuantType) -> DotFn {
-        self.dots[ty as usize]
-    }
-
-    #[inline(always)]
-    pub fn dot_with_sums(&self, ty: QuantType) -> Option<DotSumsFn> {
-        self.dots_with_sums[ty as usize]
-    }
-
-    #[inline(always)]
-    pub fn dot_x4(&self, ty: QuantType) -> Option<Dot4Fn> {
-        self.dots_x4[ty as usize]
-    }
-
-    #[inline(always)]
-    pub fn axpy(&self, ty: QuantType) -> Option<AxpyFn> {
-        self.axpys[ty as usize]
-    }
-
-    #[inline(always)]
-    pub fn gemm(&self, ty: QuantType) -> Option<GemmKernel> {
-        self.gemms[ty as usize]
-    }
-
-    #[inline(always)]
-    pub fn interleaved(&self, ty: QuantType) -> Option<Interleaved16> {
-        self.interleaved[ty as usize]
-    }
-
-    #[inline(always)]
-    pub fn interleaved_axpy(&self, ty: QuantType) -> Option<InterleavedAxpy16> {
-        self.interleaved_axpys[ty as usize]
-    }
-}
+pub use crate::kernels::table::{FormatKernels, KernelSet};
 
 /// The scalar reference set (always available).
 pub fn scalar_set() -> KernelSet {
-    KernelSet {
-        name: "scalar",
-        dots: [
-            scalar::dot_f32,
-            scalar::dot_f16,
-            scalar::dot_bf16,
-            scalar::dot_q4_0,
-            scalar::dot_q4_1,
-            scalar::dot_q5_0,
-            scalar::dot_q5_1,
-            scalar::dot_q8_0,
-            scalar::dot_q2_k,
-            scalar::dot_q3_k,
-            scalar::dot_q4_k,
-            scalar::dot_q5_k,
-            scalar::dot_q6_k,
-            scalar::dot_q8_k,
-        ],
-        dots_with_sums: with_sums(scalar::dot_q4_1_sums, scalar::dot_q5_1_sums),
-        dots_x4: [None; 14],
-        axpys: q8_0_axpy(scalar::axpy_q8_0),
-        gemms: [None; 14],
-        interleaved: [None; 14],
-        interleaved_axpys: [None; 14],
-        quantize_q8_0_acts: scalar::quantize_q8_0_acts,
-    }
-}
-
-/// An `axpys` table with a Q8_0 kernel.
-pub fn q8_0_axpy(f: AxpyFn) -> [Option<AxpyFn>; 14] {
-    let mut t = [None; 14];
-    t[QuantType::Q8_0 as usize] = Some(f);
-    t
-}
-
-/// A `dots_x4` table from (format, four-row kernel) pairs (Q4_1/Q5_1 ones take block sums).
-pub fn x4<const N: usize>(kernels: [(QuantType, Dot4Fn); N]) -> [Option<Dot4Fn>; 14] {
-    let mut t = [None; 14];
-    for (ty, f) in kernels {
-        t[ty as usize] = Some(f);
-    }
-    t
-}
-
-/// The `dots_with_sums` table of a set that has Q4_1 and Q5_1 variants.
-pub fn with_sums(q4_1: DotSumsFn, q5_1: DotSumsFn) -> [Option<DotSumsFn>; 14] {
-    let mut t = [None; 14];
-    t[QuantType::Q4_1 as usize] = Some(q4_1);
-    t[QuantType::Q5_1 as usize] = Some(q5_1);
-    t
+    KernelSet::scalar()
 }
 
 /// Every kernel set this CPU can run, best last (scalar first). For tests and benchmarks that

@@ -49,7 +49,7 @@ macro_rules! fmt {
 }
 
 /// Indexed by `QuantType as usize`. Sizes are ggml's `sizeof(block_*)`.
-pub(crate) const FORMATS: [Format; 14] = [
+pub(crate) const FORMATS: [Format; QuantType::COUNT] = [
     fmt!(F32, "f32", 0, 1, 4, F32),
     fmt!(F16, "f16", 1, 1, 2, F16),
     fmt!(BF16, "bf16", 30, 1, 2, BF16),
@@ -80,8 +80,11 @@ pub(crate) const FORMATS: [Format; 14] = [
 ];
 
 impl QuantType {
+    /// How many formats there are.
+    pub const COUNT: usize = 14;
+
     /// Every format, in table order.
-    pub const ALL: [QuantType; 14] = [
+    pub const ALL: [QuantType; QuantType::COUNT] = [
         QuantType::F32,
         QuantType::F16,
         QuantType::BF16,

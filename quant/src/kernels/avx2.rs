@@ -8,7 +8,7 @@ use std::arch::x86_64::*;
 
 use super::scalar::q8k_d;
 use crate::blocks::kquants::layout::*;
-use crate::dispatch::KernelSet;
+use super::table::KernelSet;
 use crate::formats::{QuantType, QK, QK_K};
 
 pub fn kernel_set() -> Option<KernelSet> {
@@ -18,25 +18,31 @@ pub fn kernel_set() -> Option<KernelSet> {
     {
         return None;
     }
-    Some(KernelSet {
-        name: "avx2",
-        dots: [
-            dot_f32, dot_f16, dot_bf16, dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q2_k,
-            dot_q3_k, dot_q4_k, dot_q5_k, dot_q6_k, dot_q8_k,
-        ],
-        dots_with_sums: crate::dispatch::with_sums(dot_q4_1_sums, dot_q5_1_sums),
-        dots_x4: crate::dispatch::x4([
-            (QuantType::Q4_0, dot_q4_0_x4),
-            (QuantType::Q4_1, dot_q4_1_sums_x4),
-            (QuantType::Q5_0, dot_q5_0_x4),
-            (QuantType::Q8_0, dot_q8_0_x4),
-        ]),
-        axpys: crate::dispatch::q8_0_axpy(axpy_q8_0),
-        gemms: [None; 14],
-        interleaved: super::avx2_il::kernels(),
-        interleaved_axpys: super::avx2_il::axpy_kernels(),
-        quantize_q8_0_acts,
-    })
+    use QuantType::*;
+    let mut s = KernelSet::scalar().renamed("avx2");
+    s.set_dots(&[
+        (F32, dot_f32),
+        (F16, dot_f16),
+        (BF16, dot_bf16),
+        (Q4_0, dot_q4_0),
+        (Q4_1, dot_q4_1),
+        (Q5_0, dot_q5_0),
+        (Q5_1, dot_q5_1),
+        (Q8_0, dot_q8_0),
+        (Q2_K, dot_q2_k),
+        (Q3_K, dot_q3_k),
+        (Q4_K, dot_q4_k),
+        (Q5_K, dot_q5_k),
+        (Q6_K, dot_q6_k),
+        (Q8_K, dot_q8_k),
+    ]);
+    s[Q4_1].dot_with_sums = Some(dot_q4_1_sums);
+    s[Q5_1].dot_with_sums = Some(dot_q5_1_sums);
+    s.set_dots_x4(&[(Q4_0, dot_q4_0_x4), (Q4_1, dot_q4_1_sums_x4), (Q5_0, dot_q5_0_x4), (Q8_0, dot_q8_0_x4)]);
+    s[Q8_0].axpy = Some(axpy_q8_0);
+    super::avx2_il::add_to(&mut s);
+    s.quantize_q8_0_acts = quantize_q8_0_acts;
+    Some(s)
 }
 
 /// The activation quantizer (see `kernels::QuantizeActsFn`), as ggml's AVX2

@@ -11,7 +11,7 @@ use super::avx2::{
 };
 use super::scalar::q8k_d;
 use crate::blocks::kquants::layout::*;
-use crate::dispatch::KernelSet;
+use super::table::KernelSet;
 use crate::formats::{QuantType, QK, QK_K};
 
 pub fn kernel_set() -> Option<KernelSet> {
@@ -23,34 +23,30 @@ pub fn kernel_set() -> Option<KernelSet> {
     {
         return None;
     }
-    let mut dots = avx2.dots;
-    for (ty, f) in [
-        (QuantType::Q4_0, dot_q4_0_unsigned as super::DotFn),
-        (QuantType::Q4_1, dot_q4_1),
-        (QuantType::Q5_0, dot_q5_0_unsigned),
-        (QuantType::Q5_1, dot_q5_1),
-        (QuantType::Q8_0, dot_q8_0),
-        (QuantType::Q8_K, dot_q8_k),
-    ] {
-        dots[ty as usize] = f;
-    }
-    let dots_with_sums = crate::dispatch::with_sums(dot_q4_1_sums, dot_q5_1_sums);
-    Some(KernelSet {
-        name: "avx512-vnni",
-        dots,
-        dots_with_sums,
-        dots_x4: crate::dispatch::x4([
-            (QuantType::Q4_0, dot_q4_0_unsigned_x4),
-            (QuantType::Q4_1, dot_q4_1_sums_x4),
-            (QuantType::Q5_0, dot_q5_0_unsigned_x4),
-            (QuantType::Q8_0, dot_q8_0_x4),
-        ]),
-        axpys: avx2.axpys,
-        gemms: super::avx512_gemm::kernels(),
-        interleaved: super::avx512_il::kernels(),
-        interleaved_axpys: super::avx512_il::axpy_kernels(),
-        quantize_q8_0_acts: avx2.quantize_q8_0_acts,
-    })
+    use QuantType::*;
+    // The avx2 set's four-row and interleaved kernels equal its single-row ones, some of which
+    // are replaced here: only this file's derived kernels stay.
+    let mut s = avx2.renamed("avx512-vnni");
+    s.clear_derived();
+    s.set_dots(&[
+        (Q4_0, dot_q4_0_unsigned),
+        (Q4_1, dot_q4_1),
+        (Q5_0, dot_q5_0_unsigned),
+        (Q5_1, dot_q5_1),
+        (Q8_0, dot_q8_0),
+        (Q8_K, dot_q8_k),
+    ]);
+    s[Q4_1].dot_with_sums = Some(dot_q4_1_sums);
+    s[Q5_1].dot_with_sums = Some(dot_q5_1_sums);
+    s.set_dots_x4(&[
+        (Q4_0, dot_q4_0_unsigned_x4),
+        (Q4_1, dot_q4_1_sums_x4),
+        (Q5_0, dot_q5_0_unsigned_x4),
+        (Q8_0, dot_q8_0_x4),
+    ]);
+    super::avx512_gemm::add_to(&mut s);
+    super::avx512_il::add_to(&mut s);
+    Some(s)
 }
 
 /// Σ of groups of four u8·i8 products into 8 i32 lanes (one `vpdpbusd`).

@@ -19,6 +19,7 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{bits_32, f16_at, nibbles_32};
+use super::table::KernelSet;
 use super::{GemmKernel, PackedActs};
 use crate::formats::{QuantType, QK};
 
@@ -36,9 +37,8 @@ const PACKED_BLOCK: usize = (QUADS + 2) * 64;
 /// Unpacked bytes per weight row and block: 32 weights, the 8 quad corrections, d, m.
 const PANEL_BLOCK: usize = 32 + 4 * QUADS + 8;
 
-/// The kernels of the set, by format.
-pub fn kernels() -> [Option<GemmKernel>; 14] {
-    let mut t = [None; 14];
+/// Adds the set's tiled kernels to `s`.
+pub fn add_to(s: &mut KernelSet) {
     for (ty, run) in [
         (QuantType::Q4_0, run_q4_0 as RunFn),
         (QuantType::Q4_1, run_q4_1),
@@ -46,9 +46,8 @@ pub fn kernels() -> [Option<GemmKernel>; 14] {
         (QuantType::Q5_1, run_q5_1),
         (QuantType::Q8_0, run_q8_0),
     ] {
-        t[ty as usize] = Some(GemmKernel { pack, run });
+        s[ty].gemm = Some(GemmKernel { pack, run });
     }
-    t
 }
 
 type RunFn = unsafe fn(usize, &[u8], usize, &PackedActs, *mut f32, usize);

@@ -18,31 +18,15 @@
 use std::arch::x86_64::*;
 
 use super::avx2::f16_at;
+use super::table::KernelSet;
 use super::{Interleaved16, InterleavedAxpy16};
 use crate::formats::{QuantType, QK};
 
-/// The kernels of the set, by format.
-pub fn kernels() -> [Option<Interleaved16>; 14] {
-    let mut t = [None; 14];
-    t[QuantType::Q4_1 as usize] = Some(Interleaved16 {
-        pack: super::interleave::pack_q4_1,
-        dot16: dot16_q4_1,
-    });
-    t[QuantType::Q8_0 as usize] = Some(Interleaved16 {
-        pack: super::interleave::pack_q8_0,
-        dot16: dot16_q8_0,
-    });
-    t
-}
-
-/// The weighted row sums of the set, by format.
-pub fn axpy_kernels() -> [Option<InterleavedAxpy16>; 14] {
-    let mut t = [None; 14];
-    t[QuantType::Q8_0 as usize] = Some(InterleavedAxpy16 {
-        pack: super::interleave::pack_q8_0_axpy,
-        axpy16: axpy16_q8_0,
-    });
-    t
+/// Adds the set's interleaved kernels and weighted row sums to `s`.
+pub fn add_to(s: &mut KernelSet) {
+    s[QuantType::Q4_1].interleaved = Some(Interleaved16 { pack: super::interleave::pack_q4_1, dot16: dot16_q4_1 });
+    s[QuantType::Q8_0].interleaved = Some(Interleaved16 { pack: super::interleave::pack_q8_0, dot16: dot16_q8_0 });
+    s[QuantType::Q8_0].interleaved_axpy = Some(InterleavedAxpy16 { pack: super::interleave::pack_q8_0_axpy, axpy16: axpy16_q8_0 });
 }
 
 /// Lanes `0..16` of `out` from the eight quad accumulators, as the single-row kernels'

@@ -13,6 +13,7 @@ pub mod avx512_gemm;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_il;
 pub mod interleave;
+pub mod table;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 #[cfg(target_arch = "aarch64")]

@@ -8,51 +8,40 @@
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-use super::scalar::{self, q8k_bsum, q8k_d};
+use super::scalar::{q8k_bsum, q8k_d};
 use crate::blocks::float::read_u16;
 use crate::blocks::kquants::{layout::*, q3_k_scales, scale_min_k4};
-use crate::dispatch::KernelSet;
+use super::table::KernelSet;
 use crate::formats::{QuantType, QK, QK_K};
 
 pub fn kernel_set(dotprod: bool) -> Option<KernelSet> {
     if !std::arch::is_aarch64_feature_detected!("neon") {
         return None;
     }
+    use QuantType::*;
+    let mut s = KernelSet::scalar();
     if dotprod {
         if !std::arch::is_aarch64_feature_detected!("dotprod") {
             return None;
         }
-        return Some(KernelSet {
-            name: "neon-dotprod",
-            dots: with_dotprod::DOTS,
-            dots_with_sums: crate::dispatch::with_sums(
-                with_dotprod::dot_q4_1_sums,
-                with_dotprod::dot_q5_1_sums,
-            ),
-            dots_x4: [None; 14],
-            axpys: crate::dispatch::q8_0_axpy(axpy_q8_0),
-            // smmla tiles where the CPU has the int8 matrix multiply extension.
-            gemms: if std::arch::is_aarch64_feature_detected!("i8mm") {
-                super::neon_gemm::kernels()
-            } else {
-                [None; 14]
-            },
-            interleaved: super::neon_il::with_dotprod::kernels(),
-            interleaved_axpys: super::neon_il::with_dotprod::axpy_kernels(),
-            quantize_q8_0_acts: super::scalar::quantize_q8_0_acts,
-        });
+        s = s.renamed("neon-dotprod");
+        s.set_dots(&with_dotprod::DOTS);
+        s[Q4_1].dot_with_sums = Some(with_dotprod::dot_q4_1_sums);
+        s[Q5_1].dot_with_sums = Some(with_dotprod::dot_q5_1_sums);
+        super::neon_il::with_dotprod::add_to(&mut s);
+        // smmla tiles where the CPU has the int8 matrix multiply extension.
+        if std::arch::is_aarch64_feature_detected!("i8mm") {
+            super::neon_gemm::add_to(&mut s);
+        }
+    } else {
+        s = s.renamed("neon");
+        s.set_dots(&plain::DOTS);
+        s[Q4_1].dot_with_sums = Some(plain::dot_q4_1_sums);
+        s[Q5_1].dot_with_sums = Some(plain::dot_q5_1_sums);
+        super::neon_il::plain::add_to(&mut s);
     }
-    Some(KernelSet {
-        name: "neon",
-        dots: plain::DOTS,
-        dots_with_sums: crate::dispatch::with_sums(plain::dot_q4_1_sums, plain::dot_q5_1_sums),
-        dots_x4: [None; 14],
-        axpys: crate::dispatch::q8_0_axpy(axpy_q8_0),
-        gemms: [None; 14],
-        interleaved: super::neon_il::plain::kernels(),
-        interleaved_axpys: super::neon_il::plain::axpy_kernels(),
-        quantize_q8_0_acts: super::scalar::quantize_q8_0_acts,
-    })
+    s[Q8_0].axpy = Some(axpy_q8_0);
+    Some(s)
 }
 
 /// The f16 at byte `i` of `b` as f32, by `fcvt`: the value of `blocks::float::read_f16`, whose
@@ -116,21 +105,21 @@ macro_rules! neon_kernels {
         pub mod $modname {
             use super::*;
 
-            pub const DOTS: [crate::kernels::DotFn; 14] = [
-                dot_f32,
-                scalar::dot_f16,
-                dot_bf16,
-                dot_q4_0,
-                dot_q4_1,
-                dot_q5_0,
-                dot_q5_1,
-                dot_q8_0,
-                dot_q2_k,
-                dot_q3_k,
-                dot_q4_k,
-                dot_q5_k,
-                dot_q6_k,
-                dot_q8_k,
+            /// The set's single-row dot products (f16 keeps the scalar one).
+            pub const DOTS: [(QuantType, crate::kernels::DotFn); 13] = [
+                (QuantType::F32, dot_f32),
+                (QuantType::BF16, dot_bf16),
+                (QuantType::Q4_0, dot_q4_0),
+                (QuantType::Q4_1, dot_q4_1),
+                (QuantType::Q5_0, dot_q5_0),
+                (QuantType::Q5_1, dot_q5_1),
+                (QuantType::Q8_0, dot_q8_0),
+                (QuantType::Q2_K, dot_q2_k),
+                (QuantType::Q3_K, dot_q3_k),
+                (QuantType::Q4_K, dot_q4_k),
+                (QuantType::Q5_K, dot_q5_k),
+                (QuantType::Q6_K, dot_q6_k),
+                (QuantType::Q8_K, dot_q8_k),
             ];
 
             #[target_feature(enable = $tf)]

@@ -19,6 +19,7 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::neon_il::bits_16;
+use super::table::KernelSet;
 use super::{GemmKernel, PackedActs};
 use crate::blocks::float::f16_to_f32;
 use crate::formats::{QuantType, QK};
@@ -29,9 +30,8 @@ const XB: usize = 34;
 /// four f32 of scales, then four f32 of block sums (minimums for rows), in tile-lane order.
 const PAIR_BLOCK: usize = 96;
 
-/// The kernels of the set (where the CPU has i8mm), by format.
-pub fn kernels() -> [Option<GemmKernel>; 14] {
-    let mut t = [None; 14];
+/// Adds the set's tiled kernels to `s` (for a CPU with i8mm).
+pub fn add_to(s: &mut KernelSet) {
     for (ty, run) in [
         (QuantType::Q4_0, run_q4_0 as RunFn),
         (QuantType::Q4_1, run_q4_1),
@@ -39,9 +39,8 @@ pub fn kernels() -> [Option<GemmKernel>; 14] {
         (QuantType::Q5_1, run_q5_1),
         (QuantType::Q8_0, run_q8_0),
     ] {
-        t[ty as usize] = Some(GemmKernel { pack, run });
+        s[ty].gemm = Some(GemmKernel { pack, run });
     }
-    t
 }
 
 type RunFn = unsafe fn(usize, &[u8], usize, &PackedActs, *mut f32, usize);

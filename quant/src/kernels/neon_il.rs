@@ -23,6 +23,7 @@ use super::interleave::{
     pack_q8_0_signed, pack_q8_0_signed_pairs, PAIR_ORDER,
 };
 use super::scalar::axpy_coeff_scale;
+use super::table::KernelSet;
 use super::{Interleaved16, InterleavedAxpy16, IL_PREFETCH_AHEAD};
 use crate::formats::{QuantType, QK};
 
@@ -207,36 +208,14 @@ macro_rules! neon_il_kernels {
         pub mod $modname {
             use super::*;
 
-            /// The kernels of the set, by format.
-            pub fn kernels() -> [Option<Interleaved16>; 14] {
-                let mut t = [None; 14];
-                t[QuantType::Q4_0 as usize] = Some(Interleaved16 {
-                    pack: $pack_q4_0,
-                    dot16: dot16_q4_0,
-                });
-                t[QuantType::Q4_1 as usize] = Some(Interleaved16 {
-                    pack: $pack_q4_1,
-                    dot16: dot16_q4_1,
-                });
-                t[QuantType::Q5_0 as usize] = Some(Interleaved16 {
-                    pack: $pack_q5_0,
-                    dot16: dot16_q5_0,
-                });
-                t[QuantType::Q8_0 as usize] = Some(Interleaved16 {
-                    pack: $pack_q8_0,
-                    dot16: dot16_q8_0,
-                });
-                t
-            }
-
-            /// The weighted row sums of the set, by format.
-            pub fn axpy_kernels() -> [Option<InterleavedAxpy16>; 14] {
-                let mut t = [None; 14];
-                t[QuantType::Q8_0 as usize] = Some(InterleavedAxpy16 {
-                    pack: pack_q8_0_axpy_signed,
-                    axpy16: axpy16_q8_0,
-                });
-                t
+            /// Adds the set's interleaved kernels and weighted row sums to `s`.
+            pub fn add_to(s: &mut KernelSet) {
+                s[QuantType::Q4_0].interleaved = Some(Interleaved16 { pack: $pack_q4_0, dot16: dot16_q4_0 });
+                s[QuantType::Q4_1].interleaved = Some(Interleaved16 { pack: $pack_q4_1, dot16: dot16_q4_1 });
+                s[QuantType::Q5_0].interleaved = Some(Interleaved16 { pack: $pack_q5_0, dot16: dot16_q5_0 });
+                s[QuantType::Q8_0].interleaved = Some(Interleaved16 { pack: $pack_q8_0, dot16: dot16_q8_0 });
+                s[QuantType::Q8_0].interleaved_axpy =
+                    Some(InterleavedAxpy16 { pack: pack_q8_0_axpy_signed, axpy16: axpy16_q8_0 });
             }
 
             /// Q4_0 group block (`pack_q4_0`, in the set's order): dword `l` of the nibbles of
