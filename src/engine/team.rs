@@ -14,6 +14,12 @@ use std::time::Duration;
 /// Spin iterations before a worker parks (each a `spin_loop` hint, tens of ns).
 const SPINS: u32 = 100_000;
 
+/// Spin iterations between yields of the CPU. When other threads want the cores (a busy laptop,
+/// a phone's other apps), a spinning thread would otherwise hold its core for a whole time slice
+/// while the thread it waits for is not running; with the cores free, a yield returns at once
+/// (one system call per tens of µs of spinning).
+const SPINS_PER_YIELD: u32 = 1024;
+
 /// The job of one region, on the caller's stack; workers reach it through a thin pointer.
 struct Job<'f> {
     f: &'f (dyn Fn(usize) + Sync),
@@ -78,8 +84,14 @@ impl Team {
         }
         let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
         // `job` lives on this stack: wait for every worker to be done with it, even on a panic.
+        let mut spins = 0u32;
         while s.remaining.load(Ordering::Acquire) != 0 {
-            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins % SPINS_PER_YIELD == 0 {
+                thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
         if let Err(p) = mine {
             resume_unwind(p);
@@ -105,7 +117,11 @@ fn worker(s: &Shared, i: usize) {
             }
             if spins < SPINS {
                 spins += 1;
-                std::hint::spin_loop();
+                if spins % SPINS_PER_YIELD == 0 {
+                    thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
             } else {
                 // Announce the sleep, then re-check: `run` bumps the epoch before reading the
                 // flag, so either it sees the flag and unparks us or we see the new epoch.
