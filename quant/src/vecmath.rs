@@ -346,26 +346,10 @@ pub fn dot_chunks32_rows_gemm(
     out: &mut [f32],
     out_stride: usize,
 ) {
-    assert!(
-        len % 32 == 0,
-        "dot_chunks32_rows_gemm: length {len} is not a multiple of 32"
-    );
-    if rows == 0 || n_b == 0 {
+    let (rows_a, vecs_b) = ((a, row_stride, stride, rows), (b, b_stride, n_b));
+    if !check_rows_gemm("dot_chunks32_rows_gemm", rows_a, vecs_b, len, (out, out_stride)) {
         return;
     }
-    let fits = |n: usize, stride: usize, width: usize, have: usize| {
-        (n - 1)
-            .checked_mul(stride)
-            .and_then(|o| o.checked_add(width))
-            .is_some_and(|e| e <= have)
-    };
-    let a_width = (len / 32).checked_sub(1).map_or(0, |c| c * stride + 32);
-    assert!(
-        fits(rows, row_stride, a_width, a.len())
-            && fits(n_b, b_stride, len, b.len())
-            && fits(n_b, out_stride, rows, out.len()),
-        "dot_chunks32_rows_gemm: shapes exceed the slices"
-    );
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
         // SAFETY: AVX2 and FMA were detected at run time; every access is in bounds (checked).
@@ -599,6 +583,35 @@ pub fn dot_chunks32_rows_f16(
     }
 }
 
+/// The shape checks of the `dot_chunks32_rows_gemm*` functions (rows of `a`, vectors of `b`,
+/// outputs): false when there is nothing to compute.
+///
+/// # Panics
+/// As those functions.
+fn check_rows_gemm<A>(
+    name: &str,
+    (a, row_stride, stride, rows): (&[A], usize, usize, usize),
+    (b, b_stride, n_b): (&[f32], usize, usize),
+    len: usize,
+    (out, out_stride): (&[f32], usize),
+) -> bool {
+    assert!(len % 32 == 0, "{name}: length {len} is not a multiple of 32");
+    if rows == 0 || n_b == 0 {
+        return false;
+    }
+    let fits = |n: usize, stride: usize, width: usize, have: usize| {
+        (n - 1).checked_mul(stride).and_then(|o| o.checked_add(width)).is_some_and(|e| e <= have)
+    };
+    let a_width = (len / 32).checked_sub(1).map_or(0, |c| c * stride + 32);
+    assert!(
+        fits(rows, row_stride, a_width, a.len())
+            && fits(n_b, b_stride, len, b.len())
+            && fits(n_b, out_stride, rows, out.len()),
+        "{name}: shapes exceed the slices"
+    );
+    true
+}
+
 /// [`dot_chunks32_rows_gemm`] over values cached as f16 bits (`a`), with the vectors `b`
 /// already rounded to f16 values: tinyBLAS's f16 order (the same as its f32 order on the
 /// converted values), the value sums of a batch over an f16 cache.
@@ -618,26 +631,10 @@ pub fn dot_chunks32_rows_gemm_f16(
     out: &mut [f32],
     out_stride: usize,
 ) {
-    assert!(
-        len % 32 == 0,
-        "dot_chunks32_rows_gemm_f16: length {len} is not a multiple of 32"
-    );
-    if rows == 0 || n_b == 0 {
+    let (rows_a, vecs_b) = ((a, row_stride, stride, rows), (b, b_stride, n_b));
+    if !check_rows_gemm("dot_chunks32_rows_gemm_f16", rows_a, vecs_b, len, (out, out_stride)) {
         return;
     }
-    let fits = |n: usize, stride: usize, width: usize, have: usize| {
-        (n - 1)
-            .checked_mul(stride)
-            .and_then(|o| o.checked_add(width))
-            .is_some_and(|e| e <= have)
-    };
-    let a_width = (len / 32).checked_sub(1).map_or(0, |c| c * stride + 32);
-    assert!(
-        fits(rows, row_stride, a_width, a.len())
-            && fits(n_b, b_stride, len, b.len())
-            && fits(n_b, out_stride, rows, out.len()),
-        "dot_chunks32_rows_gemm_f16: shapes exceed the slices"
-    );
     #[cfg(target_arch = "x86_64")]
     if avx2::f16c_available() {
         // SAFETY: AVX2, FMA and F16C detected at run time; every access is in bounds (checked).
