@@ -208,7 +208,7 @@ pub(crate) const IL_PREFETCH_AHEAD: usize = 8192;
 /// the group its reader takes next (the following group of a run, or the first of the next run:
 /// so a run's start is in cache when it comes, and nothing past its end is fetched for nothing);
 /// a null `next` ends the stream there. A prefetch never faults, so `next` is never checked.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
 pub(crate) unsafe fn prefetch_group_ahead(
     group: *const u8,
@@ -226,9 +226,26 @@ pub(crate) unsafe fn prefetch_group_ahead(
         next.wrapping_add(ahead - group_len)
     };
     for k in 0..len.div_ceil(64) + 1 {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        _mm_prefetch(p.wrapping_add(64 * k) as *const i8, _MM_HINT_T1);
+        prefetch_line_l2(p.wrapping_add(64 * k));
     }
+}
+
+/// Hints the CPU to load the cache line at `p` into L2 (`prefetcht1`, `prfm pldl2keep`). Safe
+/// for any address: a prefetch never faults and reads nothing architecturally.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
+pub(crate) fn prefetch_line_l2(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of x86-64; a prefetch never faults, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        _mm_prefetch(p as *const i8, _MM_HINT_T1)
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: `prfm` only hints the memory system and never faults, whatever the address.
+    unsafe {
+        std::arch::asm!("prfm pldl2keep, [{0}]", in(reg) p, options(nostack, readonly, preserves_flags))
+    };
 }
 
 /// Rows longer than this are left to the hardware prefetcher, which follows long streams well:

@@ -24,7 +24,7 @@ use super::interleave::{
 };
 use super::scalar::axpy_coeff_scale;
 use super::table::KernelSet;
-use super::{Interleaved16, InterleavedAxpy16, IL_PREFETCH_AHEAD};
+use super::{prefetch_group_ahead, Interleaved16, InterleavedAxpy16};
 use crate::formats::{QuantType, QK};
 
 /// `acc` + per i32 lane the sums of the four i8·i8 products of lane-quads `a1·b1` and `a2·b2`
@@ -133,26 +133,6 @@ unsafe fn reduce(acc: &[[float32x4_t; 4]; 4], summ: Option<&[float32x4_t; 4]>, o
             s = vaddq_f32(s, m[q]);
         }
         vst1q_f32(out.as_mut_ptr().add(4 * q), s);
-    }
-}
-
-/// Prefetches into L2 the lines of the `len` bytes `IL_PREFETCH_AHEAD` past offset `at` of the
-/// group at `group` (`group_len` bytes), then on from `next` past the group's end (nothing for a
-/// null `next`): the rule of the x86 `kernels::prefetch_group_ahead`, with `prfm`.
-#[inline(always)]
-unsafe fn prefetch_group_ahead(group: *const u8, group_len: usize, at: usize, len: usize, next: *const u8) {
-    let ahead = at + IL_PREFETCH_AHEAD;
-    let p = if ahead < group_len {
-        group.wrapping_add(ahead)
-    } else if next.is_null() {
-        return;
-    } else {
-        next.wrapping_add(ahead - group_len)
-    };
-    for k in 0..len.div_ceil(64) + 1 {
-        // SAFETY: `prfm` only hints the memory system and never faults, whatever the address.
-        asm!("prfm pldl2keep, [{0}]", in(reg) p.wrapping_add(64 * k),
-             options(nostack, readonly, preserves_flags));
     }
 }
 
