@@ -1,7 +1,7 @@
 //! `tomoe-quant`: GGML-compatible block quantization formats and the kernels a CPU runtime needs.
 //!
 //! No knowledge of models or files lives here. Layout:
-//! - [`formats`]: one table describing every block format (name, ggml type id, block size, bytes).
+//! - `formats`: one table describing every block format (name, ggml type id, block size, bytes).
 //! - `blocks/`: per format, the block layout, quantize and dequantize (the scalar reference).
 //! - `kernels/`: dot products of each weight format against quantized activations, one file per
 //!   instruction set (scalar, avx2, avx512, neon), all implementing the same functions; and, for
@@ -10,8 +10,10 @@
 //!   interleaved in groups of 16 (`avx512_il`, decoding; layouts in `interleave`): the products
 //!   bit-identical to the single-row kernels, the row sums integer dot products with 8-bit
 //!   coefficients (`kernels::scalar::axpy16_q8_0_quantized`).
-//! - `ops`: matrix-vector and matrix-matrix products over row ranges, parallel with rayon, and a
-//!   MoE expert's SwiGLU MLP over its rows (`swiglu_rows`).
+//! - `ops/`: products over row ranges, parallel with rayon: the matrix and its interleaved copies
+//!   (`matrix`), quantized activations (`input`), matrix-vector and matrix-matrix products
+//!   (`dense`), and a MoE expert's sparse products over its rows (`sparse`: [`swiglu_rows`],
+//!   [`axpy_runs`]).
 //! - `dispatch`: picks the kernel set once at start-up by run-time feature detection.
 //! - [`vecmath`]: element-wise exp/SiLU/softmax that round exactly as ggml's do.
 

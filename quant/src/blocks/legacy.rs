@@ -2,11 +2,13 @@
 //! quantizers (bit-identical to ggml's `quantize_row_*_ref`) and dequantizers.
 //!
 //! Layouts (little-endian f16 scales):
-//! - Q4_0: d, qs[16]            value = (q - 8) * d, q in 0..16, low nibbles = elements 0..16
-//! - Q4_1: d, m, qs[16]         value = q * d + m
-//! - Q5_0: d, qh[4], qs[16]     5th bit of element j in bit j of qh; value = (q - 16) * d
-//! - Q5_1: d, m, qh[4], qs[16]  value = q * d + m
-//! - Q8_0: d, qs[32] (i8)       value = q * d
+//! ```text
+//! Q4_0: d, qs[16]            value = (q - 8) * d, q in 0..16, low nibbles = elements 0..16
+//! Q4_1: d, m, qs[16]         value = q * d + m
+//! Q5_0: d, qh[4], qs[16]     5th bit of element j in bit j of qh; value = (q - 16) * d
+//! Q5_1: d, m, qh[4], qs[16]  value = q * d + m
+//! Q8_0: d, qs[32] (i8)       value = q * d
+//! ```
 
 use super::float::{f32_to_f16, read_f16};
 use crate::formats::QK;
