@@ -592,3 +592,24 @@ fn a_chat_template_chosen_by_name_replaces_the_models() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a built-in template"), "{err}");
 }
+
+#[test]
+fn an_f16_kv_cache_halves_the_slots_memory_and_answers() {
+    // The start line reports the slots' KV caches: "KV cache f16/f16 (12.0 MiB in all)".
+    let kv_mib = |args: &[&str]| {
+        let server = Server::start(args);
+        let (status, body) = server.post("/v1/chat/completions", &chat_request("Hi", 4));
+        assert_eq!(status, 200, "{body}");
+        assert!(!check_chat(&body).is_empty(), "{body}");
+        let log = server.log();
+        let at = log.find("KV cache ").unwrap_or_else(|| panic!("no KV cache line:\n{log}"));
+        let rest = &log[at + "KV cache ".len()..];
+        let (types, rest) = rest.split_once(" (").unwrap();
+        let mib: f64 = rest.split_once(" MiB").unwrap().0.parse().unwrap();
+        (types.to_string(), mib)
+    };
+    let (t32, m32) = kv_mib(&["-c", "256", "--parallel", "2"]);
+    let (t16, m16) = kv_mib(&["-c", "256", "--parallel", "2", "--ctk", "f16", "--ctv", "f16"]);
+    assert_eq!((t32.as_str(), t16.as_str()), ("f32/f32", "f16/f16"));
+    assert!(m32 > 0.0 && (m16 * 2.0 - m32).abs() < 0.2, "f32 {m32} MiB, f16 {m16} MiB");
+}

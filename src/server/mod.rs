@@ -45,7 +45,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::chat::{ChatError, ChatMessage, ChatTemplate, SamplerParams};
-use crate::engine::{Context, ContextParams, EngineError};
+use crate::engine::{CacheTypes, Context, ContextParams, EngineError};
 use crate::generate::{chat_tokens, GenerateOptions, Generation};
 use crate::model::Model;
 use api::{ChatRequest, CompletionRequest, Prompt, Sampling};
@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub n_parallel: usize,
     /// Each slot's context (`n_threads` is per slot).
     pub context: ContextParams,
+    /// The element types of each slot's KV cache.
+    pub cache_types: CacheTypes,
     /// Sampling for the fields a request leaves out.
     pub sampling: SamplerParams,
     /// The seed of requests that give none; `None`: a new random seed for each.
@@ -77,6 +79,7 @@ impl ServerConfig {
             model_id: model_id.into(),
             n_parallel: 1,
             context: ContextParams::default(),
+            cache_types: CacheTypes::default(),
             sampling: SamplerParams::default(),
             seed: None,
             max_body_bytes: 8 << 20,
@@ -116,6 +119,8 @@ struct AppState {
     seed: Option<u64>,
     max_body: usize,
     created: u64,
+    /// The KV caches of all slots together, in bytes.
+    kv_bytes: usize,
 }
 
 impl Server {
@@ -125,7 +130,7 @@ impl Server {
             return Err(ServerError::NoSlots);
         }
         let contexts = (0..config.n_parallel)
-            .map(|_| Context::new(model.clone(), config.context.clone()))
+            .map(|_| Context::with_cache_types(model.clone(), config.context.clone(), config.cache_types))
             .collect::<Result<Vec<_>, _>>()?;
         let template = match (&config.chat_template, model.chat_template()) {
             (Some(source), _) => Some(ChatTemplate::with_file_tokens(model.gguf(), source)?),
@@ -135,7 +140,9 @@ impl Server {
                 Some(ChatTemplate::with_file_tokens(model.gguf(), chatml)?)
             }
         };
+        let kv_bytes = contexts.iter().map(Context::kv_bytes).sum();
         let state = AppState {
+            kv_bytes,
             pool: Pool::new(contexts)?,
             model,
             id: config.model_id,
@@ -152,6 +159,11 @@ impl Server {
     /// for a model without one).
     pub fn has_own_template(&self) -> bool {
         self.state.template.is_none()
+    }
+
+    /// Bytes of the KV caches of all slots together (taken when the server was created).
+    pub fn kv_bytes(&self) -> usize {
+        self.state.kv_bytes
     }
 
     /// The routes, for serving or for embedding in a larger router.

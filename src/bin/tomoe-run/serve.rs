@@ -3,7 +3,7 @@
 use crate::{load, LoadArgs, ModelArgs, Res, SamplingArgs};
 use clap::Args;
 use std::path::PathBuf;
-use tomoe::engine::{CacheTypes, ContextParams};
+use tomoe::engine::ContextParams;
 use tomoe::server::{Server, ServerConfig};
 
 /// llama.cpp's default seed, which there means "a random seed": requests that give no seed then
@@ -43,11 +43,6 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> Res<()> {
-    if a.model_args.cache_types() != CacheTypes::default() {
-        // The server's slots create their contexts with the default cache types.
-        let d = CacheTypes::default();
-        return Err(format!("serve: --cache-type-k/v are not supported yet (the server's cache is {})", d.k).into());
-    }
     let model = load(&a.model, &a.load)?;
     if let (Some(w), None) = (model.chat_template_warning(), &a.chat_template) {
         eprintln!("tomoe-run serve: warning: {w}");
@@ -73,6 +68,7 @@ pub fn run(a: ServeArgs) -> Res<()> {
             n_threads: per_slot,
             n_batch: a.model_args.batch_size,
         },
+        cache_types: a.model_args.cache_types(),
         sampling: crate::sampler_params(s),
         seed: (s.seed != RANDOM_SEED).then_some(s.seed),
         chat_template: a.chat_template.as_deref().map(crate::template_source).transpose()?,
@@ -92,9 +88,14 @@ pub fn run(a: ServeArgs) -> Res<()> {
             .await
             .map_err(|e| format!("cannot listen on {}:{}: {e}", a.host, a.port))?;
         let addr = listener.local_addr()?;
+        let types = a.model_args.cache_types();
         eprintln!(
-            "tomoe-run serve: model {id}, {n_parallel} slot(s) of {} tokens, {per_slot} thread(s) each",
-            a.model_args.ctx_size
+            "tomoe-run serve: model {id}, {n_parallel} slot(s) of {} tokens, {per_slot} thread(s) each, \
+             KV cache {}/{} ({:.1} MiB in all)",
+            a.model_args.ctx_size,
+            types.k,
+            types.v,
+            server.kv_bytes() as f64 / (1 << 20) as f64
         );
         eprintln!("tomoe-run serve: listening on http://{addr}");
         server.serve(listener).await?;
