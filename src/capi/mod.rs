@@ -2,7 +2,7 @@
 //!
 //! Conventions, for every function:
 //! - Fallible calls return a [`tomoe_status`]; on failure `tomoe_last_error()` on the same thread
-//!   holds a message. No panic crosses the boundary ([`status::guard`]).
+//!   holds a message. No panic crosses the boundary (`status::guard`).
 //! - Handles ([`tomoe_model`], [`tomoe_context`]) are opaque tokens checked against a registry
 //!   ([`handles`]): a NULL, freed or made-up handle is an error code, never a crash.
 //! - One model may be shared by any number of contexts on any threads; one context serves one

@@ -90,7 +90,7 @@ pub fn score_chunk(
     Ok(())
 }
 
-/// log(softmax(row)[target]), in f64.
+/// `log(softmax(row)[target])`, in f64.
 pub fn log_softmax_at(row: &[f32], target: usize) -> f64 {
     LogSoftmax::new(row).log_prob(row[target])
 }

@@ -13,7 +13,7 @@ pub struct ApiError {
     pub message: String,
     /// OpenAI's `type`: "invalid_request_error" for 4xx, "server_error" for 5xx.
     pub kind: &'static str,
-    /// The request field at fault, e.g. "messages[0].content".
+    /// The request field at fault, e.g. `messages[0].content`.
     pub param: Option<String>,
     /// A machine-readable code, e.g. "context_length_exceeded".
     pub code: Option<&'static str>,
