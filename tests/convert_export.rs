@@ -66,7 +66,7 @@ fn u32s(f: &GgufFile, key: &str) -> Vec<u32> {
     f.get(key)
         .and_then(Value::as_array)
         .unwrap_or_else(|| panic!("missing {key}"))
-        .iter()
+        .values()
         .map(|v| v.as_u64().unwrap() as u32)
         .collect()
 }
@@ -141,7 +141,7 @@ fn check_tomoe_file(path: &Path, t: &Tiny, experts: usize) -> f32 {
                 let idx: Vec<u64> = v
                     .as_array()
                     .unwrap()
-                    .iter()
+                    .values()
                     .map(|x| x.as_u64().unwrap())
                     .collect();
                 for p in idx.chunks(2) {

@@ -10,7 +10,7 @@ use std::ffi::{CStr, CString};
 use std::path::Path;
 
 use llama_cpp_sys_2 as sys;
-use tomoe::gguf::{GgufFile, GgufWriter, QuantType, Value};
+use tomoe::gguf::{Array, GgufFile, GgufWriter, QuantType, Value};
 
 /// A gguf_context opened by llama.cpp, freed on drop.
 struct Oracle(*mut sys::gguf_context);
@@ -75,8 +75,8 @@ impl Oracle {
                                     decode_raw(elem, base, j)
                                 }
                             })
-                            .collect();
-                        Value::Array(items)
+                            .collect::<Vec<Value>>();
+                        Value::Array(Array::from_values(items).expect("ggml arrays are of one type"))
                     } else if ty == 8 {
                         Value::String(self.cstr(sys::gguf_get_val_str(self.0, i)))
                     } else {
@@ -168,7 +168,9 @@ fn same_value(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::F32(x), Value::F32(y)) => x.to_bits() == y.to_bits(),
         (Value::F64(x), Value::F64(y)) => x.to_bits() == y.to_bits(),
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_value(a, b)),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.values().zip(y.values()).all(|(a, b)| same_value(&a, &b))
+        }
         _ => a == b,
     }
 }
@@ -265,7 +267,7 @@ fn llama_cpp_reads_what_we_write() {
         w.add_metadata(format!("test.scalar.{i}"), v.clone());
         w.add_metadata(
             format!("test.array.{i}"),
-            Value::Array(vec![v.clone(), v.clone(), v.clone()]),
+            Value::Array(Array::from_values(vec![v.clone(), v.clone(), v.clone()]).unwrap()),
         );
     }
     w.add_metadata("test.empty_string", Value::String(String::new()));

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tomoe::gguf::{GgufError, GgufFile, GgufWriter, QuantType, Value};
+use tomoe::gguf::{Array, GgufError, GgufFile, GgufWriter, QuantType, Value};
 
 const ALL_TYPES: [QuantType; 14] = QuantType::ALL;
 
@@ -37,9 +37,9 @@ fn sample_writer(seed: u64) -> (GgufWriter, Metadata, Tensors) {
     let mut metadata = vec![("general.architecture".to_string(), Value::String("llama".into()))];
     for (i, v) in scalars().into_iter().enumerate() {
         metadata.push((format!("test.scalar.{i}"), v.clone()));
-        metadata.push((format!("test.array.{i}"), Value::Array(vec![v; 1 + i])));
+        metadata.push((format!("test.array.{i}"), Value::Array(Array::from_values(vec![v; 1 + i]).unwrap())));
     }
-    metadata.push(("test.empty_array".into(), Value::Array(vec![])));
+    metadata.push(("test.empty_array".into(), Value::Array(Array::from_values(vec![]).unwrap())));
     metadata.push(("test.empty_string".into(), Value::String(String::new())));
     let mut tensors = Vec::new();
     for (i, &ty) in ALL_TYPES.iter().enumerate() {
@@ -320,10 +320,10 @@ fn typed_getters_name_the_key() {
     w.add_metadata("name", Value::String("smol".into()));
     w.add_metadata(
         "tokens",
-        Value::Array(vec![Value::String("a".into()), Value::String("b".into())]),
+        Value::from(vec!["a", "b"]),
     );
-    w.add_metadata("scores", Value::Array(vec![Value::F32(0.25), Value::F32(-1.0)]));
-    w.add_metadata("types", Value::Array(vec![Value::I32(1), Value::I32(6)]));
+    w.add_metadata("scores", Value::from(vec![0.25f32, -1.0]));
+    w.add_metadata("types", Value::from(vec![1i32, 6]));
     let f = GgufFile::from_bytes(write(&w)).unwrap();
 
     assert_eq!(f.get_u32("u32").unwrap(), 7);
@@ -376,7 +376,15 @@ fn value_accessors() {
     assert_eq!(Value::F64(2.0).as_f32(), Some(2.0));
     assert_eq!(Value::U8(1).as_bool(), None);
     assert_eq!(Value::String("s".into()).as_str(), Some("s"));
-    assert_eq!(Value::Array(vec![Value::U8(1)]).as_array(), Some(&[Value::U8(1)][..]));
+    assert_eq!(Value::from(vec![1u8]).as_array(), Some(&Array::U8(vec![1])));
+    let strings = Array::from_values(vec![Value::String("a".into()), Value::String("bc".into())]).unwrap();
+    assert_eq!(strings.as_strings().unwrap().iter().collect::<Vec<_>>(), ["a", "bc"]);
+    assert_eq!(strings.get(1), Some(Value::String("bc".into())));
+    assert_eq!(strings.get(2), None);
+    assert_eq!(strings.elem_type_name(), "str");
+    // Arrays are of one scalar type.
+    assert_eq!(Array::from_values(vec![Value::U32(1), Value::I32(1)]), None);
+    assert_eq!(Array::from_values(vec![Value::from(vec![1u8])]), None);
     assert_eq!(Value::Bool(true).type_name(), "bool");
 }
 

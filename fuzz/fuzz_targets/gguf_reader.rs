@@ -11,7 +11,9 @@ fn same_value(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::F32(x), Value::F32(y)) => x.to_bits() == y.to_bits(),
         (Value::F64(x), Value::F64(y)) => x.to_bits() == y.to_bits(),
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_value(a, b)),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.values().zip(y.values()).all(|(a, b)| same_value(&a, &b))
+        }
         _ => a == b,
     }
 }

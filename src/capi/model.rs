@@ -91,8 +91,10 @@ fn meta_u32(file: &GgufFile, key: &str) -> u32 {
         Some(v) => v,
         None => return 0,
     };
-    let scalar = value.as_array().and_then(|a| a.first()).unwrap_or(value);
-    scalar
+    let first = value.as_array().and_then(|a| a.get(0));
+    first
+        .as_ref()
+        .unwrap_or(value)
         .as_u64()
         .map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX))
 }

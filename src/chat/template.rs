@@ -128,13 +128,9 @@ impl ChatTemplate {
     pub fn with_file_tokens(f: &GgufFile, source: &str) -> Result<ChatTemplate, ChatError> {
         let token_text = |key: &str| -> String {
             let id = f.get(key).and_then(|v| v.as_u64());
-            let tokens = f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array());
+            let tokens = f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()?.as_strings());
             match (id, tokens) {
-                (Some(id), Some(tokens)) => tokens
-                    .get(id as usize)
-                    .and_then(|t| t.as_str())
-                    .unwrap_or_default()
-                    .to_string(),
+                (Some(id), Some(tokens)) => tokens.get(id as usize).unwrap_or_default().to_string(),
                 _ => String::new(),
             }
         };

@@ -86,7 +86,7 @@ fn rows_of(t: &Tensor, rows: &[usize]) -> Result<Tensor> {
 }
 
 fn u32_array(v: impl IntoIterator<Item = usize>) -> Value {
-    Value::Array(v.into_iter().map(|x| Value::U32(x as u32)).collect())
+    Value::from(v.into_iter().map(|x| x as u32).collect::<Vec<u32>>())
 }
 
 /// Metadata shared by both file kinds: the base hyperparameters under `arch`, tokenizer, name.
@@ -206,12 +206,12 @@ pub fn build_tomoe(
         schema::VMASK_LAYER_NORM_EPSILON,
         Value::F32(super::hyper::LN_EPS as f32),
     );
-    let offsets: Vec<Value> = cm
+    let offsets: Vec<f32> = cm
         .layers
         .iter()
-        .map(|l| Value::F32(l.vmask.as_ref().map_or(0.0, |v| v.offset)))
+        .map(|l| l.vmask.as_ref().map_or(0.0, |v| v.offset))
         .collect();
-    w.add_metadata(schema::VMASK_OFFSET, Value::Array(offsets));
+    w.add_metadata(schema::VMASK_OFFSET, Value::from(offsets));
     w.add_metadata(
         schema::VMASK_TOP_K,
         u32_array(

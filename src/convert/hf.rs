@@ -216,21 +216,19 @@ pub fn tokenizer_metadata(dir: &Path, arch: Arch) -> Result<Vec<(String, Value)>
     for (i, t) in by_id.into_iter().enumerate() {
         // Holes in the id space get a placeholder, as llama.cpp's converter does.
         let (tok, ty) = t.unwrap_or_else(|| (format!("[PAD{i}]"), 5));
-        tokens.push(Value::String(tok));
-        types.push(Value::I32(ty));
+        tokens.push(tok);
+        types.push(ty);
     }
-    let merges: Vec<Value> = match model.get("merges").and_then(Json::as_array) {
+    let merges: Vec<String> = match model.get("merges").and_then(Json::as_array) {
         Some(ms) => ms
             .iter()
             .map(|m| match m {
-                Json::String(s) => Ok(Value::String(s.clone())),
-                Json::Array(p) if p.len() == 2 && p.iter().all(Json::is_string) => {
-                    Ok(Value::String(format!(
-                        "{} {}",
-                        p[0].as_str().unwrap_or(""),
-                        p[1].as_str().unwrap_or("")
-                    )))
-                }
+                Json::String(s) => Ok(s.clone()),
+                Json::Array(p) if p.len() == 2 && p.iter().all(Json::is_string) => Ok(format!(
+                    "{} {}",
+                    p[0].as_str().unwrap_or(""),
+                    p[1].as_str().unwrap_or("")
+                )),
                 _ => Err(bad("malformed merge".into())),
             })
             .collect::<Result<_>>()?,
@@ -246,9 +244,9 @@ pub fn tokenizer_metadata(dir: &Path, arch: Arch) -> Result<Vec<(String, Value)>
             Value::String("gpt2".into()),
         ),
         ("tokenizer.ggml.pre".to_string(), Value::String(pre.into())),
-        ("tokenizer.ggml.tokens".to_string(), Value::Array(tokens)),
-        ("tokenizer.ggml.token_type".to_string(), Value::Array(types)),
-        ("tokenizer.ggml.merges".to_string(), Value::Array(merges)),
+        ("tokenizer.ggml.tokens".to_string(), Value::from(tokens)),
+        ("tokenizer.ggml.token_type".to_string(), Value::from(types)),
+        ("tokenizer.ggml.merges".to_string(), Value::from(merges)),
     ];
     let cfg_path = dir.join("tokenizer_config.json");
     if cfg_path.is_file() {

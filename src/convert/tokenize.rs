@@ -12,14 +12,10 @@ fn strings(meta: &[(String, Value)], key: &str) -> Result<Option<Vec<String>>> {
     let arr = v
         .as_array()
         .ok_or_else(|| ConvertError::Tokenizer(format!("`{key}` is not an array")))?;
-    arr.iter()
-        .map(|x| {
-            x.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| ConvertError::Tokenizer(format!("`{key}` has a non-string entry")))
-        })
-        .collect::<Result<Vec<_>>>()
-        .map(Some)
+    let strings = arr
+        .as_strings()
+        .ok_or_else(|| ConvertError::Tokenizer(format!("`{key}` is not an array of strings")))?;
+    Ok(Some(strings.iter().map(str::to_string).collect()))
 }
 
 pub fn tokenizer_from_meta(meta: &[(String, Value)]) -> Result<Tokenizer> {
@@ -30,10 +26,10 @@ pub fn tokenizer_from_meta(meta: &[(String, Value)]) -> Result<Tokenizer> {
         .ok_or_else(|| ConvertError::Tokenizer("no tokenizer.ggml.model".into()))?;
     let token_types = get("tokenizer.ggml.token_type")
         .and_then(Value::as_array)
-        .map(|a| a.iter().map(|v| v.as_i64().unwrap_or(1) as i32).collect());
+        .map(|a| a.values().map(|v| v.as_i64().unwrap_or(1) as i32).collect());
     let scores = get("tokenizer.ggml.scores")
         .and_then(Value::as_array)
-        .map(|a| a.iter().map(|v| v.as_f32().unwrap_or(0.0)).collect());
+        .map(|a| a.values().map(|v| v.as_f32().unwrap_or(0.0)).collect());
     let spec = TokenizerSpec {
         model: model.to_string(),
         pre: get("tokenizer.ggml.pre")

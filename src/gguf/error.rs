@@ -58,13 +58,6 @@ pub enum GgufError {
     #[error("metadata key '{key}' is an array of arrays, which GGUF readers do not accept")]
     NestedArray { key: String },
 
-    #[error("metadata key '{key}' is an array mixing {first} and {other} elements")]
-    MixedArray {
-        key: String,
-        first: &'static str,
-        other: &'static str,
-    },
-
     #[error("general.alignment must be a u32, found {found}")]
     AlignmentType { found: &'static str },
 

@@ -3,7 +3,7 @@
 //! Integer getters accept any integer type whose value fits (writers disagree on u32 vs i32 vs
 //! u64 for the same key); floats accept f32 and f64; nothing converts between kinds.
 
-use super::{GgufError, GgufFile, Value};
+use super::{Array, GgufError, GgufFile, Value};
 
 fn wrong(key: &str, expected: &'static str, found: &Value) -> GgufError {
     GgufError::WrongType {
@@ -30,8 +30,16 @@ fn float(key: &str, v: &Value) -> Result<f32, GgufError> {
     v.as_f32().ok_or_else(|| wrong(key, "a float", v))
 }
 
-fn array<'a>(key: &str, v: &'a Value) -> Result<&'a [Value], GgufError> {
+fn array<'a>(key: &str, v: &'a Value) -> Result<&'a Array, GgufError> {
     v.as_array().ok_or_else(|| wrong(key, "an array", v))
+}
+
+fn wrong_elements(key: &str, expected: &'static str, found: &Array) -> GgufError {
+    GgufError::WrongType {
+        key: key.to_string(),
+        expected,
+        found: found.elem_type_name(),
+    }
 }
 
 /// Getters come in two forms: `get_x` (missing key is an error) and `opt_x` (missing key is
@@ -64,21 +72,20 @@ getters! {
     get_f32, opt_f32, f32, |k, v| float(k, v);
     get_bool, opt_bool, bool, |k, v| v.as_bool().ok_or_else(|| wrong(k, "a bool", v));
     get_str, opt_str, &str, |k, v| v.as_str().ok_or_else(|| wrong(k, "a string", v));
-    get_array, opt_array, &[Value], |k, v| array(k, v);
-    get_str_array, opt_str_array, Vec<&str>, |k, v| array(k, v)?
-        .iter()
-        .map(|e| e.as_str().ok_or_else(|| wrong(k, "an array of strings", e)))
-        .collect::<Result<Vec<_>, _>>();
+    get_array, opt_array, &Array, |k, v| array(k, v);
+    get_str_array, opt_str_array, Vec<&str>, |k, v| array(k, v).and_then(|a| {
+        a.as_strings().map(|s| s.iter().collect()).ok_or_else(|| wrong_elements(k, "an array of strings", a))
+    });
     get_f32_array, opt_f32_array, Vec<f32>, |k, v| array(k, v)?
-        .iter()
-        .map(|e| float(k, e))
+        .values()
+        .map(|e| float(k, &e))
         .collect::<Result<Vec<_>, _>>();
     get_i32_array, opt_i32_array, Vec<i32>, |k, v| array(k, v)?
-        .iter()
-        .map(|e| int(k, e, "i32"))
+        .values()
+        .map(|e| int(k, &e, "i32"))
         .collect::<Result<Vec<_>, _>>();
     get_u32_array, opt_u32_array, Vec<u32>, |k, v| array(k, v)?
-        .iter()
-        .map(|e| int(k, e, "u32"))
+        .values()
+        .map(|e| int(k, &e, "u32"))
         .collect::<Result<Vec<_>, _>>();
 }

@@ -14,5 +14,5 @@ mod writer;
 pub use error::GgufError;
 pub use reader::{GgufFile, Tensor, TensorInfo};
 pub use tomoe_quant::QuantType;
-pub use value::Value;
+pub use value::{Array, Strings, Value};
 pub use writer::{GgufWriter, TensorStream};

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use super::value::{type_id, Value};
+use super::value::{type_id, Array, Strings, Value};
 use super::{GgufError, QuantType, TensorInfo};
 
 pub(crate) const MAGIC: [u8; 4] = *b"GGUF";
@@ -107,8 +107,12 @@ impl<'a> Cursor<'a> {
     }
 
     fn string(&mut self, what: What) -> Result<String, GgufError> {
+        self.str(what).map(str::to_string)
+    }
+
+    fn str(&mut self, what: What) -> Result<&'a str, GgufError> {
         let bytes = self.string_bytes(what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::InvalidUtf8 { what: what() })
+        std::str::from_utf8(bytes).map_err(|_| GgufError::InvalidUtf8 { what: what() })
     }
 
     /// Checks that `count` items of at least `min_size` bytes each can fit in what is left.
@@ -237,15 +241,12 @@ fn parse_metadata(cur: &mut Cursor, n_kv: usize) -> Result<Metadata, GgufError> 
 /// The `len` elements of an array of type `elem_ty` (known, not an array). `len` has been
 /// bounded by the bytes left, so fixed-size elements are taken in one checked slice and decoded
 /// in a loop per type (this is most of the time spent opening a model: its vocabulary).
-fn parse_array(cur: &mut Cursor, elem_ty: u32, len: usize, key: &str) -> Result<Vec<Value>, GgufError> {
+fn parse_array(cur: &mut Cursor, elem_ty: u32, len: usize, key: &str) -> Result<Array, GgufError> {
     macro_rules! fixed {
         ($t:ty, $variant:ident) => {{
             const SIZE: usize = std::mem::size_of::<$t>();
             let bytes = cur.take((len * SIZE) as u64, &|| format!("elements of array '{key}'"))?;
-            bytes
-                .chunks_exact(SIZE)
-                .map(|c| Value::$variant(<$t>::from_le_bytes(le_bytes(c))))
-                .collect()
+            Array::$variant(bytes.chunks_exact(SIZE).map(|c| <$t>::from_le_bytes(le_bytes(c))).collect())
         }};
     }
     Ok(match elem_ty {
@@ -261,14 +262,14 @@ fn parse_array(cur: &mut Cursor, elem_ty: u32, len: usize, key: &str) -> Result<
         type_id::F64 => fixed!(f64, F64),
         type_id::BOOL => {
             let bytes = cur.take(len as u64, &|| format!("elements of array '{key}'"))?;
-            bytes.iter().map(|&b| Value::Bool(b != 0)).collect()
+            Array::Bool(bytes.iter().map(|&b| b != 0).collect())
         }
         type_id::STRING => {
-            let mut items = Vec::with_capacity(len.min(MAX_PREALLOC));
+            let mut items = Strings::with_capacity(len.min(MAX_PREALLOC), 0);
             for j in 0..len {
-                items.push(Value::String(cur.string(&|| format!("element {j} of array '{key}'"))?));
+                items.push(cur.str(&|| format!("element {j} of array '{key}'"))?);
             }
-            items
+            Array::String(items)
         }
         type_id => {
             return Err(GgufError::UnknownValueType {

@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::parse::{tensor_n_bytes, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS, MAX_TENSOR_NAME_LEN};
-use super::value::type_id;
-use super::{GgufError, QuantType, Value};
+use super::{Array, GgufError, QuantType, Value};
 
 const VERSION: u32 = 3;
 
@@ -233,7 +232,7 @@ impl GgufWriter {
                 });
             }
             put_str(&mut out, key);
-            encode_value(&mut out, key, value)?;
+            encode_value(&mut out, value);
         }
         let mut offset = 0u64;
         for t in &self.tensors {
@@ -261,50 +260,42 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn encode_value(out: &mut Vec<u8>, key: &str, value: &Value) -> Result<(), GgufError> {
+fn encode_value(out: &mut Vec<u8>, value: &Value) {
     out.extend_from_slice(&value.type_id().to_le_bytes());
-    match value {
-        Value::Array(items) => {
-            // An empty array has no element to take a type from; u8 is as good as any.
-            let elem_ty = items.first().map_or(type_id::U8, Value::type_id);
-            out.extend_from_slice(&elem_ty.to_le_bytes());
-            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            for item in items {
-                if matches!(item, Value::Array(_)) {
-                    return Err(GgufError::NestedArray { key: key.to_string() });
-                }
-                if item.type_id() != elem_ty {
-                    return Err(GgufError::MixedArray {
-                        key: key.to_string(),
-                        first: items[0].type_name(),
-                        other: item.type_name(),
-                    });
-                }
-                encode_scalar(out, item);
-            }
-        }
-        scalar => encode_scalar(out, scalar),
+    macro_rules! le {
+        ($($v:expr),*) => {{ $(for x in $v { out.extend_from_slice(&x.to_le_bytes()); })* }};
     }
-    Ok(())
-}
-
-/// The payload of a non-array value (its type id is written by the caller).
-fn encode_scalar(out: &mut Vec<u8>, value: &Value) {
     match value {
-        Value::U8(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::I8(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::U16(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::I16(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::U32(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::I32(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::I64(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::F32(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::U8(v) => le!([v]),
+        Value::I8(v) => le!([v]),
+        Value::U16(v) => le!([v]),
+        Value::I16(v) => le!([v]),
+        Value::U32(v) => le!([v]),
+        Value::I32(v) => le!([v]),
+        Value::U64(v) => le!([v]),
+        Value::I64(v) => le!([v]),
+        Value::F32(v) => le!([v]),
+        Value::F64(v) => le!([v]),
         Value::Bool(v) => out.push(u8::from(*v)),
         Value::String(s) => put_str(out, s),
-        // encode_value rejects nested arrays before calling this.
-        Value::Array(_) => {}
+        Value::Array(items) => {
+            out.extend_from_slice(&items.elem_type_id().to_le_bytes());
+            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            match items {
+                Array::U8(v) => le!(v),
+                Array::I8(v) => le!(v),
+                Array::U16(v) => le!(v),
+                Array::I16(v) => le!(v),
+                Array::U32(v) => le!(v),
+                Array::I32(v) => le!(v),
+                Array::U64(v) => le!(v),
+                Array::I64(v) => le!(v),
+                Array::F32(v) => le!(v),
+                Array::F64(v) => le!(v),
+                Array::Bool(v) => out.extend(v.iter().map(|&b| u8::from(b))),
+                Array::String(strings) => strings.iter().for_each(|s| put_str(out, s)),
+            }
+        }
     }
 }
 

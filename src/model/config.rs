@@ -168,7 +168,7 @@ impl<'a> Meta<'a> {
         match self.raw(suffix) {
             None => Ok(None),
             Some((key, Value::Array(items))) => {
-                let vals: Option<Vec<u64>> = items.iter().map(Value::as_u64).collect();
+                let vals = items.to_u64s();
                 match vals {
                     Some(v) if v.len() == n_layer => Ok(Some(v)),
                     _ => Err(ModelError::BadMetadata { key, expected: "one non-negative integer per layer" }),

@@ -38,7 +38,7 @@ fn swa_layers(meta: &Meta, n_layer: usize) -> Result<Vec<bool>, ModelError> {
     let pattern = match meta.file.get(&key) {
         None => DEFAULT_SWA_PATTERN,
         Some(Value::Array(items)) => {
-            let flags: Option<Vec<bool>> = items.iter().map(Value::as_bool).collect();
+            let flags: Option<Vec<bool>> = items.values().map(|v| v.as_bool()).collect();
             return match flags {
                 Some(f) if f.len() == n_layer => Ok(f),
                 _ => Err(ModelError::BadMetadata { key, expected: "one bool per layer" }),

@@ -140,7 +140,7 @@ fn u32_array(f: &GgufFile, key: &str) -> Result<Option<Vec<usize>>, ModelError> 
     match f.get(key) {
         None => Ok(None),
         Some(Value::Array(items)) => items
-            .iter()
+            .values()
             .map(|v| v.as_u64().and_then(|x| usize::try_from(x).ok()))
             .collect::<Option<Vec<usize>>>()
             .map(Some)
@@ -152,7 +152,7 @@ fn u32_array(f: &GgufFile, key: &str) -> Result<Option<Vec<usize>>, ModelError> 
 fn f32_array(f: &GgufFile, key: &str, len: usize) -> Result<Vec<f32>, ModelError> {
     match f.get(key) {
         Some(Value::Array(items)) if items.len() == len => items
-            .iter()
+            .values()
             .map(|v| v.as_f32().filter(|x| x.is_finite()))
             .collect::<Option<Vec<f32>>>()
             .ok_or_else(|| bad(key, "finite floats")),

@@ -1,7 +1,7 @@
 //! Reading a [`TokenizerSpec`] from a GGUF file's `tokenizer.ggml.*` metadata.
 
 use super::{SpecialIds, Tokenizer, TokenizerError, TokenizerSpec};
-use crate::gguf::{GgufFile, Value};
+use crate::gguf::{Array, GgufFile, Value};
 
 impl Tokenizer {
     /// Builds the tokenizer described by the file's `tokenizer.ggml.*` metadata.
@@ -55,7 +55,7 @@ fn meta_id(f: &GgufFile, key: &'static str) -> Result<Option<u32>, TokenizerErro
 fn meta_array<'a>(
     f: &'a GgufFile,
     key: &'static str,
-) -> Result<Option<&'a [Value]>, TokenizerError> {
+) -> Result<Option<&'a Array>, TokenizerError> {
     match meta(f, key) {
         None => Ok(None),
         Some(v) => v.as_array().map(Some).ok_or(TokenizerError::WrongType {
@@ -65,17 +65,12 @@ fn meta_array<'a>(
     }
 }
 
-fn strings(arr: &[Value], key: &'static str) -> Result<Vec<String>, TokenizerError> {
-    arr.iter()
-        .map(|v| {
-            v.as_str()
-                .map(str::to_string)
-                .ok_or(TokenizerError::WrongType {
-                    key,
-                    expected: "array of strings",
-                })
-        })
-        .collect()
+fn strings(arr: &Array, key: &'static str) -> Result<Vec<String>, TokenizerError> {
+    let strings = arr.as_strings().ok_or(TokenizerError::WrongType {
+        key,
+        expected: "array of strings",
+    })?;
+    Ok(strings.iter().map(str::to_string).collect())
 }
 
 /// Reads the `tokenizer.ggml.*` keys into a [`TokenizerSpec`].
@@ -91,30 +86,30 @@ pub fn spec_from_gguf(f: &GgufFile) -> Result<TokenizerSpec, TokenizerError> {
     let scores = match meta_array(f, "tokenizer.ggml.scores")? {
         None => None,
         Some(arr) => Some(
-            arr.iter()
-                .map(|v| match v {
-                    Value::F32(x) => Ok(*x),
-                    Value::I32(x) => Ok(*x as f32),
-                    _ => Err(TokenizerError::WrongType {
+            match arr {
+                Array::F32(x) => x.clone(),
+                Array::I32(x) => x.iter().map(|&x| x as f32).collect(),
+                _ => {
+                    return Err(TokenizerError::WrongType {
                         key: "tokenizer.ggml.scores",
                         expected: "array of f32 or i32",
-                    }),
-                })
-                .collect::<Result<Vec<f32>, _>>()?,
+                    })
+                }
+            },
         ),
     };
     let token_types = match meta_array(f, "tokenizer.ggml.token_type")? {
         None => None,
         Some(arr) => Some(
-            arr.iter()
-                .map(|v| match v {
-                    Value::I32(x) => Ok(*x),
-                    _ => Err(TokenizerError::WrongType {
+            match arr {
+                Array::I32(x) => x.clone(),
+                _ => {
+                    return Err(TokenizerError::WrongType {
                         key: "tokenizer.ggml.token_type",
                         expected: "array of i32",
-                    }),
-                })
-                .collect::<Result<Vec<i32>, _>>()?,
+                    })
+                }
+            },
         ),
     };
     let merges_key = "tokenizer.ggml.merges";

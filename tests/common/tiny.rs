@@ -65,16 +65,16 @@ pub fn tiny_model_with(arch: &str, ty: QuantType, seed: u64, extra: &[(&str, Val
     w.add_metadata(meta("attention.layer_norm_rms_epsilon"), Value::F32(1e-6));
     w.add_metadata(meta("rope.freq_base"), Value::F32(10000.0));
     // The 256 byte tokens, one merge ("a b" -> "ab"), BOS and EOS.
-    let mut tokens: Vec<Value> = (0..=255u8).map(|b| Value::String(byte_token(b))).collect();
+    let mut tokens: Vec<String> = (0..=255u8).map(byte_token).collect();
     for t in ["ab", "<s>", "</s>"] {
-        tokens.push(Value::String(t.into()));
+        tokens.push(t.into());
     }
-    let types: Vec<Value> = (0..N_VOCAB).map(|i| Value::I32(if i < 257 { 1 } else { 3 })).collect();
+    let types: Vec<i32> = (0..N_VOCAB).map(|i| if i < 257 { 1 } else { 3 }).collect();
     w.add_metadata("tokenizer.ggml.model", Value::String("gpt2".into()));
     w.add_metadata("tokenizer.ggml.pre", Value::String("default".into()));
-    w.add_metadata("tokenizer.ggml.tokens", Value::Array(tokens));
-    w.add_metadata("tokenizer.ggml.token_type", Value::Array(types));
-    w.add_metadata("tokenizer.ggml.merges", Value::Array(vec![Value::String("a b".into())]));
+    w.add_metadata("tokenizer.ggml.tokens", Value::from(tokens));
+    w.add_metadata("tokenizer.ggml.token_type", Value::from(types));
+    w.add_metadata("tokenizer.ggml.merges", Value::from(vec!["a b"]));
     w.add_metadata("tokenizer.ggml.bos_token_id", Value::U32(257));
     w.add_metadata("tokenizer.ggml.eos_token_id", Value::U32(258));
 

@@ -2,7 +2,7 @@
 //! type, arrays, custom alignment, several tensor types and shapes) and near-valid ones that the
 //! reader must refuse (two tensors of one name).
 
-use tomoe::gguf::{GgufWriter, QuantType, Value};
+use tomoe::gguf::{Array, GgufWriter, QuantType, Value};
 
 fn main() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/gguf_reader");
@@ -33,7 +33,7 @@ fn main() {
 
     let mut w = GgufWriter::new();
     for (i, v) in scalars.iter().enumerate() {
-        w.add_metadata(format!("a{i}"), Value::Array(vec![v.clone(), v.clone()]));
+        w.add_metadata(format!("a{i}"), Value::Array(Array::from_values(vec![v.clone(), v.clone()]).unwrap()));
     }
     seeds.push(w);
 

@@ -133,7 +133,7 @@ fn show_value(v: &Value) -> String {
             format!("{s:?}")
         }
         Value::Array(a) => {
-            let head: Vec<String> = a.iter().take(5).map(show_value).collect();
+            let head: Vec<String> = a.values().take(5).map(|v| show_value(&v)).collect();
             format!(
                 "[{}{}] ({} items)",
                 head.join(", "),
