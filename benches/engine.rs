@@ -10,6 +10,11 @@
 //! Environment: `TOMOE_BENCH_MODELS` (`smollm2,gemma3`), `TOMOE_BENCH_THREADS` (`1,2`),
 //! `TOMOE_BENCH_REPS` (`3`).
 //!
+//! `TOMOE_BENCH_MEMORY=1` instead measures peak resident memory (Linux's VmHWM) at a 512-token
+//! context, a 16-token prompt and 16 decoded tokens: tomoe with an f32 and an f16 KV cache (and
+//! the f16 cache without the decoding copies) and llama.cpp at its defaults (f16 cache), each
+//! run a process of its own, on `TOMOE_BENCH_MODELS`; beside each cache's bytes at 4096 tokens.
+//!
 //! `TOMOE_BENCH_FILES=dense.gguf,moe.gguf,...` instead compares GGUF files (e.g. a dense model and
 //! its MoE conversions at the same quantization): per file the bytes one decoded token reads
 //! (experts weighted by the routing of the run), tg/pp tokens/s, the decode speedup over the first
@@ -30,10 +35,10 @@ use oracle_eval::LlamaOracle;
 use rayon::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
-use tomoe::engine::{Context, ContextParams};
+use tomoe::engine::{CacheTypes, Context, ContextParams, KvType};
 use tomoe::gguf::GgufFile;
 use tomoe::huge_pages::HugeBuf;
-use tomoe::model::Model;
+use tomoe::model::{LoadOptions, Model};
 
 const N_PROMPT: usize = 512;
 const N_GEN: usize = 128;
@@ -143,6 +148,105 @@ fn bench_child(engine: &str, file: &str, threads: usize) {
     println!("{} {} {bytes}", speeds.pp, speeds.tg);
 }
 
+/// The runs of the memory table (`TOMOE_BENCH_MEMORY`): label, engine, KV cache, copies.
+const MEMORY_RUNS: [(&str, &str, KvType, bool); 4] = [
+    ("tomoe, f32 cache", "tomoe", KvType::F32, true),
+    ("tomoe, f16 cache", "tomoe", KvType::F16, true),
+    ("tomoe, f16 cache, no copies", "tomoe", KvType::F16, false),
+    ("llama.cpp, defaults (f16 cache)", "llama", KvType::F16, true),
+];
+const MEMORY_CTX: usize = 512;
+const MEMORY_TOKENS: usize = 16;
+
+/// The process's peak resident set, in bytes (Linux's VmHWM).
+fn peak_resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status (Linux only)");
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).expect("VmHWM in /proc/self/status");
+    kib.trim().trim_end_matches("kB").trim().parse::<u64>().expect("VmHWM in kB") * 1024
+}
+
+/// One run of the memory table in this process (a child of `bench_memory`): a `MEMORY_CTX`
+/// context, a prompt of `MEMORY_TOKENS` and as many decoded tokens; prints the peak resident
+/// bytes.
+fn memory_child(run: usize, file: &str, threads: usize) {
+    let (_, engine, kv, copies) = MEMORY_RUNS[run];
+    let path = std::path::PathBuf::from(file);
+    if engine == "tomoe" {
+        let opts = LoadOptions { copies, ..LoadOptions::default() };
+        let model = Arc::new(Model::load_with(&path, &opts).unwrap_or_else(|e| panic!("{file}: {e}")));
+        let all = tokens(2 * MEMORY_TOKENS, model.config().n_vocab as u32);
+        let params = ContextParams { n_ctx: MEMORY_CTX, n_threads: threads, n_batch: MEMORY_CTX };
+        let mut ctx = Context::with_cache_types(model, params, CacheTypes { k: kv, v: kv }).unwrap();
+        ctx.eval(&all[..MEMORY_TOKENS]).unwrap();
+        for &t in &all[MEMORY_TOKENS..] {
+            std::hint::black_box(ctx.eval(&[t]).unwrap());
+        }
+    } else {
+        let file = GgufFile::open(&path).unwrap();
+        let n_vocab = file.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).expect("a vocabulary").len();
+        drop(file);
+        let all = tokens(2 * MEMORY_TOKENS, n_vocab as u32);
+        let mut oracle = LlamaOracle::load(&path, MEMORY_CTX, threads);
+        oracle.eval(&all[..MEMORY_TOKENS], 0, false);
+        for (i, &t) in all[MEMORY_TOKENS..].iter().enumerate() {
+            std::hint::black_box(oracle.eval(&[t], MEMORY_TOKENS + i, false));
+        }
+    }
+    println!("{}", peak_resident_bytes());
+}
+
+/// `TOMOE_BENCH_MEMORY`: the memory table (see the file comment).
+fn bench_memory(models: &[String], threads: usize) {
+    let mib = |b: f64| b / 1048576.0;
+    print!("| model |");
+    for (label, ..) in MEMORY_RUNS {
+        print!(" {label} |");
+    }
+    println!(" tomoe / llama.cpp (f16 cache) | KV cache at 4096 tokens, f32 / f16 |");
+    println!("|---|{}---|---|", "---|".repeat(MEMORY_RUNS.len()));
+    for name in models {
+        let path = model_path(real_model(name));
+        let file = path.to_str().expect("a UTF-8 path");
+        let peaks: Vec<f64> = (0..MEMORY_RUNS.len())
+            .map(|run| {
+                let out = std::process::Command::new(std::env::current_exe().unwrap())
+                    .env("TOMOE_BENCH_MEMORY_CHILD", format!("{run},{threads},{file}"))
+                    .stderr(std::process::Stdio::null())
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{} on {file} failed", MEMORY_RUNS[run].0);
+                String::from_utf8(out.stdout).unwrap().trim().parse::<f64>().unwrap()
+            })
+            .collect();
+        // The caches' sizes at 4096 tokens, without the copies (they do not change them).
+        let opts = LoadOptions { copies: false, ..LoadOptions::default() };
+        let model = Arc::new(Model::load_with(&path, &opts).unwrap());
+        let kv = |ty| {
+            let params = ContextParams { n_ctx: 4096, n_threads: 1, n_batch: 512 };
+            Context::with_cache_types(model.clone(), params, CacheTypes { k: ty, v: ty }).unwrap().kv_bytes()
+        };
+        let (kv32, kv16) = (kv(KvType::F32), kv(KvType::F16));
+        print!("| {name} |");
+        for p in &peaks {
+            print!(" {:.1} MiB |", mib(*p));
+        }
+        println!(
+            " {:.2} | {:.0} / {:.0} MiB |",
+            peaks[1] / peaks[MEMORY_RUNS.len() - 1],
+            mib(kv32 as f64),
+            mib(kv16 as f64)
+        );
+    }
+}
+
+fn real_model(name: &str) -> RealModel {
+    match name {
+        "smollm2" => RealModel::SmolLm2,
+        "gemma3" => RealModel::Gemma3,
+        other => panic!("unknown model {other:?} (smollm2, gemma3)"),
+    }
+}
+
 /// Runs `bench_child` in a process of its own and returns its `(pp, tg, bytes)`.
 fn run_child(engine: &str, file: &str, threads: usize) -> (f64, f64, u64) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
@@ -222,9 +326,17 @@ fn main() {
         let (engine, threads, file) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
         return bench_child(engine, file, threads.parse().unwrap());
     }
+    if let Ok(child) = std::env::var("TOMOE_BENCH_MEMORY_CHILD") {
+        let mut f = child.splitn(3, ',');
+        let (run, threads, file) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+        return memory_child(run.parse().unwrap(), file, threads.parse().unwrap());
+    }
     let reps: usize = std::env::var("TOMOE_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let threads: Vec<usize> = env_list("TOMOE_BENCH_THREADS", "1,2").iter().map(|s| s.parse().unwrap()).collect();
     println!("kernels: {}, reps: {reps}", tomoe_quant::kernel_name());
+    if std::env::var_os("TOMOE_BENCH_MEMORY").is_some() {
+        return bench_memory(&env_list("TOMOE_BENCH_MODELS", "smollm2,gemma3"), threads[0]);
+    }
     if let Ok(files) = std::env::var("TOMOE_BENCH_FILES") {
         let files: Vec<String> = files.split(',').map(str::to_string).collect();
         return bench_files(&files, &threads, reps);
@@ -235,12 +347,7 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for name in env_list("TOMOE_BENCH_MODELS", "smollm2,gemma3") {
-        let which = match name.as_str() {
-            "smollm2" => RealModel::SmolLm2,
-            "gemma3" => RealModel::Gemma3,
-            other => panic!("unknown model {other:?} (smollm2, gemma3)"),
-        };
-        let path = model_path(which);
+        let path = model_path(real_model(&name));
         let model = Arc::new(Model::load(&path).unwrap());
         let n_vocab = model.config().n_vocab as u32;
         let all = tokens(N_PROMPT + N_GEN + 1, n_vocab);
