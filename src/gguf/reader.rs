@@ -96,6 +96,10 @@ impl std::fmt::Debug for GgufFile {
     }
 }
 
+/// What [`GgufFile::release`] drops whole: 64 KiB is a multiple of every common page size (4, 16
+/// and 64 KiB).
+const RELEASE_GRANULE: usize = 64 << 10;
+
 impl GgufFile {
     /// Memory-maps and validates the file at `path`.
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
@@ -163,26 +167,54 @@ impl GgufFile {
     /// and maps them again if they are read. Only lowers the resident set; the bytes read the
     /// same. Does nothing for a buffer in memory, for bytes outside the file, or off unix.
     pub fn release(&self, bytes: &[u8]) {
+        self.release_ranges(self.offsets(bytes).into_iter());
+    }
+
+    /// [`GgufFile::release`] of many parts of the file at once, with the few bytes between parts
+    /// that lie within 64 KiB of each other (alignment padding, a norm's weights): released one
+    /// at a time, each part's pages at its ends would stay, which for the hundreds of small
+    /// matrices of a small model add up to megabytes. A released byte read again is mapped again.
+    pub fn release_many<'b>(&self, parts: impl IntoIterator<Item = &'b [u8]>) {
+        let mut ranges: Vec<(usize, usize)> = parts.into_iter().filter_map(|b| self.offsets(b)).collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+        for (start, end) in ranges {
+            match merged.last_mut() {
+                Some(last) if start <= last.1 + RELEASE_GRANULE => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        self.release_ranges(merged.into_iter());
+    }
+
+    /// The offsets in the mapped file of `bytes`; `None` for a buffer in memory or bytes
+    /// outside the file.
+    fn offsets(&self, bytes: &[u8]) -> Option<(usize, usize)> {
+        let Storage::Mapped(map) = &self.storage else { return None };
+        let base = map.as_ptr() as usize;
+        let (start, end) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
+        (start >= base && end <= base + map.len()).then(|| (start - base, end - base))
+    }
+
+    /// Drops the whole granules of each range of offsets of the mapped file.
+    fn release_ranges(&self, ranges: impl Iterator<Item = (usize, usize)>) {
         #[cfg(unix)]
         if let Storage::Mapped(map) = &self.storage {
-            // 64 KiB is a multiple of every common page size (4, 16 and 64 KiB).
-            const PAGES: usize = 64 << 10;
-            let base = map.as_ptr() as usize;
-            let (start, end) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
-            if start < base || end > base + map.len() {
-                return;
-            }
-            let (first, last) = ((start - base).next_multiple_of(PAGES), (end - base) / PAGES * PAGES);
-            if first < last {
-                // SAFETY: the map is a read-only shared mapping of the file (`Mmap::map`), so
-                // after MADV_DONTNEED its pages are filled again from the file on the next read:
-                // borrowed slices keep reading the same bytes (the file is not modified while
-                // mapped, the assumption of the whole mapping; see `open`).
-                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first) };
+            for (start, end) in ranges {
+                let (first, last) = (start.next_multiple_of(RELEASE_GRANULE), end / RELEASE_GRANULE * RELEASE_GRANULE);
+                if first < last {
+                    // SAFETY: the map is a read-only shared mapping of the file (`Mmap::map`), so
+                    // after MADV_DONTNEED its pages are filled again from the file on the next
+                    // read: borrowed slices keep reading the same bytes (the file is not modified
+                    // while mapped, the assumption of the whole mapping; see `open`).
+                    let _ = unsafe {
+                        map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
+                    };
+                }
             }
         }
         #[cfg(not(unix))]
-        let _ = bytes;
+        let _ = ranges;
     }
 
     /// `general.alignment`, or 32 when absent.

@@ -188,8 +188,17 @@ impl Model {
         } else {
             // Plain copies only of a mapped file: a buffer in memory is not worth a second copy.
             let plain = file_ref.is_mapped() && crate::huge_pages::available();
-            // Copying a matrix reads its bytes in; nothing reads them again.
-            weights.make_copies(plain, |bytes| file_ref.release(bytes)).map_err(ModelError::CopyMemory)?
+            // Copying a matrix reads its bytes in; nothing reads them again. Each is given back as
+            // it is copied, and all together at the end, the pages between them included.
+            let mut given_back = Vec::new();
+            let copies = weights
+                .make_copies(plain, |bytes| {
+                    file_ref.release(bytes);
+                    given_back.push(bytes);
+                })
+                .map_err(ModelError::CopyMemory)?;
+            file_ref.release_many(given_back);
+            copies
         };
         Ok(Model { weights, copies, config, tokenizer, chat_template, template_warning, file })
     }

@@ -204,7 +204,7 @@ impl<'a> Weights<'a> {
     ///
     /// `release` gets each matrix's file bytes once a plain copy has replaced them (nothing
     /// reads them again).
-    pub(super) fn make_copies(&mut self, plain: bool, release: impl Fn(&[u8])) -> std::io::Result<HugeBuf<u8>> {
+    pub(super) fn make_copies(&mut self, plain: bool, mut release: impl FnMut(&'a [u8])) -> std::io::Result<HugeBuf<u8>> {
         let set = tomoe_quant::dispatch::kernels();
         // A ToMoE layer's experts read whole groups only, their scattered rows gathered into
         // extra groups, where all three copies can hold them.
