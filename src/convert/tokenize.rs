@@ -2,10 +2,10 @@
 //! (the same keys whether the model came from a GGUF or a converted tokenizer.json).
 
 use super::{ConvertError, Result};
-use crate::gguf::Value;
+use crate::gguf::{Strings, Value};
 use crate::tokenizer::{SpecialIds, Tokenizer, TokenizerSpec};
 
-fn strings(meta: &[(String, Value)], key: &str) -> Result<Option<Vec<String>>> {
+fn strings(meta: &[(String, Value)], key: &str) -> Result<Option<Strings>> {
     let Some((_, v)) = meta.iter().find(|(k, _)| k == key) else {
         return Ok(None);
     };
@@ -15,7 +15,7 @@ fn strings(meta: &[(String, Value)], key: &str) -> Result<Option<Vec<String>>> {
     let strings = arr
         .as_strings()
         .ok_or_else(|| ConvertError::Tokenizer(format!("`{key}` is not an array of strings")))?;
-    Ok(Some(strings.iter().map(str::to_string).collect()))
+    Ok(Some(strings.clone()))
 }
 
 pub fn tokenizer_from_meta(meta: &[(String, Value)]) -> Result<Tokenizer> {

@@ -8,7 +8,8 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use super::hash::FxMap;
+use super::hash::{BytesMap, FxMap};
+use crate::gguf::Strings;
 use super::spec::TokenizerError;
 use super::unicode::{byte_to_cp_table, push_utf8};
 
@@ -22,7 +23,7 @@ pub(crate) struct Bpe {
     /// Raw bytes of each symbol (for the no-token fallback).
     sym_bytes: Vec<Box<[u8]>>,
     /// Token ids by raw bytes (texts that decode through the byte table).
-    token_by_bytes: FxMap<Box<[u8]>, u32>,
+    token_by_bytes: BytesMap,
     /// Token whose text is exactly this one byte (the fallback llama.cpp applies per byte).
     token_by_text_byte: [u32; 256],
     byte_to_cp: [u32; 256],
@@ -66,16 +67,16 @@ fn decode_text(text: &str, map: &FxMap<u32, u8>) -> Option<Vec<u8>> {
 
 impl Bpe {
     pub fn new(
-        tokens: &[String],
-        merges: &[String],
+        tokens: &Strings,
+        merges: &Strings,
         ignore_merges: bool,
     ) -> Result<Bpe, TokenizerError> {
         let cp_map = cp_to_byte_map();
-        let mut token_by_bytes: FxMap<Box<[u8]>, u32> = FxMap::default();
+        let mut token_by_bytes = BytesMap::with_capacity(tokens.len());
         let mut token_by_text_byte = [NONE; 256];
         for (id, text) in tokens.iter().enumerate() {
             if let Some(raw) = decode_text(text, &cp_map) {
-                token_by_bytes.insert(raw.into_boxed_slice(), id as u32);
+                token_by_bytes.insert(&raw, id as u32);
             }
             if text.len() == 1 {
                 token_by_text_byte[text.as_bytes()[0] as usize] = id as u32;
@@ -108,7 +109,7 @@ impl Bpe {
             else {
                 return Err(TokenizerError::BadMerge {
                     index: rank,
-                    rule: rule.clone(),
+                    rule: rule.to_string(),
                 });
             };
             let (left, right) = (&rule[..sep], &rule[sep + 1..]);
@@ -130,7 +131,7 @@ impl Bpe {
         }
         let sym_token = sym_bytes
             .iter()
-            .map(|b| token_by_bytes.get(b).copied().unwrap_or(NONE))
+            .map(|b| token_by_bytes.get(b).unwrap_or(NONE))
             .collect();
         Ok(Bpe {
             merges: rules,
@@ -145,7 +146,7 @@ impl Bpe {
 
     /// Token of these raw bytes, if they are exactly one token's text.
     pub fn token_of(&self, bytes: &[u8]) -> Option<u32> {
-        self.token_by_bytes.get(bytes).copied()
+        self.token_by_bytes.get(bytes)
     }
 
     /// Appends the tokens of one pre-tokenized word (raw bytes).
@@ -245,15 +246,9 @@ impl Bpe {
 mod tests {
     use super::*;
 
-    fn vocab() -> (Vec<String>, Vec<String>) {
-        let toks = ["a", "b", "c", "Ġ", "ab", "abc", "Ġa", "bc"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let merges = ["a b", "ab c", "Ġ a", "b c"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+    fn vocab() -> (Strings, Strings) {
+        let toks = ["a", "b", "c", "Ġ", "ab", "abc", "Ġa", "bc"].into_iter().collect();
+        let merges = ["a b", "ab c", "Ġ a", "b c"].into_iter().collect();
         (toks, merges)
     }
 
@@ -289,7 +284,7 @@ mod tests {
     fn bad_merge_is_an_error() {
         let (t, _) = vocab();
         assert!(matches!(
-            Bpe::new(&t, &["ab".to_string()], false),
+            Bpe::new(&t, &["ab"].into_iter().collect(), false),
             Err(TokenizerError::BadMerge { index: 0, .. })
         ));
     }

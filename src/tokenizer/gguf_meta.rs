@@ -1,7 +1,7 @@
 //! Reading a [`TokenizerSpec`] from a GGUF file's `tokenizer.ggml.*` metadata.
 
 use super::{SpecialIds, Tokenizer, TokenizerError, TokenizerSpec};
-use crate::gguf::{Array, GgufFile, Value};
+use crate::gguf::{Array, GgufFile, Strings, Value};
 
 impl Tokenizer {
     /// Builds the tokenizer described by the file's `tokenizer.ggml.*` metadata.
@@ -65,12 +65,11 @@ fn meta_array<'a>(
     }
 }
 
-fn strings(arr: &Array, key: &'static str) -> Result<Vec<String>, TokenizerError> {
-    let strings = arr.as_strings().ok_or(TokenizerError::WrongType {
+fn strings(arr: &Array, key: &'static str) -> Result<Strings, TokenizerError> {
+    arr.as_strings().cloned().ok_or(TokenizerError::WrongType {
         key,
         expected: "array of strings",
-    })?;
-    Ok(strings.iter().map(str::to_string).collect())
+    })
 }
 
 /// Reads the `tokenizer.ggml.*` keys into a [`TokenizerSpec`].
@@ -116,7 +115,7 @@ pub fn spec_from_gguf(f: &GgufFile) -> Result<TokenizerSpec, TokenizerError> {
     let merges = match meta_array(f, merges_key)? {
         Some(arr) => strings(arr, merges_key)?,
         None if model == "gpt2" => return Err(TokenizerError::MissingKey { key: merges_key }),
-        None => Vec::new(),
+        None => Strings::new(),
     };
     let special = SpecialIds {
         bos: meta_id(f, "tokenizer.ggml.bos_token_id")?,

@@ -22,6 +22,7 @@ pub use spec::{SpecialIds, TokenizerError, TokenizerSpec};
 pub use stream::StreamDecoder;
 pub use vocab::attr;
 
+use crate::gguf::Strings;
 use bpe::{Bpe, BpeScratch};
 use pretokenize::{PreConfig, PreKind};
 use spm::{Spm, SpmScratch};
@@ -36,7 +37,7 @@ enum Algorithm {
 /// A tokenizer: text ↔ token ids. Immutable after construction, so `Send + Sync`.
 pub struct Tokenizer {
     algo: Algorithm,
-    texts: Vec<String>,
+    texts: Strings,
     attrs: Vec<u32>,
     /// Rendered bytes of every token (control tokens as their text), concatenated.
     pieces: Vec<u8>,
@@ -91,23 +92,16 @@ impl Tokenizer {
             }
         }
         // llama.cpp names empty tokens so that every text is distinct.
-        let texts: Vec<String> = spec
-            .tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                if t.is_empty() {
-                    format!("[EMPTY_{i}]")
-                } else {
-                    t.clone()
-                }
-            })
-            .collect();
+        let texts: Strings = match spec.tokens.iter().any(str::is_empty) {
+            false => spec.tokens.clone(),
+            true => (spec.tokens.iter().enumerate())
+                .map(|(i, t)| if t.is_empty() { format!("[EMPTY_{i}]") } else { t.to_string() })
+                .collect(),
+        };
         {
-            let mut seen: hash::FxMap<&str, ()> = hash::FxMap::default();
-            seen.reserve(n);
+            let mut seen = hash::BytesMap::with_capacity(n);
             for (i, t) in texts.iter().enumerate() {
-                if seen.insert(t.as_str(), ()).is_some() {
+                if seen.insert(t.as_bytes(), i as u32).is_some() {
                     return Err(TokenizerError::DuplicateToken { id: i as u32 });
                 }
             }
@@ -169,7 +163,7 @@ impl Tokenizer {
                 info.attrs[id as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0
             })
             .collect();
-        special_tokens.sort_by_key(|&id| std::cmp::Reverse(texts[id as usize].len()));
+        special_tokens.sort_by_key(|&id| std::cmp::Reverse(texts.get(id as usize).map_or(0, str::len)));
 
         let mut tok = Tokenizer {
             algo,
@@ -261,7 +255,7 @@ impl Tokenizer {
     }
     /// The vocabulary text of a token ("" for an id out of range).
     pub fn token_text(&self, id: u32) -> &str {
-        self.texts.get(id as usize).map_or("", |s| s.as_str())
+        self.texts.get(id as usize).unwrap_or("")
     }
     /// Attribute bits of a token ([`attr`]; llama.cpp's `llama_token_attr`); 0 out of range.
     pub fn token_attr(&self, id: u32) -> u32 {
@@ -403,13 +397,13 @@ impl Tokenizer {
             if !parse_special && self.attrs[id as usize] & (attr::CONTROL | attr::UNKNOWN) != 0 {
                 continue;
             }
-            if find(text, self.texts[id as usize].as_bytes(), 0).is_some() {
+            if find(text, self.token_text(id).as_bytes(), 0).is_some() {
                 present.push(id);
             }
         }
         let mut next = Vec::new();
         for id in present {
-            let needle = self.texts[id as usize].as_bytes();
+            let needle = self.token_text(id).as_bytes();
             next.clear();
             for &f in &frags {
                 let Fragment::Text(mut a, b) = f else {
@@ -572,7 +566,7 @@ mod tests {
         }
         TokenizerSpec {
             model: "llama".into(),
-            tokens,
+            tokens: tokens.iter().collect(),
             scores: Some(scores),
             token_types: Some(types),
             ..Default::default()
@@ -611,8 +605,7 @@ mod tests {
             Err(TokenizerError::UnsupportedModel(_))
         ));
         let mut s = spm_spec();
-        s.tokens[5] = "h".into();
-        s.tokens[6] = "h".into();
+        s.tokens = (s.tokens.iter().enumerate()).map(|(i, t)| if i == 5 || i == 6 { "h" } else { t }).collect();
         assert!(matches!(
             Tokenizer::from_spec(s),
             Err(TokenizerError::DuplicateToken { id: 6 })

@@ -1,5 +1,7 @@
 //! The plain data a tokenizer is built from (the `tokenizer.ggml.*` metadata), and its errors.
 
+use crate::gguf::Strings;
+
 /// A tokenizer's description as stored in GGUF metadata; optional fields are absent keys.
 #[derive(Clone, Debug, Default)]
 pub struct TokenizerSpec {
@@ -8,13 +10,13 @@ pub struct TokenizerSpec {
     /// `tokenizer.ggml.pre`: the BPE pre-tokenizer ("smollm", "llama3", "qwen2", "gpt-2", ...).
     pub pre: Option<String>,
     /// `tokenizer.ggml.tokens`, indexed by token id.
-    pub tokens: Vec<String>,
+    pub tokens: Strings,
     /// `tokenizer.ggml.scores` (SentencePiece merge priorities).
     pub scores: Option<Vec<f32>>,
     /// `tokenizer.ggml.token_type`: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
     pub token_types: Option<Vec<i32>>,
     /// `tokenizer.ggml.merges`: "left right", highest priority first (BPE only).
-    pub merges: Vec<String>,
+    pub merges: Strings,
     /// Special token ids from `tokenizer.ggml.{bos,eos,eot,eom,unknown,padding,...}_token_id`.
     pub special: SpecialIds,
     /// `tokenizer.ggml.add_bos_token`.

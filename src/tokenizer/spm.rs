@@ -5,12 +5,13 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use super::hash::FxMap;
+use super::hash::BytesMap;
+use crate::gguf::Strings;
 
 const NONE: u32 = u32::MAX;
 
 pub(crate) struct Spm {
-    token_by_text: FxMap<Box<[u8]>, u32>,
+    token_by_text: BytesMap,
     scores: Vec<f32>,
     /// `<0xXX>` token of each byte, else the token whose text is that byte, else NONE.
     byte_token: [u32; 256],
@@ -66,11 +67,10 @@ fn utf8_len(lead: u8) -> usize {
 }
 
 impl Spm {
-    pub fn new(tokens: &[String], scores: Option<&[f32]>, unk: Option<u32>) -> Spm {
-        let mut token_by_text: FxMap<Box<[u8]>, u32> = FxMap::default();
-        token_by_text.reserve(tokens.len());
+    pub fn new(tokens: &Strings, scores: Option<&[f32]>, unk: Option<u32>) -> Spm {
+        let mut token_by_text = BytesMap::with_capacity(tokens.len());
         for (id, t) in tokens.iter().enumerate() {
-            token_by_text.insert(t.as_bytes().into(), id as u32);
+            token_by_text.insert(t.as_bytes(), id as u32);
         }
         let mut byte_token = [NONE; 256];
         for (b, slot) in byte_token.iter_mut().enumerate() {
@@ -78,7 +78,6 @@ impl Spm {
             *slot = token_by_text
                 .get(hex.as_bytes())
                 .or_else(|| token_by_text.get(&[b as u8][..]))
-                .copied()
                 .unwrap_or(NONE);
         }
         let scores = match scores {
@@ -138,7 +137,7 @@ impl Spm {
             let sym = s.syms[i as usize];
             let piece = &text[sym.start as usize..(sym.start + sym.len) as usize];
             match self.token_by_text.get(piece) {
-                Some(&id) => out.push(id),
+                Some(id) => out.push(id),
                 None => {
                     // Every merged piece is a token, so this is one character without a token.
                     for &byte in piece {
@@ -160,7 +159,7 @@ impl Spm {
         }
         let (l, r) = (s.syms[left as usize], s.syms[right as usize]);
         let piece = &text[l.start as usize..(l.start + l.len + r.len) as usize];
-        if let Some(&id) = self.token_by_text.get(piece) {
+        if let Some(id) = self.token_by_text.get(piece) {
             let score = self.scores.get(id as usize).copied().unwrap_or(0.0);
             s.heap.push(Bigram {
                 score,
@@ -186,7 +185,7 @@ mod tests {
             toks.push(format!("<0x{b:02X}>"));
             scores.push(0.0);
         }
-        Spm::new(&toks, Some(&scores), Some(0))
+        Spm::new(&toks.iter().collect(), Some(&scores), Some(0))
     }
 
     fn enc(text: &str) -> Vec<u32> {

@@ -96,7 +96,7 @@ mod tests {
         }
         Tokenizer::from_spec(TokenizerSpec {
             model: "llama".into(),
-            tokens,
+            tokens: tokens.iter().collect(),
             token_types: Some(types),
             ..Default::default()
         })

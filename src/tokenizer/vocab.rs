@@ -3,6 +3,7 @@
 //! tokens it recognises by their text (models often mark `<|im_end|>` etc. only that way).
 
 use super::spec::{SpecialIds, TokenizerSpec};
+use crate::gguf::Strings;
 
 /// Token attribute bits (the values of llama.cpp's `llama_token_attr`).
 pub mod attr {
@@ -133,7 +134,7 @@ fn attr_of_type(ty: i32) -> u32 {
 /// Applies defaults, metadata ids, text-based detection and the EOG rules.
 pub(crate) fn derive(
     spec: &TokenizerSpec,
-    texts: &[String],
+    texts: &Strings,
     defaults: FamilyDefaults,
 ) -> SpecialInfo {
     let n = texts.len();
@@ -181,7 +182,7 @@ pub(crate) fn derive(
         (&mut fim_sep, FIM_SEP_TEXTS),
     ] {
         if slot.is_none() {
-            if let Some(id) = texts.iter().position(|t| list.contains(&t.as_str())) {
+            if let Some(id) = texts.iter().position(|t| list.contains(&t)) {
                 *slot = Some(id as u32);
                 attrs[id] |= attr::CONTROL;
             }
@@ -196,13 +197,13 @@ pub(crate) fn derive(
 
     let mut eog: Vec<u32> = [fim_pad, fim_rep, fim_sep].into_iter().flatten().collect();
     for (id, t) in texts.iter().enumerate() {
-        if EOG_TEXTS.contains(&t.as_str()) {
+        if EOG_TEXTS.contains(&t) {
             eog.push(id as u32);
             attrs[id] |= attr::CONTROL;
         }
     }
     for (id, t) in texts.iter().enumerate() {
-        if ALWAYS_RENDERED.contains(&t.as_str()) {
+        if ALWAYS_RENDERED.contains(&t) {
             attrs[id] = attr::USER_DEFINED;
         }
     }
@@ -211,17 +212,17 @@ pub(crate) fn derive(
     eog.dedup();
 
     // Harmony-style vocabularies: "<|end|>" ends a message, not the generation.
-    let has = |eog: &[u32], text: &str| eog.iter().any(|&id| texts[id as usize] == text);
+    let has = |eog: &[u32], text: &str| eog.iter().any(|&id| texts.get(id as usize) == Some(text));
     let call = has(&eog, "<|call|>") || has(&eog, "<|calls|>");
     if has(&eog, "<|end|>") && call && (has(&eog, "<|return|>") || has(&eog, "<|flush|>")) {
-        if let Some(pos) = eog.iter().position(|&id| texts[id as usize] == "<|end|>") {
+        if let Some(pos) = eog.iter().position(|&id| texts.get(id as usize) == Some("<|end|>")) {
             attrs[eog[pos] as usize] = attr::USER_DEFINED;
             eog.remove(pos);
         }
     }
     // Where "</s>" is an ordinary token next to a model-specific end marker.
     if (has(&eog, "<|tool_response>") || has(&eog, "<|plamo:eos|>")) && has(&eog, "</s>") {
-        if let Some(pos) = eog.iter().position(|&id| texts[id as usize] == "</s>") {
+        if let Some(pos) = eog.iter().position(|&id| texts.get(id as usize) == Some("</s>")) {
             attrs[eog[pos] as usize] = attr::NORMAL;
             eog.remove(pos);
         }
