@@ -22,6 +22,8 @@ pub mod table;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 #[cfg(target_arch = "aarch64")]
+pub mod neon_f32;
+#[cfg(target_arch = "aarch64")]
 pub mod neon_gemm;
 #[cfg(target_arch = "aarch64")]
 pub mod neon_il;

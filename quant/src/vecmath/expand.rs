@@ -136,7 +136,7 @@ pub(crate) fn expand_scalar(a: &[f32], bits: &[u64], packed: &[f32], slot: usize
 /// [`expand_weighted_sum`], in order: `f(a_j, word, k)` with `k` where the word's values start in
 /// `packed` (the position's slot, the head's offset, the values of the words before `w`). The
 /// loop the SIMD kernels share.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
 pub(crate) fn for_each_kept_word(
     a: &[f32],
@@ -168,13 +168,13 @@ pub(crate) fn for_each_kept_word(
 /// How many positions ahead the expand loops prefetch the kept values. Each position's values
 /// start where its kept count puts them, a pattern the hardware prefetchers do not follow, and
 /// without it perf puts most of the kernel's samples right after the expand-loads (BENCHMARKS.md).
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) const KEPT_PREFETCH_AHEAD: usize = 16;
 
 /// Asks for the cache lines of word `w` of position `j`'s kept values (its bits `b`) in
 /// `packed`. A prefetch reads nothing architecturally, and these lines lie inside `packed`
 /// wherever the caller's shape checks hold.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
 pub(crate) fn prefetch_kept_word(packed: &[f32], b: &[u64], w: usize, j: usize, slot: usize, head: usize) {
     let n = b[w].count_ones() as usize;
@@ -184,17 +184,24 @@ pub(crate) fn prefetch_kept_word(packed: &[f32], b: &[u64], w: usize, j: usize, 
     let (k, p) = (kept_word_start(b, w, j, slot, head), packed.as_ptr());
     // Every 16th value, and the last: each line the values touch.
     for i in (0..n).step_by(16).chain([n - 1]) {
+        let q = p.wrapping_add(k + i);
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: a prefetch never faults nor reads memory architecturally; `wrapping_add`
         // forms the address without claiming it is in bounds.
         unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(k + i).cast::<i8>())
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(q.cast::<i8>())
+        };
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above; `prfm` only hints the memory system.
+        unsafe {
+            std::arch::asm!("prfm pldl1keep, [{0}]", in(reg) q, options(nostack, readonly, preserves_flags))
         };
     }
 }
 
 /// Where the values of word `w` of position `j` (its bits `b`) start in the packed values: its
 /// slot, the head's offset (the position's kept count per head), the words before `w`.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
 pub(crate) fn kept_word_start(b: &[u64], w: usize, j: usize, slot: usize, head: usize) -> usize {
     let count = |x: &[u64]| x.iter().map(|x| x.count_ones() as usize).sum::<usize>();
