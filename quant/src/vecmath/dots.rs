@@ -20,7 +20,7 @@ pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
 /// [`dot_scalar`] with element `e` of `a` given by `a(e)`: the chunks of 32 in
 /// [`dot_chunks32`]'s dot order, then the tail one element at a time.
 #[inline(always)]
-pub(crate) fn dot_by(a: impl Fn(usize) -> f32, b: &[f32]) -> f32 {
+fn dot_by(a: impl Fn(usize) -> f32, b: &[f32]) -> f32 {
     let np = b.len() / 32 * 32;
     let mut sum = chunks32_by(&a, &b[..np], false);
     for (e, &be) in b.iter().enumerate().skip(np) {
