@@ -15,7 +15,8 @@
 //!   (`dense`), and a MoE expert's sparse products over its rows (`sparse`: [`swiglu_rows`],
 //!   [`axpy_runs`]).
 //! - `dispatch`: picks the kernel set once at start-up by run-time feature detection.
-//! - [`vecmath`]: element-wise exp/SiLU/softmax that round exactly as ggml's do.
+//! - [`vecmath`]: element-wise exp/SiLU/softmax and the f32 attention products that round
+//!   exactly as ggml's do, through the set's f32 kernels (`kernels::f32_table`).
 
 // The kernels test divisibility as `n % k == 0` throughout.
 #![allow(clippy::manual_is_multiple_of)]

@@ -41,6 +41,7 @@ pub fn kernel_set() -> Option<KernelSet> {
     s.set_dots_x4(&[(Q4_0, dot_q4_0_x4), (Q4_1, dot_q4_1_sums_x4), (Q5_0, dot_q5_0_x4), (Q8_0, dot_q8_0_x4)]);
     s[Q8_0].axpy = Some(axpy_q8_0);
     super::avx2_il::add_to(&mut s);
+    super::avx2_f32::add_to(&mut s);
     s.quantize_q8_0_acts = quantize_q8_0_acts;
     Some(s)
 }

@@ -46,6 +46,7 @@ pub fn kernel_set() -> Option<KernelSet> {
     ]);
     super::avx512_gemm::add_to(&mut s);
     super::avx512_il::add_to(&mut s);
+    super::avx512_f32::add_to(&mut s);
     Some(s)
 }
 

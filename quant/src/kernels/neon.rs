@@ -41,6 +41,7 @@ pub fn kernel_set(dotprod: bool) -> Option<KernelSet> {
         super::neon_il::plain::add_to(&mut s);
     }
     s[Q8_0].axpy = Some(axpy_q8_0);
+    super::neon_f32::add_to(&mut s);
     Some(s)
 }
 

@@ -5,6 +5,7 @@
 
 use std::ops::{Index, IndexMut};
 
+use super::f32_table::F32Kernels;
 use super::{scalar, AxpyFn, Dot4Fn, DotFn, DotSumsFn, GemmKernel, Interleaved16, InterleavedAxpy16, QuantizeActsFn};
 use crate::formats::QuantType;
 
@@ -49,6 +50,8 @@ pub struct KernelSet {
     formats: [FormatKernels; QuantType::COUNT],
     /// The Q8_0 activation quantizer (see [`QuantizeActsFn`]).
     pub quantize_q8_0_acts: QuantizeActsFn,
+    /// The f32 vector math of `crate::vecmath` (see [`F32Kernels`]).
+    pub f32: F32Kernels,
 }
 
 impl Index<QuantType> for KernelSet {
@@ -68,12 +71,13 @@ impl IndexMut<QuantType> for KernelSet {
 
 impl KernelSet {
     /// The scalar reference set: a dot product for every format, the block-sum variants of
-    /// Q4_1/Q5_1 and the Q8_0 row-scaled accumulation. Always available.
+    /// Q4_1/Q5_1, the Q8_0 row-scaled accumulation and the scalar f32 math. Always available.
     pub fn scalar() -> KernelSet {
         let mut set = KernelSet {
             name: "scalar",
             formats: QuantType::ALL.map(|ty| FormatKernels::dot_only(scalar_dot(ty))),
             quantize_q8_0_acts: scalar::quantize_q8_0_acts,
+            f32: F32Kernels::scalar(),
         };
         set[QuantType::Q4_1].dot_with_sums = Some(scalar::dot_q4_1_sums);
         set[QuantType::Q5_1].dot_with_sums = Some(scalar::dot_q5_1_sums);
@@ -145,7 +149,9 @@ impl KernelSet {
     }
 }
 
-/// The scalar dot product of a format.
+/// The scalar dot product of a format. Never inlined, so that every caller gets the same
+/// address for a function that the compiler might otherwise copy into each codegen unit.
+#[inline(never)]
 fn scalar_dot(ty: QuantType) -> DotFn {
     use QuantType::*;
     match ty {
