@@ -97,7 +97,7 @@ pub fn swiglu_scalar(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// In place: `x[i] = exp(x[i] - max)`, returning Σ x[i] accumulated as ggml's
+/// In place: `x[i] = exp(x[i] - max)`, returning `Σ x[i]` accumulated as ggml's
 /// `ggml_vec_soft_max_f32` does: per 8-lane vector a float sum (in the order of its horizontal
 /// add), added into an f64; libm `exp` for the tail.
 pub fn exp_sub_sum(x: &mut [f32], max: f32) -> f64 {

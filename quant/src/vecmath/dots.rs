@@ -4,7 +4,7 @@
 
 use super::{f32_kernels, hsum8};
 
-/// Σ a[i]·b[i] in the order of ggml's `ggml_vec_dot_f32`: four 8-lane accumulators over steps of
+/// `Σ a[i]·b[i]` in the order of ggml's `ggml_vec_dot_f32`: four 8-lane accumulators over steps of
 /// 32 (fused multiply-adds), reduced pairwise, then the remaining elements one by one.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "dot: lengths differ");
@@ -29,7 +29,7 @@ fn dot_by(a: impl Fn(usize) -> f32, b: &[f32]) -> f32 {
     sum
 }
 
-/// Σ a[i]·b[i] over whole chunks of 32, `a` stored in chunks: chunk `k` is
+/// `Σ a[i]·b[i]` over whole chunks of 32, `a` stored in chunks: chunk `k` is
 /// `a[k·stride .. k·stride + 32]` (`b.len()` a multiple of 32); for attention values cached in
 /// blocks of 32 positions, which keeps the per-token cache writes local. Two summation orders:
 /// [`dot`]'s (`gemm_order == false`), and that of ggml's f32 matrix-matrix kernel (llamafile's
