@@ -1,0 +1,139 @@
+//! Gemma 3 270M (Q4_K_M) through the converter. The converter's dense candle forward (scaled
+//! embeddings, Q/K norms, post-norms, sliding-window layers with their own RoPE base, GeGLU, tied
+//! output) gives the runtime's logits, on the model dequantized to F32 and on the original
+//! file.
+#![cfg(feature = "convert")]
+
+mod common;
+mod convert_util;
+
+use candle_core::Device;
+use common::{model_path, RealModel};
+use convert_util::max_rel_diff;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tomoe::convert::dense::Arch;
+use tomoe::convert::forward::{forward, NoMasks};
+use tomoe::convert::gguf_in::load_gguf;
+use tomoe::engine::{Context, ContextParams};
+use tomoe::gguf::{GgufFile, GgufWriter, QuantType};
+use tomoe::model::Model;
+
+fn tmp(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name)
+}
+
+/// The runtime's logits of every position.
+fn runtime_logits(path: &Path, tokens: &[u32], n_batch: usize) -> Vec<f32> {
+    let rt = Arc::new(Model::load(path).unwrap());
+    let mut ctx = Context::new(
+        rt,
+        ContextParams {
+            n_ctx: 256,
+            n_threads: 2,
+            n_batch,
+        },
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    if n_batch == 1 {
+        for &t in tokens {
+            out.extend_from_slice(ctx.eval(&[t]).unwrap());
+        }
+    } else {
+        ctx.eval_all_logits(tokens, &mut out).unwrap();
+    }
+    out
+}
+
+/// A copy of a GGUF with every tensor dequantized to F32 (same metadata).
+fn dequantized_copy(src: &Path, dst: &Path) {
+    let f = GgufFile::open(src).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in f.metadata() {
+        w.add_metadata(k.clone(), v.clone());
+    }
+    for info in f.tensors() {
+        let t = f.tensor(&info.name).unwrap();
+        let cols = info.dims[0] as usize;
+        let rb = info.ty.row_bytes(cols).unwrap();
+        let mut out = vec![0f32; t.data.len() / rb * cols];
+        for (s, d) in t.data.chunks_exact(rb).zip(out.chunks_exact_mut(cols)) {
+            tomoe_quant::dequantize_row(info.ty, s, d);
+        }
+        let bytes = out.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.add_tensor(info.name.clone(), info.dims.clone(), QuantType::F32, bytes)
+            .unwrap();
+    }
+    w.write_atomic(dst).unwrap();
+}
+
+/// The largest |a - b| over the largest |b| of each position's logits, the worst position.
+fn worst_row_rel(a: &[f32], b: &[f32], nv: usize) -> f32 {
+    a.chunks(nv)
+        .zip(b.chunks(nv))
+        .map(|(x, y)| max_rel_diff(x, y))
+        .fold(0f32, f32::max)
+}
+
+fn argmaxes(x: &[f32], nv: usize) -> Vec<usize> {
+    x.chunks(nv)
+        .map(|r| (0..nv).max_by(|&i, &j| r[i].total_cmp(&r[j])).unwrap_or(0))
+        .collect()
+}
+
+#[test]
+fn gemma3_dense_forward_matches_the_runtime() {
+    let path = model_path(RealModel::Gemma3);
+    let dense = load_gguf(&path, &Device::Cpu).unwrap();
+    let c = &dense.config;
+    assert_eq!(c.arch, Arch::Gemma3);
+    let g = c.gemma3.as_ref().expect("gemma3 parameters");
+    assert!(c.tied_embeddings && dense.layers[0].q_norm.is_some() && dense.layers[0].post_ffn_norm.is_some());
+    assert_eq!(
+        g.swa_layers.iter().filter(|&&b| !b).count(),
+        c.n_layers / 6,
+        "every 6th layer global"
+    );
+    let rt = Model::load(&path).unwrap();
+    let tokens = rt.tokenizer().encode(common::PARITY_PROMPTS[1], true, false);
+    let nv = c.vocab;
+    let ours: Vec<f32> = forward(&dense, &tokens, &mut NoMasks)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+
+    let f32_path = tmp("gemma3-270m-dequantized-f32.gguf");
+    dequantized_copy(&path, &f32_path);
+    let theirs = runtime_logits(&f32_path, &tokens, 64);
+    std::fs::remove_file(&f32_path).ok();
+    let r = worst_row_rel(&ours, &theirs, nv);
+    eprintln!("dense f32: worst position's max diff / logit scale {r:.2e}");
+    assert!(
+        r < 2e-3,
+        "dense F32 weights: converter forward vs runtime differ by {r:e} of the logit scale"
+    );
+    assert_eq!(argmaxes(&ours, nv), argmaxes(&theirs, nv));
+
+    // The original file: the runtime quantizes the activations for the Q4_K/Q6_K/Q5_0/Q8_0 dots
+    // (about 6e-2 of the logit scale apart), the next tokens agree.
+    let q = runtime_logits(&path, &tokens, 64);
+    let rq = worst_row_rel(&ours, &q, nv);
+    let top = argmaxes(&ours, nv)
+        .iter()
+        .zip(argmaxes(&q, nv))
+        .filter(|(a, b)| **a == *b)
+        .count();
+    eprintln!("dense Q4_K_M: worst {rq:.2e}, top-1 agreement {top}/{}", tokens.len());
+    assert!(
+        rq < 0.15,
+        "Q4_K_M: converter forward vs runtime differ by {rq:e} of the logit scale"
+    );
+    assert!(
+        top + 1 >= tokens.len(),
+        "Q4_K_M: top-1 tokens agree at {top} of {} positions",
+        tokens.len()
+    );
+}
