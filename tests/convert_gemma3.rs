@@ -1,7 +1,9 @@
 //! Gemma 3 270M (Q4_K_M) through the converter. The converter's dense candle forward (scaled
 //! embeddings, Q/K norms, post-norms, sliding-window layers with their own RoPE base, GeGLU, tied
 //! output) gives the runtime's logits, on the model dequantized to F32 and on the original
-//! file.
+//! file. A short ToMoE conversion (a few training steps, calibrated, the sliding window shrunk so
+//! that it matters on a short text) exported as f32 runs sparsely in the runtime with the logits
+//! of the converter's reference forward, in a batch and decoded token by token.
 #![cfg(feature = "convert")]
 
 mod common;
@@ -12,9 +14,13 @@ use common::{model_path, RealModel};
 use convert_util::max_rel_diff;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tomoe::convert::converted::{calibrate, reference_forward, Routing};
+use tomoe::convert::data::Calibration;
 use tomoe::convert::dense::Arch;
+use tomoe::convert::export::build_tomoe;
 use tomoe::convert::forward::{forward, NoMasks};
 use tomoe::convert::gguf_in::load_gguf;
+use tomoe::convert::train::{train, CheckpointPlan, TrainParams};
 use tomoe::engine::{Context, ContextParams};
 use tomoe::gguf::{GgufFile, GgufWriter, QuantType};
 use tomoe::model::Model;
@@ -135,5 +141,77 @@ fn gemma3_dense_forward_matches_the_runtime() {
         top + 1 >= tokens.len(),
         "Q4_K_M: top-1 tokens agree at {top} of {} positions",
         tokens.len()
+    );
+}
+
+#[test]
+fn gemma3_short_conversion_runs_sparsely_like_the_reference() {
+    let path = model_path(RealModel::Gemma3);
+    let mut dense = load_gguf(&path, &Device::Cpu).unwrap();
+    // A window of 8 so that the local layers' window cuts into the short texts below.
+    dense.config.gemma3.as_mut().unwrap().sliding_window = Some(8);
+    let rt0 = Model::load(&path).unwrap();
+    let tok = |s: &str| rt0.tokenizer().encode(s, true, false);
+    let text: String = common::austen("emma.txt").chars().take(12_000).collect();
+    let calib = Calibration::new(&[text], &tok, 32, 0.2).unwrap();
+    let tp = TrainParams {
+        p: 0.6,
+        steps: 2,
+        seq_len: 32,
+        lr: 5e-3,
+        experts: 4,
+        ..TrainParams::default()
+    };
+    let t0 = std::time::Instant::now();
+    let hn = train(&dense, &calib, &tp, &CheckpointPlan::default(), &mut |_, _| {}).unwrap();
+    eprintln!("trained {} steps in {:.1} s", tp.steps, t0.elapsed().as_secs_f64());
+    let (cm, _) = calibrate(&dense, &hn, tp.p, false, &calib.held_out_windows(32, 1), 4).unwrap();
+    eprintln!(
+        "calibrated: measured p {:.3} after {:.1} s",
+        cm.measured_p,
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(cm
+        .layers
+        .iter()
+        .all(|l| l.qk_keep.len() == dense.config.head_dim && l.vmask.is_some()));
+    let out = tmp("gemma3-270m-tomoe-f32.gguf");
+    build_tomoe(&dense, &cm, QuantType::F32)
+        .unwrap()
+        .write_atomic(&out)
+        .unwrap();
+
+    let tokens = tok(common::PARITY_PROMPTS[0]);
+    let tokens: Vec<u32> = tokens
+        .iter()
+        .chain(&tok(" and the river flows to the sea")[1..])
+        .copied()
+        .collect();
+    assert!(tokens.len() > 8, "the text must be longer than the window");
+    let (want, stats) = reference_forward(&dense, &cm, &tokens, Routing::Learned).unwrap();
+    let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+    let nv = dense.config.vocab;
+    let batch = runtime_logits(&out, &tokens, 64);
+    let decode = runtime_logits(&out, &tokens, 1);
+    std::fs::remove_file(&out).ok();
+    let (rb, rd) = (worst_row_rel(&batch, &want, nv), worst_row_rel(&decode, &want, nv));
+    eprintln!(
+        "tomoe f32: batch {rb:.2e}, decode {rd:.2e}, experts per layer {:?}",
+        stats.expert_counts
+    );
+    assert!(
+        rb < 2e-3 && rd < 2e-3,
+        "sparse runtime vs reference forward: batch {rb:e}, decode {rd:e}"
+    );
+    // The conversion changed the model (else the comparison proves nothing new).
+    let dense_logits: Vec<f32> = forward(&dense, &tokens, &mut NoMasks)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(
+        worst_row_rel(&dense_logits, &want, nv) > 1e-3,
+        "the conversion did not change the logits"
     );
 }
