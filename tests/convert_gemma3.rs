@@ -11,7 +11,7 @@ mod convert_util;
 
 use candle_core::Device;
 use common::{model_path, RealModel};
-use convert_util::max_rel_diff;
+use convert_util::{config_json, max_rel_diff, scratch, write_hf, LLAMA};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tomoe::convert::converted::{calibrate, reference_forward, Routing};
@@ -20,7 +20,9 @@ use tomoe::convert::dense::Arch;
 use tomoe::convert::export::build_tomoe;
 use tomoe::convert::forward::{forward, NoMasks};
 use tomoe::convert::gguf_in::load_gguf;
+use tomoe::convert::hf::load_hf;
 use tomoe::convert::train::{train, CheckpointPlan, TrainParams};
+use tomoe::convert::ConvertError;
 use tomoe::engine::{Context, ContextParams};
 use tomoe::gguf::{GgufFile, GgufWriter, QuantType};
 use tomoe::model::Model;
@@ -214,4 +216,18 @@ fn gemma3_short_conversion_runs_sparsely_like_the_reference() {
         worst_row_rel(&dense_logits, &want, nv) > 1e-3,
         "the conversion did not change the logits"
     );
+}
+
+/// A Gemma 3 Hugging Face folder is refused with a message that says what to do instead.
+#[test]
+fn gemma3_hf_folder_is_refused_clearly() {
+    let dir = scratch("gemma3-hf");
+    write_hf(&dir, &LLAMA, 1, 1);
+    let cfg = config_json(&LLAMA).replace("\"llama\"", "\"gemma3_text\"");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    match load_hf(&dir, &Device::Cpu) {
+        Err(ConvertError::Unsupported(m)) => assert!(m.contains("GGUF"), "{m}"),
+        other => panic!("expected Unsupported, got {:?}", other.err()),
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }

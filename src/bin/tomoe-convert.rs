@@ -17,7 +17,7 @@ use tomoe::convert::dense::DenseModel;
 use tomoe::convert::train::{train_until, CheckpointPlan, MaskInit, TrainParams};
 use tomoe::convert::{baselines, eval, export, gguf_in, hf, tokenize, ConvertError, Result};
 
-/// Convert a dense llama/qwen2 model into a ToMoE Mixture-of-Experts GGUF.
+/// Convert a dense llama/qwen2/gemma3 model into a ToMoE Mixture-of-Experts GGUF.
 #[derive(Parser)]
 #[command(
     name = "tomoe-convert",
@@ -25,14 +25,15 @@ use tomoe::convert::{baselines, eval, export, gguf_in, hf, tokenize, ConvertErro
     // A flag given again replaces its value (scripts add overrides to a base command line);
     // --calib still accumulates.
     args_override_self = true,
-    about = "Convert a dense llama/qwen2 model into a ToMoE Mixture-of-Experts GGUF (docs/CONVERSION.md).",
-    long_about = "Convert a dense llama/qwen2 model into a ToMoE Mixture-of-Experts GGUF: trains routers and \
+    about = "Convert a dense llama/qwen2/gemma3 model into a ToMoE Mixture-of-Experts GGUF (docs/CONVERSION.md).",
+    long_about = "Convert a dense llama/qwen2/gemma3 model into a ToMoE Mixture-of-Experts GGUF: trains routers and \
         expert masks against the frozen model on calibration text, then exports one quantized file.\n\n\
         tomoe-convert -m MODEL --calib TEXT -o OUT.gguf --p 0.5 --outtype q8_0\n\n\
         See docs/CONVERSION.md."
 )]
 struct Cli {
-    /// Hugging Face folder (config.json, *.safetensors, tokenizer.json) or dense .gguf.
+    /// Hugging Face folder (config.json, *.safetensors, tokenizer.json; llama, qwen2) or dense
+    /// .gguf (llama, qwen2, gemma3).
     #[arg(short = 'm', long = "input", visible_alias = "model", value_name = "PATH")]
     input: PathBuf,
     /// Calibration text (.txt) or JSONL (strings or {"text": ...}); repeatable. Needed unless
