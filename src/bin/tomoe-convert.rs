@@ -13,7 +13,7 @@ use tomoe::convert::converted::{
 };
 use tomoe::convert::chats::{self, ChatGenParams};
 use tomoe::convert::data::{read_documents, stream, Calibration};
-use tomoe::convert::dense::DenseModel;
+use tomoe::convert::dense::{Arch, DenseModel};
 use tomoe::convert::train::{train_until, CheckpointPlan, MaskInit, TrainParams};
 use tomoe::convert::{baselines, eval, export, gguf_in, hf, tokenize, ConvertError, Result};
 
@@ -302,6 +302,13 @@ fn run(a: Args) -> Result<()> {
     let t0 = std::time::Instant::now();
     let dev = parse_device(&a.device)?;
     let model = load(&a.input, &dev)?;
+    if a.compat && model.config.arch != Arch::Llama {
+        // export::build_llama_compat refuses it too, but only after training.
+        return Err(ConvertError::Unsupported(format!(
+            "--llama-cpp-compat needs a llama model, not {}",
+            model.config.arch.gguf_name()
+        )));
+    }
     let tok = tokenize::tokenizer_from_meta(&model.tokenizer_meta)?;
     let mut docs = Vec::new();
     for f in &a.calib {
