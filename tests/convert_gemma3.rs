@@ -25,15 +25,23 @@ use tomoe::convert::train::{train, CheckpointPlan, TrainParams};
 use tomoe::convert::ConvertError;
 use tomoe::engine::{Context, ContextParams};
 use tomoe::gguf::{GgufFile, GgufWriter, QuantType};
-use tomoe::model::Model;
+use tomoe::model::{LoadOptions, Model};
 
 fn tmp(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name)
 }
 
-/// The runtime's logits of every position.
-fn runtime_logits(path: &Path, tokens: &[u32], n_batch: usize) -> Vec<f32> {
-    let rt = Arc::new(Model::load(path).unwrap());
+/// The two model tests hold a few GB each: one at a time.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The runtime's logits of every position; `copies`: the decoding copies of the weights (only
+/// decoding reads them: without, a batch needs no more memory than the mapped file).
+fn runtime_logits(path: &Path, tokens: &[u32], n_batch: usize, copies: bool) -> Vec<f32> {
+    let opts = LoadOptions {
+        copies,
+        ..LoadOptions::default()
+    };
+    let rt = Arc::new(Model::load_with(path, &opts).unwrap());
     let mut ctx = Context::new(
         rt,
         ContextParams {
@@ -92,6 +100,7 @@ fn argmaxes(x: &[f32], nv: usize) -> Vec<usize> {
 
 #[test]
 fn gemma3_dense_forward_matches_the_runtime() {
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let path = model_path(RealModel::Gemma3);
     let dense = load_gguf(&path, &Device::Cpu).unwrap();
     let c = &dense.config;
@@ -112,10 +121,11 @@ fn gemma3_dense_forward_matches_the_runtime() {
         .unwrap()
         .to_vec1()
         .unwrap();
+    drop(dense); // the F32 copy below takes as much memory again
 
     let f32_path = tmp("gemma3-270m-dequantized-f32.gguf");
     dequantized_copy(&path, &f32_path);
-    let theirs = runtime_logits(&f32_path, &tokens, 64);
+    let theirs = runtime_logits(&f32_path, &tokens, 64, false);
     std::fs::remove_file(&f32_path).ok();
     let r = worst_row_rel(&ours, &theirs, nv);
     eprintln!("dense f32: worst position's max diff / logit scale {r:.2e}");
@@ -127,7 +137,7 @@ fn gemma3_dense_forward_matches_the_runtime() {
 
     // The original file: the runtime quantizes the activations for the Q4_K/Q6_K/Q5_0/Q8_0 dots
     // (about 6e-2 of the logit scale apart), the next tokens agree.
-    let q = runtime_logits(&path, &tokens, 64);
+    let q = runtime_logits(&path, &tokens, 64, false);
     let rq = worst_row_rel(&ours, &q, nv);
     let top = argmaxes(&ours, nv)
         .iter()
@@ -148,6 +158,7 @@ fn gemma3_dense_forward_matches_the_runtime() {
 
 #[test]
 fn gemma3_short_conversion_runs_sparsely_like_the_reference() {
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let path = model_path(RealModel::Gemma3);
     let mut dense = load_gguf(&path, &Device::Cpu).unwrap();
     // A window of 8 so that the local layers' window cuts into the short texts below.
@@ -193,8 +204,15 @@ fn gemma3_short_conversion_runs_sparsely_like_the_reference() {
     let (want, stats) = reference_forward(&dense, &cm, &tokens, Routing::Learned).unwrap();
     let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
     let nv = dense.config.vocab;
-    let batch = runtime_logits(&out, &tokens, 64);
-    let decode = runtime_logits(&out, &tokens, 1);
+    let dense_logits: Vec<f32> = forward(&dense, &tokens, &mut NoMasks)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    drop(dense);
+    let batch = runtime_logits(&out, &tokens, 64, false);
+    let decode = runtime_logits(&out, &tokens, 1, true);
     std::fs::remove_file(&out).ok();
     let (rb, rd) = (worst_row_rel(&batch, &want, nv), worst_row_rel(&decode, &want, nv));
     eprintln!(
@@ -206,12 +224,6 @@ fn gemma3_short_conversion_runs_sparsely_like_the_reference() {
         "sparse runtime vs reference forward: batch {rb:e}, decode {rd:e}"
     );
     // The conversion changed the model (else the comparison proves nothing new).
-    let dense_logits: Vec<f32> = forward(&dense, &tokens, &mut NoMasks)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
     assert!(
         worst_row_rel(&dense_logits, &want, nv) > 1e-3,
         "the conversion did not change the logits"
