@@ -13,11 +13,11 @@ use tomoe::convert::converted::{
 };
 use tomoe::convert::chats::{self, ChatGenParams};
 use tomoe::convert::data::{read_documents, stream, Calibration};
-use tomoe::convert::dense::DenseModel;
+use tomoe::convert::dense::{Arch, DenseModel};
 use tomoe::convert::train::{train_until, CheckpointPlan, MaskInit, TrainParams};
 use tomoe::convert::{baselines, eval, export, gguf_in, hf, tokenize, ConvertError, Result};
 
-/// Convert a dense llama/qwen2 model into a ToMoE Mixture-of-Experts GGUF.
+/// Convert a dense llama/qwen2/gemma3 model into a ToMoE Mixture-of-Experts GGUF.
 #[derive(Parser)]
 #[command(
     name = "tomoe-convert",
@@ -25,14 +25,15 @@ use tomoe::convert::{baselines, eval, export, gguf_in, hf, tokenize, ConvertErro
     // A flag given again replaces its value (scripts add overrides to a base command line);
     // --calib still accumulates.
     args_override_self = true,
-    about = "Convert a dense llama/qwen2 model into a ToMoE Mixture-of-Experts GGUF (docs/CONVERSION.md).",
-    long_about = "Convert a dense llama/qwen2 model into a ToMoE Mixture-of-Experts GGUF: trains routers and \
+    about = "Convert a dense llama/qwen2/gemma3 model into a ToMoE Mixture-of-Experts GGUF (docs/CONVERSION.md).",
+    long_about = "Convert a dense llama/qwen2/gemma3 model into a ToMoE Mixture-of-Experts GGUF: trains routers and \
         expert masks against the frozen model on calibration text, then exports one quantized file.\n\n\
         tomoe-convert -m MODEL --calib TEXT -o OUT.gguf --p 0.5 --outtype q8_0\n\n\
         See docs/CONVERSION.md."
 )]
 struct Cli {
-    /// Hugging Face folder (config.json, *.safetensors, tokenizer.json) or dense .gguf.
+    /// Hugging Face folder (config.json, *.safetensors, tokenizer.json; llama, qwen2) or dense
+    /// .gguf (llama, qwen2, gemma3).
     #[arg(short = 'm', long = "input", visible_alias = "model", value_name = "PATH")]
     input: PathBuf,
     /// Calibration text (.txt) or JSONL (strings or {"text": ...}); repeatable. Needed unless
@@ -301,6 +302,13 @@ fn run(a: Args) -> Result<()> {
     let t0 = std::time::Instant::now();
     let dev = parse_device(&a.device)?;
     let model = load(&a.input, &dev)?;
+    if a.compat && model.config.arch != Arch::Llama {
+        // export::build_llama_compat refuses it too, but only after training.
+        return Err(ConvertError::Unsupported(format!(
+            "--llama-cpp-compat needs a llama model, not {}",
+            model.config.arch.gguf_name()
+        )));
+    }
     let tok = tokenize::tokenizer_from_meta(&model.tokenizer_meta)?;
     let mut docs = Vec::new();
     for f in &a.calib {

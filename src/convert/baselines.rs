@@ -29,7 +29,7 @@ impl MaskSource for RecordMlpInputs {
     }
 }
 
-/// Per layer: the MLP inputs [N, d] and the absolute neuron activations |silu(g)·u| [N, m].
+/// Per layer: the MLP inputs [N, d] and the absolute neuron activations |act(g)·u| [N, m].
 fn calibration_activations(
     model: &DenseModel,
     windows: &[&[u32]],
@@ -46,7 +46,8 @@ fn calibration_activations(
         .zip(rec.h2)
         .map(|(lw, hs)| {
             let h2 = Tensor::cat(&hs, 0)?;
-            let act = (candle_nn::ops::silu(&linear(&h2, &lw.w_gate, None)?)?
+            let gelu = model.config.arch.gelu_mlp();
+            let act = (super::forward::activation(gelu, &linear(&h2, &lw.w_gate, None)?)?
                 * linear(&h2, &lw.w_up, None)?)?
             .abs()?;
             Ok((h2, act))

@@ -5,7 +5,8 @@
 
 use super::dense::DenseModel;
 use super::forward::{
-    apply_rope, attention, causal_mask, linear, repeat_kv, rms_norm, rope_tables, split_heads,
+    activation, apply_rope, attention, embed, head_norm, linear, post_norm, repeat_kv, rms_norm,
+    softcap, split_heads, window_mask, Ropes,
 };
 use super::hyper::{v_head, HyperNet, MASK_OFFSET};
 use super::{ConvertError, Result};
@@ -202,6 +203,9 @@ pub fn decode(
         };
         let (qk_keep, vmask) = if mlp_only {
             ((0..c.head_dim).collect(), None)
+        } else if c.arch.has_qk_and_post_norms() {
+            // A Q/K norm needs the whole head: such heads keep every dim.
+            ((0..c.head_dim).collect(), Some(vmask))
         } else {
             (qk_keep, Some(vmask))
         };
@@ -283,10 +287,18 @@ pub fn reference_forward(
     let dev = model.embed.device();
     let t = tokens.len();
     let hd = c.head_dim;
-    let ids = Tensor::from_vec(tokens.to_vec(), t, dev)?;
-    let mut x = model.embed.index_select(&ids, 0)?;
-    let (cos, sin) = rope_tables(c, t, dev)?;
-    let causal = causal_mask(t, dev)?;
+    if c.arch.has_qk_and_post_norms() && cm.layers.iter().any(|l| l.qk_keep.len() != hd) {
+        return Err(ConvertError::Unsupported(
+            "pruned Q/K dims with Q/K norms (a norm needs the whole head)".into(),
+        ));
+    }
+    let mut x = embed(model, tokens)?;
+    let ropes = Ropes::new(c, t, dev)?;
+    let causal = window_mask(t, None, dev)?;
+    let local = match c.gemma3.as_ref().and_then(|g| g.sliding_window) {
+        Some(w) => Some(window_mask(t, Some(w), dev)?),
+        None => None,
+    };
     let groups = c.n_heads / c.n_kv_heads;
     let dh = (c.d * (c.n_heads + c.n_kv_heads)) as f64;
     let mut active = 0.0f64;
@@ -295,8 +307,9 @@ pub fn reference_forward(
         Routing::Learned => None,
     };
     let mut stats = ForwardStats::default();
-    for (lw, cl) in model.layers.iter().zip(&cm.layers) {
+    for (l, (lw, cl)) in model.layers.iter().zip(&cm.layers).enumerate() {
         let h1 = rms_norm(&x, &lw.attn_norm, c.rms_eps)?;
+        let (cos, sin) = ropes.layer(c, l);
         // Q/K: gather the kept rows of every head; RoPE at full hd, gathered at the kept dims.
         let dq = cl.qk_keep.len();
         let rows = |heads: usize| -> Vec<usize> {
@@ -326,8 +339,11 @@ pub fn reference_forward(
             &lw.wk.index_select(&kr, 0)?,
             bias(&lw.bk, &kr)?.as_ref(),
         )?;
-        let q = apply_rope(&split_heads(&q, c.n_heads)?, &cos_k, &sin_k)?;
-        let k = apply_rope(&split_heads(&k, c.n_kv_heads)?, &cos_k, &sin_k)?;
+        // Q/K norms (only with every dim kept, checked above), then RoPE.
+        let q = head_norm(split_heads(&q, c.n_heads)?, lw.q_norm.as_ref(), c.rms_eps)?;
+        let k = head_norm(split_heads(&k, c.n_kv_heads)?, lw.k_norm.as_ref(), c.rms_eps)?;
+        let q = apply_rope(&q, &cos_k, &sin_k)?;
+        let k = apply_rope(&k, &cos_k, &sin_k)?;
         let mut v = split_heads(&linear(&h1, &lw.wv, lw.bv.as_ref())?, c.n_kv_heads)?;
         let mut vmask_t = None;
         match &cl.vmask {
@@ -345,13 +361,21 @@ pub fn reference_forward(
             None => active += dh * (hd * t) as f64,
         }
         active += dh * (dq * t) as f64;
-        let scale = 1.0 / (if cm.scale_pruned { dq } else { hd } as f64).sqrt();
+        let scale = if cm.scale_pruned && c.gemma3.is_none() {
+            1.0 / (dq as f64).sqrt()
+        } else {
+            c.attn_scale()
+        };
+        let mask = match (&local, c.window(l)) {
+            (Some(m), Some(_)) => m,
+            _ => &causal,
+        };
         let mut att = attention(
             &q,
             &repeat_kv(&k, groups)?,
             &repeat_kv(&v, groups)?,
             scale,
-            &causal,
+            mask,
         )?;
         if let (true, Some(mt)) = (cm.output_mask, &vmask_t) {
             let (_, w) = att.dims2()?;
@@ -360,7 +384,7 @@ pub fn reference_forward(
                 .broadcast_mul(&mt.unsqueeze(1)?)?
                 .reshape((t, w))?;
         }
-        x = (x + linear(&att, &lw.wo, None)?)?;
+        x = (x + post_norm(linear(&att, &lw.wo, None)?, lw.post_attn_norm.as_ref(), c.rms_eps)?)?;
 
         // MLP: union rows, per-token expert rows.
         let h2 = rms_norm(&x, &lw.ffn_norm, c.rms_eps)?;
@@ -390,14 +414,14 @@ pub fn reference_forward(
             let ui = idx_tensor(&cl.union, dev)?;
             let gate = linear(&h2, &lw.w_gate.index_select(&ui, 0)?, None)?;
             let up = linear(&h2, &lw.w_up.index_select(&ui, 0)?, None)?;
-            let act =
-                ((candle_nn::ops::silu(&gate)? * up)? * Tensor::from_vec(row_mask, (t, u), dev)?)?;
+            let act = ((activation(c.arch.gelu_mlp(), &gate)? * up)?
+                * Tensor::from_vec(row_mask, (t, u), dev)?)?;
             let down_t = lw.w_down.index_select(&ui, 1)?.t()?; // [u, d]: one row per neuron
-            x = (x + act.matmul(&down_t)?)?;
+            x = (x + post_norm(act.matmul(&down_t)?, lw.post_ffn_norm.as_ref(), c.rms_eps)?)?;
         }
     }
     let h = rms_norm(&x, &model.output_norm, c.rms_eps)?;
-    let logits = linear(&h, model.output_weight(), None)?.to_dtype(DType::F32)?;
+    let logits = softcap(c, linear(&h, model.output_weight(), None)?.to_dtype(DType::F32)?)?;
     stats.active_fraction = active / (t as f64 * c.dense_block_params());
     Ok((logits, stats))
 }

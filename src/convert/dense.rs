@@ -4,11 +4,13 @@
 use super::{ConvertError, Result};
 use candle_core::{DType, Device, Tensor};
 
-/// The two supported families; they differ in Q/K/V biases and in how llama.cpp stores RoPE pairs.
+/// The supported families. llama and qwen2 differ in Q/K/V biases and in how llama.cpp stores
+/// RoPE pairs; gemma3 adds Q/K norms, post-norms, sliding-window layers and a GELU-gated MLP.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Arch {
     Llama,
     Qwen2,
+    Gemma3,
 }
 
 impl Arch {
@@ -16,6 +18,7 @@ impl Arch {
         match s {
             "llama" | "LlamaForCausalLM" => Ok(Arch::Llama),
             "qwen2" | "Qwen2ForCausalLM" => Ok(Arch::Qwen2),
+            "gemma3" | "gemma3_text" | "Gemma3ForCausalLM" => Ok(Arch::Gemma3),
             other => Err(ConvertError::UnsupportedArch(other.to_string())),
         }
     }
@@ -24,11 +27,35 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
+            Arch::Gemma3 => "gemma3",
         }
     }
     pub fn has_qkv_bias(self) -> bool {
         self == Arch::Qwen2
     }
+    /// RMS norms on each Q and K head, and norms on the attention and MLP outputs (Gemma 3).
+    pub fn has_qk_and_post_norms(self) -> bool {
+        self == Arch::Gemma3
+    }
+    /// The gated MLP's activation: GELU (tanh form) for Gemma 3, SiLU otherwise.
+    pub fn gelu_mlp(self) -> bool {
+        self == Arch::Gemma3
+    }
+}
+
+/// The Gemma 3 specifics of a dense configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gemma3Params {
+    /// RoPE base of the sliding-window (local) layers; `rope_theta` is the global layers'.
+    pub rope_theta_local: f32,
+    /// Window of the local layers: a query at position p sees keys in (p - window, p].
+    pub sliding_window: Option<usize>,
+    /// Per layer: whether it is a local (sliding-window) layer.
+    pub swa_layers: Vec<bool>,
+    /// Scale of the attention scores (1/sqrt(head_dim), as llama.cpp sets it).
+    pub attn_scale: f32,
+    /// Final logits softcap c: logits = c · tanh(logits / c).
+    pub final_logit_softcap: Option<f32>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -45,6 +72,8 @@ pub struct DenseConfig {
     pub rope_theta: f32,
     pub context_length: usize,
     pub tied_embeddings: bool,
+    /// Set exactly when `arch` is Gemma 3.
+    pub gemma3: Option<Gemma3Params>,
 }
 
 impl DenseConfig {
@@ -71,7 +100,48 @@ impl DenseConfig {
         if !positive(self.rms_eps) || !positive(self.rope_theta) {
             return bad("rms_norm_eps and rope_theta must be positive and finite".into());
         }
+        match (&self.gemma3, self.arch == Arch::Gemma3) {
+            (None, false) => {}
+            (Some(g), true) => {
+                if g.swa_layers.len() != self.n_layers {
+                    return bad(format!("{} sliding-window flags for {} layers", g.swa_layers.len(), self.n_layers));
+                }
+                if !positive(g.rope_theta_local) || !positive(g.attn_scale) {
+                    return bad("the local RoPE base and the attention scale must be positive and finite".into());
+                }
+                if g.final_logit_softcap.is_some_and(|c| !positive(c)) || g.sliding_window == Some(0) {
+                    return bad("the logit softcap and the sliding window must be positive".into());
+                }
+            }
+            _ => return bad("Gemma 3 parameters without the gemma3 architecture, or the reverse".into()),
+        }
         Ok(())
+    }
+
+    /// The RoPE base of layer `l`.
+    pub fn rope_base(&self, l: usize) -> f32 {
+        match &self.gemma3 {
+            Some(g) if g.swa_layers[l] => g.rope_theta_local,
+            _ => self.rope_theta,
+        }
+    }
+
+    /// The attention window of layer `l` (`None`: all earlier positions).
+    pub fn window(&self, l: usize) -> Option<usize> {
+        self.gemma3.as_ref().and_then(|g| if g.swa_layers[l] { g.sliding_window } else { None })
+    }
+
+    /// The scale of the attention scores when every head dim is kept.
+    pub fn attn_scale(&self) -> f64 {
+        match &self.gemma3 {
+            Some(g) => g.attn_scale as f64,
+            None => 1.0 / (self.head_dim as f64).sqrt(),
+        }
+    }
+
+    /// The factor the embeddings are multiplied by (Gemma: sqrt(d)).
+    pub fn embed_scale(&self) -> Option<f64> {
+        self.gemma3.as_ref().map(|_| (self.d as f64).sqrt())
     }
 
     /// Parameters of the prunable blocks (q,k,v,o projections and the MLP) over all layers.
@@ -96,6 +166,12 @@ pub struct LayerWeights {
     pub w_gate: Tensor,
     pub w_up: Tensor,
     pub w_down: Tensor,
+    /// Gemma 3: RMS norm weights of each Q and K head [hd], and of the attention and MLP
+    /// outputs [d] (GGUF convention: the "1 +" folded in).
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
+    pub post_attn_norm: Option<Tensor>,
+    pub post_ffn_norm: Option<Tensor>,
 }
 
 pub struct DenseModel {
@@ -172,7 +248,22 @@ pub(crate) fn assemble(
                 Ok(None)
             }
         };
+        // Gemma names its pre-MLP norm `pre_feedforward_layernorm` and uses
+        // `post_attention_layernorm` for the attention output's norm (llama's pre-MLP norm).
+        let gemma = c.arch.has_qk_and_post_norms();
+        let opt = |get: &mut dyn FnMut(&str) -> Result<Option<Tensor>>, n: &str, len: usize| -> Result<Option<Tensor>> {
+            if gemma {
+                Ok(Some(take(get, &format!("{p}.{n}"), &[len], dev)?))
+            } else {
+                Ok(None)
+            }
+        };
+        let ffn_norm_name = if gemma { "pre_feedforward_layernorm" } else { "post_attention_layernorm" };
         layers.push(LayerWeights {
+            q_norm: opt(get, "self_attn.q_norm.weight", hd)?,
+            k_norm: opt(get, "self_attn.k_norm.weight", hd)?,
+            post_attn_norm: opt(get, "post_attention_layernorm.weight", d)?,
+            post_ffn_norm: opt(get, "post_feedforward_layernorm.weight", d)?,
             attn_norm: take(get, &format!("{p}.input_layernorm.weight"), &[d], dev)?,
             wq: take(get, &format!("{p}.self_attn.q_proj.weight"), &[qd, d], dev)?,
             wk: take(get, &format!("{p}.self_attn.k_proj.weight"), &[kvd, d], dev)?,
@@ -181,12 +272,7 @@ pub(crate) fn assemble(
             bq: bias(get, "q_proj", qd)?,
             bk: bias(get, "k_proj", kvd)?,
             bv: bias(get, "v_proj", kvd)?,
-            ffn_norm: take(
-                get,
-                &format!("{p}.post_attention_layernorm.weight"),
-                &[d],
-                dev,
-            )?,
+            ffn_norm: take(get, &format!("{p}.{ffn_norm_name}.weight"), &[d], dev)?,
             w_gate: take(get, &format!("{p}.mlp.gate_proj.weight"), &[m, d], dev)?,
             w_up: take(get, &format!("{p}.mlp.up_proj.weight"), &[m, d], dev)?,
             w_down: take(get, &format!("{p}.mlp.down_proj.weight"), &[d, m], dev)?,
@@ -222,6 +308,7 @@ mod tests {
             rope_theta: 10_000.0,
             context_length: 64,
             tied_embeddings: true,
+            gemma3: None,
         };
         assert!(ok.validate().is_ok());
         for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {

@@ -122,6 +122,20 @@ fn base_metadata(
     w.add_metadata(format!("{arch}.vocab_size"), u(c.vocab));
     w.add_metadata(schema::arch_key(arch, schema::EXPERT_COUNT), u(n_experts));
     w.add_metadata(schema::arch_key(arch, schema::EXPERT_USED_COUNT), u(1));
+    if let Some(g) = &c.gemma3 {
+        // Read back by the runtime as `model::gemma3` reads a dense Gemma 3 file.
+        if let Some(win) = g.sliding_window {
+            w.add_metadata(format!("{arch}.attention.sliding_window"), u(win));
+            w.add_metadata(
+                format!("{arch}.attention.sliding_window_pattern"),
+                Value::Array(g.swa_layers.iter().map(|&b| Value::Bool(b)).collect()),
+            );
+        }
+        w.add_metadata(format!("{arch}.rope.freq_base_swa"), Value::F32(g.rope_theta_local));
+        if let Some(cap) = g.final_logit_softcap {
+            w.add_metadata(format!("{arch}.final_logit_softcapping"), Value::F32(cap));
+        }
+    }
     for (k, v) in &model.tokenizer_meta {
         w.add_metadata(k.clone(), v.clone());
     }
@@ -146,7 +160,7 @@ fn qk_rows(
     let half = hd / 2;
     let (order, index): (Vec<usize>, Vec<usize>) = match model.config.arch {
         // Rotate-half is the stored layout: dims as kept.
-        Arch::Qwen2 => (keep_half_layout.to_vec(), keep_half_layout.to_vec()),
+        Arch::Qwen2 | Arch::Gemma3 => (keep_half_layout.to_vec(), keep_half_layout.to_vec()),
         // llama.cpp's adjacent pairs: HF dim j is adjacent dim 2(j mod half) + j/half.
         Arch::Llama => {
             let mut adj: Vec<usize> = keep_half_layout
@@ -174,7 +188,13 @@ pub fn build_tomoe(
     let arch = match c.arch {
         Arch::Llama => schema::ARCH_LLAMA,
         Arch::Qwen2 => schema::ARCH_QWEN2,
+        Arch::Gemma3 => schema::ARCH_GEMMA3,
     };
+    if c.arch.has_qk_and_post_norms() && cm.layers.iter().any(|l| l.qk_keep.len() != c.head_dim) {
+        return Err(ConvertError::Unsupported(
+            "pruned Q/K dims with Q/K norms (a norm needs the whole head)".into(),
+        ));
+    }
     let n_experts = cm.layers.first().map_or(1, |l| l.experts.len());
     let mut w = GgufWriter::new();
     base_metadata(
@@ -263,6 +283,17 @@ pub fn build_tomoe(
             add_f32(&mut w, &format!("{p}.attn_v.bias"), bv)?;
         }
         add_matrix(&mut w, &format!("{p}.attn_output.weight"), &lw.wo, outtype)?;
+        let norms = [
+            ("attn_q_norm.weight", &lw.q_norm),
+            ("attn_k_norm.weight", &lw.k_norm),
+            ("post_attention_norm.weight", &lw.post_attn_norm),
+            ("post_ffw_norm.weight", &lw.post_ffn_norm),
+        ];
+        for (suffix, t) in norms {
+            if let Some(t) = t {
+                add_f32(&mut w, &format!("{p}.{suffix}"), t)?;
+            }
+        }
         if let Some(vm) = &cl.vmask {
             // Read for every token like the other weights: stored at 8 bits in quantized files
             // (a lower-bit format would move the mask's cut-offs), in the float type otherwise.
@@ -324,7 +355,7 @@ pub fn build_llama_compat(
     let c = &model.config;
     if c.arch != Arch::Llama {
         return Err(ConvertError::Unsupported(
-            "--llama-cpp-compat needs a llama model (qwen2 has no plain MoE form in llama.cpp)"
+            "--llama-cpp-compat needs a llama model (qwen2 and gemma3 have no plain MoE form in llama.cpp)"
                 .into(),
         ));
     }

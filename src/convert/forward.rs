@@ -1,6 +1,8 @@
 //! The frozen dense model's forward pass (one sequence, all positions at once) with optional
 //! multiplicative masks, as training sees it: a Q/K head-dim mask, a per-token V mask, a per-token MLP
-//! neuron mask. The teacher is the same pass with no masks.
+//! neuron mask. The teacher is the same pass with no masks. Gemma 3's specifics (scaled embeddings,
+//! Q/K norms, post-norms, sliding-window layers with their own RoPE base, GELU-gated MLP, logit
+//! softcap) are helpers here that the converted model's reference forward shares.
 
 use super::dense::{DenseConfig, DenseModel};
 use super::Result;
@@ -108,14 +110,79 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tenso
 
 /// RoPE angles of the rotate-half layout at full head dim: (cos, sin), each [T, hd].
 pub fn rope_tables(c: &DenseConfig, n_tokens: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
-    let hd = c.head_dim;
+    rope_tables_base(c.head_dim, c.rope_theta, n_tokens, dev)
+}
+
+/// The RoPE tables of every layer: the global base's, and the local layers' where they differ.
+pub struct Ropes {
+    global: (Tensor, Tensor),
+    local: Option<(Tensor, Tensor)>,
+}
+
+impl Ropes {
+    pub fn new(c: &DenseConfig, n_tokens: usize, dev: &Device) -> Result<Ropes> {
+        let local = match &c.gemma3 {
+            Some(g) if g.swa_layers.iter().any(|&b| b) && g.rope_theta_local != c.rope_theta => {
+                Some(rope_tables_base(c.head_dim, g.rope_theta_local, n_tokens, dev)?)
+            }
+            _ => None,
+        };
+        Ok(Ropes { global: rope_tables(c, n_tokens, dev)?, local })
+    }
+
+    /// Layer `l`'s (cos, sin).
+    pub fn layer(&self, c: &DenseConfig, l: usize) -> &(Tensor, Tensor) {
+        match &self.local {
+            Some(t) if c.rope_base(l) != c.rope_theta => t,
+            _ => &self.global,
+        }
+    }
+}
+
+/// The tokens' embeddings [T, d], scaled where the architecture scales them (Gemma: sqrt(d)).
+pub fn embed(model: &DenseModel, tokens: &[u32]) -> Result<Tensor> {
+    let dev = model.embed.device();
+    let ids = Tensor::from_vec(tokens.to_vec(), tokens.len(), dev)?;
+    let x = model.embed.index_select(&ids, 0)?;
+    Ok(match model.config.embed_scale() {
+        Some(s) => (x * s)?,
+        None => x,
+    })
+}
+
+/// Per-head RMS norm of x [heads, T, hd] (Gemma's Q/K norms); `x` itself without a weight.
+pub fn head_norm(x: Tensor, w: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    match w {
+        Some(w) => rms_norm(&x, w, eps),
+        None => Ok(x),
+    }
+}
+
+/// The block output `y` through its post-norm (Gemma), or unchanged.
+pub fn post_norm(y: Tensor, w: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    match w {
+        Some(w) => rms_norm(&y, w, eps),
+        None => Ok(y),
+    }
+}
+
+/// The final logits through the architecture's softcap, if it has one.
+pub fn softcap(c: &DenseConfig, logits: Tensor) -> Result<Tensor> {
+    match c.gemma3.as_ref().and_then(|g| g.final_logit_softcap) {
+        Some(cap) => Ok(((logits / cap as f64)?.tanh()? * cap as f64)?),
+        None => Ok(logits),
+    }
+}
+
+/// RoPE angles with base `base`: (cos, sin), each [T, hd].
+pub fn rope_tables_base(hd: usize, base: f32, n_tokens: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
     let half = hd / 2;
     let mut cos = Vec::with_capacity(n_tokens * hd);
     let mut sin = Vec::with_capacity(n_tokens * hd);
     for pos in 0..n_tokens {
         for j in 0..hd {
             let i = j % half;
-            let freq = (c.rope_theta as f64).powf(-2.0 * i as f64 / hd as f64);
+            let freq = (base as f64).powf(-2.0 * i as f64 / hd as f64);
             let a = pos as f64 * freq;
             cos.push(a.cos() as f32);
             sin.push(a.sin() as f32);
@@ -139,9 +206,20 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 /// Additive causal mask [T, T]: 0 on and below the diagonal, -inf above.
 pub fn causal_mask(n: usize, dev: &Device) -> Result<Tensor> {
+    window_mask(n, None, dev)
+}
+
+/// The first key position query `r` sees: 0, or within the sliding window (keys in (r - w, r]).
+fn first_seen(r: usize, window: Option<usize>) -> usize {
+    window.map_or(0, |w| (r + 1).saturating_sub(w))
+}
+
+/// Additive causal mask [T, T], also -inf left of the sliding window when there is one.
+pub fn window_mask(n: usize, window: Option<usize>, dev: &Device) -> Result<Tensor> {
     let v: Vec<f32> = (0..n * n)
         .map(|k| {
-            if k % n > k / n {
+            let (r, col) = (k / n, k % n);
+            if col > r || col < first_seen(r, window) {
                 f32::NEG_INFINITY
             } else {
                 0.0
@@ -183,11 +261,12 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 }
 
 /// `softmax(scale · x + causal)` over the last dim of a contiguous F32 CPU tensor [.., T, T]
-/// (row r of each [T, T] block sees columns 0..=r), with its own backward: one parallel pass each
-/// way instead of candle's composed softmax (about ten single-threaded passes and their
-/// temporaries, the largest elementwise cost of a training step).
+/// (row r of each [T, T] block sees columns 0..=r, or the last `window` of them), with its own
+/// backward: one parallel pass each way instead of candle's composed softmax (about ten
+/// single-threaded passes and their temporaries, the largest elementwise cost of a training step).
 struct ScaledCausalSoftmax {
     scale: f32,
+    window: Option<usize>,
 }
 
 /// The F32 slice of a contiguous CPU tensor's storage, or None (any other case takes the fallback).
@@ -217,17 +296,17 @@ impl candle_core::CustomOp1 for ScaledCausalSoftmax {
             .zip(x.par_chunks(n))
             .enumerate()
             .for_each(|(i, (o, r))| {
-                let seen = (i % n) + 1;
-                let mx = r[..seen]
+                let seen = first_seen(i % n, self.window)..(i % n) + 1;
+                let mx = r[seen.clone()]
                     .iter()
                     .fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
                 let mut sum = 0f32;
-                for (o, &v) in o[..seen].iter_mut().zip(&r[..seen]) {
+                for (o, &v) in o[seen.clone()].iter_mut().zip(&r[seen.clone()]) {
                     *o = (v * self.scale - mx).exp();
                     sum += *o;
                 }
                 let inv = 1.0 / sum;
-                o[..seen].iter_mut().for_each(|o| *o *= inv);
+                o[seen].iter_mut().for_each(|o| *o *= inv);
             });
         Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
     }
@@ -277,18 +356,42 @@ fn cpu_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
 
-/// The masked SwiGLU activation `silu(gate) ⊙ up ⊙ mask` of [T, m] tensors in one parallel pass,
-/// with its backward in one more: candle's composed silu and two products, and their backward,
-/// make about a dozen single-threaded passes over [T, m] per layer.
-struct MaskedSwiGlu;
+/// The masked gated activation `act(gate) ⊙ up ⊙ mask` of [T, m] tensors in one parallel pass,
+/// with its backward in one more: candle's composed activation and two products, and their
+/// backward, make about a dozen single-threaded passes over [T, m] per layer. `act` is SiLU
+/// (SwiGLU) or GELU's tanh form (GeGLU, Gemma).
+struct MaskedGlu {
+    gelu: bool,
+}
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-impl candle_core::CustomOp3 for MaskedSwiGlu {
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_C: f32 = 0.044715;
+
+impl MaskedGlu {
+    /// act(x) and act'(x).
+    fn act(&self, x: f32) -> (f32, f32) {
+        if self.gelu {
+            let t = (SQRT_2_OVER_PI * (x + GELU_C * x * x * x)).tanh();
+            let dt = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x);
+            (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dt)
+        } else {
+            let s = sigmoid(x);
+            (x * s, s * (1.0 + x * (1.0 - s)))
+        }
+    }
+}
+
+impl candle_core::CustomOp3 for MaskedGlu {
     fn name(&self) -> &'static str {
-        "masked-swiglu"
+        if self.gelu {
+            "masked-geglu"
+        } else {
+            "masked-swiglu"
+        }
     }
 
     fn cpu_fwd(
@@ -303,10 +406,10 @@ impl candle_core::CustomOp3 for MaskedSwiGlu {
         use rayon::prelude::*;
         let (Some(g), Some(u), Some(m)) = (f32_slice(gs, gl), f32_slice(us, ul), f32_slice(ms, ml))
         else {
-            candle_core::bail!("masked-swiglu: not contiguous F32");
+            candle_core::bail!("masked-glu: not contiguous F32");
         };
         if g.len() != u.len() || g.len() != m.len() {
-            candle_core::bail!("masked-swiglu: shapes {:?} {:?} {:?}", gl.dims(), ul.dims(), ml.dims());
+            candle_core::bail!("masked-glu: shapes {:?} {:?} {:?}", gl.dims(), ul.dims(), ml.dims());
         }
         let n = *gl.dims().last().unwrap_or(&1);
         let mut out = vec![0f32; g.len()];
@@ -314,7 +417,7 @@ impl candle_core::CustomOp3 for MaskedSwiGlu {
             .zip(g.par_chunks(n).zip(u.par_chunks(n)).zip(m.par_chunks(n)))
             .for_each(|(o, ((g, u), m))| {
                 for (((o, &g), &u), &m) in o.iter_mut().zip(g).zip(u).zip(m) {
-                    *o = g * sigmoid(g) * u * m;
+                    *o = self.act(g).0 * u * m;
                 }
             });
         Ok((candle_core::CpuStorage::F32(out), gl.shape().clone()))
@@ -337,12 +440,11 @@ impl candle_core::CustomOp3 for MaskedSwiGlu {
             .zip(g.par_chunks(n).zip(u.par_chunks(n)).zip(m.par_chunks(n).zip(go.par_chunks(n))))
             .for_each(|((dg, (du, dm)), ((g, u), (m, go)))| {
                 for i in 0..g.len() {
-                    let s = sigmoid(g[i]);
-                    let silu = g[i] * s;
+                    let (a, da) = self.act(g[i]);
                     let gm = go[i] * m[i];
-                    dg[i] = gm * u[i] * s * (1.0 + g[i] * (1.0 - s));
-                    du[i] = gm * silu;
-                    dm[i] = go[i] * silu * u[i];
+                    dg[i] = gm * u[i] * da;
+                    du[i] = gm * a;
+                    dm[i] = go[i] * a * u[i];
                 }
             });
         let (shape, dev) = (gate.shape(), gate.device());
@@ -357,6 +459,12 @@ impl candle_core::CustomOp3 for MaskedSwiGlu {
 /// `silu(gate) ⊙ up (⊙ mask)` over [T, m]: the fused op on the CPU when masked, candle's ops
 /// otherwise.
 pub fn swiglu(gate: &Tensor, up: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    glu(false, gate, up, mask)
+}
+
+/// `act(gate) ⊙ up (⊙ mask)` over [T, m], `act` GELU (tanh form) when `gelu`, SiLU otherwise: the
+/// fused op on the CPU when masked, candle's ops otherwise.
+pub fn glu(gelu: bool, gate: &Tensor, up: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     match mask {
         Some(m)
             if gate.device().is_cpu()
@@ -365,29 +473,42 @@ pub fn swiglu(gate: &Tensor, up: &Tensor, mask: Option<&Tensor>) -> Result<Tenso
         {
             Ok(gate
                 .contiguous()?
-                .apply_op3(&up.contiguous()?, &m.contiguous()?, MaskedSwiGlu)?)
+                .apply_op3(&up.contiguous()?, &m.contiguous()?, MaskedGlu { gelu })?)
         }
-        Some(m) => Ok(((candle_nn::ops::silu(gate)? * up)? * m)?),
-        None => Ok((candle_nn::ops::silu(gate)? * up)?),
+        Some(m) => Ok(((activation(gelu, gate)? * up)? * m)?),
+        None => Ok((activation(gelu, gate)? * up)?),
     }
 }
 
-/// `softmax(scale · scores + causal mask)` over [.., T, T]: the fused op on the CPU, candle's
-/// composed ops elsewhere.
-pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
+/// GELU (tanh form) or SiLU of `x`, candle's ops.
+pub fn activation(gelu: bool, x: &Tensor) -> Result<Tensor> {
+    Ok(if gelu { x.gelu()? } else { candle_nn::ops::silu(x)? })
+}
+
+/// `softmax(scale · scores + causal mask)` over [.., T, T] (within the sliding `window` if any):
+/// the fused op on the CPU, candle's composed ops elsewhere.
+pub fn causal_softmax(scores: &Tensor, scale: f64, window: Option<usize>) -> Result<Tensor> {
     let t = scores.dim(D::Minus1)?;
     if scores.device().is_cpu() && scores.dtype() == DType::F32 && scores.dim(D::Minus2)? == t {
-        return Ok(scores
-            .contiguous()?
-            .apply_op1(ScaledCausalSoftmax { scale: scale as f32 })?);
+        return Ok(scores.contiguous()?.apply_op1(ScaledCausalSoftmax {
+            scale: scale as f32,
+            window,
+        })?);
     }
-    let causal = causal_mask(t, scores.device())?;
+    let causal = window_mask(t, window, scores.device())?;
     softmax_last(&(scores * scale)?.broadcast_add(&causal)?)
 }
 
-/// Causal attention over [H, T, hd'] q/k and [H, T, hd] v with the given score scale → [T, H·hd].
-pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let probs = causal_softmax(&q.matmul(&k.t()?)?, scale)?;
+/// Causal attention (within the sliding `window` if any) over [H, T, hd'] q/k and [H, T, hd] v
+/// with the given score scale → [T, H·hd].
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    window: Option<usize>,
+) -> Result<Tensor> {
+    let probs = causal_softmax(&q.matmul(&k.t()?)?, scale, window)?;
     let out = probs.matmul(v)?; // [H, T, hd]
     let (h, t, hd) = out.dims3()?;
     Ok(out.transpose(0, 1)?.contiguous()?.reshape((t, h * hd))?)
@@ -413,24 +534,20 @@ pub fn forward(model: &DenseModel, tokens: &[u32], masks: &mut dyn MaskSource) -
     let c = &model.config;
     let dev = model.embed.device();
     let t = tokens.len();
-    let ids = Tensor::from_vec(tokens.to_vec(), t, dev)?;
-    let mut x = model.embed.index_select(&ids, 0)?;
-    let (cos, sin) = rope_tables(c, t, dev)?;
+    let mut x = embed(model, tokens)?;
+    let ropes = Ropes::new(c, t, dev)?;
     let groups = c.n_heads / c.n_kv_heads;
-    let scale = 1.0 / (c.head_dim as f64).sqrt();
+    let (scale, eps) = (c.attn_scale(), c.rms_eps);
     for (l, lw) in model.layers.iter().enumerate() {
-        let h1 = rms_norm(&x, &lw.attn_norm, c.rms_eps)?;
+        let h1 = rms_norm(&x, &lw.attn_norm, eps)?;
         let (qk_mask, v_mask) = masks.attn_masks(l, &h1)?;
-        let mut q = apply_rope(
-            &split_heads(&frozen_linear(&h1, &lw.wq, lw.bq.as_ref())?, c.n_heads)?,
-            &cos,
-            &sin,
-        )?;
-        let mut k = apply_rope(
-            &split_heads(&frozen_linear(&h1, &lw.wk, lw.bk.as_ref())?, c.n_kv_heads)?,
-            &cos,
-            &sin,
-        )?;
+        let (cos, sin) = ropes.layer(c, l);
+        let heads = |w: &Tensor, b: Option<&Tensor>, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
+            let x = head_norm(split_heads(&frozen_linear(&h1, w, b)?, n)?, norm, eps)?;
+            apply_rope(&x, cos, sin)
+        };
+        let mut q = heads(&lw.wq, lw.bq.as_ref(), c.n_heads, lw.q_norm.as_ref())?;
+        let mut k = heads(&lw.wk, lw.bk.as_ref(), c.n_kv_heads, lw.k_norm.as_ref())?;
         if let Some(m) = &qk_mask {
             q = q.broadcast_mul(m)?;
             k = k.broadcast_mul(m)?;
@@ -439,69 +556,72 @@ pub fn forward(model: &DenseModel, tokens: &[u32], masks: &mut dyn MaskSource) -
         if let Some(m) = &v_mask {
             v = v.broadcast_mul(m)?; // [T, hd] broadcast over KV heads
         }
-        let att = causal_attention(&q, &repeat_kv(&k, groups)?, &repeat_kv(&v, groups)?, scale)?;
-        x = (x + frozen_linear(&att, &lw.wo, None)?)?;
-        let h2 = rms_norm(&x, &lw.ffn_norm, c.rms_eps)?;
+        let (k, v) = (repeat_kv(&k, groups)?, repeat_kv(&v, groups)?);
+        let att = causal_attention(&q, &k, &v, scale, c.window(l))?;
+        x = (x + post_norm(frozen_linear(&att, &lw.wo, None)?, lw.post_attn_norm.as_ref(), eps)?)?;
+        let h2 = rms_norm(&x, &lw.ffn_norm, eps)?;
         let gate = frozen_linear(&h2, &lw.w_gate, None)?;
         let up = frozen_linear(&h2, &lw.w_up, None)?;
-        let act = swiglu(&gate, &up, masks.mlp_mask(l, &h2)?.as_ref())?;
-        x = (x + frozen_linear(&act, &lw.w_down, None)?)?;
+        let act = glu(c.arch.gelu_mlp(), &gate, &up, masks.mlp_mask(l, &h2)?.as_ref())?;
+        x = (x + post_norm(frozen_linear(&act, &lw.w_down, None)?, lw.post_ffn_norm.as_ref(), eps)?)?;
     }
-    let h = rms_norm(&x, &model.output_norm, c.rms_eps)?;
-    Ok(frozen_linear(&h, model.output_weight(), None)?.to_dtype(DType::F32)?)
+    let h = rms_norm(&x, &model.output_norm, eps)?;
+    softcap(c, frozen_linear(&h, model.output_weight(), None)?.to_dtype(DType::F32)?)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{causal_mask, causal_softmax, softmax_last};
+    use super::{activation, causal_softmax, glu, softmax_last, window_mask};
     use candle_core::{Device, Tensor, Var};
 
-    /// The fused masked SwiGLU equals candle's composed ops, forward and every input's gradient.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// The fused masked SwiGLU and GeGLU equal candle's composed ops, forward and every input's
+    /// gradient.
     #[test]
-    fn fused_masked_swiglu_matches_the_composed_one() {
+    fn fused_masked_glu_matches_the_composed_one() {
         let dev = Device::Cpu;
-        let var = |s| Var::from_tensor(&Tensor::randn(0f32, s, (5, 9), &dev).unwrap()).unwrap();
-        let (g, u, m) = (var(2.0), var(1.0), var(1.0));
-        let w = Tensor::randn(0f32, 1.0, (5, 9), &dev).unwrap();
-        let fused = super::swiglu(g.as_tensor(), u.as_tensor(), Some(m.as_tensor())).unwrap();
-        let composed = ((candle_nn::ops::silu(g.as_tensor()).unwrap() * u.as_tensor()).unwrap()
-            * m.as_tensor())
-        .unwrap();
-        let max_diff = |a: &Tensor, b: &Tensor| {
-            (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
-        };
-        assert!(max_diff(&fused, &composed) < 1e-5);
-        let ga = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gb = (composed * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        for v in [&g, &u, &m] {
-            let (a, b) = (ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
-            assert!(max_diff(b, &Tensor::zeros_like(b).unwrap()) > 1e-3, "no gradient");
-            assert!(max_diff(a, b) < 1e-5, "gradients differ by {}", max_diff(a, b));
+        for gelu in [false, true] {
+            let var = |s| Var::from_tensor(&Tensor::randn(0f32, s, (5, 9), &dev).unwrap()).unwrap();
+            let (g, u, m) = (var(2.0), var(1.0), var(1.0));
+            let w = Tensor::randn(0f32, 1.0, (5, 9), &dev).unwrap();
+            let fused = glu(gelu, g.as_tensor(), u.as_tensor(), Some(m.as_tensor())).unwrap();
+            let composed =
+                ((activation(gelu, g.as_tensor()).unwrap() * u.as_tensor()).unwrap() * m.as_tensor()).unwrap();
+            assert!(max_diff(&fused, &composed) < 1e-5, "gelu {gelu}");
+            let ga = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (composed * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&g, &u, &m] {
+                let (a, b) = (ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
+                assert!(max_diff(b, &Tensor::zeros_like(b).unwrap()) > 1e-3, "no gradient");
+                assert!(max_diff(a, b) < 1e-4, "gelu {gelu}: gradients differ by {}", max_diff(a, b));
+            }
         }
     }
 
-    /// The fused causal softmax equals candle's composed one, forward and backward.
+    /// The fused causal softmax equals candle's composed one, forward and backward, with and
+    /// without a sliding window.
     #[test]
     fn fused_causal_softmax_matches_the_composed_one() {
         let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 2.0, (3, 7, 7), &dev).unwrap()).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (3, 7, 7), &dev).unwrap();
-        let fused = causal_softmax(x.as_tensor(), 0.3).unwrap();
-        let composed = softmax_last(
-            &(x.as_tensor() * 0.3)
-                .unwrap()
-                .broadcast_add(&causal_mask(7, &dev).unwrap())
-                .unwrap(),
-        )
-        .unwrap();
-        let max_diff = |a: &Tensor, b: &Tensor| {
-            (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
-        };
-        assert!(max_diff(&fused, &composed) < 1e-6);
-        let ga = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gb = (composed * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
-        assert!(max_diff(ga, &Tensor::zeros_like(ga).unwrap()) > 1e-3, "no gradient");
-        assert!(max_diff(ga, gb) < 1e-6, "gradients differ by {}", max_diff(ga, gb));
+        for window in [None, Some(3)] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 2.0, (3, 7, 7), &dev).unwrap()).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (3, 7, 7), &dev).unwrap();
+            let fused = causal_softmax(x.as_tensor(), 0.3, window).unwrap();
+            let mask = window_mask(7, window, &dev).unwrap();
+            let composed = softmax_last(&(x.as_tensor() * 0.3).unwrap().broadcast_add(&mask).unwrap()).unwrap();
+            assert!(max_diff(&fused, &composed) < 1e-6, "window {window:?}");
+            let ga = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (composed * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
+            assert!(max_diff(ga, &Tensor::zeros_like(ga).unwrap()) > 1e-3, "no gradient");
+            assert!(max_diff(ga, gb) < 1e-6, "gradients differ by {}", max_diff(ga, gb));
+        }
+        // Row 5 with a window of 3 sees columns 3..=5 only.
+        let row: Vec<f32> = window_mask(7, Some(3), &dev).unwrap().get(5).unwrap().to_vec1().unwrap();
+        let seen: Vec<usize> = (0..7).filter(|&j| row[j] == 0.0).collect();
+        assert_eq!(seen, vec![3, 4, 5]);
     }
 }

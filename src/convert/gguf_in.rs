@@ -1,8 +1,9 @@
-//! Dense GGUF input (llama, qwen2): every tensor dequantized to F32 with `tomoe_quant`, renamed to the
-//! HF names, and llama's Q/K rows un-permuted from llama.cpp's adjacent-pair RoPE layout to HF's
-//! rotate-half layout (qwen2 files are already rotate-half).
+//! Dense GGUF input (llama, qwen2, gemma3): every tensor dequantized to F32 with `tomoe_quant`,
+//! renamed to the HF names, and llama's Q/K rows un-permuted from llama.cpp's adjacent-pair RoPE
+//! layout to HF's rotate-half layout (qwen2 and gemma3 files are already rotate-half). Gemma's
+//! norm weights stay as GGUF stores them, with the "1 +" folded in.
 
-use super::dense::{assemble, Arch, DenseConfig, DenseModel};
+use super::dense::{assemble, Arch, DenseConfig, DenseModel, Gemma3Params};
 use super::{ConvertError, Result};
 use crate::gguf::{GgufFile, Value};
 use candle_core::{Device, Tensor};
@@ -52,7 +53,47 @@ fn meta_u(f: &GgufFile, key: &str) -> Result<Option<usize>> {
     }
 }
 
-/// Reads the dense configuration from the metadata of a llama/qwen2 GGUF.
+/// The Gemma 3 keys, read as the runtime reads them (`model::gemma3`): by default every 6th layer
+/// is global, the local layers rotate with base 10000.
+fn gemma3_params(
+    f: &GgufFile,
+    a: &str,
+    n_layers: usize,
+    d: usize,
+    n_heads: usize,
+    head_dim: usize,
+) -> Result<Gemma3Params> {
+    let f32_key = |k: &str| f.get(&format!("{a}.{k}")).and_then(Value::as_f32);
+    let window = meta_u(f, &format!("{a}.attention.sliding_window"))?.filter(|&w| w > 0);
+    let key = format!("{a}.attention.sliding_window_pattern");
+    let swa_layers = match f.get(&key) {
+        _ if window.is_none() => vec![false; n_layers],
+        Some(Value::Array(items)) => {
+            let flags: Option<Vec<bool>> = items.iter().map(Value::as_bool).collect();
+            flags
+                .filter(|v| v.len() == n_layers)
+                .ok_or_else(|| ConvertError::InvalidArg(format!("metadata `{key}` is not one bool per layer")))?
+        }
+        other => {
+            let pattern = match other {
+                None => 6,
+                Some(_) => meta_u(f, &key)?.unwrap_or(6),
+            };
+            (0..n_layers).map(|il| pattern == 0 || il % pattern < pattern - 1).collect()
+        }
+    };
+    // Gemma 3 27B scales by d / n_heads instead of the head dimension (as llama.cpp).
+    let scale_dim = if n_layers == 62 { d / n_heads.max(1) } else { head_dim };
+    Ok(Gemma3Params {
+        rope_theta_local: f32_key("rope.freq_base_swa").unwrap_or(10000.0),
+        sliding_window: window,
+        swa_layers,
+        attn_scale: 1.0 / (scale_dim.max(1) as f32).sqrt(),
+        final_logit_softcap: f32_key("final_logit_softcapping").filter(|&c| c > 0.0),
+    })
+}
+
+/// Reads the dense configuration from the metadata of a llama/qwen2/gemma3 GGUF.
 pub fn gguf_config(f: &GgufFile) -> Result<DenseConfig> {
     let arch_name = f
         .get("general.architecture")
@@ -91,9 +132,14 @@ pub fn gguf_config(f: &GgufFile) -> Result<DenseConfig> {
         None if n_heads > 0 => d / n_heads,
         None => return Err(ConvertError::InvalidArg("attention.head_count is 0".into())),
     };
+    let n_layers = need("block_count")?;
+    let gemma3 = match arch {
+        Arch::Gemma3 => Some(gemma3_params(f, a, n_layers, d, n_heads, head_dim)?),
+        _ => None,
+    };
     let config = DenseConfig {
         arch,
-        n_layers: need("block_count")?,
+        n_layers,
         d,
         m: need("feed_forward_length")?,
         n_heads,
@@ -110,6 +156,7 @@ pub fn gguf_config(f: &GgufFile) -> Result<DenseConfig> {
             .unwrap_or(10000.0),
         context_length: meta_u(f, &format!("{a}.context_length"))?.unwrap_or(2048),
         tied_embeddings: f.tensor("output.weight").is_none(),
+        gemma3,
     };
     config.validate()?;
     Ok(config)
@@ -130,7 +177,13 @@ fn gguf_name(hf: &str, c: &DenseConfig) -> Option<(String, Option<usize>)> {
     let (l, tail) = rest.split_once('.')?;
     let permute_q = (c.arch == Arch::Llama).then_some(c.n_heads);
     let permute_k = (c.arch == Arch::Llama).then_some(c.n_kv_heads);
+    let gemma = c.arch.has_qk_and_post_norms();
     let (g, perm) = match tail {
+        "post_attention_layernorm.weight" if gemma => ("post_attention_norm.weight", None),
+        "pre_feedforward_layernorm.weight" if gemma => ("ffn_norm.weight", None),
+        "post_feedforward_layernorm.weight" if gemma => ("post_ffw_norm.weight", None),
+        "self_attn.q_norm.weight" if gemma => ("attn_q_norm.weight", None),
+        "self_attn.k_norm.weight" if gemma => ("attn_k_norm.weight", None),
         "input_layernorm.weight" => ("attn_norm.weight", None),
         "self_attn.q_proj.weight" => ("attn_q.weight", permute_q),
         "self_attn.k_proj.weight" => ("attn_k.weight", permute_k),

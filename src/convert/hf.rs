@@ -30,6 +30,11 @@ pub fn parse_config(path: &Path) -> Result<DenseConfig> {
         .and_then(Json::as_str)
         .ok_or_else(|| cfg_err("no model_type".into()))?;
     let arch = Arch::from_name(arch_name)?;
+    if arch == Arch::Gemma3 {
+        return Err(ConvertError::Unsupported(
+            "Gemma 3 from a Hugging Face folder (convert it to GGUF first, then pass the .gguf)".into(),
+        ));
+    }
     let usize_key = |k: &str| -> Result<usize> {
         j.get(k)
             .and_then(Json::as_u64)
@@ -89,6 +94,7 @@ pub fn parse_config(path: &Path) -> Result<DenseConfig> {
             .get("tie_word_embeddings")
             .and_then(Json::as_bool)
             .unwrap_or(false),
+        gemma3: None,
     };
     config.validate().map_err(|e| cfg_err(e.to_string()))?;
     Ok(config)
@@ -237,6 +243,11 @@ pub fn tokenizer_metadata(dir: &Path, arch: Arch) -> Result<Vec<(String, Value)>
     let pre = match arch {
         Arch::Llama => "llama-bpe",
         Arch::Qwen2 => "qwen2",
+        Arch::Gemma3 => {
+            return Err(ConvertError::Unsupported(
+                "a Gemma 3 tokenizer from a Hugging Face folder (use the model's GGUF)".into(),
+            ))
+        }
     };
     let mut meta = vec![
         (

@@ -40,7 +40,7 @@ pub enum ConvertError {
     },
     #[error("invalid config {path}: {msg}")]
     Config { path: PathBuf, msg: String },
-    #[error("unsupported architecture `{0}` (supported: llama, qwen2)")]
+    #[error("unsupported architecture `{0}` (supported: llama, qwen2, gemma3)")]
     UnsupportedArch(String),
     #[error("unsupported model feature: {0}")]
     Unsupported(String),

@@ -401,7 +401,8 @@ pub fn compute_loss(
             None
         };
         expert_masks.push(st_gumbel_sigmoid(&z, n.as_ref(), tp.tau)?);
-        if tp.mlp_only {
+        // Q/K norms need whole heads (Gemma): those keep every Q/K dim, as `decode` does.
+        if tp.mlp_only || c.arch.has_qk_and_post_norms() {
             qk_masks.push(Tensor::ones(c.head_dim, candle_core::DType::F32, dev)?);
             continue;
         }

@@ -438,10 +438,15 @@ fn route(c: &ModelConfig, m: &TomoeMlp, il: usize, s: &mut Scratch, n: usize) {
     }
 }
 
-/// One token's ToMoE MLP: its expert's rows only (see `moe::mlp_one`).
+/// One token's ToMoE MLP: its expert's rows only (see `moe::mlp_one`; GeGLU experts take the
+/// batch path, which has their activation).
 fn tomoe_one(c: &ModelConfig, m: &TomoeMlp, il: usize, s: &mut Scratch) {
     let d = c.d_model;
     route(c, m, il, s, 1);
+    if c.activation == Activation::GeluTanh {
+        moe::mlp_batch(m, true, &s.xn[..d], &mut s.proj[..d], &mut s.moe);
+        return;
+    }
     s.inputs.prepare(&[m.gate.ty(), m.up.ty()], &s.xn[..d], d);
     let (xg, xu) = (s.inputs.get(m.gate.ty()), s.inputs.get(m.up.ty()));
     moe::mlp_one(m, s.moe.choice[0], xg, xu, &mut s.proj[..d], &mut s.moe);
@@ -451,7 +456,8 @@ fn tomoe_one(c: &ModelConfig, m: &TomoeMlp, il: usize, s: &mut Scratch) {
 fn tomoe_batch(c: &ModelConfig, m: &TomoeMlp, il: usize, s: &mut Scratch, n: usize) {
     let d = c.d_model;
     route(c, m, il, s, n);
-    moe::mlp_batch(m, &s.xn[..n * d], &mut s.proj[..n * d], &mut s.moe);
+    let gelu = c.activation == Activation::GeluTanh;
+    moe::mlp_batch(m, gelu, &s.xn[..n * d], &mut s.proj[..n * d], &mut s.moe);
 }
 
 /// The logits `logits` asks for: the final norm, the output projection, the soft cap where the

@@ -145,7 +145,9 @@ fn split_by_cost(runs: &[std::ops::Range<usize>], parts: usize, bounds: &mut Vec
 
 /// A batch's MLP: tokens grouped by expert; per group, gate and up as matrix-matrix products
 /// over the expert's row runs, then each token's transposed down rows. `h2`: `n` rows of `d`.
-pub fn mlp_batch(m: &TomoeMlp, h2: &[f32], proj: &mut [f32], s: &mut MoeScratch) {
+/// `gelu`: the experts are GeGLU (Gemma), else SwiGLU. GeGLU models decode through here too,
+/// one token at a time, as there is no fused GeGLU row kernel like [`swiglu_rows`].
+pub fn mlp_batch(m: &TomoeMlp, gelu: bool, h2: &[f32], proj: &mut [f32], s: &mut MoeScratch) {
     let (gate, up, down_t) = (&m.gate, &m.up, &m.down_t);
     let d = gate.cols();
     let n = h2.len() / d;
@@ -181,7 +183,12 @@ pub fn mlp_batch(m: &TomoeMlp, h2: &[f32], proj: &mut [f32], s: &mut MoeScratch)
                 col += len;
             }
         }
-        vecmath::swiglu_lanes(&mut s.gate[..ne * nr], &s.up[..ne * nr]);
+        if gelu {
+            // Element by element (a table lookup), so the same for any cut of the rows.
+            vecmath::geglu(&mut s.gate[..ne * nr], &s.up[..ne * nr]);
+        } else {
+            vecmath::swiglu_lanes(&mut s.gate[..ne * nr], &s.up[..ne * nr]);
+        }
         // Each token's down projection (the expert's transposed rows, weighted by its
         // activations), the tokens in parallel, then into their rows of `proj`. The rows go as
         // decoding reads them (`read_runs`, so that both sum alike), the activations taken in

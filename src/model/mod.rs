@@ -29,12 +29,13 @@ struct ArchEntry {
     tomoe: bool,
 }
 
-static ARCHS: [ArchEntry; 5] = [
+static ARCHS: [ArchEntry; 6] = [
     ArchEntry { name: "llama", config: llama::config, tensors: llama::TENSORS, tomoe: false },
     ArchEntry { name: "qwen2", config: qwen2::config, tensors: qwen2::TENSORS, tomoe: false },
     ArchEntry { name: "gemma3", config: gemma3::config, tensors: gemma3::TENSORS, tomoe: false },
     ArchEntry { name: "tomoe-llama", config: llama::config, tensors: llama::TENSORS, tomoe: true },
     ArchEntry { name: "tomoe-qwen2", config: qwen2::config, tensors: qwen2::TENSORS, tomoe: true },
+    ArchEntry { name: "tomoe-gemma3", config: gemma3::config, tensors: gemma3::TENSORS, tomoe: true },
 ];
 
 /// The names of [`ARCHS`], comma-separated, for [`ModelError::UnknownArch`]'s message.

@@ -1,6 +1,6 @@
-//! The ToMoE parts of a `tomoe-llama` / `tomoe-qwen2` file (docs/FORMAT.md), validated at load so
-//! that the forward pass can index without checks: per layer the kept Q/K dims, the experts' row
-//! runs, the router and the optional dynamic V-mask head.
+//! The ToMoE parts of a `tomoe-llama` / `tomoe-qwen2` / `tomoe-gemma3` file (docs/FORMAT.md),
+//! validated at load so that the forward pass can index without checks: per layer the kept Q/K
+//! dims, the experts' row runs, the router and the optional dynamic V-mask head.
 
 use super::tomoe_schema as schema;
 use super::weights::matrix;
@@ -162,7 +162,7 @@ fn f32_array(f: &GgufFile, key: &str, len: usize) -> Result<Vec<f32>, ModelError
 }
 
 /// The file-wide part, checked against the architecture (`tomoe-llama` pairs RoPE dims
-/// adjacently, `tomoe-qwen2` by halves).
+/// adjacently, `tomoe-qwen2` and `tomoe-gemma3` by halves).
 pub(crate) fn config(f: &GgufFile, arch: &str) -> Result<TomoeConfig, ModelError> {
     match f.get(schema::FORMAT_VERSION_KEY).and_then(Value::as_u64) {
         Some(v) if v == u64::from(schema::FORMAT_VERSION) => {}

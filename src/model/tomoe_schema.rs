@@ -7,6 +7,8 @@
 pub const ARCH_LLAMA: &str = "tomoe-llama";
 /// `general.architecture` of a ToMoE file over a qwen2 base (RoPE pairs by halves).
 pub const ARCH_QWEN2: &str = "tomoe-qwen2";
+/// `general.architecture` of a ToMoE file over a gemma3 base (RoPE pairs by halves).
+pub const ARCH_GEMMA3: &str = "tomoe-gemma3";
 /// The prefix shared by every ToMoE architecture name.
 pub const ARCH_PREFIX: &str = "tomoe-";
 
@@ -15,7 +17,7 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// u32: the ToMoE format version ([`FORMAT_VERSION`]).
 pub const FORMAT_VERSION_KEY: &str = "tomoe.format_version";
-/// String: the dense architecture the file was converted from (`llama`, `qwen2`).
+/// String: the dense architecture the file was converted from (`llama`, `qwen2`, `gemma3`).
 pub const BASE_ARCHITECTURE: &str = "tomoe.base_architecture";
 /// String: how the experts were made (`tomoe`, `static-prune`, `moefication`).
 pub const METHOD: &str = "tomoe.method";
@@ -24,7 +26,7 @@ pub const METHOD: &str = "tomoe.method";
 pub const ROPE_PAIRING: &str = "tomoe.rope_pairing";
 /// The value of [`ROPE_PAIRING`] in `tomoe-llama` files: pairs `(2i, 2i+1)`.
 pub const ROPE_PAIRING_ADJACENT: &str = "adjacent";
-/// The value of [`ROPE_PAIRING`] in `tomoe-qwen2` files: pairs `(i, i + hd/2)`.
+/// The value of [`ROPE_PAIRING`] in `tomoe-qwen2` and `tomoe-gemma3` files: pairs `(i, i + hd/2)`.
 pub const ROPE_PAIRING_HALF: &str = "half";
 /// Bool: the o_proj input of every head is multiplied by the query token's V mask.
 pub const OUTPUT_MASK: &str = "tomoe.attention.output_mask";
@@ -93,7 +95,7 @@ pub const VMASK_OUT_WEIGHT: &str = "vmask_out.weight";
 pub fn rope_pairing(arch: &str) -> Option<&'static str> {
     match arch {
         ARCH_LLAMA => Some(ROPE_PAIRING_ADJACENT),
-        ARCH_QWEN2 => Some(ROPE_PAIRING_HALF),
+        ARCH_QWEN2 | ARCH_GEMMA3 => Some(ROPE_PAIRING_HALF),
         _ => None,
     }
 }
@@ -111,6 +113,7 @@ mod tests {
         assert_eq!(arch_key(ARCH_LLAMA, EXPERT_COUNT), "tomoe-llama.expert_count");
         assert_eq!(layer_tensor(2, VMASK_OUT_WEIGHT), "blk.2.vmask_out.weight");
         assert_eq!(rope_pairing(ARCH_QWEN2), Some("half"));
+        assert_eq!(rope_pairing(ARCH_GEMMA3), Some("half"));
         assert_eq!(rope_pairing("llama"), None);
         assert!(ARCH_LLAMA.starts_with(ARCH_PREFIX) && ARCH_QWEN2.starts_with(ARCH_PREFIX));
     }
