@@ -128,7 +128,7 @@ fn base_metadata(
             w.add_metadata(format!("{arch}.attention.sliding_window"), u(win));
             w.add_metadata(
                 format!("{arch}.attention.sliding_window_pattern"),
-                Value::Array(g.swa_layers.iter().map(|&b| Value::Bool(b)).collect()),
+                Value::from(g.swa_layers.clone()),
             );
         }
         w.add_metadata(format!("{arch}.rope.freq_base_swa"), Value::F32(g.rope_theta_local));

@@ -69,7 +69,7 @@ fn gemma3_params(
     let swa_layers = match f.get(&key) {
         _ if window.is_none() => vec![false; n_layers],
         Some(Value::Array(items)) => {
-            let flags: Option<Vec<bool>> = items.iter().map(Value::as_bool).collect();
+            let flags: Option<Vec<bool>> = items.values().map(|v| v.as_bool()).collect();
             flags
                 .filter(|v| v.len() == n_layers)
                 .ok_or_else(|| ConvertError::InvalidArg(format!("metadata `{key}` is not one bool per layer")))?
