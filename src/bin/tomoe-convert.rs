@@ -1,6 +1,6 @@
 //! tomoe-convert: dense model (HF folder or GGUF) + calibration text → ToMoE (or baseline) MoE GGUF.
 //!
-//! tomoe-convert -m MODEL --calib FILE [--calib FILE ...] -o OUT.gguf [options] (clap; the long
+//! `tomoe-convert -m MODEL --calib FILE [--calib FILE ...] -o OUT.gguf [options]` (clap; the long
 //! flags --input and --output stay). See `--help` and docs/CONVERSION.md.
 
 use candle_core::Device;

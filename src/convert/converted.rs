@@ -64,7 +64,7 @@ pub struct ConvertedModel {
     pub method: Method,
     pub layers: Vec<ConvertedLayer>,
     pub target_p: f64,
-    /// Measured on held-out text by [`ConvertedModel::calibrate`] / [`reference_forward`].
+    /// Measured on held-out text by [`calibrate`] / [`reference_forward`].
     pub measured_p: f64,
     /// Semantics switches (docs/FORMAT.md): o_proj input masked by the query's V mask; `1/sqrt(dq)`.
     pub output_mask: bool,
@@ -126,7 +126,7 @@ pub fn runs(rows: &[usize]) -> Vec<(usize, usize)> {
 }
 
 impl ConvertedLayer {
-    /// Builds a layer from per-expert dense-neuron masks [E][m]: union, storage order, expert rows.
+    /// Builds a layer from per-expert dense-neuron masks `[E][m]`: union, storage order, expert rows.
     pub fn from_expert_masks(
         masks: &[Vec<bool>],
         m: usize,

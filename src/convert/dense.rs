@@ -166,8 +166,8 @@ pub struct LayerWeights {
     pub w_gate: Tensor,
     pub w_up: Tensor,
     pub w_down: Tensor,
-    /// Gemma 3: RMS norm weights of each Q and K head [hd], and of the attention and MLP
-    /// outputs [d] (GGUF convention: the "1 +" folded in).
+    /// Gemma 3: RMS norm weights of each Q and K head `[hd]`, and of the attention and MLP
+    /// outputs `[d]` (GGUF convention: the "1 +" folded in).
     pub q_norm: Option<Tensor>,
     pub k_norm: Option<Tensor>,
     pub post_attn_norm: Option<Tensor>,

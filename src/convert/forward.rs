@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 /// Supplies the masks of each layer from that layer's normalised hidden states.
 pub trait MaskSource {
-    /// From the attention input `h1` [T, d]: the Q/K dim mask [hd] and the V mask [T, hd].
+    /// From the attention input `h1` `[T, d]`: the Q/K dim mask `[hd]` and the V mask `[T, hd]`.
     fn attn_masks(&mut self, layer: usize, h1: &Tensor)
         -> Result<(Option<Tensor>, Option<Tensor>)>;
     /// From the MLP input `h2` [T, d]: the neuron mask [T, m].

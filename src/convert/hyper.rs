@@ -336,7 +336,7 @@ impl HyperNet {
         )
     }
 
-    /// The attention module's state vector `e_l` [128] (mean over its E embeddings).
+    /// The attention module's state vector `e_l` `[128]` (mean over its E embeddings).
     pub fn attn_state(&self, emb: &[Tensor], l: usize) -> Result<Tensor> {
         Ok(emb[2 * l].mean(0)?)
     }
@@ -415,7 +415,7 @@ pub fn v_head(
     super::forward::linear(&g, w_dec, None)
 }
 
-/// Repeats a rotate-half half-mask [hd/2] to the full head dim [hd] (dim j and j+hd/2 share a bit).
+/// Repeats a rotate-half half-mask `[hd/2]` to the full head dim `[hd]` (dim j and j+hd/2 share a bit).
 pub fn expand_half(half: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&[half, half], 0)?)
 }
