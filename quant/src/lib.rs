@@ -32,8 +32,8 @@ pub mod vecmath;
 pub use error::QuantError;
 pub use formats::{QuantType, QK, QK_K};
 pub use ops::{
-    axpy_rows, axpy_runs, matmul, matvec, matvec_rows, run_pieces, swiglu_rows, CopyLayout,
-    ExtraGroup, MatRef, Piece, QuantizedInput,
+    axpy_rows, axpy_runs, gated_rows, matmul, matvec, matvec_rows, run_pieces, swiglu_rows,
+    CopyLayout, ExtraGroup, GateActivation, MatRef, Piece, QuantizedInput,
 };
 
 /// Quantizes one row (`src.len()` a multiple of the block size) into `dst`

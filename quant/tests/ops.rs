@@ -5,8 +5,8 @@ mod support;
 
 use tomoe_quant::kernels::scalar::axpy16_q8_0_quantized;
 use tomoe_quant::{
-    axpy_rows, axpy_runs, matmul, matvec, matvec_rows, run_pieces, swiglu_rows, vec_dot, vecmath,
-    ExtraGroup, MatRef, QuantError, QuantType, QuantizedInput,
+    axpy_rows, axpy_runs, gated_rows, matmul, matvec, matvec_rows, run_pieces, swiglu_rows, vec_dot,
+    vecmath, ExtraGroup, GateActivation, MatRef, QuantError, QuantType, QuantizedInput,
 };
 
 fn random_matrix(ty: QuantType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
@@ -228,6 +228,7 @@ fn swiglu_rows_equals_its_steps() {
                 matvec_rows(&up, r.clone(), &xu, &mut u[i..i + r.len()]);
                 i += r.len();
             }
+            let g_raw = g.clone();
             vecmath::swiglu_lanes(&mut g, &u);
             let start = support::dense_row(&mut rng, cols);
             let mut want = start.clone();
@@ -269,6 +270,17 @@ fn swiglu_rows_equals_its_steps() {
                 let mut down_only = start.clone();
                 axpy_runs(&da, runs, &g, &mut down_only);
                 assert_eq!(bits(&down_only), bits(want), "{ty} axpy_runs {runs:?}");
+            }
+            // GeGLU experts (Gemma): the same rows with `geglu`, the bits of a batch's steps.
+            let mut gg = g_raw;
+            vecmath::geglu(&mut gg, &u);
+            for [ga, ua, da] in [plain, il] {
+                let mut got = start.clone();
+                let act = GateActivation::GeluTanh;
+                gated_rows(act, &ga, &ua, &da, runs, 0..n, &xg, &xu, &mut got);
+                let mut want = start.clone();
+                axpy_runs(&da, runs, &gg, &mut want);
+                assert_eq!(bits(&got), bits(&want), "{ty} geglu runs {runs:?}");
             }
             // The MLP itself, in f64 over the dequantized rows and the activations as the
             // kernels see them (quantized): what is left is rounding, of the f32 sums and, for

@@ -11,7 +11,7 @@ use crate::model::tomoe::TomoeMlp;
 use crate::model::{Activation, Attention, DenseMlp, LayerWeights, Mlp, Model, ModelConfig, Weights};
 use rayon::prelude::*;
 use tomoe_quant::kernels::prefetch_floats;
-use tomoe_quant::{dequantize_row, matmul, vecmath, MatRef, QuantType, QuantizedInput};
+use tomoe_quant::{dequantize_row, matmul, vecmath, GateActivation, MatRef, QuantType, QuantizedInput};
 
 /// Quantized copies of one activation, one per activation format its consumers need
 /// (e.g. Q8_K for Q4_K weights and Q8_0 for Q8_0 weights), each made once per input.
@@ -438,18 +438,17 @@ fn route(c: &ModelConfig, m: &TomoeMlp, il: usize, s: &mut Scratch, n: usize) {
     }
 }
 
-/// One token's ToMoE MLP: its expert's rows only (see `moe::mlp_one`; GeGLU experts take the
-/// batch path, which has their activation).
+/// One token's ToMoE MLP: its expert's rows only (see `moe::mlp_one`).
 fn tomoe_one(c: &ModelConfig, m: &TomoeMlp, il: usize, s: &mut Scratch) {
     let d = c.d_model;
     route(c, m, il, s, 1);
-    if c.activation == Activation::GeluTanh {
-        moe::mlp_batch(m, true, &s.xn[..d], &mut s.proj[..d], &mut s.moe);
-        return;
-    }
+    let act = match c.activation {
+        Activation::Silu => GateActivation::Silu,
+        Activation::GeluTanh => GateActivation::GeluTanh,
+    };
     s.inputs.prepare(&[m.gate.ty(), m.up.ty()], &s.xn[..d], d);
     let (xg, xu) = (s.inputs.get(m.gate.ty()), s.inputs.get(m.up.ty()));
-    moe::mlp_one(m, s.moe.choice[0], xg, xu, &mut s.proj[..d], &mut s.moe);
+    moe::mlp_one(m, act, s.moe.choice[0], xg, xu, &mut s.proj[..d], &mut s.moe);
 }
 
 /// A batch's ToMoE MLP: the tokens grouped by expert (see `moe::mlp_batch`).

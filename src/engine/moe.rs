@@ -7,7 +7,7 @@ use super::parallel::{for_each_part, matvec_fused, part_count, MatJob};
 use crate::model::tomoe::{TomoeMlp, VMask};
 use crate::model::StackedExperts;
 use rayon::prelude::*;
-use tomoe_quant::{axpy_runs, matmul, run_pieces, swiglu_rows, vecmath, MatRef, QuantizedInput};
+use tomoe_quant::{axpy_runs, gated_rows, matmul, run_pieces, vecmath, GateActivation, MatRef, QuantizedInput};
 
 /// Grow-only buffers of the sparse MLP (no allocation per token once grown).
 #[derive(Default)]
@@ -78,12 +78,13 @@ pub fn route(m: &TomoeMlp, h2: &[f32], d: usize, out: &mut Vec<usize>) {
     }
 }
 
-/// One token's MLP: `proj = Σ_{i ∈ expert} down_t[i] · silu(gate[i]·h2) · (up[i]·h2)`, over the
+/// One token's MLP: `proj = Σ_{i ∈ expert} down_t[i] · act(gate[i]·h2) · (up[i]·h2)`, over the
 /// expert's rows only, the rows split between the threads, each thread reading its rows' gate,
-/// up and down weights together (`swiglu_rows`) into a partial sum. `xg`/`xu`: `h2` quantized for
+/// up and down weights together (`gated_rows`) into a partial sum. `xg`/`xu`: `h2` quantized for
 /// the gate/up formats.
 pub fn mlp_one(
     m: &TomoeMlp,
+    act: GateActivation,
     expert: usize,
     xg: &QuantizedInput,
     xu: &QuantizedInput,
@@ -110,7 +111,7 @@ pub fn mlp_one(
         let y = unsafe { std::slice::from_raw_parts_mut(partials.0.add(p * d), d) };
         y.fill(0.0);
         debug_assert_eq!(parts, n_parts);
-        swiglu_rows(gate, up, down_t, runs, bounds[p]..bounds[p + 1], xg, xu, y);
+        gated_rows(act, gate, up, down_t, runs, bounds[p]..bounds[p + 1], xg, xu, y);
     });
     for part in s.partials.chunks_exact(d).take(n_parts) {
         proj.iter_mut().zip(part).for_each(|(a, b)| *a += b);
@@ -145,8 +146,7 @@ fn split_by_cost(runs: &[std::ops::Range<usize>], parts: usize, bounds: &mut Vec
 
 /// A batch's MLP: tokens grouped by expert; per group, gate and up as matrix-matrix products
 /// over the expert's row runs, then each token's transposed down rows. `h2`: `n` rows of `d`.
-/// `gelu`: the experts are GeGLU (Gemma), else SwiGLU. GeGLU models decode through here too,
-/// one token at a time, as there is no fused GeGLU row kernel like [`swiglu_rows`].
+/// `gelu`: the experts are GeGLU (Gemma), else SwiGLU.
 pub fn mlp_batch(m: &TomoeMlp, gelu: bool, h2: &[f32], proj: &mut [f32], s: &mut MoeScratch) {
     let (gate, up, down_t) = (&m.gate, &m.up, &m.down_t);
     let d = gate.cols();

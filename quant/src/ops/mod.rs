@@ -11,4 +11,4 @@ mod sparse;
 pub use dense::{matmul, matvec, matvec_rows};
 pub use input::QuantizedInput;
 pub use matrix::{CopyLayout, ExtraGroup, MatRef};
-pub use sparse::{axpy_rows, axpy_runs, run_pieces, swiglu_rows, Piece};
+pub use sparse::{axpy_rows, axpy_runs, gated_rows, run_pieces, swiglu_rows, GateActivation, Piece};

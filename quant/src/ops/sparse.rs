@@ -34,6 +34,31 @@ pub fn swiglu_rows(
     xu: &QuantizedInput,
     y: &mut [f32],
 ) {
+    gated_rows(GateActivation::Silu, gate, up, down_t, runs, rows, xg, xu, y)
+}
+
+/// The activation of a gated MLP's gate.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum GateActivation {
+    /// SwiGLU: `silu(g) · u` ([`vecmath::swiglu`]).
+    Silu,
+    /// GeGLU with ggml's tanh GELU: `gelu(g) · u` ([`vecmath::geglu`]).
+    GeluTanh,
+}
+
+/// [`swiglu_rows`] with either gate activation.
+#[allow(clippy::too_many_arguments)]
+pub fn gated_rows(
+    act: GateActivation,
+    gate: &MatRef,
+    up: &MatRef,
+    down_t: &MatRef,
+    runs: &[std::ops::Range<usize>],
+    rows: std::ops::Range<usize>,
+    xg: &QuantizedInput,
+    xu: &QuantizedInput,
+    y: &mut [f32],
+) {
     check_compatible(gate, xg);
     check_compatible(up, xu);
     assert!(
@@ -87,7 +112,10 @@ pub fn swiglu_rows(
             du.plain_rows(up, r..end, 0, &mut u[..n]);
         }
         // All 16 lanes take the vector formula, as in `swiglu_lanes`.
-        vecmath::swiglu(&mut g, &u);
+        match act {
+            GateActivation::Silu => vecmath::swiglu(&mut g, &u),
+            GateActivation::GeluTanh => vecmath::geglu(&mut g, &u),
+        }
         down.piece(r, &g[..n], grouped, next, y);
     }
 }
