@@ -117,6 +117,67 @@ fn pack_q8_0_columns(cols: usize, rows: &[u8], out: &mut [u8], flip: u8) {
     })
 }
 
+/// A group in halves, for kernels that hold 8 rows per register (AVX2's ymm): the group's
+/// blocks for rows 0..8, then for rows 8..16, so that a kernel taking one half at a time reads
+/// each byte once and in order. Half `h` of block `b` (`8 · type_size` bytes at
+/// `8 · type_size · (nb · h + b)`, `nb` blocks a row) is the half-`h` chunks of the block of
+/// `pack` in order: `pack`'s block is a run of units of `2c` bytes (the listed `(count, c)`),
+/// rows 0..8's `c` bytes then rows 8..16's.
+fn in_halves(
+    ty: QuantType,
+    cols: usize,
+    rows: &[u8],
+    out: &mut [u8],
+    pack: fn(usize, &[u8], &mut [u8]),
+    units: &[(usize, usize)],
+) {
+    let mut whole = vec![0u8; out.len()];
+    pack(cols, rows, &mut whole);
+    let (nb, gb) = (cols / QK, GROUP * ty.type_size());
+    debug_assert_eq!(units.iter().map(|&(n, c)| 2 * n * c).sum::<usize>(), gb);
+    for b in 0..nb {
+        for h in 0..2 {
+            let mut o = gb / 2 * (nb * h + b);
+            let mut at = gb * b;
+            for &(n, c) in units {
+                for _ in 0..n {
+                    out[o..o + c].copy_from_slice(&whole[at + c * h..at + c * (h + 1)]);
+                    (o, at) = (o + c, at + 2 * c);
+                }
+            }
+        }
+    }
+}
+
+/// [`pack_q4_0`] in halves: per half block, dword `i` of the nibbles of its 8 rows for
+/// `i = 0..4` (128 bytes), then their `d`.
+pub fn pack_q4_0_halves(cols: usize, rows: &[u8], out: &mut [u8]) {
+    in_halves(QuantType::Q4_0, cols, rows, out, pack_q4_0, &[(4, 32), (1, 16)])
+}
+
+/// [`pack_q5_0`] in halves: per half block, the nibbles as [`pack_q4_0_halves`], then for each
+/// quad `l` the u32 of the half's high bits (32 bytes), then the `d`.
+pub fn pack_q5_0_halves(cols: usize, rows: &[u8], out: &mut [u8]) {
+    in_halves(QuantType::Q5_0, cols, rows, out, pack_q5_0, &[(4, 32), (8, 4), (1, 16)])
+}
+
+/// [`pack_q4_1`] in halves: per half block, the nibbles as [`pack_q4_0_halves`], then the
+/// `d`, then the `m`.
+pub fn pack_q4_1_halves(cols: usize, rows: &[u8], out: &mut [u8]) {
+    in_halves(QuantType::Q4_1, cols, rows, out, pack_q4_1, &[(4, 32), (2, 16)])
+}
+
+/// [`pack_q8_0_signed`] in halves: per half block, quad `l` of its 8 rows for `l = 0..8` (256
+/// bytes), then their `d`.
+pub fn pack_q8_0_signed_halves(cols: usize, rows: &[u8], out: &mut [u8]) {
+    in_halves(QuantType::Q8_0, cols, rows, out, pack_q8_0_signed, &[(8, 32), (1, 16)])
+}
+
+/// [`pack_q8_0`] (quants plus 128, unsigned) in halves, as [`pack_q8_0_signed_halves`].
+pub fn pack_q8_0_halves(cols: usize, rows: &[u8], out: &mut [u8]) {
+    in_halves(QuantType::Q8_0, cols, rows, out, pack_q8_0, &[(8, 32), (1, 16)])
+}
+
 /// The order in which the plain-NEON kernels (`smull` + pairwise adds) sum each 16 elements:
 /// their i32 lane `l` holds elements `2l, 2l + 1, 8 + 2l, 9 + 2l`. The `_pairs` packs store each
 /// half-block's elements in this order, so that dword `l` of a half feeds lane `l` as it does in
