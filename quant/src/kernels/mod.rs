@@ -12,6 +12,10 @@ pub mod avx512;
 pub mod avx512_gemm;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_il;
+#[cfg(target_arch = "x86_64")]
+pub mod avxvnni;
+#[cfg(target_arch = "x86_64")]
+pub mod avxvnni_il;
 pub mod interleave;
 pub mod table;
 #[cfg(target_arch = "aarch64")]
