@@ -173,11 +173,6 @@ pub fn pack_q8_0_signed_halves(cols: usize, rows: &[u8], out: &mut [u8]) {
     in_halves(QuantType::Q8_0, cols, rows, out, pack_q8_0_signed, &[(8, 32), (1, 16)])
 }
 
-/// [`pack_q8_0`] (quants plus 128, unsigned) in halves, as [`pack_q8_0_signed_halves`].
-pub fn pack_q8_0_halves(cols: usize, rows: &[u8], out: &mut [u8]) {
-    in_halves(QuantType::Q8_0, cols, rows, out, pack_q8_0, &[(8, 32), (1, 16)])
-}
-
 /// The order in which the plain-NEON kernels (`smull` + pairwise adds) sum each 16 elements:
 /// their i32 lane `l` holds elements `2l, 2l + 1, 8 + 2l, 9 + 2l`. The `_pairs` packs store each
 /// half-block's elements in this order, so that dword `l` of a half feeds lane `l` as it does in
