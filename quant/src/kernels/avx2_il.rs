@@ -17,7 +17,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{bits_32, dot_us8_avx2, f16_at, load};
+use super::avx2::{dot_us8_avx2, f16_at, load};
 use super::interleave::{
     pack_q4_0_halves, pack_q4_1_halves, pack_q5_0_halves, pack_q8_0_axpy_signed, pack_q8_0_signed_halves,
 };
@@ -83,12 +83,45 @@ pub(crate) unsafe fn half_block(gp: *const u8, nb: usize, hb: usize, h: usize, b
     gp.add(at)
 }
 
+/// Activation blocks whose quad sums the Q4_0 and Q5_0 kernels keep at a time.
+pub(crate) const BIAS_CHUNK: usize = 64;
+
+/// 16 in each byte whose bit `l` is set in `high`, else 0 (`l` < 8): a shift within 16-bit lanes
+/// that keeps each byte's bit 4 inside its byte, and a mask.
+#[inline(always)]
+pub(crate) unsafe fn high_bit_16(high: __m256i, l: usize) -> __m256i {
+    let moved = match l {
+        0 => _mm256_slli_epi16(high, 4),
+        1 => _mm256_slli_epi16(high, 3),
+        2 => _mm256_slli_epi16(high, 2),
+        3 => _mm256_slli_epi16(high, 1),
+        4 => high,
+        5 => _mm256_srli_epi16(high, 1),
+        6 => _mm256_srli_epi16(high, 2),
+        _ => _mm256_srli_epi16(high, 3),
+    };
+    _mm256_and_si256(moved, _mm256_set1_epi8(0x10))
+}
+
 /// Generates the interleaved kernels over a `$dot_us8(u8 vector, i8 vector) -> i32x8`.
 macro_rules! il_kernels {
     ($tf:literal, $dot_us8:path) => {
+        /// `c · Σ y` of each quad `l` of each activation block `b` in `blocks`, at
+        /// `bias[b - blocks.start][l]`: the offset of Q4_0's (`c = 8`) and Q5_0's (`c = 16`)
+        /// quants, taken off their products with the unsigned quants. Kept in memory, so the
+        /// kernels broadcast each from there.
+        #[inline(always)]
+        unsafe fn quad_bias(xp: *const u8, blocks: std::ops::Range<usize>, c: i8, bias: &mut [[i32; 8]; BIAS_CHUNK]) {
+            for (b, bias) in blocks.zip(bias.iter_mut()) {
+                let s = $dot_us8(_mm256_set1_epi8(c), load(xp.add(34 * b + 2)));
+                _mm256_storeu_si256(bias.as_mut_ptr() as *mut __m256i, s);
+            }
+        }
+
         /// Q4_0 half block (`pack_q4_0_halves`): dword `i` of the nibbles of the 8 rows for
         /// `i = 0..4`, then the rows' `d`. Dword `i`'s low nibbles are elements `4i..4i+4`, its
-        /// high nibbles `16+4i..`: quads `i` and `i + 4`.
+        /// high nibbles `16+4i..`: quads `i` and `i + 4`. Σ (q - 8)·y as Σ q·y - 8·Σ y (no
+        /// pair of products saturates: q ≤ 15), the same i32 as the single-row kernel's.
         #[target_feature(enable = $tf)]
         pub unsafe fn dot16_q4_0(
             cols: usize,
@@ -101,21 +134,25 @@ macro_rules! il_kernels {
             check(QuantType::Q4_0, cols, group, x);
             let nb = cols / QK;
             let (gp, xp) = (group.as_ptr(), x.as_ptr());
-            let (low, eight) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(8));
+            let low = _mm256_set1_epi8(0x0F);
+            let mut bias = [[0i32; 8]; BIAS_CHUNK];
             for h in 0..2 {
                 let mut acc = [_mm256_setzero_ps(); 8];
-                for b in 0..nb {
-                    let (g, bx) = (half_block(gp, nb, 144, h, b, next), xp.add(34 * b));
-                    let scale = _mm256_mul_ps(f16x8(g.add(128)), _mm256_set1_ps(f16_at(bx)));
-                    for i in 0..4 {
-                        let d = load(g.add(32 * i));
-                        let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
-                        for (k, q) in quads.into_iter().enumerate() {
-                            let l = i + 4 * k;
-                            let (q, y) = (_mm256_sub_epi8(q, eight), quad(bx.add(2 + 4 * l)));
-                            // |q| · sign(y, q), as the single-row kernel's `dot_ss8`.
-                            let p = $dot_us8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q));
-                            acc[l] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[l]);
+                for c in (0..nb).step_by(BIAS_CHUNK) {
+                    let blocks = c..nb.min(c + BIAS_CHUNK);
+                    quad_bias(xp, blocks.clone(), 8, &mut bias);
+                    for (b, bias) in blocks.zip(bias.iter()) {
+                        let (g, bx) = (half_block(gp, nb, 144, h, b, next), xp.add(34 * b));
+                        let scale = _mm256_mul_ps(f16x8(g.add(128)), _mm256_set1_ps(f16_at(bx)));
+                        for i in 0..4 {
+                            let d = load(g.add(32 * i));
+                            let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
+                            for (k, q) in quads.into_iter().enumerate() {
+                                let l = i + 4 * k;
+                                let p = $dot_us8(q, quad(bx.add(2 + 4 * l)));
+                                let p = _mm256_sub_epi32(p, _mm256_set1_epi32(*bias.get_unchecked(l)));
+                                acc[l] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[l]);
+                            }
                         }
                     }
                 }
@@ -123,9 +160,10 @@ macro_rules! il_kernels {
             }
         }
 
-        /// Q5_0 half block (`pack_q5_0_halves`): the nibbles as Q4_0's, then per quad `l` the
-        /// high bits of the 8 rows as one u32, then the rows' `d`. A missing high bit means the
-        /// value minus 16: the byte's high nibble set, as the single-row kernel does.
+        /// Q5_0 half block (`pack_q5_0_halves`): the nibbles as Q4_0's, then the high bits (bit
+        /// `l` of byte `4r + k`: element `4l + k` of row `r`), then the rows' `d`. Σ (q - 16)·y as
+        /// Σ q·y - 16·Σ y with q = nibble | high bit · 16 (no pair of products saturates:
+        /// q ≤ 31), the same i32 as the single-row kernel's.
         #[target_feature(enable = $tf)]
         pub unsafe fn dot16_q5_0(
             cols: usize,
@@ -138,23 +176,27 @@ macro_rules! il_kernels {
             check(QuantType::Q5_0, cols, group, x);
             let nb = cols / QK;
             let (gp, xp) = (group.as_ptr(), x.as_ptr());
-            let (low, high) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0xF0u8 as i8));
+            let low = _mm256_set1_epi8(0x0F);
+            let mut bias = [[0i32; 8]; BIAS_CHUNK];
             for h in 0..2 {
                 let mut acc = [_mm256_setzero_ps(); 8];
-                for b in 0..nb {
-                    let (g, bx) = (half_block(gp, nb, 176, h, b, next), xp.add(34 * b));
-                    let scale = _mm256_mul_ps(f16x8(g.add(160)), _mm256_set1_ps(f16_at(bx)));
-                    for i in 0..4 {
-                        let d = load(g.add(32 * i));
-                        let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
-                        for (k, q) in quads.into_iter().enumerate() {
-                            let l = i + 4 * k;
-                            let bits = (g.add(128 + 4 * l) as *const u32).read_unaligned();
-                            let q = _mm256_or_si256(q, _mm256_andnot_si256(bits_32(bits), high));
-                            let y = quad(bx.add(2 + 4 * l));
-                            // |q| · sign(y, q), as the single-row kernel's `dot_ss8`.
-                            let p = $dot_us8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q));
-                            acc[l] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[l]);
+                for c in (0..nb).step_by(BIAS_CHUNK) {
+                    let blocks = c..nb.min(c + BIAS_CHUNK);
+                    quad_bias(xp, blocks.clone(), 16, &mut bias);
+                    for (b, bias) in blocks.zip(bias.iter()) {
+                        let (g, bx) = (half_block(gp, nb, 176, h, b, next), xp.add(34 * b));
+                        let scale = _mm256_mul_ps(f16x8(g.add(160)), _mm256_set1_ps(f16_at(bx)));
+                        let high = load(g.add(128));
+                        for i in 0..4 {
+                            let d = load(g.add(32 * i));
+                            let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
+                            for (k, q) in quads.into_iter().enumerate() {
+                                let l = i + 4 * k;
+                                let q = _mm256_or_si256(q, high_bit_16(high, l));
+                                let p = $dot_us8(q, quad(bx.add(2 + 4 * l)));
+                                let p = _mm256_sub_epi32(p, _mm256_set1_epi32(*bias.get_unchecked(l)));
+                                acc[l] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[l]);
+                            }
                         }
                     }
                 }

@@ -6,8 +6,8 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{bits_32, f16_at, load};
-use super::avx2_il::{check, f16x8, half_block, il_kernels, quad, reduce};
+use super::avx2::{f16_at, load};
+use super::avx2_il::{check, f16x8, half_block, high_bit_16, il_kernels, quad, reduce, BIAS_CHUNK};
 use super::avxvnni::dot_us8_avxvnni;
 use super::interleave::{pack_q4_0_halves, pack_q4_1_halves, pack_q5_0_halves, pack_q8_0_signed_halves};
 use super::table::KernelSet;

@@ -155,10 +155,19 @@ pub fn pack_q4_0_halves(cols: usize, rows: &[u8], out: &mut [u8]) {
     in_halves(QuantType::Q4_0, cols, rows, out, pack_q4_0, &[(4, 32), (1, 16)])
 }
 
-/// [`pack_q5_0`] in halves: per half block, the nibbles as [`pack_q4_0_halves`], then for each
-/// quad `l` the u32 of the half's high bits (32 bytes), then the `d`.
+/// [`pack_q5_0`] in halves: per half block, the nibbles as [`pack_q4_0_halves`], then the high
+/// bits as 32 bytes, bit `l` of byte `4r + k` the high bit of element `4l + k` of the half's row
+/// `r` (so one shift moves quad `l`'s bits into place for all 8 rows), then the `d`.
 pub fn pack_q5_0_halves(cols: usize, rows: &[u8], out: &mut [u8]) {
-    in_halves(QuantType::Q5_0, cols, rows, out, pack_q5_0, &[(4, 32), (8, 4), (1, 16)])
+    in_halves(QuantType::Q5_0, cols, rows, out, pack_q5_0, &[(4, 32), (8, 4), (1, 16)]);
+    // The high bits came as pack_q5_0's: per quad l, a u32 whose bit 4r + k is that bit.
+    for half in out.chunks_exact_mut(8 * QuantType::Q5_0.type_size()) {
+        let bits = &mut half[128..160];
+        let words: [u32; 8] = std::array::from_fn(|l| u32::from_le_bytes(bits[4 * l..4 * l + 4].try_into().unwrap()));
+        for (j, byte) in bits.iter_mut().enumerate() {
+            *byte = (0..8).fold(0u8, |acc, l| acc | (((words[l] >> j) & 1) as u8) << l);
+        }
+    }
 }
 
 /// [`pack_q4_1`] in halves: per half block, the nibbles as [`pack_q4_0_halves`], then the
