@@ -131,14 +131,25 @@ fn in_halves(
     pack: fn(usize, &[u8], &mut [u8]),
     units: &[(usize, usize)],
 ) {
-    let mut whole = vec![0u8; out.len()];
-    pack(cols, rows, &mut whole);
-    let (nb, gb) = (cols / QK, GROUP * ty.type_size());
-    debug_assert_eq!(units.iter().map(|&(n, c)| 2 * n * c).sum::<usize>(), gb);
+    let (nb, ts) = (cols / QK, ty.type_size());
+    let row_bytes = ty.row_bytes(cols).expect("whole blocks");
+    assert!(
+        cols % QK == 0 && rows.len() == GROUP * row_bytes && out.len() == rows.len() && ts <= 34,
+        "{ty} interleave: 16 rows of {cols} values need {} bytes",
+        GROUP * row_bytes
+    );
+    debug_assert_eq!(units.iter().map(|&(n, c)| 2 * n * c).sum::<usize>(), GROUP * ts);
+    // One block of the 16 rows at a time, packed whole, then split.
+    let (mut block, mut whole) = ([0u8; GROUP * 34], [0u8; GROUP * 34]);
+    let (block, whole) = (&mut block[..GROUP * ts], &mut whole[..GROUP * ts]);
     for b in 0..nb {
+        for r in 0..GROUP {
+            block[ts * r..ts * (r + 1)].copy_from_slice(&rows[r * row_bytes + ts * b..r * row_bytes + ts * (b + 1)]);
+        }
+        pack(QK, block, whole);
         for h in 0..2 {
-            let mut o = gb / 2 * (nb * h + b);
-            let mut at = gb * b;
+            let mut o = GROUP / 2 * ts * (nb * h + b);
+            let mut at = 0;
             for &(n, c) in units {
                 for _ in 0..n {
                     out[o..o + c].copy_from_slice(&whole[at + c * h..at + c * (h + 1)]);
