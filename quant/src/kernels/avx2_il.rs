@@ -9,7 +9,8 @@
 //! `l` holds what that kernel's lane `l` holds for row `r` (quad `l` of each block's products,
 //! scaled by `d_w · d_x` and accumulated by FMA), and the final sum adds the lanes in the order of
 //! its `hsum_ps`. Products are `vpmaddubsw` + `vpmaddwd` as there, Q8_0 with the same sign trick,
-//! so even a saturating pair saturates alike. The kernels are written once as a macro over the
+//! so even a saturating pair saturates alike; Q4_0 and Q5_0 multiply their unsigned quants (no
+//! pair can saturate) and take the offset off as `c · Σ y`, the same i32. The kernels are written once as a macro over the
 //! u8×i8 → i32 primitive, so that `avxvnni_il.rs` instantiates them again with `vpdpbusd`. The
 //! weighted row sums (`axpy16`) follow `scalar::axpy16_q8_0_quantized` exactly (integer sums of
 //! 8-bit coefficients).
