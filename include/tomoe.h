@@ -174,7 +174,7 @@ typedef struct tomoe_model_params {
     // memory; false runs from the file alone. Default: true, false when the environment
     // variable TOMOE_NO_COPIES is set.
     bool copies;
-    // The kernel set by name ("scalar", "avx2", "avx512-vnni", "neon", "neon-dotprod"; see
+    // The kernel set by name ("scalar", "avx2", "avxvnni", "avx512-vnni", "neon", "neon-dotprod"; see
     // `tomoe_kernel_name()`), or NULL: TOMOE_KERNELS, else the set the process uses. The set is
     // process-wide and chosen once, by the first load that names one or else at the first
     // computation: a name this CPU lacks, or other than the set in use, gives
@@ -238,8 +238,8 @@ extern "C" {
 // The library version ("0.1.0"), static, NUL-terminated.
 const char *tomoe_version(void);
 
-// The matrix kernel set chosen for this CPU at run time ("avx512-vnni", "avx2", "neon-dotprod",
-// "neon", "scalar"), static, NUL-terminated.
+// The matrix kernel set chosen for this CPU at run time ("avx512-vnni", "avxvnni", "avx2",
+// "neon-dotprod", "neon", "scalar"), static, NUL-terminated.
 const char *tomoe_kernel_name(void);
 
 // Default context parameters: n_ctx 2048, threads = available CPUs, n_batch 512, the

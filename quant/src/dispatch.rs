@@ -20,6 +20,9 @@ pub fn available_sets() -> Vec<KernelSet> {
         if let Some(s) = crate::kernels::avx2::kernel_set() {
             sets.push(s);
         }
+        if let Some(s) = crate::kernels::avxvnni::kernel_set() {
+            sets.push(s);
+        }
         if let Some(s) = crate::kernels::avx512::kernel_set() {
             sets.push(s);
         }

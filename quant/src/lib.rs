@@ -88,7 +88,8 @@ pub fn vec_dot(ty: QuantType, n: usize, w_row: &[u8], x: &[u8]) -> f32 {
     unsafe { dot(n, w_row, x) }
 }
 
-/// The kernel set chosen at run time: "avx512-vnni", "avx2", "neon-dotprod", "neon", "scalar".
+/// The kernel set chosen at run time: "avx512-vnni", "avxvnni", "avx2", "neon-dotprod", "neon",
+/// "scalar".
 pub fn kernel_name() -> &'static str {
     dispatch::kernels().name
 }

@@ -193,7 +193,7 @@ fn swiglu_rows_equals_its_steps() {
             di.as_ref()
                 .map_or(down, |c| down.with_axpy_interleaved(c).unwrap()),
         ];
-        if ty == QuantType::Q8_0 && tomoe_quant::kernel_name() == "avx512-vnni" {
+        if ty == QuantType::Q8_0 && ["avx2", "avxvnni", "avx512-vnni"].contains(&tomoe_quant::kernel_name()) {
             assert!(
                 gi.is_some() && di.is_some(),
                 "the set interleaves Q8_0 both ways"
@@ -374,7 +374,7 @@ fn extra_groups_read_as_the_gathered_rows() {
             mats[2].interleave_for_axpy_extra(&extra),
         ) else {
             // No interleaved kernels for Q8_0 in this set: nothing reads extra groups.
-            assert!(tomoe_quant::kernel_name() != "avx512-vnni");
+            assert!(!["avx2", "avxvnni", "avx512-vnni"].contains(&tomoe_quant::kernel_name()));
             return;
         };
         assert_eq!(c0.len(), (rows.div_ceil(16) + 2) * 16 * rb, "{rows} rows");

@@ -38,8 +38,8 @@ pub extern "C" fn tomoe_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
 
-/// The matrix kernel set chosen for this CPU at run time ("avx512-vnni", "avx2", "neon-dotprod",
-/// "neon", "scalar"), static, NUL-terminated.
+/// The matrix kernel set chosen for this CPU at run time ("avx512-vnni", "avxvnni", "avx2",
+/// "neon-dotprod", "neon", "scalar"), static, NUL-terminated.
 #[no_mangle]
 pub extern "C" fn tomoe_kernel_name() -> *const c_char {
     static NAME: OnceLock<CString> = OnceLock::new();

@@ -70,7 +70,7 @@ pub struct tomoe_model_params {
     /// memory; false runs from the file alone. Default: true, false when the environment
     /// variable TOMOE_NO_COPIES is set.
     pub copies: bool,
-    /// The kernel set by name ("scalar", "avx2", "avx512-vnni", "neon", "neon-dotprod"; see
+    /// The kernel set by name ("scalar", "avx2", "avxvnni", "avx512-vnni", "neon", "neon-dotprod"; see
     /// `tomoe_kernel_name()`), or NULL: TOMOE_KERNELS, else the set the process uses. The set is
     /// process-wide and chosen once, by the first load that names one or else at the first
     /// computation: a name this CPU lacks, or other than the set in use, gives

@@ -87,7 +87,7 @@ pub struct LoadOptions {
     /// decoding for more memory; `false` runs from the mapped file alone
     /// ([`Model::copies_bytes`] is 0).
     pub copies: bool,
-    /// The kernel set, by name ("scalar", "avx2", "avx512-vnni", "neon", "neon-dotprod": those
+    /// The kernel set, by name ("scalar", "avx2", "avxvnni", "avx512-vnni", "neon", "neon-dotprod": those
     /// of `tomoe_quant::dispatch::available_sets()`); `None`: the set the process uses
     /// (chosen at its first use: `TOMOE_KERNELS`, else the best this CPU runs). The set is
     /// process-wide and chosen once (`tomoe_quant::dispatch::select_kernels`): a name this CPU

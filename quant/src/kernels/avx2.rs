@@ -461,7 +461,7 @@ macro_rules! legacy_kernels {
         }
     };
 }
-#[allow(unused_imports)] // used by avx512.rs
+#[allow(unused_imports)] // used by avx512.rs and avxvnni.rs
 pub(crate) use legacy_kernels;
 
 legacy_kernels!("avx2,fma,f16c", dot_us8_avx2);

@@ -1,38 +1,44 @@
 //! Matrix-vector kernels of the "avx2" set over weights **interleaved in groups of 16 rows**
 //! (`kernels::Interleaved16`), for CPUs without AVX-512: a ymm register holds 8 rows, one lane
-//! each, so a group is two halves of 8 rows, each taken over the whole group in turn (the second
-//! half finds the group's lines in cache). Per block of 8 rows the scale costs one f16
-//! conversion instead of eight, and the final sums one reduction per 8 rows instead of per row.
+//! each, so a group is two halves of 8 rows, laid out one after the other (the `_halves` packs
+//! of `interleave`) and taken in turn, so that each byte is read once, in order. Per block of 8
+//! rows the scale costs one f16 conversion instead of eight, and the final sums one reduction
+//! per 8 rows instead of per row.
 //!
 //! Each row's result is **bit-identical** to the set's single-row kernel: lane `r` of register
 //! `l` holds what that kernel's lane `l` holds for row `r` (quad `l` of each block's products,
 //! scaled by `d_w · d_x` and accumulated by FMA), and the final sum adds the lanes in the order of
 //! its `hsum_ps`. Products are `vpmaddubsw` + `vpmaddwd` as there, Q8_0 with the same sign trick,
-//! so even a saturating pair saturates alike. The weighted row sums (`axpy16`) follow
-//! `scalar::axpy16_q8_0_quantized` exactly (integer sums of 8-bit coefficients).
+//! so even a saturating pair saturates alike; Q4_0 and Q5_0 multiply their unsigned quants (no
+//! pair can saturate) and take the offset off as `c · Σ y`, the same i32. The kernels are written once as a macro over the
+//! u8×i8 → i32 primitive, so that `avxvnni_il.rs` instantiates them again with `vpdpbusd`. The
+//! weighted row sums (`axpy16`) follow `scalar::axpy16_q8_0_quantized` exactly (integer sums of
+//! 8-bit coefficients).
 #![allow(clippy::missing_safety_doc)] // the contracts of `Interleaved16` / `InterleavedAxpy16`
 
 use std::arch::x86_64::*;
 
-use super::avx2::{bits_32, dot_us8_avx2, f16_at, load};
-use super::interleave::{pack_q4_0, pack_q4_1, pack_q5_0, pack_q8_0_axpy_signed, pack_q8_0_signed};
+use super::avx2::{dot_us8_avx2, f16_at, load};
+use super::interleave::{
+    pack_q4_0_halves, pack_q4_1_halves, pack_q5_0_halves, pack_q8_0_axpy_signed, pack_q8_0_signed_halves,
+};
 use super::table::KernelSet;
 use super::{prefetch_group_ahead, Interleaved16, InterleavedAxpy16};
 use crate::formats::{QuantType, QK};
 
 /// Adds the set's interleaved kernels and weighted row sums to `s`.
 pub fn add_to(s: &mut KernelSet) {
-    s[QuantType::Q4_0].interleaved = Some(Interleaved16 { pack: pack_q4_0, dot16: dot16_q4_0 });
-    s[QuantType::Q5_0].interleaved = Some(Interleaved16 { pack: pack_q5_0, dot16: dot16_q5_0 });
-    s[QuantType::Q4_1].interleaved = Some(Interleaved16 { pack: pack_q4_1, dot16: dot16_q4_1 });
-    s[QuantType::Q8_0].interleaved = Some(Interleaved16 { pack: pack_q8_0_signed, dot16: dot16_q8_0 });
+    s[QuantType::Q4_0].interleaved = Some(Interleaved16 { pack: pack_q4_0_halves, dot16: dot16_q4_0 });
+    s[QuantType::Q5_0].interleaved = Some(Interleaved16 { pack: pack_q5_0_halves, dot16: dot16_q5_0 });
+    s[QuantType::Q4_1].interleaved = Some(Interleaved16 { pack: pack_q4_1_halves, dot16: dot16_q4_1 });
+    s[QuantType::Q8_0].interleaved = Some(Interleaved16 { pack: pack_q8_0_signed_halves, dot16: dot16_q8_0 });
     s[QuantType::Q8_0].interleaved_axpy = Some(InterleavedAxpy16 { pack: pack_q8_0_axpy_signed, axpy16: axpy16_q8_0 });
 }
 
 /// Lanes `0..8` at `out` from the eight quad accumulators, as the single-row kernels' `hsum_ps`:
 /// ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)), plus `summ` for the offset formats.
 #[inline(always)]
-unsafe fn reduce(acc: [__m256; 8], summ: Option<__m256>, out: &mut [f32]) {
+pub(crate) unsafe fn reduce(acc: [__m256; 8], summ: Option<__m256>, out: &mut [f32]) {
     // No closures here: a closure does not carry its caller's target features.
     let t = [
         _mm256_add_ps(acc[0], acc[4]),
@@ -49,18 +55,18 @@ unsafe fn reduce(acc: [__m256; 8], summ: Option<__m256>, out: &mut [f32]) {
 
 /// The 8 f16 values at `p` as f32.
 #[inline(always)]
-unsafe fn f16x8(p: *const u8) -> __m256 {
+pub(crate) unsafe fn f16x8(p: *const u8) -> __m256 {
     _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
 }
 
 /// The i32 at `p` in every lane: an activation quad for all 8 rows.
 #[inline(always)]
-unsafe fn quad(p: *const u8) -> __m256i {
+pub(crate) unsafe fn quad(p: *const u8) -> __m256i {
     _mm256_set1_epi32((p as *const i32).read_unaligned())
 }
 
 #[inline(always)]
-fn check(ty: QuantType, cols: usize, group: &[u8], x: &[u8]) {
+pub(crate) fn check(ty: QuantType, cols: usize, group: &[u8], x: &[u8]) {
     let nb = cols / QK;
     assert!(
         cols % QK == 0 && group.len() >= 16 * nb * ty.type_size() && x.len() >= nb * 34,
@@ -68,139 +74,216 @@ fn check(ty: QuantType, cols: usize, group: &[u8], x: &[u8]) {
     );
 }
 
-/// Q4_0 group block (`pack_q4_0`): dword `i` of the nibbles of rows 0..16 for `i = 0..4`, then
-/// the rows' `d`; half `h` is bytes `32h..32h + 32` of each. Dword `i`'s low nibbles are
-/// elements `4i..4i+4`, its high nibbles `16+4i..`: quads `i` and `i + 4`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot16_q4_0(cols: usize, group: &[u8], x: &[u8], _sums: &[f32], out: &mut [f32; 16], next: *const u8) {
-    check(QuantType::Q4_0, cols, group, x);
-    let nb = cols / QK;
-    let (gp, xp) = (group.as_ptr(), x.as_ptr());
-    let (low, eight) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(8));
-    for h in 0..2 {
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for b in 0..nb {
-            let (g, bx) = (gp.add(288 * b), xp.add(34 * b));
-            if h == 0 {
-                prefetch_group_ahead(gp, 288 * nb, 288 * b, 288, next);
-            }
-            let scale = _mm256_mul_ps(f16x8(g.add(256 + 16 * h)), _mm256_set1_ps(f16_at(bx)));
-            for i in 0..4 {
-                let d = load(g.add(64 * i + 32 * h));
-                let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
-                for (k, q) in quads.into_iter().enumerate() {
-                    let l = i + 4 * k;
-                    let (q, y) = (_mm256_sub_epi8(q, eight), quad(bx.add(2 + 4 * l)));
-                    // |q| · sign(y, q), as the single-row kernel's `dot_ss8`.
-                    let p = dot_us8_avx2(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q));
-                    acc[l] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[l]);
-                }
-            }
-        }
-        reduce(acc, None, &mut out[8 * h..]);
-    }
+/// Half `h` of block `b` of a group in halves (`interleave`'s `_halves` packs) whose half
+/// blocks are `hb` bytes, with the group's prefetch: the stream moves `hb` bytes per half block
+/// taken, evenly over both halves.
+#[inline(always)]
+pub(crate) unsafe fn half_block(gp: *const u8, nb: usize, hb: usize, h: usize, b: usize, next: *const u8) -> *const u8 {
+    let at = hb * (nb * h + b);
+    prefetch_group_ahead(gp, 2 * hb * nb, at, hb, next);
+    gp.add(at)
 }
 
-/// Q5_0 group block (`pack_q5_0`): the nibbles as Q4_0's, then per quad `l` and half `h` the
-/// high bits of the half's 8 rows as one u32, then the rows' `d`. A missing high bit means the
-/// value minus 16: the byte's high nibble set, as the single-row kernel does.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot16_q5_0(cols: usize, group: &[u8], x: &[u8], _sums: &[f32], out: &mut [f32; 16], next: *const u8) {
-    check(QuantType::Q5_0, cols, group, x);
-    let nb = cols / QK;
-    let (gp, xp) = (group.as_ptr(), x.as_ptr());
-    let (low, high) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0xF0u8 as i8));
-    for h in 0..2 {
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for b in 0..nb {
-            let (g, bx) = (gp.add(352 * b), xp.add(34 * b));
-            if h == 0 {
-                prefetch_group_ahead(gp, 352 * nb, 352 * b, 352, next);
-            }
-            let scale = _mm256_mul_ps(f16x8(g.add(320 + 16 * h)), _mm256_set1_ps(f16_at(bx)));
-            for i in 0..4 {
-                let d = load(g.add(64 * i + 32 * h));
-                let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
-                for (k, q) in quads.into_iter().enumerate() {
-                    let l = i + 4 * k;
-                    let bits = (g.add(256 + 8 * l + 4 * h) as *const u32).read_unaligned();
-                    let q = _mm256_or_si256(q, _mm256_andnot_si256(bits_32(bits), high));
-                    let y = quad(bx.add(2 + 4 * l));
-                    // |q| · sign(y, q), as the single-row kernel's `dot_ss8`.
-                    let p = dot_us8_avx2(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q));
-                    acc[l] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[l]);
-                }
-            }
-        }
-        reduce(acc, None, &mut out[8 * h..]);
-    }
+/// Activation blocks whose quad sums the Q4_0 and Q5_0 kernels keep at a time.
+pub(crate) const BIAS_CHUNK: usize = 64;
+
+/// 16 in each byte whose bit `l` is set in `high`, else 0 (`l` < 8): a shift within 16-bit lanes
+/// that keeps each byte's bit 4 inside its byte, and a mask.
+#[inline(always)]
+pub(crate) unsafe fn high_bit_16(high: __m256i, l: usize) -> __m256i {
+    let moved = match l {
+        0 => _mm256_slli_epi16(high, 4),
+        1 => _mm256_slli_epi16(high, 3),
+        2 => _mm256_slli_epi16(high, 2),
+        3 => _mm256_slli_epi16(high, 1),
+        4 => high,
+        5 => _mm256_srli_epi16(high, 1),
+        6 => _mm256_srli_epi16(high, 2),
+        _ => _mm256_srli_epi16(high, 3),
+    };
+    _mm256_and_si256(moved, _mm256_set1_epi8(0x10))
 }
 
-/// Q4_1 group block (`pack_q4_1`): dword `i` of the nibbles of rows 0..16 for `i = 0..4`, then
-/// the rows' `d`, then their `m`; half `h` is bytes `32h..32h + 32` of each. Dword `i`'s low
-/// nibbles are elements `4i..4i+4`, its high nibbles `16+4i..`: quads `i` and `i + 4`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot16_q4_1(cols: usize, group: &[u8], x: &[u8], sums: &[f32], out: &mut [f32; 16], next: *const u8) {
-    check(QuantType::Q4_1, cols, group, x);
-    let nb = cols / QK;
-    assert!(
-        sums.len() >= nb,
-        "q4_1 interleaved dot: {} block sums for {nb} blocks",
-        sums.len()
-    );
-    let (gp, xp) = (group.as_ptr(), x.as_ptr());
-    let low = _mm256_set1_epi8(0x0F);
-    for h in 0..2 {
-        let mut acc = [_mm256_setzero_ps(); 8];
-        let mut summ = _mm256_setzero_ps();
-        for b in 0..nb {
-            let (g, bx) = (gp.add(320 * b), xp.add(34 * b));
-            if h == 0 {
-                prefetch_group_ahead(gp, 320 * nb, 320 * b, 320, next);
+/// Generates the interleaved kernels over a `$dot_us8(u8 vector, i8 vector) -> i32x8`.
+macro_rules! il_kernels {
+    ($tf:literal, $dot_us8:path) => {
+        /// `c · Σ y` of each quad `l` of each activation block `b` in `blocks`, at
+        /// `bias[b - blocks.start][l]`: the offset of Q4_0's (`c = 8`) and Q5_0's (`c = 16`)
+        /// quants, taken off their products with the unsigned quants. Kept in memory, so the
+        /// kernels broadcast each from there.
+        #[inline(always)]
+        unsafe fn quad_bias(xp: *const u8, blocks: std::ops::Range<usize>, c: i8, bias: &mut [[i32; 8]; BIAS_CHUNK]) {
+            for (b, bias) in blocks.zip(bias.iter_mut()) {
+                let s = $dot_us8(_mm256_set1_epi8(c), load(xp.add(34 * b + 2)));
+                _mm256_storeu_si256(bias.as_mut_ptr() as *mut __m256i, s);
             }
-            let scale = _mm256_mul_ps(f16x8(g.add(256 + 16 * h)), _mm256_set1_ps(f16_at(bx)));
-            for i in 0..4 {
-                let d = load(g.add(64 * i + 32 * h));
-                let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
-                for (k, q) in quads.into_iter().enumerate() {
-                    let l = i + 4 * k;
-                    let p = dot_us8_avx2(q, quad(bx.add(2 + 4 * l)));
-                    acc[l] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[l]);
-                }
-            }
-            // Fused, as the single-row kernels' `summ = m.mul_add(s, summ)`.
-            summ = _mm256_fmadd_ps(f16x8(g.add(288 + 16 * h)), _mm256_set1_ps(*sums.get_unchecked(b)), summ);
         }
-        reduce(acc, Some(summ), &mut out[8 * h..]);
-    }
-}
 
-/// Q8_0 group block (`pack_q8_0_signed`): quad `l` of the 16 rows (signed) for `l = 0..8`, then
-/// the rows' `d`; half `h` is bytes `32h..32h + 32` of each.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot16_q8_0(cols: usize, group: &[u8], x: &[u8], _sums: &[f32], out: &mut [f32; 16], next: *const u8) {
-    check(QuantType::Q8_0, cols, group, x);
-    let nb = cols / QK;
-    let (gp, xp) = (group.as_ptr(), x.as_ptr());
-    for h in 0..2 {
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for b in 0..nb {
-            let (g, bx) = (gp.add(544 * b), xp.add(34 * b));
-            if h == 0 {
-                prefetch_group_ahead(gp, 544 * nb, 544 * b, 544, next);
-            }
-            let scale = _mm256_mul_ps(f16x8(g.add(512 + 16 * h)), _mm256_set1_ps(f16_at(bx)));
-            for (l, acc) in acc.iter_mut().enumerate() {
-                let q = load(g.add(64 * l + 32 * h));
-                let y = quad(bx.add(2 + 4 * l));
-                // |q| · sign(y, q), as the single-row kernel's `dot_ss8`.
-                let p = dot_us8_avx2(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q));
-                *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), *acc);
+        /// Q4_0 half block (`pack_q4_0_halves`): dword `i` of the nibbles of the 8 rows for
+        /// `i = 0..4`, then the rows' `d`. Dword `i`'s low nibbles are elements `4i..4i+4`, its
+        /// high nibbles `16+4i..`: quads `i` and `i + 4`. Σ (q - 8)·y as Σ q·y - 8·Σ y (no
+        /// pair of products saturates: q ≤ 15), the same i32 as the single-row kernel's.
+        #[target_feature(enable = $tf)]
+        pub unsafe fn dot16_q4_0(
+            cols: usize,
+            group: &[u8],
+            x: &[u8],
+            _sums: &[f32],
+            out: &mut [f32; 16],
+            next: *const u8,
+        ) {
+            check(QuantType::Q4_0, cols, group, x);
+            let nb = cols / QK;
+            let (gp, xp) = (group.as_ptr(), x.as_ptr());
+            let low = _mm256_set1_epi8(0x0F);
+            let mut bias = [[0i32; 8]; BIAS_CHUNK];
+            for h in 0..2 {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for c in (0..nb).step_by(BIAS_CHUNK) {
+                    let blocks = c..nb.min(c + BIAS_CHUNK);
+                    quad_bias(xp, blocks.clone(), 8, &mut bias);
+                    for (b, bias) in blocks.zip(bias.iter()) {
+                        let (g, bx) = (half_block(gp, nb, 144, h, b, next), xp.add(34 * b));
+                        let scale = _mm256_mul_ps(f16x8(g.add(128)), _mm256_set1_ps(f16_at(bx)));
+                        for i in 0..4 {
+                            let d = load(g.add(32 * i));
+                            let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
+                            for (k, q) in quads.into_iter().enumerate() {
+                                let l = i + 4 * k;
+                                let p = $dot_us8(q, quad(bx.add(2 + 4 * l)));
+                                let p = _mm256_sub_epi32(p, _mm256_set1_epi32(*bias.get_unchecked(l)));
+                                acc[l] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[l]);
+                            }
+                        }
+                    }
+                }
+                reduce(acc, None, &mut out[8 * h..]);
             }
         }
-        reduce(acc, None, &mut out[8 * h..]);
-    }
+
+        /// Q5_0 half block (`pack_q5_0_halves`): the nibbles as Q4_0's, then the high bits (bit
+        /// `l` of byte `4r + k`: element `4l + k` of row `r`), then the rows' `d`. Σ (q - 16)·y as
+        /// Σ q·y - 16·Σ y with q = nibble | high bit · 16 (no pair of products saturates:
+        /// q ≤ 31), the same i32 as the single-row kernel's.
+        #[target_feature(enable = $tf)]
+        pub unsafe fn dot16_q5_0(
+            cols: usize,
+            group: &[u8],
+            x: &[u8],
+            _sums: &[f32],
+            out: &mut [f32; 16],
+            next: *const u8,
+        ) {
+            check(QuantType::Q5_0, cols, group, x);
+            let nb = cols / QK;
+            let (gp, xp) = (group.as_ptr(), x.as_ptr());
+            let low = _mm256_set1_epi8(0x0F);
+            let mut bias = [[0i32; 8]; BIAS_CHUNK];
+            for h in 0..2 {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for c in (0..nb).step_by(BIAS_CHUNK) {
+                    let blocks = c..nb.min(c + BIAS_CHUNK);
+                    quad_bias(xp, blocks.clone(), 16, &mut bias);
+                    for (b, bias) in blocks.zip(bias.iter()) {
+                        let (g, bx) = (half_block(gp, nb, 176, h, b, next), xp.add(34 * b));
+                        let scale = _mm256_mul_ps(f16x8(g.add(160)), _mm256_set1_ps(f16_at(bx)));
+                        let high = load(g.add(128));
+                        for i in 0..4 {
+                            let d = load(g.add(32 * i));
+                            let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
+                            for (k, q) in quads.into_iter().enumerate() {
+                                let l = i + 4 * k;
+                                let q = _mm256_or_si256(q, high_bit_16(high, l));
+                                let p = $dot_us8(q, quad(bx.add(2 + 4 * l)));
+                                let p = _mm256_sub_epi32(p, _mm256_set1_epi32(*bias.get_unchecked(l)));
+                                acc[l] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[l]);
+                            }
+                        }
+                    }
+                }
+                reduce(acc, None, &mut out[8 * h..]);
+            }
+        }
+
+        /// Q4_1 half block (`pack_q4_1_halves`): dword `i` of the nibbles of the 8 rows for
+        /// `i = 0..4`, then the rows' `d`, then their `m`. Dword `i`'s low nibbles are elements
+        /// `4i..4i+4`, its high nibbles `16+4i..`: quads `i` and `i + 4`.
+        #[target_feature(enable = $tf)]
+        pub unsafe fn dot16_q4_1(
+            cols: usize,
+            group: &[u8],
+            x: &[u8],
+            sums: &[f32],
+            out: &mut [f32; 16],
+            next: *const u8,
+        ) {
+            check(QuantType::Q4_1, cols, group, x);
+            let nb = cols / QK;
+            assert!(
+                sums.len() >= nb,
+                "q4_1 interleaved dot: {} block sums for {nb} blocks",
+                sums.len()
+            );
+            let (gp, xp) = (group.as_ptr(), x.as_ptr());
+            let low = _mm256_set1_epi8(0x0F);
+            for h in 0..2 {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                let mut summ = _mm256_setzero_ps();
+                for b in 0..nb {
+                    let (g, bx) = (half_block(gp, nb, 160, h, b, next), xp.add(34 * b));
+                    let scale = _mm256_mul_ps(f16x8(g.add(128)), _mm256_set1_ps(f16_at(bx)));
+                    for i in 0..4 {
+                        let d = load(g.add(32 * i));
+                        let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
+                        for (k, q) in quads.into_iter().enumerate() {
+                            let l = i + 4 * k;
+                            let p = $dot_us8(q, quad(bx.add(2 + 4 * l)));
+                            acc[l] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[l]);
+                        }
+                    }
+                    // Fused, as the single-row kernels' `summ = m.mul_add(s, summ)`.
+                    summ = _mm256_fmadd_ps(f16x8(g.add(144)), _mm256_set1_ps(*sums.get_unchecked(b)), summ);
+                }
+                reduce(acc, Some(summ), &mut out[8 * h..]);
+            }
+        }
+
+        /// Q8_0 half block (`pack_q8_0_signed_halves`): quad `l` of the 8 rows (signed) for
+        /// `l = 0..8`, then the rows' `d`.
+        #[target_feature(enable = $tf)]
+        pub unsafe fn dot16_q8_0(
+            cols: usize,
+            group: &[u8],
+            x: &[u8],
+            _sums: &[f32],
+            out: &mut [f32; 16],
+            next: *const u8,
+        ) {
+            check(QuantType::Q8_0, cols, group, x);
+            let nb = cols / QK;
+            let (gp, xp) = (group.as_ptr(), x.as_ptr());
+            for h in 0..2 {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for b in 0..nb {
+                    let (g, bx) = (half_block(gp, nb, 272, h, b, next), xp.add(34 * b));
+                    let scale = _mm256_mul_ps(f16x8(g.add(256)), _mm256_set1_ps(f16_at(bx)));
+                    for (l, acc) in acc.iter_mut().enumerate() {
+                        let q = load(g.add(32 * l));
+                        let y = quad(bx.add(2 + 4 * l));
+                        // |q| · sign(y, q), as the single-row kernel's `dot_ss8`.
+                        let p = $dot_us8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q));
+                        *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), *acc);
+                    }
+                }
+                reduce(acc, None, &mut out[8 * h..]);
+            }
+        }
+    };
 }
+#[allow(unused_imports)] // used by avxvnni_il.rs
+pub(crate) use il_kernels;
+
+il_kernels!("avx2,fma,f16c", dot_us8_avx2);
 
 /// Q8_0 weighted row sums over a group packed by `pack_q8_0_axpy_signed`: `y += Σ_{r ∈ lanes}
 /// coeffs[r] · row r` as `scalar::axpy16_q8_0_quantized` defines it (the same bits): per block,
@@ -291,3 +374,4 @@ unsafe fn hmax(v: __m256) -> f32 {
     let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
 }
+

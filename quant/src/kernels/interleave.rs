@@ -117,6 +117,82 @@ fn pack_q8_0_columns(cols: usize, rows: &[u8], out: &mut [u8], flip: u8) {
     })
 }
 
+/// A group in halves, for kernels that hold 8 rows per register (AVX2's ymm): the group's
+/// blocks for rows 0..8, then for rows 8..16, so that a kernel taking one half at a time reads
+/// each byte once and in order. Half `h` of block `b` (`8 · type_size` bytes at
+/// `8 · type_size · (nb · h + b)`, `nb` blocks a row) is the half-`h` chunks of the block of
+/// `pack` in order: `pack`'s block is a run of units of `2c` bytes (the listed `(count, c)`),
+/// rows 0..8's `c` bytes then rows 8..16's.
+fn in_halves(
+    ty: QuantType,
+    cols: usize,
+    rows: &[u8],
+    out: &mut [u8],
+    pack: fn(usize, &[u8], &mut [u8]),
+    units: &[(usize, usize)],
+) {
+    let (nb, ts) = (cols / QK, ty.type_size());
+    let row_bytes = ty.row_bytes(cols).expect("whole blocks");
+    assert!(
+        cols % QK == 0 && rows.len() == GROUP * row_bytes && out.len() == rows.len() && ts <= 34,
+        "{ty} interleave: 16 rows of {cols} values need {} bytes",
+        GROUP * row_bytes
+    );
+    debug_assert_eq!(units.iter().map(|&(n, c)| 2 * n * c).sum::<usize>(), GROUP * ts);
+    // One block of the 16 rows at a time, packed whole, then split.
+    let (mut block, mut whole) = ([0u8; GROUP * 34], [0u8; GROUP * 34]);
+    let (block, whole) = (&mut block[..GROUP * ts], &mut whole[..GROUP * ts]);
+    for b in 0..nb {
+        for r in 0..GROUP {
+            block[ts * r..ts * (r + 1)].copy_from_slice(&rows[r * row_bytes + ts * b..r * row_bytes + ts * (b + 1)]);
+        }
+        pack(QK, block, whole);
+        for h in 0..2 {
+            let mut o = GROUP / 2 * ts * (nb * h + b);
+            let mut at = 0;
+            for &(n, c) in units {
+                for _ in 0..n {
+                    out[o..o + c].copy_from_slice(&whole[at + c * h..at + c * (h + 1)]);
+                    (o, at) = (o + c, at + 2 * c);
+                }
+            }
+        }
+    }
+}
+
+/// [`pack_q4_0`] in halves: per half block, dword `i` of the nibbles of its 8 rows for
+/// `i = 0..4` (128 bytes), then their `d`.
+pub fn pack_q4_0_halves(cols: usize, rows: &[u8], out: &mut [u8]) {
+    in_halves(QuantType::Q4_0, cols, rows, out, pack_q4_0, &[(4, 32), (1, 16)])
+}
+
+/// [`pack_q5_0`] in halves: per half block, the nibbles as [`pack_q4_0_halves`], then the high
+/// bits as 32 bytes, bit `l` of byte `4r + k` the high bit of element `4l + k` of the half's row
+/// `r` (so one shift moves quad `l`'s bits into place for all 8 rows), then the `d`.
+pub fn pack_q5_0_halves(cols: usize, rows: &[u8], out: &mut [u8]) {
+    in_halves(QuantType::Q5_0, cols, rows, out, pack_q5_0, &[(4, 32), (8, 4), (1, 16)]);
+    // The high bits came as pack_q5_0's: per quad l, a u32 whose bit 4r + k is that bit.
+    for half in out.chunks_exact_mut(8 * QuantType::Q5_0.type_size()) {
+        let bits = &mut half[128..160];
+        let words: [u32; 8] = std::array::from_fn(|l| u32::from_le_bytes(bits[4 * l..4 * l + 4].try_into().unwrap()));
+        for (j, byte) in bits.iter_mut().enumerate() {
+            *byte = (0..8).fold(0u8, |acc, l| acc | (((words[l] >> j) & 1) as u8) << l);
+        }
+    }
+}
+
+/// [`pack_q4_1`] in halves: per half block, the nibbles as [`pack_q4_0_halves`], then the
+/// `d`, then the `m`.
+pub fn pack_q4_1_halves(cols: usize, rows: &[u8], out: &mut [u8]) {
+    in_halves(QuantType::Q4_1, cols, rows, out, pack_q4_1, &[(4, 32), (2, 16)])
+}
+
+/// [`pack_q8_0_signed`] in halves: per half block, quad `l` of its 8 rows for `l = 0..8` (256
+/// bytes), then their `d`.
+pub fn pack_q8_0_signed_halves(cols: usize, rows: &[u8], out: &mut [u8]) {
+    in_halves(QuantType::Q8_0, cols, rows, out, pack_q8_0_signed, &[(8, 32), (1, 16)])
+}
+
 /// The order in which the plain-NEON kernels (`smull` + pairwise adds) sum each 16 elements:
 /// their i32 lane `l` holds elements `2l, 2l + 1, 8 + 2l, 9 + 2l`. The `_pairs` packs store each
 /// half-block's elements in this order, so that dword `l` of a half feeds lane `l` as it does in

@@ -16,6 +16,10 @@ pub mod avx512_f32;
 pub mod avx512_gemm;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_il;
+#[cfg(target_arch = "x86_64")]
+pub mod avxvnni;
+#[cfg(target_arch = "x86_64")]
+pub mod avxvnni_il;
 pub mod f32_table;
 pub mod interleave;
 pub mod table;

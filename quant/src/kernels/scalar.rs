@@ -24,6 +24,9 @@ fn dot_i8(a: &[i8], b: &[u8]) -> i32 {
         .sum()
 }
 
+// One copy: small functions are otherwise copied into each codegen unit that uses them, and
+// the table tests compare function addresses.
+#[inline(never)]
 pub fn dot_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sum = 0.0f64;
     for i in 0..n {
@@ -34,6 +37,7 @@ pub fn dot_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
     sum as f32
 }
 
+#[inline(never)] // as dot_f32
 pub fn dot_f16(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sum = 0.0f64;
     for i in 0..n {
@@ -44,6 +48,7 @@ pub fn dot_f16(n: usize, w: &[u8], x: &[u8]) -> f32 {
     sum as f32
 }
 
+#[inline(never)] // as dot_f32
 pub fn dot_bf16(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sum = 0.0f64;
     for i in 0..n {

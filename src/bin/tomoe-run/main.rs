@@ -83,7 +83,7 @@ impl ModelArgs {
 /// How the model is loaded (every subcommand that loads one takes these).
 #[derive(Args)]
 pub struct LoadArgs {
-    /// Kernel set of the matrix products: scalar, avx2 or avx512-vnni (x86-64), neon or
+    /// Kernel set of the matrix products: scalar, avx2, avxvnni or avx512-vnni (x86-64), neon or
     /// neon-dotprod (aarch64), those this CPU runs (default: TOMOE_KERNELS, else the best).
     /// Traces a numerical difference to the kernels.
     #[arg(long, value_name = "NAME", value_parser = kernel_set)]
