@@ -13,6 +13,13 @@ cargo test --workspace --release --features convert,server
 # batches and decoding over its interleaved copies, bit for bit against llama.cpp.
 TOMOE_KERNELS=avx2 cargo test --workspace --release --features convert,server --test ops --test moe_parity
 TOMOE_KERNELS=avx2 cargo test --workspace --release --features convert,server --test engine_parity -- quantized batch
+# The avxvnni set (AVX2 with VEX vpdpbusd: Alder Lake and later laptops) where the CPU has it.
+if grep -qw avx_vnni /proc/cpuinfo; then
+    TOMOE_KERNELS=avxvnni cargo test --workspace --release --features convert,server --test moe_parity
+    TOMOE_KERNELS=avxvnni cargo test --workspace --release --features convert,server --test engine_parity -- quantized batch
+else
+    echo "test.sh: this CPU has no AVX-VNNI; the avxvnni set is not run (simd_vs_scalar covers it where present)"
+fi
 scripts/test-aarch64.sh
 scripts/test-capi.sh
 scripts/build-mobile.sh
