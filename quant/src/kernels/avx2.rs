@@ -878,7 +878,7 @@ pub unsafe fn dot_q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     hsum_ps(acc)
 }
 
-/// Q8_0 [`super::AxpyFn`] on [`super::axpy_x4_blocks`]; within a pass the rows are added in order,
+/// Q8_0 [`super::AxpyFn`] on `super::axpy_x4_blocks`; within a pass the rows are added in order,
 /// as the scalar kernel does.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn axpy_q8_0(

@@ -127,7 +127,7 @@ pub type QuantizeActsFn = unsafe fn(&[f32], &mut [u8], &mut [f32]);
 /// `r · row_bytes` of `w`, in the weight format: a MoE expert's transposed down projection, one
 /// row per active neuron. Rows are added in order, each element as `y = fma(coeff · d, q, y)`, so
 /// every set is bit-identical to the scalar one. Unsafe as [`DotFn`]; the kernels check the row
-/// indices and lengths (see [`check_axpy`]).
+/// indices and lengths (see `check_axpy`).
 pub type AxpyFn = unsafe fn(usize, &[u8], usize, &[usize], &[f32], &mut [f32]);
 
 /// Panics unless every row index and length is in bounds for an [`AxpyFn`] of format `ty`.
@@ -305,7 +305,7 @@ pub(crate) fn prefetch(bytes: &[u8], range: std::ops::Range<usize>) {
     }
 }
 
-/// Hints the CPU to load the floats `x` into L2 (as [`prefetch`] does): for a small table that
+/// Hints the CPU to load the floats `x` into L2 (as `prefetch` does): for a small table that
 /// a serial step reads soon (a ToMoE router, a V-mask head), issued before the parallel work
 /// that precedes it, so that the step finds its table in L2 rather than far out in the L3.
 pub fn prefetch_floats(x: &[f32]) {
