@@ -14,7 +14,8 @@
 #        CHATS (generated chats, default 800; 0: Austen only), CHAT_SHARE (share of training
 #        windows from the chats, default 0.5), TAG (added to the output names), EVAL_CHATS (the
 #        held-out chats of which CHATS run to evaluate on, default CHATS: with CHATS=0, a
-#        conversion on Austen alone is scored on the chats another run held out).
+#        conversion on Austen alone is scored on the chats another run held out), EXPERTS (ToMoE's
+#        experts per layer; EXPERTS=1 with its own TAG is the one-learned-mask comparison).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 p="${1:?usage: $0 P [METHOD ...]}"
@@ -58,7 +59,7 @@ for m in "${methods[@]}"; do
   name="$m-p$p${tag:+-$tag}"
   extra=()
   [ "$m" = tomoe ] && extra=(--steps "$steps" --seq-len "$seq" --lr "$lr"
-    --checkpoint "$out/$name.ck.safetensors" --checkpoint-every 50 --resume)
+    --checkpoint "$out/$name.ck.safetensors" --checkpoint-every 50 --resume ${EXPERTS:+--experts "$EXPERTS"})
   echo "== $name" >&2
   start=$SECONDS
   "$bin/tomoe-convert" --input "$model" "${calib[@]}" "${chat_args[@]}" --method "$m" --p "$p" \
