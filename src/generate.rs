@@ -5,14 +5,22 @@
 //! the C ABI and the HTTP server all generate through it (the C ABI's token-by-token calls
 //! too, through [`Generator::eval`] and [`Generator::sample`]).
 //!
-//! ```no_run
+//! ```
 //! use std::sync::Arc;
 //! use tomoe::chat::{ChatMessage, Sampler, SamplerParams};
 //! use tomoe::engine::{Context, ContextParams};
 //! use tomoe::generate::{chat_tokens, GenerateOptions, Generator};
 //! use tomoe::model::Model;
 //!
-//! let model = Arc::new(Model::load("model.gguf".as_ref())?);
+//! # let dir = std::env::temp_dir().join(format!("tomoe-generate-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! # let path = dir.join("model.gguf");
+//! # let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
+//! #     {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+//! # let meta = [("tokenizer.chat_template", tomoe::gguf::Value::String(chatml.into()))];
+//! # tomoe::model::random::write_model(&path, "llama", tomoe::gguf::QuantType::Q8_0, 1, &meta)?;
+//! // `path`: a GGUF chat model (here a random one from `tomoe::model::random`).
+//! let model = Arc::new(Model::load(&path)?);
 //! let ctx = Context::new(model.clone(), ContextParams::default())?;
 //! let sampler = Sampler::new(SamplerParams::default(), model.config().n_vocab);
 //! let mut gen = Generator::new(ctx, sampler);
@@ -24,6 +32,8 @@
 //!     true // false would stop the answer here
 //! })?;
 //! eprintln!("\n{} tokens, {:.1} tokens/s", out.tokens.len(), out.gen_tokens_per_s());
+//! # assert!(out.tokens.len() <= 64);
+//! # std::fs::remove_dir_all(&dir)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

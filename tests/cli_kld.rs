@@ -342,7 +342,7 @@ fn kl_divergence_matches_a_hand_computation() {
     let size = std::fs::metadata(&base).unwrap().len() as usize;
     assert_eq!(
         size,
-        24 + 4 * CHUNKS * N_CTX + CHUNKS * POSITIONS * (16 + 2 * tiny::N_VOCAB)
+        24 + 4 * CHUNKS * N_CTX + CHUNKS * POSITIONS * (16 + 2 * tomoe::model::random::N_VOCAB)
     );
     assert_eq!(
         std::fs::read_dir(&dir.0).unwrap().count(),
@@ -478,7 +478,7 @@ fn bad_base_files_and_flags_are_clear_errors() {
     let rec0 = 24 + 4 * CHUNKS * N_CTX;
     let mut bad = good.clone();
     let argmax = u32::from_le_bytes(bad[rec0 + 12..rec0 + 16].try_into().unwrap());
-    bad[rec0 + 12..rec0 + 16].copy_from_slice(&((argmax + 1) % tiny::N_VOCAB as u32).to_le_bytes());
+    bad[rec0 + 12..rec0 + 16].copy_from_slice(&((argmax + 1) % tomoe::model::random::N_VOCAB as u32).to_le_bytes());
     std::fs::write(&cut, &bad).unwrap();
     let e = error_of(&kld(&cut, &model_a));
     assert!(e.contains("chunk 1, position 16: corrupt record"), "{e}");

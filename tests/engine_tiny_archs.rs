@@ -14,7 +14,8 @@ mod tiny;
 
 use oracle_eval::{max_rel_diff, GgmlKernels, LlamaOracle};
 use std::sync::Arc;
-use tiny::{random, tiny_model};
+use tiny::tiny_model;
+use tomoe::model::random::values as random;
 use tomoe::engine::{Context, ContextParams};
 use tomoe::gguf::{GgufFile, QuantType};
 use tomoe::model::Model;

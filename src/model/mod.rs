@@ -5,6 +5,7 @@ mod config;
 mod gemma3;
 mod llama;
 mod qwen2;
+pub mod random;
 pub mod tomoe;
 pub mod tomoe_schema;
 mod weights;
