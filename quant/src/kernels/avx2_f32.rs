@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 
 use super::table::KernelSet;
 use crate::vecmath::activations::{silu_libm, C1, C2, C3, C4, C5, INV_LN2, LN2_HI, LN2_LO, SHIFT};
-use crate::vecmath::expand::for_each_kept_word;
+use crate::vecmath::expand::{kept_word_start, prefetch_kept_word, KEPT_PREFETCH_AHEAD};
 use crate::vecmath::{f32_to_f16_slice_scalar, round_f16_scalar};
 
 /// Replaces the f32 math of `s` with this file's.
@@ -27,6 +27,7 @@ pub fn add_to(s: &mut KernelSet) {
     f.dot_chunks32_rows_f16 = dot_chunks32_rows_f16;
     f.dot_chunks32_rows_gemm_f16 = dot_chunks32_rows_gemm_f16;
     f.expand_weighted_sum = expand_weighted_sum;
+    f.expand_weighted_sums = Some(expand_weighted_sums);
 }
 
 /// The body of `dot16_transposed` for one vector width: lane `l` of every register is key `l` of
@@ -527,48 +528,129 @@ const EXPAND8: [[u32; 8]; 256] = {
     t
 };
 
+/// For each 8-bit mask, its lanes as a vector mask (all ones where the bit is set): one load
+/// instead of a broadcast, an and and a compare in the expand loops.
+const LANES8: [[i32; 8]; 256] = {
+    let mut t = [[0i32; 8]; 256];
+    let mut m = 0;
+    while m < 256 {
+        let mut lane = 0;
+        while lane < 8 {
+            if m >> lane & 1 == 1 {
+                t[m][lane] = -1;
+            }
+            lane += 1;
+        }
+        m += 1;
+    }
+    t
+};
+
 /// The lanes of an 8-bit mask as a vector mask (all ones where the bit is set).
 #[inline(always)]
 unsafe fn lanes(m: u32) -> __m256i {
-    let bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(m as i32), bit), bit)
+    _mm256_loadu_si256(LANES8[m as usize & 0xFF].as_ptr() as *const __m256i)
 }
 
-/// `vecmath::expand_weighted_sum`, 64 outputs at a time in eight registers: per position and
-/// eight outputs, a masked load of the next packed values (only as many lanes as bits, so
-/// nothing past them is read), a permute into place, and a blend that changes only the kept
-/// lanes.
+/// `vecmath::expand_weighted_sum`: the one-query case of `expand_weighted_sums`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn expand_weighted_sum(a: &[f32], bits: &[u64], packed: &[f32], slot: usize, head: usize, out: &mut [f32]) {
-    let words = out.len().div_ceil(64);
+    sums::<1>(&[(0, a)], bits, packed, slot, head, out.len(), out)
+}
+
+/// `vecmath::expand_weighted_sums` for up to four queries (`out`: their rows of `width`): per
+/// position and eight outputs, a masked load of the next packed values (only as many lanes as
+/// bits, so nothing past them is read) and a permute into place, once for all the queries;
+/// then for each query that spans the position a multiply, an add, and a blend that changes
+/// only the kept lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn expand_weighted_sums(
+    queries: &[(usize, &[f32])],
+    bits: &[u64],
+    packed: &[f32],
+    slot: usize,
+    head: usize,
+    width: usize,
+    out: &mut [f32],
+) {
+    // The query count as a constant, so that the accumulators are registers (or fixed stack
+    // slots past sixteen): one pass over the positions beat two passes of half the outputs.
+    match queries.len() {
+        1 => sums::<1>(queries, bits, packed, slot, head, width, out),
+        2 => sums::<2>(queries, bits, packed, slot, head, width, out),
+        3 => sums::<3>(queries, bits, packed, slot, head, width, out),
+        4 => sums::<4>(queries, bits, packed, slot, head, width, out),
+        n => unreachable!("{n} queries at once"),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn sums<const Q: usize>(
+    queries: &[(usize, &[f32])],
+    bits: &[u64],
+    packed: &[f32],
+    slot: usize,
+    head: usize,
+    width: usize,
+    out: &mut [f32],
+) {
+    debug_assert!(queries.len() == Q && out.len() == Q * width);
+    let words = width.div_ceil(64);
+    let lo = queries.iter().map(|q| q.0).min().unwrap_or(0);
+    let hi = queries.iter().map(|q| q.0 + q.1.len()).max().unwrap_or(0);
     let (pp, op) = (packed.as_ptr(), out.as_mut_ptr());
+    let position = |p: usize| &bits[p * words..(p + 1) * words];
     for w in 0..words {
-        let n_out = (out.len() - 64 * w).min(64);
-        // Lanes of each 8-output chunk inside `out`.
-        let valid: [__m256i; 8] =
-            std::array::from_fn(|c| lanes(((1u32 << n_out.saturating_sub(8 * c).min(8)) - 1) & 0xFF));
-        let mut acc: [__m256; 8] = std::array::from_fn(|c| _mm256_maskload_ps(op.add(64 * w + 8 * c), valid[c]));
-        for_each_kept_word(a, bits, packed, w, slot, head, |aj, word, mut k| {
-            let va = _mm256_set1_ps(aj);
-            for (c, acc) in acc.iter_mut().enumerate() {
-                let m = (word >> (8 * c)) as u32 & 0xFF;
-                if m == 0 {
-                    continue;
-                }
+        let n_out = (width - 64 * w).min(64);
+        // Lanes of each chunk of 8 inside the row; masked loads and stores touch only those,
+        // and a chunk past the row has none.
+        let valid: [__m256i; 8] = std::array::from_fn(|c| lanes((1u32 << n_out.saturating_sub(8 * c).min(8)) - 1));
+        let row = |q: usize, c: usize| op.wrapping_add(q * width + 64 * w + 8 * c);
+        let mut acc: [[__m256; 8]; Q] =
+            std::array::from_fn(|q| std::array::from_fn(|c| _mm256_maskload_ps(row(q, c), valid[c])));
+        for p in lo..(lo + KEPT_PREFETCH_AHEAD).min(hi) {
+            prefetch_kept_word(packed, position(p), w, p, slot, head);
+        }
+        for p in lo..hi {
+            let ahead = p + KEPT_PREFETCH_AHEAD;
+            if ahead < hi {
+                prefetch_kept_word(packed, position(ahead), w, ahead, slot, head);
+            }
+            let b = position(p);
+            if b[w] == 0 {
+                continue;
+            }
+            let mut k = kept_word_start(b, w, p, slot, head);
+            let mut v = [_mm256_setzero_ps(); 8];
+            let mut keep = [_mm256_setzero_ps(); 8];
+            for c in 0..8 {
+                let m = (b[w] >> (8 * c)) as u32 & 0xFF;
                 let n = m.count_ones() as usize;
-                // SAFETY: the caller checked that the position's values lie in `packed`:
-                // the load reads packed[k..k + n] only.
-                let v = _mm256_maskload_ps(pp.add(k), lanes((1 << n) - 1));
+                // SAFETY: the caller checked that position p's values lie in `packed`: the load
+                // reads packed[k..k + n] only (nothing for an empty chunk).
+                let x = _mm256_maskload_ps(pp.add(k), lanes((1 << n) - 1));
                 let idx = _mm256_loadu_si256(EXPAND8[m as usize].as_ptr() as *const __m256i);
-                let v = _mm256_permutevar8x32_ps(v, idx);
-                // Only the kept lanes change (as the scalar path, even for a -0.0 in `out`).
-                let sum = _mm256_add_ps(*acc, _mm256_mul_ps(va, v));
-                *acc = _mm256_blendv_ps(*acc, sum, _mm256_castsi256_ps(lanes(m)));
+                v[c] = _mm256_permutevar8x32_ps(x, idx);
+                keep[c] = _mm256_castsi256_ps(lanes(m));
                 k += n;
             }
-        });
-        for (c, acc) in acc.iter().enumerate() {
-            _mm256_maskstore_ps(op.add(64 * w + 8 * c), valid[c], *acc);
+            for (acc, &(first, a)) in acc.iter_mut().zip(queries) {
+                if p < first || p >= first + a.len() {
+                    continue;
+                }
+                let va = _mm256_set1_ps(a[p - first]);
+                for c in 0..8 {
+                    // Only the kept lanes change (as the scalar path, even for a -0.0 in `out`).
+                    let sum = _mm256_add_ps(acc[c], _mm256_mul_ps(va, v[c]));
+                    acc[c] = _mm256_blendv_ps(acc[c], sum, keep[c]);
+                }
+            }
+        }
+        for (q, acc) in acc.iter().enumerate() {
+            for (c, acc) in acc.iter().enumerate() {
+                _mm256_maskstore_ps(row(q, c), valid[c], *acc);
+            }
         }
     }
 }
