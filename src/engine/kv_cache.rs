@@ -174,7 +174,14 @@ impl<'a> CompactValues<'a> {
         let (w, slot) = (self.cv.words, self.n_kv_heads * self.cv.cap);
         let n = queries.iter().map(|(first, a)| first + a.len()).max().unwrap_or(0);
         let bits = &self.cv.kept[..n * w];
-        tomoe_quant::vecmath::expand_weighted_sums(queries, bits, self.v, slot, g, self.cv.head_dim, out);
+        assert!(g < self.n_kv_heads, "KV head {g} of {}", self.n_kv_heads);
+        // SAFETY: `ValueStore::store` is the only writer of the bits and values: it sets bits
+        // of dims below `head_dim` only, at most `cap` of them per position, and writes head
+        // `g`'s values at `g · count` of the position's slot of `n_kv_heads · cap`, which
+        // `self.v` holds for every position of the context (`n` is at most the context).
+        unsafe {
+            tomoe_quant::vecmath::expand_weighted_sums_unchecked(queries, bits, self.v, slot, g, self.cv.head_dim, out)
+        };
     }
 }
 

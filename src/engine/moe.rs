@@ -304,14 +304,15 @@ pub fn v_mask(vm: &VMask, w_a_h1: &[f32], mask: &mut [f32], s: &mut VMaskScratch
 /// The error function: its Maclaurin series (Horner in x², no divisions) below 0.5, where
 /// Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7) is weakest relative to the value, and that fit
 /// above. It runs for every hidden unit of every V-mask head on every decoded token, serially:
-/// both branches are computed and one kept, and the exponential is plain arithmetic, so that the
+/// both branches are computed and one kept, and the exponential is plain arithmetic (Horner with
+/// a multiply and an add: `mul_add` is a libm call where the build has no FMA), so that the
 /// loop over the units runs in SIMD lanes (a libm `exp` per unit took half the head's time).
 #[inline]
 fn erf(x: f64) -> f64 {
     let (s, x) = (x.signum(), x.abs());
     let x2 = x * x;
     // Twelve terms: the thirteenth is below 1e-17 of the sum at 0.5.
-    let series = x * ERF_SERIES.iter().rev().fold(0f64, |acc, &c| acc.mul_add(x2, c));
+    let series = x * ERF_SERIES.iter().rev().fold(0f64, |acc, &c| acc * x2 + c);
     let t = 1.0 / (1.0 + 0.327_591_1 * x);
     let poly =
         t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
@@ -329,7 +330,7 @@ fn exp_neg(z: f64) -> f64 {
     let w = -z.min(700.0);
     let k = (w * std::f64::consts::LOG2_E).round();
     let r = (w - k * LN2_HI) - k * LN2_LO;
-    let p = EXP_TAYLOR.iter().rev().fold(0f64, |acc, &c| acc.mul_add(r, c));
+    let p = EXP_TAYLOR.iter().rev().fold(0f64, |acc, &c| acc * r + c);
     // k is in -1010..=0: 2^k is a normal number.
     p * f64::from_bits(((1023 + k as i64) as u64) << 52)
 }

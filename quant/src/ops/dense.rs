@@ -236,14 +236,15 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
     if x.n_vecs == 0 || w.rows == 0 {
         return;
     }
-    if let Some(gemm) = kernels().gemm(w.ty) {
-        return matmul_tiled(gemm, w, x, y);
-    }
     let row_dot = RowDot::new(w, x);
     // Over an interleaved copy the tasks take whole groups, each read from the copy for every
-    // vector while it is in cache: fewer instructions than four plain rows at a time, and the
-    // matrix's row-major bytes are then never read (see `MatRef::bytes_a_copy_replaces`).
+    // vector while it is in cache: fewer instructions than four plain rows at a time, as fast as
+    // the tiled kernels, and the matrix's row-major bytes are then never read, so that a loader
+    // can give them back (`MatRef::bytes_a_copy_replaces`; BENCHMARKS.md, peak memory).
     let grouped = row_dot.x16.is_some() && w.interleaved.is_some();
+    if let (Some(gemm), false) = (kernels().gemm(w.ty), grouped) {
+        return matmul_tiled(gemm, w, x, y);
+    }
     let chunk = match grouped {
         true => rows_per_task(w.rows).next_multiple_of(GROUP),
         false => rows_per_task(w.rows),

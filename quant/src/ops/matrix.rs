@@ -278,13 +278,14 @@ impl<'a> MatRef<'a> {
     /// The row-major bytes that [`matvec`](super::matvec), [`matmul`](super::matmul) and
     /// [`matvec_rows`](super::matvec_rows) over whole groups no
     /// longer read once the matrix has its interleaved copy ([`MatRef::with_interleaved`]): its
-    /// whole groups of 16 rows, when the running set takes batches through the interleaved
-    /// kernel too (it has one for the format and no tiled kernel, whose batches read the
-    /// row-major data). `None` otherwise. A loader may give those bytes back to the system;
-    /// other readers (a row lookup, the rows of a MoE expert) still read them.
+    /// whole groups of 16 rows, when the running set has an interleaved kernel for the format
+    /// (batches then run over the copy too, not through a tiled kernel). `None` otherwise. A
+    /// loader may give those bytes back to the system; other readers (a row lookup, the rows
+    /// of a MoE expert) still read them.
     pub fn bytes_a_copy_replaces(&self) -> Option<&'a [u8]> {
-        let set = kernels();
-        (set.interleaved(self.ty).is_some() && set.gemm(self.ty).is_none())
+        kernels()
+            .interleaved(self.ty)
+            .is_some()
             .then(|| &self.data[..self.rows / GROUP * GROUP * self.row_bytes])
     }
 }

@@ -39,6 +39,34 @@ pub fn expand_weighted_sums(
     width: usize,
     out: &mut [f32],
 ) {
+    let words = width.div_ceil(64);
+    if words > 0 {
+        // Every position once (each query's are among them).
+        check_expand_positions(bits.len() / words, bits, packed, slot, head, width);
+    }
+    // SAFETY: the positions were checked above.
+    unsafe { expand_weighted_sums_unchecked(queries, bits, packed, slot, head, width, out) }
+}
+
+/// [`expand_weighted_sums`] without the walk over every position's bits that checks them (it
+/// costs a tenth of the sums), for a cache that holds its invariants by construction.
+///
+/// # Safety
+/// For every position `j` below `bits.len() / words` (`words` = `width` / 64 rounded up), with
+/// `m_j` its set bits: none lies at or beyond `width`, `(head + 1) · m_j ≤ slot`, and
+/// `j · slot + (head + 1) · m_j ≤ packed.len()`.
+///
+/// # Panics
+/// As [`expand_weighted_sums`], but for the per-position conditions above.
+pub unsafe fn expand_weighted_sums_unchecked(
+    queries: &[(usize, &[f32])],
+    bits: &[u64],
+    packed: &[f32],
+    slot: usize,
+    head: usize,
+    width: usize,
+    out: &mut [f32],
+) {
     assert_eq!(out.len(), queries.len() * width, "expand_weighted_sums: output rows");
     let words = width.div_ceil(64);
     if words == 0 {
@@ -52,18 +80,17 @@ pub fn expand_weighted_sums(
             "expand_weighted_sums: query past the {n} positions"
         );
     }
-    // Every position once (each query's are among them).
-    check_expand_positions(n, bits, packed, slot, head, width);
     let k = f32_kernels();
     if let (Some(sums), true) = (k.expand_weighted_sums, queries.len() > 1) {
         for (qs, rows) in queries.chunks(4).zip(out.chunks_mut(4 * width)) {
-            // SAFETY: the set in use runs on this CPU; the shapes were checked above.
+            // SAFETY: the set in use runs on this CPU; the shapes were checked above, the
+            // positions by the caller.
             unsafe { sums(qs, bits, packed, slot, head, width, rows) };
         }
         return;
     }
     for (&(first, a), row) in queries.iter().zip(out.chunks_exact_mut(width)) {
-        // Checked above with every position: a query's are among them, each at its own slot.
+        // The caller's positions: a query's are among them, each at its own slot.
         let b = &bits[first * words..(first + a.len()) * words];
         // SAFETY: as above.
         unsafe { (k.expand_weighted_sum)(a, b, &packed[first * slot..], slot, head, row) };

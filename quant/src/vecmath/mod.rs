@@ -30,7 +30,7 @@ pub use dots::{
     dot, dot16_transposed, dot16_transposed_scalar, dot_chunks32, dot_chunks32_rows, dot_chunks32_rows_gemm,
     dot_chunks32_scalar, dot_rows, dot_scalar,
 };
-pub use expand::{expand_weighted_sum, expand_weighted_sum_scalar, expand_weighted_sums};
+pub use expand::{expand_weighted_sum, expand_weighted_sum_scalar, expand_weighted_sums, expand_weighted_sums_unchecked};
 pub use f16::{
     dot16_transposed_f16, dot16_transposed_f16_scalar, dot_chunks32_rows_f16, dot_chunks32_rows_gemm_f16, f16_to_f32,
     f32_to_f16, f32_to_f16_slice, f32_to_f16_slice_scalar, round_f16, round_f16_scalar,
