@@ -139,10 +139,8 @@ fn bench_child(engine: &str, file: &str, threads: usize) {
         bench_tomoe(&mut ctx, &all[..N_PROMPT], &all[N_PROMPT..], &mut speeds);
         bytes = model.weights().bytes_per_token(ctx.expert_counts());
     } else {
-        let file = GgufFile::open(&path).unwrap();
-        let n_vocab = file.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).expect("a vocabulary").len();
-        let all = tokens(N_PROMPT + N_GEN + 1, n_vocab as u32);
         let mut oracle = LlamaOracle::load(&path, N_CTX, threads);
+        let all = tokens(N_PROMPT + N_GEN + 1, oracle.n_vocab() as u32);
         bench_llama(&mut oracle, &all[..N_PROMPT], &all[N_PROMPT..], &mut speeds);
     }
     println!("{} {} {bytes}", speeds.pp, speeds.tg);
@@ -182,11 +180,9 @@ fn memory_child(run: usize, file: &str, threads: usize) {
             std::hint::black_box(ctx.eval(&[t]).unwrap());
         }
     } else {
-        let file = GgufFile::open(&path).unwrap();
-        let n_vocab = file.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).expect("a vocabulary").len();
-        drop(file);
-        let all = tokens(2 * MEMORY_TOKENS, n_vocab as u32);
+        // The vocabulary size from llama.cpp itself: nothing of ours is loaded in its process.
         let mut oracle = LlamaOracle::load(&path, MEMORY_CTX, threads);
+        let all = tokens(2 * MEMORY_TOKENS, oracle.n_vocab() as u32);
         oracle.eval(&all[..MEMORY_TOKENS], 0, false);
         for (i, &t) in all[MEMORY_TOKENS..].iter().enumerate() {
             std::hint::black_box(oracle.eval(&[t], MEMORY_TOKENS + i, false));
