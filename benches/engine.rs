@@ -11,7 +11,7 @@
 //! `TOMOE_BENCH_REPS` (`3`).
 //!
 //! `TOMOE_BENCH_MEMORY=1` instead measures peak resident memory (Linux's VmHWM) at a 512-token
-//! context, a 16-token prompt and 16 decoded tokens: tomoe with an f32 and an f16 KV cache (and
+//! context, a 16-token prompt (`TOMOE_BENCH_MEMORY_PROMPT`: up to 496) and 16 decoded tokens: tomoe with an f32 and an f16 KV cache (and
 //! the f16 cache without the decoding copies) and llama.cpp at its defaults (f16 cache), each
 //! run a process of its own, on `TOMOE_BENCH_MODELS`; beside each cache's bytes at 4096 tokens.
 //!
@@ -45,12 +45,18 @@ const N_GEN: usize = 128;
 const N_CTX: usize = 1024;
 
 fn env_list(key: &str, default: &str) -> Vec<String> {
-    std::env::var(key).unwrap_or_else(|_| default.into()).split(',').map(|s| s.trim().to_string()).collect()
+    std::env::var(key)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect()
 }
 
 /// Deterministic pseudo-random tokens (speed does not depend on the text); the same for both.
 fn tokens(n: usize, n_vocab: u32) -> Vec<u32> {
-    (0..n as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % n_vocab).collect()
+    (0..n as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % n_vocab)
+        .collect()
 }
 
 /// The read-bandwidth ceiling for decoding a model of `model_bytes` with `threads` threads, in
@@ -134,7 +140,11 @@ fn bench_child(engine: &str, file: &str, threads: usize) {
     if engine == "tomoe" {
         let model = Arc::new(Model::load(&path).unwrap_or_else(|e| panic!("{file}: {e}")));
         let all = tokens(N_PROMPT + N_GEN + 1, model.config().n_vocab as u32);
-        let params = ContextParams { n_ctx: N_CTX, n_threads: threads, n_batch: N_PROMPT };
+        let params = ContextParams {
+            n_ctx: N_CTX,
+            n_threads: threads,
+            n_batch: N_PROMPT,
+        };
         let mut ctx = Context::new(model.clone(), params).unwrap();
         bench_tomoe(&mut ctx, &all[..N_PROMPT], &all[N_PROMPT..], &mut speeds);
         bytes = model.weights().bytes_per_token(ctx.expert_counts());
@@ -156,36 +166,65 @@ const MEMORY_RUNS: [(&str, &str, KvType, bool); 4] = [
 const MEMORY_CTX: usize = 512;
 const MEMORY_TOKENS: usize = 16;
 
+/// The prompt of the memory runs: `TOMOE_BENCH_MEMORY_PROMPT`, else `MEMORY_TOKENS`.
+fn memory_prompt() -> usize {
+    let n = std::env::var("TOMOE_BENCH_MEMORY_PROMPT").map_or(MEMORY_TOKENS, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("TOMOE_BENCH_MEMORY_PROMPT={v:?} is not a token count"))
+    });
+    assert!(
+        (1..=MEMORY_CTX - MEMORY_TOKENS).contains(&n),
+        "TOMOE_BENCH_MEMORY_PROMPT: 1 to {}",
+        MEMORY_CTX - MEMORY_TOKENS
+    );
+    n
+}
+
 /// The process's peak resident set, in bytes (Linux's VmHWM).
 fn peak_resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status (Linux only)");
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).expect("VmHWM in /proc/self/status");
-    kib.trim().trim_end_matches("kB").trim().parse::<u64>().expect("VmHWM in kB") * 1024
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .expect("VmHWM in /proc/self/status");
+    kib.trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .expect("VmHWM in kB")
+        * 1024
 }
 
 /// One run of the memory table in this process (a child of `bench_memory`): a `MEMORY_CTX`
-/// context, a prompt of `MEMORY_TOKENS` and as many decoded tokens; prints the peak resident
+/// context, a prompt of `memory_prompt()` tokens and `MEMORY_TOKENS` decoded; prints the peak resident
 /// bytes.
 fn memory_child(run: usize, file: &str, threads: usize) {
     let (_, engine, kv, copies) = MEMORY_RUNS[run];
-    let path = std::path::PathBuf::from(file);
+    let (path, n_prompt) = (std::path::PathBuf::from(file), memory_prompt());
     if engine == "tomoe" {
-        let opts = LoadOptions { copies, ..LoadOptions::default() };
+        let opts = LoadOptions {
+            copies,
+            ..LoadOptions::default()
+        };
         let model = Arc::new(Model::load_with(&path, &opts).unwrap_or_else(|e| panic!("{file}: {e}")));
-        let all = tokens(2 * MEMORY_TOKENS, model.config().n_vocab as u32);
-        let params = ContextParams { n_ctx: MEMORY_CTX, n_threads: threads, n_batch: MEMORY_CTX };
+        let all = tokens(n_prompt + MEMORY_TOKENS, model.config().n_vocab as u32);
+        let params = ContextParams {
+            n_ctx: MEMORY_CTX,
+            n_threads: threads,
+            n_batch: MEMORY_CTX,
+        };
         let mut ctx = Context::with_cache_types(model, params, CacheTypes { k: kv, v: kv }).unwrap();
-        ctx.eval(&all[..MEMORY_TOKENS]).unwrap();
-        for &t in &all[MEMORY_TOKENS..] {
+        ctx.eval(&all[..n_prompt]).unwrap();
+        for &t in &all[n_prompt..] {
             std::hint::black_box(ctx.eval(&[t]).unwrap());
         }
     } else {
         // The vocabulary size from llama.cpp itself: nothing of ours is loaded in its process.
         let mut oracle = LlamaOracle::load(&path, MEMORY_CTX, threads);
-        let all = tokens(2 * MEMORY_TOKENS, oracle.n_vocab() as u32);
-        oracle.eval(&all[..MEMORY_TOKENS], 0, false);
-        for (i, &t) in all[MEMORY_TOKENS..].iter().enumerate() {
-            std::hint::black_box(oracle.eval(&[t], MEMORY_TOKENS + i, false));
+        let all = tokens(n_prompt + MEMORY_TOKENS, oracle.n_vocab() as u32);
+        oracle.eval(&all[..n_prompt], 0, false);
+        for (i, &t) in all[n_prompt..].iter().enumerate() {
+            std::hint::black_box(oracle.eval(&[t], n_prompt + i, false));
         }
     }
     println!("{}", peak_resident_bytes());
@@ -215,11 +254,20 @@ fn bench_memory(models: &[String], threads: usize) {
             })
             .collect();
         // The caches' sizes at 4096 tokens, without the copies (they do not change them).
-        let opts = LoadOptions { copies: false, ..LoadOptions::default() };
+        let opts = LoadOptions {
+            copies: false,
+            ..LoadOptions::default()
+        };
         let model = Arc::new(Model::load_with(&path, &opts).unwrap());
         let kv = |ty| {
-            let params = ContextParams { n_ctx: 4096, n_threads: 1, n_batch: 512 };
-            Context::with_cache_types(model.clone(), params, CacheTypes { k: ty, v: ty }).unwrap().kv_bytes()
+            let params = ContextParams {
+                n_ctx: 4096,
+                n_threads: 1,
+                n_batch: 512,
+            };
+            Context::with_cache_types(model.clone(), params, CacheTypes { k: ty, v: ty })
+                .unwrap()
+                .kv_bytes()
         };
         let (kv32, kv16) = (kv(KvType::F32), kv(KvType::F16));
         print!("| {name} |");
@@ -268,7 +316,10 @@ fn bench_files(files: &[String], threads: &[usize], reps: usize) {
         .iter()
         .map(|f| {
             let file = GgufFile::open(std::path::Path::new(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
-            !file.get("general.architecture").and_then(|v| v.as_str()).is_some_and(|a| a.starts_with("tomoe-"))
+            !file
+                .get("general.architecture")
+                .and_then(|v| v.as_str())
+                .is_some_and(|a| a.starts_with("tomoe-"))
         })
         .collect();
     let first_len = std::fs::metadata(&files[0]).unwrap().len() as usize;
@@ -298,7 +349,11 @@ fn bench_files(files: &[String], threads: &[usize], reps: usize) {
             let gbs = speeds.tg * bytes / 1e9;
             let name = std::path::Path::new(file).file_name().unwrap().to_string_lossy();
             let (ltg, lpp, ratio) = if llama[i] {
-                (format!("{:.1}", theirs.tg), format!("{:.1}", theirs.pp), format!("{:.2}", speeds.tg / theirs.tg))
+                (
+                    format!("{:.1}", theirs.tg),
+                    format!("{:.1}", theirs.pp),
+                    format!("{:.2}", speeds.tg / theirs.tg),
+                )
             } else {
                 ("–".into(), "–".into(), "–".into())
             };
@@ -327,8 +382,14 @@ fn main() {
         let (run, threads, file) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
         return memory_child(run.parse().unwrap(), file, threads.parse().unwrap());
     }
-    let reps: usize = std::env::var("TOMOE_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
-    let threads: Vec<usize> = env_list("TOMOE_BENCH_THREADS", "1,2").iter().map(|s| s.parse().unwrap()).collect();
+    let reps: usize = std::env::var("TOMOE_BENCH_REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let threads: Vec<usize> = env_list("TOMOE_BENCH_THREADS", "1,2")
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
     println!("kernels: {}, reps: {reps}", tomoe_quant::kernel_name());
     if std::env::var_os("TOMOE_BENCH_MEMORY").is_some() {
         return bench_memory(&env_list("TOMOE_BENCH_MODELS", "smollm2,gemma3"), threads[0]);
@@ -350,8 +411,15 @@ fn main() {
         let (prompt, gen) = (&all[..N_PROMPT], &all[N_PROMPT..]);
         let bytes = model.weights().bytes_per_token(&[]);
         for &t in &threads {
-            let mut ctx =
-                Context::new(model.clone(), ContextParams { n_ctx: N_CTX, n_threads: t, n_batch: N_PROMPT }).unwrap();
+            let mut ctx = Context::new(
+                model.clone(),
+                ContextParams {
+                    n_ctx: N_CTX,
+                    n_threads: t,
+                    n_batch: N_PROMPT,
+                },
+            )
+            .unwrap();
             let mut oracle = LlamaOracle::load(&path, N_CTX, t);
             let (mut ours, mut theirs) = (Speeds { pp: 0.0, tg: 0.0 }, Speeds { pp: 0.0, tg: 0.0 });
             for _ in 0..reps {
