@@ -8,9 +8,8 @@
 //! ```no_run
 //! use std::sync::Arc;
 //! use tomoe::chat::{ChatMessage, Sampler, SamplerParams};
-//! use tomoe::engine::{Context, ContextParams};
+//! use tomoe::engine::{Context, ContextParams, Model};
 //! use tomoe::generate::{chat_tokens, GenerateOptions, Generator};
-//! use tomoe::model::Model;
 //!
 //! let model = Arc::new(Model::load("model.gguf".as_ref())?);
 //! let ctx = Context::new(model.clone(), ContextParams::default())?;

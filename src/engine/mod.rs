@@ -5,17 +5,20 @@ mod cpus;
 mod forward;
 pub mod kl_divergence;
 mod kv_cache;
+mod load;
 mod moe;
 pub mod ops;
 mod parallel;
 pub mod perplexity;
+mod plan;
 mod team;
 
-use crate::model::Model;
 use forward::{forward, Logits, Scratch};
 pub use cpus::default_threads;
 use kv_cache::KvCache;
 pub use kv_cache::KvType;
+pub use load::{LoadError, LoadOptions, Model};
+pub use plan::ExpertReads;
 use std::sync::Arc;
 use team::Team;
 
