@@ -1,5 +1,7 @@
-//! The forward pass: KV cache, single-token (matrix-vector) and batch (matrix-matrix) paths,
-//! one thread pool per context.
+//! Loading and running a model: [`Model`] (a [`ModelFile`](crate::model::ModelFile) and its
+//! decoding plan: the weights' copies for the kernel set and how decoding reads the ToMoE
+//! experts, made as [`LoadOptions`] say), and the forward pass of a [`Context`]: KV cache,
+//! single-token (matrix-vector) and batch (matrix-matrix) paths, one thread pool per context.
 
 mod cpus;
 mod forward;
