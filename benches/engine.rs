@@ -35,10 +35,9 @@ use oracle_eval::LlamaOracle;
 use rayon::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
-use tomoe::engine::{CacheTypes, Context, ContextParams, KvType};
+use tomoe::engine::{CacheTypes, Context, ContextParams, KvType, LoadOptions, Model};
 use tomoe::gguf::GgufFile;
 use tomoe::huge_pages::HugeBuf;
-use tomoe::model::{LoadOptions, Model};
 
 const N_PROMPT: usize = 512;
 const N_GEN: usize = 128;

@@ -8,9 +8,8 @@
 //! ```
 //! use std::sync::Arc;
 //! use tomoe::chat::{ChatMessage, Sampler, SamplerParams};
-//! use tomoe::engine::{Context, ContextParams};
+//! use tomoe::engine::{Context, ContextParams, Model};
 //! use tomoe::generate::{chat_tokens, GenerateOptions, Generator};
-//! use tomoe::model::Model;
 //!
 //! # let dir = std::env::temp_dir().join(format!("tomoe-generate-doc-{}", std::process::id()));
 //! # std::fs::create_dir_all(&dir)?;

@@ -2,8 +2,11 @@
 //!
 //! The pipeline, in the order data flows:
 //! - [`gguf`]: the file format (memory-mapped, validated reader; aligned, atomic writer).
-//! - [`model`]: model configuration from metadata and one file per architecture.
-//! - [`engine`]: KV cache, forward pass, batch and single-token paths over `tomoe_quant` kernels.
+//! - [`model`]: a pure view of a model file: configuration from metadata (one file per
+//!   architecture), tokenizer, chat template, weights as views into the file.
+//! - [`engine`]: the loaded model (`engine::Model`: the weights' decoding copies and read plans, as
+//!   `engine::LoadOptions` say), KV cache, forward pass, batch and single-token paths over
+//!   `tomoe_quant` kernels.
 //! - [`tokenizer`], [`chat`]: text in and out: BPE/SentencePiece, chat templates, sampling.
 //! - [`generate`]: prompt tokens → sampled text, with stop conditions (used by every front end).
 //! - `convert` (feature `convert`): dense model → trained routers and masks → MoE GGUF.

@@ -10,8 +10,7 @@ use std::sync::Arc;
 use capi_support::*;
 use tomoe::capi::*;
 use tomoe::chat::{ChatMessage, Sampler, SamplerParams};
-use tomoe::engine::{Context, ContextParams};
-use tomoe::model::Model;
+use tomoe::engine::{Context, ContextParams, Model};
 
 const PROMPT: &str =
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";

@@ -8,10 +8,9 @@ mod tiny;
 use std::process::Command;
 use std::sync::Arc;
 use tomoe::chat::{ChatMessage, Sampler, SamplerParams};
-use tomoe::engine::{Context, ContextParams};
+use tomoe::engine::{Context, ContextParams, Model};
 use tomoe::generate::{chat_tokens, GenerateOptions, Generator};
 use tomoe::gguf::{QuantType, Value};
-use tomoe::model::Model;
 
 const BOS: u32 = 257;
 

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use tomoe::engine::perplexity::{log_softmax_at, n_chunks, score_chunk, PerplexityState};
-use tomoe::engine::{Context, ContextParams};
-use tomoe::model::Model;
+use tomoe::engine::{Context, ContextParams, Model};
 
 fn tomoe_run() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tomoe-run"))

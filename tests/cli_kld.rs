@@ -11,9 +11,8 @@ mod tiny;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
-use tomoe::engine::{Context, ContextParams};
+use tomoe::engine::{Context, ContextParams, Model};
 use tomoe::gguf::{QuantType, Value};
-use tomoe::model::Model;
 
 const N_CTX: usize = 32;
 const CHUNKS: usize = 3;

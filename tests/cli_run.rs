@@ -6,8 +6,7 @@ mod common;
 
 use std::process::Command;
 use std::sync::Arc;
-use tomoe::engine::{Context, ContextParams};
-use tomoe::model::Model;
+use tomoe::engine::{Context, ContextParams, Model};
 
 fn tomoe_run() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tomoe-run"))

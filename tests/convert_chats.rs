@@ -8,7 +8,7 @@ mod common;
 use common::{model_path, RealModel};
 use tomoe::chat::ChatTemplate;
 use tomoe::convert::chats::{load_or_generate, pre_query_prompt, render, ChatGenParams};
-use tomoe::model::Model;
+use tomoe::engine::Model;
 
 fn params(n: usize, seed: u64) -> ChatGenParams {
     ChatGenParams {

@@ -23,9 +23,8 @@ use tomoe::convert::gguf_in::load_gguf;
 use tomoe::convert::hf::load_hf;
 use tomoe::convert::train::{train, CheckpointPlan, TrainParams};
 use tomoe::convert::ConvertError;
-use tomoe::engine::{Context, ContextParams};
+use tomoe::engine::{Context, ContextParams, LoadOptions, Model};
 use tomoe::gguf::{GgufFile, GgufWriter, QuantType};
-use tomoe::model::{LoadOptions, Model};
 
 fn tmp(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name)

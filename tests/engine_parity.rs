@@ -28,9 +28,8 @@ use common::{model_path, RealModel, PARITY_PROMPTS};
 use oracle_eval::{argmax, max_rel_diff, GgmlKernels, LlamaOracle, OracleKv};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tomoe::engine::{CacheTypes, Context, ContextParams, KvType};
+use tomoe::engine::{CacheTypes, Context, ContextParams, KvType, Model};
 use tomoe::gguf::{GgufFile, GgufWriter, QuantType};
-use tomoe::model::Model;
 use tomoe_quant::dequantize_row;
 
 const N_GEN: usize = 64;

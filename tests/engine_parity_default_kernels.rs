@@ -17,8 +17,7 @@ mod oracle_eval;
 use common::{model_path, RealModel, PARITY_PROMPTS};
 use oracle_eval::{argmax, max_rel_diff, top2_margin, GgmlKernels, LlamaOracle};
 use std::sync::Arc;
-use tomoe::engine::{Context, ContextParams};
-use tomoe::model::Model;
+use tomoe::engine::{Context, ContextParams, Model};
 
 const N_GEN: usize = 64;
 const N_CTX: usize = 256;

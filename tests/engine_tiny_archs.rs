@@ -15,10 +15,9 @@ mod tiny;
 use oracle_eval::{max_rel_diff, GgmlKernels, LlamaOracle};
 use std::sync::Arc;
 use tiny::tiny_model;
+use tomoe::engine::{Context, ContextParams, Model};
 use tomoe::model::random::values as random;
-use tomoe::engine::{Context, ContextParams};
 use tomoe::gguf::{GgufFile, QuantType};
-use tomoe::model::Model;
 
 /// Every position's logits of 40 tokens in one batch, and then 8 more decoded one at a time.
 fn check(arch: &str, ty: QuantType, tol: f32) {

@@ -6,9 +6,8 @@ mod common;
 
 use std::sync::Arc;
 use tomoe::chat::{ChatMessage, Sampler, SamplerParams};
-use tomoe::engine::{Context, ContextParams};
+use tomoe::engine::{Context, ContextParams, Model};
 use tomoe::generate::{chat_tokens, GenerateError, GenerateOptions, Generator, StopReason};
-use tomoe::model::Model;
 
 fn generator(model: &Arc<Model>, n_ctx: usize) -> Generator {
     let ctx = Context::new(

@@ -15,9 +15,8 @@ use std::sync::Arc;
 use tomoe::convert::converted::{ConvertedLayer, ConvertedModel, Method, VMaskHead};
 use tomoe::convert::export::build_tomoe;
 use tomoe::convert::hf::load_hf;
-use tomoe::engine::{CacheTypes, Context, ContextParams, KvType};
+use tomoe::engine::{CacheTypes, Context, ContextParams, KvType, Model};
 use tomoe::gguf::QuantType;
-use tomoe::model::Model;
 
 /// 4 experts over random halves of the neurons, half the RoPE pairs kept, a V-mask head
 /// (capped at half the head dims) if `vmask`.

@@ -12,8 +12,7 @@ use std::process::Command;
 use std::ptr;
 use std::sync::Arc;
 use tomoe::capi::*;
-use tomoe::engine::{Context, ContextParams};
-use tomoe::model::{LoadOptions, Model, ModelError};
+use tomoe::engine::{Context, ContextParams, LoadError, LoadOptions, Model};
 use tomoe_quant::dispatch::{self, SelectKernelsError};
 
 const PROMPT: &str = "The capital of France is";
@@ -59,7 +58,7 @@ fn an_unknown_kernel_set_is_a_clear_error() {
     let opts = LoadOptions { copies: true, kernels: Some("no-such-set".into()) };
     let err = Model::load_with(&path, &opts).err().expect("an unknown kernel set must fail the load");
     assert!(
-        matches!(&err, ModelError::Kernels(SelectKernelsError::NotAvailable { name, .. }) if name == "no-such-set"),
+        matches!(&err, LoadError::Kernels(SelectKernelsError::NotAvailable { name, .. }) if name == "no-such-set"),
         "{err:?}"
     );
     let msg = err.to_string();

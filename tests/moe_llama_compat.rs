@@ -18,9 +18,8 @@ use std::sync::Arc;
 use tomoe::convert::converted::{ConvertedLayer, ConvertedModel, Method};
 use tomoe::convert::export::build_llama_compat;
 use tomoe::convert::gguf_in::load_gguf;
-use tomoe::engine::{Context, ContextParams};
+use tomoe::engine::{Context, ContextParams, Model};
 use tomoe::gguf::QuantType;
-use tomoe::model::Model;
 
 #[test]
 fn llama_cpp_compat_export_runs_the_same_in_both_engines() {

@@ -1,7 +1,7 @@
 //! The runtime's sparse execution of ToMoE files against the converter's reference forward, on
 //! tiny random models (llama, GQA llama, qwen2): converted models with differing experts, pruned
 //! Q/K pairs and a dynamic V mask (with and without the output-mask and pruned-scale switches),
-//! exported as f32, loaded by `tomoe::model::Model` and run through `Context`: every position's
+//! exported as f32, loaded by `tomoe::engine::Model` and run through `Context`: every position's
 //! logits within 1e-3 relative (max |a - b| / max |b|), for a whole batch (the grouped-by-expert
 //! path) and token by token (the decode path).
 #![cfg(feature = "convert")]
@@ -16,9 +16,8 @@ use std::sync::Arc;
 use tomoe::convert::converted::{reference_forward, ConvertedLayer, ConvertedModel, Method, Routing, VMaskHead};
 use tomoe::convert::export::build_tomoe;
 use tomoe::convert::hf::load_hf;
-use tomoe::engine::{Context, ContextParams};
+use tomoe::engine::{Context, ContextParams, Model};
 use tomoe::gguf::QuantType;
-use tomoe::model::Model;
 
 /// A converted model with random structure: 4 experts of random neuron sets, half the RoPE
 /// pairs kept (whole pairs, in the rotate-half layout the converter uses), a V-mask head.
@@ -136,12 +135,9 @@ fn check_with(
         .flat_map(|m| m.expert_runs.iter().flatten())
         .filter(|r| r.end / 16 * 16 > r.start.next_multiple_of(16))
         .count();
-    let gathered = rt
-        .weights()
-        .layers
-        .iter()
-        .filter_map(|l| l.mlp.tomoe())
-        .flat_map(|m| &m.read_order)
+    let gathered = (0..rt.config().n_layer)
+        .filter_map(|il| rt.expert_reads(il))
+        .flat_map(|r| &r.order)
         .filter(|o| !o.is_empty())
         .count();
     let mut ctx = Context::new(rt.clone(), ContextParams { n_ctx: 128, n_threads: 2, n_batch: 128 }).unwrap();

@@ -20,9 +20,8 @@ use tomoe::convert::dense::{Arch, DenseModel, Gemma3Params};
 use tomoe::convert::export::build_tomoe;
 use tomoe::convert::forward::{forward, NoMasks};
 use tomoe::convert::hf::load_hf;
-use tomoe::engine::{Context, ContextParams};
+use tomoe::engine::{Context, ContextParams, Model};
 use tomoe::gguf::QuantType;
-use tomoe::model::Model;
 
 /// The tiny GQA llama of `convert_util` with Gemma 3's extra parts (random norm weights).
 fn tiny_gemma3(name: &str, seed: u64) -> (DenseModel, std::path::PathBuf) {

@@ -18,9 +18,8 @@ use std::sync::Arc;
 use tomoe::convert::converted::{reference_forward, ConvertedLayer, ConvertedModel, Method, Routing, VMaskHead};
 use tomoe::convert::export::build_tomoe;
 use tomoe::convert::gguf_in::load_gguf;
-use tomoe::engine::{Context, ContextParams};
+use tomoe::engine::{Context, ContextParams, Model};
 use tomoe::gguf::QuantType;
-use tomoe::model::Model;
 
 #[test]
 fn smollm2_tomoe_runtime_matches_reference_forward() {

@@ -253,7 +253,7 @@ fn chat_documents(c: &ChatsArgs) -> Result<Vec<String>> {
         write_atomic(f, chats::plain_text(held).as_bytes())?;
         eprintln!("wrote the {} held-out chats to {}", held.len(), f.display());
     }
-    let model = tomoe::model::Model::load_with(&c.model, &tomoe::model::LoadOptions { copies: false, kernels: None })
+    let model = tomoe::engine::Model::load_with(&c.model, &tomoe::engine::LoadOptions { copies: false, kernels: None })
         .map_err(|e| ConvertError::Data(format!("{}: {e}", c.model.display())))?;
     let template = model.chat_template().ok_or_else(|| ConvertError::Data(format!("{} has no chat template", c.model.display())))?;
     chats::render(template, train)

@@ -8,9 +8,8 @@ use super::handles::{self, tomoe_context, tomoe_model};
 use super::status::{guard, tomoe_status, CapiError};
 use super::text::{check_tokens, TOMOE_TOKEN_NONE};
 use crate::chat::{Sampler, SamplerParams};
-use crate::engine::{CacheTypes, Context, ContextParams, KvType};
+use crate::engine::{CacheTypes, Context, ContextParams, KvType, Model};
 use crate::generate::{GenerateError, GenerateOptions, Generator, StopReason};
-use crate::model::Model;
 
 /// Parameters of a new context; start from `tomoe_context_default_params()`.
 #[repr(C)]

@@ -9,7 +9,7 @@ use super::handles::{self, tomoe_model};
 use super::status::{guard, tomoe_status, CapiError};
 use crate::gguf::GgufFile;
 use crate::model::tomoe_schema as schema;
-use crate::model::{LoadOptions, Model};
+use crate::engine::{LoadOptions, Model};
 
 /// Length of `tomoe_model_info::architecture`, NUL included.
 pub const TOMOE_ARCH_NAME_LEN: usize = 32;

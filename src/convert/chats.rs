@@ -13,9 +13,8 @@
 
 use super::{io_err, ConvertError, Result};
 use crate::chat::{ChatMessage, ChatTemplate, Sampler, SamplerParams};
-use crate::engine::{Context, ContextParams};
+use crate::engine::{Context, ContextParams, Model};
 use crate::generate::{chat_tokens, GenerateOptions, Generator, StopReason};
-use crate::model::Model;
 use crate::tokenizer::attr;
 use std::collections::HashSet;
 use std::io::{BufRead, Write};

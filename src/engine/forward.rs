@@ -8,7 +8,8 @@ use super::moe::{self, MoeScratch};
 use super::ops::{rms_norm, rms_norm_inplace, rope, rope_table};
 use super::parallel::{for_each_chunk_range, join2, matvec_fused, MatJob};
 use crate::model::tomoe::TomoeMlp;
-use crate::model::{Activation, Attention, DenseMlp, LayerWeights, Mlp, Model, ModelConfig, Weights};
+use super::{ExpertReads, Model};
+use crate::model::{Activation, Attention, DenseMlp, LayerWeights, Mlp, ModelConfig, Weights};
 use rayon::prelude::*;
 use tomoe_quant::kernels::prefetch_floats;
 use tomoe_quant::{dequantize_row, matmul, vecmath, GateActivation, MatRef, QuantType, QuantizedInput};
@@ -130,7 +131,7 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
     rope_tables(c, w, s, pos0, n);
     for (il, l) in w.layers.iter().enumerate() {
         attention_block(c, l, il, kv, s, pos0, n);
-        mlp_block(c, l, il, s, n);
+        mlp_block(c, l, model.expert_reads(il), il, s, n);
     }
     output_logits(c, w, s, n, logits);
 }
@@ -382,16 +383,17 @@ fn output_mask(c: &ModelConfig, a: &Attention, heads: &mut [f32], masks: &[f32],
     }
 }
 
-/// Layer `il`'s MLP block: `x += post_norm(mlp(norm(x)))`.
-fn mlp_block(c: &ModelConfig, l: &LayerWeights, il: usize, s: &mut Scratch, n: usize) {
+/// Layer `il`'s MLP block: `x += post_norm(mlp(norm(x)))`; a ToMoE layer's experts read as
+/// `reads` says.
+fn mlp_block(c: &ModelConfig, l: &LayerWeights, reads: Option<&ExpertReads>, il: usize, s: &mut Scratch, n: usize) {
     let d = c.d_model;
     norm_rows(&mut s.xn[..n * d], &s.x[..n * d], &l.ffn_norm, c.rms_eps);
     match &l.mlp {
         Mlp::Dense(m) if n == 1 => dense_one(c, m, s),
         Mlp::Dense(m) => dense_batch(c, m, s, n),
         Mlp::Stacked(x) => moe::mlp_llama_experts(x, &s.xn[..n * d], &mut s.proj[..n * d], &mut s.moe),
-        Mlp::Tomoe(m) if n == 1 => tomoe_one(c, m, il, s),
-        Mlp::Tomoe(m) => tomoe_batch(c, m, il, s, n),
+        Mlp::Tomoe(m) if n == 1 => tomoe_one(c, m, reads, il, s),
+        Mlp::Tomoe(m) => tomoe_batch(c, m, reads, il, s, n),
     }
     residual(&mut s.x[..n * d], &mut s.proj[..n * d], l.post_ffn_norm.as_deref(), d, c.rms_eps);
 }
@@ -439,7 +441,7 @@ fn route(c: &ModelConfig, m: &TomoeMlp, il: usize, s: &mut Scratch, n: usize) {
 }
 
 /// One token's ToMoE MLP: its expert's rows only (see `moe::mlp_one`).
-fn tomoe_one(c: &ModelConfig, m: &TomoeMlp, il: usize, s: &mut Scratch) {
+fn tomoe_one(c: &ModelConfig, m: &TomoeMlp, reads: Option<&ExpertReads>, il: usize, s: &mut Scratch) {
     let d = c.d_model;
     route(c, m, il, s, 1);
     let act = match c.activation {
@@ -448,15 +450,15 @@ fn tomoe_one(c: &ModelConfig, m: &TomoeMlp, il: usize, s: &mut Scratch) {
     };
     s.inputs.prepare(&[m.gate.ty(), m.up.ty()], &s.xn[..d], d);
     let (xg, xu) = (s.inputs.get(m.gate.ty()), s.inputs.get(m.up.ty()));
-    moe::mlp_one(m, act, s.moe.choice[0], xg, xu, &mut s.proj[..d], &mut s.moe);
+    moe::mlp_one(m, reads, act, s.moe.choice[0], xg, xu, &mut s.proj[..d], &mut s.moe);
 }
 
 /// A batch's ToMoE MLP: the tokens grouped by expert (see `moe::mlp_batch`).
-fn tomoe_batch(c: &ModelConfig, m: &TomoeMlp, il: usize, s: &mut Scratch, n: usize) {
+fn tomoe_batch(c: &ModelConfig, m: &TomoeMlp, reads: Option<&ExpertReads>, il: usize, s: &mut Scratch, n: usize) {
     let d = c.d_model;
     route(c, m, il, s, n);
     let gelu = c.activation == Activation::GeluTanh;
-    moe::mlp_batch(m, gelu, &s.xn[..n * d], &mut s.proj[..n * d], &mut s.moe);
+    moe::mlp_batch(m, reads, gelu, &s.xn[..n * d], &mut s.proj[..n * d], &mut s.moe);
 }
 
 /// The logits `logits` asks for: the final norm, the output projection, the soft cap where the

@@ -1,21 +1,26 @@
-//! The forward pass: KV cache, single-token (matrix-vector) and batch (matrix-matrix) paths,
-//! one thread pool per context.
+//! Loading and running a model: [`Model`] (a [`ModelFile`](crate::model::ModelFile) and its
+//! decoding plan: the weights' copies for the kernel set and how decoding reads the ToMoE
+//! experts, made as [`LoadOptions`] say), and the forward pass of a [`Context`]: KV cache,
+//! single-token (matrix-vector) and batch (matrix-matrix) paths, one thread pool per context.
 
 mod cpus;
 mod forward;
 pub mod kl_divergence;
 mod kv_cache;
+mod load;
 mod moe;
 pub mod ops;
 mod parallel;
 pub mod perplexity;
+mod plan;
 mod team;
 
-use crate::model::Model;
 use forward::{forward, Logits, Scratch};
 pub use cpus::default_threads;
 use kv_cache::KvCache;
 pub use kv_cache::KvType;
+pub use load::{LoadError, LoadOptions, Model};
+pub use plan::ExpertReads;
 use std::sync::Arc;
 use team::Team;
 

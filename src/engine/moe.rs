@@ -4,6 +4,7 @@
 //! group runs matrix-matrix products over the expert's row runs.
 
 use super::parallel::{for_each_part, matvec_fused, part_count, MatJob};
+use super::plan::ExpertReads;
 use crate::model::tomoe::{TomoeMlp, VMask};
 use crate::model::StackedExperts;
 use rayon::prelude::*;
@@ -81,9 +82,11 @@ pub fn route(m: &TomoeMlp, h2: &[f32], d: usize, out: &mut Vec<usize>) {
 /// One token's MLP: `proj = Σ_{i ∈ expert} down_t[i] · act(gate[i]·h2) · (up[i]·h2)`, over the
 /// expert's rows only, the rows split between the threads, each thread reading its rows' gate,
 /// up and down weights together (`gated_rows`) into a partial sum. `xg`/`xu`: `h2` quantized for
-/// the gate/up formats.
+/// the gate/up formats; the expert's rows read as `reads` says.
+#[allow(clippy::too_many_arguments)]
 pub fn mlp_one(
     m: &TomoeMlp,
+    reads: Option<&ExpertReads>,
     act: GateActivation,
     expert: usize,
     xg: &QuantizedInput,
@@ -94,7 +97,7 @@ pub fn mlp_one(
     let (gate, up, down_t) = (&m.gate, &m.up, &m.down_t);
     let d = proj.len();
     proj.fill(0.0);
-    let runs = &m.read_runs[expert];
+    let (runs, _) = ExpertReads::of(reads, m, expert);
     if runs.is_empty() {
         return;
     }
@@ -146,8 +149,16 @@ fn split_by_cost(runs: &[std::ops::Range<usize>], parts: usize, bounds: &mut Vec
 
 /// A batch's MLP: tokens grouped by expert; per group, gate and up as matrix-matrix products
 /// over the expert's row runs, then each token's transposed down rows. `h2`: `n` rows of `d`.
-/// `gelu`: the experts are GeGLU (Gemma), else SwiGLU.
-pub fn mlp_batch(m: &TomoeMlp, gelu: bool, h2: &[f32], proj: &mut [f32], s: &mut MoeScratch) {
+/// `gelu`: the experts are GeGLU (Gemma), else SwiGLU. The down projection reads the rows as
+/// decoding does (`reads`).
+pub fn mlp_batch(
+    m: &TomoeMlp,
+    reads: Option<&ExpertReads>,
+    gelu: bool,
+    h2: &[f32],
+    proj: &mut [f32],
+    s: &mut MoeScratch,
+) {
     let (gate, up, down_t) = (&m.gate, &m.up, &m.down_t);
     let d = gate.cols();
     let n = h2.len() / d;
@@ -191,9 +202,9 @@ pub fn mlp_batch(m: &TomoeMlp, gelu: bool, h2: &[f32], proj: &mut [f32], s: &mut
         }
         // Each token's down projection (the expert's transposed rows, weighted by its
         // activations), the tokens in parallel, then into their rows of `proj`. The rows go as
-        // decoding reads them (`read_runs`, so that both sum alike), the activations taken in
-        // that order.
-        let order = &m.read_order[e];
+        // decoding reads them (`reads`, so that both sum alike), the activations taken in that
+        // order.
+        let (runs, order) = ExpertReads::of(reads, m, e);
         let (act, nc) = if order.is_empty() {
             (&s.gate, nr)
         } else {
@@ -204,7 +215,6 @@ pub fn mlp_batch(m: &TomoeMlp, gelu: bool, h2: &[f32], proj: &mut [f32], s: &mut
             }
             (&s.coeffs, order.len())
         };
-        let runs = &m.read_runs[e];
         s.down.resize(ne * d, 0.0);
         s.down[..ne * d].par_chunks_mut(d).enumerate().for_each(|(v, y)| {
             y.fill(0.0);

@@ -1,5 +1,6 @@
-//! Model configuration from GGUF metadata, one file per architecture, and the weights as views
-//! into the memory-mapped file or into the copies made at load (on huge pages).
+//! A pure view of one model file: the configuration from GGUF metadata (one file per
+//! architecture), the tokenizer, the chat template and the weights as views into the mapped
+//! file. The decoding copies and read plans are the engine's (`engine::Model`).
 
 mod config;
 mod gemma3;
@@ -15,7 +16,6 @@ pub use weights::{Attention, DenseMlp, LayerWeights, Mlp, StackedExperts, Weight
 
 use crate::chat::{ChatError, ChatTemplate};
 use crate::gguf::{GgufError, GgufFile};
-use crate::huge_pages::HugeBuf;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use config::Meta;
 use std::path::Path;
@@ -44,7 +44,7 @@ fn supported_archs() -> String {
     ARCHS.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
 }
 
-/// Why a model could not be loaded. Each variant names the key or tensor at fault.
+/// Why a file is not a model this runtime reads. Each variant names the key or tensor at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(transparent)]
@@ -69,50 +69,14 @@ pub enum ModelError {
     Tokenizer(#[from] TokenizerError),
     #[error("chat template: {0}")]
     Chat(#[from] ChatError),
-    #[error(
-        "could not map memory for the weights' copies ({0}); load without copies (`--no-copies`, \
-         TOMOE_NO_COPIES=1) to run from the mapped file alone"
-    )]
-    CopyMemory(std::io::Error),
-    #[error(transparent)]
-    Kernels(#[from] tomoe_quant::dispatch::SelectKernelsError),
 }
 
-/// How [`Model::load_with`] loads a model. `LoadOptions::default()` takes each option from its
-/// environment variable, so that programs without the option still offer it: `TOMOE_NO_COPIES`
-/// (set: `copies: false`) and `TOMOE_KERNELS` (a kernel set name).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LoadOptions {
-    /// Copy the matrices that decoding reads into one buffer at load: row-interleaved where the
-    /// kernel set has interleaved kernels, plain (on huge pages) for a mapped file. Faster
-    /// decoding for more memory; `false` runs from the mapped file alone
-    /// ([`Model::copies_bytes`] is 0).
-    pub copies: bool,
-    /// The kernel set, by name ("scalar", "avx2", "avxvnni", "avx512-vnni", "neon", "neon-dotprod": those
-    /// of `tomoe_quant::dispatch::available_sets()`); `None`: the set the process uses
-    /// (chosen at its first use: `TOMOE_KERNELS`, else the best this CPU runs). The set is
-    /// process-wide and chosen once (`tomoe_quant::dispatch::select_kernels`): a name this CPU
-    /// lacks, or other than the set already in use, fails the load with [`ModelError::Kernels`].
-    pub kernels: Option<String>,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        LoadOptions {
-            copies: std::env::var_os("TOMOE_NO_COPIES").is_none(),
-            kernels: std::env::var("TOMOE_KERNELS").ok().filter(|name| !name.is_empty()),
-        }
-    }
-}
-
-/// A loaded model: configuration, weights (views into the mapped file), tokenizer and chat
-/// template. Immutable, shared between contexts with `Arc`.
-pub struct Model {
+/// A model file opened for running: its configuration, tokenizer, chat template and weights, all
+/// read from the file and the weights' matrices left in it (views into the mapping). Nothing is
+/// copied and no kernel is chosen: the engine's `engine::Model` makes the decoding copies.
+pub struct ModelFile {
     // Declared before `file`: views into it, dropped first.
     weights: Weights<'static>,
-    /// The matrices' decoding copies (see `Weights::make_copies`), viewed by `weights`;
-    /// declared after it, so dropped after it.
-    copies: HugeBuf<u8>,
     config: ModelConfig,
     tokenizer: Tokenizer,
     chat_template: Option<ChatTemplate>,
@@ -121,29 +85,14 @@ pub struct Model {
     file: Box<GgufFile>,
 }
 
-impl Model {
-    /// Opens (memory-maps) and validates `path`, with the default [`LoadOptions`] (those of the
-    /// environment).
-    pub fn load(path: &Path) -> Result<Model, ModelError> {
-        Model::load_with(path, &LoadOptions::default())
+impl ModelFile {
+    /// Opens (memory-maps) and validates `path`.
+    pub fn open(path: &Path) -> Result<ModelFile, ModelError> {
+        ModelFile::from_gguf(GgufFile::open(path)?)
     }
 
-    /// Opens (memory-maps) and validates `path`, as `opts` says.
-    pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Model, ModelError> {
-        Model::from_gguf_with(GgufFile::open(path)?, opts)
-    }
-
-    /// Validates an opened file, with the default [`LoadOptions`].
-    pub fn from_gguf(f: GgufFile) -> Result<Model, ModelError> {
-        Model::from_gguf_with(f, &LoadOptions::default())
-    }
-
-    /// Validates an opened file, as `opts` says.
-    pub fn from_gguf_with(f: GgufFile, opts: &LoadOptions) -> Result<Model, ModelError> {
-        // First: the copies' layout depends on the kernel set.
-        if let Some(name) = &opts.kernels {
-            tomoe_quant::dispatch::select_kernels(name)?;
-        }
+    /// Validates an opened file.
+    pub fn from_gguf(f: GgufFile) -> Result<ModelFile, ModelError> {
         let file = Box::new(f);
         let arch_name = file.get("general.architecture").and_then(|v| v.as_str()).ok_or(ModelError::MissingArch)?;
         let entry = ARCHS
@@ -179,30 +128,14 @@ impl Model {
                 (Some(ChatTemplate::with_file_tokens(&file, chatml)?), Some(warning))
             }
         };
-        // SAFETY: the views borrow the GgufFile inside `file`, a Box that this Model owns, never
-        // mutates, never moves out of, and drops after `weights` (field order); its heap
-        // address is stable when the Model moves. The 'static lifetime never escapes: `weights()`
-        // hands them out bounded by `&self`.
+        // SAFETY: the views borrow the GgufFile inside `file`, a Box that this ModelFile owns,
+        // never mutates, never moves out of, and drops after `weights` (field order); its heap
+        // address is stable when the ModelFile moves. The 'static lifetime never escapes:
+        // `weights()` hands them out bounded by `&self`, and `weights_static` only to a caller
+        // that promises the same bound.
         let file_ref: &'static GgufFile = unsafe { &*(&*file as *const GgufFile) };
-        let mut weights = Weights::load(file_ref, &config, tensors)?;
-        let copies = if !opts.copies {
-            HugeBuf::zeroed(0).map_err(ModelError::CopyMemory)?
-        } else {
-            // Plain copies only of a mapped file: a buffer in memory is not worth a second copy.
-            let plain = file_ref.is_mapped() && crate::huge_pages::available();
-            // Copying a matrix reads its bytes in; nothing reads them again. Each is given back as
-            // it is copied, and all together at the end, the pages between them included.
-            let mut given_back = Vec::new();
-            let copies = weights
-                .make_copies(plain, |bytes| {
-                    file_ref.release(bytes);
-                    given_back.push(bytes);
-                })
-                .map_err(ModelError::CopyMemory)?;
-            file_ref.release_many(given_back);
-            copies
-        };
-        Ok(Model { weights, copies, config, tokenizer, chat_template, template_warning, file })
+        let weights = Weights::load(file_ref, &config, tensors)?;
+        Ok(ModelFile { weights, config, tokenizer, chat_template, template_warning, file })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -212,7 +145,7 @@ impl Model {
         &self.tokenizer
     }
     /// The chat template: the file's own, ChatML if the file's could not be used (see
-    /// [`Model::chat_template_warning`]), `None` if the file has none.
+    /// [`ModelFile::chat_template_warning`]), `None` if the file has none.
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
         self.chat_template.as_ref()
     }
@@ -220,13 +153,17 @@ impl Model {
     pub fn chat_template_warning(&self) -> Option<&str> {
         self.template_warning.as_deref()
     }
-    /// Bytes of the matrices' copies made at load: interleaved where the kernel set has
-    /// interleaved kernels, plain where the system has huge pages (0 without copies:
-    /// [`LoadOptions::copies`]).
-    pub fn copies_bytes(&self) -> usize {
-        self.copies.len()
-    }
+    /// The weights as the file holds them (views into it).
     pub fn weights(&self) -> &Weights<'_> {
+        &self.weights
+    }
+    /// [`ModelFile::weights`] with the lifetime they have inside this ModelFile, for an owner
+    /// that builds views of its own from them (the engine's decoding copies).
+    ///
+    /// # Safety
+    /// The views, and every view made from them, must be dropped before this ModelFile is (a
+    /// move of the ModelFile keeps them valid: the file they view is boxed).
+    pub(crate) unsafe fn weights_static(&self) -> &Weights<'static> {
         &self.weights
     }
     /// The underlying file (metadata and tensor table).

@@ -7,8 +7,7 @@ use super::weights::matrix;
 use super::ModelError;
 use crate::gguf::{GgufFile, Value};
 use std::ops::Range;
-use tomoe_quant::kernels::interleave::GROUP;
-use tomoe_quant::{ExtraGroup, MatRef};
+use tomoe_quant::MatRef;
 
 /// File-wide switches of the ToMoE semantics.
 #[derive(Clone, Debug)]
@@ -67,66 +66,9 @@ pub struct TomoeMlp<'a> {
     pub expert_rows: Vec<Vec<usize>>,
     /// Storage rows of the layer (`u`, the union of the experts).
     pub union: usize,
-    /// Per expert, the runs decoding reads: `expert_runs`, until the model gathers each
-    /// expert's scattered rows into extra groups of its MLP matrices' interleaved copies (see
-    /// [`TomoeMlp::gather_plan`]).
-    pub read_runs: Vec<Vec<Range<usize>>>,
-    /// Per expert, for each row of `read_runs` in order, its index in `expert_rows` (`None`: a
-    /// zero row padding an extra group); empty while its `read_runs` are its `expert_runs`.
-    pub read_order: Vec<Vec<Option<u32>>>,
-}
-
-/// How decoding reads a layer's experts from its MLP matrices' interleaved copies (see
-/// [`TomoeMlp::gather_plan`]).
-pub struct GatherPlan {
-    /// The extra groups to append to the copies, every expert's in turn.
-    pub extra: Vec<ExtraGroup>,
-    pub read_runs: Vec<Vec<Range<usize>>>,
-    pub read_order: Vec<Vec<Option<u32>>>,
 }
 
 impl TomoeMlp<'_> {
-    /// Where each expert's rows are read from when decoding, for MLP matrices of `rows` rows
-    /// whose interleaved copies get the plan's extra groups (`MatRef::interleave_extra`): the
-    /// whole groups of 16 inside the expert's runs from the copies' own groups (shared by the
-    /// experts), then its other rows (the runs' ends within a group, the runs shorter than one)
-    /// gathered, in order, into extra groups of its own, padded with zero rows, which the copies
-    /// hold as the rows past `rows` rounded up to 16. An expert is then read as whole groups, in
-    /// a few long runs, with no byte read for another expert's rows: faster decoding for larger
-    /// copies (BENCHMARKS.md, "Sparse ToMoE decoding").
-    pub fn gather_plan(&self, rows: usize) -> GatherPlan {
-        let mut plan = GatherPlan { extra: Vec::new(), read_runs: Vec::new(), read_order: Vec::new() };
-        for runs in &self.expert_runs {
-            let (mut read, mut order, mut scattered) = (Vec::new(), Vec::new(), Vec::new());
-            let mut first = 0u32;
-            for run in runs {
-                let whole = run.start.next_multiple_of(GROUP)..run.end / GROUP * GROUP;
-                for r in run.clone() {
-                    let i = first + (r - run.start) as u32;
-                    if !whole.contains(&r) {
-                        scattered.push((r, i));
-                    }
-                }
-                if !whole.is_empty() {
-                    order.extend((whole.start - run.start..whole.end - run.start).map(|k| Some(first + k as u32)));
-                    read.push(whole);
-                }
-                first += run.len() as u32;
-            }
-            if !scattered.is_empty() {
-                let start = rows.next_multiple_of(GROUP) + GROUP * plan.extra.len();
-                for chunk in scattered.chunks(GROUP) {
-                    plan.extra.push(std::array::from_fn(|l| chunk.get(l).map(|&(r, _)| r)));
-                    order.extend((0..GROUP).map(|l| chunk.get(l).map(|&(_, i)| i)));
-                }
-                read.push(start..rows.next_multiple_of(GROUP) + GROUP * plan.extra.len());
-            }
-            plan.read_runs.push(read);
-            plan.read_order.push(order);
-        }
-        plan
-    }
-
     pub fn n_expert(&self) -> usize {
         self.expert_runs.len()
     }
@@ -299,54 +241,9 @@ pub(crate) fn layer<'a>(
         up,
         down_t,
         router,
-        read_runs: expert_runs.clone(),
-        read_order: vec![Vec::new(); expert_runs.len()],
         expert_runs,
         expert_rows,
         union,
     };
     Ok((mlp, vmask))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::TomoeMlp;
-    use tomoe_quant::{MatRef, QuantType};
-
-    /// An expert's whole groups stay in place; its other rows (a run's end inside a group, a run
-    /// shorter than a group) go, in order, to extra groups of its own past the matrix's rows
-    /// rounded up to 16, padded with zero rows; `read_order` maps each read row back.
-    #[test]
-    fn gather_plan_keeps_whole_groups_and_gathers_the_rest() {
-        let runs = vec![vec![0..40, 45..47, 64..96], vec![50..53], vec![]];
-        let bytes = [0u8; 400];
-        let w = MatRef::new(QuantType::F32, 100, 1, &bytes).unwrap();
-        let m = TomoeMlp {
-            gate: w,
-            up: w,
-            down_t: w,
-            router: Vec::new(),
-            expert_rows: runs.iter().map(|r| r.iter().flat_map(|r| r.clone()).collect()).collect(),
-            read_runs: runs.clone(),
-            read_order: vec![Vec::new(); 3],
-            expert_runs: runs,
-            union: 100,
-        };
-        let plan = m.gather_plan(100);
-        // Expert 0: groups 0..32 and 64..96 in place, rows 32..40 and 45..47 in one extra group.
-        assert_eq!(plan.read_runs[0], vec![0..32, 64..96, 112..128]);
-        let some = |r: std::ops::Range<u32>| r.map(Some).collect::<Vec<_>>();
-        let mut want = some(0..32);
-        want.extend(some(42..74)); // rows 64..96 are the expert's rows 42..74
-        want.extend(some(32..42)); // rows 32..40 and 45..47
-        want.extend([None; 6]);
-        assert_eq!(plan.read_order[0], want);
-        let rows_of = |g: &[Option<usize>; 16]| g.iter().flatten().copied().collect::<Vec<_>>();
-        assert_eq!(rows_of(&plan.extra[0]), vec![32, 33, 34, 35, 36, 37, 38, 39, 45, 46]);
-        // Expert 1: one short run, gathered into the next extra group; expert 2: nothing.
-        assert_eq!(plan.read_runs[1], vec![128..144]);
-        assert_eq!(rows_of(&plan.extra[1]), vec![50, 51, 52]);
-        assert!(plan.read_runs[2].is_empty() && plan.read_order[2].is_empty());
-        assert_eq!(plan.extra.len(), 2);
-    }
 }

@@ -1,12 +1,12 @@
 //! The model's tensors as zero-copy views into the GGUF file: quantized matrices stay where the
-//! file maps them; the small vectors (norm weights, biases) are converted to f32 at load.
+//! file maps them; the small vectors (norm weights, biases) are converted to f32 at load. The
+//! engine's decoding plan clones them with its matrices pointed at its copies.
 
 use super::config::ModelConfig;
 use super::tomoe::{self, PrunedQk, TomoeMlp, VMask};
 use super::ModelError;
 use crate::gguf::GgufFile;
-use crate::huge_pages::HugeBuf;
-use tomoe_quant::{dequantize_row, CopyLayout, ExtraGroup, MatRef, QuantType};
+use tomoe_quant::{dequantize_row, MatRef, QuantType};
 
 /// Which optional per-layer tensors an architecture requires.
 #[derive(Copy, Clone, Debug)]
@@ -21,6 +21,7 @@ pub(crate) struct LayerTensors {
 
 /// One transformer block: `x += attention(x)`, then `x += mlp(x)`, each block with its own
 /// input norm and (Gemma) norm of its output.
+#[derive(Clone)]
 pub struct LayerWeights<'a> {
     pub attn_norm: Vec<f32>,
     pub attn: Attention<'a>,
@@ -31,6 +32,7 @@ pub struct LayerWeights<'a> {
 }
 
 /// The self-attention of one layer.
+#[derive(Clone)]
 pub struct Attention<'a> {
     /// `n_head · dq` rows of `d_model` (`dq`: the pruned head width, else `head_dim`).
     pub wq: MatRef<'a>,
@@ -58,6 +60,7 @@ impl Attention<'_> {
 }
 
 /// The feed-forward network of one layer, one variant per kind of MLP.
+#[derive(Clone)]
 pub enum Mlp<'a> {
     /// A gated MLP of `n_ff` neurons.
     Dense(DenseMlp<'a>),
@@ -78,6 +81,7 @@ impl<'a> Mlp<'a> {
 }
 
 /// `down · act(gate · x) ⊙ (up · x)`.
+#[derive(Clone)]
 pub struct DenseMlp<'a> {
     /// `n_ff` rows of `d_model`.
     pub gate: MatRef<'a>,
@@ -89,6 +93,7 @@ pub struct DenseMlp<'a> {
 /// A llama MoE MLP as llama.cpp defines it (Mixtral; also tomoe-convert's `--llama-cpp-compat`
 /// output): softmax over the router logits, the `n_used` most probable experts, their weights
 /// renormalised to sum to 1, each a SwiGLU MLP of `width` neurons.
+#[derive(Clone)]
 pub struct StackedExperts<'a> {
     pub n_expert: usize,
     pub n_used: usize,
@@ -103,6 +108,7 @@ pub struct StackedExperts<'a> {
 }
 
 /// All tensors the forward pass reads.
+#[derive(Clone)]
 pub struct Weights<'a> {
     /// `n_vocab` rows of `d_model`.
     pub token_embd: MatRef<'a>,
@@ -188,108 +194,6 @@ impl<'a> Weights<'a> {
             });
         }
         Ok(Weights { token_embd, layers, output_norm, output, rope_freqs })
-    }
-
-    /// Gives the matrices their decoding copies, all in one arena (on huge pages where the
-    /// kernel has them) that must outlive `self` (the matrices view it):
-    /// - every matrix the kernel set can interleave (`MatRef::interleave`) its interleaved copy.
-    ///   Matrix-vector products (decoding) then run on the copies, bit-identically and with a
-    ///   fraction of the instructions; batches keep reading the mapped file. The ToMoE down
-    ///   projections (read by rows) get the layout of the weighted row sums instead, and a ToMoE
-    ///   layer's MLP copies get its experts' scattered rows gathered into extra groups
-    ///   ([`TomoeMlp::gather_plan`]);
-    /// - with `plain`, every other matrix (stacked experts included) a copy of its bytes, which
-    ///   it then reads instead of the file (decoding and batches alike): only huge pages make
-    ///   that worth its memory.
-    ///
-    /// `release` gets each matrix's file bytes once a plain copy has replaced them (nothing
-    /// reads them again).
-    pub(super) fn make_copies(&mut self, plain: bool, mut release: impl FnMut(&'a [u8])) -> std::io::Result<HugeBuf<u8>> {
-        let set = tomoe_quant::dispatch::kernels();
-        // A ToMoE layer's experts read whole groups only, their scattered rows gathered into
-        // extra groups, where all three copies can hold them.
-        let extras: Vec<Vec<ExtraGroup>> = self
-            .layers
-            .iter_mut()
-            .map(|l| match &mut l.mlp {
-                Mlp::Tomoe(m)
-                    if set.interleaved(m.gate.ty()).is_some()
-                        && set.interleaved(m.up.ty()).is_some()
-                        && set.interleaved_axpy(m.down_t.ty()).is_some() =>
-                {
-                    let plan = m.gather_plan(m.gate.rows());
-                    (m.read_runs, m.read_order) = (plan.read_runs, plan.read_order);
-                    plan.extra
-                }
-                _ => Vec::new(),
-            })
-            .collect();
-        // Each matrix with the interleaved layout it may have (None: stacked experts), the extra
-        // groups that copy holds, and whether only products read it, so that it can give back
-        // the file bytes its copy replaces (a ToMoE expert's rows are read from the file too).
-        let mut targets: Vec<(&mut MatRef<'a>, Option<CopyLayout>, &[ExtraGroup], bool)> = Vec::new();
-        for (l, extra) in self.layers.iter_mut().zip(&extras) {
-            let dense = matches!(l.mlp, Mlp::Dense(_));
-            let a = &mut l.attn;
-            for m in [&mut a.wq, &mut a.wk, &mut a.wv, &mut a.wo] {
-                targets.push((m, Some(CopyLayout::MatVec), &[], true));
-            }
-            let (gate, up, down, mlp, down_lay) = match &mut l.mlp {
-                Mlp::Dense(m) => {
-                    (&mut m.gate, &mut m.up, &mut m.down, Some(CopyLayout::MatVec), Some(CopyLayout::MatVec))
-                }
-                Mlp::Stacked(x) => (&mut x.gate, &mut x.up, &mut x.down, None, None),
-                Mlp::Tomoe(m) => {
-                    (&mut m.gate, &mut m.up, &mut m.down_t, Some(CopyLayout::MatVec), Some(CopyLayout::Axpy))
-                }
-            };
-            targets.push((gate, mlp, extra, dense));
-            targets.push((up, mlp, extra, dense));
-            targets.push((down, down_lay, extra, dense));
-        }
-        targets.push((&mut self.output, Some(CopyLayout::MatVec), &[], true));
-        let copies: Vec<Option<MatCopy>> = targets
-            .iter()
-            .map(|(m, lay, ex, _)| match lay.and_then(|lay| Some((lay, m.copy_len(lay, ex.len())?))) {
-                Some((lay, len)) => Some(MatCopy { interleaved: Some(lay), len }),
-                None => plain.then(|| MatCopy { interleaved: None, len: m.data().len() }),
-            })
-            .collect();
-        let (mut buf, at) = HugeBuf::<u8>::parts(copies.iter().map(|c| c.as_ref().map_or(0, |c| c.len)))?;
-        for ((m, _, ex, products_only), (c, r)) in targets.iter().zip(copies.iter().zip(&at)) {
-            let Some(c) = c else { continue };
-            let out = &mut buf[r.clone()];
-            match c.interleaved {
-                Some(lay) => {
-                    // Given back as the copy is written, so that the file and the copies are
-                    // never both resident.
-                    let gives_back = *products_only && m.bytes_a_copy_replaces().is_some();
-                    m.interleave_into(lay, ex, out, |done| {
-                        if gives_back {
-                            release(done)
-                        }
-                    })
-                    .expect("copy_len said the set has the kernel");
-                }
-                None => {
-                    out.copy_from_slice(m.data());
-                    release(m.data());
-                }
-            }
-        }
-        // SAFETY: the buffer's mapping never moves or changes once written; the caller keeps the
-        // buffer alive (unmutated) for as long as `self`.
-        let view: &'a [u8] = unsafe { &*(&*buf as *const [u8]) };
-        for ((m, _, _, _), (c, r)) in targets.into_iter().zip(copies.iter().zip(&at)) {
-            let Some(c) = c else { continue };
-            let data = &view[r.clone()];
-            *m = match c.interleaved {
-                Some(lay) => m.with_copy(lay, data),
-                None => MatRef::new(m.ty(), m.rows(), m.cols(), data),
-            }
-            .expect("the copy is the size it was made");
-        }
-        Ok(buf)
     }
 
     /// Bytes of weights one decoded token reads: every matrix once, the embedding table one row
@@ -443,10 +347,4 @@ fn vector(f: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> 
     let mut out = vec![0f32; len];
     dequantize_row(ty, t.data, &mut out);
     Ok(out)
-}
-
-/// A matrix's copy: interleaved in a layout, or its bytes as they are (`None`).
-struct MatCopy {
-    interleaved: Option<CopyLayout>,
-    len: usize,
 }

@@ -13,7 +13,7 @@
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use tomoe::model::Model;
+//! use tomoe::engine::Model;
 //! use tomoe::server::{Server, ServerConfig};
 //!
 //! let model = Arc::new(Model::load("model.gguf".as_ref())?);
@@ -45,9 +45,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::chat::{ChatError, ChatMessage, ChatTemplate, SamplerParams};
-use crate::engine::{CacheTypes, Context, ContextParams, EngineError};
+use crate::engine::{CacheTypes, Context, ContextParams, EngineError, Model};
 use crate::generate::{chat_tokens, GenerateOptions, Generation};
-use crate::model::Model;
 use api::{ChatRequest, CompletionRequest, Prompt, Sampling};
 use slots::{Event, Job, Pool};
 

@@ -15,8 +15,7 @@ use clap::{Args, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
-use tomoe::engine::{CacheTypes, Context, ContextParams, KvType};
-use tomoe::model::Model;
+use tomoe::engine::{CacheTypes, Context, ContextParams, KvType, Model};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {

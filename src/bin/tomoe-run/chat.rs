@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tomoe::chat::{ChatMessage, ChatTemplate};
 use tomoe::generate::{chat_tokens, GenerateOptions, Generation, Generator, StopReason};
-use tomoe::model::Model;
+use tomoe::engine::Model;
 
 #[derive(Args)]
 pub struct GenerateArgs {

@@ -4,11 +4,11 @@ use crate::Res;
 use std::io::Write;
 use std::path::Path;
 use tomoe::gguf::{GgufFile, Value};
-use tomoe::model::{Mlp, Model};
+use tomoe::model::{Mlp, ModelFile};
 
 /// The experts of a ToMoE or llama.cpp MoE model: per layer, union width and expert sizes, and
 /// the parameters a token uses.
-fn moe_info(out: &mut impl Write, model: &Model) -> Res<()> {
+fn moe_info(out: &mut impl Write, model: &ModelFile) -> Res<()> {
     let c = model.config();
     let w = model.weights();
     if let Some(tc) = &c.tomoe {
@@ -111,7 +111,7 @@ pub fn run(path: &Path) -> Res<()> {
             t.n_bytes
         )?;
     }
-    match Model::from_gguf(f) {
+    match ModelFile::from_gguf(f) {
         Err(e) => writeln!(out, "model: cannot be run by tomoe: {e}")?,
         Ok(model) => {
             let c = model.config();

@@ -12,8 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tomoe::chat::{Sampler, SamplerParams};
-use tomoe::engine::{CacheTypes, Context, ContextParams, KvType};
-use tomoe::model::{LoadOptions, Model};
+use tomoe::engine::{CacheTypes, Context, ContextParams, KvType, LoadOptions, Model};
 
 #[derive(Parser)]
 #[command(
