@@ -155,7 +155,8 @@ impl<'a> DecodePlan<'a> {
             let extra = gather.as_ref().map_or(&[][..], |g| &g.extra);
             let dense = matches!(l.mlp, Mlp::Dense(_));
             let a = &mut l.attn;
-            for m in [&mut a.wq, &mut a.wk, &mut a.wv, &mut a.wo] {
+            let v_mask_in = a.vmask.as_mut().map(|vm| &mut vm.w_a);
+            for m in [&mut a.wq, &mut a.wk, &mut a.wv, &mut a.wo].into_iter().chain(v_mask_in) {
                 targets.push((m, Some(CopyLayout::MatVec), &[], true));
             }
             let (gate, up, down, mlp, down_lay) = match &mut l.mlp {
