@@ -447,8 +447,11 @@ fn interleaved_axpy_kernels_equal_scalar_bit_for_bit() {
                 let (rows, group) = random_group(&mut rng, ty, n, |k| 3 + k % 5, il.pack);
                 let mut coeffs: [f32; 16] = support::dense_row(&mut rng, 16).try_into().unwrap();
                 coeffs[blocks % 16] = 0.0;
-                let cases: [(std::ops::Range<usize>, [f32; 16]); 6] = [
+                let mut infinite = coeffs;
+                infinite[2] = f32::INFINITY;
+                let cases: [(std::ops::Range<usize>, [f32; 16]); 7] = [
                     (0..16, coeffs),
+                    (0..16, infinite),
                     (3..11, coeffs),
                     (15..16, coeffs),
                     (5..5, coeffs),
@@ -479,6 +482,10 @@ fn interleaved_axpy_kernels_equal_scalar_bit_for_bit() {
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     let what = format!("{} {ty}, {blocks} blocks, lanes {lanes:?}", set.name);
                     assert_eq!(bits(&got), bits(&want), "{what}");
+                    if c.iter().any(|v| !v.is_finite()) {
+                        assert!(got.iter().all(|v| v.is_nan()), "{what}: an infinite coefficient adds NaN");
+                        continue;
+                    }
                     // Each block's coefficient errs by at most half a step of max |c·d| / 127.
                     for b in 0..blocks {
                         let d = |r: usize| f16_at(&rows[r * rb + 34 * b..]);
