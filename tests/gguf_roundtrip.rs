@@ -419,6 +419,18 @@ fn released_bytes_read_the_same() {
     f.release(&t[12_345..900_001]);
     f.release(&data); // not part of the file: nothing happens
     assert_eq!(t, &data[..]);
+    // A row read alone: the granule around it goes, and no page outside the tensor.
+    let row = &t[300_000..300_600];
+    assert_eq!(row, &data[300_000..300_600]);
+    let before = mapped_rss_kib(&path);
+    f.release_around(row, t);
+    let after = mapped_rss_kib(&path);
+    #[cfg(target_os = "linux")]
+    assert!(after < before, "release_around drops the row's granule: {before} -> {after} KiB resident");
+    f.release_around(&t[..10], t);
+    f.release_around(&t[t.len() - 10..], t);
+    f.release_around(row, &data); // not part of the file: nothing happens
+    assert_eq!(t, &data[..]);
     let in_memory = GgufFile::from_bytes(std::fs::read(&path).unwrap()).unwrap();
     assert!(!in_memory.is_mapped());
     let t = in_memory.tensor("t").unwrap().data;

@@ -127,7 +127,7 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
     let (c, w) = (model.config(), model.weights());
     let n = tokens.len();
     debug_assert!(n > 0 && n <= s.nb && pos0 + n <= kv.n_ctx());
-    embed(c, w, s, tokens);
+    embed(model, s, tokens);
     rope_tables(c, w, s, pos0, n);
     for (il, l) in w.layers.iter().enumerate() {
         attention_block(c, l, il, kv, s, pos0, n);
@@ -137,11 +137,13 @@ pub fn forward(model: &Model, kv: &mut KvCache, s: &mut Scratch, tokens: &[u32],
 }
 
 /// The tokens' embeddings into `s.x` (scaled where the architecture scales them).
-fn embed(c: &ModelConfig, w: &Weights, s: &mut Scratch, tokens: &[u32]) {
+fn embed(model: &Model, s: &mut Scratch, tokens: &[u32]) {
+    let (c, w) = (model.config(), model.weights());
     let d = c.d_model;
     for (t, &tok) in tokens.iter().enumerate() {
         let xt = &mut s.x[t * d..(t + 1) * d];
         dequantize_row(w.token_embd.ty(), w.token_embd.row(tok as usize), xt);
+        model.give_back_embedding_row(tok);
         if let Some(scale) = c.embed_scale {
             xt.iter_mut().for_each(|v| *v *= scale);
         }

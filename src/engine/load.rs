@@ -110,6 +110,16 @@ impl Model {
         self.plan.expert_reads(il)
     }
 
+    /// Gives back the file pages token `t`'s embedding row was read from, where the output's
+    /// copy replaced the rest of the embedding's bytes (a tied embedding): a long prompt's rows
+    /// would otherwise map most of it back beside the copy.
+    pub(crate) fn give_back_embedding_row(&self, t: u32) {
+        if self.plan.embedding_given_back() {
+            let embd = &self.file.weights().token_embd;
+            self.file.gguf().release_around(embd.row(t as usize), embd.data());
+        }
+    }
+
     /// Bytes of the matrices' copies made at load: interleaved where the kernel set has
     /// interleaved kernels, plain where the system has huge pages (0 without copies:
     /// [`LoadOptions::copies`]).

@@ -96,6 +96,9 @@ pub(crate) struct DecodePlan<'a> {
     reads: Vec<Option<ExpertReads>>,
     /// Every matrix's copy, one after the other.
     arena: HugeBuf<u8>,
+    /// Whether the token embedding's file bytes were given back for the output's copy (a tied
+    /// embedding), so that the rows decoding reads from the file are to be given back too.
+    embedding_given_back: bool,
 }
 
 /// A matrix's copy: interleaved in a layout, or its bytes as they are (`None`).
@@ -108,7 +111,7 @@ impl<'a> DecodePlan<'a> {
     /// No copies: decoding reads the file.
     pub(crate) fn file_only() -> DecodePlan<'a> {
         let arena = HugeBuf::zeroed(0).expect("an empty buffer maps nothing");
-        DecodePlan { weights: None, reads: Vec::new(), arena }
+        DecodePlan { weights: None, reads: Vec::new(), arena, embedding_given_back: false }
     }
 
     /// Gives the matrices of `w` (views into `file`) their decoding copies, all in one arena (on
@@ -131,6 +134,7 @@ impl<'a> DecodePlan<'a> {
         let set = tomoe_quant::dispatch::kernels();
         let plain = file.is_mapped() && huge_pages::available();
         let mut weights = w.clone();
+        let tied = w.output.data().as_ptr() == w.token_embd.data().as_ptr();
         // A ToMoE layer's experts read whole groups only, their scattered rows gathered into
         // extra groups, where all three copies can hold them.
         let gathers: Vec<Option<GatherPlan>> = weights
@@ -207,6 +211,8 @@ impl<'a> DecodePlan<'a> {
                 }
             }
         }
+        let embd = w.token_embd.data().as_ptr_range();
+        let embedding_given_back = tied && given_back.iter().any(|b| embd.contains(&b.as_ptr()));
         file.release_many(given_back);
         // SAFETY: the arena's mapping never moves or changes once written, and this plan holds
         // it unmutated, dropping it after `weights` (field order); the views leave the plan only
@@ -224,7 +230,7 @@ impl<'a> DecodePlan<'a> {
             copied = true;
         }
         let reads = gathers.into_iter().map(|g| g.map(|g| g.reads)).collect();
-        Ok(DecodePlan { weights: copied.then_some(weights), reads, arena })
+        Ok(DecodePlan { weights: copied.then_some(weights), reads, arena, embedding_given_back })
     }
 
     /// The weights decoding reads, if they differ from the file's.
@@ -236,6 +242,11 @@ impl<'a> DecodePlan<'a> {
     /// that is not a ToMoE layer).
     pub(crate) fn expert_reads(&self, il: usize) -> Option<&ExpertReads> {
         self.reads.get(il)?.as_ref()
+    }
+
+    /// Whether the token embedding's rows are to be given back to the file once read.
+    pub(crate) fn embedding_given_back(&self) -> bool {
+        self.embedding_given_back
     }
 
     /// Bytes of the copies.

@@ -187,6 +187,19 @@ impl GgufFile {
         self.release_ranges(merged.into_iter());
     }
 
+    /// Gives back the whole granules that hold `bytes`, as far as they lie within `tensor` (whose
+    /// bytes nothing else reads from the file): a row read alone, as an embedding row is, maps
+    /// the pages the kernel maps around the fault too, and a long prompt's scattered rows map
+    /// the whole tensor back in.
+    pub fn release_around(&self, bytes: &[u8], tensor: &[u8]) {
+        let (Some((start, end)), Some((lo, hi))) = (self.offsets(bytes), self.offsets(tensor)) else {
+            return;
+        };
+        let start = (start / RELEASE_GRANULE * RELEASE_GRANULE).max(lo);
+        let end = end.next_multiple_of(RELEASE_GRANULE).min(hi);
+        self.release_ranges(std::iter::once((start, end)));
+    }
+
     /// The offsets in the mapped file of `bytes`; `None` for a buffer in memory or bytes
     /// outside the file.
     fn offsets(&self, bytes: &[u8]) -> Option<(usize, usize)> {
