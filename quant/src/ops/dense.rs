@@ -249,38 +249,36 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
         true => rows_per_task(w.rows).next_multiple_of(GROUP),
         false => rows_per_task(w.rows),
     };
-    let n_chunks = w.rows.div_ceil(chunk);
-    // Each task produces its rows for every vector; results are scattered afterwards so the
-    // tasks never alias `y`.
-    let parts: Vec<Vec<f32>> = (0..n_chunks)
-        .into_par_iter()
-        .map(|c| {
-            let rows = c * chunk..((c + 1) * chunk).min(w.rows);
-            let n = rows.len();
-            let mut out = vec![0.0f32; n * x.n_vecs];
-            // A group of 16 (or four rows) at a time, for every vector while its rows are in
-            // cache.
-            let mut r = rows.start;
-            while r < rows.end {
-                let g = match grouped && r % GROUP == 0 && r + GROUP <= rows.end {
-                    true => GROUP,
-                    false => (rows.end - r).min(4),
-                };
-                for v in 0..x.n_vecs {
-                    let o = v * n + (r - rows.start);
-                    row_dot.rows(w, r..r + g, v, &mut out[o..o + g]);
-                }
-                r += g;
+    let out = Out(y.as_mut_ptr());
+    (0..w.rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        let rows = c * chunk..((c + 1) * chunk).min(w.rows);
+        // A group of 16 (or four rows) at a time, for every vector while its rows are in cache.
+        let mut r = rows.start;
+        while r < rows.end {
+            let g = match grouped && r % GROUP == 0 && r + GROUP <= rows.end {
+                true => GROUP,
+                false => (rows.end - r).min(4),
+            };
+            for v in 0..x.n_vecs {
+                // SAFETY: `y` holds `rows` outputs for each of `n_vecs` vectors (checked above)
+                // and stays mutably borrowed throughout; this task alone writes rows `rows` of
+                // every vector, so the `g` outputs at `v · rows + r` are its own.
+                let o = unsafe { std::slice::from_raw_parts_mut(out.at(v * w.rows + r), g) };
+                row_dot.rows(w, r..r + g, v, o);
             }
-            out
-        })
-        .collect();
-    for (c, part) in parts.iter().enumerate() {
-        let start = c * chunk;
-        let n = part.len() / x.n_vecs;
-        for v in 0..x.n_vecs {
-            y[v * w.rows + start..v * w.rows + start + n].copy_from_slice(&part[v * n..(v + 1) * n]);
+            r += g;
         }
+    });
+}
+
+/// `y`'s start, shared by the tasks of a matrix-matrix product; each writes only its own rows
+/// of every vector.
+struct Out(*mut f32);
+// SAFETY: the tasks write disjoint elements of `y`, which stays mutably borrowed throughout.
+unsafe impl Sync for Out {}
+impl Out {
+    fn at(&self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
     }
 }
 
@@ -289,15 +287,6 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
 fn matmul_tiled(gemm: crate::kernels::GemmKernel, w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
     thread_local! {
         static PACKED: std::cell::RefCell<crate::kernels::PackedActs> = Default::default();
-    }
-    /// `y`'s start, shared by the tasks; each writes only its own rows of every vector.
-    struct Out(*mut f32);
-    // SAFETY: the tasks write disjoint elements of `y`, which stays mutably borrowed throughout.
-    unsafe impl Sync for Out {}
-    impl Out {
-        fn at(&self, i: usize) -> *mut f32 {
-            self.0.wrapping_add(i)
-        }
     }
     let out = Out(y.as_mut_ptr());
     let threads = rayon::current_num_threads().max(1);
