@@ -35,7 +35,7 @@ use oracle_eval::LlamaOracle;
 use rayon::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
-use tomoe::engine::{CacheTypes, Context, ContextParams, KvType, LoadOptions, Model};
+use tomoe::engine::{peak_resident_bytes, CacheTypes, Context, ContextParams, KvType, LoadOptions, Model};
 use tomoe::gguf::GgufFile;
 use tomoe::huge_pages::HugeBuf;
 
@@ -179,21 +179,6 @@ fn memory_prompt() -> usize {
     n
 }
 
-/// The process's peak resident set, in bytes (Linux's VmHWM).
-fn peak_resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status (Linux only)");
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .expect("VmHWM in /proc/self/status");
-    kib.trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse::<u64>()
-        .expect("VmHWM in kB")
-        * 1024
-}
-
 /// One run of the memory table in this process (a child of `bench_memory`): a `MEMORY_CTX`
 /// context, a prompt of `memory_prompt()` tokens and `MEMORY_TOKENS` decoded; prints the peak resident
 /// bytes.
@@ -226,7 +211,7 @@ fn memory_child(run: usize, file: &str, threads: usize) {
             std::hint::black_box(oracle.eval(&[t], n_prompt + i, false));
         }
     }
-    println!("{}", peak_resident_bytes());
+    println!("{}", peak_resident_bytes().expect("VmHWM in /proc/self/status (Linux only)"));
 }
 
 /// `TOMOE_BENCH_MEMORY`: the memory table (see the file comment).

@@ -905,18 +905,8 @@ impl<'a> BaseChunk<'a> {
 mod tests {
     use super::*;
 
-    /// Deterministic pseudo-random logits in [-scale, scale).
-    fn logits(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
+    // Deterministic pseudo-random logits in [-scale, scale).
+    use crate::model::random::values as logits;
 
     fn exact_log_probs(row: &[f32]) -> Vec<f64> {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;

@@ -15,7 +15,7 @@ use clap::{Args, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
-use tomoe::engine::{CacheTypes, Context, ContextParams, KvType, Model};
+use tomoe::engine::{peak_resident_bytes, CacheTypes, Context, ContextParams, KvType, Model};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
@@ -402,15 +402,6 @@ fn summary(
     }
     writeln!(out, "build: tomoe {}", env!("CARGO_PKG_VERSION"))?;
     Ok(())
-}
-
-/// The process's peak resident set (Linux's VmHWM): the memory the model, its copies, the KV
-/// caches and the scratch buffers held at once.
-fn peak_resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
-    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// A field of a JSON or CSV record.
