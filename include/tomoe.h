@@ -218,8 +218,9 @@ typedef struct tomoe_model_info {
     // reads, made at load (`tomoe_model_params::copies`); 0 without copies.
     uint64_t copies_bytes;
     // Size of the GGUF file in bytes: mapped for `tomoe_model_load*` (resident as its pages are
-    // read), a copy in memory for `tomoe_model_load_from_memory`. A model's memory is about
-    // `file_bytes + copies_bytes`, plus each context's KV cache.
+    // read), a copy in memory for `tomoe_model_load_from_memory`. A model's memory is at most
+    // `file_bytes + copies_bytes`, plus each context's KV cache: a mapped file's pages behind
+    // the copies are given back, so such a model holds its copies and the file's other bytes.
     uint64_t file_bytes;
 } tomoe_model_info;
 
