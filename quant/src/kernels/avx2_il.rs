@@ -312,66 +312,107 @@ pub unsafe fn axpy16_q8_0(
         _mm256_loadu_ps(masked.as_ptr().add(8)),
     ];
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
-    for b in 0..nb {
-        let (g, yb) = (gp.add(544 * b), yp.add(32 * b));
-        prefetch_group_ahead(gp, 544 * nb, 544 * b, 544, next);
-        let s = [
-            _mm256_mul_ps(c[0], f16x8(g.add(512))),
-            _mm256_mul_ps(c[1], f16x8(g.add(528))),
-        ];
-        let a = [_mm256_and_ps(s[0], abs_mask), _mm256_and_ps(s[1], abs_mask)];
-        // Not finite (or NaN): the block adds NaN, as the scalar definition does.
-        let big = _mm256_set1_ps(f32::MAX);
-        let bad = _mm256_or_ps(
-            _mm256_cmp_ps(a[0], big, _CMP_NLE_UQ),
-            _mm256_cmp_ps(a[1], big, _CMP_NLE_UQ),
-        );
-        if _mm256_movemask_ps(bad) != 0 {
-            for k in 0..4 {
-                let v = _mm256_loadu_ps(yb.add(8 * k));
-                _mm256_storeu_ps(yb.add(8 * k), _mm256_add_ps(v, _mm256_set1_ps(f32::NAN)));
-            }
-            continue;
+    let big = _mm256_set1_ps(f32::MAX);
+    // Eight blocks at a time: their scales' maxima, divisions and checks in one register each
+    // instead of a chain of scalar steps per block, which stalled the products behind it.
+    for b0 in (0..nb).step_by(8) {
+        let n = (nb - b0).min(8);
+        let mut s = [[_mm256_setzero_ps(); 2]; 8];
+        let mut amax = [_mm256_setzero_ps(); 8];
+        let mut bad = 0u32;
+        for i in 0..n {
+            let g = gp.add(544 * (b0 + i));
+            s[i] = [
+                _mm256_mul_ps(c[0], f16x8(g.add(512))),
+                _mm256_mul_ps(c[1], f16x8(g.add(528))),
+            ];
+            let a = [_mm256_and_ps(s[i][0], abs_mask), _mm256_and_ps(s[i][1], abs_mask)];
+            // Not finite (or NaN): the block adds NaN, as the scalar definition does.
+            let not_finite = _mm256_or_ps(
+                _mm256_cmp_ps(a[0], big, _CMP_NLE_UQ),
+                _mm256_cmp_ps(a[1], big, _CMP_NLE_UQ),
+            );
+            bad |= ((_mm256_movemask_ps(not_finite) != 0) as u32) << i;
+            amax[i] = _mm256_max_ps(a[0], a[1]);
         }
-        let Some((t_scale, id)) = super::scalar::axpy_coeff_scale(hmax(_mm256_max_ps(a[0], a[1]))) else {
-            continue;
-        };
-        // Rounded to even (the default MXCSR mode), as `round_ties_even`; |t| ≤ 127.
-        let id = _mm256_set1_ps(id);
-        let t = [
-            _mm256_cvtps_epi32(_mm256_mul_ps(s[0], id)),
-            _mm256_cvtps_epi32(_mm256_mul_ps(s[1], id)),
-        ];
-        // i8 lanes: per 128-bit half, t0..3 t8..11 (low half) and t4..7 t12..15 (high half).
-        let t8 = _mm256_packs_epi16(_mm256_packs_epi32(t[0], t[1]), _mm256_setzero_si256());
-        let quads = [
-            _mm256_extract_epi32::<0>(t8),
-            _mm256_extract_epi32::<4>(t8),
-            _mm256_extract_epi32::<1>(t8),
-            _mm256_extract_epi32::<5>(t8),
-        ];
-        let mut acc = [_mm256_setzero_si256(); 4];
-        for (k, &tq) in quads.iter().enumerate() {
-            let tk = _mm256_set1_epi32(tq);
-            let ak = _mm256_sign_epi8(tk, tk);
-            for (j, acc) in acc.iter_mut().enumerate() {
-                let q = load(g.add(128 * k + 32 * j));
-                *acc = _mm256_add_epi32(*acc, dot_us8_avx2(ak, _mm256_sign_epi8(q, tk)));
+        // As `scalar::axpy_coeff_scale`, lane i for block b0 + i: T = amax / 127, 1 / T, and
+        // whether T is a normal number (else the block adds nothing).
+        let t_scale = _mm256_div_ps(lane_maxima(amax), _mm256_set1_ps(127.0));
+        let id = _mm256_div_ps(_mm256_set1_ps(1.0), t_scale);
+        let normal = _mm256_movemask_ps(_mm256_cmp_ps(t_scale, _mm256_set1_ps(f32::MIN_POSITIVE), _CMP_GE_OQ));
+        let mut scales = [0f32; 8];
+        _mm256_storeu_ps(scales.as_mut_ptr(), t_scale);
+        for i in 0..n {
+            let b = b0 + i;
+            let (g, yb) = (gp.add(544 * b), yp.add(32 * b));
+            prefetch_group_ahead(gp, 544 * nb, 544 * b, 544, next);
+            if bad >> i & 1 != 0 {
+                for k in 0..4 {
+                    let v = _mm256_loadu_ps(yb.add(8 * k));
+                    _mm256_storeu_ps(yb.add(8 * k), _mm256_add_ps(v, _mm256_set1_ps(f32::NAN)));
+                }
+                continue;
             }
-        }
-        let ts = _mm256_set1_ps(t_scale);
-        for (j, acc) in acc.iter().enumerate() {
-            let v = _mm256_loadu_ps(yb.add(8 * j));
-            _mm256_storeu_ps(yb.add(8 * j), _mm256_fmadd_ps(ts, _mm256_cvtepi32_ps(*acc), v));
+            if normal >> i & 1 == 0 {
+                continue;
+            }
+            // Rounded to even (the default MXCSR mode), as `round_ties_even`; |t| ≤ 127.
+            let id = _mm256_permutevar8x32_ps(id, _mm256_set1_epi32(i as i32));
+            let t = [
+                _mm256_cvtps_epi32(_mm256_mul_ps(s[i][0], id)),
+                _mm256_cvtps_epi32(_mm256_mul_ps(s[i][1], id)),
+            ];
+            // i8 lanes: per 128-bit half, t0..3 t8..11 (low half) and t4..7 t12..15 (high half).
+            let t8 = _mm256_packs_epi16(_mm256_packs_epi32(t[0], t[1]), _mm256_setzero_si256());
+            let quads = [
+                _mm256_extract_epi32::<0>(t8),
+                _mm256_extract_epi32::<4>(t8),
+                _mm256_extract_epi32::<1>(t8),
+                _mm256_extract_epi32::<5>(t8),
+            ];
+            let mut acc = [_mm256_setzero_si256(); 4];
+            for (k, &tq) in quads.iter().enumerate() {
+                let tk = _mm256_set1_epi32(tq);
+                let ak = _mm256_sign_epi8(tk, tk);
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let q = load(g.add(128 * k + 32 * j));
+                    *acc = _mm256_add_epi32(*acc, dot_us8_avx2(ak, _mm256_sign_epi8(q, tk)));
+                }
+            }
+            let ts = _mm256_set1_ps(scales[i]);
+            for (j, acc) in acc.iter().enumerate() {
+                let v = _mm256_loadu_ps(yb.add(8 * j));
+                _mm256_storeu_ps(yb.add(8 * j), _mm256_fmadd_ps(ts, _mm256_cvtepi32_ps(*acc), v));
+            }
         }
     }
 }
 
-/// The largest of the 8 lanes.
+/// Lane i: the largest of the 8 lanes of `m[i]`, by a transposing tree of maxima (the maximum
+/// of finite values is exact, so the order does not matter).
 #[inline(always)]
-unsafe fn hmax(v: __m256) -> f32 {
-    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
+unsafe fn lane_maxima(m: [__m256; 8]) -> __m256 {
+    let lo = max_of_quads(max_of_pairs(m[0], m[1]), max_of_pairs(m[2], m[3]));
+    let hi = max_of_quads(max_of_pairs(m[4], m[5]), max_of_pairs(m[6], m[7]));
+    _mm256_max_ps(
+        _mm256_permute2f128_ps::<0x20>(lo, hi),
+        _mm256_permute2f128_ps::<0x31>(lo, hi),
+    )
+}
+
+/// Per 128-bit half: [max(a0, a2), max(b0, b2), max(a1, a3), max(b1, b3)].
+#[inline(always)]
+unsafe fn max_of_pairs(a: __m256, b: __m256) -> __m256 {
+    _mm256_max_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b))
+}
+
+/// Per 128-bit half, from `max_of_pairs` of (a, b) and of (c, d): the half's maximum of a, b,
+/// c and d.
+#[inline(always)]
+unsafe fn max_of_quads(ab: __m256, cd: __m256) -> __m256 {
+    _mm256_max_ps(
+        _mm256_shuffle_ps::<0b01_00_01_00>(ab, cd),
+        _mm256_shuffle_ps::<0b11_10_11_10>(ab, cd),
+    )
 }
 
