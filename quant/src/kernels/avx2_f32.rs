@@ -509,10 +509,11 @@ unsafe fn exp_sub_sum(x: &mut [f32], max: f32) -> f64 {
     sum
 }
 
-/// For each 8-bit mask, the lane each output lane takes its value from after a load of the
-/// packed values (lanes not in the mask: any; they are not stored).
+/// For each 8-bit mask, the lane each output lane takes its value from after a masked load of
+/// the packed values; lanes not in the mask take lane 7, which such a load leaves 0 (a mask
+/// with a dropped lane has fewer than 8 values).
 const EXPAND8: [[u32; 8]; 256] = {
-    let mut t = [[0u32; 8]; 256];
+    let mut t = [[7u32; 8]; 256];
     let mut m = 0;
     while m < 256 {
         let (mut lane, mut k) = (0, 0);
@@ -560,9 +561,8 @@ unsafe fn expand_weighted_sum(a: &[f32], bits: &[u64], packed: &[f32], slot: usi
 
 /// `vecmath::expand_weighted_sums` for up to four queries (`out`: their rows of `width`): per
 /// position and eight outputs, a masked load of the next packed values (only as many lanes as
-/// bits, so nothing past them is read) and a permute into place, once for all the queries;
-/// then for each query that spans the position a multiply, an add, and a blend that changes
-/// only the kept lanes.
+/// bits, so nothing past them is read) and a permute into place (zeros in the dropped lanes),
+/// once for all the queries; then for each query that spans the position one multiply-add.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn expand_weighted_sums(
     queries: &[(usize, &[f32])],
@@ -618,12 +618,8 @@ unsafe fn sums<const Q: usize>(
                 prefetch_kept_word(packed, position(ahead), w, ahead, slot, head);
             }
             let b = position(p);
-            if b[w] == 0 {
-                continue;
-            }
             let mut k = kept_word_start(b, w, p, slot, head);
             let mut v = [_mm256_setzero_ps(); 8];
-            let mut keep = [_mm256_setzero_ps(); 8];
             for c in 0..8 {
                 let m = (b[w] >> (8 * c)) as u32 & 0xFF;
                 let n = m.count_ones() as usize;
@@ -632,7 +628,6 @@ unsafe fn sums<const Q: usize>(
                 let x = _mm256_maskload_ps(pp.add(k), lanes((1 << n) - 1));
                 let idx = _mm256_loadu_si256(EXPAND8[m as usize].as_ptr() as *const __m256i);
                 v[c] = _mm256_permutevar8x32_ps(x, idx);
-                keep[c] = _mm256_castsi256_ps(lanes(m));
                 k += n;
             }
             for (acc, &(first, a)) in acc.iter_mut().zip(queries) {
@@ -641,9 +636,7 @@ unsafe fn sums<const Q: usize>(
                 }
                 let va = _mm256_set1_ps(a[p - first]);
                 for c in 0..8 {
-                    // Only the kept lanes change (as the scalar path, even for a -0.0 in `out`).
-                    let sum = _mm256_add_ps(acc[c], _mm256_mul_ps(va, v[c]));
-                    acc[c] = _mm256_blendv_ps(acc[c], sum, keep[c]);
+                    acc[c] = _mm256_fmadd_ps(va, v[c], acc[c]);
                 }
             }
         }

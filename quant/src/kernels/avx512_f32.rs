@@ -61,7 +61,7 @@ unsafe fn load16_f16(p: *const u16) -> __m512 {
 
 /// `vecmath::expand_weighted_sum`, 64 outputs at a time in four registers: per position and
 /// sixteen outputs, `vexpandps` reads exactly the packed values of the set bits into their
-/// lanes, and a masked add changes only those.
+/// lanes (zeros elsewhere), and one multiply-add takes them.
 #[target_feature(enable = "avx512f")]
 unsafe fn expand_weighted_sum(a: &[f32], bits: &[u64], packed: &[f32], slot: usize, head: usize, out: &mut [f32]) {
     let words = out.len().div_ceil(64);
@@ -77,8 +77,7 @@ unsafe fn expand_weighted_sum(a: &[f32], bits: &[u64], packed: &[f32], slot: usi
                 // SAFETY: the caller checked that the position's values lie in `packed`:
                 // the expand reads packed[k..k + popcount(m)] only.
                 let v = _mm512_maskz_expandloadu_ps(m, pp.add(k));
-                // Only the kept lanes change (as the scalar path, even for a -0.0 in `out`).
-                *acc = _mm512_mask_add_ps(*acc, m, *acc, _mm512_mul_ps(va, v));
+                *acc = _mm512_fmadd_ps(va, v, *acc);
                 k += m.count_ones() as usize;
             }
         });
@@ -89,8 +88,8 @@ unsafe fn expand_weighted_sum(a: &[f32], bits: &[u64], packed: &[f32], slot: usi
 }
 
 /// `vecmath::expand_weighted_sums` for up to four queries (`out`: their rows of `width`): per
-/// word of 64 outputs, each position's kept values expanded once, then added into the rows
-/// of the queries that span it, each row as `expand_weighted_sum` adds it.
+/// word of 64 outputs, each position's kept values expanded once (zeros elsewhere), then
+/// taken by one multiply-add into the rows of the queries that span it.
 #[target_feature(enable = "avx512f")]
 unsafe fn expand_weighted_sums(
     queries: &[(usize, &[f32])],
@@ -143,18 +142,14 @@ unsafe fn sums<const Q: usize>(
                 prefetch_kept_word(packed, position(ahead), w, ahead, slot, head);
             }
             let b = position(p);
-            if b[w] == 0 {
-                continue;
-            }
             let mut k = kept_word_start(b, w, p, slot, head);
             let mut v = [_mm512_setzero_ps(); 4];
-            let mut mk = [0u16; 4];
-            for c in 0..4 {
-                mk[c] = (b[w] >> (16 * c)) as u16;
+            for (c, v) in v.iter_mut().enumerate() {
+                let m = (b[w] >> (16 * c)) as u16;
                 // SAFETY: the caller checked that position p's values lie in `packed`: the
-                // expand reads packed[k..k + popcount(mk)] only.
-                v[c] = _mm512_maskz_expandloadu_ps(mk[c], pp.add(k));
-                k += mk[c].count_ones() as usize;
+                // expand reads packed[k..k + popcount(m)] only.
+                *v = _mm512_maskz_expandloadu_ps(m, pp.add(k));
+                k += m.count_ones() as usize;
             }
             for (acc, &(first, a)) in acc.iter_mut().zip(queries) {
                 if p < first || p >= first + a.len() {
@@ -162,8 +157,7 @@ unsafe fn sums<const Q: usize>(
                 }
                 let va = _mm512_set1_ps(a[p - first]);
                 for c in 0..4 {
-                    let x = _mm512_mul_ps(va, v[c]);
-                    acc[c] = _mm512_mask_add_ps(acc[c], mk[c], acc[c], x);
+                    acc[c] = _mm512_fmadd_ps(va, v[c], acc[c]);
                 }
             }
         }

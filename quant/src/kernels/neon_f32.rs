@@ -495,10 +495,10 @@ unsafe fn round_f16(x: &mut [f32]) {
     round_f16_scalar(&mut x[full..]);
 }
 
-/// For each 4-bit mask, the bytes that move the next packed values into the mask's lanes (lanes
-/// not in the mask: any; they are not changed).
+/// For each 4-bit mask, the bytes that move the next packed values into the mask's lanes; the
+/// other lanes' bytes are out of range, so the table lookup gives them 0.
 const EXPAND4: [[u8; 16]; 16] = {
-    let mut t = [[0u8; 16]; 16];
+    let mut t = [[0xFFu8; 16]; 16];
     let mut m = 0;
     while m < 16 {
         let (mut lane, mut k) = (0, 0);
@@ -518,16 +518,9 @@ const EXPAND4: [[u8; 16]; 16] = {
     t
 };
 
-/// The lanes of a 4-bit mask as a vector mask (all ones where the bit is set).
-#[inline(always)]
-unsafe fn lanes(m: u32) -> uint32x4_t {
-    let bit = vld1q_u32([1u32, 2, 4, 8].as_ptr());
-    vtstq_u32(vdupq_n_u32(m), bit)
-}
-
 /// `vecmath::expand_weighted_sum`, 64 outputs at a time in sixteen registers: per position and
 /// four outputs, the next packed values (as many as bits) moved into the kept lanes by a table
-/// lookup, and a select that changes only those lanes.
+/// lookup (zeros elsewhere: the table's other bytes are out of range), and one multiply-add.
 #[target_feature(enable = "neon")]
 unsafe fn expand_weighted_sum(a: &[f32], bits: &[u64], packed: &[f32], slot: usize, head: usize, out: &mut [f32]) {
     let words = out.len().div_ceil(64);
@@ -544,9 +537,6 @@ unsafe fn expand_weighted_sum(a: &[f32], bits: &[u64], packed: &[f32], slot: usi
             let va = vdupq_n_f32(aj);
             for (c, acc) in acc.iter_mut().enumerate() {
                 let m = (word >> (4 * c)) as u32 & 0xF;
-                if m == 0 {
-                    continue;
-                }
                 let n = m.count_ones() as usize;
                 // The caller checked that the position's values lie in `packed`: four values
                 // from k where `packed` has them, else the n that remain, copied.
@@ -559,9 +549,7 @@ unsafe fn expand_weighted_sum(a: &[f32], bits: &[u64], packed: &[f32], slot: usi
                 };
                 let idx = vld1q_u8(EXPAND4[m as usize].as_ptr());
                 let v = vreinterpretq_f32_u8(vqtbl1q_u8(vreinterpretq_u8_f32(v), idx));
-                // Only the kept lanes change (as the scalar path, even for a -0.0 in `out`).
-                let sum = vaddq_f32(*acc, vmulq_f32(va, v));
-                *acc = vbslq_f32(lanes(m), sum, *acc);
+                *acc = vfmaq_f32(*acc, va, v);
                 k += n;
             }
         });

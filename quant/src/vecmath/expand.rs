@@ -7,9 +7,10 @@ use super::f32_kernels;
 /// masked-out entries (the values of a compact V cache): its kept entries are the set bits of
 /// `bits[j·words..(j + 1)·words]` (bit `i % 64` of word `i / 64`; `words = out.len()` / 64
 /// rounded up), and their values, in order, are `packed[j·slot + head·m_j..][..m_j]`, `m_j` its
-/// number of set bits (one KV head's values in a slot shared by the heads). Each element as
-/// `out[i] + a[j] · v` (multiply, then add), positions in order, on every path; entries a
-/// position does not keep are not read.
+/// number of set bits (one KV head's values in a slot shared by the heads). Every element of
+/// `out` takes every position, in order, as one fused multiply-add `a[j] · v + out[i]`, with
+/// `v = 0` at the entries the position does not keep (which are not read): one definition that
+/// each SIMD body computes with a multiply-add on whole registers, zeros in the dropped lanes.
 ///
 /// # Panics
 /// If `bits` does not hold `a.len()` positions, or a position's bits lie beyond `out` or its
@@ -148,21 +149,20 @@ pub(crate) fn expand_scalar(a: &[f32], bits: &[u64], packed: &[f32], slot: usize
     for (j, (&aj, b)) in a.iter().zip(bits.chunks_exact(words)).enumerate() {
         let m = b.iter().map(|w| w.count_ones() as usize).sum::<usize>();
         let mut values = packed[j * slot + head * m..][..m].iter();
-        for (w, &word) in b.iter().enumerate() {
-            let mut bitset = word;
-            while bitset != 0 {
-                let i = 64 * w + bitset.trailing_zeros() as usize;
-                out[i] += aj * values.next().expect("checked: one value per bit");
-                bitset &= bitset - 1;
-            }
+        for (i, o) in out.iter_mut().enumerate() {
+            let v = match b[i / 64] >> (i % 64) & 1 {
+                1 => *values.next().expect("checked: one value per bit"),
+                _ => 0.0,
+            };
+            *o = aj.mul_add(v, *o);
         }
     }
 }
 
-/// The positions that keep something in word `w` (outputs `64w..64w + 64`) of an
-/// [`expand_weighted_sum`], in order: `f(a_j, word, k)` with `k` where the word's values start in
-/// `packed` (the position's slot, the head's offset, the values of the words before `w`). The
-/// loop the SIMD kernels share.
+/// Every position's word `w` (outputs `64w..64w + 64`) of an [`expand_weighted_sum`], in
+/// order: `f(a_j, word, k)` with `k` where the word's values start in `packed` (the position's
+/// slot, the head's offset, the values of the words before `w`). The loop the SIMD kernels
+/// share.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
 pub(crate) fn for_each_kept_word(
@@ -185,9 +185,6 @@ pub(crate) fn for_each_kept_word(
             prefetch_kept_word(packed, position(ahead), w, ahead, slot, head);
         }
         let b = position(j);
-        if b[w] == 0 {
-            continue;
-        }
         f(aj, b[w], kept_word_start(b, w, j, slot, head));
     }
 }
@@ -332,18 +329,22 @@ mod tests {
                 expand_weighted_sum_scalar(&a, &bits, &packed, slot, head, &mut want);
                 let bits_of = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits_of(&got), bits_of(&want), "len {len} density {density}");
-                // The reference is the sum it documents: kept entries moved by a · value, in
-                // position order; the others untouched.
+                // The reference is the sum it documents: every entry takes a · value + entry,
+                // fused, in position order, with value 0 where the position keeps nothing
+                // (so a -0.0 entry can become +0.0).
                 let mut expect = base.clone();
                 for j in 0..n_pos {
                     let b = &bits[j * words..(j + 1) * words];
                     let m: usize = b.iter().map(|w| w.count_ones() as usize).sum();
                     let mut k = j * slot + head * m;
                     for (i, e) in expect.iter_mut().enumerate() {
-                        if b[i / 64] >> (i % 64) & 1 == 1 {
-                            *e += a[j] * packed[k];
+                        let v = if b[i / 64] >> (i % 64) & 1 == 1 {
                             k += 1;
-                        }
+                            packed[k - 1]
+                        } else {
+                            0.0
+                        };
+                        *e = a[j].mul_add(v, *e);
                     }
                 }
                 assert_eq!(bits_of(&want), bits_of(&expect), "scalar, len {len}");
