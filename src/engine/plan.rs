@@ -134,7 +134,6 @@ impl<'a> DecodePlan<'a> {
         let set = tomoe_quant::dispatch::kernels();
         let plain = file.is_mapped() && huge_pages::available();
         let mut weights = w.clone();
-        let tied = w.output.data().as_ptr() == w.token_embd.data().as_ptr();
         // A ToMoE layer's experts read whole groups only, their scattered rows gathered into
         // extra groups, where all three copies can hold them.
         let gathers: Vec<Option<GatherPlan>> = weights
@@ -211,8 +210,9 @@ impl<'a> DecodePlan<'a> {
                 }
             }
         }
+        // Only a tied output's copy gives back bytes of the embedding.
         let embd = w.token_embd.data().as_ptr_range();
-        let embedding_given_back = tied && given_back.iter().any(|b| embd.contains(&b.as_ptr()));
+        let embedding_given_back = given_back.iter().any(|b| embd.contains(&b.as_ptr()));
         file.release_many(given_back);
         // SAFETY: the arena's mapping never moves or changes once written, and this plan holds
         // it unmutated, dropping it after `weights` (field order); the views leave the plan only
