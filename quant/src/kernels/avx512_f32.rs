@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 
 use super::avx2_f32::{dot_transposed_lanes, dot_transposed_lanes_f16};
 use super::table::KernelSet;
-use crate::vecmath::expand::{for_each_kept_word, kept_word_start, prefetch_kept_word, KEPT_PREFETCH_AHEAD};
+use crate::vecmath::expand::{for_each_position_word, kept_word_start, prefetch_kept_word, KEPT_PREFETCH_AHEAD};
 
 /// Replaces the f32 math of `s` that this file speeds up.
 pub fn add_to(s: &mut KernelSet) {
@@ -70,7 +70,7 @@ unsafe fn expand_weighted_sum(a: &[f32], bits: &[u64], packed: &[f32], slot: usi
         let n_out = (out.len() - 64 * w).min(64);
         let valid: [u16; 4] = std::array::from_fn(|c| ((1u32 << n_out.saturating_sub(16 * c).min(16)) - 1) as u16);
         let mut acc: [__m512; 4] = std::array::from_fn(|c| _mm512_maskz_loadu_ps(valid[c], op.add(64 * w + 16 * c)));
-        for_each_kept_word(a, bits, packed, w, slot, head, |aj, word, mut k| {
+        for_each_position_word(a, bits, packed, w, slot, head, |aj, word, mut k| {
             let va = _mm512_set1_ps(aj);
             for (c, acc) in acc.iter_mut().enumerate() {
                 let m = (word >> (16 * c)) as u16;

@@ -11,7 +11,7 @@ use std::arch::asm;
 
 use super::table::KernelSet;
 use crate::vecmath::activations::{silu_libm, C1, C2, C3, C4, C5, INV_LN2, LN2_HI, LN2_LO, SHIFT};
-use crate::vecmath::expand::for_each_kept_word;
+use crate::vecmath::expand::for_each_position_word;
 use crate::vecmath::{f16_to_f32, f32_to_f16_slice_scalar, round_f16_scalar};
 
 /// Replaces the f32 math of `s` with this file's.
@@ -533,7 +533,7 @@ unsafe fn expand_weighted_sum(a: &[f32], bits: &[u64], packed: &[f32], slot: usi
         for (c, acc) in acc.iter_mut().enumerate() {
             *acc = vld1q_f32(buf.as_ptr().add(4 * c));
         }
-        for_each_kept_word(a, bits, packed, w, slot, head, |aj, word, mut k| {
+        for_each_position_word(a, bits, packed, w, slot, head, |aj, word, mut k| {
             let va = vdupq_n_f32(aj);
             for (c, acc) in acc.iter_mut().enumerate() {
                 let m = (word >> (4 * c)) as u32 & 0xF;

@@ -165,7 +165,7 @@ pub(crate) fn expand_scalar(a: &[f32], bits: &[u64], packed: &[f32], slot: usize
 /// share.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
-pub(crate) fn for_each_kept_word(
+pub(crate) fn for_each_position_word(
     a: &[f32],
     bits: &[u64],
     packed: &[f32],
