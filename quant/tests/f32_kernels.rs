@@ -55,7 +55,7 @@ fn each_set_lists_the_f32_entries_it_replaces() {
         #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
         if set.name != "scalar" {
             assert!(
-                replaced.contains(&"dot") && replaced.contains(&"exp_sub_sum"),
+                replaced.contains(&"dot") && replaced.contains(&"exp_sub_sum") && replaced.contains(&"rope"),
                 "{}",
                 set.name
             );
@@ -305,6 +305,40 @@ fn expand_equals_scalar() {
                     }
                     assert_eq!(bits(&x), bits(&y), "{name} expand_weighted_sums {n_q} width {width}");
                 }
+            }
+        }
+    }
+}
+
+/// RoPE, both pairings, every pair count around the vector widths: random values and angles,
+/// and among them infinities, NaNs, signed zeros and values whose products overflow; the values
+/// past the rotated ones stay as they were.
+#[test]
+fn rope_equals_scalar() {
+    let s = scalar_set().f32;
+    let mut rng = support::rng(17);
+    let special = [0.0f32, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MAX, -f32::MAX, 1e-40];
+    for set in simd_sets() {
+        let (f, name) = (set.f32, set.name);
+        for n in (0..=40).chain([64, 67, 128, 131]) {
+            let mut x = uniform(&mut rng, 2 * n + 3, -30.0, 30.0);
+            let theta = uniform(&mut rng, n, -7.0, 7.0);
+            let (mut cos, mut sin): (Vec<f32>, Vec<f32>) = theta.iter().map(|t| (t.cos(), t.sin())).unzip();
+            if n > 0 {
+                for _ in 0..3 {
+                    let i = rng.gen_range(0..2 * n);
+                    x[i] = special[rng.gen_range(0..special.len())];
+                    let j = rng.gen_range(0..n);
+                    cos[j] = special[rng.gen_range(0..special.len())];
+                }
+                sin[n - 1] = -0.0;
+            }
+            for neox in [false, true] {
+                let (mut a, mut b) = (x.clone(), x.clone());
+                // SAFETY: the set runs on this CPU; x holds 2n values, cos and sin n each.
+                unsafe { ((f.rope)(&mut a, &cos, &sin, neox), (s.rope)(&mut b, &cos, &sin, neox)) };
+                assert!(same(&a, &b), "{name} rope n {n} neox {neox}");
+                assert_eq!(bits(&a[2 * n..]), bits(&x[2 * n..]), "{name} rope n {n}: past the pairs");
             }
         }
     }

@@ -1,6 +1,6 @@
-//! The small f32 operations of the forward pass: norms and RoPE. (The ones that must round
-//! exactly as ggml's SIMD code, exp/SiLU/GELU/softmax and the f32 dot products of attention, are in
-//! `tomoe_quant::vecmath`.)
+//! The small f32 operations of the forward pass: norms and RoPE's tables. (The ones that must
+//! round exactly as ggml's SIMD code, exp/SiLU/GELU/softmax, RoPE's rotation and the f32 dot
+//! products of attention, are in `tomoe_quant::vecmath`.)
 
 use crate::model::RopeStyle;
 
@@ -51,29 +51,9 @@ pub fn rope_table(cos: &mut [f32], sin: &mut [f32], pos: usize, base: f32, freq_
     }
 }
 
-/// Rotates the first `2·cos.len()` dimensions of one head.
+/// Rotates the first `2·cos.len()` dimensions of one head (`vecmath::rope`).
 pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
-    let n_pairs = cos.len();
-    match style {
-        RopeStyle::Adjacent => {
-            for (i, pair) in x[..2 * n_pairs].chunks_exact_mut(2).enumerate() {
-                (pair[0], pair[1]) = rotate(pair[0], pair[1], cos[i], sin[i]);
-            }
-        }
-        RopeStyle::Neox => {
-            let (lo, hi) = x[..2 * n_pairs].split_at_mut(n_pairs);
-            for i in 0..n_pairs {
-                (lo[i], hi[i]) = rotate(lo[i], hi[i], cos[i], sin[i]);
-            }
-        }
-    }
-}
-
-/// One RoPE rotation, with the fused multiply-adds that ggml's C compiles its expression to
-/// (the first product fused into each sum), so that positions round as in llama.cpp.
-#[inline(always)]
-fn rotate(x0: f32, x1: f32, cos: f32, sin: f32) -> (f32, f32) {
-    (x0.mul_add(cos, -(x1 * sin)), x0.mul_add(sin, x1 * cos))
+    tomoe_quant::vecmath::rope(x, cos, sin, style == RopeStyle::Neox);
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::arch::x86_64::*;
 use super::table::KernelSet;
 use crate::vecmath::activations::{silu_libm, C1, C2, C3, C4, C5, INV_LN2, LN2_HI, LN2_LO, SHIFT};
 use crate::vecmath::expand::{kept_word_start, prefetch_kept_word, KEPT_PREFETCH_AHEAD};
+use crate::vecmath::rope::rope_pairs_scalar;
 use crate::vecmath::{f32_to_f16_slice_scalar, round_f16_scalar};
 
 /// Replaces the f32 math of `s` with this file's.
@@ -28,6 +29,7 @@ pub fn add_to(s: &mut KernelSet) {
     f.dot_chunks32_rows_gemm_f16 = dot_chunks32_rows_gemm_f16;
     f.expand_weighted_sum = expand_weighted_sum;
     f.expand_weighted_sums = Some(expand_weighted_sums);
+    f.rope = rope;
 }
 
 /// The body of `dot16_transposed` for one vector width: lane `l` of every register is key `l` of
@@ -646,4 +648,38 @@ unsafe fn sums<const Q: usize>(
             }
         }
     }
+}
+
+/// `vecmath::rope`: each output the reference's fused multiply-add of `a`'s product into the
+/// rounded product of `b` (`-(b·sin)` as `b·(-sin)`: the same bits). Adjacent pairs take four
+/// pairs per register, `a` and `b` duplicated into both lanes of their pair (`movldup` /
+/// `movhdup`) against interleaved `(cos, sin)` and `(-sin, cos)`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], neox: bool) {
+    let n = cos.len();
+    let (xp, cp, sp) = (x.as_mut_ptr(), cos.as_ptr(), sin.as_ptr());
+    let mut i = 0;
+    if neox {
+        let sign = _mm256_set1_ps(-0.0);
+        while i + 8 <= n {
+            let (a, b) = (_mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(xp.add(n + i)));
+            let (c, s) = (_mm256_loadu_ps(cp.add(i)), _mm256_loadu_ps(sp.add(i)));
+            _mm256_storeu_ps(xp.add(i), _mm256_fmadd_ps(a, c, _mm256_mul_ps(b, _mm256_xor_ps(s, sign))));
+            _mm256_storeu_ps(xp.add(n + i), _mm256_fmadd_ps(a, s, _mm256_mul_ps(b, c)));
+            i += 8;
+        }
+    } else {
+        let sign = _mm_set1_ps(-0.0);
+        while i + 4 <= n {
+            let v = _mm256_loadu_ps(xp.add(2 * i));
+            let (c, s) = (_mm_loadu_ps(cp.add(i)), _mm_loadu_ps(sp.add(i)));
+            let ns = _mm_xor_ps(s, sign);
+            let m = _mm256_set_m128(_mm_unpackhi_ps(c, s), _mm_unpacklo_ps(c, s));
+            let k = _mm256_set_m128(_mm_unpackhi_ps(ns, c), _mm_unpacklo_ps(ns, c));
+            let (a, b) = (_mm256_moveldup_ps(v), _mm256_movehdup_ps(v));
+            _mm256_storeu_ps(xp.add(2 * i), _mm256_fmadd_ps(a, m, _mm256_mul_ps(b, k)));
+            i += 4;
+        }
+    }
+    rope_pairs_scalar(x, cos, sin, neox, i);
 }

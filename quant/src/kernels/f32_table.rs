@@ -7,7 +7,7 @@
 //! function of the same name checks, and a SIMD entry needs its set's CPU features (sets come
 //! from `crate::dispatch`, which only hands out sets the CPU runs).
 
-use crate::vecmath::{activations, dots, expand, f16};
+use crate::vecmath::{activations, dots, expand, f16, rope};
 
 /// `(a, row_stride, stride, rows, b, b_stride, n_b, len, out, out_stride)`: the value sums of
 /// several queries, as `vecmath::dot_chunks32_rows_gemm` (`A` = f32) and its f16 form (`u16`).
@@ -42,6 +42,7 @@ pub struct F32Kernels {
     pub expand_weighted_sum: ExpandFn,
     /// Several queries reading each position once; without it each query runs alone.
     pub expand_weighted_sums: Option<ExpandSumsFn>,
+    pub rope: unsafe fn(&mut [f32], &[f32], &[f32], bool),
 }
 
 impl F32Kernels {
@@ -65,11 +66,12 @@ impl F32Kernels {
             dot_chunks32_rows_gemm_f16: f16::dot_chunks32_rows_gemm_f16_scalar,
             expand_weighted_sum: expand::expand_scalar,
             expand_weighted_sums: None,
+            rope: rope::rope_scalar,
         }
     }
 
     /// Each entry's name and address (`None` for an absent one): to list what a set replaces.
-    pub fn entries(&self) -> [(&'static str, Option<usize>); 15] {
+    pub fn entries(&self) -> [(&'static str, Option<usize>); 16] {
         [
             ("exp_sub_sum", Some(self.exp_sub_sum as usize)),
             ("swiglu", Some(self.swiglu as usize)),
@@ -89,6 +91,7 @@ impl F32Kernels {
             ),
             ("expand_weighted_sum", Some(self.expand_weighted_sum as usize)),
             ("expand_weighted_sums", self.expand_weighted_sums.map(|f| f as usize)),
+            ("rope", Some(self.rope as usize)),
         ]
     }
 

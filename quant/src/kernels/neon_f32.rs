@@ -12,6 +12,7 @@ use std::arch::asm;
 use super::table::KernelSet;
 use crate::vecmath::activations::{silu_libm, C1, C2, C3, C4, C5, INV_LN2, LN2_HI, LN2_LO, SHIFT};
 use crate::vecmath::expand::for_each_position_word;
+use crate::vecmath::rope::rope_pairs_scalar;
 use crate::vecmath::{f16_to_f32, f32_to_f16_slice_scalar, round_f16_scalar};
 
 /// Replaces the f32 math of `s` with this file's.
@@ -31,6 +32,7 @@ pub fn add_to(s: &mut KernelSet) {
     f.dot_chunks32_rows_f16 = dot_chunks32_rows_f16;
     f.dot_chunks32_rows_gemm_f16 = dot_chunks32_rows_gemm_f16;
     f.expand_weighted_sum = expand_weighted_sum;
+    f.rope = rope;
 }
 
 /// Eight lanes of the scalar reference: lanes 0..4, then 4..8.
@@ -558,4 +560,38 @@ unsafe fn expand_weighted_sum(a: &[f32], bits: &[u64], packed: &[f32], slot: usi
         }
         out[64 * w..64 * w + n_out].copy_from_slice(&buf[..n_out]);
     }
+}
+
+/// `vecmath::rope`: each output the reference's fused multiply-add (`vfmaq_f32`, fused as
+/// `mul_add`) of `a`'s product into the rounded product of `b`. Adjacent pairs take two pairs
+/// per register, `a` and `b` duplicated into both lanes of their pair (`trn1`/`trn2`) against
+/// interleaved `(cos, sin)` and `(-sin, cos)`.
+#[target_feature(enable = "neon")]
+unsafe fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], neox: bool) {
+    let n = cos.len();
+    let (xp, cp, sp) = (x.as_mut_ptr(), cos.as_ptr(), sin.as_ptr());
+    let mut i = 0;
+    if neox {
+        while i + 4 <= n {
+            let (a, b) = (vld1q_f32(xp.add(i)), vld1q_f32(xp.add(n + i)));
+            let (c, s) = (vld1q_f32(cp.add(i)), vld1q_f32(sp.add(i)));
+            vst1q_f32(xp.add(i), vfmaq_f32(vmulq_f32(b, vnegq_f32(s)), a, c));
+            vst1q_f32(xp.add(n + i), vfmaq_f32(vmulq_f32(b, c), a, s));
+            i += 4;
+        }
+    } else {
+        while i + 4 <= n {
+            let (c, s) = (vld1q_f32(cp.add(i)), vld1q_f32(sp.add(i)));
+            let ns = vnegq_f32(s);
+            let m = [vzip1q_f32(c, s), vzip2q_f32(c, s)];
+            let k = [vzip1q_f32(ns, c), vzip2q_f32(ns, c)];
+            for h in 0..2 {
+                let v = vld1q_f32(xp.add(2 * i + 4 * h));
+                let (a, b) = (vtrn1q_f32(v, v), vtrn2q_f32(v, v));
+                vst1q_f32(xp.add(2 * i + 4 * h), vfmaq_f32(vmulq_f32(b, k[h]), a, m[h]));
+            }
+            i += 4;
+        }
+    }
+    rope_pairs_scalar(x, cos, sin, neox, i);
 }

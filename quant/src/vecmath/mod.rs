@@ -16,12 +16,13 @@
 //!
 //! By job: `activations` (exp, SiLU/SwiGLU, GELU/GeGLU, the softmax sum), `dots` (the f32
 //! products), `f16` (conversions and the products over an f16 cache), `expand` (the value sums
-//! over a compact V cache).
+//! over a compact V cache), `rope` (the rotation of queries and keys).
 
 pub(crate) mod activations;
 pub(crate) mod dots;
 pub(crate) mod expand;
 pub(crate) mod f16;
+pub(crate) mod rope;
 
 pub use activations::{
     exp, exp_sub_sum, exp_sub_sum_scalar, geglu, gelu_f16_table, silu, swiglu, swiglu_lanes, swiglu_scalar,
@@ -35,6 +36,7 @@ pub use f16::{
     dot16_transposed_f16, dot16_transposed_f16_scalar, dot_chunks32_rows_f16, dot_chunks32_rows_gemm_f16, f16_to_f32,
     f32_to_f16, f32_to_f16_slice, f32_to_f16_slice_scalar, round_f16, round_f16_scalar,
 };
+pub use rope::{rope, rope_scalar};
 
 /// The f32 entries of the kernel set in use.
 #[inline(always)]
