@@ -6,7 +6,7 @@
 use super::kv_cache::{Cached, KvCache, KvType, KEY_BLOCK};
 use super::moe::{self, MoeScratch};
 use super::ops::{rms_norm, rms_norm_inplace, rope, rope_table};
-use super::parallel::{for_each_chunk_range, join2, matvec_fused, MatJob};
+use super::parallel::{for_each_chunk_range, join2, matvec_fused, matvec_fused_then, MatJob};
 use crate::model::tomoe::TomoeMlp;
 use super::{ExpertReads, Model};
 use crate::model::{Activation, Attention, DenseMlp, LayerWeights, Mlp, ModelConfig, Weights};
@@ -194,8 +194,8 @@ fn attention_block(
 }
 
 /// One token's attention, up to its output quantized in `s.inputs` for `W_o`: the projections
-/// in one parallel region, then two independent serial chains (V; Q and K) on two threads, then
-/// attention over the heads on the decoding team.
+/// (and a ToMoE layer's V mask) in one parallel region, then two independent serial chains (V;
+/// Q and K) on two threads, then attention over the heads on the decoding team.
 fn attention_one(
     c: &ModelConfig,
     l: &LayerWeights,
@@ -212,22 +212,27 @@ fn attention_one(
     let (xq, xk, xv) = (s.inputs.get(a.wq.ty()), s.inputs.get(a.wk.ty()), s.inputs.get(a.wv.ty()));
     match &a.vmask {
         Some(vm) => {
-            // The V-mask head's input layer beside Q, K and V (one parallel region), then the
-            // mask, which zeroes the V rows it drops. V is read whole: most of its groups of 16
-            // keep enough rows to be streamed whole anyway, and a region of its own after the
-            // mask cost more than the rows it skipped (BENCHMARKS.md).
+            // The V-mask head's input layer beside Q, K and V (one parallel region), and the
+            // mask, which zeroes the V rows it drops, computed in the region as soon as the input
+            // layer is done (the other threads go on with Q, K and V). V is read whole: most of
+            // its groups of 16 keep enough rows to be streamed whole anyway, and a region of its
+            // own after the mask cost more than the rows it skipped (BENCHMARKS.md).
             let h = &mut s.moe.vmask_in;
             h.resize(vm.hidden, 0.0);
-            // The head's small tables, for its serial step after this region.
+            // The head's small tables, for its serial step in this region.
             for t in [&vm.w_dec[..], &vm.b, &vm.ln_w, &vm.ln_b] {
                 prefetch_floats(t);
             }
-            matvec_fused(&mut [
-                MatJob { w: &vm.w_a, x: s.inputs.get(vm.w_a.ty()), y: &mut h[..] },
-                MatJob { w: &a.wq, x: xq, y: q },
-                MatJob { w: &a.wk, x: xk, y: k },
-                MatJob { w: &a.wv, x: xv, y: v },
-            ]);
+            let (mask, vm_scratch) = (&mut s.vmask[..hd], &mut s.moe.vmask);
+            matvec_fused_then(
+                &mut [
+                    MatJob { w: &vm.w_a, x: s.inputs.get(vm.w_a.ty()), y: &mut h[..] },
+                    MatJob { w: &a.wq, x: xq, y: q },
+                    MatJob { w: &a.wk, x: xk, y: k },
+                    MatJob { w: &a.wv, x: xv, y: v },
+                ],
+                |w_a_h1| moe::v_mask(vm, w_a_h1, mask, vm_scratch),
+            );
         }
         None => matvec_fused(&mut [
             MatJob { w: &a.wq, x: xq, y: q },
@@ -235,20 +240,17 @@ fn attention_one(
             MatJob { w: &a.wv, x: xv, y: v },
         ]),
     }
-    // The V chain: the V mask (a ToMoE layer's head), V's bias and mask, V's store. The Q/K
-    // chain: their biases, norms and rotations, K's store.
+    // The V chain: V's bias and mask (a ToMoE layer's), V's store. The Q/K chain: their biases,
+    // norms and rotations, K's store.
     let f16_keys = kv.types().0 == KvType::F16;
     let (mut keys, mut values) = kv.stores(il);
     let (q, k, v) = (&mut s.q[..qd_l], &mut s.k[..kvd_k], &mut s.v[..kvd]);
-    let (mask, vm_scratch, vm_in) = (&mut s.vmask[..hd], &mut s.moe.vmask, &s.moe.vmask_in);
+    let mask = &s.vmask[..hd];
     let rope = (&s.rope_cos[shape.rope][..pairs], &s.rope_sin[shape.rope][..pairs]);
     let rope_l = (&mut s.rope_cos_l[..], &mut s.rope_sin_l[..]);
     join2(
         || {
-            if let Some(vm) = &a.vmask {
-                moe::v_mask(vm, vm_in, mask, vm_scratch);
-            }
-            let mask = a.vmask.as_ref().map(|_| &mask[..]);
+            let mask = a.vmask.as_ref().map(|_| mask);
             finish_v(a, v, mask, hd);
             values.store(pos0, v, mask);
         },

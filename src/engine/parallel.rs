@@ -93,6 +93,13 @@ const CHUNK_ROWS: usize = 64;
 /// Runs every job over the union of their rows: a contiguous share per thread, then chunks that
 /// the threads take as they finish.
 pub fn matvec_fused(jobs: &mut [MatJob]) {
+    matvec_fused_then(jobs, |_| {});
+}
+
+/// [`matvec_fused`], and `then(y0)` with job 0's finished output, run once, by the thread that
+/// computes the last of job 0's rows, while the others go on with the other rows (a serial step
+/// that needs only job 0, which the chunks at the end then balance across the threads).
+pub fn matvec_fused_then(jobs: &mut [MatJob], then: impl FnOnce(&[f32]) + Send) {
     assert!(jobs.len() <= MAX_JOBS, "at most {MAX_JOBS} matrices per fused region");
     let mut outs = [OutPtr(std::ptr::null_mut()); MAX_JOBS];
     let mut mats: [Option<(&MatRef, &QuantizedInput)>; MAX_JOBS] = [None; MAX_JOBS];
@@ -106,6 +113,22 @@ pub fn matvec_fused(jobs: &mut [MatJob]) {
     let n_jobs = jobs.len();
     let total = starts[n_jobs];
     let (outs, mats, starts) = (&outs, &mats, &starts);
+    // Job 0's rows computed so far; `then` runs when they are all done.
+    let done0 = AtomicUsize::new(0);
+    let then = Mutex::new(Some(then));
+    let run_then = || {
+        if let Some(f) = then.lock().unwrap().take() {
+            if starts[1] == 0 {
+                return f(&[]);
+            }
+            // SAFETY: `outs[0]` points to job 0's `y`, `starts[1]` floats long, mutably borrowed
+            // by `jobs` for this whole call. Every row of it has been written (each writer added
+            // its rows to `done0` with Release after writing, and this thread's AcqRel add
+            // reached the total), and no thread writes job 0's rows again in this region.
+            f(unsafe { std::slice::from_raw_parts(outs[0].0, starts[1]) });
+        }
+    };
+    let run_then = &run_then;
     // A cut between two threads' parts, moved to the nearest multiple of 16 rows of the matrix
     // it falls in (monotonic, 0 and `total` fixed), so that no group of the interleaved copies
     // is split: its rows would be read one by one on both sides.
@@ -127,6 +150,9 @@ pub fn matvec_fused(jobs: &mut [MatJob]) {
             // float.
             let y = unsafe { std::slice::from_raw_parts_mut(outs[i].0.add(rows.start), rows.len()) };
             matvec_rows(w, rows, x, y);
+            if i == 0 && done0.fetch_add(b - a, Ordering::AcqRel) + (b - a) == starts[1] {
+                run_then();
+            }
         }
     };
     // Each thread streams its share of the first three quarters; the last quarter goes in chunks
@@ -147,11 +173,13 @@ pub fn matvec_fused(jobs: &mut [MatJob]) {
             run(cut(lo), cut((lo + CHUNK_ROWS).min(total)));
         }
     });
+    // No jobs, or a job 0 without rows.
+    run_then();
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{join2, matvec_fused, MatJob};
+    use super::{join2, matvec_fused, matvec_fused_then, MatJob};
     use crate::engine::team::{self, Team};
     use tomoe_quant::{matvec_rows, MatRef, QuantType, QuantizedInput};
 
@@ -238,6 +266,65 @@ mod tests {
                     "{threads} threads, 259 rows"
                 );
             }
+        }
+    }
+
+    /// `then` runs once per region, whatever the threads, and sees job 0's whole output (the
+    /// V-mask head's input layer of a ToMoE layer, then Q, K and V): the same bits as
+    /// `matvec_rows`; with job 0 empty, and with no job, it runs once with nothing.
+    #[test]
+    fn then_runs_once_on_the_first_jobs_finished_output() {
+        let cols = 96;
+        let shapes = [128usize, 468, 156];
+        let data: Vec<Vec<u8>> = shapes.iter().enumerate().map(|(i, &r)| matrix(r, cols, i + 3)).collect();
+        let plain: Vec<MatRef> =
+            data.iter().zip(shapes).map(|(d, r)| MatRef::new(QuantType::Q8_0, r, cols, d).unwrap()).collect();
+        let copies: Vec<Option<Vec<u8>>> = plain.iter().map(|m| m.interleave()).collect();
+        let il: Vec<MatRef> =
+            plain.iter().zip(&copies).map(|(m, c)| c.as_ref().map_or(*m, |c| m.with_interleaved(c).unwrap())).collect();
+        let x: Vec<f32> = (0..cols).map(|c| ((c * 5 % 11) as f32 - 5.0) / 6.0).collect();
+        let mut xq = QuantizedInput::new();
+        xq.quantize(QuantType::Q8_0, &x, cols);
+        let mut want = vec![0f32; shapes[0]];
+        matvec_rows(&plain[0], 0..shapes[0], &xq, &mut want);
+        let empty_data = matrix(0, cols, 1);
+        let empty = MatRef::new(QuantType::Q8_0, 0, cols, &empty_data).unwrap();
+        for threads in [1, 2, 3, 5] {
+            let t = Team::new(threads).unwrap();
+            for mats in [&plain, &il] {
+                let mut ys: Vec<Vec<f32>> = shapes.iter().map(|&r| vec![f32::NAN; r]).collect();
+                let mut seen = Vec::new();
+                let calls = std::sync::atomic::AtomicUsize::new(0);
+                team::install(&t, || {
+                    let [a, b, c] = &mut ys[..] else { unreachable!() };
+                    matvec_fused_then(
+                        &mut [
+                            MatJob { w: &mats[0], x: &xq, y: a },
+                            MatJob { w: &mats[1], x: &xq, y: b },
+                            MatJob { w: &mats[2], x: &xq, y: c },
+                        ],
+                        |y0| {
+                            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            seen = y0.to_vec();
+                        },
+                    );
+                });
+                assert_eq!(calls.into_inner(), 1, "{threads} threads");
+                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&seen), bits(&want), "{threads} threads");
+                assert_eq!(bits(&ys[0]), bits(&want), "{threads} threads");
+            }
+            let (mut y0, mut y1) = (vec![], vec![f32::NAN; shapes[1]]);
+            let mut lens = Vec::new();
+            team::install(&t, || {
+                matvec_fused_then(
+                    &mut [MatJob { w: &empty, x: &xq, y: &mut y0 }, MatJob { w: &plain[1], x: &xq, y: &mut y1 }],
+                    |y| lens.push(y.len()),
+                );
+                matvec_fused_then(&mut [], |y| lens.push(y.len()));
+            });
+            assert_eq!(lens, [0, 0], "{threads} threads");
+            assert!(y1.iter().all(|v| v.is_finite()));
         }
     }
 }
