@@ -1,6 +1,9 @@
 //! GgufWriter → GgufFile round trips (identical metadata and tensors), deterministic bytes,
 //! alignment rules, streaming and atomic writes, and the typed metadata getters.
 
+mod common;
+
+use common::mapped_rss_kib;
 use std::path::PathBuf;
 
 use rand::{Rng, SeedableRng};
@@ -419,41 +422,25 @@ fn released_bytes_read_the_same() {
     f.release(&t[12_345..900_001]);
     f.release(&data); // not part of the file: nothing happens
     assert_eq!(t, &data[..]);
-    // A row read alone: the granule around it goes, and no page outside the tensor.
+    // A row read from the file: its bytes, and no page of the map touched (after the release
+    // above, nothing of the tensor is mapped).
     let row = &t[300_000..300_600];
-    assert_eq!(row, &data[300_000..300_600]);
     let before = mapped_rss_kib(&path);
-    f.release_around(row, t);
-    let after = mapped_rss_kib(&path);
+    let mut buf = vec![0u8; row.len()];
+    assert!(f.read_unmapped(row, &mut buf));
+    assert_eq!(buf, &data[300_000..300_600]);
+    assert!(f.read_unmapped(&t[t.len() - 10..], &mut buf[..10]));
+    assert_eq!(&buf[..10], &data[data.len() - 10..]);
     #[cfg(target_os = "linux")]
-    assert!(after < before, "release_around drops the row's granule: {before} -> {after} KiB resident");
-    f.release_around(&t[..10], t);
-    f.release_around(&t[t.len() - 10..], t);
-    f.release_around(row, &data); // not part of the file: nothing happens
-    assert_eq!(t, &data[..]);
+    assert_eq!(mapped_rss_kib(&path), before, "read_unmapped maps no page");
+    assert!(!f.read_unmapped(row, &mut buf[..599]), "a buffer of another length");
+    assert!(!f.read_unmapped(&data[..600], &mut buf), "bytes outside the file");
     let in_memory = GgufFile::from_bytes(std::fs::read(&path).unwrap()).unwrap();
     assert!(!in_memory.is_mapped());
     let t = in_memory.tensor("t").unwrap().data;
     in_memory.release(t);
+    assert!(!in_memory.read_unmapped(&t[..600], &mut buf), "a buffer in memory");
     assert_eq!(t, &data[..]);
     drop(f);
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// KiB of `path`'s mappings resident in this process (0 off Linux).
-fn mapped_rss_kib(path: &std::path::Path) -> u64 {
-    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
-        return 0;
-    };
-    let name = path.to_string_lossy();
-    let mut ours = false;
-    let mut total = 0;
-    for line in smaps.lines() {
-        if line.contains('-') && line.split_whitespace().count() >= 5 && !line.ends_with(" kB") {
-            ours = line.ends_with(&*name);
-        } else if let Some(kb) = line.strip_prefix("Rss:").filter(|_| ours) {
-            total += kb.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap();
-        }
-    }
-    total
 }

@@ -52,6 +52,35 @@ fn no_copies_gives_no_copies_and_the_same_logits() {
     assert!(bits(&logits(with)) == bits(&logits(without)), "logits differ without the copies");
 }
 
+/// SmolLM2's embedding is tied to its output: where the output gets a copy, the embedding's file
+/// pages are given back at load, and the rows a prompt looks up are read from the file without
+/// mapping them again (each read through the map would map the 64 KiB around it: a prompt of
+/// 300 tokens spread over the vocabulary would map ~19 MiB back).
+#[test]
+fn a_tied_embeddings_rows_stay_unmapped() {
+    let path = common::model_path(common::RealModel::SmolLm2);
+    let model = Arc::new(Model::load_with(&path, &LoadOptions { copies: true, kernels: None }).unwrap());
+    if dispatch::kernels().interleaved(tomoe_quant::QuantType::Q4_1).is_none() {
+        eprintln!("skipped: {} has no interleaved Q4_1 kernels, so no output copy", dispatch::kernels().name);
+        return;
+    }
+    let params = ContextParams { n_ctx: 512, n_threads: 2, n_batch: 512 };
+    let mut ctx = Context::new(model.clone(), params).unwrap();
+    let tokens: Vec<u32> = (0..300u32).map(|i| i * 163 + 5).collect();
+    let before = common::mapped_rss_kib(&path);
+    ctx.eval(&tokens).unwrap();
+    for &t in &tokens[..20] {
+        ctx.eval(&[t + 1]).unwrap();
+    }
+    let after = common::mapped_rss_kib(&path);
+    #[cfg(target_os = "linux")]
+    assert!(
+        after < before + 2048,
+        "320 embedding rows mapped {} KiB of the file back ({before} -> {after} KiB)",
+        after.saturating_sub(before)
+    );
+}
+
 #[test]
 fn an_unknown_kernel_set_is_a_clear_error() {
     let path = common::model_path(common::RealModel::SmolLm2);

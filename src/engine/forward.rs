@@ -73,6 +73,8 @@ pub struct Scratch {
     rope_sin_l: Vec<f32>,
     /// Per token, the dynamic V mask of the current ToMoE layer.
     vmask: Vec<f32>,
+    /// A token's embedding row read from the file (`Model::embedding_row`).
+    embd_row: Vec<u8>,
     moe: MoeScratch,
     /// Per layer and expert: tokens routed there since the context was created.
     pub expert_counts: Vec<Vec<u64>>,
@@ -101,6 +103,7 @@ impl Scratch {
             rope_cos_l: vec![0.0; pairs],
             rope_sin_l: vec![0.0; pairs],
             vmask: vec![0.0; nb * c.head_dim],
+            embd_row: Vec::new(),
             moe: MoeScratch::default(),
             expert_counts: vec![vec![0; c.tomoe.as_ref().map_or(0, |t| t.n_expert)]; c.n_layer],
             inputs: Inputs::new(),
@@ -142,8 +145,7 @@ fn embed(model: &Model, s: &mut Scratch, tokens: &[u32]) {
     let d = c.d_model;
     for (t, &tok) in tokens.iter().enumerate() {
         let xt = &mut s.x[t * d..(t + 1) * d];
-        dequantize_row(w.token_embd.ty(), w.token_embd.row(tok as usize), xt);
-        model.give_back_embedding_row(tok);
+        dequantize_row(w.token_embd.ty(), model.embedding_row(tok, &mut s.embd_row), xt);
         if let Some(scale) = c.embed_scale {
             xt.iter_mut().for_each(|v| *v *= scale);
         }

@@ -110,14 +110,18 @@ impl Model {
         self.plan.expert_reads(il)
     }
 
-    /// Gives back the file pages token `t`'s embedding row was read from, where the output's
-    /// copy replaced the rest of the embedding's bytes (a tied embedding): a long prompt's rows
-    /// would otherwise map most of it back beside the copy.
-    pub(crate) fn give_back_embedding_row(&self, t: u32) {
+    /// Token `t`'s embedding row: read from the file into `buf` where the output's copy replaced
+    /// the embedding's bytes (a tied embedding, whose pages were given back), so that they stay
+    /// unmapped (`GgufFile::read_unmapped`); else the mapped row.
+    pub(crate) fn embedding_row<'b>(&'b self, t: u32, buf: &'b mut Vec<u8>) -> &'b [u8] {
+        let row = self.file.weights().token_embd.row(t as usize);
         if self.plan.embedding_given_back() {
-            let embd = &self.file.weights().token_embd;
-            self.file.gguf().release_around(embd.row(t as usize), embd.data());
+            buf.resize(row.len(), 0);
+            if self.file.gguf().read_unmapped(row, buf) {
+                return buf;
+            }
         }
+        row
     }
 
     /// Bytes of the matrices' copies made at load: interleaved where the kernel set has

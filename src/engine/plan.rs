@@ -97,7 +97,7 @@ pub(crate) struct DecodePlan<'a> {
     /// Every matrix's copy, one after the other.
     arena: HugeBuf<u8>,
     /// Whether the token embedding's file bytes were given back for the output's copy (a tied
-    /// embedding), so that the rows decoding reads from the file are to be given back too.
+    /// embedding), so that its rows are read from the file without mapping them again.
     embedding_given_back: bool,
 }
 

@@ -60,14 +60,15 @@ impl<'a> Tensor<'a> {
 }
 
 enum Storage {
-    Mapped(Mmap),
+    /// The map, and the file it maps (for [`GgufFile::read_unmapped`]).
+    Mapped(Mmap, File),
     Owned(Vec<u8>),
 }
 
 impl Storage {
     fn bytes(&self) -> &[u8] {
         match self {
-            Storage::Mapped(m) => m,
+            Storage::Mapped(m, _) => m,
             Storage::Owned(v) => v,
         }
     }
@@ -123,7 +124,7 @@ impl GgufFile {
         // truncating or rewriting the file while it is mapped is outside what we can guard
         // against; the files are model weights we do not expect to be modified in place.
         let map = unsafe { Mmap::map(&file) }.map_err(io_err)?;
-        Self::from_storage(Storage::Mapped(map))
+        Self::from_storage(Storage::Mapped(map, file))
     }
 
     /// Validates an in-memory GGUF file (the C ABI's "load from memory").
@@ -159,7 +160,7 @@ impl GgufFile {
 
     /// Whether the bytes are a mapped file ([`GgufFile::open`]), not a buffer in memory.
     pub fn is_mapped(&self) -> bool {
-        matches!(self.storage, Storage::Mapped(_))
+        matches!(self.storage, Storage::Mapped(..))
     }
 
     /// Drops the whole pages of `bytes` (part of this file's bytes, e.g. a tensor's data that
@@ -187,23 +188,32 @@ impl GgufFile {
         self.release_ranges(merged.into_iter());
     }
 
-    /// Gives back the whole granules that hold `bytes`, as far as they lie within `tensor` (whose
-    /// bytes nothing else reads from the file): a row read alone, as an embedding row is, maps
-    /// the pages the kernel maps around the fault too, and a long prompt's scattered rows map
-    /// the whole tensor back in.
-    pub fn release_around(&self, bytes: &[u8], tensor: &[u8]) {
-        let (Some((start, end)), Some((lo, hi))) = (self.offsets(bytes), self.offsets(tensor)) else {
-            return;
+    /// Copies `bytes` (part of the mapped file) into `buf` by reading the file, so that no page
+    /// of the map is touched: for rows read one at a time from a tensor whose pages were given
+    /// back (a tied embedding beside its output's copy), which read through the map would each
+    /// map the pages the kernel maps around a fault, and a long prompt's rows most of the
+    /// tensor. `false`, `buf` untouched, for a buffer in memory, bytes outside the file, a `buf`
+    /// of another length, or a failed read: the caller reads `bytes` then.
+    pub fn read_unmapped(&self, bytes: &[u8], buf: &mut [u8]) -> bool {
+        let (Some((start, _)), Storage::Mapped(_, file)) = (self.offsets(bytes), &self.storage) else {
+            return false;
         };
-        let start = (start / RELEASE_GRANULE * RELEASE_GRANULE).max(lo);
-        let end = end.next_multiple_of(RELEASE_GRANULE).min(hi);
-        self.release_ranges(std::iter::once((start, end)));
+        if buf.len() != bytes.len() {
+            return false;
+        }
+        #[cfg(unix)]
+        return std::os::unix::fs::FileExt::read_exact_at(file, buf, start as u64).is_ok();
+        #[cfg(not(unix))]
+        {
+            let _ = (file, start);
+            false
+        }
     }
 
     /// The offsets in the mapped file of `bytes`; `None` for a buffer in memory or bytes
     /// outside the file.
     fn offsets(&self, bytes: &[u8]) -> Option<(usize, usize)> {
-        let Storage::Mapped(map) = &self.storage else { return None };
+        let Storage::Mapped(map, _) = &self.storage else { return None };
         let base = map.as_ptr() as usize;
         let (start, end) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
         (start >= base && end <= base + map.len()).then(|| (start - base, end - base))
@@ -212,7 +222,7 @@ impl GgufFile {
     /// Drops the whole granules of each range of offsets of the mapped file.
     fn release_ranges(&self, ranges: impl Iterator<Item = (usize, usize)>) {
         #[cfg(unix)]
-        if let Storage::Mapped(map) = &self.storage {
+        if let Storage::Mapped(map, _) = &self.storage {
             for (start, end) in ranges {
                 let (first, last) = (start.next_multiple_of(RELEASE_GRANULE), end / RELEASE_GRANULE * RELEASE_GRANULE);
                 if first < last {

@@ -49,3 +49,22 @@ pub fn austen(file: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/austen").join(file);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
+
+/// The resident KiB of this process's mappings of `path` (`/proc/self/smaps`; 0 where there is
+/// none).
+pub fn mapped_rss_kib(path: &std::path::Path) -> u64 {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return 0;
+    };
+    let name = path.to_string_lossy();
+    let mut ours = false;
+    let mut total = 0;
+    for line in smaps.lines() {
+        if line.contains('-') && line.split_whitespace().count() >= 5 && !line.ends_with(" kB") {
+            ours = line.ends_with(&*name);
+        } else if let Some(kb) = line.strip_prefix("Rss:").filter(|_| ours) {
+            total += kb.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap();
+        }
+    }
+    total
+}
