@@ -117,7 +117,9 @@ pub fn matvec_fused_then(jobs: &mut [MatJob], then: impl FnOnce(&[f32]) + Send) 
     let done0 = AtomicUsize::new(0);
     let then = Mutex::new(Some(then));
     let run_then = || {
-        if let Some(f) = then.lock().unwrap().take() {
+        // Taken out first, so that the lock is not held while `then` runs.
+        let f = then.lock().unwrap().take();
+        if let Some(f) = f {
             if starts[1] == 0 {
                 return f(&[]);
             }
