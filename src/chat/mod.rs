@@ -3,7 +3,7 @@
 mod sampler;
 mod template;
 
-pub use sampler::{Sampler, SamplerParams};
+pub use sampler::{argmax, Sampler, SamplerParams};
 pub use template::{ChatError, ChatMessage, ChatTemplate};
 
 // The server shares a model's template and moves samplers between threads.

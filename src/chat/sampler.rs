@@ -197,7 +197,7 @@ fn max_and_nan(logits: &[f32]) -> (f32, bool) {
 /// token a scan keeping the first strictly greater logit picks, found as the first position of
 /// the largest one. (That scan, comparing with the best so far read back through its index,
 /// took 3 ns a token: 0.9 ms a step for Gemma 3's vocabulary.)
-fn argmax(logits: &[f32]) -> u32 {
+pub fn argmax(logits: &[f32]) -> u32 {
     let (max, _) = max_and_nan(logits);
     match logits.iter().position(|&l| l == max) {
         Some(i) => i as u32,

@@ -15,6 +15,7 @@ use clap::{Args, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
+use tomoe::chat::argmax;
 use tomoe::engine::{peak_resident_bytes, CacheTypes, Context, ContextParams, KvType, Model};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -659,16 +660,6 @@ impl<'a> Printer<'a> {
         }
         out.flush()
     }
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 #[cfg(test)]
