@@ -380,7 +380,14 @@ macro_rules! legacy_kernels {
                     summ[r] = f16_at(bw.add(2)).mul_add(s, summ[r]);
                 }
             }
-            [0, 1, 2, 3].map(|r| hsum_ps(acc[r]) + summ[r])
+            // Not `map`: a closure does not carry this function's target features, so its
+            // intrinsics would be calls.
+            [
+                hsum_ps(acc[0]) + summ[0],
+                hsum_ps(acc[1]) + summ[1],
+                hsum_ps(acc[2]) + summ[2],
+                hsum_ps(acc[3]) + summ[3],
+            ]
         }
 
         /// Four rows of a format without block offsets: `block(w_block, x_qs)` gives the weight
@@ -410,7 +417,8 @@ macro_rules! legacy_kernels {
                         _mm256_fmadd_ps(_mm256_set1_ps(dw * dx), _mm256_cvtepi32_ps(p), acc[r]);
                 }
             }
-            acc.map(|a| hsum_ps(a))
+            // Not `map` (see above).
+            [hsum_ps(acc[0]), hsum_ps(acc[1]), hsum_ps(acc[2]), hsum_ps(acc[3])]
         }
 
         /// Four rows of `dot_q8_0` (see `kernels::Dot4Fn`; `sums` unused).
