@@ -211,23 +211,51 @@ mod tests {
         data
     }
 
+    /// The fused region of a pruned ToMoE layer (V-mask head input, Q, K: 128, 468, 156 rows of
+    /// 96 columns, matrix `i` from seed `seed + i`) and the interleaved copies of its matrices.
+    struct Region {
+        data: Vec<Vec<u8>>,
+        copies: Vec<Option<Vec<u8>>>,
+    }
+
+    const COLS: usize = 96;
+    const SHAPES: [usize; 3] = [128, 468, 156];
+
+    impl Region {
+        fn new(seed: usize) -> Region {
+            let data: Vec<Vec<u8>> = SHAPES.iter().enumerate().map(|(i, &r)| matrix(r, COLS, seed + i)).collect();
+            let mut region = Region { data, copies: Vec::new() };
+            region.copies = region.plain().iter().map(|m| m.interleave()).collect();
+            region
+        }
+
+        fn plain(&self) -> Vec<MatRef<'_>> {
+            self.data.iter().zip(SHAPES).map(|(d, r)| MatRef::new(QuantType::Q8_0, r, COLS, d).unwrap()).collect()
+        }
+
+        fn interleaved(&self) -> Vec<MatRef<'_>> {
+            let plain = self.plain();
+            plain.iter().zip(&self.copies).map(|(m, c)| c.as_ref().map_or(*m, |c| m.with_interleaved(c).unwrap())).collect()
+        }
+    }
+
+    /// `x` quantized for Q8_0.
+    fn quantized(x: &[f32]) -> QuantizedInput {
+        let mut xq = QuantizedInput::new();
+        xq.quantize(QuantType::Q8_0, x, x.len());
+        xq
+    }
+
     /// Whatever the thread count, and so wherever the parts are cut (moved to whole groups of
     /// 16), the fused products equal `matvec_rows` over each whole matrix,
     /// bit for bit, every row written: the shapes of a pruned ToMoE layer (V-mask head input, Q,
     /// K: 128, 468, 156 rows), with and without the interleaved copies, and a matrix of 259 rows.
     #[test]
     fn fused_products_do_not_depend_on_the_cuts() {
-        let cols = 96;
-        let shapes = [128usize, 468, 156];
-        let data: Vec<Vec<u8>> = shapes.iter().enumerate().map(|(i, &r)| matrix(r, cols, i)).collect();
-        let plain: Vec<MatRef> =
-            data.iter().zip(shapes).map(|(d, r)| MatRef::new(QuantType::Q8_0, r, cols, d).unwrap()).collect();
-        let copies: Vec<Option<Vec<u8>>> = plain.iter().map(|m| m.interleave()).collect();
-        let il: Vec<MatRef> =
-            plain.iter().zip(&copies).map(|(m, c)| c.as_ref().map_or(*m, |c| m.with_interleaved(c).unwrap())).collect();
-        let x: Vec<f32> = (0..cols).map(|c| ((c * 7 % 13) as f32 - 6.0) / 7.0).collect();
-        let mut xq = QuantizedInput::new();
-        xq.quantize(QuantType::Q8_0, &x, cols);
+        let (cols, shapes) = (COLS, SHAPES);
+        let region = Region::new(0);
+        let (plain, il) = (region.plain(), region.interleaved());
+        let xq = quantized(&(0..cols).map(|c| ((c * 7 % 13) as f32 - 6.0) / 7.0).collect::<Vec<f32>>());
         let want: Vec<Vec<f32>> = plain
             .iter()
             .map(|m| {
@@ -276,17 +304,10 @@ mod tests {
     /// `matvec_rows`; with job 0 empty, and with no job, it runs once with nothing.
     #[test]
     fn then_runs_once_on_the_first_jobs_finished_output() {
-        let cols = 96;
-        let shapes = [128usize, 468, 156];
-        let data: Vec<Vec<u8>> = shapes.iter().enumerate().map(|(i, &r)| matrix(r, cols, i + 3)).collect();
-        let plain: Vec<MatRef> =
-            data.iter().zip(shapes).map(|(d, r)| MatRef::new(QuantType::Q8_0, r, cols, d).unwrap()).collect();
-        let copies: Vec<Option<Vec<u8>>> = plain.iter().map(|m| m.interleave()).collect();
-        let il: Vec<MatRef> =
-            plain.iter().zip(&copies).map(|(m, c)| c.as_ref().map_or(*m, |c| m.with_interleaved(c).unwrap())).collect();
-        let x: Vec<f32> = (0..cols).map(|c| ((c * 5 % 11) as f32 - 5.0) / 6.0).collect();
-        let mut xq = QuantizedInput::new();
-        xq.quantize(QuantType::Q8_0, &x, cols);
+        let (cols, shapes) = (COLS, SHAPES);
+        let region = Region::new(3);
+        let (plain, il) = (region.plain(), region.interleaved());
+        let xq = quantized(&(0..cols).map(|c| ((c * 5 % 11) as f32 - 5.0) / 6.0).collect::<Vec<f32>>());
         let mut want = vec![0f32; shapes[0]];
         matvec_rows(&plain[0], 0..shapes[0], &xq, &mut want);
         let empty_data = matrix(0, cols, 1);
