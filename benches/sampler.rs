@@ -14,7 +14,7 @@ fn main() {
     use llama_cpp_sys_2 as sys;
     use std::sync::Arc;
     use std::time::Instant;
-    use tomoe::chat::{Sampler, SamplerParams};
+    use tomoe::chat::{argmax, Sampler, SamplerParams};
     use tomoe::engine::{Context, ContextParams, Model};
 
     /// llama.cpp's chain for `p` (greedy where the temperature is 0).
@@ -44,8 +44,7 @@ fn main() {
         let prompt = model.tokenizer().encode("Once upon a time, in a small village by the sea, there lived", true, true);
         let mut steps = vec![ctx.eval(&prompt).unwrap().to_vec()];
         for _ in 0..15 {
-            let last = steps.last().unwrap();
-            let id = last.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+            let id = argmax(steps.last().unwrap());
             steps.push(ctx.eval(&[id]).unwrap().to_vec());
         }
         let vocab = steps[0].len();

@@ -122,8 +122,7 @@ impl Sampler {
         if p.top_k > 0 && p.top_k < logits.len() {
             top_k_candidates(logits, p.top_k, cands);
         } else {
-            cands.clear();
-            cands.extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
+            all_candidates(logits, cands);
         }
         if p.top_p < 1.0 {
             cands.sort_unstable_by(desc);
@@ -205,6 +204,12 @@ pub fn argmax(logits: &[f32]) -> u32 {
     }
 }
 
+/// Every token as a candidate `(logit, token)`, into `cands`.
+fn all_candidates(logits: &[f32], cands: &mut Vec<(f32, u32)>) {
+    cands.clear();
+    cands.extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
+}
+
 /// The `k` (`0 < k < logits.len()`) best candidates by [`desc`], in that order, into `cands`.
 /// They are gathered from the logits within a reach of the largest, widened until `k` are in
 /// (a large vocabulary holds few near its top): the same set as selecting among all of them,
@@ -215,11 +220,11 @@ fn top_k_candidates(logits: &[f32], k: usize, cands: &mut Vec<(f32, u32)>) {
     let mut reach = 8.0f32;
     loop {
         let floor = max - reach;
-        cands.clear();
         if nan || !floor.is_finite() || reach > 128.0 {
-            cands.extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
+            all_candidates(logits, cands);
             break;
         }
+        cands.clear();
         for (c, chunk) in logits.chunks(LANES).enumerate() {
             if chunk.iter().fold(false, |any, &l| any | (l >= floor)) {
                 let first = c * LANES;
