@@ -15,6 +15,7 @@ use tomoe::convert::chats::{self, ChatGenParams};
 use tomoe::convert::data::{read_documents, stream, Calibration};
 use tomoe::convert::dense::{Arch, DenseModel};
 use tomoe::convert::train::{train_until, CheckpointPlan, MaskInit, TrainParams};
+use tomoe::convert::eval::Subject;
 use tomoe::convert::{baselines, eval, export, gguf_in, hf, tokenize, ConvertError, Result};
 
 /// Convert a dense llama/qwen2/gemma3 model into a ToMoE Mixture-of-Experts GGUF.
@@ -117,6 +118,11 @@ struct Cli {
     /// repeatable.
     #[arg(long, value_name = "FILE")]
     eval: Vec<PathBuf>,
+    /// With --eval, also score two oracles that see the dense MLP output: each token routed to the
+    /// expert nearest the dense output (how good a perfect router would be with these experts), and
+    /// each token keeping its own top-k MLP neurons at the budget of --p with attention dense.
+    #[arg(long = "eval-oracles", requires = "eval")]
+    eval_oracles: bool,
     /// Perplexity window.
     #[arg(long = "eval-ctx", default_value_t = 512)]
     eval_ctx: usize,
@@ -139,6 +145,7 @@ struct Args {
     compat: bool,
     plan: CheckpointPlan,
     eval: Vec<PathBuf>,
+    eval_oracles: bool,
     eval_ctx: usize,
     eval_chunks: usize,
     device: String,
@@ -206,6 +213,7 @@ fn args(c: Cli) -> Result<Args> {
         compat: c.compat,
         plan: CheckpointPlan { path: c.checkpoint, every: c.checkpoint_every, resume: c.resume },
         eval: c.eval,
+        eval_oracles: c.eval_oracles,
         eval_ctx: c.eval_ctx,
         eval_chunks: c.eval_chunks.unwrap_or(usize::MAX),
         device: c.device,
@@ -437,28 +445,27 @@ fn run(a: Args) -> Result<()> {
         let toks = tok.encode(&text, true, false);
         // As llama-perplexity: a window starts with BOS only if the model adds one.
         let bos = if tok.adds_bos() { tok.bos() } else { None };
-        let (ppl_d, _) = eval::perplexity(&model, None, &toks, a.eval_ctx, bos, a.eval_chunks)?;
-        let (ppl_c, act) = eval::perplexity(
-            &model,
-            Some((&cm, Routing::Learned)),
-            &toks,
-            a.eval_ctx,
-            bos,
-            a.eval_chunks,
-        )?;
-        let (ppl_r, _) = eval::perplexity(
-            &model,
-            Some((&cm, Routing::Random(a.tp.seed))),
-            &toks,
-            a.eval_ctx,
-            bos,
-            a.eval_chunks,
-        )?;
+        let ppl = |subject| eval::perplexity(&model, subject, &toks, a.eval_ctx, bos, a.eval_chunks);
+        let (ppl_d, _) = ppl(Subject::Dense)?;
+        let (ppl_c, act) = ppl(Subject::Converted(&cm, Routing::Learned))?;
+        let (ppl_r, _) = ppl(Subject::Converted(&cm, Routing::Random(a.tp.seed)))?;
         println!(
             "eval {}: ppl dense {ppl_d:.2} | {} {ppl_c:.2} (active {act:.4}) | random routing {ppl_r:.2}",
             e.display(),
             cm.method.name()
         );
+        if a.eval_oracles {
+            let (ppl_b, act_b) = ppl(Subject::Converted(&cm, Routing::BestExpert))?;
+            let k = baselines::mlp_budget(&model, a.tp.p)?;
+            let (ppl_k, _) = ppl(Subject::PerTokenTopK(k))?;
+            println!(
+                "eval {}: oracles: best expert per token {ppl_b:.2} (active {act_b:.4}) | \
+                 per-token top-{k} of {} MLP neurons, attention dense (active {:.2}) {ppl_k:.2}",
+                e.display(),
+                model.config.m,
+                a.tp.p
+            );
+        }
     }
     Ok(())
 }

@@ -77,6 +77,9 @@ pub enum Routing {
     Learned,
     /// Uniformly random expert per (token, layer), from a seed: the "does the router matter" control.
     Random(u64),
+    /// The expert whose output is nearest the dense MLP's ([`super::oracles::best_experts`]): what
+    /// a perfect router would reach with these experts.
+    BestExpert,
 }
 
 /// Orders neurons so that each expert's rows form few contiguous runs: neurons with the same
@@ -304,7 +307,7 @@ pub fn reference_forward(
     let mut active = 0.0f64;
     let mut rng = match routing {
         Routing::Random(s) => Some(ChaCha8Rng::seed_from_u64(s)),
-        Routing::Learned => None,
+        Routing::Learned | Routing::BestExpert => None,
     };
     let mut stats = ForwardStats::default();
     for (l, (lw, cl)) in model.layers.iter().zip(&cm.layers).enumerate() {
@@ -392,6 +395,9 @@ pub fn reference_forward(
         let choice: Vec<usize> = match rng.as_mut() {
             Some(r) => (0..t).map(|_| r.gen_range(0..n_exp)).collect(),
             None if n_exp == 1 => vec![0; t],
+            None if matches!(routing, Routing::BestExpert) => {
+                super::oracles::best_experts(c.arch.gelu_mlp(), lw, cl, &h2)?
+            }
             None => linear(&h2, &cl.router, None)?
                 .argmax(D::Minus1)?
                 .to_vec1::<u32>()?

@@ -1,16 +1,27 @@
 //! Perplexity as llama.cpp's `llama-perplexity` computes it (windows of `n_ctx` starting with BOS,
-//! second half of each window scored), for the dense model or a converted one.
+//! second half of each window scored), for the dense model, a converted one, or an oracle bound.
 
 use super::converted::{reference_forward, ConvertedModel, Routing};
 use super::data::{chunk_nll, perplexity_chunks};
 use super::dense::DenseModel;
 use super::forward::{forward, NoMasks};
+use super::oracles::PerTokenTopK;
 use super::{ConvertError, Result};
 
-/// Perplexity and the token-averaged active fraction (1.0 for the dense model).
+/// What is scored.
+#[derive(Copy, Clone)]
+pub enum Subject<'a> {
+    Dense,
+    Converted(&'a ConvertedModel, Routing),
+    /// The dense model with each token's k most contributing MLP neurons only ([`PerTokenTopK`]).
+    PerTokenTopK(usize),
+}
+
+/// Perplexity and the token-averaged active fraction (1.0 for the dense model; the MLP budget's
+/// fraction is not measured for [`Subject::PerTokenTopK`], which reports NaN).
 pub fn perplexity(
     model: &DenseModel,
-    converted: Option<(&ConvertedModel, Routing)>,
+    subject: Subject,
     tokens: &[u32],
     n_ctx: usize,
     bos: Option<u32>,
@@ -23,11 +34,14 @@ pub fn perplexity(
             tokens.len()
         )));
     }
+    let mut top_k = match subject {
+        Subject::PerTokenTopK(k) => Some(PerTokenTopK::new(model, k)?),
+        _ => None,
+    };
     let (mut nll, mut count, mut active) = (0.0, 0usize, 0.0);
     for (i, w) in chunks.iter().enumerate() {
-        let (logits, frac) = match converted {
-            None => (forward(model, w, &mut NoMasks)?, 1.0),
-            Some((cm, routing)) => {
+        let (logits, frac) = match (subject, top_k.as_mut()) {
+            (Subject::Converted(cm, routing), _) => {
                 // A different random stream per chunk, still reproducible from the seed.
                 let r = match routing {
                     Routing::Random(s) => Routing::Random(s.wrapping_add(i as u64)),
@@ -36,6 +50,8 @@ pub fn perplexity(
                 let (l, s) = reference_forward(model, cm, w, r)?;
                 (l, s.active_fraction)
             }
+            (_, Some(src)) => (forward(model, w, src)?, f64::NAN),
+            _ => (forward(model, w, &mut NoMasks)?, 1.0),
         };
         let flat = logits.flatten_all()?.to_vec1::<f32>()?;
         let (n, c) = chunk_nll(&flat, model.config.vocab, w);

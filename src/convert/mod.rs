@@ -12,6 +12,7 @@
 //! - [`converted`]: the converted model (union neurons, expert sets, routers, qk_index, V-mask
 //!   heads), its deterministic reference forward, active-parameter measurement and calibration.
 //! - [`baselines`]: static structured pruning and MoEfication at the same active fraction.
+//! - [`oracles`]: what routing could reach (the best expert per token, per-token top-k neurons).
 //! - [`export`]: the ToMoE GGUF (docs/FORMAT.md) and the llama.cpp-compatible MoE GGUF.
 
 pub mod baselines;
@@ -25,6 +26,7 @@ pub mod forward;
 pub mod gguf_in;
 pub mod hf;
 pub mod hyper;
+pub mod oracles;
 pub mod tokenize;
 pub mod train;
 
