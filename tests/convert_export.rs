@@ -225,7 +225,7 @@ fn tiny_llama_and_gqa_convert_end_to_end() {
 #[test]
 fn baselines_and_llama_cpp_compat_export() {
     let (dir, calib) = setup("baselines", &LLAMA_GQA);
-    for method in ["static-prune", "moefication"] {
+    for method in ["clustered", "static-prune", "moefication"] {
         let out = dir.join(format!("{method}.gguf"));
         ok(&convert(
             &dir,

@@ -16,7 +16,8 @@ use tomoe::convert::data::{read_documents, stream, Calibration};
 use tomoe::convert::dense::{Arch, DenseModel};
 use tomoe::convert::train::{train_until, CheckpointPlan, MaskInit, TrainParams};
 use tomoe::convert::eval::Subject;
-use tomoe::convert::{baselines, eval, export, gguf_in, hf, tokenize, ConvertError, Result};
+use tomoe::convert::oracles::Selection;
+use tomoe::convert::{baselines, clustered, eval, export, gguf_in, hf, tokenize, ConvertError, Result};
 
 /// Convert a dense llama/qwen2/gemma3 model into a ToMoE Mixture-of-Experts GGUF.
 #[derive(Parser)]
@@ -67,8 +68,9 @@ struct Cli {
     /// Output GGUF (written atomically).
     #[arg(short = 'o', long, value_name = "FILE")]
     output: PathBuf,
-    /// Conversion method.
-    #[arg(long, default_value = "tomoe", value_parser = ["tomoe", "static-prune", "moefication"])]
+    /// Conversion method: tomoe (distilled hypernetwork), clustered (token-clustered experts with
+    /// fitted routers, attention dense, no distillation), static-prune or moefication (baselines).
+    #[arg(long, default_value = "tomoe", value_parser = ["tomoe", "clustered", "static-prune", "moefication"])]
     method: String,
     /// Active fraction of block parameters, in (0, 1].
     #[arg(long = "p", default_value_t = TrainParams::default().p)]
@@ -274,6 +276,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|source| ConvertError::Io { path: path.to_path_buf(), source })
 }
 
+/// Calibration windows (of --seq-len) the clustered method clusters tokens from: 8192 tokens at
+/// the default length, about 2 GB of activations for SmolLM2-135M.
+const CLUSTER_WINDOWS: usize = 32;
+
 fn load(input: &Path, dev: &Device) -> Result<DenseModel> {
     if input.is_dir() {
         hf::load_hf(input, dev)
@@ -406,6 +412,13 @@ fn run(a: Args) -> Result<()> {
             );
             cm
         }
+        "clustered" => clustered::clustered(
+            &model,
+            a.tp.p,
+            a.tp.experts,
+            &calib.leading_windows(a.tp.seq_len, CLUSTER_WINDOWS),
+            &held,
+        )?,
         "static-prune" => baselines::static_prune(
             &model,
             a.tp.p,
@@ -457,7 +470,7 @@ fn run(a: Args) -> Result<()> {
         if a.eval_oracles {
             let (ppl_b, act_b) = ppl(Subject::Converted(&cm, Routing::BestExpert))?;
             let k = baselines::mlp_budget(&model, a.tp.p)?;
-            let (ppl_k, _) = ppl(Subject::PerTokenTopK(k))?;
+            let (ppl_k, _) = ppl(Subject::Oracle(k, &Selection::Neurons))?;
             println!(
                 "eval {}: oracles: best expert per token {ppl_b:.2} (active {act_b:.4}) | \
                  per-token top-{k} of {} MLP neurons, attention dense (active {:.2}) {ppl_k:.2}",

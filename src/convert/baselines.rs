@@ -30,7 +30,7 @@ impl MaskSource for RecordMlpInputs {
 }
 
 /// Per layer: the MLP inputs [N, d] and the absolute neuron activations |act(g)·u| [N, m].
-fn calibration_activations(
+pub(super) fn calibration_activations(
     model: &DenseModel,
     windows: &[&[u32]],
 ) -> Result<Vec<(Tensor, Tensor)>> {
@@ -96,7 +96,7 @@ fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
-fn finish(
+pub(super) fn finish(
     model: &DenseModel,
     layers: Vec<ConvertedLayer>,
     method: Method,

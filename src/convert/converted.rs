@@ -20,6 +20,7 @@ pub enum Method {
     ToMoe,
     StaticPrune,
     Moefication,
+    Clustered,
 }
 
 impl Method {
@@ -28,6 +29,7 @@ impl Method {
             Method::ToMoe => "tomoe",
             Method::StaticPrune => "static-prune",
             Method::Moefication => "moefication",
+            Method::Clustered => "clustered",
         }
     }
 }

@@ -5,7 +5,7 @@ use super::converted::{reference_forward, ConvertedModel, Routing};
 use super::data::{chunk_nll, perplexity_chunks};
 use super::dense::DenseModel;
 use super::forward::{forward, NoMasks};
-use super::oracles::PerTokenTopK;
+use super::oracles::{OracleMasks, Selection};
 use super::{ConvertError, Result};
 
 /// What is scored.
@@ -13,12 +13,13 @@ use super::{ConvertError, Result};
 pub enum Subject<'a> {
     Dense,
     Converted(&'a ConvertedModel, Routing),
-    /// The dense model with each token's k most contributing MLP neurons only ([`PerTokenTopK`]).
-    PerTokenTopK(usize),
+    /// The dense model, attention dense, each token's MLP neurons picked by an oracle
+    /// ([`OracleMasks`]) within k per token.
+    Oracle(usize, &'a Selection),
 }
 
 /// Perplexity and the token-averaged active fraction (1.0 for the dense model; the MLP budget's
-/// fraction is not measured for [`Subject::PerTokenTopK`], which reports NaN).
+/// fraction is not measured for [`Subject::Oracle`], which reports NaN).
 pub fn perplexity(
     model: &DenseModel,
     subject: Subject,
@@ -34,13 +35,13 @@ pub fn perplexity(
             tokens.len()
         )));
     }
-    let mut top_k = match subject {
-        Subject::PerTokenTopK(k) => Some(PerTokenTopK::new(model, k)?),
+    let mut oracle = match subject {
+        Subject::Oracle(k, selection) => Some(OracleMasks::new(model, k, selection)?),
         _ => None,
     };
     let (mut nll, mut count, mut active) = (0.0, 0usize, 0.0);
     for (i, w) in chunks.iter().enumerate() {
-        let (logits, frac) = match (subject, top_k.as_mut()) {
+        let (logits, frac) = match (subject, oracle.as_mut()) {
             (Subject::Converted(cm, routing), _) => {
                 // A different random stream per chunk, still reproducible from the seed.
                 let r = match routing {

@@ -12,11 +12,13 @@
 //! - [`converted`]: the converted model (union neurons, expert sets, routers, qk_index, V-mask
 //!   heads), its deterministic reference forward, active-parameter measurement and calibration.
 //! - [`baselines`]: static structured pruning and MoEfication at the same active fraction.
+//! - [`clustered`]: token-clustered experts with fitted routers, a conversion without distillation.
 //! - [`oracles`]: what routing could reach (the best expert per token, per-token top-k neurons).
 //! - [`export`]: the ToMoE GGUF (docs/FORMAT.md) and the llama.cpp-compatible MoE GGUF.
 
 pub mod baselines;
 pub mod chats;
+pub mod clustered;
 pub mod converted;
 pub mod data;
 pub mod dense;

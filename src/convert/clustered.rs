@@ -1,0 +1,98 @@
+//! Token-clustered experts with fitted routers: a conversion without distillation.
+//!
+//! Per MLP layer, from the dense model's calibration activations:
+//! 1. tokens are clustered by which neurons they need (their squared contributions
+//!    `(|act_i| · ‖down_i‖)²`, [`token_experts`]); each cluster's expert is the k neurons it
+//!    needs most, k the MLP budget of the active fraction p with attention dense;
+//! 2. each token is labelled with the expert that keeps the most of its contribution;
+//! 3. the router `[E, d]` is fitted to those labels from the MLP input h2 (softmax regression,
+//!    full batch, AdamW).
+//!
+//! Why: with a perfect router, a few dozen such experts keep most of what a token's own top-k
+//! neurons keep, where the distilled ToMoE experts keep little more than one static mask
+//! (docs/CONVERSION.md, "How much routing could gain").
+
+use super::baselines::{calibration_activations, finish, mlp_budget};
+use super::converted::{ConvertedLayer, ConvertedModel, Method};
+use super::dense::DenseModel;
+use super::oracles::token_experts;
+use super::train::AdamW;
+use super::{ConvertError, Result};
+use candle_core::{DType, Tensor, Var, D};
+
+/// Steps of the router fit and its learning rate.
+const ROUTER_STEPS: usize = 300;
+const ROUTER_LR: f64 = 1e-2;
+
+/// Per token (row of `contrib` [N, m]), the expert of `experts` keeping the most squared contribution.
+fn best_labels(contrib: &Tensor, experts: &[Vec<usize>]) -> Result<Vec<u32>> {
+    let (_, m) = contrib.dims2()?;
+    let mut member = vec![0f32; m * experts.len()];
+    for (e, set) in experts.iter().enumerate() {
+        for &i in set {
+            member[i * experts.len() + e] = 1.0;
+        }
+    }
+    let member = Tensor::from_vec(member, (m, experts.len()), contrib.device())?;
+    Ok(contrib.sqr()?.matmul(&member)?.argmax(D::Minus1)?.to_vec1()?)
+}
+
+/// Softmax regression without bias from `x` [N, d] to `labels`: the router [E, d] and the share
+/// of tokens it labels right.
+pub fn fit_router(x: &Tensor, labels: &[u32], n_experts: usize) -> Result<(Tensor, f64)> {
+    let (n, d) = x.dims2()?;
+    let dev = x.device();
+    let mut onehot = vec![0f32; n * n_experts];
+    for (t, &l) in labels.iter().enumerate() {
+        onehot[t * n_experts + l as usize] = 1.0;
+    }
+    let target = Tensor::from_vec(onehot, (n, n_experts), dev)?;
+    let w = Var::from_tensor(&Tensor::zeros((n_experts, d), DType::F32, dev)?)?;
+    let vars = [("router".to_string(), w.clone())];
+    let mut opt = AdamW::new(&vars, ROUTER_LR, 0.0)?;
+    for _ in 0..ROUTER_STEPS {
+        let logits = x.matmul(&w.as_tensor().t()?)?;
+        let top = logits.max_keepdim(D::Minus1)?.detach();
+        let lse = (logits.broadcast_sub(&top)?.exp()?.sum_keepdim(D::Minus1)?.log()? + top)?;
+        let picked = (&logits * &target)?.sum_keepdim(D::Minus1)?;
+        let nll = ((lse - picked)?.sum_all()? / n as f64)?;
+        opt.step(&vars, &nll)?;
+    }
+    let w = w.as_tensor().detach();
+    let got: Vec<u32> = x.matmul(&w.t()?)?.argmax(D::Minus1)?.to_vec1()?;
+    let right = got.iter().zip(labels).filter(|(a, b)| a == b).count();
+    Ok((w, right as f64 / n.max(1) as f64))
+}
+
+/// The converted model: `n_experts` token-clustered experts per layer, attention dense.
+pub fn clustered(
+    model: &DenseModel,
+    p: f64,
+    n_experts: usize,
+    calib: &[&[u32]],
+    held_out: &[&[u32]],
+) -> Result<ConvertedModel> {
+    let c = &model.config;
+    if n_experts == 0 {
+        return Err(ConvertError::InvalidArg("--experts must be at least 1".into()));
+    }
+    let k = mlp_budget(model, p)?;
+    let mut layers = Vec::with_capacity(c.n_layers);
+    for (l, ((h2, act), lw)) in calibration_activations(model, calib)?.into_iter().zip(&model.layers).enumerate() {
+        let contrib = act.broadcast_mul(&lw.w_down.sqr()?.sum(0)?.sqrt()?)?;
+        let experts = token_experts(&contrib, n_experts, k)?;
+        let labels = best_labels(&contrib, &experts)?;
+        let (router, agree) = fit_router(&h2, &labels, n_experts)?;
+        eprintln!("layer {l}: router picks the best expert for {:.1} % of the calibration tokens", 100.0 * agree);
+        let masks: Vec<Vec<bool>> = experts
+            .iter()
+            .map(|set| {
+                let mut keep = vec![false; c.m];
+                set.iter().for_each(|&i| keep[i] = true);
+                keep
+            })
+            .collect();
+        layers.push(ConvertedLayer::from_expert_masks(&masks, c.m, (0..c.head_dim).collect(), router, None));
+    }
+    finish(model, layers, Method::Clustered, p, held_out)
+}
