@@ -15,7 +15,7 @@
 use super::baselines::{calibration_activations, finish, mlp_budget};
 use super::converted::{ConvertedLayer, ConvertedModel, Method};
 use super::dense::DenseModel;
-use super::oracles::token_experts;
+use super::oracles::{membership, token_experts};
 use super::train::AdamW;
 use super::{ConvertError, Result};
 use candle_core::{DType, Tensor, Var, D};
@@ -26,14 +26,7 @@ const ROUTER_LR: f64 = 1e-2;
 
 /// Per token (row of `contrib` [N, m]), the expert of `experts` keeping the most squared contribution.
 fn best_labels(contrib: &Tensor, experts: &[Vec<usize>]) -> Result<Vec<u32>> {
-    let (_, m) = contrib.dims2()?;
-    let mut member = vec![0f32; m * experts.len()];
-    for (e, set) in experts.iter().enumerate() {
-        for &i in set {
-            member[i * experts.len() + e] = 1.0;
-        }
-    }
-    let member = Tensor::from_vec(member, (m, experts.len()), contrib.device())?;
+    let member = membership(experts, contrib.dims2()?.1, contrib.device())?;
     Ok(contrib.sqr()?.matmul(&member)?.argmax(D::Minus1)?.to_vec1()?)
 }
 

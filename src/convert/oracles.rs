@@ -231,8 +231,10 @@ pub fn neuron_groups(contrib: &Tensor, g: usize) -> Result<Vec<Vec<usize>>> {
 }
 
 /// `e` expert masks of `k` neurons from tokens that need the same neurons: spherical k-means of
-/// the tokens' squared-contribution rows, each expert the k neurons with the largest summed
-/// squared contribution over its cluster's tokens. `contrib` is [N, m].
+/// the tokens' squared-contribution rows seeds them, each expert the k neurons with the largest
+/// summed squared contribution over its cluster's tokens; then, as Lloyd's iterations on what a
+/// mask keeps, each token moves to the expert keeping most of its contribution and each expert
+/// becomes its tokens' top k again. `contrib` is [N, m].
 pub fn token_experts(contrib: &Tensor, e: usize, k: usize) -> Result<Vec<Vec<usize>>> {
     if e == 0 || e > contrib.dims2()?.0 {
         return Err(ConvertError::InvalidArg(format!("{e} experts from {} tokens", contrib.dims2()?.0)));
@@ -242,13 +244,52 @@ pub fn token_experts(contrib: &Tensor, e: usize, k: usize) -> Result<Vec<Vec<usi
     let mut c = seed_centres(&feats, e)?;
     let mut labels = Vec::new();
     for _ in 0..15 {
-        labels = feats.matmul(&c.t()?)?.argmax(1)?.to_vec1::<u32>()?.into_iter().map(|j| j as usize).collect();
+        labels = argmax_rows(&feats.matmul(&c.t()?)?)?;
         c = centres(&feats, &labels, &c)?;
     }
+    let mut experts = top_k_per_label(&sq, &labels, e, k)?;
+    for _ in 0..10 {
+        labels = argmax_rows(&sq.matmul(&membership(&experts, sq.dims2()?.1, sq.device())?)?)?;
+        let next = top_k_per_label(&sq, &labels, e, k)?;
+        if next == experts {
+            break;
+        }
+        experts = next;
+    }
+    Ok(experts)
+}
+
+fn argmax_rows(x: &Tensor) -> Result<Vec<usize>> {
+    Ok(x.argmax(D::Minus1)?.to_vec1::<u32>()?.into_iter().map(|j| j as usize).collect())
+}
+
+/// [m, E] with 1 where neuron i belongs to expert e.
+pub fn membership(experts: &[Vec<usize>], m: usize, dev: &candle_core::Device) -> Result<Tensor> {
+    let mut member = vec![0f32; m * experts.len()];
+    for (e, set) in experts.iter().enumerate() {
+        for &i in set {
+            member[i * experts.len() + e] = 1.0;
+        }
+    }
+    Ok(Tensor::from_vec(member, (m, experts.len()), dev)?)
+}
+
+/// Per label, the k neurons of largest summed `sq` over its rows, ascending; a label with no row
+/// keeps the k of largest sum over all rows.
+fn top_k_per_label(sq: &Tensor, labels: &[usize], e: usize, k: usize) -> Result<Vec<Vec<usize>>> {
     let mut onehot = vec![0f32; e * labels.len()];
     for (i, &j) in labels.iter().enumerate() {
         onehot[j * labels.len() + i] = 1.0;
     }
-    let mass: Vec<Vec<f32>> = Tensor::from_vec(onehot, (e, labels.len()), sq.device())?.matmul(&sq)?.to_vec2()?;
-    Ok(mass.iter().map(|row| top_k(row, k)).collect())
+    let mass: Vec<Vec<f32>> = Tensor::from_vec(onehot, (e, labels.len()), sq.device())?.matmul(sq)?.to_vec2()?;
+    let all: Vec<f32> = sq.sum(0)?.to_vec1()?;
+    Ok(mass
+        .iter()
+        .map(|row| {
+            let empty = row.iter().all(|&v| v == 0.0);
+            let mut set = top_k(if empty { &all } else { row }, k);
+            set.sort_unstable();
+            set
+        })
+        .collect())
 }
