@@ -8,7 +8,7 @@
 //!     cargo run --release --features convert --example routing_bounds -- \
 //!         -m MODEL.gguf --calib tests/data/austen/emma.txt -f tests/data/austen/persuasion.txt
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use clap::Parser;
 use std::path::PathBuf;
 use tomoe::convert::baselines::mlp_budget;
@@ -59,7 +59,8 @@ fn main() -> Result<(), ConvertError> {
     let calib = tok.encode(&read(&a.calib)?, true, false);
     let windows = perplexity_chunks(&calib, a.ctx, bos, a.calib_windows);
     let eval = tok.encode(&read(&a.file)?, true, false);
-    let contrib = contributions(&model, &windows.iter().map(|w| w.as_slice()).collect::<Vec<_>>())?;
+    let windows: Vec<&[u32]> = windows.iter().map(|w| w.as_slice()).collect();
+    let contrib: Vec<Tensor> = contributions(&model, &windows)?.into_iter().map(|(_, c)| c).collect();
     let ppl = |k, sel: &Selection| perplexity(&model, Subject::Oracle(k, sel), &eval, a.ctx, bos, a.chunks);
     let (dense, _) = perplexity(&model, Subject::Dense, &eval, a.ctx, bos, a.chunks)?;
     println!("dense: PPL {dense:.2} ({} windows of {})", a.chunks, a.ctx);

@@ -8,14 +8,16 @@
 # agreement ("same top", llama-perplexity's --kl-divergence); plus active fraction, expert
 # overlap, random-routing perplexity on Persuasion, wall time, and greedy chat answers.
 #
-# Usage: scripts/conversion-report.sh P [METHOD ...]   (methods: tomoe static-prune moefication;
-#        default all three). Outputs and logs in $OUT (default ~/.cache/tomoe/conversions).
+# Usage: scripts/conversion-report.sh P [METHOD ...]   (methods: tomoe clustered static-prune
+#        moefication; default tomoe and the two baselines). Outputs and logs in $OUT (default
+#        ~/.cache/tomoe/conversions).
 # Environment: STEPS (default 800), SEQ (256), LR (5e-3), OUTTYPE (q8_0), CHUNKS (16),
 #        CHATS (generated chats, default 800; 0: Austen only), CHAT_SHARE (share of training
 #        windows from the chats, default 0.5), TAG (added to the output names), EVAL_CHATS (the
 #        held-out chats of which CHATS run to evaluate on, default CHATS: with CHATS=0, a
 #        conversion on Austen alone is scored on the chats another run held out), EXPERTS (ToMoE's
-#        experts per layer; EXPERTS=1 with its own TAG is the one-learned-mask comparison).
+#        experts per layer, and clustered's; EXPERTS=1 with its own TAG is the one-learned-mask
+#        comparison).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 p="${1:?usage: $0 P [METHOD ...]}"
@@ -41,7 +43,9 @@ if [ "$chats" -gt 0 ]; then
   # settings: same chats), so every method and budget trains on the same ones.
   chat_args=(--chats "$chats" --chat-share "$share" --seed 0 --held-out-chats "$out/heldout-chats-$chats.txt")
 fi
-questions=("What is the capital of France?" "Write one sentence about the sea." "Who was Jane Austen?")
+questions=("What is the capital of France?" "Write one sentence about the sea." "Who was Jane Austen?"
+  "Name three primary colors." "How do I boil an egg?" "What is 12 plus 7?"
+  "Give me one tip for sleeping better." "Why is the sky blue?")
 evals=("persuasion:$a/persuasion.txt" "darwin:tests/data/heldout/darwin-origin.txt"
   "federalist:tests/data/heldout/federalist.txt")
 
@@ -60,6 +64,7 @@ for m in "${methods[@]}"; do
   extra=()
   [ "$m" = tomoe ] && extra=(--steps "$steps" --seq-len "$seq" --lr "$lr"
     --checkpoint "$out/$name.ck.safetensors" --checkpoint-every 50 --resume ${EXPERTS:+--experts "$EXPERTS"})
+  [ "$m" = clustered ] && extra=(${EXPERTS:+--experts "$EXPERTS"})
   echo "== $name" >&2
   start=$SECONDS
   "$bin/tomoe-convert" --input "$model" "${calib[@]}" "${chat_args[@]}" --method "$m" --p "$p" \

@@ -12,10 +12,10 @@
 //! neurons keep, where the distilled ToMoE experts keep little more than one static mask
 //! (docs/CONVERSION.md, "How much routing could gain").
 
-use super::baselines::{calibration_activations, finish, mlp_budget};
+use super::baselines::{finish, mlp_budget};
 use super::converted::{ConvertedLayer, ConvertedModel, Method};
 use super::dense::DenseModel;
-use super::oracles::{membership, token_experts};
+use super::oracles::{contributions, membership, token_experts};
 use super::train::AdamW;
 use super::{ConvertError, Result};
 use candle_core::{DType, Tensor, Var, D};
@@ -71,8 +71,7 @@ pub fn clustered(
     }
     let k = mlp_budget(model, p)?;
     let mut layers = Vec::with_capacity(c.n_layers);
-    for (l, ((h2, act), lw)) in calibration_activations(model, calib)?.into_iter().zip(&model.layers).enumerate() {
-        let contrib = act.broadcast_mul(&lw.w_down.sqr()?.sum(0)?.sqrt()?)?;
+    for (l, (h2, contrib)) in contributions(model, calib)?.into_iter().enumerate() {
         let experts = token_experts(&contrib, n_experts, k)?;
         let labels = best_labels(&contrib, &experts)?;
         let (router, agree) = fit_router(&h2, &labels, n_experts)?;

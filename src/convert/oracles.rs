@@ -11,7 +11,8 @@
 
 use super::converted::ConvertedLayer;
 use super::dense::{DenseModel, LayerWeights};
-use super::forward::{activation, forward, linear, MaskSource};
+use super::baselines::calibration_activations;
+use super::forward::{activation, linear, MaskSource};
 use super::{ConvertError, Result};
 use candle_core::{Tensor, D};
 
@@ -148,28 +149,14 @@ impl MaskSource for OracleMasks<'_> {
     }
 }
 
-/// Per layer, the neuron contributions `|act_i| · ‖down_i‖` of every token of `windows`, [N, m].
-pub fn contributions(model: &DenseModel, windows: &[&[u32]]) -> Result<Vec<Tensor>> {
-    struct Record<'a> {
-        model: &'a DenseModel,
-        rows: Vec<Vec<Tensor>>,
-    }
-    impl MaskSource for Record<'_> {
-        fn attn_masks(&mut self, _: usize, _: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-            Ok((None, None))
-        }
-        fn mlp_mask(&mut self, l: usize, h2: &Tensor) -> Result<Option<Tensor>> {
-            let lw = &self.model.layers[l];
-            let act = neuron_outputs(self.model.config.arch.gelu_mlp(), lw, h2)?.abs()?;
-            self.rows[l].push(act.broadcast_mul(&norms(&lw.w_down, 0)?)?);
-            Ok(None)
-        }
-    }
-    let mut rec = Record { model, rows: vec![Vec::new(); model.config.n_layers] };
-    for w in windows {
-        forward(model, w, &mut rec)?;
-    }
-    rec.rows.iter().map(|r| Ok(Tensor::cat(r, 0)?)).collect()
+/// Per layer, the MLP inputs h2 [N, d] and the neuron contributions `|act_i| · ‖down_i‖` [N, m]
+/// of every token of `windows`.
+pub fn contributions(model: &DenseModel, windows: &[&[u32]]) -> Result<Vec<(Tensor, Tensor)>> {
+    calibration_activations(model, windows)?
+        .into_iter()
+        .zip(&model.layers)
+        .map(|((h2, act), lw)| Ok((h2, act.broadcast_mul(&norms(&lw.w_down, 0)?)?)))
+        .collect()
 }
 
 /// Rows of x scaled to unit L2 norm.
