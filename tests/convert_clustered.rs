@@ -31,6 +31,8 @@ fn the_router_fit_learns_separable_labels() {
     let got: Vec<u32> = x.matmul(&w.t().unwrap()).unwrap().argmax(1).unwrap().to_vec1().unwrap();
     let right = got.iter().zip(&labels).filter(|(a, b)| a == b).count() as f64 / 300.0;
     assert!((right - agree).abs() < 1e-12);
+    assert!(fit_router(&x, &labels[1..], 3).is_err(), "a label short");
+    assert!(fit_router(&x, &labels, 2).is_err(), "labels beyond the experts");
 }
 
 #[test]

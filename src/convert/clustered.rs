@@ -8,8 +8,8 @@
 //! 3. the router `[E, d]` is fitted to those labels from the MLP input h2 (softmax regression,
 //!    full batch, AdamW).
 //!
-//! Why: with a perfect router, a few dozen such experts keep most of what a token's own top-k
-//! neurons keep, where the distilled ToMoE experts keep little more than one static mask
+//! Why: with a perfect router, such experts keep far more of what each token's own top-k neurons
+//! keep than the distilled ToMoE experts do, which are little more than one static mask
 //! (docs/CONVERSION.md, "How much routing could gain").
 
 use super::baselines::{finish, mlp_budget};
@@ -34,6 +34,12 @@ fn best_labels(contrib: &Tensor, experts: &[Vec<usize>]) -> Result<Vec<u32>> {
 /// of tokens it labels right.
 pub fn fit_router(x: &Tensor, labels: &[u32], n_experts: usize) -> Result<(Tensor, f64)> {
     let (n, d) = x.dims2()?;
+    if labels.len() != n || labels.iter().any(|&l| l as usize >= n_experts) {
+        return Err(ConvertError::InvalidArg(format!(
+            "router fit: {} labels in 0..{n_experts} wanted for {n} rows",
+            labels.len()
+        )));
+    }
     let dev = x.device();
     let mut onehot = vec![0f32; n * n_experts];
     for (t, &l) in labels.iter().enumerate() {
