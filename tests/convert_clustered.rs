@@ -21,15 +21,15 @@ fn the_router_fit_learns_separable_labels() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let x = rand_uniform(&mut rng, &[300, 6], 1.0);
     let rows: Vec<Vec<f32>> = x.to_vec2().unwrap();
-    let labels: Vec<u32> = rows
+    let labels: Vec<usize> = rows
         .iter()
-        .map(|r| (0..3).max_by(|&a, &b| (r[2 * a] - r[2 * a + 1]).total_cmp(&(r[2 * b] - r[2 * b + 1]))).unwrap() as u32)
+        .map(|r| (0..3).max_by(|&a, &b| (r[2 * a] - r[2 * a + 1]).total_cmp(&(r[2 * b] - r[2 * b + 1]))).unwrap())
         .collect();
     let (w, agree) = fit_router(&x, &labels, 3).unwrap();
     assert_eq!(w.dims(), &[3, 6]);
     assert!(agree > 0.97, "the fit labels {agree} of the tokens right");
     let got: Vec<u32> = x.matmul(&w.t().unwrap()).unwrap().argmax(1).unwrap().to_vec1().unwrap();
-    let right = got.iter().zip(&labels).filter(|(a, b)| a == b).count() as f64 / 300.0;
+    let right = got.iter().zip(&labels).filter(|(&a, &b)| a as usize == b).count() as f64 / 300.0;
     assert!((right - agree).abs() < 1e-12);
     assert!(fit_router(&x, &labels[1..], 3).is_err(), "a label short");
     assert!(fit_router(&x, &labels, 2).is_err(), "labels beyond the experts");

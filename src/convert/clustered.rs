@@ -15,7 +15,7 @@
 use super::baselines::{finish, mlp_budget};
 use super::converted::{ConvertedLayer, ConvertedModel, Method};
 use super::dense::DenseModel;
-use super::oracles::{contributions, membership, token_experts};
+use super::oracles::{best_expert_labels, contributions, one_hot, token_experts};
 use super::train::AdamW;
 use super::{ConvertError, Result};
 use candle_core::{DType, Tensor, Var, D};
@@ -24,29 +24,18 @@ use candle_core::{DType, Tensor, Var, D};
 const ROUTER_STEPS: usize = 300;
 const ROUTER_LR: f64 = 1e-2;
 
-/// Per token (row of `contrib` [N, m]), the expert of `experts` keeping the most squared contribution.
-fn best_labels(contrib: &Tensor, experts: &[Vec<usize>]) -> Result<Vec<u32>> {
-    let member = membership(experts, contrib.dims2()?.1, contrib.device())?;
-    Ok(contrib.sqr()?.matmul(&member)?.argmax(D::Minus1)?.to_vec1()?)
-}
-
 /// Softmax regression without bias from `x` [N, d] to `labels`: the router [E, d] and the share
 /// of tokens it labels right.
-pub fn fit_router(x: &Tensor, labels: &[u32], n_experts: usize) -> Result<(Tensor, f64)> {
+pub fn fit_router(x: &Tensor, labels: &[usize], n_experts: usize) -> Result<(Tensor, f64)> {
     let (n, d) = x.dims2()?;
-    if labels.len() != n || labels.iter().any(|&l| l as usize >= n_experts) {
+    if labels.len() != n || labels.iter().any(|&l| l >= n_experts) {
         return Err(ConvertError::InvalidArg(format!(
             "router fit: {} labels in 0..{n_experts} wanted for {n} rows",
             labels.len()
         )));
     }
-    let dev = x.device();
-    let mut onehot = vec![0f32; n * n_experts];
-    for (t, &l) in labels.iter().enumerate() {
-        onehot[t * n_experts + l as usize] = 1.0;
-    }
-    let target = Tensor::from_vec(onehot, (n, n_experts), dev)?;
-    let w = Var::from_tensor(&Tensor::zeros((n_experts, d), DType::F32, dev)?)?;
+    let target = one_hot(labels, n_experts, x.device())?;
+    let w = Var::from_tensor(&Tensor::zeros((n_experts, d), DType::F32, x.device())?)?;
     let vars = [("router".to_string(), w.clone())];
     let mut opt = AdamW::new(&vars, ROUTER_LR, 0.0)?;
     for _ in 0..ROUTER_STEPS {
@@ -59,7 +48,7 @@ pub fn fit_router(x: &Tensor, labels: &[u32], n_experts: usize) -> Result<(Tenso
     }
     let w = w.as_tensor().detach();
     let got: Vec<u32> = x.matmul(&w.t()?)?.argmax(D::Minus1)?.to_vec1()?;
-    let right = got.iter().zip(labels).filter(|(a, b)| a == b).count();
+    let right = got.iter().zip(labels).filter(|(&a, &b)| a as usize == b).count();
     Ok((w, right as f64 / n.max(1) as f64))
 }
 
@@ -79,7 +68,7 @@ pub fn clustered(
     let mut layers = Vec::with_capacity(c.n_layers);
     for (l, (h2, contrib)) in contributions(model, calib)?.into_iter().enumerate() {
         let experts = token_experts(&contrib, n_experts, k)?;
-        let labels = best_labels(&contrib, &experts)?;
+        let labels = best_expert_labels(&contrib.sqr()?, &experts)?;
         let (router, agree) = fit_router(&h2, &labels, n_experts)?;
         eprintln!("layer {l}: router picks the best expert for {:.1} % of the calibration tokens", 100.0 * agree);
         let masks: Vec<Vec<bool>> = experts

@@ -167,11 +167,7 @@ fn unit_rows(x: &Tensor) -> Result<Tensor> {
 /// Mean of the rows of `x` [n, f] per label, unit norm; a label with no row keeps `old`'s row.
 fn centres(x: &Tensor, labels: &[usize], old: &Tensor) -> Result<Tensor> {
     let k = old.dims2()?.0;
-    let mut onehot = vec![0f32; k * labels.len()];
-    for (i, &j) in labels.iter().enumerate() {
-        onehot[j * labels.len() + i] = 1.0;
-    }
-    let sums = Tensor::from_vec(onehot, (k, labels.len()), x.device())?.matmul(x)?;
+    let sums = one_hot(labels, k, x.device())?.t()?.matmul(x)?;
     let counts: Vec<usize> = (0..k).map(|j| labels.iter().filter(|&&l| l == j).count()).collect();
     let rows = (0..k)
         .map(|j| if counts[j] == 0 { old.get(j) } else { sums.get(j) })
@@ -236,7 +232,7 @@ pub fn token_experts(contrib: &Tensor, e: usize, k: usize) -> Result<Vec<Vec<usi
     }
     let mut experts = top_k_per_label(&sq, &labels, e, k)?;
     for _ in 0..10 {
-        labels = argmax_rows(&sq.matmul(&membership(&experts, sq.dims2()?.1, sq.device())?)?)?;
+        labels = best_expert_labels(&sq, &experts)?;
         let next = top_k_per_label(&sq, &labels, e, k)?;
         if next == experts {
             break;
@@ -250,8 +246,22 @@ fn argmax_rows(x: &Tensor) -> Result<Vec<usize>> {
     Ok(x.argmax(D::Minus1)?.to_vec1::<u32>()?.into_iter().map(|j| j as usize).collect())
 }
 
+/// [N, k] with 1 at each row's label.
+pub fn one_hot(labels: &[usize], k: usize, dev: &candle_core::Device) -> Result<Tensor> {
+    let mut v = vec![0f32; labels.len() * k];
+    for (i, &j) in labels.iter().enumerate() {
+        v[i * k + j] = 1.0;
+    }
+    Ok(Tensor::from_vec(v, (labels.len(), k), dev)?)
+}
+
+/// Per token (row of the squared contributions `sq` [N, m]), the expert keeping the most of it.
+pub fn best_expert_labels(sq: &Tensor, experts: &[Vec<usize>]) -> Result<Vec<usize>> {
+    argmax_rows(&sq.matmul(&membership(experts, sq.dims2()?.1, sq.device())?)?)
+}
+
 /// [m, E] with 1 where neuron i belongs to expert e.
-pub fn membership(experts: &[Vec<usize>], m: usize, dev: &candle_core::Device) -> Result<Tensor> {
+fn membership(experts: &[Vec<usize>], m: usize, dev: &candle_core::Device) -> Result<Tensor> {
     let mut member = vec![0f32; m * experts.len()];
     for (e, set) in experts.iter().enumerate() {
         for &i in set {
@@ -264,11 +274,7 @@ pub fn membership(experts: &[Vec<usize>], m: usize, dev: &candle_core::Device) -
 /// Per label, the k neurons of largest summed `sq` over its rows, ascending; a label with no row
 /// keeps the k of largest sum over all rows.
 fn top_k_per_label(sq: &Tensor, labels: &[usize], e: usize, k: usize) -> Result<Vec<Vec<usize>>> {
-    let mut onehot = vec![0f32; e * labels.len()];
-    for (i, &j) in labels.iter().enumerate() {
-        onehot[j * labels.len() + i] = 1.0;
-    }
-    let mass: Vec<Vec<f32>> = Tensor::from_vec(onehot, (e, labels.len()), sq.device())?.matmul(sq)?.to_vec2()?;
+    let mass: Vec<Vec<f32>> = one_hot(labels, e, sq.device())?.t()?.matmul(sq)?.to_vec2()?;
     let all: Vec<f32> = sq.sum(0)?.to_vec1()?;
     Ok(mass
         .iter()
