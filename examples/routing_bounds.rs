@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use tomoe::convert::baselines::mlp_budget;
 use tomoe::convert::data::perplexity_chunks;
 use tomoe::convert::eval::{perplexity, Subject};
-use tomoe::convert::oracles::{contributions, neuron_groups, token_experts, Selection};
+use tomoe::convert::oracles::{best_expert_labels, contributions, expert_biases, neuron_groups, token_experts, Selection};
 use tomoe::convert::{gguf_in, tokenize, ConvertError};
 
 #[derive(Parser)]
@@ -60,7 +60,7 @@ fn main() -> Result<(), ConvertError> {
     let windows = perplexity_chunks(&calib, a.ctx, bos, a.calib_windows);
     let eval = tok.encode(&read(&a.file)?, true, false);
     let windows: Vec<&[u32]> = windows.iter().map(|w| w.as_slice()).collect();
-    let contrib: Vec<Tensor> = contributions(&model, &windows)?.into_iter().map(|(_, c)| c).collect();
+    let (h2s, contrib): (Vec<Tensor>, Vec<Tensor>) = contributions(&model, &windows)?.into_iter().unzip();
     let ppl = |k, sel: &Selection| perplexity(&model, Subject::Oracle(k, sel), &eval, a.ctx, bos, a.chunks);
     let (dense, _) = perplexity(&model, Subject::Dense, &eval, a.ctx, bos, a.chunks)?;
     println!("dense: PPL {dense:.2} ({} windows of {})", a.chunks, a.ctx);
@@ -80,8 +80,15 @@ fn main() -> Result<(), ConvertError> {
             row(p, k, &format!("best groups of {g} co-firing neurons"), ppl(k, sel)?.0);
         }
         for &e in &a.experts {
-            let masks = contrib.iter().map(|c| token_experts(c, e, k)).collect::<Result<_, _>>()?;
-            row(p, k, &format!("best of {e} token-clustered experts"), ppl(k, &Selection::BestOf(masks))?.0);
+            let masks: Vec<Vec<Vec<usize>>> = contrib.iter().map(|c| token_experts(c, e, k)).collect::<Result<_, _>>()?;
+            let biases = (0..masks.len())
+                .map(|l| {
+                    let labels = best_expert_labels(&contrib[l].sqr()?, &masks[l])?;
+                    expert_biases(model.config.arch.gelu_mlp(), &model.layers[l], &h2s[l], &masks[l], &labels)
+                })
+                .collect::<Result<Vec<_>, ConvertError>>()?;
+            row(p, k, &format!("best of {e} token-clustered experts"), ppl(k, &Selection::BestOf(masks.clone()))?.0);
+            row(p, k, &format!("best of {e} token-clustered experts, biased"), ppl(k, &Selection::BestOfBiased(masks, biases))?.0);
         }
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! The runtime's sparse execution of ToMoE files against the converter's reference forward, on
 //! tiny random models (llama, GQA llama, qwen2): converted models with differing experts, pruned
-//! Q/K pairs and a dynamic V mask (with and without the output-mask and pruned-scale switches),
-//! exported as f32, loaded by `tomoe::engine::Model` and run through `Context`: every position's
+//! Q/K pairs, a dynamic V mask (with and without the output-mask and pruned-scale switches) and,
+//! for odd seeds, expert biases, exported as f32, loaded by `tomoe::engine::Model` and run through `Context`: every position's
 //! logits within 1e-3 relative (max |a - b| / max |b|), for a whole batch (the grouped-by-expert
 //! path) and token by token (the decode path).
 #![cfg(feature = "convert")]
@@ -81,7 +81,12 @@ fn random_layer(
         offset: 0.1,
         top_k: if seed.is_multiple_of(2) { hd / 2 } else { 0 },
     };
-    ConvertedLayer::from_expert_masks(&masks, t.m, keep, rand_uniform(rng, &[4, t.d], 1.0), Some(vmask))
+    let mut layer = ConvertedLayer::from_expert_masks(&masks, t.m, keep, rand_uniform(rng, &[4, t.d], 1.0), Some(vmask));
+    // Expert biases (`ffn_down_exps.bias`) in the conversions of odd seeds.
+    if !seed.is_multiple_of(2) {
+        layer.expert_bias = Some(rand_uniform(rng, &[4, t.d], 0.5));
+    }
+    layer
 }
 
 fn check(t: &Tiny, name: &str, seed: u64, output_mask: bool, scale_pruned: bool) {
@@ -195,4 +200,21 @@ fn tiny_llama_q8_0_long_runs_decode_matches_batch() {
     if tomoe_quant::kernel_name() == "avx512-vnni" {
         assert!(gathered > 0, "the set interleaves Q8_0 both ways, yet no expert was gathered");
     }
+}
+
+/// An expert-bias tensor whose shape does not match the layer's experts is refused at load with
+/// the tensor's name, not read out of bounds.
+#[test]
+fn misshapen_expert_bias_is_a_load_error() {
+    let dir = scratch("moe-bad-bias");
+    write_hf(&dir, &LLAMA, 15, 1);
+    let model = load_hf(&dir, &Device::Cpu).unwrap();
+    let mut cm = random_conversion(&LLAMA, model.config.head_dim, 15, false, false);
+    let mut rng = ChaCha8Rng::seed_from_u64(15);
+    cm.layers[1].expert_bias = Some(rand_uniform(&mut rng, &[3, LLAMA.d], 0.5));
+    let path = dir.join("tomoe.gguf");
+    build_tomoe(&model, &cm, QuantType::F32).unwrap().write_atomic(&path).unwrap();
+    let err = Model::load(&path).err().expect("a 3-expert bias in a 4-expert layer must not load").to_string();
+    assert!(err.contains("blk.1.ffn_down_exps.bias"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -68,7 +68,13 @@ fn random_conversion(m: &DenseModel, seed: u64, output_mask: bool) -> ConvertedM
                 top_k: if output_mask { c.head_dim / 2 } else { 0 },
             };
             let router = rand_uniform(&mut rng, &[4, c.d], 1.0);
-            ConvertedLayer::from_expert_masks(&masks, c.m, (0..c.head_dim).collect(), router, Some(vmask))
+            let mut layer =
+                ConvertedLayer::from_expert_masks(&masks, c.m, (0..c.head_dim).collect(), router, Some(vmask));
+            // Expert biases (added before the post-FFN norm) in one of the two conversions.
+            if !output_mask {
+                layer.expert_bias = Some(rand_uniform(&mut rng, &[4, c.d], 0.5));
+            }
+            layer
         })
         .collect();
     ConvertedModel {

@@ -59,6 +59,8 @@ pub struct ConvertedLayer {
     /// Router [E, d].
     pub router: Tensor,
     pub vmask: Option<VMaskHead>,
+    /// Per expert, a vector [E, d] added to its MLP output (before any post-norm).
+    pub expert_bias: Option<Tensor>,
 }
 
 #[derive(Clone)]
@@ -159,6 +161,7 @@ impl ConvertedLayer {
             experts,
             router,
             vmask,
+            expert_bias: None,
         }
     }
 }
@@ -425,7 +428,12 @@ pub fn reference_forward(
             let act = ((activation(c.arch.gelu_mlp(), &gate)? * up)?
                 * Tensor::from_vec(row_mask, (t, u), dev)?)?;
             let down_t = lw.w_down.index_select(&ui, 1)?.t()?; // [u, d]: one row per neuron
-            x = (x + post_norm(act.matmul(&down_t)?, lw.post_ffn_norm.as_ref(), c.rms_eps)?)?;
+            let mut y = act.matmul(&down_t)?;
+            if let Some(b) = &cl.expert_bias {
+                let picked: Vec<u32> = choice.iter().map(|&e| e as u32).collect();
+                y = (y + b.index_select(&Tensor::from_vec(picked, t, dev)?, 0)?)?;
+            }
+            x = (x + post_norm(y, lw.post_ffn_norm.as_ref(), c.rms_eps)?)?;
         }
     }
     let h = rms_norm(&x, &model.output_norm, c.rms_eps)?;

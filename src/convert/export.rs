@@ -309,6 +309,9 @@ pub fn build_tomoe(
         }
         add_f32(&mut w, &format!("{p}.ffn_norm.weight"), &lw.ffn_norm)?;
         add_f32(&mut w, &name(schema::ROUTER), &cl.router)?;
+        if let Some(b) = &cl.expert_bias {
+            add_f32(&mut w, &name(schema::EXPERT_BIAS), b)?;
+        }
         if cl.union.is_empty() {
             return Err(ConvertError::InvalidArg(format!(
                 "layer {l} kept no MLP neuron; GGUF tensors cannot be empty"
@@ -362,10 +365,10 @@ pub fn build_llama_compat(
     if cm
         .layers
         .iter()
-        .any(|l| l.qk_keep.len() != c.head_dim || l.vmask.is_some())
+        .any(|l| l.qk_keep.len() != c.head_dim || l.vmask.is_some() || l.expert_bias.is_some())
     {
         return Err(ConvertError::InvalidArg(
-            "--llama-cpp-compat needs an MLP-only conversion (attention untouched)".into(),
+            "--llama-cpp-compat needs an MLP-only conversion (attention untouched) without expert biases, which llama.cpp's llama MoE lacks".into(),
         ));
     }
     let n_experts = cm.layers.first().map_or(1, |l| l.experts.len());

@@ -15,6 +15,10 @@ pub trait MaskSource {
         -> Result<(Option<Tensor>, Option<Tensor>)>;
     /// From the MLP input `h2` [T, d]: the neuron mask [T, m].
     fn mlp_mask(&mut self, layer: usize, h2: &Tensor) -> Result<Option<Tensor>>;
+    /// Added to the MLP output [T, d] of the last `mlp_mask` call's tokens, before any post-norm.
+    fn mlp_bias(&mut self, _layer: usize) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
 }
 
 /// The teacher: every mask off.
@@ -531,42 +535,63 @@ pub fn attention(
 
 /// Logits [T, vocab] of the whole sequence, with the masks of `masks`.
 pub fn forward(model: &DenseModel, tokens: &[u32], masks: &mut dyn MaskSource) -> Result<Tensor> {
-    let c = &model.config;
-    let dev = model.embed.device();
-    let t = tokens.len();
     let mut x = embed(model, tokens)?;
-    let ropes = Ropes::new(c, t, dev)?;
+    let ropes = Ropes::new(&model.config, tokens.len(), model.embed.device())?;
+    for l in 0..model.layers.len() {
+        let mid = attention_block(model, l, &x, &ropes, masks)?;
+        let h2 = rms_norm(&mid, &model.layers[l].ffn_norm, model.config.rms_eps)?;
+        let mask = masks.mlp_mask(l, &h2)?;
+        let bias = masks.mlp_bias(l)?;
+        x = mlp_block(model, l, &mid, &h2, mask.as_ref(), bias.as_ref())?;
+    }
+    logits(model, &x)
+}
+
+/// Layer `l`'s residual stream after its attention block, from its input `x` [T, d].
+pub fn attention_block(model: &DenseModel, l: usize, x: &Tensor, ropes: &Ropes, masks: &mut dyn MaskSource) -> Result<Tensor> {
+    let (c, lw) = (&model.config, &model.layers[l]);
     let groups = c.n_heads / c.n_kv_heads;
     let (scale, eps) = (c.attn_scale(), c.rms_eps);
-    for (l, lw) in model.layers.iter().enumerate() {
-        let h1 = rms_norm(&x, &lw.attn_norm, eps)?;
-        let (qk_mask, v_mask) = masks.attn_masks(l, &h1)?;
-        let (cos, sin) = ropes.layer(c, l);
-        let heads = |w: &Tensor, b: Option<&Tensor>, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
-            let x = head_norm(split_heads(&frozen_linear(&h1, w, b)?, n)?, norm, eps)?;
-            apply_rope(&x, cos, sin)
-        };
-        let mut q = heads(&lw.wq, lw.bq.as_ref(), c.n_heads, lw.q_norm.as_ref())?;
-        let mut k = heads(&lw.wk, lw.bk.as_ref(), c.n_kv_heads, lw.k_norm.as_ref())?;
-        if let Some(m) = &qk_mask {
-            q = q.broadcast_mul(m)?;
-            k = k.broadcast_mul(m)?;
-        }
-        let mut v = split_heads(&frozen_linear(&h1, &lw.wv, lw.bv.as_ref())?, c.n_kv_heads)?;
-        if let Some(m) = &v_mask {
-            v = v.broadcast_mul(m)?; // [T, hd] broadcast over KV heads
-        }
-        let (k, v) = (repeat_kv(&k, groups)?, repeat_kv(&v, groups)?);
-        let att = causal_attention(&q, &k, &v, scale, c.window(l))?;
-        x = (x + post_norm(frozen_linear(&att, &lw.wo, None)?, lw.post_attn_norm.as_ref(), eps)?)?;
-        let h2 = rms_norm(&x, &lw.ffn_norm, eps)?;
-        let gate = frozen_linear(&h2, &lw.w_gate, None)?;
-        let up = frozen_linear(&h2, &lw.w_up, None)?;
-        let act = glu(c.arch.gelu_mlp(), &gate, &up, masks.mlp_mask(l, &h2)?.as_ref())?;
-        x = (x + post_norm(frozen_linear(&act, &lw.w_down, None)?, lw.post_ffn_norm.as_ref(), eps)?)?;
+    let h1 = rms_norm(x, &lw.attn_norm, eps)?;
+    let (qk_mask, v_mask) = masks.attn_masks(l, &h1)?;
+    let (cos, sin) = ropes.layer(c, l);
+    let heads = |w: &Tensor, b: Option<&Tensor>, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
+        let x = head_norm(split_heads(&frozen_linear(&h1, w, b)?, n)?, norm, eps)?;
+        apply_rope(&x, cos, sin)
+    };
+    let mut q = heads(&lw.wq, lw.bq.as_ref(), c.n_heads, lw.q_norm.as_ref())?;
+    let mut k = heads(&lw.wk, lw.bk.as_ref(), c.n_kv_heads, lw.k_norm.as_ref())?;
+    if let Some(m) = &qk_mask {
+        q = q.broadcast_mul(m)?;
+        k = k.broadcast_mul(m)?;
     }
-    let h = rms_norm(&x, &model.output_norm, eps)?;
-    softcap(c, frozen_linear(&h, model.output_weight(), None)?.to_dtype(DType::F32)?)
+    let mut v = split_heads(&frozen_linear(&h1, &lw.wv, lw.bv.as_ref())?, c.n_kv_heads)?;
+    if let Some(m) = &v_mask {
+        v = v.broadcast_mul(m)?; // [T, hd] broadcast over KV heads
+    }
+    let (k, v) = (repeat_kv(&k, groups)?, repeat_kv(&v, groups)?);
+    let att = causal_attention(&q, &k, &v, scale, c.window(l))?;
+    Ok((x + post_norm(frozen_linear(&att, &lw.wo, None)?, lw.post_attn_norm.as_ref(), eps)?)?)
+}
+
+/// Layer `l`'s output from the residual stream `mid` after attention and its MLP input `h2`, the
+/// neurons masked by `mask` [T, m] and `bias` [T, d] added to the MLP output.
+pub fn mlp_block(model: &DenseModel, l: usize, mid: &Tensor, h2: &Tensor, mask: Option<&Tensor>, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (c, lw) = (&model.config, &model.layers[l]);
+    let gate = frozen_linear(h2, &lw.w_gate, None)?;
+    let up = frozen_linear(h2, &lw.w_up, None)?;
+    let act = glu(c.arch.gelu_mlp(), &gate, &up, mask)?;
+    let mut y = frozen_linear(&act, &lw.w_down, None)?;
+    if let Some(b) = bias {
+        y = (y + b)?;
+    }
+    Ok((mid + post_norm(y, lw.post_ffn_norm.as_ref(), c.rms_eps)?)?)
+}
+
+/// Logits [T, vocab] from the last layer's output.
+pub fn logits(model: &DenseModel, x: &Tensor) -> Result<Tensor> {
+    let h = rms_norm(x, &model.output_norm, model.config.rms_eps)?;
+    softcap(&model.config, frozen_linear(&h, model.output_weight(), None)?.to_dtype(DType::F32)?)
 }
 
 #[cfg(test)]

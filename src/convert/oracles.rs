@@ -32,14 +32,17 @@ pub fn best_experts(gelu: bool, lw: &LayerWeights, cl: &ConvertedLayer, h2: &Ten
     let act = neuron_outputs(gelu, lw, h2)?;
     let dense = linear(&act, &lw.w_down, None)?;
     let mut dist: Vec<Vec<f32>> = Vec::with_capacity(cl.experts.len());
-    for rows in &cl.experts {
+    for (e, rows) in cl.experts.iter().enumerate() {
         let neurons: Vec<u32> = rows.iter().map(|&r| cl.union[r] as u32).collect();
-        let y = if neurons.is_empty() {
+        let mut y = if neurons.is_empty() {
             dense.zeros_like()?
         } else {
             let idx = Tensor::from_vec(neurons.clone(), neurons.len(), dev)?;
             linear(&act.index_select(&idx, 1)?, &lw.w_down.index_select(&idx, 1)?, None)?
         };
+        if let Some(b) = &cl.expert_bias {
+            y = y.broadcast_add(&b.get(e)?)?;
+        }
         dist.push((&dense - y)?.sqr()?.sum(D::Minus1)?.to_vec1()?);
     }
     let t = h2.dims2()?.0;
@@ -59,6 +62,8 @@ pub enum Selection {
     Groups(Vec<Vec<Vec<usize>>>),
     /// One of these masks, the one keeping the largest summed squared contribution.
     BestOf(Vec<Vec<Vec<usize>>>),
+    /// [`Selection::BestOf`] plus, per layer, each expert's bias [E, d] added to its output.
+    BestOfBiased(Vec<Vec<Vec<usize>>>, Vec<Tensor>),
 }
 
 /// A mask source for the dense forward that picks each token's neurons by a [`Selection`] at a
@@ -69,6 +74,7 @@ pub struct OracleMasks<'a> {
     selection: &'a Selection,
     down_norms: Vec<Tensor>,
     up_norms: Vec<Tensor>,
+    picked: Vec<u32>,
 }
 
 impl<'a> OracleMasks<'a> {
@@ -80,6 +86,7 @@ impl<'a> OracleMasks<'a> {
             selection,
             down_norms: per_layer(&|lw| norms(&lw.w_down, 0))?,
             up_norms: per_layer(&|lw| norms(&lw.w_up, 1))?,
+            picked: Vec::new(),
         })
     }
 
@@ -119,6 +126,7 @@ impl MaskSource for OracleMasks<'_> {
         let scores = self.scores(l, h2)?;
         let (t, m) = (scores.len(), self.model.config.m);
         let mut mask = vec![0f32; t * m];
+        self.picked.clear();
         for (row, out) in scores.iter().zip(mask.chunks_mut(m)) {
             let keep: Vec<usize> = match self.selection {
                 Selection::Neurons | Selection::GateOnly => top_k(row, self.k),
@@ -135,9 +143,10 @@ impl MaskSource for OracleMasks<'_> {
                     }
                     keep
                 }
-                Selection::BestOf(experts) => {
+                Selection::BestOf(experts) | Selection::BestOfBiased(experts, _) => {
                     let ex = &experts[l];
                     let best = (0..ex.len()).max_by(|&a, &b| energy(row, &ex[a]).total_cmp(&energy(row, &ex[b])).then(b.cmp(&a)));
+                    self.picked.push(best.unwrap_or(0) as u32);
                     best.map(|b| ex[b].clone()).unwrap_or_default()
                 }
             };
@@ -147,6 +156,38 @@ impl MaskSource for OracleMasks<'_> {
         }
         Ok(Some(Tensor::from_vec(mask, (t, m), h2.device())?))
     }
+
+    fn mlp_bias(&mut self, l: usize) -> Result<Option<Tensor>> {
+        match self.selection {
+            Selection::BestOfBiased(_, biases) => {
+                let idx = Tensor::from_vec(self.picked.clone(), self.picked.len(), biases[l].device())?;
+                Ok(Some(biases[l].index_select(&idx, 0)?))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Per expert, the mean output of the neurons it drops over the calibration tokens labelled with
+/// it, [E, d]: the constant that best stands in for them (least squares).
+pub fn expert_biases(gelu: bool, lw: &LayerWeights, h2: &Tensor, experts: &[Vec<usize>], labels: &[usize]) -> Result<Tensor> {
+    let act = neuron_outputs(gelu, lw, h2)?;
+    let (e, m) = (experts.len(), act.dims2()?.1);
+    let counts: Vec<f32> = (0..e).map(|j| labels.iter().filter(|&&x| x == j).count().max(1) as f32).collect();
+    let sums = one_hot(labels, e, h2.device())?.t()?.matmul(&act)?;
+    let means = sums.broadcast_div(&Tensor::from_vec(counts, (e, 1), h2.device())?)?;
+    let dropped = (1.0 - membership(experts, m, h2.device())?.t()?)?;
+    linear(&(means * dropped)?, &lw.w_down, None)
+}
+
+/// Layer `lw`'s neuron contributions `|act_i| · ‖down_i‖` [N, m] for MLP inputs `h2` [N, d].
+pub fn layer_contributions(gelu: bool, lw: &LayerWeights, h2: &Tensor) -> Result<Tensor> {
+    Ok(neuron_outputs(gelu, lw, h2)?.abs()?.broadcast_mul(&norms(&lw.w_down, 0)?)?)
+}
+
+/// [T, m] with 1 at the neurons of each row's expert.
+pub fn expert_mask(experts: &[Vec<usize>], picks: &[usize], m: usize, dev: &candle_core::Device) -> Result<Tensor> {
+    Ok(one_hot(picks, experts.len(), dev)?.matmul(&membership(experts, m, dev)?.t()?)?)
 }
 
 /// Per layer, the MLP inputs h2 [N, d] and the neuron contributions `|act_i| · ‖down_i‖` [N, m]
@@ -242,7 +283,7 @@ pub fn token_experts(contrib: &Tensor, e: usize, k: usize) -> Result<Vec<Vec<usi
     Ok(experts)
 }
 
-fn argmax_rows(x: &Tensor) -> Result<Vec<usize>> {
+pub fn argmax_rows(x: &Tensor) -> Result<Vec<usize>> {
     Ok(x.argmax(D::Minus1)?.to_vec1::<u32>()?.into_iter().map(|j| j as usize).collect())
 }
 

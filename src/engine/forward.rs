@@ -401,6 +401,11 @@ fn mlp_block(c: &ModelConfig, l: &LayerWeights, reads: Option<&ExpertReads>, il:
         Mlp::Tomoe(m) if n == 1 => tomoe_one(c, m, reads, il, s),
         Mlp::Tomoe(m) => tomoe_batch(c, m, reads, il, s, n),
     }
+    if let Mlp::Tomoe(TomoeMlp { expert_bias: Some(b), .. }) = &l.mlp {
+        for (y, &e) in s.proj[..n * d].chunks_exact_mut(d).zip(&s.moe.choice) {
+            y.iter_mut().zip(&b[e * d..(e + 1) * d]).for_each(|(y, b)| *y += b);
+        }
+    }
     residual(&mut s.x[..n * d], &mut s.proj[..n * d], l.post_ffn_norm.as_deref(), d, c.rms_eps);
 }
 

@@ -274,6 +274,7 @@ mod tests {
             up: w,
             down_t: w,
             router: Vec::new(),
+            expert_bias: None,
             expert_rows: runs.iter().map(|r| r.iter().flat_map(|r| r.clone()).collect()).collect(),
             expert_runs: runs,
             union: 100,

@@ -60,6 +60,8 @@ pub struct TomoeMlp<'a> {
     pub down_t: MatRef<'a>,
     /// Router: `n_expert` rows of `d_model`.
     pub router: Vec<f32>,
+    /// Per expert, `d_model` values added to its output (`ffn_down_exps.bias`), if the file has it.
+    pub expert_bias: Option<Vec<f32>>,
     /// Per expert, its storage-row runs (disjoint, sorted).
     pub expert_runs: Vec<Vec<Range<usize>>>,
     /// Per expert, its storage rows (the runs, flattened).
@@ -212,6 +214,10 @@ pub(crate) fn layer<'a>(
     }
     let name = |suffix: &str| schema::layer_tensor(il, suffix);
     let router = tensor(&name(schema::ROUTER), &[d, e])?;
+    let expert_bias = match f.tensor(&name(schema::EXPERT_BIAS)) {
+        Some(_) => Some(tensor(&name(schema::EXPERT_BIAS), &[d, e])?),
+        None => None,
+    };
     let vmask = if f.tensor(&name(schema::VMASK_IN_WEIGHT)).is_some() {
         let hidden = f
             .get(schema::VMASK_HIDDEN_SIZE)
@@ -241,6 +247,7 @@ pub(crate) fn layer<'a>(
         up,
         down_t,
         router,
+        expert_bias,
         expert_runs,
         expert_rows,
         union,

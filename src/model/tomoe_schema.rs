@@ -77,6 +77,9 @@ pub fn layer_tensor(layer: usize, suffix: &str) -> String {
 
 /// [`layer_tensor`] suffix, F32 `[d, E]`: the router (llama.cpp's name for it).
 pub const ROUTER: &str = "ffn_gate_inp.weight";
+/// [`layer_tensor`] suffix, F32 `[d, E]` (optional): per expert, a vector added to its MLP
+/// output, standing in for the mean output of the neurons it drops (gpt-oss's name for it).
+pub const EXPERT_BIAS: &str = "ffn_down_exps.bias";
 /// [`layer_tensor`] suffix, `[d, u]`: the down projection transposed, a row per storage row.
 pub const FFN_DOWN_T: &str = "ffn_down_t.weight";
 /// [`layer_tensor`] suffix, `[d, hidden]`: the V-mask head's input matrix `W_a` (optional group
