@@ -17,7 +17,7 @@
 #        held-out chats of which CHATS run to evaluate on, default CHATS: with CHATS=0, a
 #        conversion on Austen alone is scored on the chats another run held out), EXPERTS (ToMoE's
 #        experts per layer, and clustered's; EXPERTS=1 with its own TAG is the one-learned-mask
-#        comparison).
+#        comparison), CLUSTER_WINDOWS (clustered's --cluster-windows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 p="${1:?usage: $0 P [METHOD ...]}"
@@ -64,7 +64,7 @@ for m in "${methods[@]}"; do
   extra=()
   [ "$m" = tomoe ] && extra=(--steps "$steps" --seq-len "$seq" --lr "$lr"
     --checkpoint "$out/$name.ck.safetensors" --checkpoint-every 50 --resume ${EXPERTS:+--experts "$EXPERTS"})
-  [ "$m" = clustered ] && extra=(${EXPERTS:+--experts "$EXPERTS"})
+  [ "$m" = clustered ] && extra=(${EXPERTS:+--experts "$EXPERTS"} ${CLUSTER_WINDOWS:+--cluster-windows "$CLUSTER_WINDOWS"})
   echo "== $name" >&2
   start=$SECONDS
   "$bin/tomoe-convert" --input "$model" "${calib[@]}" "${chat_args[@]}" --method "$m" --p "$p" \

@@ -13,7 +13,7 @@ use tomoe::convert::converted::{all_on, reference_forward, ConvertedLayer, Routi
 use tomoe::convert::dense::DenseModel;
 use tomoe::convert::forward::{forward, MaskSource, NoMasks};
 use tomoe::convert::hf::load_hf;
-use tomoe::convert::oracles::{best_experts, neuron_groups, token_experts, OracleMasks, Selection};
+use tomoe::convert::oracles::{best_experts, expert_biases, neuron_groups, token_experts, OracleMasks, Selection};
 
 fn tiny(name: &str) -> DenseModel {
     let dir = scratch(name);
@@ -197,4 +197,33 @@ fn best_expert_routing_picks_the_nearest_expert() {
         picks[want] += 1;
     }
     assert!(picks[0] > 0 && picks[1] > 0, "one half always wins ({picks:?}): the test proves little");
+}
+
+/// An expert's bias is the mean, over the tokens labelled with it, of what the neurons it drops
+/// put out (`Σ_i∉e down[:, i] · act_i`), in plain loops; an expert with no token gets zeros.
+#[test]
+fn expert_biases_are_the_mean_output_of_the_dropped_neurons() {
+    let model = tiny("oracle-bias");
+    let (m, d) = (model.config.m, model.config.d);
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let h2 = rand_uniform(&mut rng, &[10, d], 1.0);
+    let experts: Vec<Vec<usize>> = vec![(0..m / 2).collect(), (m / 4..m).step_by(2).collect(), vec![1, 2]];
+    let labels = [0, 1, 1, 0, 0, 1, 0, 1, 1, 1];
+    let got: Vec<Vec<f32>> =
+        expert_biases(false, &model.layers[1], &h2, &experts, &labels).unwrap().to_vec2().unwrap();
+    let (acts, _) = neuron_outputs(&model, 1, &h2);
+    let down: Vec<Vec<f32>> = model.layers[1].w_down.to_vec2().unwrap();
+    for (e, set) in experts.iter().enumerate() {
+        let tokens: Vec<usize> = (0..labels.len()).filter(|&t| labels[t] == e).collect();
+        for o in 0..d {
+            let mut want = 0f32;
+            for &t in &tokens {
+                want += (0..m).filter(|i| !set.contains(i)).map(|i| down[o][i] * acts[t][i]).sum::<f32>();
+            }
+            want /= tokens.len().max(1) as f32;
+            assert!((got[e][o] - want).abs() <= 1e-4 * (1.0 + want.abs()), "expert {e} output {o}: {} vs {want}", got[e][o]);
+        }
+    }
+    assert!(got[2].iter().all(|&v| v == 0.0), "an expert no token goes to has no bias");
+    assert!(got[0].iter().any(|&v| v.abs() > 1e-3), "the test would not see a missing bias");
 }

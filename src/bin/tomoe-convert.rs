@@ -78,6 +78,10 @@ struct Cli {
     /// Experts per MLP layer.
     #[arg(long, default_value_t = TrainParams::default().experts)]
     experts: usize,
+    /// --method clustered: calibration windows (of --seq-len) to cluster tokens from; one layer's
+    /// activations at a time are held (SmolLM2-135M: about 50 MB per 32 windows of 256).
+    #[arg(long = "cluster-windows", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    cluster_windows: u64,
     /// Training steps.
     #[arg(long, default_value_t = TrainParams::default().steps)]
     steps: u64,
@@ -152,6 +156,7 @@ struct Args {
     eval_chunks: usize,
     device: String,
     train_seconds: Option<f64>,
+    cluster_windows: usize,
 }
 
 /// The flags, checked beyond what clap checks.
@@ -220,6 +225,7 @@ fn args(c: Cli) -> Result<Args> {
         eval_chunks: c.eval_chunks.unwrap_or(usize::MAX),
         device: c.device,
         train_seconds: c.train_seconds,
+        cluster_windows: c.cluster_windows as usize,
     })
 }
 
@@ -276,9 +282,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|source| ConvertError::Io { path: path.to_path_buf(), source })
 }
 
-/// Calibration windows (of --seq-len) the clustered method clusters tokens from: 8192 tokens at
-/// the default length, about 2 GB of activations for SmolLM2-135M.
-const CLUSTER_WINDOWS: usize = 32;
 
 fn load(input: &Path, dev: &Device) -> Result<DenseModel> {
     if input.is_dir() {
@@ -416,7 +419,7 @@ fn run(a: Args) -> Result<()> {
             &model,
             a.tp.p,
             a.tp.experts,
-            &calib.leading_windows(a.tp.seq_len, CLUSTER_WINDOWS),
+            &calib.leading_windows(a.tp.seq_len, a.cluster_windows),
             &held,
         )?,
         "static-prune" => baselines::static_prune(
