@@ -78,9 +78,10 @@ struct Cli {
     /// Experts per MLP layer.
     #[arg(long, default_value_t = TrainParams::default().experts)]
     experts: usize,
-    /// --method clustered: calibration windows (of --seq-len) to cluster tokens from; one layer's
-    /// activations at a time are held (SmolLM2-135M: about 50 MB per 32 windows of 256).
-    #[arg(long = "cluster-windows", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    /// --method clustered: calibration windows (of --seq-len) to cluster tokens from. Time grows
+    /// with them (SmolLM2-135M, 128 of 256 on 2 cores: about 30 min); one layer's activations
+    /// at a time are held (about 50 MB per 32 windows).
+    #[arg(long = "cluster-windows", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=4096))]
     cluster_windows: u64,
     /// Training steps.
     #[arg(long, default_value_t = TrainParams::default().steps)]
