@@ -26,7 +26,6 @@ use super::train::AdamW;
 use super::{ConvertError, Result};
 use candle_core::{DType, Tensor, Var, D};
 
-
 /// Steps of the router fit and its learning rate.
 const ROUTER_STEPS: usize = 300;
 const ROUTER_LR: f64 = 1e-2;
