@@ -283,7 +283,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|source| ConvertError::Io { path: path.to_path_buf(), source })
 }
 
-
 fn load(input: &Path, dev: &Device) -> Result<DenseModel> {
     if input.is_dir() {
         hf::load_hf(input, dev)
