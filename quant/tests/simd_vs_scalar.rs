@@ -268,13 +268,17 @@ fn interleaved_kernels_equal_single_row_bit_for_bit() {
             let Some(il) = set.interleaved(ty) else {
                 continue;
             };
-            let mut checked = 0;
+            let (mut checked, mut unpacked) = (0, 0);
+            // The unpacked groups of all cases go through one buffer, grown and shrunk.
+            let mut buf = Vec::new();
             // `raw`: every quant byte random (Q8_0's -128 included, which no quantizer
-            // writes), so a kernel whose i16 sums could saturate would differ.
+            // writes), so a kernel whose i16 sums could saturate would differ. 67 blocks: more
+            // than the kernels keep activation sums for at a time.
             let cases = [
                 (1usize, false),
                 (3, false),
                 (18, false),
+                (67, false),
                 (33, false),
                 (3, true),
                 (33, true),
@@ -302,6 +306,20 @@ fn interleaved_kernels_equal_single_row_bit_for_bit() {
                 // SAFETY: as above; `next` is only prefetched.
                 unsafe { (il.dot16)(n, &group, x, sums, &mut again, group.as_ptr()) };
                 assert_eq!(out.map(f32::to_bits), again.map(f32::to_bits));
+                if let Some(u) = il.unpacked {
+                    // SAFETY: as above; the buffer is sized by `unpack`.
+                    unsafe {
+                        (u.unpack)(n, &group, &mut buf);
+                        (u.dot16)(n, &buf, x, sums, &mut again, std::ptr::null());
+                    }
+                    assert_eq!(
+                        out.map(f32::to_bits),
+                        again.map(f32::to_bits),
+                        "{} {ty} unpacked group, {blocks} blocks, raw bytes {raw}",
+                        set.name
+                    );
+                    unpacked += 1;
+                }
                 for (r, row) in rows.chunks_exact(rb).enumerate() {
                     // SAFETY: as above.
                     let want = unsafe {
@@ -320,7 +338,8 @@ fn interleaved_kernels_equal_single_row_bit_for_bit() {
                 }
             }
             eprintln!(
-                "{} {ty}: {checked} interleaved rows equal to the single-row kernel",
+                "{} {ty}: {checked} interleaved rows equal to the single-row kernel; {unpacked} \
+                 unpacked groups equal to the packed ones",
                 set.name
             );
         }

@@ -23,15 +23,21 @@ use super::interleave::{
     pack_q4_0_halves, pack_q4_1_halves, pack_q5_0_halves, pack_q8_0_axpy_signed, pack_q8_0_signed_halves,
 };
 use super::table::KernelSet;
-use super::{prefetch_group_ahead, Interleaved16, InterleavedAxpy16};
+use super::{prefetch_group_ahead, Interleaved16, InterleavedAxpy16, Unpacked16};
 use crate::formats::{QuantType, QK};
 
 /// Adds the set's interleaved kernels and weighted row sums to `s`.
 pub fn add_to(s: &mut KernelSet) {
-    s[QuantType::Q4_0].interleaved = Some(Interleaved16 { pack: pack_q4_0_halves, dot16: dot16_q4_0 });
-    s[QuantType::Q5_0].interleaved = Some(Interleaved16 { pack: pack_q5_0_halves, dot16: dot16_q5_0 });
-    s[QuantType::Q4_1].interleaved = Some(Interleaved16 { pack: pack_q4_1_halves, dot16: dot16_q4_1 });
-    s[QuantType::Q8_0].interleaved = Some(Interleaved16 { pack: pack_q8_0_signed_halves, dot16: dot16_q8_0 });
+    s[QuantType::Q4_0].interleaved = Some(Interleaved16 {
+        unpacked: Some(Unpacked16 { unpack: unpack16_q4_0, dot16: dot16_unpacked::<8> }),
+        ..Interleaved16::new(pack_q4_0_halves, dot16_q4_0)
+    });
+    s[QuantType::Q5_0].interleaved = Some(Interleaved16 {
+        unpacked: Some(Unpacked16 { unpack: unpack16_q5_0, dot16: dot16_unpacked::<16> }),
+        ..Interleaved16::new(pack_q5_0_halves, dot16_q5_0)
+    });
+    s[QuantType::Q4_1].interleaved = Some(Interleaved16::new(pack_q4_1_halves, dot16_q4_1));
+    s[QuantType::Q8_0].interleaved = Some(Interleaved16::new(pack_q8_0_signed_halves, dot16_q8_0));
     s[QuantType::Q8_0].interleaved_axpy = Some(InterleavedAxpy16 { pack: pack_q8_0_axpy_signed, axpy16: axpy16_q8_0 });
 }
 
@@ -102,6 +108,23 @@ pub(crate) unsafe fn high_bit_16(high: __m256i, l: usize) -> __m256i {
         _ => _mm256_srli_epi16(high, 3),
     };
     _mm256_and_si256(moved, _mm256_set1_epi8(0x10))
+}
+
+/// Bytes per half block of a Q4_0 or Q5_0 group unpacked for many vectors (`Unpacked16`): the
+/// 8 quads of the 8 rows as unsigned bytes (`q`, before the offset), then the rows' `d` as f32.
+pub(crate) const UNPACKED_HALF_BLOCK: usize = 8 * 32 + 8 * 4;
+
+/// Checks a group of `ty` against `cols` and sizes `buf` for its unpacked form; returns the
+/// block count.
+#[inline(always)]
+pub(crate) fn unpack_check(ty: QuantType, cols: usize, group: &[u8], buf: &mut Vec<u8>) -> usize {
+    let nb = cols / QK;
+    assert!(
+        cols % QK == 0 && group.len() >= 16 * nb * ty.type_size(),
+        "{ty} unpack: group too short for {cols} values"
+    );
+    buf.resize(2 * nb * UNPACKED_HALF_BLOCK, 0);
+    nb
 }
 
 /// Generates the interleaved kernels over a `$dot_us8(u8 vector, i8 vector) -> i32x8`.
@@ -198,6 +221,93 @@ macro_rules! il_kernels {
                                 let p = _mm256_sub_epi32(p, _mm256_set1_epi32(*bias.get_unchecked(l)));
                                 acc[l] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[l]);
                             }
+                        }
+                    }
+                }
+                reduce(acc, None, &mut out[8 * h..]);
+            }
+        }
+
+        /// Unpacks a Q4_0 group (`pack_q4_0_halves`) for `dot16_unpacked::<8>`.
+        #[target_feature(enable = $tf)]
+        pub unsafe fn unpack16_q4_0(cols: usize, group: &[u8], buf: &mut Vec<u8>) {
+            let nb = unpack_check(QuantType::Q4_0, cols, group, buf);
+            let (gp, up) = (group.as_ptr(), buf.as_mut_ptr());
+            let low = _mm256_set1_epi8(0x0F);
+            for hb in 0..2 * nb {
+                let (g, u) = (gp.add(144 * hb), up.add(UNPACKED_HALF_BLOCK * hb));
+                for i in 0..4 {
+                    let d = load(g.add(32 * i));
+                    let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
+                    for (k, q) in quads.into_iter().enumerate() {
+                        _mm256_storeu_si256(u.add(32 * (i + 4 * k)) as *mut __m256i, q);
+                    }
+                }
+                _mm256_storeu_ps(u.add(256) as *mut f32, f16x8(g.add(128)));
+            }
+        }
+
+        /// Unpacks a Q5_0 group (`pack_q5_0_halves`) for `dot16_unpacked::<16>`.
+        #[target_feature(enable = $tf)]
+        pub unsafe fn unpack16_q5_0(cols: usize, group: &[u8], buf: &mut Vec<u8>) {
+            let nb = unpack_check(QuantType::Q5_0, cols, group, buf);
+            let (gp, up) = (group.as_ptr(), buf.as_mut_ptr());
+            let low = _mm256_set1_epi8(0x0F);
+            for hb in 0..2 * nb {
+                let (g, u) = (gp.add(176 * hb), up.add(UNPACKED_HALF_BLOCK * hb));
+                let high = load(g.add(128));
+                for i in 0..4 {
+                    let d = load(g.add(32 * i));
+                    let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
+                    for (k, q) in quads.into_iter().enumerate() {
+                        let l = i + 4 * k;
+                        let q = _mm256_or_si256(q, high_bit_16(high, l));
+                        _mm256_storeu_si256(u.add(32 * l) as *mut __m256i, q);
+                    }
+                }
+                _mm256_storeu_ps(u.add(256) as *mut f32, f16x8(g.add(160)));
+            }
+        }
+
+        /// The Q4_0 (`C = 8`) or Q5_0 (`C = 16`) interleaved product from a group unpacked by
+        /// `unpack16_q4_0` / `unpack16_q5_0`: `dot16_q4_0` / `dot16_q5_0` with each quad and
+        /// scale loaded instead of decoded, the same operations on the same values after that.
+        #[target_feature(enable = $tf)]
+        pub unsafe fn dot16_unpacked<const C: i8>(
+            cols: usize,
+            buf: &[u8],
+            x: &[u8],
+            _sums: &[f32],
+            out: &mut [f32; 16],
+            _next: *const u8,
+        ) {
+            let nb = cols / QK;
+            assert!(
+                cols % QK == 0 && buf.len() >= 2 * nb * UNPACKED_HALF_BLOCK && x.len() >= nb * 34,
+                "unpacked interleaved dot: group or vector too short for {cols} values"
+            );
+            let (up, xp) = (buf.as_ptr(), x.as_ptr());
+            let mut bias = [[0i32; 8]; BIAS_CHUNK];
+            // One activation's quad sums serve both halves where they fit at once.
+            let once = nb <= BIAS_CHUNK;
+            if once {
+                quad_bias(xp, 0..nb, C, &mut bias);
+            }
+            for h in 0..2 {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for c in (0..nb).step_by(BIAS_CHUNK) {
+                    let blocks = c..nb.min(c + BIAS_CHUNK);
+                    if !once {
+                        quad_bias(xp, blocks.clone(), C, &mut bias);
+                    }
+                    for (b, bias) in blocks.zip(bias.iter()) {
+                        let (u, bx) = (up.add(UNPACKED_HALF_BLOCK * (nb * h + b)), xp.add(34 * b));
+                        let d = _mm256_loadu_ps(u.add(256) as *const f32);
+                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(f16_at(bx)));
+                        for (l, acc) in acc.iter_mut().enumerate() {
+                            let p = $dot_us8(load(u.add(32 * l)), quad(bx.add(2 + 4 * l)));
+                            let p = _mm256_sub_epi32(p, _mm256_set1_epi32(*bias.get_unchecked(l)));
+                            *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), *acc);
                         }
                     }
                 }

@@ -24,8 +24,8 @@ use crate::formats::{QuantType, QK};
 
 /// Adds the set's interleaved kernels and weighted row sums to `s`.
 pub fn add_to(s: &mut KernelSet) {
-    s[QuantType::Q4_1].interleaved = Some(Interleaved16 { pack: super::interleave::pack_q4_1, dot16: dot16_q4_1 });
-    s[QuantType::Q8_0].interleaved = Some(Interleaved16 { pack: super::interleave::pack_q8_0, dot16: dot16_q8_0 });
+    s[QuantType::Q4_1].interleaved = Some(Interleaved16::new(super::interleave::pack_q4_1, dot16_q4_1));
+    s[QuantType::Q8_0].interleaved = Some(Interleaved16::new(super::interleave::pack_q8_0, dot16_q8_0));
     s[QuantType::Q8_0].interleaved_axpy = Some(InterleavedAxpy16 { pack: super::interleave::pack_q8_0_axpy, axpy16: axpy16_q8_0 });
 }
 

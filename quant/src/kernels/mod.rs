@@ -77,10 +77,30 @@ pub struct GemmKernel {
 /// with block sums for the formats with a per-block minimum). `next` is where the caller reads
 /// next (the start of another group, or null for nothing): the kernel prefetches ahead through
 /// the group and then on from `next`, never reading it. Unsafe as [`DotFn`]; `dot16` checks the
-/// lengths.
+/// lengths. `unpacked`: the same products from a group unpacked once, for many vectors.
 #[derive(Copy, Clone)]
 pub struct Interleaved16 {
     pub pack: fn(usize, &[u8], &mut [u8]),
+    pub dot16: Dot16Fn,
+    pub unpacked: Option<Unpacked16>,
+}
+
+impl Interleaved16 {
+    /// Kernels without an unpacked form.
+    pub fn new(pack: fn(usize, &[u8], &mut [u8]), dot16: Dot16Fn) -> Self {
+        Interleaved16 { pack, dot16, unpacked: None }
+    }
+}
+
+/// A group of an [`Interleaved16`] copy unpacked once for a product with many vectors (a
+/// prompt): `unpack(cols, group, buf)` writes into `buf` (resized as needed) what `dot16` would
+/// decode from the group for every vector (quants as bytes, scales as f32); `dot16(cols, buf, x,
+/// sums, out, next)` then computes the products from `buf`, **bit-identical** to the group's
+/// `dot16`, with fewer instructions per vector (`next` is ignored: `buf` is in cache). Unsafe as
+/// [`DotFn`]; both check the lengths.
+#[derive(Copy, Clone)]
+pub struct Unpacked16 {
+    pub unpack: unsafe fn(usize, &[u8], &mut Vec<u8>),
     pub dot16: Dot16Fn,
 }
 

@@ -190,10 +190,10 @@ macro_rules! neon_il_kernels {
 
             /// Adds the set's interleaved kernels and weighted row sums to `s`.
             pub fn add_to(s: &mut KernelSet) {
-                s[QuantType::Q4_0].interleaved = Some(Interleaved16 { pack: $pack_q4_0, dot16: dot16_q4_0 });
-                s[QuantType::Q4_1].interleaved = Some(Interleaved16 { pack: $pack_q4_1, dot16: dot16_q4_1 });
-                s[QuantType::Q5_0].interleaved = Some(Interleaved16 { pack: $pack_q5_0, dot16: dot16_q5_0 });
-                s[QuantType::Q8_0].interleaved = Some(Interleaved16 { pack: $pack_q8_0, dot16: dot16_q8_0 });
+                s[QuantType::Q4_0].interleaved = Some(Interleaved16::new($pack_q4_0, dot16_q4_0));
+                s[QuantType::Q4_1].interleaved = Some(Interleaved16::new($pack_q4_1, dot16_q4_1));
+                s[QuantType::Q5_0].interleaved = Some(Interleaved16::new($pack_q5_0, dot16_q5_0));
+                s[QuantType::Q8_0].interleaved = Some(Interleaved16::new($pack_q8_0, dot16_q8_0));
                 s[QuantType::Q8_0].interleaved_axpy =
                     Some(InterleavedAxpy16 { pack: pack_q8_0_axpy_signed, axpy16: axpy16_q8_0 });
             }

@@ -249,9 +249,12 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
         true => rows_per_task(w.rows).next_multiple_of(GROUP),
         false => rows_per_task(w.rows),
     };
+    // With two vectors or more, decoding a group once pays for itself.
+    let unpacked = row_dot.x16.and_then(|k| k.unpacked).filter(|_| grouped && x.n_vecs >= 2);
     let out = Out(y.as_mut_ptr());
     (0..w.rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
         let rows = c * chunk..((c + 1) * chunk).min(w.rows);
+        let mut buf = Vec::new();
         // A group of 16 (or four rows) at a time, for every vector while its rows are in cache.
         let mut r = rows.start;
         while r < rows.end {
@@ -259,6 +262,22 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
                 true => GROUP,
                 false => (rows.end - r).min(4),
             };
+            if let (Some(u), Some(data), GROUP) = (unpacked, w.interleaved, g) {
+                let gb = GROUP * w.row_bytes;
+                // SAFETY: the set's kernels run on this CPU and check the lengths; a whole group
+                // of rows lies in the interleaved copy (`MatRef::with_interleaved`).
+                unsafe { (u.unpack)(w.cols, &data[r * w.row_bytes..r * w.row_bytes + gb], &mut buf) };
+                for v in 0..x.n_vecs {
+                    // SAFETY: as below; `buf` holds the unpacked group.
+                    unsafe {
+                        let o = std::slice::from_raw_parts_mut(out.at(v * w.rows + r), GROUP);
+                        let o: &mut [f32; GROUP] = o.try_into().expect("16 outputs");
+                        (u.dot16)(w.cols, &buf, x.vector(v), x.block_sums(v), o, std::ptr::null());
+                    }
+                }
+                r += g;
+                continue;
+            }
             for v in 0..x.n_vecs {
                 // SAFETY: `y` holds `rows` outputs for each of `n_vecs` vectors (checked above)
                 // and stays mutably borrowed throughout; this task alone writes rows `rows` of
