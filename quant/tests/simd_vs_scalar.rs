@@ -146,6 +146,61 @@ fn four_row_kernels_equal_single_row_bit_for_bit() {
     }
 }
 
+/// Every dot product over unpacked rows gives exactly its set's single-row result, on quantized
+/// rows and on rows of random bytes (every level and scale the format can hold).
+#[test]
+fn unpacked_rows_equal_single_row_bit_for_bit() {
+    let mut rng = support::rng(37);
+    let mut checked = 0;
+    for set in available_sets() {
+        // The AVX2 sets unpack these formats for prompts: a set that lost them must fail here.
+        #[cfg(target_arch = "x86_64")]
+        if set.name != "scalar" {
+            for ty in [QuantType::Q4_K, QuantType::Q6_K] {
+                assert!(set.unpacked_rows(ty).is_some(), "{} does not unpack {ty} rows", set.name);
+            }
+        }
+        for ty in QuantType::ALL {
+            let Some(u) = set.unpacked_rows(ty) else { continue };
+            for (blocks, raw) in [(1usize, false), (3, false), (8, false), (1, true), (5, true)] {
+                let n = blocks * ty.block_size();
+                let mut row = vec![0u8; ty.row_bytes(n).unwrap()];
+                quantize_row(ty, &support::row(&mut rng, n, 5 + blocks % 3), &mut row);
+                if raw {
+                    rand::Rng::fill(&mut rng, &mut row[..]);
+                    // Finite f16 scales (d, and Q4_K's dmin): exponents below the maximum.
+                    for block in row.chunks_exact_mut(ty.type_size()) {
+                        let at = match ty {
+                            QuantType::Q4_K => 0..4,
+                            _ => ty.type_size() - 2..ty.type_size(),
+                        };
+                        for b in block[at].iter_mut().skip(1).step_by(2) {
+                            *b &= 0x3B;
+                        }
+                    }
+                }
+                let mut xq = tomoe_quant::QuantizedInput::new();
+                xq.quantize(ty, &support::dense_row(&mut rng, n), n);
+                let x = xq.vector(0);
+                let mut unpacked = vec![0u8; blocks * u.block_bytes];
+                // SAFETY: the set runs on this CPU; row, buffer and vector are sized for n.
+                let (got, want) = unsafe {
+                    (u.unpack)(n, &row, &mut unpacked);
+                    ((u.dot)(n, &unpacked, x), set.dot(ty)(n, &row, x))
+                };
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "{} {ty} unpacked row, {blocks} blocks, raw bytes {raw}: {got} != {want}",
+                    set.name
+                );
+                checked += 1;
+            }
+        }
+    }
+    eprintln!("{checked} unpacked rows equal to the single-row kernel");
+}
+
 /// Every tiled matrix-matrix kernel gives, per (row, vector), exactly its set's single-row
 /// result, for row and vector counts that leave partial tiles (tiles are 2 rows × 16 vectors)
 /// and odd block counts.

@@ -40,6 +40,7 @@ pub fn kernel_set() -> Option<KernelSet> {
     s[Q5_1].dot_with_sums = Some(dot_q5_1_sums);
     s.set_dots_x4(&[(Q4_0, dot_q4_0_x4), (Q4_1, dot_q4_1_sums_x4), (Q5_0, dot_q5_0_x4), (Q8_0, dot_q8_0_x4)]);
     s[Q8_0].axpy = Some(axpy_q8_0);
+    add_unpacked_rows(&mut s);
     super::avx2_il::add_to(&mut s);
     super::avx2_f32::add_to(&mut s);
     s.quantize_q8_0_acts = quantize_q8_0_acts;
@@ -882,6 +883,150 @@ pub unsafe fn dot_q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
             _mm256_cvtepi32_ps(sumi),
             acc,
         );
+    }
+    hsum_ps(acc)
+}
+
+/// Adds the unpacked rows of Q4_K and Q6_K (`super::UnpackedRows`) to `s`, whose dot products
+/// of these formats must be this file's.
+pub(super) fn add_unpacked_rows(s: &mut KernelSet) {
+    assert!(s.dot(QuantType::Q4_K) as usize == dot_q4_k as super::DotFn as usize);
+    assert!(s.dot(QuantType::Q6_K) as usize == dot_q6_k as super::DotFn as usize);
+    s[QuantType::Q4_K].unpacked_rows = Some(super::UnpackedRows {
+        block_bytes: Q4_K_UNPACKED,
+        unpack: unpack_q4_k,
+        dot: dot_q4_k_unpacked,
+    });
+    s[QuantType::Q6_K].unpacked_rows = Some(super::UnpackedRows {
+        block_bytes: Q6_K_UNPACKED,
+        unpack: unpack_q6_k,
+        dot: dot_q6_k_unpacked,
+    });
+}
+
+/// Checks an unpacking of `n` values of `ty` from `w` into `out` (`block_bytes` per block).
+fn check_unpack(ty: QuantType, n: usize, w: &[u8], out: &[u8], block_bytes: usize) {
+    assert!(
+        n % QK_K == 0 && w.len() >= n / QK_K * ty.type_size() && out.len() >= n / QK_K * block_bytes,
+        "{ty} unpack: row or buffer too short for {n} values"
+    );
+}
+
+/// Checks a dot product of `n` values from unpacked `u` (`block_bytes` per block) with `x`.
+fn check_unpacked_dot(ty: QuantType, n: usize, u: &[u8], x: &[u8], block_bytes: usize) {
+    assert!(
+        n % QK_K == 0 && u.len() >= n / QK_K * block_bytes && x.len() >= n / QK_K * Q8_BYTES,
+        "{ty} unpacked dot: rows too short for {n} values"
+    );
+}
+
+/// A Q4_K super-block unpacked: the low and high nibbles of each 32 quant bytes (`k = 0..4`:
+/// low at `64k`, high at `64k + 32`), the 8 scales each as 16 i16 lanes (at `256 + 32j`), the
+/// 8 mins as i16 (at 512), `d` and `dmin` as f32 (at 528 and 532).
+const Q4_K_UNPACKED: usize = 544;
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn unpack_q4_k(n: usize, w: &[u8], out: &mut [u8]) {
+    check_unpack(QuantType::Q4_K, n, w, out, Q4_K_UNPACKED);
+    let m4 = _mm256_set1_epi8(0x0F);
+    for i in 0..n / QK_K {
+        let bw = &w[Q4_BYTES * i..Q4_BYTES * (i + 1)];
+        let o = out.as_mut_ptr().add(Q4_K_UNPACKED * i);
+        let (sc, mins) = scales_mins_k(&bw[Q4_SCALES..Q4_SCALES + 12]);
+        for k in 0..4 {
+            let q = load(bw.as_ptr().add(Q4_QS + 32 * k));
+            _mm256_storeu_si256(o.add(64 * k) as *mut __m256i, _mm256_and_si256(q, m4));
+            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            _mm256_storeu_si256(o.add(64 * k + 32) as *mut __m256i, hi);
+        }
+        for j in 0..8 {
+            _mm256_storeu_si256(o.add(256 + 32 * j) as *mut __m256i, _mm256_set1_epi16(scale_byte(sc, j)));
+        }
+        _mm_storeu_si128(o.add(512) as *mut __m128i, mins);
+        (o.add(528) as *mut f32).write_unaligned(f16_at(bw.as_ptr().add(Q4_D)));
+        (o.add(532) as *mut f32).write_unaligned(f16_at(bw.as_ptr().add(Q4_DMIN)));
+    }
+}
+
+/// [`dot_q4_k`] from a row unpacked by [`unpack_q4_k`]: the same operations on the same values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_k_unpacked(n: usize, u: &[u8], x: &[u8]) -> f32 {
+    check_unpacked_dot(QuantType::Q4_K, n, u, x, Q4_K_UNPACKED);
+    let mut acc = _mm256_setzero_ps();
+    let mut accm = _mm_setzero_ps();
+    for i in 0..n / QK_K {
+        let (o, bx) = (u.as_ptr().add(Q4_K_UNPACKED * i), &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+        let dy = q8k_d(bx);
+        let summ = min_bsums(bx, _mm_loadu_si128(o.add(512) as *const __m128i));
+        let dmin = (o.add(532) as *const f32).read_unaligned();
+        accm = _mm_fmadd_ps(_mm_set1_ps(dy * dmin), _mm_cvtepi32_ps(summ), accm);
+        let mut sumi = _mm256_setzero_si256();
+        for k in 0..4 {
+            let plo = _mm256_maddubs_epi16(load(o.add(64 * k)), load(bx.as_ptr().add(Q8_QS + 64 * k)));
+            let phi = _mm256_maddubs_epi16(load(o.add(64 * k + 32)), load(bx.as_ptr().add(Q8_QS + 64 * k + 32)));
+            let plo = _mm256_madd_epi16(plo, load(o.add(256 + 64 * k)));
+            let phi = _mm256_madd_epi16(phi, load(o.add(256 + 64 * k + 32)));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+        }
+        let d = (o.add(528) as *const f32).read_unaligned();
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc) - hsum_ps128(accm)
+}
+
+/// A Q6_K super-block unpacked: the 8 vectors of levels `u` in the order of [`dot_q6_k`]'s
+/// products (at `32c`), the group scales of each (at `256 + 32c`), the 16 scales as i16 (at
+/// 512), `d` as f32 (at 544).
+const Q6_K_UNPACKED: usize = 576;
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn unpack_q6_k(n: usize, w: &[u8], out: &mut [u8]) {
+    check_unpack(QuantType::Q6_K, n, w, out, Q6_K_UNPACKED);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m3 = _mm256_set1_epi8(3);
+    for i in 0..n / QK_K {
+        let bw = &w[Q6_BYTES * i..Q6_BYTES * (i + 1)];
+        let o = out.as_mut_ptr().add(Q6_K_UNPACKED * i);
+        let sc = _mm_loadu_si128(bw.as_ptr().add(Q6_SCALES) as *const __m128i);
+        let scales = _mm256_broadcastsi128_si256(sc);
+        for k in 0..2 {
+            let l0 = load(bw.as_ptr().add(Q6_QL + 64 * k));
+            let l1 = load(bw.as_ptr().add(Q6_QL + 64 * k + 32));
+            let h = load(bw.as_ptr().add(Q6_QH + 32 * k));
+            let u = [
+                _mm256_or_si256(_mm256_and_si256(l0, m4), q6_high(h, m3, 0)),
+                _mm256_or_si256(_mm256_and_si256(l1, m4), q6_high(h, m3, 2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), q6_high(h, m3, 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), q6_high(h, m3, 6)),
+            ];
+            for (m, u) in u.into_iter().enumerate() {
+                let c = 4 * k + m;
+                _mm256_storeu_si256(o.add(32 * c) as *mut __m256i, u);
+                _mm256_storeu_si256(o.add(256 + 32 * c) as *mut __m256i, group_scales(scales, c));
+            }
+        }
+        _mm256_storeu_si256(o.add(512) as *mut __m256i, _mm256_cvtepi8_epi16(sc));
+        (o.add(544) as *mut f32).write_unaligned(f16_at(bw.as_ptr().add(Q6_D)));
+    }
+}
+
+/// [`dot_q6_k`] from a row unpacked by [`unpack_q6_k`]: the same operations on the same values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q6_k_unpacked(n: usize, u: &[u8], x: &[u8]) -> f32 {
+    check_unpacked_dot(QuantType::Q6_K, n, u, x, Q6_K_UNPACKED);
+    let mut acc = _mm256_setzero_ps();
+    for i in 0..n / QK_K {
+        let (o, bx) = (u.as_ptr().add(Q6_K_UNPACKED * i), &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+        let mut sumi = _mm256_sub_epi32(
+            _mm256_setzero_si256(),
+            _mm256_slli_epi32(scaled_bsums(bx, load(o.add(512))), 5),
+        );
+        for c in 0..8 {
+            let p = _mm256_maddubs_epi16(load(o.add(32 * c)), load(bx.as_ptr().add(Q8_QS + 32 * c)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, load(o.add(256 + 32 * c))));
+        }
+        let d = (o.add(544) as *const f32).read_unaligned();
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(q8k_d(bx) * d), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc)
 }

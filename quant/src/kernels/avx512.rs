@@ -44,6 +44,7 @@ pub fn kernel_set() -> Option<KernelSet> {
         (Q5_0, dot_q5_0_unsigned_x4),
         (Q8_0, dot_q8_0_x4),
     ]);
+    super::avx2::add_unpacked_rows(&mut s);
     super::avx512_gemm::add_to(&mut s);
     super::avx512_il::add_to(&mut s);
     super::avx512_f32::add_to(&mut s);

@@ -49,6 +49,7 @@ pub fn kernel_set() -> Option<KernelSet> {
         (Q8_0, dot_q8_0_x4),
     ]);
     s[Q8_0].interleaved_axpy = axpy16;
+    super::avx2::add_unpacked_rows(&mut s);
     super::avxvnni_il::add_to(&mut s);
     Some(s)
 }

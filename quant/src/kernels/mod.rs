@@ -98,6 +98,22 @@ impl Interleaved16 {
 /// sums, out, next)` then computes the products from `buf`, **bit-identical** to the group's
 /// `dot16`, with fewer instructions per vector (`next` is ignored: `buf` is in cache). Unsafe as
 /// [`DotFn`]; both check the lengths.
+/// Rows of a format without interleaved copies, unpacked once for a product with many vectors (a
+/// prompt): the quants as the set's dot product decodes them (nibbles split, scales widened and
+/// broadcast), so that each vector's dot product only loads them. Unsafe as [`DotFn`]; both
+/// check the lengths.
+#[derive(Copy, Clone)]
+pub struct UnpackedRows {
+    /// Bytes of one block (of `ty.block_size()` values) unpacked.
+    pub block_bytes: usize,
+    /// `unpack(cols, row, out)`: one row (`row_bytes(cols)` bytes) into `out`
+    /// (`cols / block_size · block_bytes` bytes).
+    pub unpack: unsafe fn(usize, &[u8], &mut [u8]),
+    /// `dot(cols, unpacked, x)`: **bit-identical** to the set's `dot(cols, row, x)`.
+    pub dot: DotFn,
+}
+
+/// See [`Interleaved16`]'s `unpacked`.
 #[derive(Copy, Clone)]
 pub struct Unpacked16 {
     pub unpack: unsafe fn(usize, &[u8], &mut Vec<u8>),

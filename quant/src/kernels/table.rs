@@ -6,7 +6,9 @@
 use std::ops::{Index, IndexMut};
 
 use super::f32_table::F32Kernels;
-use super::{scalar, AxpyFn, Dot4Fn, DotFn, DotSumsFn, GemmKernel, Interleaved16, InterleavedAxpy16, QuantizeActsFn};
+use super::{
+    scalar, AxpyFn, Dot4Fn, DotFn, DotSumsFn, GemmKernel, Interleaved16, InterleavedAxpy16, QuantizeActsFn, UnpackedRows,
+};
 use crate::formats::QuantType;
 
 /// What one set runs on one weight format.
@@ -26,6 +28,8 @@ pub struct FormatKernels {
     pub interleaved: Option<Interleaved16>,
     /// Weighted row sums over row-interleaved weights (see [`InterleavedAxpy16`]).
     pub interleaved_axpy: Option<InterleavedAxpy16>,
+    /// Dot products over rows unpacked for many vectors (see [`UnpackedRows`]).
+    pub unpacked_rows: Option<UnpackedRows>,
 }
 
 impl FormatKernels {
@@ -39,6 +43,7 @@ impl FormatKernels {
             gemm: None,
             interleaved: None,
             interleaved_axpy: None,
+            unpacked_rows: None,
         }
     }
 }
@@ -110,6 +115,7 @@ impl KernelSet {
     pub fn clear_derived(&mut self) {
         for f in &mut self.formats {
             (f.dot_x4, f.gemm, f.interleaved, f.interleaved_axpy) = (None, None, None, None);
+            f.unpacked_rows = None;
         }
     }
 
@@ -147,6 +153,11 @@ impl KernelSet {
     pub fn interleaved_axpy(&self, ty: QuantType) -> Option<InterleavedAxpy16> {
         self[ty].interleaved_axpy
     }
+
+    #[inline(always)]
+    pub fn unpacked_rows(&self, ty: QuantType) -> Option<UnpackedRows> {
+        self[ty].unpacked_rows
+    }
 }
 
 /// The scalar dot product of a format. Never inlined, so that every caller gets the same
@@ -182,7 +193,10 @@ mod tests {
         for ty in QuantType::ALL {
             assert!(s.dot(ty) as usize == scalar_dot(ty) as usize, "{ty}");
             assert!(
-                s.dot_x4(ty).is_none() && s.gemm(ty).is_none() && s.interleaved(ty).is_none(),
+                s.dot_x4(ty).is_none()
+                    && s.gemm(ty).is_none()
+                    && s.interleaved(ty).is_none()
+                    && s.unpacked_rows(ty).is_none(),
                 "{ty}"
             );
         }

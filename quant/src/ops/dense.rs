@@ -245,6 +245,11 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
     if let (Some(gemm), false) = (kernels().gemm(w.ty), grouped) {
         return matmul_tiled(gemm, w, x, y);
     }
+    if let (Some(u), false, 2..) = (kernels().unpacked_rows(w.ty), grouped, x.n_vecs) {
+        if row_dot.with_sums.is_none() {
+            return matmul_unpacked_rows(u, w, x, y);
+        }
+    }
     let chunk = match grouped {
         true => rows_per_task(w.rows).next_multiple_of(GROUP),
         false => rows_per_task(w.rows),
@@ -286,6 +291,38 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
                 row_dot.rows(w, r..r + g, v, o);
             }
             r += g;
+        }
+    });
+}
+
+/// Rows unpacked at a time by [`matmul_unpacked_rows`]: 16 rows of 2048 Q6_K values take 72 KiB,
+/// which stay in the L2 cache while every vector is taken in turn.
+const UNPACKED_ROWS: usize = 16;
+
+/// `matmul` over rows unpacked once ([`crate::kernels::UnpackedRows`]): parallel over row
+/// chunks, each unpacked [`UNPACKED_ROWS`] at a time and then multiplied with every vector.
+fn matmul_unpacked_rows(u: crate::kernels::UnpackedRows, w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
+    let chunk = rows_per_task(w.rows).next_multiple_of(UNPACKED_ROWS);
+    let rb = w.cols / w.ty.block_size() * u.block_bytes;
+    let out = Out(y.as_mut_ptr());
+    (0..w.rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        let rows = c * chunk..((c + 1) * chunk).min(w.rows);
+        let mut buf = vec![0u8; UNPACKED_ROWS * rb];
+        for r0 in rows.clone().step_by(UNPACKED_ROWS) {
+            let n = (rows.end - r0).min(UNPACKED_ROWS);
+            for (i, b) in buf.chunks_exact_mut(rb).take(n).enumerate() {
+                // SAFETY: the set's kernels run on this CPU and check the lengths.
+                unsafe { (u.unpack)(w.cols, w.row(r0 + i), b) };
+            }
+            for v in 0..x.n_vecs {
+                let xv = x.vector(v);
+                // SAFETY: as in `matmul`: this task alone writes rows `rows` of every vector.
+                let o = unsafe { std::slice::from_raw_parts_mut(out.at(v * w.rows + r0), n) };
+                for (o, b) in o.iter_mut().zip(buf.chunks_exact(rb)) {
+                    // SAFETY: as above.
+                    *o = unsafe { (u.dot)(w.cols, b, xv) };
+                }
+            }
         }
     });
 }
