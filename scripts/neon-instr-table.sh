@@ -28,25 +28,38 @@ void ggml_vec_dot_q4_0_q8_0(int, float *, size_t, const void *, size_t, const vo
 void ggml_vec_dot_q4_1_q8_1(int, float *, size_t, const void *, size_t, const void *, size_t, int);
 void ggml_vec_dot_q5_0_q8_0(int, float *, size_t, const void *, size_t, const void *, size_t, int);
 void ggml_vec_dot_q8_0_q8_0(int, float *, size_t, const void *, size_t, const void *, size_t, int);
+void ggml_vec_dot_q4_K_q8_K(int, float *, size_t, const void *, size_t, const void *, size_t, int);
+void ggml_vec_dot_q6_K_q8_K(int, float *, size_t, const void *, size_t, const void *, size_t, int);
 __attribute__((noinline)) void mark(void) { __asm__ volatile("" ::: "memory"); }
 typedef void (*dot_fn)(int, float *, size_t, const void *, size_t, const void *, size_t, int);
 int main(void) {
-    struct { const char *name; dot_fn f; int wbytes, xbytes; } k[] = {
-        {"q4_0", ggml_vec_dot_q4_0_q8_0, 18, 34}, {"q4_1", ggml_vec_dot_q4_1_q8_1, 20, 36},
-        {"q5_0", ggml_vec_dot_q5_0_q8_0, 22, 34}, {"q8_0", ggml_vec_dot_q8_0_q8_0, 34, 34},
+    /* per: values per block; blocks below count 32 values each. */
+    struct { const char *name; dot_fn f; int per, wbytes, xbytes; } k[] = {
+        {"q4_0", ggml_vec_dot_q4_0_q8_0, 32, 18, 34}, {"q4_1", ggml_vec_dot_q4_1_q8_1, 32, 20, 36},
+        {"q5_0", ggml_vec_dot_q5_0_q8_0, 32, 22, 34}, {"q8_0", ggml_vec_dot_q8_0_q8_0, 32, 34, 34},
+        {"q4_k", ggml_vec_dot_q4_K_q8_K, 256, 144, 292}, {"q6_k", ggml_vec_dot_q6_K_q8_K, 256, 210, 292},
     };
     printf("mark %#lx\n", (unsigned long)(uintptr_t)mark);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 6; i++) {
         for (int blocks = 64; blocks <= 128; blocks *= 2) {
-            uint8_t *w = malloc(blocks * k[i].wbytes), *x = malloc(blocks * k[i].xbytes);
-            for (int j = 0; j < blocks * k[i].wbytes; j++) w[j] = (uint8_t)(j * 37 + 11);
-            for (int j = 0; j < blocks * k[i].xbytes; j++) x[j] = (uint8_t)(j * 53 + 7);
-            /* Scales 1.0 (f16 0x3c00), so no value is NaN or subnormal. */
-            for (int b = 0; b < blocks; b++) {
-                w[b * k[i].wbytes] = 0x00; w[b * k[i].wbytes + 1] = 0x3c;
-                x[b * k[i].xbytes] = 0x00; x[b * k[i].xbytes + 1] = 0x3c;
-                if (k[i].xbytes == 36) { x[b * 36 + 2] = 0x00; x[b * 36 + 3] = 0x3c; }
-                if (k[i].wbytes == 20) { w[b * 20 + 2] = 0x00; w[b * 20 + 3] = 0x3c; }
+            int nb = blocks * 32 / k[i].per;
+            uint8_t *w = malloc(nb * k[i].wbytes), *x = malloc(nb * k[i].xbytes);
+            for (int j = 0; j < nb * k[i].wbytes; j++) w[j] = (uint8_t)(j * 37 + 11);
+            for (int j = 0; j < nb * k[i].xbytes; j++) x[j] = (uint8_t)(j * 53 + 7);
+            /* Scales 1.0 (f16 0x3c00; Q8_K's f32 0x3f800000), so no value is NaN or subnormal. */
+            for (int b = 0; b < nb; b++) {
+                uint8_t *wb = w + b * k[i].wbytes, *xb = x + b * k[i].xbytes;
+                if (k[i].per == 256) {
+                    int d = k[i].wbytes == 210 ? 208 : 0; /* Q6_K's d is last; Q4_K's d, dmin first */
+                    wb[d] = 0x00; wb[d + 1] = 0x3c;
+                    if (d == 0) { wb[2] = 0x00; wb[3] = 0x3c; }
+                    xb[0] = 0x00; xb[1] = 0x00; xb[2] = 0x80; xb[3] = 0x3f;
+                    continue;
+                }
+                wb[0] = 0x00; wb[1] = 0x3c;
+                xb[0] = 0x00; xb[1] = 0x3c;
+                if (k[i].xbytes == 36) { xb[2] = 0x00; xb[3] = 0x3c; }
+                if (k[i].wbytes == 20) { wb[2] = 0x00; wb[3] = 0x3c; }
             }
             float s;
             mark();
@@ -107,7 +120,7 @@ trace() {
         name=${v%%:*}
         aarch64-linux-gnu-gcc -O3 "${v#*:}" -DNDEBUG -I"$ggml/include" -I"$ggml/src" \
             -I"$ggml/src/ggml-cpu" -c "$ggml/src/ggml-cpu/arch/arm/quants.c" -o "$work/q.o"
-        # Only the four dot products run: the rest of quants.c may stay unresolved.
+        # Only the six dot products run: the rest of quants.c may stay unresolved.
         aarch64-linux-gnu-gcc -static "$work/calls.o" "$work/q.o" -o "$work/$name" \
             -Wl,--unresolved-symbols=ignore-all -lm
         trace "$work/$name" | sed "s|^ggml/|$name/|"
@@ -130,7 +143,19 @@ print("|---|---|---|---|---|---|---|")
 for ty in ["q4_0", "q4_1", "q5_0", "q8_0"]:
     print(f"| {ty} | {cell(f'neon/{ty}/dot')} | {cell(f'neon/{ty}/dot16')} | {cell(f'ggml-neon/{ty}/dot')} "
           f"| {cell(f'neon-dotprod/{ty}/dot')} | {cell(f'neon-dotprod/{ty}/dot16')} | {cell(f'ggml-dotprod/{ty}/dot')} |")
+for ty in ["q4_k", "q6_k"]:
+    print(f"| {ty} | {cell(f'neon/{ty}/dot')} | – | {cell(f'ggml-neon/{ty}/dot')} "
+          f"| {cell(f'neon-dotprod/{ty}/dot')} | – | {cell(f'ggml-dotprod/{ty}/dot')} |")
 print(f"| q8_0 axpy16 | | {cell('neon/q8_0/axpy16')} | | | {cell('neon-dotprod/q8_0/axpy16')} | |")
+print()
+print("K-quant rows unpacked for prompts: the unpacking (once per row) and the dot product over the")
+print("unpacked row (per row and vector), per 32 weights:")
+print()
+print("| format | neon: unpack | neon: unpacked dot | neon-dotprod: unpack | neon-dotprod: unpacked dot |")
+print("|---|---|---|---|---|")
+for ty in ["q4_k", "q6_k"]:
+    print(f"| {ty} | {cell(f'neon/{ty}/unpack')} | {cell(f'neon/{ty}/unpacked')} "
+          f"| {cell(f'neon-dotprod/{ty}/unpack')} | {cell(f'neon-dotprod/{ty}/unpacked')} |")
 print()
 print("Tiled smmla kernels (neon-dotprod where the CPU has i8mm), per 32 weights per (row, vector),")
 print("16 rows by 16 vectors per call, the activations packed beforehand:")

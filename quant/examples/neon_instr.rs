@@ -1,5 +1,6 @@
-//! Calls each NEON matrix-vector kernel (single-row, row-interleaved, interleaved axpy, and the
-//! tiled matrix-matrix kernel on 16 rows by 16 vectors) once on
+//! Calls each NEON matrix-vector kernel (single-row, row-interleaved, interleaved axpy, the
+//! unpacking of a row and the dot product over it, and the tiled matrix-matrix kernel on 16 rows
+//! by 16 vectors) once on
 //! 64 and once on 128 blocks of 32 weights, between calls of a marker function, so that an
 //! instruction trace (`scripts/neon-instr-table.sh`: `qemu-aarch64 -d in_asm,exec,nochain`)
 //! gives the instructions each kernel executes per block: the difference of the two calls over
@@ -25,6 +26,8 @@ fn main() {
         QuantType::Q5_0,
         QuantType::Q5_1,
         QuantType::Q8_0,
+        QuantType::Q4_K,
+        QuantType::Q6_K,
     ];
     for set in available_sets().iter().filter(|s| s.name.starts_with("neon")) {
         for ty in formats {
@@ -78,6 +81,20 @@ fn main() {
                     mark();
                     black_box(&out);
                     println!("{} 256 {blocks}", label("gemm"));
+                }
+                if let Some(u) = set.unpacked_rows(ty) {
+                    // The unpacking once per row, then the dot product per (row, vector).
+                    let mut unpacked = vec![0u8; n / ty.block_size() * u.block_bytes];
+                    mark();
+                    // SAFETY: as above; the buffer holds one unpacked row of n values.
+                    unsafe { (u.unpack)(n, &rows[..rb], &mut unpacked) };
+                    mark();
+                    println!("{} 1 {blocks}", label("unpack"));
+                    mark();
+                    // SAFETY: as above.
+                    unsafe { black_box((u.dot)(n, &unpacked, x)) };
+                    mark();
+                    println!("{} 1 {blocks}", label("unpacked"));
                 }
                 if let Some(ax) = set.interleaved_axpy(ty) {
                     let mut group = vec![0u8; 16 * rb];

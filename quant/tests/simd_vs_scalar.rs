@@ -153,8 +153,7 @@ fn unpacked_rows_equal_single_row_bit_for_bit() {
     let mut rng = support::rng(37);
     let mut checked = 0;
     for set in available_sets() {
-        // The AVX2 sets unpack these formats for prompts: a set that lost them must fail here.
-        #[cfg(target_arch = "x86_64")]
+        // The SIMD sets unpack these formats for prompts: a set that lost them must fail here.
         if set.name != "scalar" {
             for ty in [QuantType::Q4_K, QuantType::Q6_K] {
                 assert!(set.unpacked_rows(ty).is_some(), "{} does not unpack {ty} rows", set.name);

@@ -249,6 +249,27 @@ fn make_qkx2_quants(
     (scale, -min)
 }
 
+/// The 8 scales and the 8 mins of a Q4_K/Q5_K super-block from its 12 packed bytes:
+/// [`scale_min_k4`] of every sub-block at once, by 32-bit word operations.
+#[inline(always)]
+pub fn scales_mins_k4(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let word = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+    let (a0, a1, a2) = (word(0), word(1), word(2));
+    let join = |lo: u32, hi: u32| {
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&lo.to_le_bytes());
+        b[4..].copy_from_slice(&hi.to_le_bytes());
+        b
+    };
+    (
+        join(a0 & LOW6, (a2 & LOW4) | (((a0 >> 6) & LOW2) << 4)),
+        join(a1 & LOW6, ((a2 >> 4) & LOW4) | (((a1 >> 6) & LOW2) << 4)),
+    )
+}
+
 /// The 6-bit scale and min of sub-block `j` (0..8) from the 12 packed bytes of Q4_K/Q5_K.
 #[inline(always)]
 pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
@@ -737,6 +758,26 @@ pub fn dequantize_q8_k(src: &[u8], dst: &mut [f32]) {
         let d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         for j in 0..QK_K {
             y[j] = d * (b[Q8_QS + j] as i8) as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_scales_and_mins_at_once_equal_one_at_a_time() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..1000 {
+            let q: [u8; 12] = std::array::from_fn(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (state >> 56) as u8
+            });
+            let (sc, m) = scales_mins_k4(&q);
+            for j in 0..8 {
+                assert_eq!((sc[j], m[j]), scale_min_k4(j, &q), "sub-block {j} of {q:?}");
+            }
         }
     }
 }

@@ -10,8 +10,9 @@ use std::arch::asm;
 
 use super::scalar::{q8k_bsum, q8k_d};
 use crate::blocks::float::read_u16;
-use crate::blocks::kquants::{layout::*, q3_k_scales, scale_min_k4};
+use crate::blocks::kquants::{layout::*, q3_k_scales, scales_mins_k4};
 use super::table::KernelSet;
+use super::UnpackedRows;
 use crate::formats::{QuantType, QK, QK_K};
 
 pub fn kernel_set(dotprod: bool) -> Option<KernelSet> {
@@ -41,8 +42,106 @@ pub fn kernel_set(dotprod: bool) -> Option<KernelSet> {
         super::neon_il::plain::add_to(&mut s);
     }
     s[Q8_0].axpy = Some(axpy_q8_0);
+    let (dot_q4_k, dot_q6_k): (super::DotFn, super::DotFn) = match dotprod {
+        true => (with_dotprod::dot_q4_k_unpacked, with_dotprod::dot_q6_k_unpacked),
+        false => (plain::dot_q4_k_unpacked, plain::dot_q6_k_unpacked),
+    };
+    s[Q4_K].unpacked_rows = Some(UnpackedRows { block_bytes: Q4_K_UNPACKED, unpack: unpack_q4_k, dot: dot_q4_k });
+    s[Q6_K].unpacked_rows = Some(UnpackedRows { block_bytes: Q6_K_UNPACKED, unpack: unpack_q6_k, dot: dot_q6_k });
     super::neon_f32::add_to(&mut s);
     Some(s)
+}
+
+/// Σ_j min_j·(bsum_2j + bsum_2j+1) over a Q8_K block's 16 group sums, given the 8 mins as i32
+/// lanes (`m_lo`: 0..4, `m_hi`: 4..8); the same i32 as a scalar loop.
+#[inline(always)]
+unsafe fn mins_sum(bx: &[u8], m_lo: int32x4_t, m_hi: int32x4_t) -> i32 {
+    let b = bx[Q8_BSUMS..Q8_BSUMS + 32].as_ptr();
+    let s16 = |p: *const u8| vreinterpretq_s16_u8(vld1q_u8(p));
+    let (pairs_lo, pairs_hi) = (vpaddlq_s16(s16(b)), vpaddlq_s16(s16(b.add(16))));
+    vaddvq_s32(vmlaq_s32(vmulq_s32(pairs_lo, m_lo), pairs_hi, m_hi))
+}
+
+/// Checks an unpacking of `n` values of `ty` from `w` into `out` (`block_bytes` per block).
+fn check_unpack(ty: QuantType, n: usize, w: &[u8], out: &[u8], block_bytes: usize) {
+    assert!(
+        n % QK_K == 0 && w.len() >= n / QK_K * ty.type_size() && out.len() >= n / QK_K * block_bytes,
+        "{ty} unpack: row or buffer too short for {n} values"
+    );
+}
+
+/// Checks a dot product of `n` values from unpacked `u` (`block_bytes` per block) with `x`.
+fn check_unpacked_dot(ty: QuantType, n: usize, u: &[u8], x: &[u8], block_bytes: usize) {
+    assert!(
+        n % QK_K == 0 && u.len() >= n / QK_K * block_bytes && x.len() >= n / QK_K * Q8_BYTES,
+        "{ty} unpacked dot: rows too short for {n} values"
+    );
+}
+
+/// A Q4_K super-block unpacked: the levels of sub-block `j` as i8 (at `32j`), the 8 scales and
+/// the 8 mins as i32 (at 256 and 288), `d` and `dmin` as f32 (at 320 and 324).
+const Q4_K_UNPACKED: usize = 336;
+
+#[target_feature(enable = "neon")]
+pub unsafe fn unpack_q4_k(n: usize, w: &[u8], out: &mut [u8]) {
+    check_unpack(QuantType::Q4_K, n, w, out, Q4_K_UNPACKED);
+    let m4 = vdupq_n_u8(0x0F);
+    for i in 0..n / QK_K {
+        let bw = &w[Q4_BYTES * i..Q4_BYTES * (i + 1)];
+        let o = out.as_mut_ptr().add(Q4_K_UNPACKED * i);
+        let (sc, mins) = scales_mins_k4(bw[4..16].try_into().expect("12 bytes"));
+        for j in 0..8 {
+            let q = bw.as_ptr().add(Q4_QS + 32 * (j / 2));
+            for half in 0..2 {
+                let v = vld1q_u8(q.add(16 * half));
+                let l = if j % 2 == 0 { vandq_u8(v, m4) } else { vshrq_n_u8::<4>(v) };
+                vst1q_u8(o.add(32 * j + 16 * half), l);
+            }
+            (o.add(256 + 4 * j) as *mut i32).write_unaligned(sc[j] as i32);
+            (o.add(288 + 4 * j) as *mut i32).write_unaligned(mins[j] as i32);
+        }
+        (o.add(320) as *mut f32).write_unaligned(read_f16(bw, Q4_D));
+        (o.add(324) as *mut f32).write_unaligned(read_f16(bw, Q4_DMIN));
+    }
+}
+
+/// A Q6_K super-block unpacked: the signed levels of group `g` of 16 (at `16g`), the 16 scales
+/// as i32 (at 256), `d` as f32 (at 320).
+const Q6_K_UNPACKED: usize = 336;
+
+#[target_feature(enable = "neon")]
+pub unsafe fn unpack_q6_k(n: usize, w: &[u8], out: &mut [u8]) {
+    check_unpack(QuantType::Q6_K, n, w, out, Q6_K_UNPACKED);
+    let m4 = vdupq_n_u8(0x0F);
+    let m3 = vdupq_n_u8(3);
+    let s32 = vdupq_n_s8(32);
+    for i in 0..n / QK_K {
+        let bw = &w[Q6_BYTES * i..Q6_BYTES * (i + 1)];
+        let o = out.as_mut_ptr().add(Q6_K_UNPACKED * i);
+        for k in 0..2 {
+            for part in 0..2 {
+                let at = 16 * part;
+                let l0 = vld1q_u8(bw.as_ptr().add(Q6_QL + 64 * k + at));
+                let l1 = vld1q_u8(bw.as_ptr().add(Q6_QL + 64 * k + 32 + at));
+                let h = vld1q_u8(bw.as_ptr().add(Q6_QH + 32 * k + at));
+                let hi = |s: i8| vshlq_n_u8::<4>(vandq_u8(vshlq_u8(h, vdupq_n_s8(-s)), m3));
+                let u = [
+                    vorrq_u8(vandq_u8(l0, m4), hi(0)),
+                    vorrq_u8(vandq_u8(l1, m4), hi(2)),
+                    vorrq_u8(vshrq_n_u8::<4>(l0), hi(4)),
+                    vorrq_u8(vshrq_n_u8::<4>(l1), hi(6)),
+                ];
+                for (m, u) in u.into_iter().enumerate() {
+                    let g = 8 * k + 2 * m + part;
+                    vst1q_s8(o.add(16 * g) as *mut i8, vsubq_s8(vreinterpretq_s8_u8(u), s32));
+                }
+            }
+        }
+        for g in 0..16 {
+            (o.add(256 + 4 * g) as *mut i32).write_unaligned((bw[Q6_SCALES + g] as i8) as i32);
+        }
+        (o.add(320) as *mut f32).write_unaligned(read_f16(bw, Q6_D));
+    }
 }
 
 /// The f16 at byte `i` of `b` as f32, by `fcvt`: the value of `blocks::float::read_f16`, whose
@@ -467,24 +566,29 @@ macro_rules! neon_kernels {
             }
 
             /// Q4_K/Q5_K: Σ_j scale_j·Σ q·y and Σ_j min_j·bsums, given the 8 sub-blocks' levels.
+            /// The scales decoded at once and the mins' sum in vectors: the same integers.
             #[inline(always)]
             unsafe fn scale_min_sums(
                 bw: &[u8],
                 bx: &[u8],
                 levels: impl Fn(usize) -> (int8x16_t, int8x16_t),
             ) -> (i32, i32) {
-                let packed = &bw[4..16];
-                let (mut isum, mut summ) = (0i32, 0i32);
+                let (sc, mins) = scales_mins_k4(bw[4..16].try_into().expect("12 bytes"));
+                let m = vmovl_u8(vld1_u8(mins.as_ptr()));
+                let summ = mins_sum(
+                    bx,
+                    vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(m))),
+                    vreinterpretq_s32_u32(vmovl_high_u16(m)),
+                );
+                let mut isum = 0i32;
                 for j in 0..8 {
-                    let (s, m) = scale_min_k4(j, packed);
                     let (a, b) = levels(j);
                     let p = $dot(
                         $dot(vdupq_n_s32(0), a, ld(bx.as_ptr().add(Q8_QS + 32 * j))),
                         b,
                         ld(bx.as_ptr().add(Q8_QS + 32 * j + 16)),
                     );
-                    isum += s as i32 * vaddvq_s32(p);
-                    summ += m as i32 * (q8k_bsum(bx, 2 * j) + q8k_bsum(bx, 2 * j + 1));
+                    isum += sc[j] as i32 * vaddvq_s32(p);
                 }
                 (isum, summ)
             }
@@ -520,6 +624,51 @@ macro_rules! neon_kernels {
                     let dy = q8k_d(bx);
                     sum += dy * read_f16(bw, Q4_D) * isum as f32
                         - dy * read_f16(bw, Q4_DMIN) * summ as f32;
+                }
+                sum
+            }
+
+            /// [`dot_q4_k`] from a row unpacked by `unpack_q4_k`: the same sums of the same
+            /// values (the integer ones exact in any order).
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot_q4_k_unpacked(n: usize, u: &[u8], x: &[u8]) -> f32 {
+                check_unpacked_dot(QuantType::Q4_K, n, u, x, Q4_K_UNPACKED);
+                let mut sum = 0.0f32;
+                for i in 0..n / QK_K {
+                    let (o, bx) = (u.as_ptr().add(Q4_K_UNPACKED * i), &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+                    let mins = |at: usize| vreinterpretq_s32_u8(vld1q_u8(o.add(at)));
+                    let summ = mins_sum(bx, mins(288), mins(304));
+                    let mut isum = 0i32;
+                    for j in 0..8 {
+                        let p = $dot(
+                            $dot(vdupq_n_s32(0), ld(o.add(32 * j)), ld(bx.as_ptr().add(Q8_QS + 32 * j))),
+                            ld(o.add(32 * j + 16)),
+                            ld(bx.as_ptr().add(Q8_QS + 32 * j + 16)),
+                        );
+                        isum += (o.add(256 + 4 * j) as *const i32).read_unaligned() * vaddvq_s32(p);
+                    }
+                    let dy = q8k_d(bx);
+                    let d = (o.add(320) as *const f32).read_unaligned();
+                    let dmin = (o.add(324) as *const f32).read_unaligned();
+                    sum += dy * d * isum as f32 - dy * dmin * summ as f32;
+                }
+                sum
+            }
+
+            /// [`dot_q6_k`] from a row unpacked by `unpack_q6_k`, as `dot_q4_k_unpacked`.
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot_q6_k_unpacked(n: usize, u: &[u8], x: &[u8]) -> f32 {
+                check_unpacked_dot(QuantType::Q6_K, n, u, x, Q6_K_UNPACKED);
+                let mut sum = 0.0f32;
+                for i in 0..n / QK_K {
+                    let (o, bx) = (u.as_ptr().add(Q6_K_UNPACKED * i), &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
+                    let mut isum = 0i32;
+                    for g in 0..16 {
+                        let sc = (o.add(256 + 4 * g) as *const i32).read_unaligned();
+                        isum += sc * group(ld(o.add(16 * g)), bx, g);
+                    }
+                    let d = (o.add(320) as *const f32).read_unaligned();
+                    sum += q8k_d(bx) * d * isum as f32;
                 }
                 sum
             }
