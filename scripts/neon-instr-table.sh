@@ -148,6 +148,15 @@ for ty in ["q4_k", "q6_k"]:
           f"| {cell(f'neon-dotprod/{ty}/dot')} | – | {cell(f'ggml-dotprod/{ty}/dot')} |")
 print(f"| q8_0 axpy16 | | {cell('neon/q8_0/axpy16')} | | | {cell('neon-dotprod/q8_0/axpy16')} | |")
 print()
+print("Groups unpacked for prompts: the unpacking (once per group) and the product over the unpacked")
+print("group (per vector), per row of the 16 and 32 weights:")
+print()
+print("| format | neon: unpack16 | neon: unpacked dot16 | neon-dotprod: unpack16 | neon-dotprod: unpacked dot16 |")
+print("|---|---|---|---|---|")
+for ty in ["q4_0", "q5_0"]:
+    print(f"| {ty} | {cell(f'neon/{ty}/unpack16')} | {cell(f'neon/{ty}/unpacked16')} "
+          f"| {cell(f'neon-dotprod/{ty}/unpack16')} | {cell(f'neon-dotprod/{ty}/unpacked16')} |")
+print()
 print("K-quant rows unpacked for prompts: the unpacking (once per row) and the dot product over the")
 print("unpacked row (per row and vector), per 32 weights:")
 print()

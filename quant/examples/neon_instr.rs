@@ -66,6 +66,20 @@ fn main() {
                     mark();
                     black_box(out);
                     println!("{} 16 {blocks}", label("dot16"));
+                    if let Some(un) = il.unpacked {
+                        let mut buf = Vec::new();
+                        mark();
+                        // SAFETY: as above; `unpack` sizes the buffer.
+                        unsafe { (un.unpack)(n, &group, &mut buf) };
+                        mark();
+                        println!("{} 16 {blocks}", label("unpack16"));
+                        mark();
+                        // SAFETY: as above; the buffer holds the unpacked group.
+                        unsafe { (un.dot16)(n, &buf, x, sums, &mut out, std::ptr::null()) };
+                        mark();
+                        black_box(out);
+                        println!("{} 16 {blocks}", label("unpacked16"));
+                    }
                 }
                 if let Some(gemm) = set.gemm(ty) {
                     // 16 rows by 16 vectors (the activation row, repeated): per (row, vector).

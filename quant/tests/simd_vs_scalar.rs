@@ -317,6 +317,13 @@ fn interleaved_kernels_equal_single_row_bit_for_bit() {
                     set.name
                 );
             }
+            for ty in [QuantType::Q4_0, QuantType::Q5_0] {
+                assert!(
+                    set.interleaved(ty).is_some_and(|il| il.unpacked.is_some()),
+                    "{} does not unpack {ty} groups",
+                    set.name
+                );
+            }
         }
         for ty in QuantType::ALL {
             let Some(il) = set.interleaved(ty) else {

@@ -24,7 +24,7 @@ use super::interleave::{
 };
 use super::scalar::axpy_coeff_scale;
 use super::table::KernelSet;
-use super::{prefetch_group_ahead, Interleaved16, InterleavedAxpy16};
+use super::{prefetch_group_ahead, Interleaved16, InterleavedAxpy16, Unpacked16};
 use crate::formats::{QuantType, QK};
 
 /// `acc` + per i32 lane the sums of the four i8·i8 products of lane-quads `a1·b1` and `a2·b2`
@@ -182,6 +182,99 @@ pub(super) unsafe fn bits_16(bits: u32, half: usize) -> uint8x16_t {
     vtstq_u8(vcombine_u8(b0, b1), mask)
 }
 
+/// Bytes of a Q4_0 or Q5_0 group block unpacked for many vectors (`Unpacked16`): per quad `l`
+/// (0..4) and row quad `q` the signed levels of quads `l` and `l + 4` as the kernels form them
+/// (16 bytes each, at `32 (4l + q)`), then the rows' `d` as f32 (at 512).
+const UNPACKED_BLOCK: usize = 32 * 16 + 16 * 4;
+
+/// Checks a group of `ty` against `cols` and sizes `buf` for its unpacked form; returns the
+/// block count.
+fn unpack_check(ty: QuantType, cols: usize, group: &[u8], buf: &mut Vec<u8>) -> usize {
+    let nb = cols / QK;
+    assert!(
+        cols % QK == 0 && group.len() >= 16 * nb * ty.type_size(),
+        "{ty} unpack: group too short for {cols} values"
+    );
+    buf.resize(nb * UNPACKED_BLOCK, 0);
+    nb
+}
+
+/// Checks an unpacked group and a vector against `cols`.
+fn check_unpacked(cols: usize, buf: &[u8], x: &[u8]) {
+    let nb = cols / QK;
+    assert!(
+        cols % QK == 0 && buf.len() >= nb * UNPACKED_BLOCK && x.len() >= nb * 34,
+        "unpacked interleaved dot: group or vector too short for {cols} values"
+    );
+}
+
+/// Stores a block's levels of quads `l` and `l + 4` for row quad `q`.
+#[inline(always)]
+unsafe fn store_levels(u: *mut u8, l: usize, q: usize, lo: int8x16_t, hi: int8x16_t) {
+    vst1q_s8(u.add(32 * (4 * l + q)) as *mut i8, lo);
+    vst1q_s8(u.add(32 * (4 * l + q) + 16) as *mut i8, hi);
+}
+
+/// Stores the 16 rows' `d` (f16 at `g`) as f32 at `u + 512`.
+#[inline(always)]
+unsafe fn store_scales(u: *mut u8, g: *const u8) {
+    for (q, d) in f16x16(g).into_iter().enumerate() {
+        vst1q_f32(u.add(512 + 16 * q) as *mut f32, d);
+    }
+}
+
+/// Unpacks a Q4_0 group (`pack_q4_0` or `pack_q4_0_pairs`) for `dot16_unpacked_q4_0`: the levels
+/// as `dot16_q4_0` forms them.
+#[target_feature(enable = "neon")]
+pub unsafe fn unpack16_q4_0(cols: usize, group: &[u8], buf: &mut Vec<u8>) {
+    let nb = unpack_check(QuantType::Q4_0, cols, group, buf);
+    let (gp, up) = (group.as_ptr(), buf.as_mut_ptr());
+    let (m4, s8) = (vdupq_n_u8(0x0F), vdupq_n_s8(8));
+    for b in 0..nb {
+        let (g, u) = (gp.add(288 * b), up.add(UNPACKED_BLOCK * b));
+        for l in 0..4 {
+            for q in 0..4 {
+                let v = vld1q_u8(g.add(64 * l + 16 * q));
+                let lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, m4)), s8);
+                let hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)), s8);
+                store_levels(u, l, q, lo, hi);
+            }
+        }
+        store_scales(u, g.add(256));
+    }
+}
+
+/// Unpacks a Q5_0 group (`pack_q5_0` or `pack_q5_0_pairs`) for `dot16_unpacked_q5_0`: the levels
+/// as `dot16_q5_0` forms them.
+#[target_feature(enable = "neon")]
+pub unsafe fn unpack16_q5_0(cols: usize, group: &[u8], buf: &mut Vec<u8>) {
+    let nb = unpack_check(QuantType::Q5_0, cols, group, buf);
+    let (gp, up) = (group.as_ptr(), buf.as_mut_ptr());
+    let (m4, f0) = (vdupq_n_u8(0x0F), vdupq_n_u8(0xF0));
+    let bit = vld1q_u8([1u8, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128].as_ptr());
+    for b in 0..nb {
+        let (g, u) = (gp.add(352 * b), up.add(UNPACKED_BLOCK * b));
+        let hb = high_bits(g.add(256));
+        for l in 0..4 {
+            let (ilo, ihi) = (vld1q_u8(SPREAD[l].as_ptr()), vld1q_u8(SPREAD[l + 4].as_ptr()));
+            for q in 0..4 {
+                let v = vld1q_u8(g.add(64 * l + 16 * q));
+                let (mlo, mhi) = (vtstq_u8(vqtbl1q_u8(hb[q], ilo), bit), vtstq_u8(vqtbl1q_u8(hb[q], ihi), bit));
+                let lo = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(v, m4), vbicq_u8(f0, mlo)));
+                let hi = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8::<4>(v), vbicq_u8(f0, mhi)));
+                store_levels(u, l, q, lo, hi);
+            }
+        }
+        store_scales(u, g.add(320));
+    }
+}
+
+/// The 16 rows' `d` of an unpacked block at `u`.
+#[inline(always)]
+unsafe fn unpacked_scales(u: *const u8) -> [float32x4_t; 4] {
+    std::array::from_fn(|q| vld1q_f32(u.add(512 + 16 * q) as *const f32))
+}
+
 macro_rules! neon_il_kernels {
     ($modname:ident, $tf:literal, $quads2:path, $acts:path,
      $pack_q4_0:path, $pack_q4_1:path, $pack_q5_0:path, $pack_q8_0:path) => {
@@ -190,9 +283,15 @@ macro_rules! neon_il_kernels {
 
             /// Adds the set's interleaved kernels and weighted row sums to `s`.
             pub fn add_to(s: &mut KernelSet) {
-                s[QuantType::Q4_0].interleaved = Some(Interleaved16::new($pack_q4_0, dot16_q4_0));
+                s[QuantType::Q4_0].interleaved = Some(Interleaved16 {
+                    unpacked: Some(Unpacked16 { unpack: unpack16_q4_0, dot16: dot16_unpacked_q4_0 }),
+                    ..Interleaved16::new($pack_q4_0, dot16_q4_0)
+                });
                 s[QuantType::Q4_1].interleaved = Some(Interleaved16::new($pack_q4_1, dot16_q4_1));
-                s[QuantType::Q5_0].interleaved = Some(Interleaved16::new($pack_q5_0, dot16_q5_0));
+                s[QuantType::Q5_0].interleaved = Some(Interleaved16 {
+                    unpacked: Some(Unpacked16 { unpack: unpack16_q5_0, dot16: dot16_unpacked_q5_0 }),
+                    ..Interleaved16::new($pack_q5_0, dot16_q5_0)
+                });
                 s[QuantType::Q8_0].interleaved = Some(Interleaved16::new($pack_q8_0, dot16_q8_0));
                 s[QuantType::Q8_0].interleaved_axpy =
                     Some(InterleavedAxpy16 { pack: pack_q8_0_axpy_signed, axpy16: axpy16_q8_0 });
@@ -233,6 +332,69 @@ macro_rules! neon_il_kernels {
                     }
                 }
                 reduce(&acc, None, out);
+            }
+
+            /// `dot16_q4_0` from a group unpacked by `unpack16_q4_0`: the same operations on the
+            /// same levels and scales.
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot16_unpacked_q4_0(
+                cols: usize,
+                buf: &[u8],
+                x: &[u8],
+                _sums: &[f32],
+                out: &mut [f32; 16],
+                _next: *const u8,
+            ) {
+                check_unpacked(cols, buf, x);
+                let (up, xp) = (buf.as_ptr(), x.as_ptr());
+                let mut acc = [[vdupq_n_f32(0.0); 4]; 4];
+                for b in 0..cols / QK {
+                    let (u, bx) = (up.add(UNPACKED_BLOCK * b), xp.add(34 * b));
+                    let d = times(unpacked_scales(u), f16_bcast(bx));
+                    let y = $acts(bx);
+                    for l in 0..4 {
+                        let (ylo, yhi) = (quad(&y, l), quad(&y, l + 4));
+                        for q in 0..4 {
+                            let at = u.add(32 * (4 * l + q));
+                            let p = $quads2(vdupq_n_s32(0), ld(at), ylo, ld(at.add(16)), yhi);
+                            acc[q][l] = vfmaq_f32(acc[q][l], vcvtq_f32_s32(p), d[q]);
+                        }
+                    }
+                }
+                reduce(&acc, None, out);
+            }
+
+            /// `dot16_q5_0` from a group unpacked by `unpack16_q5_0`, as `dot16_unpacked_q4_0`.
+            #[target_feature(enable = $tf)]
+            pub unsafe fn dot16_unpacked_q5_0(
+                cols: usize,
+                buf: &[u8],
+                x: &[u8],
+                _sums: &[f32],
+                out: &mut [f32; 16],
+                _next: *const u8,
+            ) {
+                check_unpacked(cols, buf, x);
+                let (up, xp) = (buf.as_ptr(), x.as_ptr());
+                let mut sum = [vdupq_n_f32(0.0); 4];
+                for b in 0..cols / QK {
+                    let (u, bx) = (up.add(UNPACKED_BLOCK * b), xp.add(34 * b));
+                    let d = times(unpacked_scales(u), f16_bcast(bx));
+                    let y = $acts(bx);
+                    let mut isum = [vdupq_n_s32(0); 4];
+                    for l in 0..4 {
+                        for q in 0..4 {
+                            let at = u.add(32 * (4 * l + q));
+                            isum[q] = $quads2(isum[q], ld(at), quad(&y, l), ld(at.add(16)), quad(&y, l + 4));
+                        }
+                    }
+                    for q in 0..4 {
+                        sum[q] = vaddq_f32(sum[q], vmulq_f32(vcvtq_f32_s32(isum[q]), d[q]));
+                    }
+                }
+                for (q, s) in sum.iter().enumerate() {
+                    vst1q_f32(out.as_mut_ptr().add(4 * q), *s);
+                }
             }
 
             /// Q4_1 group block (`pack_q4_1`, in the set's order): the nibbles as Q4_0's, then
