@@ -838,6 +838,21 @@ unsafe fn q6_high(h: __m256i, m3: __m256i, shift: i32) -> __m256i {
     )
 }
 
+/// The levels `u` (value + 32) of half `k` of a Q6_K super-block `bw`, in the order of
+/// [`dot_q6_k`]'s products `4k..4k + 4`.
+#[inline(always)]
+unsafe fn q6_levels(bw: &[u8], k: usize, m4: __m256i, m3: __m256i) -> [__m256i; 4] {
+    let l0 = load(bw.as_ptr().add(Q6_QL + 64 * k));
+    let l1 = load(bw.as_ptr().add(Q6_QL + 64 * k + 32));
+    let h = load(bw.as_ptr().add(Q6_QH + 32 * k));
+    [
+        _mm256_or_si256(_mm256_and_si256(l0, m4), q6_high(h, m3, 0)),
+        _mm256_or_si256(_mm256_and_si256(l1, m4), q6_high(h, m3, 2)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), q6_high(h, m3, 4)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), q6_high(h, m3, 6)),
+    ]
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     check_rows(QuantType::Q6_K, n, w, x);
@@ -857,21 +872,7 @@ pub unsafe fn dot_q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
             _mm256_slli_epi32(scaled_bsums(bx, _mm256_cvtepi8_epi16(sc)), 5),
         );
         for k in 0..2 {
-            let l0 = load(bw.as_ptr().add(Q6_QL + 64 * k));
-            let l1 = load(bw.as_ptr().add(Q6_QL + 64 * k + 32));
-            let h = load(bw.as_ptr().add(Q6_QH + 32 * k));
-            let u = [
-                _mm256_or_si256(_mm256_and_si256(l0, m4), q6_high(h, m3, 0)),
-                _mm256_or_si256(_mm256_and_si256(l1, m4), q6_high(h, m3, 2)),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                    q6_high(h, m3, 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                    q6_high(h, m3, 6),
-                ),
-            ];
+            let u = q6_levels(bw, k, m4, m3);
             for (m, u) in u.iter().enumerate() {
                 let c = 4 * k + m;
                 let p = _mm256_maddubs_epi16(*u, load(bx.as_ptr().add(Q8_QS + 32 * c)));
@@ -904,22 +905,6 @@ pub(super) fn add_unpacked_rows(s: &mut KernelSet) {
     });
 }
 
-/// Checks an unpacking of `n` values of `ty` from `w` into `out` (`block_bytes` per block).
-fn check_unpack(ty: QuantType, n: usize, w: &[u8], out: &[u8], block_bytes: usize) {
-    assert!(
-        n % QK_K == 0 && w.len() >= n / QK_K * ty.type_size() && out.len() >= n / QK_K * block_bytes,
-        "{ty} unpack: row or buffer too short for {n} values"
-    );
-}
-
-/// Checks a dot product of `n` values from unpacked `u` (`block_bytes` per block) with `x`.
-fn check_unpacked_dot(ty: QuantType, n: usize, u: &[u8], x: &[u8], block_bytes: usize) {
-    assert!(
-        n % QK_K == 0 && u.len() >= n / QK_K * block_bytes && x.len() >= n / QK_K * Q8_BYTES,
-        "{ty} unpacked dot: rows too short for {n} values"
-    );
-}
-
 /// A Q4_K super-block unpacked: the low and high nibbles of each 32 quant bytes (`k = 0..4`:
 /// low at `64k`, high at `64k + 32`), the 8 scales each as 16 i16 lanes (at `256 + 32j`), the
 /// 8 mins as i16 (at 512), `d` and `dmin` as f32 (at 528 and 532).
@@ -927,7 +912,7 @@ const Q4_K_UNPACKED: usize = 544;
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn unpack_q4_k(n: usize, w: &[u8], out: &mut [u8]) {
-    check_unpack(QuantType::Q4_K, n, w, out, Q4_K_UNPACKED);
+    crate::kernels::check_unpack(QuantType::Q4_K, n, 1, w, out.len(), Q4_K_UNPACKED);
     let m4 = _mm256_set1_epi8(0x0F);
     for i in 0..n / QK_K {
         let bw = &w[Q4_BYTES * i..Q4_BYTES * (i + 1)];
@@ -951,7 +936,7 @@ pub unsafe fn unpack_q4_k(n: usize, w: &[u8], out: &mut [u8]) {
 /// [`dot_q4_k`] from a row unpacked by [`unpack_q4_k`]: the same operations on the same values.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4_k_unpacked(n: usize, u: &[u8], x: &[u8]) -> f32 {
-    check_unpacked_dot(QuantType::Q4_K, n, u, x, Q4_K_UNPACKED);
+    crate::kernels::check_unpacked_dot(QuantType::Q4_K, n, u, x, Q4_K_UNPACKED);
     let mut acc = _mm256_setzero_ps();
     let mut accm = _mm_setzero_ps();
     for i in 0..n / QK_K {
@@ -981,7 +966,7 @@ const Q6_K_UNPACKED: usize = 576;
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn unpack_q6_k(n: usize, w: &[u8], out: &mut [u8]) {
-    check_unpack(QuantType::Q6_K, n, w, out, Q6_K_UNPACKED);
+    crate::kernels::check_unpack(QuantType::Q6_K, n, 1, w, out.len(), Q6_K_UNPACKED);
     let m4 = _mm256_set1_epi8(0x0F);
     let m3 = _mm256_set1_epi8(3);
     for i in 0..n / QK_K {
@@ -990,16 +975,7 @@ pub unsafe fn unpack_q6_k(n: usize, w: &[u8], out: &mut [u8]) {
         let sc = _mm_loadu_si128(bw.as_ptr().add(Q6_SCALES) as *const __m128i);
         let scales = _mm256_broadcastsi128_si256(sc);
         for k in 0..2 {
-            let l0 = load(bw.as_ptr().add(Q6_QL + 64 * k));
-            let l1 = load(bw.as_ptr().add(Q6_QL + 64 * k + 32));
-            let h = load(bw.as_ptr().add(Q6_QH + 32 * k));
-            let u = [
-                _mm256_or_si256(_mm256_and_si256(l0, m4), q6_high(h, m3, 0)),
-                _mm256_or_si256(_mm256_and_si256(l1, m4), q6_high(h, m3, 2)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), q6_high(h, m3, 4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), q6_high(h, m3, 6)),
-            ];
-            for (m, u) in u.into_iter().enumerate() {
+            for (m, u) in q6_levels(bw, k, m4, m3).into_iter().enumerate() {
                 let c = 4 * k + m;
                 _mm256_storeu_si256(o.add(32 * c) as *mut __m256i, u);
                 _mm256_storeu_si256(o.add(256 + 32 * c) as *mut __m256i, group_scales(scales, c));
@@ -1013,7 +989,7 @@ pub unsafe fn unpack_q6_k(n: usize, w: &[u8], out: &mut [u8]) {
 /// [`dot_q6_k`] from a row unpacked by [`unpack_q6_k`]: the same operations on the same values.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q6_k_unpacked(n: usize, u: &[u8], x: &[u8]) -> f32 {
-    check_unpacked_dot(QuantType::Q6_K, n, u, x, Q6_K_UNPACKED);
+    crate::kernels::check_unpacked_dot(QuantType::Q6_K, n, u, x, Q6_K_UNPACKED);
     let mut acc = _mm256_setzero_ps();
     for i in 0..n / QK_K {
         let (o, bx) = (u.as_ptr().add(Q6_K_UNPACKED * i), &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);

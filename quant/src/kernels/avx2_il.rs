@@ -28,16 +28,7 @@ use crate::formats::{QuantType, QK};
 
 /// Adds the set's interleaved kernels and weighted row sums to `s`.
 pub fn add_to(s: &mut KernelSet) {
-    s[QuantType::Q4_0].interleaved = Some(Interleaved16 {
-        unpacked: Some(Unpacked16 { unpack: unpack16_q4_0, dot16: dot16_unpacked::<8> }),
-        ..Interleaved16::new(pack_q4_0_halves, dot16_q4_0)
-    });
-    s[QuantType::Q5_0].interleaved = Some(Interleaved16 {
-        unpacked: Some(Unpacked16 { unpack: unpack16_q5_0, dot16: dot16_unpacked::<16> }),
-        ..Interleaved16::new(pack_q5_0_halves, dot16_q5_0)
-    });
-    s[QuantType::Q4_1].interleaved = Some(Interleaved16::new(pack_q4_1_halves, dot16_q4_1));
-    s[QuantType::Q8_0].interleaved = Some(Interleaved16::new(pack_q8_0_signed_halves, dot16_q8_0));
+    add_interleaved(s);
     s[QuantType::Q8_0].interleaved_axpy = Some(InterleavedAxpy16 { pack: pack_q8_0_axpy_signed, axpy16: axpy16_q8_0 });
 }
 
@@ -114,22 +105,38 @@ pub(crate) unsafe fn high_bit_16(high: __m256i, l: usize) -> __m256i {
 /// 8 quads of the 8 rows as unsigned bytes (`q`, before the offset), then the rows' `d` as f32.
 pub(crate) const UNPACKED_HALF_BLOCK: usize = 8 * 32 + 8 * 4;
 
-/// Checks a group of `ty` against `cols` and sizes `buf` for its unpacked form; returns the
-/// block count.
+/// Sizes `buf` for the unpacked form of a group of `ty` and checks the shapes; returns the block
+/// count.
 #[inline(always)]
 pub(crate) fn unpack_check(ty: QuantType, cols: usize, group: &[u8], buf: &mut Vec<u8>) -> usize {
-    let nb = cols / QK;
-    assert!(
-        cols % QK == 0 && group.len() >= 16 * nb * ty.type_size(),
-        "{ty} unpack: group too short for {cols} values"
-    );
-    buf.resize(2 * nb * UNPACKED_HALF_BLOCK, 0);
-    nb
+    buf.resize(2 * (cols / QK) * UNPACKED_HALF_BLOCK, 0);
+    super::check_unpack(ty, cols, 16, group, buf.len(), 2 * UNPACKED_HALF_BLOCK)
+}
+
+/// The nibbles of the 32 bytes `d` as two vectors of bytes: the low ones, then the high ones.
+#[inline(always)]
+pub(crate) unsafe fn nibbles(d: __m256i) -> [__m256i; 2] {
+    let low = _mm256_set1_epi8(0x0F);
+    [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)]
 }
 
 /// Generates the interleaved kernels over a `$dot_us8(u8 vector, i8 vector) -> i32x8`.
 macro_rules! il_kernels {
     ($tf:literal, $dot_us8:path) => {
+        /// Adds the interleaved kernels below to `s`.
+        fn add_interleaved(s: &mut KernelSet) {
+            s[QuantType::Q4_0].interleaved = Some(Interleaved16 {
+                unpacked: Some(Unpacked16 { unpack: unpack16_q4_0, dot16: dot16_unpacked::<8> }),
+                ..Interleaved16::new(pack_q4_0_halves, dot16_q4_0)
+            });
+            s[QuantType::Q5_0].interleaved = Some(Interleaved16 {
+                unpacked: Some(Unpacked16 { unpack: unpack16_q5_0, dot16: dot16_unpacked::<16> }),
+                ..Interleaved16::new(pack_q5_0_halves, dot16_q5_0)
+            });
+            s[QuantType::Q4_1].interleaved = Some(Interleaved16::new(pack_q4_1_halves, dot16_q4_1));
+            s[QuantType::Q8_0].interleaved = Some(Interleaved16::new(pack_q8_0_signed_halves, dot16_q8_0));
+        }
+
         /// `c · Σ y` of each quad `l` of each activation block `b` in `blocks`, at
         /// `bias[b - blocks.start][l]`: the offset of Q4_0's (`c = 8`) and Q5_0's (`c = 16`)
         /// quants, taken off their products with the unsigned quants. Kept in memory, so the
@@ -158,7 +165,6 @@ macro_rules! il_kernels {
             check(QuantType::Q4_0, cols, group, x);
             let nb = cols / QK;
             let (gp, xp) = (group.as_ptr(), x.as_ptr());
-            let low = _mm256_set1_epi8(0x0F);
             let mut bias = [[0i32; 8]; BIAS_CHUNK];
             for h in 0..2 {
                 let mut acc = [_mm256_setzero_ps(); 8];
@@ -170,7 +176,7 @@ macro_rules! il_kernels {
                         let scale = _mm256_mul_ps(f16x8(g.add(128)), _mm256_set1_ps(f16_at(bx)));
                         for i in 0..4 {
                             let d = load(g.add(32 * i));
-                            let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
+                            let quads = nibbles(d);
                             for (k, q) in quads.into_iter().enumerate() {
                                 let l = i + 4 * k;
                                 let p = $dot_us8(q, quad(bx.add(2 + 4 * l)));
@@ -200,7 +206,6 @@ macro_rules! il_kernels {
             check(QuantType::Q5_0, cols, group, x);
             let nb = cols / QK;
             let (gp, xp) = (group.as_ptr(), x.as_ptr());
-            let low = _mm256_set1_epi8(0x0F);
             let mut bias = [[0i32; 8]; BIAS_CHUNK];
             for h in 0..2 {
                 let mut acc = [_mm256_setzero_ps(); 8];
@@ -213,7 +218,7 @@ macro_rules! il_kernels {
                         let high = load(g.add(128));
                         for i in 0..4 {
                             let d = load(g.add(32 * i));
-                            let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
+                            let quads = nibbles(d);
                             for (k, q) in quads.into_iter().enumerate() {
                                 let l = i + 4 * k;
                                 let q = _mm256_or_si256(q, high_bit_16(high, l));
@@ -233,12 +238,11 @@ macro_rules! il_kernels {
         pub unsafe fn unpack16_q4_0(cols: usize, group: &[u8], buf: &mut Vec<u8>) {
             let nb = unpack_check(QuantType::Q4_0, cols, group, buf);
             let (gp, up) = (group.as_ptr(), buf.as_mut_ptr());
-            let low = _mm256_set1_epi8(0x0F);
             for hb in 0..2 * nb {
                 let (g, u) = (gp.add(144 * hb), up.add(UNPACKED_HALF_BLOCK * hb));
                 for i in 0..4 {
                     let d = load(g.add(32 * i));
-                    let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
+                    let quads = nibbles(d);
                     for (k, q) in quads.into_iter().enumerate() {
                         _mm256_storeu_si256(u.add(32 * (i + 4 * k)) as *mut __m256i, q);
                     }
@@ -252,13 +256,12 @@ macro_rules! il_kernels {
         pub unsafe fn unpack16_q5_0(cols: usize, group: &[u8], buf: &mut Vec<u8>) {
             let nb = unpack_check(QuantType::Q5_0, cols, group, buf);
             let (gp, up) = (group.as_ptr(), buf.as_mut_ptr());
-            let low = _mm256_set1_epi8(0x0F);
             for hb in 0..2 * nb {
                 let (g, u) = (gp.add(176 * hb), up.add(UNPACKED_HALF_BLOCK * hb));
                 let high = load(g.add(128));
                 for i in 0..4 {
                     let d = load(g.add(32 * i));
-                    let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
+                    let quads = nibbles(d);
                     for (k, q) in quads.into_iter().enumerate() {
                         let l = i + 4 * k;
                         let q = _mm256_or_si256(q, high_bit_16(high, l));
@@ -281,11 +284,8 @@ macro_rules! il_kernels {
             out: &mut [f32; 16],
             _next: *const u8,
         ) {
-            let nb = cols / QK;
-            assert!(
-                cols % QK == 0 && buf.len() >= 2 * nb * UNPACKED_HALF_BLOCK && x.len() >= nb * 34,
-                "unpacked interleaved dot: group or vector too short for {cols} values"
-            );
+            let ty = if C == 8 { QuantType::Q4_0 } else { QuantType::Q5_0 };
+            let nb = super::check_unpacked_dot(ty, cols, buf, x, 2 * UNPACKED_HALF_BLOCK);
             let (up, xp) = (buf.as_ptr(), x.as_ptr());
             let mut bias = [[0i32; 8]; BIAS_CHUNK];
             // One activation's quad sums serve both halves where they fit at once.
@@ -335,7 +335,6 @@ macro_rules! il_kernels {
                 sums.len()
             );
             let (gp, xp) = (group.as_ptr(), x.as_ptr());
-            let low = _mm256_set1_epi8(0x0F);
             for h in 0..2 {
                 let mut acc = [_mm256_setzero_ps(); 8];
                 let mut summ = _mm256_setzero_ps();
@@ -344,7 +343,7 @@ macro_rules! il_kernels {
                     let scale = _mm256_mul_ps(f16x8(g.add(128)), _mm256_set1_ps(f16_at(bx)));
                     for i in 0..4 {
                         let d = load(g.add(32 * i));
-                        let quads = [_mm256_and_si256(d, low), _mm256_and_si256(_mm256_srli_epi16(d, 4), low)];
+                        let quads = nibbles(d);
                         for (k, q) in quads.into_iter().enumerate() {
                             let l = i + 4 * k;
                             let p = $dot_us8(q, quad(bx.add(2 + 4 * l)));

@@ -8,7 +8,8 @@ use std::arch::x86_64::*;
 
 use super::avx2::{f16_at, load};
 use super::avx2_il::{
-    check, f16x8, half_block, high_bit_16, il_kernels, quad, reduce, unpack_check, BIAS_CHUNK, UNPACKED_HALF_BLOCK,
+    check, f16x8, half_block, high_bit_16, il_kernels, nibbles, quad, reduce, unpack_check, BIAS_CHUNK,
+    UNPACKED_HALF_BLOCK,
 };
 use super::avxvnni::dot_us8_avxvnni;
 use super::interleave::{pack_q4_0_halves, pack_q4_1_halves, pack_q5_0_halves, pack_q8_0_signed_halves};
@@ -18,16 +19,7 @@ use crate::formats::{QuantType, QK};
 
 /// Adds the set's interleaved kernels to `s`.
 pub fn add_to(s: &mut KernelSet) {
-    s[QuantType::Q4_0].interleaved = Some(Interleaved16 {
-        unpacked: Some(Unpacked16 { unpack: unpack16_q4_0, dot16: dot16_unpacked::<8> }),
-        ..Interleaved16::new(pack_q4_0_halves, dot16_q4_0)
-    });
-    s[QuantType::Q5_0].interleaved = Some(Interleaved16 {
-        unpacked: Some(Unpacked16 { unpack: unpack16_q5_0, dot16: dot16_unpacked::<16> }),
-        ..Interleaved16::new(pack_q5_0_halves, dot16_q5_0)
-    });
-    s[QuantType::Q4_1].interleaved = Some(Interleaved16::new(pack_q4_1_halves, dot16_q4_1));
-    s[QuantType::Q8_0].interleaved = Some(Interleaved16::new(pack_q8_0_signed_halves, dot16_q8_0));
+    add_interleaved(s);
 }
 
 il_kernels!("avx2,fma,f16c,avxvnni", dot_us8_avxvnni);

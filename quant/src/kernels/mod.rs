@@ -113,6 +113,44 @@ pub struct UnpackedRows {
     pub dot: DotFn,
 }
 
+/// The shape check of an unpacking ([`UnpackedRows`], [`Unpacked16`]): `rows` rows of `cols`
+/// values of `ty` in `packed`, unpacked at `block_bytes` per block (of all the rows) into
+/// `unpacked_len` bytes. Returns the block count.
+pub(crate) fn check_unpack(
+    ty: crate::formats::QuantType,
+    cols: usize,
+    rows: usize,
+    packed: &[u8],
+    unpacked_len: usize,
+    block_bytes: usize,
+) -> usize {
+    let nb = cols / ty.block_size();
+    assert!(
+        cols % ty.block_size() == 0 && packed.len() >= rows * nb * ty.type_size() && unpacked_len >= nb * block_bytes,
+        "{ty} unpack: rows or buffer too short for {cols} values"
+    );
+    nb
+}
+
+/// The shape check of a product over unpacked weights of `ty` (at `block_bytes` per block) with
+/// an activation vector `x`. Returns the block count.
+pub(crate) fn check_unpacked_dot(
+    ty: crate::formats::QuantType,
+    cols: usize,
+    unpacked: &[u8],
+    x: &[u8],
+    block_bytes: usize,
+) -> usize {
+    let nb = cols / ty.block_size();
+    assert!(
+        cols % ty.block_size() == 0
+            && unpacked.len() >= nb * block_bytes
+            && x.len() >= nb * ty.vec_dot_type().type_size(),
+        "{ty} unpacked dot: weights or vector too short for {cols} values"
+    );
+    nb
+}
+
 /// See [`Interleaved16`]'s `unpacked`.
 #[derive(Copy, Clone)]
 pub struct Unpacked16 {

@@ -62,29 +62,13 @@ unsafe fn mins_sum(bx: &[u8], m_lo: int32x4_t, m_hi: int32x4_t) -> i32 {
     vaddvq_s32(vmlaq_s32(vmulq_s32(pairs_lo, m_lo), pairs_hi, m_hi))
 }
 
-/// Checks an unpacking of `n` values of `ty` from `w` into `out` (`block_bytes` per block).
-fn check_unpack(ty: QuantType, n: usize, w: &[u8], out: &[u8], block_bytes: usize) {
-    assert!(
-        n % QK_K == 0 && w.len() >= n / QK_K * ty.type_size() && out.len() >= n / QK_K * block_bytes,
-        "{ty} unpack: row or buffer too short for {n} values"
-    );
-}
-
-/// Checks a dot product of `n` values from unpacked `u` (`block_bytes` per block) with `x`.
-fn check_unpacked_dot(ty: QuantType, n: usize, u: &[u8], x: &[u8], block_bytes: usize) {
-    assert!(
-        n % QK_K == 0 && u.len() >= n / QK_K * block_bytes && x.len() >= n / QK_K * Q8_BYTES,
-        "{ty} unpacked dot: rows too short for {n} values"
-    );
-}
-
 /// A Q4_K super-block unpacked: the levels of sub-block `j` as i8 (at `32j`), the 8 scales and
 /// the 8 mins as i32 (at 256 and 288), `d` and `dmin` as f32 (at 320 and 324).
 const Q4_K_UNPACKED: usize = 336;
 
 #[target_feature(enable = "neon")]
 pub unsafe fn unpack_q4_k(n: usize, w: &[u8], out: &mut [u8]) {
-    check_unpack(QuantType::Q4_K, n, w, out, Q4_K_UNPACKED);
+    crate::kernels::check_unpack(QuantType::Q4_K, n, 1, w, out.len(), Q4_K_UNPACKED);
     let m4 = vdupq_n_u8(0x0F);
     for i in 0..n / QK_K {
         let bw = &w[Q4_BYTES * i..Q4_BYTES * (i + 1)];
@@ -111,7 +95,7 @@ const Q6_K_UNPACKED: usize = 336;
 
 #[target_feature(enable = "neon")]
 pub unsafe fn unpack_q6_k(n: usize, w: &[u8], out: &mut [u8]) {
-    check_unpack(QuantType::Q6_K, n, w, out, Q6_K_UNPACKED);
+    crate::kernels::check_unpack(QuantType::Q6_K, n, 1, w, out.len(), Q6_K_UNPACKED);
     let m4 = vdupq_n_u8(0x0F);
     let m3 = vdupq_n_u8(3);
     let s32 = vdupq_n_s8(32);
@@ -632,7 +616,7 @@ macro_rules! neon_kernels {
             /// values (the integer ones exact in any order).
             #[target_feature(enable = $tf)]
             pub unsafe fn dot_q4_k_unpacked(n: usize, u: &[u8], x: &[u8]) -> f32 {
-                check_unpacked_dot(QuantType::Q4_K, n, u, x, Q4_K_UNPACKED);
+                crate::kernels::check_unpacked_dot(QuantType::Q4_K, n, u, x, Q4_K_UNPACKED);
                 let mut sum = 0.0f32;
                 for i in 0..n / QK_K {
                     let (o, bx) = (u.as_ptr().add(Q4_K_UNPACKED * i), &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);
@@ -658,7 +642,7 @@ macro_rules! neon_kernels {
             /// [`dot_q6_k`] from a row unpacked by `unpack_q6_k`, as `dot_q4_k_unpacked`.
             #[target_feature(enable = $tf)]
             pub unsafe fn dot_q6_k_unpacked(n: usize, u: &[u8], x: &[u8]) -> f32 {
-                check_unpacked_dot(QuantType::Q6_K, n, u, x, Q6_K_UNPACKED);
+                crate::kernels::check_unpacked_dot(QuantType::Q6_K, n, u, x, Q6_K_UNPACKED);
                 let mut sum = 0.0f32;
                 for i in 0..n / QK_K {
                     let (o, bx) = (u.as_ptr().add(Q6_K_UNPACKED * i), &x[Q8_BYTES * i..Q8_BYTES * (i + 1)]);

@@ -187,25 +187,37 @@ pub(super) unsafe fn bits_16(bits: u32, half: usize) -> uint8x16_t {
 /// (16 bytes each, at `32 (4l + q)`), then the rows' `d` as f32 (at 512).
 const UNPACKED_BLOCK: usize = 32 * 16 + 16 * 4;
 
-/// Checks a group of `ty` against `cols` and sizes `buf` for its unpacked form; returns the
-/// block count.
+/// Sizes `buf` for the unpacked form of a group of `ty` and checks the shapes; returns the block
+/// count.
 fn unpack_check(ty: QuantType, cols: usize, group: &[u8], buf: &mut Vec<u8>) -> usize {
-    let nb = cols / QK;
-    assert!(
-        cols % QK == 0 && group.len() >= 16 * nb * ty.type_size(),
-        "{ty} unpack: group too short for {cols} values"
-    );
-    buf.resize(nb * UNPACKED_BLOCK, 0);
-    nb
+    buf.resize(cols / QK * UNPACKED_BLOCK, 0);
+    crate::kernels::check_unpack(ty, cols, 16, group, buf.len(), UNPACKED_BLOCK)
 }
 
-/// Checks an unpacked group and a vector against `cols`.
-fn check_unpacked(cols: usize, buf: &[u8], x: &[u8]) {
-    let nb = cols / QK;
-    assert!(
-        cols % QK == 0 && buf.len() >= nb * UNPACKED_BLOCK && x.len() >= nb * 34,
-        "unpacked interleaved dot: group or vector too short for {cols} values"
-    );
+/// The signed levels of Q4_0's quads `l` and `l + 4` for four rows from their nibbles `v`.
+#[inline(always)]
+unsafe fn q4_0_levels(v: uint8x16_t) -> (int8x16_t, int8x16_t) {
+    let (m4, s8) = (vdupq_n_u8(0x0F), vdupq_n_s8(8));
+    (
+        vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, m4)), s8),
+        vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)), s8),
+    )
+}
+
+/// The signed levels of Q5_0's quads `l` and `l + 4` for row quad `q` from their nibbles `v` and
+/// the block's high bits `hb` (`high_bits`).
+#[inline(always)]
+unsafe fn q5_0_levels(v: uint8x16_t, hb: &[uint8x16_t; 4], l: usize, q: usize) -> (int8x16_t, int8x16_t) {
+    let (m4, f0) = (vdupq_n_u8(0x0F), vdupq_n_u8(0xF0));
+    let bit = vld1q_u8([1u8, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128].as_ptr());
+    let (ilo, ihi) = (vld1q_u8(SPREAD[l].as_ptr()), vld1q_u8(SPREAD[l + 4].as_ptr()));
+    // A clear fifth bit makes the value 16 less: the nibble's byte with its high four bits set,
+    // as an i8.
+    let (mlo, mhi) = (vtstq_u8(vqtbl1q_u8(hb[q], ilo), bit), vtstq_u8(vqtbl1q_u8(hb[q], ihi), bit));
+    (
+        vreinterpretq_s8_u8(vorrq_u8(vandq_u8(v, m4), vbicq_u8(f0, mlo))),
+        vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8::<4>(v), vbicq_u8(f0, mhi))),
+    )
 }
 
 /// Stores a block's levels of quads `l` and `l + 4` for row quad `q`.
@@ -229,14 +241,11 @@ unsafe fn store_scales(u: *mut u8, g: *const u8) {
 pub unsafe fn unpack16_q4_0(cols: usize, group: &[u8], buf: &mut Vec<u8>) {
     let nb = unpack_check(QuantType::Q4_0, cols, group, buf);
     let (gp, up) = (group.as_ptr(), buf.as_mut_ptr());
-    let (m4, s8) = (vdupq_n_u8(0x0F), vdupq_n_s8(8));
     for b in 0..nb {
         let (g, u) = (gp.add(288 * b), up.add(UNPACKED_BLOCK * b));
         for l in 0..4 {
             for q in 0..4 {
-                let v = vld1q_u8(g.add(64 * l + 16 * q));
-                let lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, m4)), s8);
-                let hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)), s8);
+                let (lo, hi) = q4_0_levels(vld1q_u8(g.add(64 * l + 16 * q)));
                 store_levels(u, l, q, lo, hi);
             }
         }
@@ -250,18 +259,12 @@ pub unsafe fn unpack16_q4_0(cols: usize, group: &[u8], buf: &mut Vec<u8>) {
 pub unsafe fn unpack16_q5_0(cols: usize, group: &[u8], buf: &mut Vec<u8>) {
     let nb = unpack_check(QuantType::Q5_0, cols, group, buf);
     let (gp, up) = (group.as_ptr(), buf.as_mut_ptr());
-    let (m4, f0) = (vdupq_n_u8(0x0F), vdupq_n_u8(0xF0));
-    let bit = vld1q_u8([1u8, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128].as_ptr());
     for b in 0..nb {
         let (g, u) = (gp.add(352 * b), up.add(UNPACKED_BLOCK * b));
         let hb = high_bits(g.add(256));
         for l in 0..4 {
-            let (ilo, ihi) = (vld1q_u8(SPREAD[l].as_ptr()), vld1q_u8(SPREAD[l + 4].as_ptr()));
             for q in 0..4 {
-                let v = vld1q_u8(g.add(64 * l + 16 * q));
-                let (mlo, mhi) = (vtstq_u8(vqtbl1q_u8(hb[q], ilo), bit), vtstq_u8(vqtbl1q_u8(hb[q], ihi), bit));
-                let lo = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(v, m4), vbicq_u8(f0, mlo)));
-                let hi = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8::<4>(v), vbicq_u8(f0, mhi)));
+                let (lo, hi) = q5_0_levels(vld1q_u8(g.add(64 * l + 16 * q)), &hb, l, q);
                 store_levels(u, l, q, lo, hi);
             }
         }
@@ -312,7 +315,6 @@ macro_rules! neon_il_kernels {
                 check(QuantType::Q4_0, cols, group, x);
                 let nb = cols / QK;
                 let (gp, xp) = (group.as_ptr(), x.as_ptr());
-                let (m4, s8) = (vdupq_n_u8(0x0F), vdupq_n_s8(8));
                 let mut acc = [[vdupq_n_f32(0.0); 4]; 4];
                 for b in 0..nb {
                     let (g, bx) = (gp.add(288 * b), xp.add(34 * b));
@@ -323,9 +325,7 @@ macro_rules! neon_il_kernels {
                     for l in 0..4 {
                         let (ylo, yhi) = (quad(&y, l), quad(&y, l + 4));
                         for q in 0..4 {
-                            let v = vld1q_u8(g.add(64 * l + 16 * q));
-                            let lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, m4)), s8);
-                            let hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)), s8);
+                            let (lo, hi) = q4_0_levels(vld1q_u8(g.add(64 * l + 16 * q)));
                             let p = $quads2(vdupq_n_s32(0), lo, ylo, hi, yhi);
                             acc[q][l] = vfmaq_f32(acc[q][l], vcvtq_f32_s32(p), d[q]);
                         }
@@ -345,10 +345,10 @@ macro_rules! neon_il_kernels {
                 out: &mut [f32; 16],
                 _next: *const u8,
             ) {
-                check_unpacked(cols, buf, x);
+                let nb = crate::kernels::check_unpacked_dot(QuantType::Q4_0, cols, buf, x, UNPACKED_BLOCK);
                 let (up, xp) = (buf.as_ptr(), x.as_ptr());
                 let mut acc = [[vdupq_n_f32(0.0); 4]; 4];
-                for b in 0..cols / QK {
+                for b in 0..nb {
                     let (u, bx) = (up.add(UNPACKED_BLOCK * b), xp.add(34 * b));
                     let d = times(unpacked_scales(u), f16_bcast(bx));
                     let y = $acts(bx);
@@ -374,10 +374,10 @@ macro_rules! neon_il_kernels {
                 out: &mut [f32; 16],
                 _next: *const u8,
             ) {
-                check_unpacked(cols, buf, x);
+                let nb = crate::kernels::check_unpacked_dot(QuantType::Q5_0, cols, buf, x, UNPACKED_BLOCK);
                 let (up, xp) = (buf.as_ptr(), x.as_ptr());
                 let mut sum = [vdupq_n_f32(0.0); 4];
-                for b in 0..cols / QK {
+                for b in 0..nb {
                     let (u, bx) = (up.add(UNPACKED_BLOCK * b), xp.add(34 * b));
                     let d = times(unpacked_scales(u), f16_bcast(bx));
                     let y = $acts(bx);
@@ -460,8 +460,6 @@ macro_rules! neon_il_kernels {
                 check(QuantType::Q5_0, cols, group, x);
                 let nb = cols / QK;
                 let (gp, xp) = (group.as_ptr(), x.as_ptr());
-                let (m4, f0) = (vdupq_n_u8(0x0F), vdupq_n_u8(0xF0));
-                let bit = vld1q_u8([1u8, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128].as_ptr());
                 let mut sum = [vdupq_n_f32(0.0); 4];
                 for b in 0..nb {
                     let (g, bx) = (gp.add(352 * b), xp.add(34 * b));
@@ -472,17 +470,8 @@ macro_rules! neon_il_kernels {
                     let hb = high_bits(g.add(256));
                     let mut isum = [vdupq_n_s32(0); 4];
                     for l in 0..4 {
-                        let (ilo, ihi) = (vld1q_u8(SPREAD[l].as_ptr()), vld1q_u8(SPREAD[l + 4].as_ptr()));
                         for q in 0..4 {
-                            let v = vld1q_u8(g.add(64 * l + 16 * q));
-                            // A clear fifth bit makes the value 16 less: the nibble's byte with
-                            // its high four bits set, as an i8.
-                            let (mlo, mhi) = (
-                                vtstq_u8(vqtbl1q_u8(hb[q], ilo), bit),
-                                vtstq_u8(vqtbl1q_u8(hb[q], ihi), bit),
-                            );
-                            let lo = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(v, m4), vbicq_u8(f0, mlo)));
-                            let hi = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8::<4>(v), vbicq_u8(f0, mhi)));
+                            let (lo, hi) = q5_0_levels(vld1q_u8(g.add(64 * l + 16 * q)), &hb, l, q);
                             isum[q] = $quads2(isum[q], lo, quad(&y, l), hi, quad(&y, l + 4));
                         }
                     }

@@ -7,7 +7,8 @@ use std::ops::{Index, IndexMut};
 
 use super::f32_table::F32Kernels;
 use super::{
-    scalar, AxpyFn, Dot4Fn, DotFn, DotSumsFn, GemmKernel, Interleaved16, InterleavedAxpy16, QuantizeActsFn, UnpackedRows,
+    scalar, AxpyFn, Dot4Fn, DotFn, DotSumsFn, GemmKernel, Interleaved16, InterleavedAxpy16, QuantizeActsFn,
+    UnpackedRows,
 };
 use crate::formats::QuantType;
 
