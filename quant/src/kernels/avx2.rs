@@ -730,9 +730,33 @@ unsafe fn min_bsums(bx: &[u8], mins: __m128i) -> __m128i {
     _mm_madd_epi16(pairs, mins)
 }
 
+/// `vpshufb` masks: mask `j` spreads byte `j` of each 128-bit half to every i16 lane (high
+/// bytes zero).
+static SCALE_BYTE_SHUFFLE: [[u8; 32]; 8] = {
+    let mut t = [[0x80u8; 32]; 8];
+    let mut j = 0;
+    while j < 8 {
+        let mut k = 0;
+        while k < 32 {
+            t[j][k] = j as u8;
+            k += 2;
+        }
+        j += 1;
+    }
+    t
+};
+
+/// The 8 scale bytes of `sc` in both 128-bit halves, for [`scale_i16`].
 #[inline(always)]
-fn scale_byte(sc: u64, j: usize) -> i16 {
-    ((sc >> (8 * j)) & 0xFF) as i16
+unsafe fn scale_bytes(sc: u64) -> __m256i {
+    _mm256_broadcastsi128_si256(_mm_cvtsi64_si128(sc as i64))
+}
+
+/// Scale byte `j` of `bytes` (from [`scale_bytes`]) in every i16 lane: one shuffle instead of a
+/// scalar extract and a broadcast.
+#[inline(always)]
+unsafe fn scale_i16(bytes: __m256i, j: usize) -> __m256i {
+    _mm256_shuffle_epi8(bytes, load(SCALE_BYTE_SHUFFLE[j].as_ptr()))
 }
 
 #[inline(always)]
@@ -753,6 +777,7 @@ pub unsafe fn dot_q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
             &x[Q8_BYTES * i..Q8_BYTES * (i + 1)],
         );
         let (sc, mins) = scales_mins_k(&bw[Q4_SCALES..Q4_SCALES + 12]);
+        let sc = scale_bytes(sc);
         let dy = q8k_d(bx);
         let summ = min_bsums(bx, mins);
         accm = _mm_fmadd_ps(
@@ -767,8 +792,8 @@ pub unsafe fn dot_q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
             let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
             let plo = _mm256_maddubs_epi16(lo, load(bx.as_ptr().add(Q8_QS + 64 * k)));
             let phi = _mm256_maddubs_epi16(hi, load(bx.as_ptr().add(Q8_QS + 64 * k + 32)));
-            let plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(scale_byte(sc, 2 * k)));
-            let phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(scale_byte(sc, 2 * k + 1)));
+            let plo = _mm256_madd_epi16(plo, scale_i16(sc, 2 * k));
+            let phi = _mm256_madd_epi16(phi, scale_i16(sc, 2 * k + 1));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
         }
         acc = _mm256_fmadd_ps(
@@ -793,6 +818,7 @@ pub unsafe fn dot_q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
             &x[Q8_BYTES * i..Q8_BYTES * (i + 1)],
         );
         let (sc, mins) = scales_mins_k(&bw[Q5_SCALES..Q5_SCALES + 12]);
+        let sc = scale_bytes(sc);
         let dy = q8k_d(bx);
         let summ = min_bsums(bx, mins);
         accm = _mm_fmadd_ps(
@@ -816,8 +842,8 @@ pub unsafe fn dot_q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
             );
             let plo = _mm256_maddubs_epi16(lo, load(bx.as_ptr().add(Q8_QS + 64 * k)));
             let phi = _mm256_maddubs_epi16(hi, load(bx.as_ptr().add(Q8_QS + 64 * k + 32)));
-            let plo = _mm256_madd_epi16(plo, _mm256_set1_epi16(scale_byte(sc, 2 * k)));
-            let phi = _mm256_madd_epi16(phi, _mm256_set1_epi16(scale_byte(sc, 2 * k + 1)));
+            let plo = _mm256_madd_epi16(plo, scale_i16(sc, 2 * k));
+            let phi = _mm256_madd_epi16(phi, scale_i16(sc, 2 * k + 1));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
         }
         acc = _mm256_fmadd_ps(
@@ -918,6 +944,7 @@ pub unsafe fn unpack_q4_k(n: usize, w: &[u8], out: &mut [u8]) {
         let bw = &w[Q4_BYTES * i..Q4_BYTES * (i + 1)];
         let o = out.as_mut_ptr().add(Q4_K_UNPACKED * i);
         let (sc, mins) = scales_mins_k(&bw[Q4_SCALES..Q4_SCALES + 12]);
+        let sc = scale_bytes(sc);
         for k in 0..4 {
             let q = load(bw.as_ptr().add(Q4_QS + 32 * k));
             _mm256_storeu_si256(o.add(64 * k) as *mut __m256i, _mm256_and_si256(q, m4));
@@ -925,7 +952,7 @@ pub unsafe fn unpack_q4_k(n: usize, w: &[u8], out: &mut [u8]) {
             _mm256_storeu_si256(o.add(64 * k + 32) as *mut __m256i, hi);
         }
         for j in 0..8 {
-            _mm256_storeu_si256(o.add(256 + 32 * j) as *mut __m256i, _mm256_set1_epi16(scale_byte(sc, j)));
+            _mm256_storeu_si256(o.add(256 + 32 * j) as *mut __m256i, scale_i16(sc, j));
         }
         _mm_storeu_si128(o.add(512) as *mut __m128i, mins);
         (o.add(528) as *mut f32).write_unaligned(f16_at(bw.as_ptr().add(Q4_D)));
