@@ -246,7 +246,7 @@ pub fn matmul(w: &MatRef, x: &QuantizedInput, y: &mut [f32]) {
         return matmul_tiled(gemm, w, x, y);
     }
     if let (Some(u), false, 2..) = (kernels().unpacked_rows(w.ty), grouped, x.n_vecs) {
-        if row_dot.with_sums.is_none() {
+        if row_dot.with_sums.is_none() && w.cols > 0 {
             return matmul_unpacked_rows(u, w, x, y);
         }
     }
