@@ -27,6 +27,7 @@ fn main() {
         QuantType::Q5_1,
         QuantType::Q8_0,
         QuantType::Q4_K,
+        QuantType::Q5_K,
         QuantType::Q6_K,
     ];
     for set in available_sets().iter().filter(|s| s.name.starts_with("neon")) {
