@@ -549,13 +549,14 @@ macro_rules! neon_kernels {
                 sum
             }
 
-            /// Q4_K/Q5_K: Σ_j scale_j·Σ q·y and Σ_j min_j·bsums, given the 8 sub-blocks' levels.
-            /// The scales decoded at once and the mins' sum in vectors: the same integers.
+            /// Q4_K/Q5_K: Σ_j scale_j·Σ q·y and Σ_j min_j·bsums, given the levels of each pair of
+            /// sub-blocks `2t`, `2t + 1` (both halves of each). The scales decoded at once and
+            /// the mins' sum in vectors: the same integers.
             #[inline(always)]
             unsafe fn scale_min_sums(
                 bw: &[u8],
                 bx: &[u8],
-                levels: impl Fn(usize) -> (int8x16_t, int8x16_t),
+                levels: impl Fn(usize) -> [int8x16_t; 4],
             ) -> (i32, i32) {
                 let (sc, mins) = scales_mins_k4(bw[4..16].try_into().expect("12 bytes"));
                 let m = vmovl_u8(vld1_u8(mins.as_ptr()));
@@ -565,14 +566,17 @@ macro_rules! neon_kernels {
                     vreinterpretq_s32_u32(vmovl_high_u16(m)),
                 );
                 let mut isum = 0i32;
-                for j in 0..8 {
-                    let (a, b) = levels(j);
-                    let p = $dot(
-                        $dot(vdupq_n_s32(0), a, ld(bx.as_ptr().add(Q8_QS + 32 * j))),
-                        b,
-                        ld(bx.as_ptr().add(Q8_QS + 32 * j + 16)),
-                    );
-                    isum += sc[j] as i32 * vaddvq_s32(p);
+                for t in 0..4 {
+                    let l = levels(t);
+                    for h in 0..2 {
+                        let j = 2 * t + h;
+                        let p = $dot(
+                            $dot(vdupq_n_s32(0), l[2 * h], ld(bx.as_ptr().add(Q8_QS + 32 * j))),
+                            l[2 * h + 1],
+                            ld(bx.as_ptr().add(Q8_QS + 32 * j + 16)),
+                        );
+                        isum += sc[j] as i32 * vaddvq_s32(p);
+                    }
                 }
                 (isum, summ)
             }
@@ -588,22 +592,10 @@ macro_rules! neon_kernels {
                         &x[Q8_BYTES * i..Q8_BYTES * (i + 1)],
                     );
                     let qs = bw.as_ptr().add(Q4_QS);
-                    let (isum, summ) = scale_min_sums(bw, bx, |j| {
-                        let (a, b) = (
-                            vld1q_u8(qs.add(32 * (j / 2))),
-                            vld1q_u8(qs.add(32 * (j / 2) + 16)),
-                        );
-                        if j % 2 == 0 {
-                            (
-                                vreinterpretq_s8_u8(vandq_u8(a, m4)),
-                                vreinterpretq_s8_u8(vandq_u8(b, m4)),
-                            )
-                        } else {
-                            (
-                                vreinterpretq_s8_u8(vshrq_n_u8::<4>(a)),
-                                vreinterpretq_s8_u8(vshrq_n_u8::<4>(b)),
-                            )
-                        }
+                    let (isum, summ) = scale_min_sums(bw, bx, |t| {
+                        let (a, b) = (vld1q_u8(qs.add(32 * t)), vld1q_u8(qs.add(32 * t + 16)));
+                        [vandq_u8(a, m4), vandq_u8(b, m4), vshrq_n_u8::<4>(a), vshrq_n_u8::<4>(b)]
+                            .map(|v| vreinterpretq_s8_u8(v))
                     });
                     let dy = q8k_d(bx);
                     sum += dy * read_f16(bw, Q4_D) * isum as f32
@@ -661,7 +653,7 @@ macro_rules! neon_kernels {
             pub unsafe fn dot_q5_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
                 check_rows(QuantType::Q5_K, n, w, x);
                 let m4 = vdupq_n_u8(0x0F);
-                let m1 = vdupq_n_u8(1);
+                let (m1, m2) = (vdupq_n_u8(1), vdupq_n_u8(2));
                 let mut sum = 0.0f32;
                 for i in 0..n / QK_K {
                     let (bw, bx) = (
@@ -673,23 +665,19 @@ macro_rules! neon_kernels {
                         vld1q_u8(bw.as_ptr().add(Q5_QH)),
                         vld1q_u8(bw.as_ptr().add(Q5_QH + 16)),
                     ];
-                    let (isum, summ) = scale_min_sums(bw, bx, |j| {
-                        let (a, b) = (
-                            vld1q_u8(qs.add(32 * (j / 2))),
-                            vld1q_u8(qs.add(32 * (j / 2) + 16)),
-                        );
-                        let shift = vdupq_n_s8(-(j as i8));
-                        let ha = vshlq_n_u8::<4>(vandq_u8(vshlq_u8(qh[0], shift), m1));
-                        let hb = vshlq_n_u8::<4>(vandq_u8(vshlq_u8(qh[1], shift), m1));
-                        let (la, lb) = if j % 2 == 0 {
-                            (vandq_u8(a, m4), vandq_u8(b, m4))
-                        } else {
-                            (vshrq_n_u8::<4>(a), vshrq_n_u8::<4>(b))
-                        };
-                        (
-                            vreinterpretq_s8_u8(vorrq_u8(la, ha)),
-                            vreinterpretq_s8_u8(vorrq_u8(lb, hb)),
-                        )
+                    let (isum, summ) = scale_min_sums(bw, bx, |t| {
+                        let (a, b) = (vld1q_u8(qs.add(32 * t)), vld1q_u8(qs.add(32 * t + 16)));
+                        // Bits 2t and 2t + 1 of the high bytes to bit 4 (as 16): the fifth bits
+                        // of sub-blocks 2t and 2t + 1.
+                        let shift = vdupq_n_s8(-(2 * t as i8));
+                        let (sa, sb) = (vshlq_u8(qh[0], shift), vshlq_u8(qh[1], shift));
+                        [
+                            vorrq_u8(vandq_u8(a, m4), vshlq_n_u8::<4>(vandq_u8(sa, m1))),
+                            vorrq_u8(vandq_u8(b, m4), vshlq_n_u8::<4>(vandq_u8(sb, m1))),
+                            vorrq_u8(vshrq_n_u8::<4>(a), vshlq_n_u8::<3>(vandq_u8(sa, m2))),
+                            vorrq_u8(vshrq_n_u8::<4>(b), vshlq_n_u8::<3>(vandq_u8(sb, m2))),
+                        ]
+                        .map(|v| vreinterpretq_s8_u8(v))
                     });
                     let dy = q8k_d(bx);
                     sum += dy * read_f16(bw, Q5_D) * isum as f32
