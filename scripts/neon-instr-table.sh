@@ -28,6 +28,8 @@ void ggml_vec_dot_q4_0_q8_0(int, float *, size_t, const void *, size_t, const vo
 void ggml_vec_dot_q4_1_q8_1(int, float *, size_t, const void *, size_t, const void *, size_t, int);
 void ggml_vec_dot_q5_0_q8_0(int, float *, size_t, const void *, size_t, const void *, size_t, int);
 void ggml_vec_dot_q8_0_q8_0(int, float *, size_t, const void *, size_t, const void *, size_t, int);
+void ggml_vec_dot_q2_K_q8_K(int, float *, size_t, const void *, size_t, const void *, size_t, int);
+void ggml_vec_dot_q3_K_q8_K(int, float *, size_t, const void *, size_t, const void *, size_t, int);
 void ggml_vec_dot_q4_K_q8_K(int, float *, size_t, const void *, size_t, const void *, size_t, int);
 void ggml_vec_dot_q5_K_q8_K(int, float *, size_t, const void *, size_t, const void *, size_t, int);
 void ggml_vec_dot_q6_K_q8_K(int, float *, size_t, const void *, size_t, const void *, size_t, int);
@@ -38,11 +40,12 @@ int main(void) {
     struct { const char *name; dot_fn f; int per, wbytes, xbytes; } k[] = {
         {"q4_0", ggml_vec_dot_q4_0_q8_0, 32, 18, 34}, {"q4_1", ggml_vec_dot_q4_1_q8_1, 32, 20, 36},
         {"q5_0", ggml_vec_dot_q5_0_q8_0, 32, 22, 34}, {"q8_0", ggml_vec_dot_q8_0_q8_0, 32, 34, 34},
+        {"q2_k", ggml_vec_dot_q2_K_q8_K, 256, 84, 292}, {"q3_k", ggml_vec_dot_q3_K_q8_K, 256, 110, 292},
         {"q4_k", ggml_vec_dot_q4_K_q8_K, 256, 144, 292}, {"q5_k", ggml_vec_dot_q5_K_q8_K, 256, 176, 292},
         {"q6_k", ggml_vec_dot_q6_K_q8_K, 256, 210, 292},
     };
     printf("mark %#lx\n", (unsigned long)(uintptr_t)mark);
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < 9; i++) {
         for (int blocks = 64; blocks <= 128; blocks *= 2) {
             int nb = blocks * 32 / k[i].per;
             uint8_t *w = malloc(nb * k[i].wbytes), *x = malloc(nb * k[i].xbytes);
@@ -52,9 +55,11 @@ int main(void) {
             for (int b = 0; b < nb; b++) {
                 uint8_t *wb = w + b * k[i].wbytes, *xb = x + b * k[i].xbytes;
                 if (k[i].per == 256) {
-                    int d = k[i].wbytes == 210 ? 208 : 0; /* Q6_K's d is last; Q4_K's, Q5_K's d, dmin first */
+                    /* d (and dmin after it): last in Q2_K, Q3_K, Q6_K; first in Q4_K, Q5_K */
+                    int w = k[i].wbytes;
+                    int d = w == 210 ? 208 : w == 110 ? 108 : w == 84 ? 80 : 0;
                     wb[d] = 0x00; wb[d + 1] = 0x3c;
-                    if (d == 0) { wb[2] = 0x00; wb[3] = 0x3c; }
+                    if (d == 0 || w == 84) { wb[d + 2] = 0x00; wb[d + 3] = 0x3c; }
                     xb[0] = 0x00; xb[1] = 0x00; xb[2] = 0x80; xb[3] = 0x3f;
                     continue;
                 }
@@ -145,7 +150,7 @@ print("|---|---|---|---|---|---|---|")
 for ty in ["q4_0", "q4_1", "q5_0", "q8_0"]:
     print(f"| {ty} | {cell(f'neon/{ty}/dot')} | {cell(f'neon/{ty}/dot16')} | {cell(f'ggml-neon/{ty}/dot')} "
           f"| {cell(f'neon-dotprod/{ty}/dot')} | {cell(f'neon-dotprod/{ty}/dot16')} | {cell(f'ggml-dotprod/{ty}/dot')} |")
-for ty in ["q4_k", "q5_k", "q6_k"]:
+for ty in ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]:
     print(f"| {ty} | {cell(f'neon/{ty}/dot')} | – | {cell(f'ggml-neon/{ty}/dot')} "
           f"| {cell(f'neon-dotprod/{ty}/dot')} | – | {cell(f'ggml-dotprod/{ty}/dot')} |")
 print(f"| q8_0 axpy16 | | {cell('neon/q8_0/axpy16')} | | | {cell('neon-dotprod/q8_0/axpy16')} | |")

@@ -26,6 +26,8 @@ fn main() {
         QuantType::Q5_0,
         QuantType::Q5_1,
         QuantType::Q8_0,
+        QuantType::Q2_K,
+        QuantType::Q3_K,
         QuantType::Q4_K,
         QuantType::Q5_K,
         QuantType::Q6_K,

@@ -389,20 +389,22 @@ pub fn dequantize_q2_k(src: &[u8], dst: &mut [f32]) {
     }
 }
 
-/// The sixteen 6-bit Q3_K scales (already minus 32) from their 12 packed bytes.
+/// The sixteen 6-bit Q3_K scales (already minus 32) from their 12 packed bytes: scale `j` has
+/// its low four bits in the low (`j < 8`) or high nibble of byte `j % 8` and its high two at
+/// bit `2 (j / 4)` of byte `8 + j % 4`. Decoded four at a time by 32-bit word operations.
 #[inline(always)]
 pub fn q3_k_scales(packed: &[u8]) -> [i8; 16] {
-    let mut out = [0i8; 16];
-    for (j, o) in out.iter_mut().enumerate() {
-        let low = if j < 8 {
-            packed[j] & 0xF
-        } else {
-            packed[j - 8] >> 4
-        };
-        let high = (packed[8 + j % 4] >> (2 * (j / 4))) & 3;
-        *o = (low | (high << 4)) as i8 - 32;
-    }
-    out
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let word = |i: usize| u32::from_le_bytes([packed[4 * i], packed[4 * i + 1], packed[4 * i + 2], packed[4 * i + 3]]);
+    let (a0, a1, a2) = (word(0), word(1), word(2));
+    let words = [
+        (a0 & LOW4) | ((a2 & LOW2) << 4),
+        (a1 & LOW4) | (((a2 >> 2) & LOW2) << 4),
+        ((a0 >> 4) & LOW4) | (((a2 >> 4) & LOW2) << 4),
+        ((a1 >> 4) & LOW4) | (((a2 >> 6) & LOW2) << 4),
+    ];
+    std::array::from_fn(|j| (words[j / 4].to_le_bytes()[j % 4] as i8).wrapping_sub(32))
 }
 
 pub fn quantize_q3_k(src: &[f32], dst: &mut [u8]) {
@@ -765,6 +767,25 @@ pub fn dequantize_q8_k(src: &[u8], dst: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q3_k_scales_follow_the_packing() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..1000 {
+            let q: [u8; 12] = std::array::from_fn(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            });
+            let sc = q3_k_scales(&q);
+            for (j, &s) in sc.iter().enumerate() {
+                let low = if j < 8 { q[j] & 0xF } else { q[j - 8] >> 4 };
+                let high = (q[8 + j % 4] >> (2 * (j / 4))) & 3;
+                assert_eq!(s, (low | (high << 4)) as i8 - 32, "scale {j} of {q:?}");
+            }
+        }
+    }
 
     #[test]
     fn all_scales_and_mins_at_once_equal_one_at_a_time() {

@@ -523,24 +523,26 @@ macro_rules! neon_kernels {
                         vld1q_u8(bw.as_ptr().add(Q3_HMASK)),
                         vld1q_u8(bw.as_ptr().add(Q3_HMASK + 16)),
                     ];
+                    // Each group's two low bits and high bit by shifting the bytes on by 2 and
+                    // by 1 from group to group (constant shifts, as ggml's).
                     let mut isum = 0i32;
                     for half in 0..2 {
-                        let q = [
-                            vld1q_u8(bw.as_ptr().add(Q3_QS + 32 * half)),
-                            vld1q_u8(bw.as_ptr().add(Q3_QS + 32 * half + 16)),
-                        ];
-                        for s in 0..4 {
-                            let shift = vdupq_n_s8(-(2 * s as i8));
-                            let hshift = vdupq_n_s8(-((4 * half + s) as i8));
-                            for part in 0..2 {
+                        for part in 0..2 {
+                            let mut qv = vld1q_u8(bw.as_ptr().add(Q3_QS + 32 * half + 16 * part));
+                            let mut hv = match half {
+                                0 => hm[part],
+                                _ => vshrq_n_u8::<4>(hm[part]),
+                            };
+                            for s in 0..4 {
                                 let g = 8 * half + 2 * s + part;
-                                let low = vandq_u8(vshlq_u8(q[part], shift), m3);
-                                let hb = vandq_u8(vshlq_u8(hm[part], hshift), m1);
+                                let low = vandq_u8(qv, m3);
+                                let hb = vandq_u8(hv, m1);
                                 let v = vsubq_s8(
                                     vreinterpretq_s8_u8(vorrq_u8(low, vshlq_n_u8::<2>(hb))),
                                     s4,
                                 );
                                 isum += sc[g] as i32 * group(v, bx, g);
+                                (qv, hv) = (vshrq_n_u8::<2>(qv), vshrq_n_u8::<1>(hv));
                             }
                         }
                     }
