@@ -92,12 +92,6 @@ impl Interleaved16 {
     }
 }
 
-/// A group of an [`Interleaved16`] copy unpacked once for a product with many vectors (a
-/// prompt): `unpack(cols, group, buf)` writes into `buf` (resized as needed) what `dot16` would
-/// decode from the group for every vector (quants as bytes, scales as f32); `dot16(cols, buf, x,
-/// sums, out, next)` then computes the products from `buf`, **bit-identical** to the group's
-/// `dot16`, with fewer instructions per vector (`next` is ignored: `buf` is in cache). Unsafe as
-/// [`DotFn`]; both check the lengths.
 /// Rows of a format without interleaved copies, unpacked once for a product with many vectors (a
 /// prompt): the quants as the set's dot product decodes them (nibbles split, scales widened and
 /// broadcast), so that each vector's dot product only loads them. Unsafe as [`DotFn`]; both
@@ -151,7 +145,12 @@ pub(crate) fn check_unpacked_dot(
     nb
 }
 
-/// See [`Interleaved16`]'s `unpacked`.
+/// A group of an [`Interleaved16`] copy unpacked once for a product with many vectors (a
+/// prompt): `unpack(cols, group, buf)` writes into `buf` (resized as needed) what `dot16` would
+/// decode from the group for every vector (quants as bytes, scales as f32); `dot16(cols, buf, x,
+/// sums, out, next)` then computes the products from `buf`, **bit-identical** to the group's
+/// `dot16`, with fewer instructions per vector (`next` is ignored: `buf` is in cache). Unsafe as
+/// [`DotFn`]; both check the lengths.
 #[derive(Copy, Clone)]
 pub struct Unpacked16 {
     pub unpack: unsafe fn(usize, &[u8], &mut Vec<u8>),
