@@ -605,11 +605,6 @@ unsafe fn scaled_bsums(bx: &[u8], scales16: __m256i) -> __m256i {
     _mm256_madd_epi16(load(bx.as_ptr().add(Q8_BSUMS)), scales16)
 }
 
-#[inline(always)]
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q2_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     check_rows(QuantType::Q2_K, n, w, x);
@@ -650,20 +645,10 @@ pub unsafe fn dot_q2_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     hsum_ps(acc)
 }
 
-/// The sixteen Q3_K group scales (6 bits, minus 32) as i8 lanes, decoded with 32-bit word ops.
+/// The sixteen Q3_K group scales (6 bits, minus 32) as i8 lanes (`kquants::q3_k_scales`).
 #[inline(always)]
 unsafe fn q3_k_scale_vector(packed: &[u8]) -> __m128i {
-    const LOW4: u32 = 0x0f0f_0f0f;
-    const LOW2: u32 = 0x0303_0303;
-    let (a0, a1, hi) = (u32_at(packed, 0), u32_at(packed, 4), u32_at(packed, 8));
-    let s0 = (a0 & LOW4) | ((hi & LOW2) << 4);
-    let s1 = (a1 & LOW4) | (((hi >> 2) & LOW2) << 4);
-    let s2 = ((a0 >> 4) & LOW4) | (((hi >> 4) & LOW2) << 4);
-    let s3 = ((a1 >> 4) & LOW4) | (((hi >> 6) & LOW2) << 4);
-    _mm_sub_epi8(
-        _mm_set_epi32(s3 as i32, s2 as i32, s1 as i32, s0 as i32),
-        _mm_set1_epi8(32),
-    )
+    _mm_loadu_si128(crate::blocks::kquants::q3_k_scales(packed).as_ptr() as *const __m128i)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -706,20 +691,12 @@ pub unsafe fn dot_q3_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
     hsum_ps(acc)
 }
 
-/// Q4_K/Q5_K: the 8 six-bit scales (as a u64 of bytes) and the 8 mins (as i16 lanes),
-/// unpacked from the 12 packed bytes with 32-bit word ops.
+/// Q4_K/Q5_K: the 8 six-bit scales (as a u64 of bytes) and the 8 mins (as i16 lanes) of the 12
+/// packed bytes (`kquants::scales_mins_k4`).
 #[inline(always)]
 unsafe fn scales_mins_k(packed: &[u8]) -> (u64, __m128i) {
-    const LOW6: u32 = 0x3f3f_3f3f;
-    const LOW4: u32 = 0x0f0f_0f0f;
-    const LOW2: u32 = 0x0303_0303;
-    let (a0, a1, a2) = (u32_at(packed, 0), u32_at(packed, 4), u32_at(packed, 8));
-    let sc_lo = a0 & LOW6;
-    let sc_hi = (a2 & LOW4) | (((a0 >> 6) & LOW2) << 4);
-    let m_lo = a1 & LOW6;
-    let m_hi = ((a2 >> 4) & LOW4) | (((a1 >> 6) & LOW2) << 4);
-    let mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, m_hi as i32, m_lo as i32));
-    (sc_lo as u64 | (sc_hi as u64) << 32, mins)
+    let (sc, mins) = crate::blocks::kquants::scales_mins_k4(packed.try_into().expect("12 bytes"));
+    (u64::from_le_bytes(sc), _mm_cvtepu8_epi16(_mm_cvtsi64_si128(u64::from_le_bytes(mins) as i64)))
 }
 
 /// Σ_j min_j·(bsum_2j + bsum_2j+1) as 4 i32 lanes.
