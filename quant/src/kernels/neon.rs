@@ -52,6 +52,32 @@ pub fn kernel_set(dotprod: bool) -> Option<KernelSet> {
     Some(s)
 }
 
+/// The levels of Q4_K sub-blocks `2t` and `2t + 1` of the quants at `qs`: both halves of the
+/// low nibbles of 32 bytes, then both halves of their high nibbles.
+#[inline(always)]
+unsafe fn q4_k_levels(qs: *const u8, t: usize) -> [uint8x16_t; 4] {
+    let m4 = vdupq_n_u8(0x0F);
+    let (a, b) = (vld1q_u8(qs.add(32 * t)), vld1q_u8(qs.add(32 * t + 16)));
+    [vandq_u8(a, m4), vandq_u8(b, m4), vshrq_n_u8::<4>(a), vshrq_n_u8::<4>(b)]
+}
+
+/// The levels (value + 32) of Q6_K groups `8k + 2m + part` (`m = 0..4`) of super-block `bw`.
+#[inline(always)]
+unsafe fn q6_k_levels(bw: &[u8], k: usize, part: usize) -> [uint8x16_t; 4] {
+    let (m4, m3) = (vdupq_n_u8(0x0F), vdupq_n_u8(3));
+    let at = 16 * part;
+    let l0 = vld1q_u8(bw.as_ptr().add(Q6_QL + 64 * k + at));
+    let l1 = vld1q_u8(bw.as_ptr().add(Q6_QL + 64 * k + 32 + at));
+    let h = vld1q_u8(bw.as_ptr().add(Q6_QH + 32 * k + at));
+    let hi = |s: i8| vshlq_n_u8::<4>(vandq_u8(vshlq_u8(h, vdupq_n_s8(-s)), m3));
+    [
+        vorrq_u8(vandq_u8(l0, m4), hi(0)),
+        vorrq_u8(vandq_u8(l1, m4), hi(2)),
+        vorrq_u8(vshrq_n_u8::<4>(l0), hi(4)),
+        vorrq_u8(vshrq_n_u8::<4>(l1), hi(6)),
+    ]
+}
+
 /// Σ_j min_j·(bsum_2j + bsum_2j+1) over a Q8_K block's 16 group sums, given the 8 mins as i32
 /// lanes (`m_lo`: 0..4, `m_hi`: 4..8); the same i32 as a scalar loop.
 #[inline(always)]
@@ -69,18 +95,17 @@ const Q4_K_UNPACKED: usize = 336;
 #[target_feature(enable = "neon")]
 pub unsafe fn unpack_q4_k(n: usize, w: &[u8], out: &mut [u8]) {
     crate::kernels::check_unpack(QuantType::Q4_K, n, 1, w, out.len(), Q4_K_UNPACKED);
-    let m4 = vdupq_n_u8(0x0F);
     for i in 0..n / QK_K {
         let bw = &w[Q4_BYTES * i..Q4_BYTES * (i + 1)];
         let o = out.as_mut_ptr().add(Q4_K_UNPACKED * i);
         let (sc, mins) = scales_mins_k4(bw[4..16].try_into().expect("12 bytes"));
-        for j in 0..8 {
-            let q = bw.as_ptr().add(Q4_QS + 32 * (j / 2));
-            for half in 0..2 {
-                let v = vld1q_u8(q.add(16 * half));
-                let l = if j % 2 == 0 { vandq_u8(v, m4) } else { vshrq_n_u8::<4>(v) };
-                vst1q_u8(o.add(32 * j + 16 * half), l);
+        for t in 0..4 {
+            // Sub-block 2t + h's two halves at 32 (2t + h).
+            for (k, l) in q4_k_levels(bw.as_ptr().add(Q4_QS), t).into_iter().enumerate() {
+                vst1q_u8(o.add(64 * t + 32 * (k / 2) + 16 * (k % 2)), l);
             }
+        }
+        for j in 0..8 {
             (o.add(256 + 4 * j) as *mut i32).write_unaligned(sc[j] as i32);
             (o.add(288 + 4 * j) as *mut i32).write_unaligned(mins[j] as i32);
         }
@@ -96,26 +121,13 @@ const Q6_K_UNPACKED: usize = 336;
 #[target_feature(enable = "neon")]
 pub unsafe fn unpack_q6_k(n: usize, w: &[u8], out: &mut [u8]) {
     crate::kernels::check_unpack(QuantType::Q6_K, n, 1, w, out.len(), Q6_K_UNPACKED);
-    let m4 = vdupq_n_u8(0x0F);
-    let m3 = vdupq_n_u8(3);
     let s32 = vdupq_n_s8(32);
     for i in 0..n / QK_K {
         let bw = &w[Q6_BYTES * i..Q6_BYTES * (i + 1)];
         let o = out.as_mut_ptr().add(Q6_K_UNPACKED * i);
         for k in 0..2 {
             for part in 0..2 {
-                let at = 16 * part;
-                let l0 = vld1q_u8(bw.as_ptr().add(Q6_QL + 64 * k + at));
-                let l1 = vld1q_u8(bw.as_ptr().add(Q6_QL + 64 * k + 32 + at));
-                let h = vld1q_u8(bw.as_ptr().add(Q6_QH + 32 * k + at));
-                let hi = |s: i8| vshlq_n_u8::<4>(vandq_u8(vshlq_u8(h, vdupq_n_s8(-s)), m3));
-                let u = [
-                    vorrq_u8(vandq_u8(l0, m4), hi(0)),
-                    vorrq_u8(vandq_u8(l1, m4), hi(2)),
-                    vorrq_u8(vshrq_n_u8::<4>(l0), hi(4)),
-                    vorrq_u8(vshrq_n_u8::<4>(l1), hi(6)),
-                ];
-                for (m, u) in u.into_iter().enumerate() {
+                for (m, u) in q6_k_levels(bw, k, part).into_iter().enumerate() {
                     let g = 8 * k + 2 * m + part;
                     vst1q_s8(o.add(16 * g) as *mut i8, vsubq_s8(vreinterpretq_s8_u8(u), s32));
                 }
@@ -586,7 +598,6 @@ macro_rules! neon_kernels {
             #[target_feature(enable = $tf)]
             pub unsafe fn dot_q4_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
                 check_rows(QuantType::Q4_K, n, w, x);
-                let m4 = vdupq_n_u8(0x0F);
                 let mut sum = 0.0f32;
                 for i in 0..n / QK_K {
                     let (bw, bx) = (
@@ -594,11 +605,8 @@ macro_rules! neon_kernels {
                         &x[Q8_BYTES * i..Q8_BYTES * (i + 1)],
                     );
                     let qs = bw.as_ptr().add(Q4_QS);
-                    let (isum, summ) = scale_min_sums(bw, bx, |t| {
-                        let (a, b) = (vld1q_u8(qs.add(32 * t)), vld1q_u8(qs.add(32 * t + 16)));
-                        [vandq_u8(a, m4), vandq_u8(b, m4), vshrq_n_u8::<4>(a), vshrq_n_u8::<4>(b)]
-                            .map(|v| vreinterpretq_s8_u8(v))
-                    });
+                    let (isum, summ) =
+                        scale_min_sums(bw, bx, |t| q4_k_levels(qs, t).map(|v| vreinterpretq_s8_u8(v)));
                     let dy = q8k_d(bx);
                     sum += dy * read_f16(bw, Q4_D) * isum as f32
                         - dy * read_f16(bw, Q4_DMIN) * summ as f32;
@@ -691,8 +699,6 @@ macro_rules! neon_kernels {
             #[target_feature(enable = $tf)]
             pub unsafe fn dot_q6_k(n: usize, w: &[u8], x: &[u8]) -> f32 {
                 check_rows(QuantType::Q6_K, n, w, x);
-                let m4 = vdupq_n_u8(0x0F);
-                let m3 = vdupq_n_u8(3);
                 let s32 = vdupq_n_s8(32);
                 let mut sum = 0.0f32;
                 for i in 0..n / QK_K {
@@ -703,19 +709,7 @@ macro_rules! neon_kernels {
                     let mut isum = 0i32;
                     for k in 0..2 {
                         for part in 0..2 {
-                            let o = 16 * part;
-                            let l0 = vld1q_u8(bw.as_ptr().add(Q6_QL + 64 * k + o));
-                            let l1 = vld1q_u8(bw.as_ptr().add(Q6_QL + 64 * k + 32 + o));
-                            let h = vld1q_u8(bw.as_ptr().add(Q6_QH + 32 * k + o));
-                            let hi =
-                                |s: i8| vshlq_n_u8::<4>(vandq_u8(vshlq_u8(h, vdupq_n_s8(-s)), m3));
-                            let u = [
-                                vorrq_u8(vandq_u8(l0, m4), hi(0)),
-                                vorrq_u8(vandq_u8(l1, m4), hi(2)),
-                                vorrq_u8(vshrq_n_u8::<4>(l0), hi(4)),
-                                vorrq_u8(vshrq_n_u8::<4>(l1), hi(6)),
-                            ];
-                            for (m, u) in u.iter().enumerate() {
+                            for (m, u) in q6_k_levels(bw, k, part).iter().enumerate() {
                                 let g = 8 * k + 2 * m + part;
                                 let v = vsubq_s8(vreinterpretq_s8_u8(*u), s32);
                                 isum += (bw[Q6_SCALES + g] as i8) as i32 * group(v, bx, g);
